@@ -1,0 +1,261 @@
+"""Data: read a Hub data set or local files, clean and split them, tokenize once, batch by length."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from sklearn.model_selection import train_test_split
+
+from utils import ConfigError, DataConfig, stable_hash
+
+logger = logging.getLogger(__name__)
+
+SPLITS = ("train", "validation", "test")
+
+
+@dataclass(frozen=True)
+class HubDataset:
+    hub_id: str
+    text_column: str
+    label_column: str
+
+
+# Known Hub data sets by short name, with their columns; any other Hub id works with explicit columns.
+HUB_DATASETS = {
+    "ag_news": HubDataset("fancyzhx/ag_news", "text", "label"),
+    "imdb": HubDataset("stanfordnlp/imdb", "text", "label"),
+    "banking77": HubDataset("PolyAI/banking77", "text", "label"),
+    "trec": HubDataset("CogComp/trec", "text", "coarse_label"),
+    "emotion": HubDataset("dair-ai/emotion", "text", "label"),
+}
+
+# File names accepted for each split inside a data folder.
+SPLIT_FILE_STEMS = {"train": ("train",), "validation": ("validation", "valid", "val", "dev"), "test": ("test",)}
+READERS = {
+    ".csv": lambda p: pd.read_csv(p, keep_default_na=False, na_values=[""]),
+    ".tsv": lambda p: pd.read_csv(p, sep="\t", keep_default_na=False, na_values=[""]),
+    ".json": lambda p: pd.read_json(p),
+    ".jsonl": lambda p: pd.read_json(p, lines=True),
+    ".parquet": pd.read_parquet,
+}
+
+
+@dataclass
+class LabelledData:
+    """Texts and integer labels per split, with the label names the integers stand for."""
+
+    name: str
+    texts: dict[str, list[str]]
+    labels: dict[str, list[int]]
+    label_names: list[str]
+
+    @property
+    def fingerprint(self) -> str:
+        return stable_hash([self.texts, self.labels, self.label_names], length=16)
+
+    def sizes(self) -> dict[str, int]:
+        return {split: len(self.labels[split]) for split in SPLITS}
+
+
+def load_data(cfg: DataConfig) -> LabelledData:
+    """Read the configured source, carve missing splits from train, and map labels to integers."""
+    if cfg.name is not None:
+        known = HUB_DATASETS.get(cfg.name)
+        frames, hub_names = _read_hub(known.hub_id if known else cfg.name)
+        text_column = cfg.text_column or (known.text_column if known else "text")
+        label_column = cfg.label_column or (known.label_column if known else "label")
+        name = cfg.name
+    else:
+        frames, hub_names = _read_local(Path(cfg.path)), None
+        text_column, label_column = cfg.text_column or "text", cfg.label_column or "label"
+        name = Path(cfg.path).stem if Path(cfg.path).is_file() else Path(cfg.path).name
+    frames = {split: _clean(frame, split, text_column, label_column) for split, frame in frames.items()}
+    frames = _carve_missing_splits(frames, cfg)
+    if cfg.train_size is not None and cfg.train_size < len(frames["train"]):
+        frames["train"] = _stratified_take(frames["train"], cfg.train_size, cfg.seed)
+    label_names, to_id = _label_vocabulary(frames["train"]["label"], hub_names)
+    labels = {}
+    for split, frame in frames.items():
+        unseen = sorted({str(v) for v in frame["label"] if v not in to_id})
+        if unseen:
+            raise ConfigError(f"data: the {split} split has labels that training never saw: {', '.join(unseen[:10])}")
+        labels[split] = [to_id[v] for v in frame["label"]]
+    texts = {split: frame["text"].tolist() for split, frame in frames.items()}
+    return LabelledData(name=name, texts=texts, labels=labels, label_names=label_names)
+
+
+def _read_hub(hub_id: str) -> tuple[dict[str, pd.DataFrame], list[str] | None]:
+    import datasets
+
+    try:
+        dataset = datasets.load_dataset(hub_id)
+    except Exception as err:  # the datasets library raises many types for "not reachable/not found"
+        raise ConfigError(
+            f"data.name: could not load Hub data set '{hub_id}' ({type(err).__name__}: {str(err)[:200]}). "
+            "The Hub may be unreachable from this machine: point data.path at a local file or folder instead"
+        ) from None
+    frames = {}
+    for split in SPLITS:
+        source = next((s for s in (split, *SPLIT_FILE_STEMS[split]) if s in dataset), None)
+        if source is not None:
+            frames[split] = dataset[source].to_pandas()
+    if "train" not in frames:
+        raise ConfigError(f"data.name: Hub data set '{hub_id}' has no train split (it has {', '.join(dataset)})")
+    label_names = None
+    for feature in dataset[next(iter(dataset))].features.values():
+        if hasattr(feature, "names"):  # a ClassLabel: keep its names rather than bare integers
+            label_names = list(feature.names)
+    return frames, label_names
+
+
+def _read_local(path: Path) -> dict[str, pd.DataFrame]:
+    if path.is_dir():
+        frames = {}
+        for split, stems in SPLIT_FILE_STEMS.items():
+            candidates = [p for p in sorted(path.iterdir()) if p.stem.lower() in stems and p.suffix.lower() in READERS]
+            if candidates:
+                frames[split] = _read_file(candidates[0])
+        if "train" not in frames:
+            raise ConfigError(f"data.path: folder '{path}' has no train file (expected train.csv, train.jsonl, ...)")
+        return frames
+    if not path.exists():
+        raise ConfigError(f"data.path: '{path}' does not exist")
+    return {"train": _read_file(path)}
+
+
+def _read_file(path: Path) -> pd.DataFrame:
+    reader = READERS.get(path.suffix.lower())
+    if reader is None:
+        raise ConfigError(f"data.path: cannot read '{path.name}'; allowed formats: {', '.join(READERS)}")
+    try:
+        frame = reader(path)
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"data.path: '{path}' is not UTF-8 text (byte {err.start}); re-save it as UTF-8") from None
+    except (ValueError, OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
+        raise ConfigError(f"data.path: could not read '{path}': {str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
+    if len(frame) == 0:
+        raise ConfigError(f"data.path: '{path}' has no rows")
+    return frame
+
+
+def _clean(frame: pd.DataFrame, split: str, text_column: str, label_column: str) -> pd.DataFrame:
+    for key, column in (("data.text_column", text_column), ("data.label_column", label_column)):
+        if column not in frame.columns:
+            raise ConfigError(f"{key}: column '{column}' not in the {split} data; columns: {', '.join(map(str, frame.columns))}")
+    frame = pd.DataFrame({"text": frame[text_column], "label": frame[label_column]})
+    if frame["label"].dtype.kind == "f" and (frame["label"].dropna() % 1 == 0).all():
+        frame["label"] = frame["label"].astype("Int64")  # integer labels read as floats beside blanks
+    text = frame["text"].astype("string").str.strip()
+    keep = text.notna() & (text != "") & frame["label"].notna()
+    if not keep.all():
+        logger.warning("%s split: dropped %d rows with empty text or a missing label", split, int((~keep).sum()))
+    if not keep.any():
+        raise ConfigError(f"data: the {split} split has no rows with both text and a label")
+    return pd.DataFrame({"text": text[keep].astype(str), "label": frame["label"][keep]}).reset_index(drop=True)
+
+
+def _carve_missing_splits(frames: dict[str, pd.DataFrame], cfg: DataConfig) -> dict[str, pd.DataFrame]:
+    """Test first, then validation, both from the full training data, so neither depends on train_size."""
+    train = frames["train"]
+    total = len(train)
+    for split, share in (("test", cfg.test_size), ("validation", cfg.validation_size)):
+        if split not in frames:
+            train, frames[split] = _split(train, round(share * total), cfg.seed, split)
+    frames["train"] = train
+    return {split: frames[split] for split in SPLITS}
+
+
+def _split(frame: pd.DataFrame, holdout: int, seed: int, split: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    if holdout < 1 or holdout >= len(frame):
+        raise ConfigError(f"data: {len(frame)} rows are too few to hold out a {split} split")
+    counts = frame["label"].value_counts()
+    stratifiable = counts.min() >= 2 and min(holdout, len(frame) - holdout) >= len(counts)
+    stratify = frame["label"] if stratifiable else None
+    if stratify is None:
+        logger.warning("%s split carved without stratification: too few rows for every class", split)
+    kept, held = train_test_split(frame, test_size=holdout, random_state=seed, stratify=stratify)
+    return kept.reset_index(drop=True), held.reset_index(drop=True)
+
+
+def _stratified_take(frame: pd.DataFrame, size: int, seed: int) -> pd.DataFrame:
+    return _split(frame, len(frame) - size, seed, "train_size")[0]
+
+
+def _label_vocabulary(train_labels: pd.Series, hub_names: list[str] | None) -> tuple[list[str], dict]:
+    """Label names in a stable order, and the map from raw label values to integer ids."""
+    values = sorted(set(train_labels.tolist()), key=lambda v: (isinstance(v, str), v))
+    if len(values) < 2:
+        raise ConfigError(f"data: training data has a single class ({values[0]!r}); classification needs at least 2")
+    if hub_names is not None:
+        return hub_names, {i: i for i in range(len(hub_names))}
+    return [str(v) for v in values], {v: i for i, v in enumerate(values)}
+
+
+def majority_baseline(data: LabelledData) -> dict[str, float]:
+    """What always predicting the most frequent training class scores on test."""
+    from sklearn.metrics import accuracy_score, f1_score
+
+    majority = int(np.bincount(data.labels["train"]).argmax())
+    truth = data.labels["test"]
+    guess = [majority] * len(truth)
+    return {"label": data.label_names[majority], "accuracy": accuracy_score(truth, guess),
+            "macro_f1": f1_score(truth, guess, average="macro", labels=range(len(data.label_names)), zero_division=0)}
+
+
+# ----------------------------------------------------------------------------------------------
+# Tokenization and batching
+
+
+@dataclass
+class Encoded:
+    """Token ids (unpadded) and label ids per split: what the training loop consumes."""
+
+    ids: dict[str, list[list[int]]]
+    labels: dict[str, list[int]]
+    pad_id: int
+
+
+def tokenize(data: LabelledData, tokenizer, max_length: int) -> Encoded:
+    """Tokenize every split once; padding happens per batch, to that batch's longest row."""
+    ids = {split: tokenizer(data.texts[split], truncation=True, max_length=max_length,
+                            return_attention_mask=False, return_token_type_ids=False)["input_ids"]
+           for split in SPLITS}
+    return Encoded(ids=ids, labels=data.labels, pad_id=tokenizer.pad_token_id)
+
+
+def train_batches(lengths: list[int], batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+    """Random batches of similar length: shuffle, sort within windows of 50 batches, shuffle batches.
+
+    The order is a pure function of (seed, epoch), so a resumed run sees the same batches."""
+    rng = np.random.default_rng([seed, epoch])
+    order = rng.permutation(len(lengths))
+    window = batch_size * 50
+    batches = []
+    for start in range(0, len(order), window):
+        chunk = sorted(order[start:start + window].tolist(), key=lambda i: -lengths[i])
+        batches += [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
+def eval_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
+    """Longest first, so padding is minimal and a memory problem shows on the first batch."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def collate(ids: list[list[int]], labels: list[int], batch: list[int], pad_id: int, multiple: int) -> dict:
+    """Pad one batch to its longest row (rounded up to `multiple` for tensor cores)."""
+    width = max(len(ids[i]) for i in batch)
+    width = -(-width // multiple) * multiple
+    input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for row, i in enumerate(batch):
+        input_ids[row, :len(ids[i])] = torch.tensor(ids[i])
+        attention_mask[row, :len(ids[i])] = 1
+    return {"input_ids": input_ids, "attention_mask": attention_mask,
+            "labels": torch.tensor([labels[i] for i in batch], dtype=torch.long)}

@@ -1,0 +1,101 @@
+"""Strategies: each one is a small function that takes the pre-trained classifier and decides what
+trains. Adding a strategy is one function, one registry line and a config section in utils.py."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable
+
+import peft
+import torch
+from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
+
+from utils import Config, ConfigError, resolve_model_path, strategy_settings
+
+logger = logging.getLogger(__name__)
+
+# Config attributes that hold dropout rates, across BERT-family architectures.
+DROPOUT_ATTRIBUTES = ("hidden_dropout_prob", "attention_probs_dropout_prob", "dropout", "attention_dropout")
+
+
+def full(model: PreTrainedModel, settings: dict[str, Any]) -> torch.nn.Module:
+    """Every weight trains."""
+    return model
+
+
+def lora(model: PreTrainedModel, settings: dict[str, Any]) -> torch.nn.Module:
+    """Low-rank updates on the target projections; SEQ_CLS makes PEFT train and save the head too."""
+    config = peft.LoraConfig(task_type=peft.TaskType.SEQ_CLS, r=settings["rank"], lora_alpha=settings["alpha"],
+                             lora_dropout=settings["dropout"], target_modules=settings["target_modules"])
+    return peft.get_peft_model(model, config)
+
+
+def bitfit(model: PreTrainedModel, settings: dict[str, Any]) -> torch.nn.Module:
+    """Only bias terms (BitFit, Ben Zaken et al. 2022) and the task head train."""
+    encoder_prefix = model.base_model_prefix + "."
+    for name, param in model.named_parameters():
+        param.requires_grad = name.endswith(".bias") or not name.startswith(encoder_prefix)
+    return model
+
+
+def prompt_tuning(model: PreTrainedModel, settings: dict[str, Any]) -> torch.nn.Module:
+    """Trainable virtual tokens before the input (Lester et al. 2021); the encoder stays frozen."""
+    init_text = settings["init_text"]
+    config = peft.PromptTuningConfig(
+        task_type=peft.TaskType.SEQ_CLS, num_virtual_tokens=settings["num_virtual_tokens"],
+        prompt_tuning_init=peft.PromptTuningInit.TEXT if init_text else peft.PromptTuningInit.RANDOM,
+        prompt_tuning_init_text=init_text, tokenizer_name_or_path=model.name_or_path if init_text else None)
+    return peft.get_peft_model(model, config)
+
+
+STRATEGIES: dict[str, Callable[[PreTrainedModel, dict[str, Any]], torch.nn.Module]] = {
+    "full": full,
+    "lora": lora,
+    "bitfit": bitfit,
+    "prompt_tuning": prompt_tuning,
+}
+
+
+def _hub_error(name: str, err: Exception) -> ConfigError:
+    return ConfigError(
+        f"model.name: could not load '{name}' ({type(err).__name__}: {str(err).splitlines()[0][:200]}). "
+        "If it is a Hub id, the Hub may be unreachable: use a local folder or the bundled model (model.name: minilm)")
+
+
+def load_model_config(cfg: Config):
+    """The model's own config (position limit, dropout attributes), without loading weights."""
+    try:
+        return AutoConfig.from_pretrained(resolve_model_path(cfg.model.name))
+    except (OSError, ValueError) as err:
+        raise _hub_error(cfg.model.name, err) from None
+
+
+def load_tokenizer(cfg: Config):
+    try:
+        return AutoTokenizer.from_pretrained(resolve_model_path(cfg.model.name))
+    except (OSError, ValueError) as err:
+        raise _hub_error(cfg.model.name, err) from None
+
+
+def build_model(cfg: Config, strategy: str, label_names: list[str]) -> torch.nn.Module:
+    """The pre-trained encoder with a fresh classification head, wrapped by the strategy."""
+    dropout = {}
+    if cfg.model.dropout is not None:
+        model_config = load_model_config(cfg)
+        dropout = {attr: cfg.model.dropout for attr in DROPOUT_ATTRIBUTES if hasattr(model_config, attr)}
+        if not dropout:
+            raise ConfigError(f"model.dropout: the model '{cfg.model.name}' has no dropout setting this runner knows "
+                              f"({', '.join(DROPOUT_ATTRIBUTES)}); set model.dropout: null")
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(
+            resolve_model_path(cfg.model.name), num_labels=len(label_names),
+            id2label=dict(enumerate(label_names)), label2id={n: i for i, n in enumerate(label_names)}, **dropout)
+    except (OSError, ValueError) as err:
+        raise _hub_error(cfg.model.name, err) from None
+    return STRATEGIES[strategy](model, strategy_settings(cfg, strategy))
+
+
+def parameter_counts(model: torch.nn.Module) -> dict[str, float]:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return {"trainable_params": trainable, "total_params": total, "trainable_pct": round(100 * trainable / total, 4)}

@@ -1,0 +1,254 @@
+"""The training loop, the same for every strategy: Accelerate for devices and mixed precision,
+AdamW over trainable parameters, linear warm-up and decay, early stopping on validation,
+checkpoints that resume exactly."""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+import random
+import resource
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support
+from tqdm.auto import tqdm
+from transformers import get_linear_schedule_with_warmup
+
+from data import Encoded, collate, eval_batches, train_batches
+from utils import Config, ConfigError, TrainingConfig, atomic_write_bytes
+
+logger = logging.getLogger(__name__)
+
+
+class TrainingFailed(Exception):
+    """A run that cannot go on (a loss that is no longer finite): recorded as failed with this reason."""
+
+
+@dataclass
+class TrainState:
+    """Everything besides weights and optimizer that a resumed run needs to continue exactly."""
+
+    epoch: int = 0  # epochs completed
+    step: int = 0  # optimizer steps taken
+    best_metric: float | None = None
+    best_epoch: int | None = None
+    bad_evals: int = 0  # evaluations in a row without improvement
+    history: list[dict] = field(default_factory=list)
+    stop_reason: str | None = None
+
+
+def make_accelerator(fp16: bool) -> Accelerator:
+    use_fp16 = fp16 and torch.cuda.is_available()
+    if fp16 and not use_fp16:
+        logger.warning("training.fp16 is ignored without a CUDA GPU: half-precision matmul on CPUs without "
+                       "native support is hundreds of times slower; training in fp32")
+    return Accelerator(mixed_precision="fp16" if use_fp16 else "no")
+
+
+def make_optimizer(model: torch.nn.Module, learning_rate: float, weight_decay: float) -> torch.optim.Optimizer:
+    """AdamW over trainable parameters only; biases and LayerNorm weights (1-D) are not decayed."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in trainable if p.dim() >= 2], "weight_decay": weight_decay},
+              {"params": [p for p in trainable if p.dim() < 2], "weight_decay": 0.0}]
+    # fused: one kernel for all parameters; the per-tensor loop costs a quarter of a CPU step
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=learning_rate, fused=True)
+
+
+def train(model: torch.nn.Module, encoded: Encoded, cfg: Config, learning_rate: float, run_dir: Path,
+          accelerator: Accelerator, run_key: dict, resume: bool = False) -> dict:
+    """Train with validation each epoch; return the history and leave the best weights in `model`."""
+    t = cfg.training
+    num_batches = math.ceil(len(encoded.labels["train"]) / t.batch_size)
+    total_steps = math.ceil(num_batches / t.gradient_accumulation_steps) * t.num_epochs
+    optimizer = make_optimizer(model, learning_rate, t.weight_decay)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    scheduler = get_linear_schedule_with_warmup(optimizer, round(t.warmup_ratio * total_steps), total_steps)
+    state, best_weights = TrainState(), None
+    if resume and (run_dir / "last.pt").exists():
+        state, best_weights = load_checkpoint(run_dir, model, optimizer, scheduler, accelerator, run_key)
+        logger.info("resumed from %s after epoch %d (step %d)", run_dir / "last.pt", state.epoch, state.step)
+
+    epochs_left = range(state.epoch, t.num_epochs) if state.stop_reason is None else range(0)
+    for epoch in epochs_left:
+        train_loss, seconds = train_epoch(model, optimizer, scheduler, accelerator, encoded, t, epoch, state)
+        if not math.isfinite(train_loss):
+            raise TrainingFailed(f"training loss became {train_loss} in epoch {epoch + 1} (by step {state.step}); "
+                                 "try a lower learning rate or set training.max_grad_norm")
+        val = evaluate(model, encoded, "validation", t.eval_batch_size, accelerator)
+        state.epoch = epoch + 1
+        state.history.append({"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val["loss"],
+                              "val_accuracy": val["accuracy"], "val_macro_f1": val["macro_f1"],
+                              "lr": scheduler.get_last_lr()[0], "seconds": seconds})
+        logger.info("epoch %d/%d | train_loss %.4f | val_loss %.4f | val_acc %.4f | val_f1 %.4f | lr %.2e | %.1fs",
+                    epoch + 1, t.num_epochs, train_loss, val["loss"], val["accuracy"], val["macro_f1"],
+                    scheduler.get_last_lr()[0], seconds)
+        if _update_early_stopping(state, t):
+            best_weights = trainable_weights(model, accelerator)
+            _save(run_dir / "best.pt", {"run_key": run_key, "trainable": best_weights, "epoch": state.epoch})
+        if state.stop_reason is None and state.epoch == t.num_epochs:
+            state.stop_reason = f"completed all {t.num_epochs} epochs"
+        save_checkpoint(run_dir, model, optimizer, scheduler, accelerator, state, run_key)
+        if state.stop_reason:
+            break
+
+    accelerator.unwrap_model(model).load_state_dict(best_weights, strict=False)
+    train_seconds = sum(h["seconds"] for h in state.history)
+    return {"history": state.history, "best_epoch": state.best_epoch, "best_metric": state.best_metric,
+            "stop_reason": state.stop_reason, "optimizer_steps": state.step, "train_time_s": round(train_seconds, 2),
+            "train_samples_per_s": round(len(encoded.labels["train"]) * len(state.history) / train_seconds, 2)}
+
+
+def train_epoch(model, optimizer, scheduler, accelerator: Accelerator, encoded: Encoded, t: TrainingConfig,
+                epoch: int, state: TrainState) -> tuple[float, float]:
+    """One pass over the training split; returns the mean loss per example and the seconds it took."""
+    ids, labels = encoded.ids["train"], encoded.labels["train"]
+    batches = train_batches([len(x) for x in ids], t.batch_size, t.seed, epoch)
+    accum = t.gradient_accumulation_steps
+    pad_multiple = 8 if accelerator.mixed_precision == "fp16" else 1
+    model.train()
+    loss_total = torch.zeros((), device=accelerator.device)  # summed on the device: no host sync per step
+    start = time.perf_counter()
+    for i, batch_rows in enumerate(tqdm(batches, desc=f"epoch {epoch + 1}", leave=False, mininterval=1)):
+        window_start = i - i % accum
+        # Each window's loss is the mean over its examples, so 2 x 4 accumulates exactly what 8 does.
+        window_examples = sum(len(b) for b in batches[window_start:window_start + accum])
+        batch = {k: v.to(accelerator.device) for k, v in collate(ids, labels, batch_rows, encoded.pad_id, pad_multiple).items()}
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        loss = F.cross_entropy(logits.float(), batch["labels"], reduction="sum")
+        accelerator.backward(loss / window_examples)
+        loss_total += loss.detach()
+        if (i + 1) % accum == 0 or i + 1 == len(batches):
+            if t.max_grad_norm is not None:
+                accelerator.clip_grad_norm_(model.parameters(), t.max_grad_norm)  # unscales fp16 grads first
+            optimizer.step()
+            if not accelerator.optimizer_step_was_skipped:
+                scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            state.step += 1
+    mean_loss = loss_total.item() / len(labels)
+    return mean_loss, time.perf_counter() - start
+
+
+@torch.inference_mode()
+def predict(model, encoded: Encoded, split: str, batch_size: int, accelerator: Accelerator) -> tuple[float, np.ndarray]:
+    """Mean loss and predicted class per example, in the split's original order."""
+    ids, labels = encoded.ids[split], encoded.labels[split]
+    pad_multiple = 8 if accelerator.mixed_precision == "fp16" else 1
+    model.eval()
+    predictions = np.empty(len(labels), dtype=np.int64)
+    loss_total = torch.zeros((), device=accelerator.device)
+    for batch_rows in tqdm(eval_batches([len(x) for x in ids], batch_size), desc=f"eval {split}", leave=False, mininterval=1):
+        batch = {k: v.to(accelerator.device) for k, v in collate(ids, labels, batch_rows, encoded.pad_id, pad_multiple).items()}
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
+        loss_total += F.cross_entropy(logits, batch["labels"], reduction="sum")
+        predictions[batch_rows] = logits.argmax(-1).cpu().numpy()
+    return loss_total.item() / len(labels), predictions
+
+
+def evaluate(model, encoded: Encoded, split: str, batch_size: int, accelerator: Accelerator) -> dict:
+    loss, predictions = predict(model, encoded, split, batch_size, accelerator)
+    truth = encoded.labels[split]
+    return {"loss": loss, "accuracy": accuracy_score(truth, predictions),
+            "macro_f1": f1_score(truth, predictions, average="macro", zero_division=0), "predictions": predictions}
+
+
+def classification_report(truth: list[int], predictions: np.ndarray, label_names: list[str]) -> dict:
+    """Test metrics: accuracy, macro and weighted F1, and precision/recall/F1/support per class."""
+    ids = list(range(len(label_names)))
+    precision, recall, f1, support = precision_recall_fscore_support(truth, predictions, labels=ids, zero_division=0)
+    return {
+        "accuracy": accuracy_score(truth, predictions),
+        "macro_f1": f1_score(truth, predictions, labels=ids, average="macro", zero_division=0),
+        "weighted_f1": f1_score(truth, predictions, labels=ids, average="weighted", zero_division=0),
+        "per_class": {name: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
+                             "support": int(support[i])} for i, name in enumerate(label_names)},
+    }
+
+
+def _update_early_stopping(state: TrainState, t: TrainingConfig) -> bool:
+    """Track the best validation metric; return True when this epoch is the new best."""
+    metric = t.early_stopping.metric
+    value = state.history[-1][metric]
+    lower_is_better = metric == "val_loss"
+    improved = state.best_metric is None or (value < state.best_metric if lower_is_better else value > state.best_metric)
+    if improved:
+        state.best_metric, state.best_epoch, state.bad_evals = value, state.epoch, 0
+    else:
+        state.bad_evals += 1
+        if t.early_stopping.enabled and state.bad_evals >= t.early_stopping.patience:
+            state.stop_reason = (f"early stopping: {metric} did not improve for {state.bad_evals} epochs "
+                                 f"(best {state.best_metric:.4f} at epoch {state.best_epoch})")
+    return improved
+
+
+def peak_memory_mb(accelerator: Accelerator) -> tuple[float, str]:
+    """Peak memory and what it measures: CUDA tensors on a GPU, else the whole process's resident set."""
+    if accelerator.device.type == "cuda":
+        return round(torch.cuda.max_memory_allocated() / 2**20, 1), "cuda_max_allocated"
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1), "process_peak_rss"
+
+
+# ----------------------------------------------------------------------------------------------
+# Checkpoints: one dict of plain types, written to a temporary file and renamed.
+
+
+def trainable_weights(model, accelerator: Accelerator) -> dict[str, torch.Tensor]:
+    """Frozen weights are not saved: they are reloaded from the pre-trained model."""
+    return {name: p.detach().cpu().clone() for name, p in accelerator.unwrap_model(model).named_parameters()
+            if p.requires_grad}
+
+
+def _save(path: Path, payload: dict) -> None:
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def save_checkpoint(run_dir: Path, model, optimizer, scheduler, accelerator: Accelerator, state: TrainState,
+                    run_key: dict) -> None:
+    _save(run_dir / "last.pt", {
+        "run_key": run_key, "trainable": trainable_weights(model, accelerator),
+        "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+        "scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
+        "state": asdict(state),
+        "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+    })
+
+
+def load_checkpoint(run_dir: Path, model, optimizer, scheduler, accelerator: Accelerator,
+                    run_key: dict) -> tuple[TrainState, dict | None]:
+    """Restore everything `save_checkpoint` wrote; refuse a checkpoint made under another config."""
+    checkpoint = torch.load(run_dir / "last.pt", weights_only=False)
+    differing = _differing_keys(checkpoint["run_key"], run_key)
+    if differing:
+        raise ConfigError(f"checkpoint {run_dir / 'last.pt'} was made with a different config "
+                          f"({', '.join(differing)}); it cannot be resumed. Run without --resume to start over")
+    accelerator.unwrap_model(model).load_state_dict(checkpoint["trainable"], strict=False)
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    scheduler.load_state_dict(checkpoint["scheduler"])
+    if checkpoint["scaler"] is not None and accelerator.scaler is not None:
+        accelerator.scaler.load_state_dict(checkpoint["scaler"])
+    rng = checkpoint["rng"]
+    torch.set_rng_state(rng["torch"])
+    np.random.set_state(rng["numpy"])
+    random.setstate(rng["python"])
+    if rng["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    best_path = run_dir / "best.pt"
+    best = torch.load(best_path, weights_only=False)["trainable"] if best_path.exists() else None
+    return TrainState(**checkpoint["state"]), best
+
+
+def _differing_keys(old, new, prefix: str = "") -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [k for key in sorted(set(old) | set(new))
+                for k in _differing_keys(old.get(key), new.get(key), f"{prefix}{key}.")]
+    return [prefix.rstrip(".")] if old != new else []
