@@ -25,6 +25,12 @@ def full(model: PreTrainedModel, settings: dict[str, Any]) -> torch.nn.Module:
 
 def lora(model: PreTrainedModel, settings: dict[str, Any]) -> torch.nn.Module:
     """Low-rank updates on the target projections; SEQ_CLS makes PEFT train and save the head too."""
+    linear = sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+                     if isinstance(module, torch.nn.Linear)})
+    missing = [m for m in settings["target_modules"] if m not in linear]
+    if missing:
+        raise ConfigError(f"strategies.lora.target_modules: {', '.join(missing)} not in this model; "
+                          f"its linear layers are: {', '.join(linear)}")
     config = peft.LoraConfig(task_type=peft.TaskType.SEQ_CLS, r=settings["rank"], lora_alpha=settings["alpha"],
                              lora_dropout=settings["dropout"], target_modules=settings["target_modules"])
     return peft.get_peft_model(model, config)

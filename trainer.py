@@ -80,7 +80,7 @@ def train(model: torch.nn.Module, encoded: Encoded, cfg: Config, learning_rate: 
         train_loss, seconds = train_epoch(model, optimizer, scheduler, accelerator, encoded, t, epoch, state)
         if not math.isfinite(train_loss):
             raise TrainingFailed(f"training loss became {train_loss} in epoch {epoch + 1} (by step {state.step}); "
-                                 "try a lower learning rate or set training.max_grad_norm")
+                                 "try a lower learning rate")
         val = evaluate(model, encoded, "validation", t.eval_batch_size, accelerator)
         state.epoch = epoch + 1
         state.history.append({"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val["loss"],

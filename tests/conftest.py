@@ -1,0 +1,89 @@
+"""Shared fixtures: a tiny random BERT with its own WordPiece vocabulary, and small labelled files,
+all written into temporary folders so no test touches the network."""
+
+from __future__ import annotations
+
+import random
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+# Each class has its own words, so even a tiny model learns the task in a few steps.
+CLASS_WORDS = {
+    "refund": ["refund", "money", "charge", "invoice", "paid"],
+    "delivery": ["parcel", "courier", "tracking", "arrive", "box"],
+    "login": ["password", "login", "account", "email", "locked"],
+}
+SHARED_WORDS = ["my", "the", "is", "where", "please", "help", "why", "not", "a", "i"]
+
+
+def labelled_rows(per_class: int, seed: int = 0) -> list[dict]:
+    rng = random.Random(seed)
+    rows = []
+    for label, words in CLASS_WORDS.items():
+        for _ in range(per_class):
+            tokens = rng.choices(words, k=rng.randint(2, 4)) + rng.choices(SHARED_WORDS, k=rng.randint(1, 6))
+            rng.shuffle(tokens)
+            rows.append({"text": " ".join(tokens), "label": label})
+    rng.shuffle(rows)
+    return rows
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + sorted(
+        {w for words in CLASS_WORDS.values() for w in words} | set(SHARED_WORDS))
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    BertTokenizerFast(vocab_file=str(folder / "vocab.txt")).save_pretrained(folder)
+    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=64)
+    BertModel(config).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture
+def csv_path(tmp_path) -> Path:
+    path = tmp_path / "tickets.csv"
+    pd.DataFrame(labelled_rows(per_class=30)).to_csv(path, index=False)
+    return path
+
+
+@pytest.fixture
+def write_config(tmp_path, tiny_model_dir, csv_path):
+    """Write a small, fast config into tmp_path; keyword sections override its values."""
+
+    def write(**sections) -> Path:
+        config = {
+            "model": {"name": str(tiny_model_dir), "max_length": 16},
+            "data": {"path": str(csv_path), "validation_size": 0.2, "test_size": 0.2},
+            "training": {"batch_size": 8, "num_epochs": 2, "eval_batch_size": 16},
+            "strategies": {"prompt_tuning": {"num_virtual_tokens": 4}},
+            "output": {"dir": str(tmp_path / "outputs")},
+        }
+        for section, values in sections.items():
+            config.setdefault(section, {}).update(values)
+        path = tmp_path / "config.yaml"
+        path.write_text(yaml.safe_dump(config))
+        return path
+
+    return write
+
+
+def prepared(config_path: Path, overrides: list[str] = ()):
+    """The config, its data and the tokenized splits, as main.py builds them."""
+    from data import load_data, tokenize
+    from model import load_tokenizer
+    from utils import load_config
+
+    cfg = load_config(config_path, list(overrides))
+    data = load_data(cfg.data)
+    return cfg, data, tokenize(data, load_tokenizer(cfg), cfg.model.max_length)

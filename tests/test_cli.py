@@ -1,0 +1,85 @@
+"""The real command line, end to end, into tmp_path."""
+
+import json
+import subprocess
+import sys
+
+from conftest import ROOT
+from model import STRATEGIES
+
+RECORD_KEYS = {"run_id", "strategy", "status", "hyperparameters", "model", "dataset", "seed", "trainable_params",
+               "total_params", "trainable_pct", "history", "best_epoch", "stop_reason", "test", "train_time_s",
+               "train_samples_per_s", "peak_memory_mb", "versions"}
+HISTORY_KEYS = {"epoch", "train_loss", "val_loss", "val_accuracy", "val_macro_f1", "lr", "seconds"}
+
+
+def main_py(*args, cwd=ROOT):
+    return subprocess.run([sys.executable, str(ROOT / "main.py"), *map(str, args)], cwd=cwd, capture_output=True,
+                          text=True)
+
+
+def results(tmp_path) -> list[dict]:
+    return json.loads((tmp_path / "outputs" / "results" / "all_results.json").read_text())["runs"]
+
+
+def test_all_strategies_end_to_end_then_plots(write_config, tmp_path):
+    result = main_py("--config", write_config())
+    assert result.returncode == 0, result.stderr
+    runs = results(tmp_path)
+    assert [r["strategy"] for r in runs] == list(STRATEGIES)
+    for run in runs:
+        assert RECORD_KEYS <= set(run) and run["status"] == "completed"
+        assert [set(h) for h in run["history"]] == [HISTORY_KEYS] * len(run["history"])
+        assert set(run["test"]) >= {"accuracy", "macro_f1", "weighted_f1", "per_class"}
+        assert set(run["test"]["per_class"]) == {"delivery", "login", "refund"}
+        assert run["dataset"]["sizes"] == {"train": 54, "validation": 18, "test": 18}
+        assert len(run["test_predictions"]) == 18
+        assert run["hyperparameters"]["seed"] == run["seed"] == 42
+        run_dir = tmp_path / "outputs" / "checkpoints" / run["strategy"] / run["run_id"]
+        assert {p.name for p in run_dir.iterdir()} == {"config.yaml", "last.pt", "best.pt"}
+    assert {r["run_id"] for r in runs} == {r["run_id"] for r in runs if r["run_id"].startswith(r["strategy"] + "-")}
+    assert "majority-class baseline on test" in result.stdout
+
+    plotted = subprocess.run([sys.executable, str(ROOT / "visualize.py"), "--output-dir", tmp_path / "outputs"],
+                             capture_output=True, text=True)
+    assert plotted.returncode == 0, plotted.stderr
+    for name in ("convergence_train_loss.png", "convergence_val_loss.png", "performance_comparison.png"):
+        png = (tmp_path / "outputs" / "plots" / name).read_bytes()
+        assert png.startswith(b"\x89PNG") and len(png) > 10_000
+
+
+def test_one_strategy_with_an_override_keeps_the_other_records(write_config, tmp_path):
+    config = write_config()
+    assert main_py("--config", config, "--strategy", "bitfit", "training.num_epochs=1").returncode == 0
+    assert main_py("--config", config, "--strategy", "lora", "training.num_epochs=1").returncode == 0
+    runs = results(tmp_path)
+    assert [r["strategy"] for r in runs] == ["bitfit", "lora"]
+    assert [len(r["history"]) for r in runs] == [1, 1]
+
+
+def test_a_failing_strategy_is_recorded_and_the_others_complete(write_config, tmp_path):
+    # an absurd rate makes the loss NaN within the first epoch
+    config = write_config(strategies={"full": {"learning_rate": 1e30}, "prompt_tuning": {"enabled": False}})
+    result = main_py("--config", config, "training.num_epochs=1")
+    assert result.returncode == 1
+    by_strategy = {r["strategy"]: r for r in results(tmp_path)}
+    assert set(by_strategy) == {"full", "lora", "bitfit"}
+    assert by_strategy["full"]["status"] == "failed"
+    assert by_strategy["full"]["error"].startswith("TrainingFailed: training loss became nan in epoch 1")
+    assert by_strategy["lora"]["status"] == by_strategy["bitfit"]["status"] == "completed"
+    assert "1 run(s) failed" in result.stderr
+
+
+def test_lora_target_module_missing_from_the_model_is_a_config_error(write_config):
+    result = main_py("--config", write_config(), "--strategy", "lora", "strategies.lora.target_modules=[qkv]")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "strategies.lora.target_modules: qkv not in this model; its linear layers are: " in result.stderr
+
+
+def test_resume_skips_completed_runs(write_config, tmp_path):
+    config = write_config()
+    assert main_py("--config", config, "--strategy", "bitfit", "training.num_epochs=1").returncode == 0
+    first = results(tmp_path)[0]
+    again = main_py("--config", config, "--strategy", "bitfit", "training.num_epochs=1", "--resume")
+    assert again.returncode == 0 and "already completed; skipped" in again.stderr
+    assert results(tmp_path) == [first]

@@ -1,0 +1,86 @@
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+from model import STRATEGIES
+from utils import Config, ConfigError, StrategiesConfig, check_against_model, load_config
+
+
+def test_shipped_config_loads_with_every_strategy_enabled():
+    cfg = load_config(ROOT / "config.yaml")
+    assert isinstance(cfg, Config)
+    assert all(getattr(cfg.strategies, name).enabled for name in STRATEGIES)
+    assert cfg.data.path == "examples/support_tickets.csv" and cfg.data.name is None
+
+
+def test_every_strategy_has_a_config_section_and_back():
+    import dataclasses
+
+    assert {f.name for f in dataclasses.fields(StrategiesConfig)} == set(STRATEGIES)
+
+
+def test_overrides_are_typed_by_the_schema(write_config):
+    cfg = load_config(write_config(), ["training.learning_rate=3e-5", "strategies.lora.target_modules=[query,key]",
+                                       "training.fp16=false", "data.train_size=40"])
+    assert cfg.training.learning_rate == pytest.approx(3e-5) and isinstance(cfg.training.learning_rate, float)
+    assert cfg.strategies.lora.target_modules == ["query", "key"]
+    assert cfg.training.fp16 is False and cfg.data.train_size == 40
+
+
+@pytest.mark.parametrize("override, message", [
+    ("training.learning_rte=1e-4", r"unknown key 'training\.learning_rte'; did you mean 'training\.learning_rate'\?"),
+    ("trainng.seed=1", r"unknown key section 'trainng'; did you mean 'training'\?"),
+    ("strategies.adapterz.enabled=true", r"unknown strategy 'adapterz'; known strategies: bitfit, full, lora, prompt_tuning"),
+    ("training.batch_size=abc", r"training\.batch_size: expected an integer, got 'abc'"),
+    ("training.batch_size=0", r"training\.batch_size: got 0, allowed: an integer >= 1"),
+    ("training.learning_rate=-1e-5", r"training\.learning_rate: got -1e-05, allowed: a number > 0"),
+    ("training.fp16=maybe", r"training\.fp16: expected true or false, got 'maybe'"),
+    ("training.early_stopping.metric=test_accuracy", r"training\.early_stopping\.metric: expected one of 'val_loss'"),
+    ("training.early_stopping.patience=0", r"training\.early_stopping\.patience: got 0"),
+    ("strategies.lora.rank=0", r"strategies\.lora\.rank: got 0, allowed: an integer >= 1"),
+    ("data.validation_size=0.8", r"data\.validation_size \+ data\.test_size: got 1\.0, allowed: a sum below 1"),
+    ("data.name=ag_news", r"data: set exactly one of data\.name .* and data\.path"),
+    ("training=5", r"training: expected a section \(a mapping\), got 5"),
+])
+def test_bad_values_name_the_key_and_what_is_allowed(write_config, override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(write_config(), [override])
+
+
+def test_all_problems_are_reported_at_once(write_config):
+    with pytest.raises(ConfigError) as caught:
+        load_config(write_config(), ["training.batch_size=0", "strategies.lora.rank=0"])
+    assert "training.batch_size" in str(caught.value) and "strategies.lora.rank" in str(caught.value)
+
+
+def test_yaml_syntax_error_names_the_line(tmp_path):
+    path = tmp_path / "broken.yaml"
+    path.write_text("training:\n  batch_size: 8\n  seed: [1, 2\n")
+    with pytest.raises(ConfigError, match=r"YAML syntax error at line \d+"):
+        load_config(path)
+
+
+def test_empty_and_missing_files(tmp_path):
+    (tmp_path / "empty.yaml").write_text("")
+    with pytest.raises(ConfigError, match="is empty"):
+        load_config(tmp_path / "empty.yaml")
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_prompt_tokens_and_max_length_must_fit_the_position_limit(write_config):
+    cfg = load_config(write_config(), ["model.max_length=60", "strategies.prompt_tuning.num_virtual_tokens=10"])
+    with pytest.raises(ConfigError, match=r"num_virtual_tokens \+ model\.max_length: got 10 \+ 60, allowed: at most 64"):
+        check_against_model(cfg, 64, ["full", "prompt_tuning"])
+    check_against_model(cfg, 64, ["full"])  # without prompt tuning it fits
+
+
+def test_cli_reports_a_config_mistake_in_one_line_with_exit_status_2(write_config):
+    result = subprocess.run([sys.executable, "main.py", "--config", str(write_config()), "training.learning_rte=1"],
+                            cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()]
+    assert "did you mean 'training.learning_rate'" in result.stderr

@@ -1,0 +1,103 @@
+import json
+from collections import Counter
+
+import pandas as pd
+import pytest
+
+from conftest import labelled_rows
+from data import eval_batches, load_data, train_batches
+from utils import ConfigError, DataConfig
+
+
+def test_csv_with_string_labels_is_split_stratified_and_named(csv_path):
+    data = load_data(DataConfig(path=str(csv_path), validation_size=0.2, test_size=0.2, seed=1))
+    assert data.label_names == ["delivery", "login", "refund"]
+    assert data.sizes() == {"train": 54, "validation": 18, "test": 18}
+    for split in ("validation", "test"):  # 30 rows per class: each held-out split gets 6 of each
+        assert Counter(data.labels[split]) == {0: 6, 1: 6, 2: 6}
+    all_texts = data.texts["train"] + data.texts["validation"] + data.texts["test"]
+    assert sorted(all_texts) == sorted(pd.read_csv(csv_path)["text"])  # a partition: nothing lost or shared
+
+
+def test_jsonl_with_string_labels(tmp_path):
+    path = tmp_path / "rows.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in labelled_rows(per_class=20)))
+    data = load_data(DataConfig(path=str(path)))
+    assert data.label_names == ["delivery", "login", "refund"]
+    assert sum(data.sizes().values()) == 60
+
+
+def test_same_seed_same_splits_and_fingerprint(csv_path):
+    first, second = (load_data(DataConfig(path=str(csv_path), seed=3)) for _ in range(2))
+    assert first.texts == second.texts and first.fingerprint == second.fingerprint
+    assert load_data(DataConfig(path=str(csv_path), seed=4)).fingerprint != first.fingerprint
+
+
+def test_folder_with_its_own_test_split_keeps_it(tmp_path):
+    rows = labelled_rows(per_class=20)
+    pd.DataFrame(rows[:45]).to_csv(tmp_path / "train.csv", index=False)
+    pd.DataFrame(rows[45:]).to_csv(tmp_path / "test.csv", index=False)
+    data = load_data(DataConfig(path=str(tmp_path), validation_size=0.2))
+    assert data.texts["test"] == [r["text"] for r in rows[45:]]
+    assert data.sizes() == {"train": 36, "validation": 9, "test": 15}
+
+
+def test_integer_labels_and_train_size_cap(tmp_path):
+    frame = pd.DataFrame(labelled_rows(per_class=40))
+    frame["label"] = frame["label"].map({"refund": 0, "delivery": 1, "login": 2})
+    frame.to_csv(tmp_path / "ints.csv", index=False)
+    full = load_data(DataConfig(path=str(tmp_path / "ints.csv")))
+    capped = load_data(DataConfig(path=str(tmp_path / "ints.csv"), train_size=30))
+    assert capped.label_names == ["0", "1", "2"]
+    assert Counter(capped.labels["train"]) == {0: 10, 1: 10, 2: 10}
+    assert capped.texts["test"] == full.texts["test"]  # the cap never changes what is evaluated
+
+
+def test_rows_without_text_or_label_are_dropped(tmp_path):
+    frame = pd.DataFrame(labelled_rows(per_class=20))
+    frame.loc[0, "text"] = "   "
+    frame.loc[1, "label"] = None
+    frame.to_csv(tmp_path / "gaps.csv", index=False)
+    assert sum(load_data(DataConfig(path=str(tmp_path / "gaps.csv"))).sizes().values()) == 58
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda f: f.rename(columns={"text": "question"}), r"data\.text_column: column 'text' not in the train data; columns: question, label"),
+    (lambda f: f.assign(label="refund"), r"single class \('refund'\)"),
+])
+def test_data_mistakes_get_a_clear_message(tmp_path, change, message):
+    change(pd.DataFrame(labelled_rows(per_class=20))).to_csv(tmp_path / "bad.csv", index=False)
+    with pytest.raises(ConfigError, match=message):
+        load_data(DataConfig(path=str(tmp_path / "bad.csv")))
+
+
+def test_label_unseen_in_training_is_named(tmp_path):
+    rows = labelled_rows(per_class=20)
+    pd.DataFrame(rows).to_csv(tmp_path / "train.csv", index=False)
+    pd.DataFrame([{"text": "my card is lost", "label": "card_lost"}] + rows[:5]).to_csv(tmp_path / "test.csv", index=False)
+    with pytest.raises(ConfigError, match="the test split has labels that training never saw: card_lost"):
+        load_data(DataConfig(path=str(tmp_path)))
+
+
+def test_missing_file_and_unknown_format(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_data(DataConfig(path=str(tmp_path / "nope.csv")))
+    (tmp_path / "rows.xlsx").write_text("x")
+    with pytest.raises(ConfigError, match="allowed formats: .csv, .tsv, .json, .jsonl, .parquet"):
+        load_data(DataConfig(path=str(tmp_path / "rows.xlsx")))
+
+
+def test_train_batches_cover_every_row_once_group_lengths_and_depend_on_seed_and_epoch():
+    lengths = [(i * 7919) % 50 + 1 for i in range(1000)]
+    batches = train_batches(lengths, 16, seed=0, epoch=0)
+    assert sorted(i for b in batches for i in b) == list(range(1000))
+    assert train_batches(lengths, 16, seed=0, epoch=0) == batches  # resumable: a function of (seed, epoch)
+    assert train_batches(lengths, 16, seed=0, epoch=1) != batches
+    assert train_batches(lengths, 16, seed=1, epoch=0) != batches
+    padded = sum(len(b) * max(lengths[i] for i in b) for b in batches)
+    assert padded < 1.1 * sum(lengths)  # grouping by length wastes little on padding
+
+
+def test_eval_batches_sorted_longest_first():
+    batches = eval_batches([3, 9, 1, 7], 2)
+    assert batches == [[1, 3], [0, 2]]

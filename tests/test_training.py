@@ -1,0 +1,106 @@
+import math
+
+import pytest
+import torch
+
+import trainer
+from conftest import prepared
+from model import build_model
+from trainer import TrainingFailed, make_accelerator, train
+from utils import ConfigError, set_seed
+
+NO_DROPOUT = ["model.dropout=0.0", "training.warmup_ratio=0", "training.num_epochs=1"]
+
+
+def run(cfg, data, encoded, run_dir, strategy="full", resume=False, run_key=None):
+    set_seed(cfg.training.seed)
+    model = build_model(cfg, strategy, data.label_names)
+    result = train(model, encoded, cfg, cfg.training.learning_rate, run_dir, make_accelerator(False),
+                   run_key or {"strategy": strategy}, resume)
+    return model, result
+
+
+def test_accumulating_two_batches_of_four_equals_one_batch_of_eight(write_config, tmp_path):
+    overrides = NO_DROPOUT + ["data.train_size=8", "training.max_grad_norm=null"]
+    cfg8, data, encoded = prepared(write_config(), overrides + ["training.batch_size=8"])
+    cfg4, _, _ = prepared(write_config(), overrides + ["training.batch_size=4", "training.gradient_accumulation_steps=2"])
+    big, result8 = run(cfg8, data, encoded, tmp_path / "b8")
+    small, result4 = run(cfg4, data, encoded, tmp_path / "b4")
+    assert result8["optimizer_steps"] == result4["optimizer_steps"] == 1
+    for (name, p8), (_, p4) in zip(big.named_parameters(), small.named_parameters()):
+        torch.testing.assert_close(p4, p8, rtol=1e-5, atol=1e-6, msg=name)
+    assert result4["history"][0]["train_loss"] == pytest.approx(result8["history"][0]["train_loss"], rel=1e-5)
+
+
+def test_last_window_of_an_epoch_steps_even_when_incomplete(write_config, tmp_path):
+    # 54 rows in batches of 8 = 7 batches; windows of 3 batches: steps after batches 3, 6 and 7
+    cfg, data, encoded = prepared(write_config(), ["training.num_epochs=1", "training.gradient_accumulation_steps=3"])
+    assert run(cfg, data, encoded, tmp_path / "r")[1]["optimizer_steps"] == 3
+
+
+def test_interrupted_and_resumed_run_equals_uninterrupted(write_config, tmp_path, monkeypatch):
+    # dropout stays on: the resumed run must also restore the random number generators
+    cfg, data, encoded = prepared(write_config(), ["training.num_epochs=3", "training.early_stopping.enabled=false"])
+    straight, expected = run(cfg, data, encoded, tmp_path / "straight")
+
+    real_evaluate, calls = trainer.evaluate, []
+
+    def evaluate_then_crash(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:  # during epoch 2's validation: only epoch 1's checkpoint exists
+            raise KeyboardInterrupt
+        return real_evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "evaluate", evaluate_then_crash)
+    with pytest.raises(KeyboardInterrupt):
+        run(cfg, data, encoded, tmp_path / "interrupted")
+    monkeypatch.setattr(trainer, "evaluate", real_evaluate)
+    torch.manual_seed(12345)  # a new process would start from other random state
+    resumed, result = run(cfg, data, encoded, tmp_path / "interrupted", resume=True)
+
+    for (name, a), (_, b) in zip(straight.named_parameters(), resumed.named_parameters()):
+        assert torch.equal(a, b), name
+    drop_seconds = lambda history: [{k: v for k, v in h.items() if k != "seconds"} for h in history]  # noqa: E731
+    assert drop_seconds(result["history"]) == drop_seconds(expected["history"])
+    assert (result["best_epoch"], result["stop_reason"]) == (expected["best_epoch"], expected["stop_reason"])
+
+
+def test_checkpoint_from_another_config_is_refused(write_config, tmp_path):
+    cfg, data, encoded = prepared(write_config(), ["training.num_epochs=1"])
+    run(cfg, data, encoded, tmp_path / "r", run_key={"training": {"learning_rate": 1e-4, "seed": 1}})
+    with pytest.raises(ConfigError, match=r"different config \(training\.learning_rate\)"):
+        run(cfg, data, encoded, tmp_path / "r", resume=True, run_key={"training": {"learning_rate": 2e-4, "seed": 1}})
+
+
+def test_early_stopping_stops_when_the_metric_stalls(write_config, tmp_path, monkeypatch):
+    cfg, data, encoded = prepared(write_config(), ["training.num_epochs=10", "training.early_stopping.patience=2"])
+    scores = iter([0.5, 0.7, 0.69, 0.7, 0.9])  # best at epoch 2, then two epochs without improvement
+    monkeypatch.setattr(trainer, "evaluate", lambda *a, **k: {"loss": 1.0, "accuracy": 0.5, "macro_f1": next(scores)})
+    _, result = run(cfg, data, encoded, tmp_path / "r")
+    assert len(result["history"]) == 4
+    assert result["best_epoch"] == 2
+    assert result["stop_reason"].startswith("early stopping: val_macro_f1 did not improve for 2 epochs")
+
+
+def test_best_epoch_weights_are_restored(write_config, tmp_path, monkeypatch):
+    cfg, data, encoded = prepared(write_config(), ["training.num_epochs=3", "training.early_stopping.enabled=false"])
+    scores = iter([0.4, 0.9, 0.5])
+    snapshots = []
+    real_evaluate = trainer.evaluate
+
+    def record(model, *args, **kwargs):
+        snapshots.append({n: p.detach().clone() for n, p in model.named_parameters()})
+        return {**real_evaluate(model, *args, **kwargs), "macro_f1": next(scores)}
+
+    monkeypatch.setattr(trainer, "evaluate", record)
+    model, result = run(cfg, data, encoded, tmp_path / "r")
+    assert result["best_epoch"] == 2 and len(result["history"]) == 3
+    for name, param in model.named_parameters():
+        assert torch.equal(param, snapshots[1][name]), name
+
+
+def test_a_loss_that_is_no_longer_finite_fails_the_run_with_a_hint(write_config, tmp_path, monkeypatch):
+    cfg, data, encoded = prepared(write_config(), ["training.num_epochs=1"])
+    monkeypatch.setattr(trainer.F, "cross_entropy", lambda *a, **k: torch.tensor(math.nan, requires_grad=True))
+    with pytest.raises(TrainingFailed, match="training loss became nan in epoch 1.*lower learning rate"):
+        run(cfg, data, encoded, tmp_path / "r")
