@@ -39,7 +39,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--debug", action="store_true", help="show tracebacks for config and data errors")
     parser.add_argument("overrides", nargs="*", metavar="section.key=value",
                         help="override a config value, e.g. training.learning_rate=3e-5")
-    return parser.parse_args(argv)
+    return parser.parse_intermixed_args(argv)  # overrides may come before and after options
 
 
 def main(argv: list[str] | None = None) -> int:

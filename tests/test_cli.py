@@ -51,7 +51,8 @@ def test_all_strategies_end_to_end_then_plots(write_config, tmp_path):
 def test_one_strategy_with_an_override_keeps_the_other_records(write_config, tmp_path):
     config = write_config()
     assert main_py("--config", config, "--strategy", "bitfit", "training.num_epochs=1").returncode == 0
-    assert main_py("--config", config, "--strategy", "lora", "training.num_epochs=1").returncode == 0
+    # overrides may stand before and after the options
+    assert main_py("training.num_epochs=1", "--config", config, "--strategy", "lora", "training.seed=42").returncode == 0
     runs = results(tmp_path)
     assert [r["strategy"] for r in runs] == ["bitfit", "lora"]
     assert [len(r["history"]) for r in runs] == [1, 1]
