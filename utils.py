@@ -397,14 +397,12 @@ def read_results(path: Path) -> list[dict]:
 
 
 def library_versions() -> dict[str, str]:
-    import accelerate
-    import datasets
-    import peft
-    import sklearn
-    import torch
-    import transformers
+    from importlib import metadata
 
-    return {"python": platform.python_version(), "torch": torch.__version__,
-            "transformers": transformers.__version__, "peft": peft.__version__,
-            "accelerate": accelerate.__version__, "datasets": datasets.__version__,
-            "scikit-learn": sklearn.__version__}
+    versions = {"python": platform.python_version()}
+    for package in ("torch", "transformers", "peft", "accelerate", "datasets", "scikit-learn"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = "not installed"
+    return versions
