@@ -66,9 +66,9 @@ def load_data(cfg: DataConfig) -> LabelledData:
     """Read the configured source, carve missing splits from train, and map labels to integers."""
     if cfg.name is not None:
         known = HUB_DATASETS.get(cfg.name)
-        frames, hub_names = _read_hub(known.hub_id if known else cfg.name)
         text_column = cfg.text_column or (known.text_column if known else "text")
         label_column = cfg.label_column or (known.label_column if known else "label")
+        frames, hub_names = _read_hub(known.hub_id if known else cfg.name, label_column)
         name = cfg.name
     else:
         frames, hub_names = _read_local(Path(cfg.path)), None
@@ -89,7 +89,7 @@ def load_data(cfg: DataConfig) -> LabelledData:
     return LabelledData(name=name, texts=texts, labels=labels, label_names=label_names)
 
 
-def _read_hub(hub_id: str) -> tuple[dict[str, pd.DataFrame], list[str] | None]:
+def _read_hub(hub_id: str, label_column: str) -> tuple[dict[str, pd.DataFrame], list[str] | None]:
     import datasets
 
     try:
@@ -106,10 +106,8 @@ def _read_hub(hub_id: str) -> tuple[dict[str, pd.DataFrame], list[str] | None]:
             frames[split] = dataset[source].to_pandas()
     if "train" not in frames:
         raise ConfigError(f"data.name: Hub data set '{hub_id}' has no train split (it has {', '.join(dataset)})")
-    label_names = None
-    for feature in dataset[next(iter(dataset))].features.values():
-        if hasattr(feature, "names"):  # a ClassLabel: keep its names rather than bare integers
-            label_names = list(feature.names)
+    feature = dataset["train"].features.get(label_column)
+    label_names = list(feature.names) if hasattr(feature, "names") else None  # a ClassLabel: keep its names
     return frames, label_names
 
 

@@ -23,7 +23,7 @@ import yaml
 from data import LabelledData, load_data, majority_baseline, tokenize
 from model import STRATEGIES, build_model, load_model_config, load_tokenizer, parameter_counts
 from trainer import classification_report, evaluate, make_accelerator, peak_memory_mb, train
-from utils import (Config, ConfigError, atomic_write_bytes, atomic_write_json, check_against_model, config_to_dict,
+from utils import (Config, ConfigError, atomic_write_bytes, atomic_write_json, check_against_model,
                    file_lock, library_versions, load_config, read_results, set_seed, stable_hash, strategy_settings)
 
 logger = logging.getLogger("bertlab")
@@ -104,7 +104,7 @@ def run_strategy(strategy: str, cfg: Config, data: LabelledData, encoded, accele
             logger.info("%s already completed; skipped (--resume)", run_id)
             return done[0]
     run_dir = output / "checkpoints" / strategy / run_id
-    atomic_write_bytes(run_dir / "config.yaml", yaml.safe_dump(config_to_dict(cfg), sort_keys=False).encode())
+    atomic_write_bytes(run_dir / "config.yaml", yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False).encode())
     record = {"run_id": run_id, "strategy": strategy, "status": "running", "model": cfg.model.name,
               "dataset": {"name": data.name, "fingerprint": data.fingerprint, "sizes": data.sizes(),
                           "num_labels": len(data.label_names), "label_names": data.label_names,

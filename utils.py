@@ -326,10 +326,6 @@ def check_against_model(cfg: Config, max_positions: int | None, strategies: list
             f"{cfg.model.max_length}, allowed: at most {max_positions} (the model's position limit)")
 
 
-def config_to_dict(cfg) -> dict:
-    return dataclasses.asdict(cfg)
-
-
 # ----------------------------------------------------------------------------------------------
 # Shared helpers
 

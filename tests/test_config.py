@@ -84,3 +84,11 @@ def test_cli_reports_a_config_mistake_in_one_line_with_exit_status_2(write_confi
     assert "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines() == [result.stderr.strip()]
     assert "did you mean 'training.learning_rate'" in result.stderr
+
+
+def test_unloadable_model_names_the_key_and_the_offline_way_out(write_config, tmp_path):
+    from model import load_model_config
+
+    cfg = load_config(write_config(), [f"model.name={tmp_path / 'no-such-model'}"])
+    with pytest.raises(ConfigError, match=r"model\.name: could not load .*use a local folder or the bundled model"):
+        load_model_config(cfg)

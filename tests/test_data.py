@@ -101,3 +101,31 @@ def test_train_batches_cover_every_row_once_group_lengths_and_depend_on_seed_and
 def test_eval_batches_sorted_longest_first():
     batches = eval_batches([3, 9, 1, 7], 2)
     assert batches == [[1, 3], [0, 2]]
+
+
+def test_known_hub_data_set_uses_its_columns_and_class_names(monkeypatch):
+    """The Hub is unreachable here: a local DatasetDict stands in for what load_dataset returns."""
+    import datasets
+
+    features = datasets.Features({"text": datasets.Value("string"),
+                                  "coarse_label": datasets.ClassLabel(names=["ABBR", "DESC", "HUM"])})
+    rows = {"text": [f"question {i}" for i in range(60)], "coarse_label": [i % 3 for i in range(60)]}
+    fake = datasets.DatasetDict({"train": datasets.Dataset.from_dict(rows, features=features),
+                                 "test": datasets.Dataset.from_dict({k: v[:9] for k, v in rows.items()}, features=features)})
+    asked = []
+    monkeypatch.setattr(datasets, "load_dataset", lambda hub_id: asked.append(hub_id) or fake)
+    data = load_data(DataConfig(name="trec"))
+    assert asked == ["CogComp/trec"]
+    assert data.label_names == ["ABBR", "DESC", "HUM"]
+    assert data.sizes() == {"train": 54, "validation": 6, "test": 9}
+
+
+def test_unreachable_hub_says_so_and_how_to_work_offline(monkeypatch):
+    import datasets
+
+    def offline(hub_id):
+        raise ConnectionError("Couldn't reach 'fancyzhx/ag_news' on the Hub (LocalEntryNotFoundError)")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    with pytest.raises(ConfigError, match="could not load Hub data set 'fancyzhx/ag_news'.*point data.path at a local file"):
+        load_data(DataConfig(name="ag_news"))
