@@ -1,0 +1,29 @@
+import json
+import multiprocessing
+
+from main import save_record
+
+
+def write_records(path, writer: int, count: int) -> None:
+    for i in range(count):
+        save_record(path, {"run_id": f"w{writer}-{i}", "status": "completed"})
+
+
+def test_two_processes_writing_one_results_file_lose_no_record(tmp_path):
+    path = tmp_path / "results" / "all_results.json"
+    processes = [multiprocessing.get_context("fork").Process(target=write_records, args=(path, w, 40)) for w in (1, 2)]
+    for p in processes:
+        p.start()
+    for p in processes:
+        p.join()
+    run_ids = {r["run_id"] for r in json.loads(path.read_text())["runs"]}
+    assert run_ids == {f"w{w}-{i}" for w in (1, 2) for i in range(40)}
+
+
+def test_a_rerun_replaces_only_its_own_record(tmp_path):
+    path = tmp_path / "all_results.json"
+    save_record(path, {"run_id": "a", "status": "failed"})
+    save_record(path, {"run_id": "b", "status": "completed"})
+    save_record(path, {"run_id": "a", "status": "completed"})
+    assert json.loads(path.read_text())["runs"] == [{"run_id": "b", "status": "completed"},
+                                                     {"run_id": "a", "status": "completed"}]
