@@ -115,7 +115,7 @@ def train_epoch(model, optimizer, scheduler, accelerator: Accelerator, encoded: 
     model.train()
     loss_total = torch.zeros((), device=accelerator.device)  # summed on the device: no host sync per step
     start = time.perf_counter()
-    for i, batch_rows in enumerate(tqdm(batches, desc=f"epoch {epoch + 1}", leave=False, mininterval=1)):
+    for i, batch_rows in enumerate(tqdm(batches, desc=f"epoch {epoch + 1}", leave=False, mininterval=1, disable=None)):
         window_start = i - i % accum
         # Each window's loss is the mean over its examples, so 2 x 4 accumulates exactly what 8 does.
         window_examples = sum(len(b) for b in batches[window_start:window_start + accum])
@@ -144,7 +144,7 @@ def predict(model, encoded: Encoded, split: str, batch_size: int, accelerator: A
     model.eval()
     predictions = np.empty(len(labels), dtype=np.int64)
     loss_total = torch.zeros((), device=accelerator.device)
-    for batch_rows in tqdm(eval_batches([len(x) for x in ids], batch_size), desc=f"eval {split}", leave=False, mininterval=1):
+    for batch_rows in tqdm(eval_batches([len(x) for x in ids], batch_size), desc=f"eval {split}", leave=False, mininterval=1, disable=None):
         batch = {k: v.to(accelerator.device) for k, v in collate(ids, labels, batch_rows, encoded.pad_id, pad_multiple).items()}
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
         loss_total += F.cross_entropy(logits, batch["labels"], reduction="sum")
