@@ -84,3 +84,10 @@ def test_resume_skips_completed_runs(write_config, tmp_path):
     again = main_py("--config", config, "--strategy", "bitfit", "training.num_epochs=1", "--resume")
     assert again.returncode == 0 and "already completed; skipped" in again.stderr
     assert results(tmp_path) == [first]
+
+
+def test_a_data_mistake_is_one_line_with_exit_status_2(write_config, tmp_path):
+    result = main_py("--config", write_config(), "data.label_column=team")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip() == ("error: data.label_column: column 'team' not in the train data; "
+                                     "columns: text, label")

@@ -129,3 +129,9 @@ def test_unreachable_hub_says_so_and_how_to_work_offline(monkeypatch):
     monkeypatch.setattr(datasets, "load_dataset", offline)
     with pytest.raises(ConfigError, match="could not load Hub data set 'fancyzhx/ag_news'.*point data.path at a local file"):
         load_data(DataConfig(name="ag_news"))
+
+
+def test_non_utf8_file_is_named_with_the_fix(tmp_path):
+    (tmp_path / "latin1.csv").write_bytes("text,label\ncaf\xe9 order late,shipping\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"is not UTF-8 text .*re-save it as UTF-8"):
+        load_data(DataConfig(path=str(tmp_path / "latin1.csv")))
