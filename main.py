@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted: `python main.py --resume` continues from the last saved epoch", file=sys.stderr)
+        print("interrupted: `python main.py --resume` continues from the last checkpoint", file=sys.stderr)
         return 130
 
 
@@ -93,8 +93,10 @@ def run_strategy(strategy: str, cfg: Config, data: LabelledData, encoded, accele
     """Train and test one strategy; the record is saved whether the run completes or fails."""
     settings = strategy_settings(cfg, strategy)
     # Everything that changes the result, so a run id never names two different experiments.
+    # (How often checkpoints are written changes nothing, so it may differ on --resume.)
+    training = {k: v for k, v in dataclasses.asdict(cfg.training).items() if k != "checkpoint_every_steps"}
     run_key = {"strategy": strategy, "settings": settings, "model": dataclasses.asdict(cfg.model),
-               "training": dataclasses.asdict(cfg.training), "data_fingerprint": data.fingerprint}
+               "training": training, "data_fingerprint": data.fingerprint}
     run_id = f"{strategy}-{stable_hash(run_key)}"
     output = Path(cfg.output.dir)
     results_path = output / "results" / "all_results.json"

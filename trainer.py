@@ -9,6 +9,8 @@ import logging
 import math
 import random
 import resource
+import signal
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -42,6 +44,35 @@ class TrainState:
     bad_evals: int = 0  # evaluations in a row without improvement
     history: list[dict] = field(default_factory=list)
     stop_reason: str | None = None
+    # Progress inside the current epoch, for checkpoints taken mid-epoch
+    batches_done: int = 0
+    epoch_loss: float = 0.0
+    epoch_seconds: float = 0.0
+
+
+class StopRequest:
+    """Ctrl-C sets a flag; the loop saves a checkpoint after the current optimizer step, then stops.
+
+    Stopping between steps keeps the checkpoint consistent: no half-accumulated gradients."""
+
+    def __init__(self):
+        self.requested = False
+        self.previous = None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:  # a second Ctrl-C stops at once
+            raise KeyboardInterrupt
+        self.requested = True
+        logger.warning("stopping after the current step, once a checkpoint is saved (Ctrl-C again to stop at once)")
+
+    def __exit__(self, *exc):
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
 
 
 def make_accelerator(fp16: bool) -> Accelerator:
@@ -73,30 +104,38 @@ def train(model: torch.nn.Module, encoded: Encoded, cfg: Config, learning_rate: 
     state, best_weights = TrainState(), None
     if resume and (run_dir / "last.pt").exists():
         state, best_weights = load_checkpoint(run_dir, model, optimizer, scheduler, accelerator, run_key)
-        logger.info("resumed from %s after epoch %d (step %d)", run_dir / "last.pt", state.epoch, state.step)
+        logger.info("resumed from %s: %d epochs and %d batches done (step %d)", run_dir / "last.pt", state.epoch,
+                    state.batches_done, state.step)
+
+    def checkpoint():
+        save_checkpoint(run_dir, model, optimizer, scheduler, accelerator, state, run_key)
 
     epochs_left = range(state.epoch, t.num_epochs) if state.stop_reason is None else range(0)
-    for epoch in epochs_left:
-        train_loss, seconds = train_epoch(model, optimizer, scheduler, accelerator, encoded, t, epoch, state)
-        if not math.isfinite(train_loss):
-            raise TrainingFailed(f"training loss became {train_loss} in epoch {epoch + 1} (by step {state.step}); "
-                                 "try a lower learning rate")
-        val = evaluate(model, encoded, "validation", t.eval_batch_size, accelerator)
-        state.epoch = epoch + 1
-        state.history.append({"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val["loss"],
-                              "val_accuracy": val["accuracy"], "val_macro_f1": val["macro_f1"],
-                              "lr": scheduler.get_last_lr()[0], "seconds": seconds})
-        logger.info("epoch %d/%d | train_loss %.4f | val_loss %.4f | val_acc %.4f | val_f1 %.4f | lr %.2e | %.1fs",
-                    epoch + 1, t.num_epochs, train_loss, val["loss"], val["accuracy"], val["macro_f1"],
-                    scheduler.get_last_lr()[0], seconds)
-        if _update_early_stopping(state, t):
-            best_weights = trainable_weights(model, accelerator)
-            _save(run_dir / "best.pt", {"run_key": run_key, "trainable": best_weights, "epoch": state.epoch})
-        if state.stop_reason is None and state.epoch == t.num_epochs:
-            state.stop_reason = f"completed all {t.num_epochs} epochs"
-        save_checkpoint(run_dir, model, optimizer, scheduler, accelerator, state, run_key)
-        if state.stop_reason:
-            break
+    with StopRequest() as stop:
+        for epoch in epochs_left:
+            train_loss, seconds = train_epoch(model, optimizer, scheduler, accelerator, encoded, t, epoch, state,
+                                              checkpoint, stop)
+            if not math.isfinite(train_loss):
+                raise TrainingFailed(f"training loss became {train_loss} in epoch {epoch + 1} (by step {state.step}); "
+                                     "try a lower learning rate")
+            val = evaluate(model, encoded, "validation", t.eval_batch_size, accelerator)
+            state.epoch, state.batches_done, state.epoch_loss, state.epoch_seconds = epoch + 1, 0, 0.0, 0.0
+            state.history.append({"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val["loss"],
+                                  "val_accuracy": val["accuracy"], "val_macro_f1": val["macro_f1"],
+                                  "lr": scheduler.get_last_lr()[0], "seconds": seconds})
+            logger.info("epoch %d/%d | train_loss %.4f | val_loss %.4f | val_acc %.4f | val_f1 %.4f | lr %.2e | %.1fs",
+                        epoch + 1, t.num_epochs, train_loss, val["loss"], val["accuracy"], val["macro_f1"],
+                        scheduler.get_last_lr()[0], seconds)
+            if _update_early_stopping(state, t):
+                best_weights = trainable_weights(model, accelerator)
+                _save(run_dir / "best.pt", {"run_key": run_key, "trainable": best_weights, "epoch": state.epoch})
+            if state.stop_reason is None and state.epoch == t.num_epochs:
+                state.stop_reason = f"completed all {t.num_epochs} epochs"
+            checkpoint()
+            if state.stop_reason:
+                break
+            if stop.requested:
+                raise KeyboardInterrupt
 
     accelerator.unwrap_model(model).load_state_dict(best_weights, strict=False)
     train_seconds = sum(h["seconds"] for h in state.history)
@@ -106,20 +145,24 @@ def train(model: torch.nn.Module, encoded: Encoded, cfg: Config, learning_rate: 
 
 
 def train_epoch(model, optimizer, scheduler, accelerator: Accelerator, encoded: Encoded, t: TrainingConfig,
-                epoch: int, state: TrainState) -> tuple[float, float]:
-    """One pass over the training split; returns the mean loss per example and the seconds it took."""
+                epoch: int, state: TrainState, checkpoint, stop: StopRequest) -> tuple[float, float]:
+    """One pass over the training split (from where a mid-epoch checkpoint left it); returns the mean
+    loss per example and the seconds it took."""
     ids, labels = encoded.ids["train"], encoded.labels["train"]
     batches = train_batches([len(x) for x in ids], t.batch_size, t.seed, epoch)
     accum = t.gradient_accumulation_steps
     pad_multiple = 8 if accelerator.mixed_precision == "fp16" else 1
     model.train()
-    loss_total = torch.zeros((), device=accelerator.device)  # summed on the device: no host sync per step
-    start = time.perf_counter()
-    for i, batch_rows in enumerate(tqdm(batches, desc=f"epoch {epoch + 1}", leave=False, mininterval=1, disable=None)):
+    # summed on the device: no host sync per step
+    loss_total = torch.tensor(state.epoch_loss, device=accelerator.device)
+    start = time.perf_counter() - state.epoch_seconds
+    progress = tqdm(range(state.batches_done, len(batches)), initial=state.batches_done, total=len(batches),
+                    desc=f"epoch {epoch + 1}", leave=False, mininterval=1, disable=None)
+    for i in progress:
         window_start = i - i % accum
         # Each window's loss is the mean over its examples, so 2 x 4 accumulates exactly what 8 does.
         window_examples = sum(len(b) for b in batches[window_start:window_start + accum])
-        batch = {k: v.to(accelerator.device) for k, v in collate(ids, labels, batch_rows, encoded.pad_id, pad_multiple).items()}
+        batch = {k: v.to(accelerator.device) for k, v in collate(ids, labels, batches[i], encoded.pad_id, pad_multiple).items()}
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         loss = F.cross_entropy(logits.float(), batch["labels"], reduction="sum")
         accelerator.backward(loss / window_examples)
@@ -132,8 +175,14 @@ def train_epoch(model, optimizer, scheduler, accelerator: Accelerator, encoded: 
                 scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             state.step += 1
-    mean_loss = loss_total.item() / len(labels)
-    return mean_loss, time.perf_counter() - start
+            every = t.checkpoint_every_steps
+            if i + 1 < len(batches) and (stop.requested or (every and state.step % every == 0)):
+                state.batches_done, state.epoch_loss = i + 1, loss_total.item()
+                state.epoch_seconds = time.perf_counter() - start
+                checkpoint()
+                if stop.requested:
+                    raise KeyboardInterrupt
+    return loss_total.item() / len(labels), time.perf_counter() - start
 
 
 @torch.inference_mode()

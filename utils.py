@@ -70,6 +70,7 @@ class TrainingConfig:
     max_grad_norm: float | None = 1.0  # clip threshold; null turns clipping off
     fp16: bool = True  # mixed precision on CUDA; ignored (with a warning) on CPU
     eval_batch_size: int = 128  # evaluation needs no gradients, so larger batches fit
+    checkpoint_every_steps: int | None = None  # also checkpoint inside epochs; null: after each epoch only
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
     seed: int = 42  # model head initialisation, dropout and batch order
 
@@ -288,6 +289,8 @@ def _rule_problems(cfg: Config) -> list[str]:
             d.validation_size + d.test_size, "a sum below 1, so that training rows remain")
     require(t.batch_size >= 1, "training.batch_size", t.batch_size, "an integer >= 1")
     require(t.eval_batch_size >= 1, "training.eval_batch_size", t.eval_batch_size, "an integer >= 1")
+    require(t.checkpoint_every_steps is None or t.checkpoint_every_steps >= 1, "training.checkpoint_every_steps",
+            t.checkpoint_every_steps, "an integer >= 1, or null")
     require(t.learning_rate > 0, "training.learning_rate", t.learning_rate, "a number > 0")
     require(t.num_epochs >= 1, "training.num_epochs", t.num_epochs, "an integer >= 1")
     require(t.weight_decay >= 0, "training.weight_decay", t.weight_decay, "a number >= 0")

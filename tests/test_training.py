@@ -104,3 +104,35 @@ def test_a_loss_that_is_no_longer_finite_fails_the_run_with_a_hint(write_config,
     monkeypatch.setattr(trainer.F, "cross_entropy", lambda *a, **k: torch.tensor(math.nan, requires_grad=True))
     with pytest.raises(TrainingFailed, match="training loss became nan in epoch 1.*lower learning rate"):
         run(cfg, data, encoded, tmp_path / "r")
+
+
+def test_ctrl_c_mid_epoch_checkpoints_and_resume_equals_uninterrupted(write_config, tmp_path, monkeypatch):
+    import os
+    import signal
+
+    # 54 rows in batches of 8: 7 steps per epoch, checkpoints every 2 steps inside epochs
+    cfg, data, encoded = prepared(write_config(), ["training.num_epochs=2", "training.early_stopping.enabled=false",
+                                                   "training.checkpoint_every_steps=2"])
+    straight, expected = run(cfg, data, encoded, tmp_path / "straight")
+
+    real_collate, calls = trainer.collate, []
+
+    def collate_then_ctrl_c(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 12:  # epoch 1 takes 7 training + 2 validation batches: this is epoch 2's third batch
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_collate(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "collate", collate_then_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        run(cfg, data, encoded, tmp_path / "interrupted")
+    monkeypatch.setattr(trainer, "collate", real_collate)
+    saved = torch.load(tmp_path / "interrupted" / "last.pt", weights_only=False)["state"]
+    assert (saved["epoch"], saved["batches_done"], saved["step"]) == (1, 3, 10)  # stopped after the current step
+
+    torch.manual_seed(12345)
+    resumed, result = run(cfg, data, encoded, tmp_path / "interrupted", resume=True)
+    for (name, a), (_, b) in zip(straight.named_parameters(), resumed.named_parameters()):
+        assert torch.equal(a, b), name
+    drop_seconds = lambda history: [{k: v for k, v in h.items() if k != "seconds"} for h in history]  # noqa: E731
+    assert drop_seconds(result["history"]) == drop_seconds(expected["history"])
