@@ -151,7 +151,6 @@ def train_epoch(model, optimizer, scheduler, accelerator: Accelerator, encoded: 
     ids, labels = encoded.ids["train"], encoded.labels["train"]
     batches = train_batches([len(x) for x in ids], t.batch_size, t.seed, epoch)
     accum = t.gradient_accumulation_steps
-    pad_multiple = 8 if accelerator.mixed_precision == "fp16" else 1
     model.train()
     # summed on the device: no host sync per step
     loss_total = torch.tensor(state.epoch_loss, device=accelerator.device)
@@ -162,7 +161,7 @@ def train_epoch(model, optimizer, scheduler, accelerator: Accelerator, encoded: 
         window_start = i - i % accum
         # Each window's loss is the mean over its examples, so 2 x 4 accumulates exactly what 8 does.
         window_examples = sum(len(b) for b in batches[window_start:window_start + accum])
-        batch = {k: v.to(accelerator.device) for k, v in collate(ids, labels, batches[i], encoded.pad_id, pad_multiple).items()}
+        batch = device_batch(encoded, "train", batches[i], accelerator)
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         loss = F.cross_entropy(logits.float(), batch["labels"], reduction="sum")
         accelerator.backward(loss / window_examples)
@@ -185,16 +184,22 @@ def train_epoch(model, optimizer, scheduler, accelerator: Accelerator, encoded: 
     return loss_total.item() / len(labels), time.perf_counter() - start
 
 
+def device_batch(encoded: Encoded, split: str, rows: list[int], accelerator: Accelerator) -> dict:
+    """One padded batch on the training device; fp16 pads to multiples of 8 for tensor cores."""
+    pad_multiple = 8 if accelerator.mixed_precision == "fp16" else 1
+    batch = collate(encoded.ids[split], encoded.labels[split], rows, encoded.pad_id, pad_multiple)
+    return {k: v.to(accelerator.device) for k, v in batch.items()}
+
+
 @torch.inference_mode()
 def predict(model, encoded: Encoded, split: str, batch_size: int, accelerator: Accelerator) -> tuple[float, np.ndarray]:
     """Mean loss and predicted class per example, in the split's original order."""
     ids, labels = encoded.ids[split], encoded.labels[split]
-    pad_multiple = 8 if accelerator.mixed_precision == "fp16" else 1
     model.eval()
     predictions = np.empty(len(labels), dtype=np.int64)
     loss_total = torch.zeros((), device=accelerator.device)
     for batch_rows in tqdm(eval_batches([len(x) for x in ids], batch_size), desc=f"eval {split}", leave=False, mininterval=1, disable=None):
-        batch = {k: v.to(accelerator.device) for k, v in collate(ids, labels, batch_rows, encoded.pad_id, pad_multiple).items()}
+        batch = device_batch(encoded, split, batch_rows, accelerator)
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
         loss_total += F.cross_entropy(logits, batch["labels"], reduction="sum")
         predictions[batch_rows] = logits.argmax(-1).cpu().numpy()

@@ -20,6 +20,14 @@ def run(cfg, data, encoded, run_dir, strategy="full", resume=False, run_key=None
     return model, result
 
 
+def assert_same_run(model_a, result_a, model_b, result_b):
+    """Bit-identical weights and the same history, timings aside."""
+    for (name, a), (_, b) in zip(model_a.named_parameters(), model_b.named_parameters()):
+        assert torch.equal(a, b), name
+    without_seconds = [[{k: v for k, v in h.items() if k != "seconds"} for h in r["history"]] for r in (result_a, result_b)]
+    assert without_seconds[0] == without_seconds[1]
+
+
 def test_accumulating_two_batches_of_four_equals_one_batch_of_eight(write_config, tmp_path):
     overrides = NO_DROPOUT + ["data.train_size=8", "training.max_grad_norm=null"]
     cfg8, data, encoded = prepared(write_config(), overrides + ["training.batch_size=8"])
@@ -58,10 +66,7 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(write_config, tmp_path
     torch.manual_seed(12345)  # a new process would start from other random state
     resumed, result = run(cfg, data, encoded, tmp_path / "interrupted", resume=True)
 
-    for (name, a), (_, b) in zip(straight.named_parameters(), resumed.named_parameters()):
-        assert torch.equal(a, b), name
-    drop_seconds = lambda history: [{k: v for k, v in h.items() if k != "seconds"} for h in history]  # noqa: E731
-    assert drop_seconds(result["history"]) == drop_seconds(expected["history"])
+    assert_same_run(straight, expected, resumed, result)
     assert (result["best_epoch"], result["stop_reason"]) == (expected["best_epoch"], expected["stop_reason"])
 
 
@@ -132,7 +137,4 @@ def test_ctrl_c_mid_epoch_checkpoints_and_resume_equals_uninterrupted(write_conf
 
     torch.manual_seed(12345)
     resumed, result = run(cfg, data, encoded, tmp_path / "interrupted", resume=True)
-    for (name, a), (_, b) in zip(straight.named_parameters(), resumed.named_parameters()):
-        assert torch.equal(a, b), name
-    drop_seconds = lambda history: [{k: v for k, v in h.items() if k != "seconds"} for h in history]  # noqa: E731
-    assert drop_seconds(result["history"]) == drop_seconds(expected["history"])
+    assert_same_run(straight, expected, resumed, result)
