@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
                      f"Validation loss per epoch: {dataset}, {model}", plots / "convergence_val_loss.png")
     plot_performance(runs, runs[-1]["dataset"].get("majority_baseline"),
                      f"Test scores at the best validation epoch: {dataset}", plots / "performance_comparison.png")
-    print(f"{len(runs)} runs on '{dataset}' plotted into {plots}/: convergence_train_loss.png, "
+    print(f"{len(runs)} run(s) on '{dataset}' plotted into {plots}/: convergence_train_loss.png, "
           "convergence_val_loss.png, performance_comparison.png")
     return 0
 
