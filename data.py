@@ -217,6 +217,23 @@ class Encoded:
     labels: dict[str, list[int]]
     pad_id: int
 
+    def with_train_rows(self, rows: list[int]) -> Encoded:
+        """The same validation and test splits, training on the given rows only."""
+        return Encoded(ids={**self.ids, "train": [self.ids["train"][i] for i in rows]},
+                       labels={**self.labels, "train": [self.labels["train"][i] for i in rows]}, pad_id=self.pad_id)
+
+
+def few_shot_rows(labels: list[int], shots: int, seed: int, draw: int) -> list[int]:
+    """`shots` training rows per class, the draw-th sample for this seed. Each class is permuted once
+    per draw and the first k taken, so within a draw the 16-shot sample contains the 8-shot one and
+    curves over k compare like with like. A class with fewer rows gives all it has."""
+    rng = np.random.default_rng([seed, draw])
+    labels = np.asarray(labels)
+    rows = []
+    for label in np.unique(labels):
+        rows += rng.permutation(np.flatnonzero(labels == label))[:shots].tolist()
+    return sorted(rows)
+
 
 def tokenize(data: LabelledData, tokenizer, max_length: int) -> Encoded:
     """Tokenize every split once; padding happens per batch, to that batch's longest row."""

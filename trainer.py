@@ -4,7 +4,6 @@ checkpoints that resume exactly."""
 
 from __future__ import annotations
 
-import io
 import logging
 import math
 import random
@@ -24,7 +23,7 @@ from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from data import Encoded, collate, eval_batches, train_batches
-from utils import Config, ConfigError, TrainingConfig, atomic_write_bytes
+from utils import Config, ConfigError, TrainingConfig, atomic_open
 
 logger = logging.getLogger(__name__)
 
@@ -260,9 +259,8 @@ def trainable_weights(model, accelerator: Accelerator) -> dict[str, torch.Tensor
 
 
 def _save(path: Path, payload: dict) -> None:
-    buffer = io.BytesIO()
-    torch.save(payload, buffer)
-    atomic_write_bytes(path, buffer.getvalue())
+    with atomic_open(path) as f:  # straight into the file: no second copy in memory
+        torch.save(payload, f)
 
 
 def save_checkpoint(run_dir: Path, model, optimizer, scheduler, accelerator: Accelerator, state: TrainState,

@@ -4,10 +4,12 @@ that never leaves a half-written file, seeding and version records."""
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import difflib
 import fcntl
 import hashlib
+import itertools
 import json
 import os
 import platform
@@ -73,33 +75,28 @@ class TrainingConfig:
     checkpoint_every_steps: int | None = None  # also checkpoint inside epochs; null: after each epoch only
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
     seed: int = 42  # model head initialisation, dropout and batch order
+    seeds: list[int] | None = None  # one run per seed, replacing `seed`
 
 
 @dataclass
-class FullConfig:
+class StrategyConfig:
     enabled: bool = True
-    learning_rate: float | None = None
+    learning_rate: float | None = None  # null: training.learning_rate
+    learning_rates: list[float] | None = None  # one run per rate, replacing ablation.learning_rates
 
 
 @dataclass
-class LoraConfig:
-    enabled: bool = True
+class LoraConfig(StrategyConfig):
     learning_rate: float | None = 5e-4
     rank: int = 8
+    rank_values: list[int] | None = None  # one run per rank, replacing `rank`
     alpha: int = 16
     dropout: float = 0.1
     target_modules: list[str] = field(default_factory=lambda: ["query", "value"])
 
 
 @dataclass
-class BitFitConfig:
-    enabled: bool = True
-    learning_rate: float | None = 1e-3
-
-
-@dataclass
-class PromptTuningConfig:
-    enabled: bool = True
+class PromptTuningConfig(StrategyConfig):
     learning_rate: float | None = 3e-2
     num_virtual_tokens: int = 20
     init_text: str | None = None  # null: random initialisation
@@ -107,10 +104,22 @@ class PromptTuningConfig:
 
 @dataclass
 class StrategiesConfig:
-    full: FullConfig = field(default_factory=FullConfig)
+    full: StrategyConfig = field(default_factory=StrategyConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
-    bitfit: BitFitConfig = field(default_factory=BitFitConfig)
+    bitfit: StrategyConfig = field(default_factory=lambda: StrategyConfig(learning_rate=1e-3))
     prompt_tuning: PromptTuningConfig = field(default_factory=PromptTuningConfig)
+
+
+@dataclass
+class AblationConfig:
+    learning_rates: list[float] | None = None  # every strategy at each rate, unless it has its own list
+
+
+@dataclass
+class FewShotConfig:
+    enabled: bool = False
+    shots_per_class: list[int] = field(default_factory=lambda: [8, 16, 32, 64])  # training examples per class
+    repeats: int = 3  # draws of each k-shot sample (each with its own seed)
 
 
 @dataclass
@@ -124,15 +133,105 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     strategies: StrategiesConfig = field(default_factory=StrategiesConfig)
+    ablation: AblationConfig = field(default_factory=AblationConfig)
+    sweep: dict[str, list] = field(default_factory=dict)  # dotted key -> values; the runs form a grid
+    few_shot: FewShotConfig = field(default_factory=FewShotConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
 
 
+# Keys that shape the experiment (which runs exist), not a single run: they never enter a run's settings.
+GRID_KEYS = ("enabled", "learning_rates", "rank_values")
+
+
 def strategy_settings(cfg: Config, strategy: str) -> dict[str, Any]:
-    """The strategy's own section without `enabled`, with the learning rate it will really use."""
-    settings = dataclasses.asdict(getattr(cfg.strategies, strategy))
-    settings.pop("enabled")
+    """The strategy's own settings for one run, with the learning rate it will really use."""
+    settings = {k: v for k, v in dataclasses.asdict(getattr(cfg.strategies, strategy)).items() if k not in GRID_KEYS}
     settings["learning_rate"] = settings["learning_rate"] or cfg.training.learning_rate
     return settings
+
+
+# ----------------------------------------------------------------------------------------------
+# The experiment grid: every list in the config (rates, ranks, sweep values, seeds) multiplies the runs.
+
+# Keys a sweep may not vary, and why.
+NOT_SWEEPABLE = {
+    "training.fp16": "mixed precision is one setting per process",
+    "training.seed": "list seeds in training.seeds",
+    "training.seeds": "list seeds in training.seeds",
+    "output.dir": "one experiment writes into one folder",
+}
+
+
+def grid_axes(cfg: Config, strategy: str) -> dict[str, list]:
+    """The dotted keys this strategy's runs vary, and their values (seeds and few-shot draws aside)."""
+    own = getattr(cfg.strategies, strategy)
+    axes = {}
+    rates = own.learning_rates or cfg.ablation.learning_rates
+    if rates:
+        axes[f"strategies.{strategy}.learning_rate"] = rates
+    if getattr(own, "rank_values", None):
+        axes[f"strategies.{strategy}.rank"] = own.rank_values
+    for key, values in cfg.sweep.items():
+        if not key.startswith("strategies.") or key.startswith(f"strategies.{strategy}."):
+            axes[key] = values
+    return axes
+
+
+def expand_grid(cfg: Config, strategy: str) -> list[tuple[dict[str, Any], Config]]:
+    """One (varied values, single-run config) per point of the strategy's grid, seeds not yet applied.
+
+    Each point is rebuilt and validated with the same schema and rules as a config file."""
+    axes = grid_axes(cfg, strategy)
+    base = dataclasses.asdict(cfg)
+    base.update(sweep={}, ablation={}, few_shot={"enabled": False})
+    for section in base["strategies"].values():
+        section.update(learning_rates=None, **({"rank_values": None} if "rank_values" in section else {}))
+    points = []
+    for values in itertools.product(*axes.values()):
+        raw = copy.deepcopy(base)
+        for key, value in zip(axes, values):
+            _set_dotted(raw, key, value)
+        problems: list[str] = []
+        point = _build(Config, raw, "", problems)
+        problems = problems or _rule_problems(point)
+        if problems:
+            setting = ", ".join(f"{k}={v}" for k, v in zip(axes, values))
+            raise ConfigError(f"the run with {setting}: " + "; ".join(problems))
+        points.append((dict(zip(axes, values)), point))
+    return points
+
+
+def _grid_problems(cfg: Config) -> list[str]:
+    problems = []
+    for key in cfg.sweep:
+        if key in NOT_SWEEPABLE or key.split(".")[0] in ("sweep", "ablation", "few_shot") or \
+                key.rsplit(".", 1)[-1] in GRID_KEYS:
+            why = NOT_SWEEPABLE.get(key, "it shapes the experiment itself")
+            problems.append(f"sweep.{key}: cannot be swept ({why})")
+    for strategy in (f.name for f in dataclasses.fields(StrategiesConfig)):
+        own = getattr(cfg.strategies, strategy)
+        for key, list_key in ((f"strategies.{strategy}.learning_rate", "learning_rates"),
+                              (f"strategies.{strategy}.rank", "rank_values")):
+            if key in cfg.sweep and getattr(own, list_key, None):
+                problems.append(f"sweep.{key}: also given as strategies.{strategy}.{list_key}; keep one")
+    if problems:
+        return problems
+    for strategy in (f.name for f in dataclasses.fields(StrategiesConfig)):
+        try:
+            expand_grid(cfg, strategy)
+        except ConfigError as err:
+            problems.append(f"sweep: {err}")
+    return list(dict.fromkeys(problems))  # the same mistake shows once, not once per strategy
+
+
+def _set_dotted(raw: dict, key: str, value) -> None:
+    node = raw
+    *parents, leaf = key.split(".")
+    for part in parents:
+        if not isinstance(node.get(part), dict):
+            node[part] = {}
+        node = node[part]
+    node[leaf] = value
 
 
 # ----------------------------------------------------------------------------------------------
@@ -148,6 +247,8 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
     cfg = _build(Config, raw, "", problems)
     if not problems:
         problems = _rule_problems(cfg)
+    if not problems:
+        problems = _grid_problems(cfg)
     if problems:
         raise ConfigError(f"{path}: " + "; ".join(problems))
     return cfg
@@ -180,13 +281,7 @@ def _apply_override(raw: dict, override: str) -> None:
         value = yaml.safe_load(text)
     except yaml.YAMLError:
         value = text
-    node = raw
-    *parents, leaf = key.split(".")
-    for part in parents:
-        if not isinstance(node.get(part), dict):
-            node[part] = {}
-        node = node[part]
-    node[leaf] = value
+    _set_dotted(raw, key, value)
 
 
 def _build(cls, raw: dict, prefix: str, problems: list[str]):
@@ -236,8 +331,12 @@ def _convert(value, tp) -> tuple[bool, Any]:
     if origin is list:
         if not isinstance(value, list):
             return False, value
-        items = [_convert(item, args[0]) for item in value]
+        items = [_convert(item, args[0]) for item in value] if args else [(True, item) for item in value]
         return all(ok for ok, _ in items), [item for _, item in items]
+    if origin is dict:  # the sweep: its values are typed later, key by key, when the grid is built
+        ok = isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, list) and v
+                                             for k, v in value.items())
+        return ok, value
     if tp is bool:
         return isinstance(value, bool), value
     if tp is int:
@@ -265,6 +364,8 @@ def _type_name(tp) -> str:
         return "one of " + ", ".join(repr(a) for a in args)
     if origin is list:
         return f"a list of {_type_name(args[0])}"
+    if origin is dict:
+        return "a mapping of dotted keys to non-empty lists, e.g. {training.batch_size: [16, 32]}"
     return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}[tp]
 
 
@@ -312,6 +413,21 @@ def _rule_problems(cfg: Config) -> list[str]:
             "a non-empty list of module names, e.g. [query, value]")
     require(prompt.num_virtual_tokens >= 1, "strategies.prompt_tuning.num_virtual_tokens",
             prompt.num_virtual_tokens, "an integer >= 1")
+
+    def require_list(values, key: str, valid, allowed: str) -> None:
+        if values is not None:
+            require(len(values) > 0 and all(valid(v) for v in values) and len(set(values)) == len(values),
+                    key, values, f"a non-empty list of distinct {allowed}")
+
+    require_list(t.seeds, "training.seeds", lambda v: True, "integers")
+    require_list(cfg.ablation.learning_rates, "ablation.learning_rates", lambda v: v > 0, "numbers > 0")
+    for strategy in (f.name for f in dataclasses.fields(StrategiesConfig)):
+        require_list(getattr(cfg.strategies, strategy).learning_rates, f"strategies.{strategy}.learning_rates",
+                     lambda v: v > 0, "numbers > 0")
+    require_list(lora.rank_values, "strategies.lora.rank_values", lambda v: v >= 1, "integers >= 1")
+    few = cfg.few_shot
+    require_list(few.shots_per_class, "few_shot.shots_per_class", lambda v: v >= 1, "integers >= 1")
+    require(few.repeats >= 1, "few_shot.repeats", few.repeats, "an integer >= 1")
     return problems
 
 
@@ -357,13 +473,15 @@ def stable_hash(obj, length: int = 12) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:length]
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temporary file in the same folder, then rename: readers never see half a file."""
+@contextlib.contextmanager
+def atomic_open(path: Path):
+    """A binary file that appears at `path` only once fully written (temporary file, fsync, rename),
+    so readers and resumed runs never see half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -371,6 +489,11 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    with atomic_open(path) as f:
+        f.write(data)
 
 
 def atomic_write_json(path: Path, obj) -> None:
@@ -405,3 +528,189 @@ def library_versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             versions[package] = "not installed"
     return versions
+
+
+# ----------------------------------------------------------------------------------------------
+# Aggregating runs: mean and spread over seeds, the best setting per strategy (on validation),
+# and paired tests between strategies on the same test examples.
+
+
+def aggregate(values: list[float]) -> dict[str, float | int | None]:
+    """Mean, sample standard deviation and the half-width of a 95% t-interval for the mean."""
+    import numpy as np
+    from scipy import stats
+
+    n = len(values)
+    if n == 0:
+        return {"n": 0, "mean": None, "std": None, "ci95": None}
+    mean = float(np.mean(values))
+    if n == 1:
+        return {"n": 1, "mean": mean, "std": None, "ci95": None}
+    std = float(np.std(values, ddof=1))
+    return {"n": n, "mean": mean, "std": std, "ci95": float(stats.t.ppf(0.975, n - 1) * std / n ** 0.5)}
+
+
+def validation_score(run: dict, metric: str) -> float:
+    """The selection metric at the run's best epoch (what early stopping kept)."""
+    return next(h[metric] for h in run["history"] if h["epoch"] == run["best_epoch"])
+
+
+COMPARISON_NOTE = (
+    "Δ = A − B on the same test examples, averaged over runs paired by seed (and few-shot draw); 95% interval "
+    "and p-value from a paired bootstrap over test examples (5,000 resamples). They measure how much the "
+    "difference depends on which test examples were drawn, not on the seed: read them beside the standard "
+    "deviations above. Each p-value is for one comparison; among many, some fall below 0.05 by chance.")
+
+
+def summarize(runs: list[dict], metric: str) -> dict:
+    """One row per configuration (strategy + grid values + shots), the best configuration of each
+    strategy chosen on the validation `metric`, and paired tests between the chosen ones."""
+    lower_is_better = metric == "val_loss"
+    groups: dict[str, list[dict]] = {}
+    for run in runs:
+        groups.setdefault(run.get("config_id", run["run_id"]), []).append(run)  # older records: one run each
+    rows = []
+    for config_id, group in groups.items():
+        done = [r for r in group if r["status"] == "completed"]
+        first = group[0]
+        rows.append({
+            "config_id": config_id, "strategy": first["strategy"], "varied": first.get("varied", {}),
+            "shots_per_class": (first.get("few_shot") or {}).get("shots_per_class"),
+            "learning_rate": first["hyperparameters"]["learning_rate"], "runs": len(group), "failed": len(group) - len(done),
+            "validation": aggregate([validation_score(r, metric) for r in done]),
+            "test_accuracy": aggregate([r["test"]["accuracy"] for r in done]),
+            "test_macro_f1": aggregate([r["test"]["macro_f1"] for r in done]),
+            "trainable_params": first.get("trainable_params"),
+            "train_time_s": aggregate([r["train_time_s"] for r in done]),
+            "peak_memory_mb": aggregate([r["peak_memory_mb"] for r in done]),
+            "chosen": False,
+        })
+    chosen = {}
+    for row in rows:
+        if row["validation"]["mean"] is None:
+            continue
+        slot = (row["strategy"], row["shots_per_class"])
+        best = chosen.get(slot)
+        better = best is None or (row["validation"]["mean"] < best["validation"]["mean"] if lower_is_better
+                                  else row["validation"]["mean"] > best["validation"]["mean"])
+        if better:
+            chosen[slot] = row
+    for row in chosen.values():
+        row["chosen"] = True
+    comparisons = []
+    for (strategy_a, shots), row_a in chosen.items():
+        for (strategy_b, shots_b), row_b in chosen.items():
+            if shots_b != shots or list(chosen).index((strategy_b, shots_b)) <= list(chosen).index((strategy_a, shots)):
+                continue
+            comparison = compare_configurations(groups[row_a["config_id"]], groups[row_b["config_id"]])
+            if comparison:
+                comparisons.append({"a": strategy_a, "b": strategy_b, "shots_per_class": shots, **comparison})
+    return {"metric": metric, "rows": rows, "comparisons": comparisons}
+
+
+def _pairing_key(run: dict) -> tuple:
+    return run["seed"], (run.get("few_shot") or {}).get("draw")
+
+
+def compare_configurations(runs_a: list[dict], runs_b: list[dict]) -> dict | None:
+    """Paired bootstrap over test examples, pairing runs of the same seed (and few-shot draw)."""
+    import numpy as np
+
+    by_key = {_pairing_key(r): r for r in runs_b if r["status"] == "completed" and "test_labels" in r}
+    pairs = [(r, by_key[_pairing_key(r)]) for r in runs_a
+             if r["status"] == "completed" and "test_labels" in r and _pairing_key(r) in by_key
+             and r["test_labels"] == by_key[_pairing_key(r)]["test_labels"]]
+    if not pairs:
+        return None
+    truth = np.asarray(pairs[0][0]["test_labels"])
+    num_classes = pairs[0][0]["dataset"]["num_labels"]
+    result = paired_bootstrap(truth, [np.asarray(a["test_predictions"]) for a, _ in pairs],
+                              [np.asarray(b["test_predictions"]) for _, b in pairs], num_classes)
+    return {"paired_runs": len(pairs), **result}
+
+
+def paired_bootstrap(truth, predictions_a: list, predictions_b: list, num_classes: int, resamples: int = 5000,
+                     seed: int = 0) -> dict[str, dict[str, float]]:
+    """Difference A - B in test accuracy and macro-F1 (mean over paired runs), its 95% percentile
+    interval, and a two-sided p-value for "no difference" (the bootstrap distribution shifted to
+    zero mean, as in Berg-Kirkpatrick et al. 2012). Test examples are resampled, the same ones for
+    both sides, so the test sees the pairing."""
+    import numpy as np
+
+    truth = np.asarray(truth)
+    n = len(truth)
+    rng = np.random.default_rng(seed)
+    # Resample counts per example (resamples x n), in chunks to bound memory on large test sets.
+    chunks = [rng.multinomial(n, np.full(n, 1 / n), size=size).astype(np.float32)
+              for size in [1000] * (resamples // 1000) + ([resamples % 1000] if resamples % 1000 else [])]
+    weights = np.concatenate(chunks)
+    full = np.ones((1, n), dtype=np.float32)
+    one_hot_truth = np.eye(num_classes, dtype=np.float32)[truth]
+
+    def scores(predictions: list) -> dict[str, np.ndarray]:
+        """Per weighting (the observed one first, then each resample): metrics averaged over runs."""
+        w = np.concatenate([full, weights])
+        accuracy, macro_f1 = 0.0, 0.0
+        for pred in predictions:
+            pred = np.asarray(pred)
+            correct = (pred == truth).astype(np.float32)
+            one_hot_pred = np.eye(num_classes, dtype=np.float32)[pred]
+            true_positive = w @ (one_hot_pred * one_hot_truth)
+            denominator = w @ one_hot_pred + w @ one_hot_truth  # predicted + actual per class
+            f1 = np.divide(2 * true_positive, denominator, out=np.zeros_like(true_positive), where=denominator > 0)
+            accuracy = accuracy + (w @ correct) / w.sum(1)
+            macro_f1 = macro_f1 + f1.mean(1)
+        return {"accuracy": accuracy / len(predictions), "macro_f1": macro_f1 / len(predictions)}
+
+    a, b = scores(predictions_a), scores(predictions_b)
+    result = {}
+    for metric in ("accuracy", "macro_f1"):
+        difference = a[metric] - b[metric]
+        observed, resampled = float(difference[0]), difference[1:]
+        extreme = np.sum(np.abs(resampled - resampled.mean()) >= abs(observed) - 1e-12)
+        low, high = np.percentile(resampled, [2.5, 97.5])
+        result[metric] = {"difference": observed, "low": float(low), "high": float(high),
+                          "p_value": float((extreme + 1) / (len(resampled) + 1))}
+    return result
+
+
+def short_key(dotted: str) -> str:
+    """`strategies.lora.rank` -> `rank`: the strategy is already in the row. Other keys stay whole."""
+    return dotted.split(".", 2)[2] if dotted.startswith("strategies.") else dotted
+
+
+def _mean_std(stats: dict, digits: int = 4) -> str:
+    if stats["mean"] is None:
+        return "-"
+    text = f"{stats['mean']:.{digits}f}"
+    return text + (f" ± {stats['std']:.{digits}f}" if stats["std"] is not None else "")
+
+
+def summary_tables(summary: dict) -> tuple[list[str], list[list[str]], list[str], list[list[str]]]:
+    """The configuration table and the comparison table as text cells, for Markdown, HTML and the terminal."""
+    rows = summary["rows"]
+    varied = list(dict.fromkeys(k for row in rows for k in row["varied"] if k != "learning_rate"))
+    few_shot = any(row["shots_per_class"] is not None for row in rows)
+    header = (["strategy", "learning rate", *varied] + (["shots/class"] if few_shot else [])
+              + ["runs", f"validation {summary['metric'].removeprefix('val_')}", "test accuracy", "test macro-F1", "trainable params",
+                 "train time (s)", "peak memory (MB)", "chosen"])
+    table = []
+    for row in rows:
+        runs = str(row["runs"]) + (f" ({row['failed']} failed)" if row["failed"] else "")
+        table.append([row["strategy"], f"{row['learning_rate']:.1e}", *[str(row["varied"].get(k, "")) for k in varied]]
+                     + ([str(row["shots_per_class"])] if few_shot else [])
+                     + [runs, _mean_std(row["validation"]), _mean_std(row["test_accuracy"]),
+                        _mean_std(row["test_macro_f1"]),
+                        f"{row['trainable_params']:,}" if row["trainable_params"] else "-",
+                        _mean_std(row["train_time_s"], 1), _mean_std(row["peak_memory_mb"], 0),
+                        "yes" if row["chosen"] else ""])
+    comparison_header = (["A vs B"] + (["shots/class"] if few_shot else [])
+                         + ["paired runs", "Δ accuracy [95% CI]", "p", "Δ macro-F1 [95% CI]", "p"])
+    comparisons = []
+    for c in summary["comparisons"]:
+        cells = [f"{c['a']} vs {c['b']}"] + ([str(c["shots_per_class"])] if few_shot else []) + [str(c["paired_runs"])]
+        for metric in ("accuracy", "macro_f1"):
+            m = c[metric]
+            cells += [f"{m['difference']:+.4f} [{m['low']:+.4f}, {m['high']:+.4f}]", f"{m['p_value']:.4f}"]
+        comparisons.append(cells)
+    return header, table, comparison_header, comparisons

@@ -77,12 +77,12 @@ def test_lora_target_module_missing_from_the_model_is_a_config_error(write_confi
     assert "strategies.lora.target_modules: qkv not in this model; its linear layers are: " in result.stderr
 
 
-def test_resume_skips_completed_runs(write_config, tmp_path):
+def test_completed_runs_are_reused_also_with_resume(write_config, tmp_path):
     config = write_config()
     assert main_py("--config", config, "--strategy", "bitfit", "training.num_epochs=1").returncode == 0
     first = results(tmp_path)[0]
     again = main_py("--config", config, "--strategy", "bitfit", "training.num_epochs=1", "--resume")
-    assert again.returncode == 0 and "already completed; skipped" in again.stderr
+    assert again.returncode == 0 and "1 already completed (reused" in again.stderr
     assert results(tmp_path) == [first]
 
 

@@ -1,0 +1,78 @@
+"""Every plot and the report, drawn from a small constructed results file."""
+
+import json
+import random
+
+import visualize
+from utils import atomic_write_json
+
+LABELS = ["billing", "shipping", "account"]
+
+
+def record(strategy: str, seed: int, varied: dict, shots: int | None = None, draw: int | None = None) -> dict:
+    rng = random.Random(f"{strategy}{seed}{varied}{shots}{draw}")
+    truth = [i % 3 for i in range(30)]
+    predictions = [t if rng.random() < 0.8 else (t + 1) % 3 for t in truth]
+    accuracy = sum(p == t for p, t in zip(predictions, truth)) / len(truth)
+    config_id = f"{strategy}-{json.dumps(varied, sort_keys=True)}-{shots}"
+    history = [{"epoch": e, "train_loss": 1.0 / e + rng.random() / 10, "val_loss": 1.2 / e + rng.random() / 10,
+                "val_accuracy": 0.5 + e / 10, "val_macro_f1": 0.4 + e / 10 + rng.random() / 20, "lr": 1e-4,
+                "seconds": 2.0} for e in range(1, 4)]
+    return {"run_id": f"{config_id}-{seed}-{draw}", "config_id": config_id, "strategy": strategy,
+            "status": "completed", "varied": varied, "seed": seed,
+            "few_shot": {"shots_per_class": shots, "draw": draw} if shots else None,
+            "model": "tiny", "hyperparameters": {"learning_rate": varied.get("learning_rate", 1e-4)},
+            "dataset": {"name": "tickets", "fingerprint": "f" * 16, "sizes": {"train": 60, "validation": 30, "test": 30},
+                        "num_labels": 3, "label_names": LABELS,
+                        "majority_baseline": {"label": "billing", "accuracy": 0.34, "macro_f1": 0.17}},
+            "trainable_params": 1000 * varied.get("rank", 100), "total_params": 10 ** 6, "history": history,
+            "best_epoch": 3, "test": {"accuracy": accuracy, "macro_f1": accuracy - 0.02},
+            "test_predictions": predictions, "test_labels": truth, "train_time_s": 5.0 + seed,
+            "peak_memory_mb": 900.0, "device": "cpu", "versions": {"torch": "2.13.0"},
+            "finished_at": "2026-11-22T12:00:00"}
+
+
+def write_results(folder, runs, metric="val_macro_f1"):
+    results = folder / "results"
+    atomic_write_json(results / "all_results.json", {"runs": runs})
+    atomic_write_json(results / "experiment.json", {
+        "config_file": "config.yaml", "command": "main.py", "run_ids": [r["run_id"] for r in runs],
+        "config": {"training": {"early_stopping": {"metric": metric}}}})
+
+
+def test_every_plot_and_the_report_from_a_results_file(tmp_path, capsys):
+    runs = [record(s, seed, {"learning_rate": lr}) for s in ("full", "bitfit") for lr in (1e-4, 3e-4)
+            for seed in (0, 1)]
+    runs += [record("lora", seed, {"learning_rate": lr, "rank": rank}) for lr in (1e-3, 3e-3) for rank in (4, 16)
+             for seed in (0, 1)]
+    runs += [record(s, 0, {}, shots, draw) for s in ("full", "lora") for shots in (2, 4, 8, 16) for draw in (0, 1)]
+    write_results(tmp_path, runs)
+    assert visualize.main(["--output-dir", str(tmp_path)]) == 0
+    expected = ["convergence_train_loss", "convergence_val_loss", "performance_comparison", "few_shot_learning",
+                "lr_ablation", "lora_rank_ablation", "efficiency", "confusion_matrix_full", "confusion_matrix_lora",
+                "confusion_matrix_bitfit"]
+    for name in expected:
+        png = (tmp_path / "plots" / f"{name}.png").read_bytes()
+        assert png.startswith(b"\x89PNG") and len(png) > 15_000, name
+    assert "skipped" not in capsys.readouterr().out
+    report = (tmp_path / "report.html").read_text()
+    assert report.count("data:image/png;base64,") == len(expected)
+    assert "Paired comparisons of the chosen settings" in report and "full vs lora" in report
+    assert "<td>yes</td>" in report  # the chosen configurations are marked
+
+
+def test_plots_without_data_are_skipped_with_a_reason(tmp_path, capsys):
+    write_results(tmp_path, [record("full", 0, {})])
+    assert visualize.main(["--output-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "skipped few_shot_learning.png: needs few-shot runs at two or more shot counts" in out
+    assert "skipped lr_ablation.png: needs two or more values of learning_rate for a strategy" in out
+    assert "skipped efficiency.png: needs two or more strategies" in out
+    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == [
+        "confusion_matrix_full.png", "convergence_train_loss.png", "convergence_val_loss.png",
+        "performance_comparison.png"]
+
+
+def test_no_completed_runs_is_an_error(tmp_path, capsys):
+    assert visualize.main(["--output-dir", str(tmp_path)]) == 2
+    assert "no completed runs" in capsys.readouterr().err
