@@ -2,15 +2,21 @@
 on the same model, data, hyperparameters and threads, alternating between the two per strategy:
 
     python benchmarks/throughput.py [--rows 3000] [--static-rows 320] [--strategy NAME ...]
+        [--model NAME_OR_PATH] [--batch-size 32] [--max-length 128] [--fill-to-max-length] [--repeats 1]
+        [--name throughput]
 
-Data: ../shared/datasets/banking77 when present, else the demo data. Writes benchmarks/results/throughput.json
-and throughput.md. The Trainer runs with dynamic padding and train_sampling_strategy="group_by_length" (its
-fastest setting here); full fine-tuning also runs once with every row padded to 128 tokens, as many tutorials do.
+Data: ../shared/datasets/banking77 when present (or --data PATH), else the demo data. Writes
+benchmarks/results/<name>.json and <name>.md. The Trainer runs with dynamic padding and
+train_sampling_strategy="group_by_length" (its fastest setting here); full fine-tuning also runs once with
+every row padded to max_length, as many tutorials do. On a CUDA GPU both loops use fp16 mixed precision and
+the yardstick is the measured fp16 matmul peak; --fill-to-max-length repeats each text until it fills
+max_length tokens, so every row is exactly that long (for model FLOP utilisation at a fixed length).
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import platform
 import sys
@@ -21,7 +27,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import datasets  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import transformers  # noqa: E402
@@ -35,54 +40,93 @@ from utils import atomic_write_json, library_versions, load_config, set_seed, st
 BANKING77 = ROOT.parent / "shared" / "datasets" / "banking77"
 
 
+CUDA = torch.cuda.is_available()
+
+
+def reset_peak_memory() -> None:
+    if CUDA:
+        gc.collect()  # the previous run's model, optimizer and Trainer must not count towards this run's peak
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def peak_memory_mb() -> float | None:
+    """Peak CUDA memory of the run just measured; on CPU there is no per-run figure (RSS only grows)."""
+    return round(torch.cuda.max_memory_allocated() / 2**20) if CUDA else None
+
+
 def ours(cfg, data, encoded, strategy: str, workdir: Path) -> dict:
     set_seed(cfg.training.seed)
+    reset_peak_memory()
     model = build_model(cfg, strategy, data.label_names)
-    accelerator = make_accelerator(False)
+    accelerator = make_accelerator(cfg.training.fp16)
     result = train(model, encoded, cfg, strategy_settings(cfg, strategy)["learning_rate"], workdir / f"ours-{strategy}",
                    accelerator, {"strategy": strategy})
     start = time.perf_counter()
     val = evaluate(model, encoded, "validation", cfg.training.eval_batch_size, accelerator)
     eval_seconds = time.perf_counter() - start
     return {"train_samples_per_s": result["train_samples_per_s"],
-            "eval_samples_per_s": len(encoded.labels["validation"]) / eval_seconds, "val_accuracy": val["accuracy"]}
+            "eval_samples_per_s": len(encoded.labels["validation"]) / eval_seconds, "val_accuracy": val["accuracy"],
+            "peak_memory_mb": peak_memory_mb()}
 
 
 def hf_trainer(cfg, data, encoded, tokenizer, strategy: str, workdir: Path, static: bool = False, rows: int | None = None) -> dict:
     set_seed(cfg.training.seed)
+    reset_peak_memory()
     model = build_model(cfg, strategy, data.label_names)
     t = cfg.training
 
-    def dataset(split, limit=None):
-        return datasets.Dataset.from_dict({"input_ids": encoded.ids[split][:limit], "labels": encoded.labels[split][:limit]})
+    def dataset(split, limit=None):  # a list of examples: all the Trainer needs, also for group_by_length
+        return [{"input_ids": ids, "labels": label}
+                for ids, label in zip(encoded.ids[split][:limit], encoded.labels[split][:limit])]
 
+    # On CUDA both pad to multiples of 8 (tensor cores, fewer distinct shapes), as the Trainer docs advise with fp16.
     collator = (DataCollatorWithPadding(tokenizer, padding="max_length", max_length=cfg.model.max_length) if static
-                else DataCollatorWithPadding(tokenizer))
+                else DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8 if CUDA and t.fp16 else None))
     args = TrainingArguments(
         output_dir=str(workdir / f"trainer-{strategy}"), per_device_train_batch_size=t.batch_size,
         per_device_eval_batch_size=t.eval_batch_size, learning_rate=strategy_settings(cfg, strategy)["learning_rate"],
         num_train_epochs=1, weight_decay=t.weight_decay, warmup_steps=t.warmup_ratio, max_grad_norm=t.max_grad_norm,
         lr_scheduler_type="linear", train_sampling_strategy="random" if static else "group_by_length",
-        save_strategy="no", logging_strategy="no", report_to="none", disable_tqdm=True, use_cpu=True,
+        save_strategy="no", logging_strategy="no", report_to="none", disable_tqdm=True, use_cpu=not CUDA,
+        fp16=CUDA and t.fp16,
         seed=t.seed, label_names=["labels"])
     trainer = Trainer(model=model, args=args, train_dataset=dataset("train", rows), eval_dataset=dataset("validation"),
                       data_collator=collator,
                       compute_metrics=lambda p: {"accuracy": float((np.argmax(p.predictions, -1) == p.label_ids).mean())})
     train_metrics = trainer.train().metrics
+    memory = peak_memory_mb()
     if static:
-        return {"train_samples_per_s": train_metrics["train_samples_per_second"]}
+        return {"train_samples_per_s": train_metrics["train_samples_per_second"], "peak_memory_mb": memory}
     eval_metrics = trainer.evaluate()
     return {"train_samples_per_s": train_metrics["train_samples_per_second"],
-            "eval_samples_per_s": eval_metrics["eval_samples_per_second"], "val_accuracy": eval_metrics["eval_accuracy"]}
+            "eval_samples_per_s": eval_metrics["eval_samples_per_second"], "val_accuracy": eval_metrics["eval_accuracy"],
+            "peak_memory_mb": memory}
+
+
+def median_run(runs: list[dict]) -> dict:
+    """Per figure, the median over repeats; the spread (min-max of training samples/s) is kept to show the noise."""
+    speeds = [r["train_samples_per_s"] for r in runs]
+    merged = {key: float(np.median([r[key] for r in runs])) if runs[0][key] is not None else None for key in runs[0]}
+    return {**merged, "train_samples_per_s_range": [min(speeds), max(speeds)], "repeats": len(runs)}
 
 
 def matmul_gflops(size: int = 2048, repeats: int = 10) -> float:
-    """This machine's fp32 matmul peak, measured here: the yardstick for model FLOP utilisation."""
-    a, b = torch.randn(size, size), torch.randn(size, size)
-    a @ b
+    """This machine's matmul peak in the precision training uses (fp16 on CUDA, fp32 on CPU), measured here:
+    the yardstick for model FLOP utilisation."""
+    if CUDA:
+        size, repeats = 8192, 50
+    kwargs = {"device": "cuda", "dtype": torch.float16} if CUDA else {}
+    a, b = torch.randn(size, size, **kwargs), torch.randn(size, size, **kwargs)
+    for _ in range(3):
+        a @ b
+    if CUDA:
+        torch.cuda.synchronize()
     start = time.perf_counter()
     for _ in range(repeats):
         a @ b
+    if CUDA:
+        torch.cuda.synchronize()
     return 2 * size**3 * repeats / (time.perf_counter() - start) / 1e9
 
 
@@ -91,13 +135,23 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=3000, help="training rows (stratified sample)")
     parser.add_argument("--static-rows", type=int, default=320, help="rows for the slow pad-to-128 Trainer run")
     parser.add_argument("--strategy", action="append", choices=sorted(STRATEGIES))
+    parser.add_argument("--model", default="minilm", help="model.name: bundled alias, Hub id or folder")
+    parser.add_argument("--data", help="data.path (default: banking77 from ../shared when present, else the demo data)")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--max-length", type=int, default=128)
+    parser.add_argument("--fill-to-max-length", action="store_true", help="repeat each text to fill max_length")
+    parser.add_argument("--repeats", type=int, default=1, help="runs per loop and strategy; the median is reported")
+    parser.add_argument("--name", default="throughput", help="file name of the results in benchmarks/results/")
     args = parser.parse_args()
     transformers.logging.set_verbosity_error()
-    data_path = BANKING77 if BANKING77.is_dir() else ROOT / "examples" / "support_tickets.csv"
+    data_path = args.data or (BANKING77 if BANKING77.is_dir() else ROOT / "examples" / "support_tickets.csv")
     cfg = load_config(ROOT / "config.yaml", [f"data.path={data_path}", f"data.train_size={args.rows}",
-                                             "training.num_epochs=1", "model.max_length=128",
+                                             "training.num_epochs=1", f"model.max_length={args.max_length}",
+                                             f"model.name={args.model}", f"training.batch_size={args.batch_size}",
                                              "training.early_stopping.enabled=false"])
     data = load_data(cfg.data)
+    if args.fill_to_max_length:
+        data.texts = {split: [" ".join([text] * args.max_length) for text in texts] for split, texts in data.texts.items()}
     tokenizer = load_tokenizer(cfg)
     encoded = tokenize(data, tokenizer, cfg.model.max_length)
     lengths = [len(x) for x in encoded.ids["train"]]
@@ -107,9 +161,18 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
+        if CUDA:  # one-time CUDA start-up (context, lazily loaded kernels, cuBLAS handles) belongs to neither loop
+            warm_rows = 20 * args.batch_size
+            ours(cfg, data, encoded.with_train_rows(list(range(warm_rows))), "full", workdir)
+            hf_trainer(cfg, data, encoded, tokenizer, "full", workdir, rows=warm_rows)
         for strategy in args.strategy or list(STRATEGIES):
-            mine = ours(cfg, data, encoded, strategy, workdir)
-            reference = hf_trainer(cfg, data, encoded, tokenizer, strategy, workdir)
+            mine_runs, reference_runs = [], []
+            for repeat in range(args.repeats):  # alternating which loop goes first cancels order effects
+                pair = [lambda: mine_runs.append(ours(cfg, data, encoded, strategy, workdir)),
+                        lambda: reference_runs.append(hf_trainer(cfg, data, encoded, tokenizer, strategy, workdir))]
+                for run in pair[::-1] if repeat % 2 else pair:
+                    run()
+            mine, reference = median_run(mine_runs), median_run(reference_runs)
             row = {"strategy": strategy, "ours": mine, "trainer": reference,
                    "train_ratio": mine["train_samples_per_s"] / reference["train_samples_per_s"],
                    "eval_ratio": mine["eval_samples_per_s"] / reference["eval_samples_per_s"]}
@@ -124,32 +187,53 @@ def main() -> None:
             rows.append(row)
             print(json.dumps(row), flush=True)
     report = {"machine": {"cpu_threads": torch.get_num_threads(), "platform": platform.platform(),
-                          "processor": platform.processor(), "fp32_matmul_gflops": peak},
+                          "processor": platform.processor(), "matmul_gflops": peak,
+                          "gpu": torch.cuda.get_device_name() if CUDA else None,
+                          "precision": "fp16 mixed" if CUDA and cfg.training.fp16 else "fp32"},
               "data": {"path": str(data_path), "train_rows": len(lengths), "mean_tokens": float(np.mean(lengths)),
                        "validation_rows": len(encoded.labels["validation"])},
-              "settings": {"batch_size": cfg.training.batch_size, "max_length": cfg.model.max_length, "epochs": 1},
+              "settings": {"model": args.model, "batch_size": cfg.training.batch_size,
+                           "max_length": cfg.model.max_length, "filled_to_max_length": args.fill_to_max_length,
+                           "epochs": 1, "repeats": args.repeats},
               "versions": library_versions(), "rows": rows}
     out = ROOT / "benchmarks" / "results"
-    atomic_write_json(out / "throughput.json", report)
-    (out / "throughput.md").write_text(markdown(report))
+    atomic_write_json(out / f"{args.name}.json", report)
+    (out / f"{args.name}.md").write_text(markdown(report))
     print(markdown(report))
 
 
+def speed(run: dict) -> str:
+    low, high = run.get("train_samples_per_s_range", (None, None))
+    spread = f" ({low:.0f}-{high:.0f})" if run.get("repeats", 1) > 1 else ""
+    return f"{run['train_samples_per_s']:.1f}{spread}"
+
+
+def megabytes(run: dict) -> str:
+    return "-" if run.get("peak_memory_mb") is None else f"{run['peak_memory_mb']:.0f}"
+
+
 def markdown(report: dict) -> str:
-    lines = [f"Machine: {report['machine']['cpu_threads']} threads, {report['machine']['platform']}, measured fp32 "
-             f"matmul peak {report['machine']['fp32_matmul_gflops']:.0f} GFLOP/s. Data: {report['data']['train_rows']} "
-             f"training rows (mean {report['data']['mean_tokens']:.1f} tokens), one epoch, batch "
-             f"{report['settings']['batch_size']}. Trainer: dynamic padding + group_by_length.", "",
+    machine, settings = report["machine"], report["settings"]
+    device = machine.get("gpu") or f"{machine['cpu_threads']} CPU threads"
+    lines = [f"Machine: {device}, {machine['platform']}, {machine.get('precision', 'fp32')}; measured matmul peak "
+             f"{machine.get('matmul_gflops', machine.get('fp32_matmul_gflops')):.0f} GFLOP/s. Model "
+             f"{settings.get('model', 'minilm')}, max_length {settings['max_length']}"
+             f"{' (every row filled to it)' if settings.get('filled_to_max_length') else ''}. Data: "
+             f"{report['data']['train_rows']} training rows (mean {report['data']['mean_tokens']:.1f} tokens), one "
+             f"epoch, batch {settings['batch_size']}, median of {settings.get('repeats', 1)} alternating run(s). Trainer: dynamic padding + group_by_length"
+             f"{' (both loops pad to multiples of 8; timed after an untimed warm-up of each)' if machine.get('gpu') else ''}.",
+             "",
              "| strategy | train/s ours | train/s Trainer | ratio | eval/s ours | eval/s Trainer | ratio | "
-             "val acc ours | val acc Trainer |", "|---|---|---|---|---|---|---|---|---|"]
+             "peak MB ours | peak MB Trainer | val acc ours | val acc Trainer |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in report["rows"]:
         o, t = r["ours"], r["trainer"]
-        lines.append(f"| {r['strategy']} | {o['train_samples_per_s']:.1f} | {t['train_samples_per_s']:.1f} | "
+        lines.append(f"| {r['strategy']} | {speed(o)} | {speed(t)} | "
                      f"{r['train_ratio']:.2f} | {o['eval_samples_per_s']:.0f} | {t['eval_samples_per_s']:.0f} | "
-                     f"{r['eval_ratio']:.2f} | {o['val_accuracy']:.3f} | {t['val_accuracy']:.3f} |")
+                     f"{r['eval_ratio']:.2f} | {megabytes(o)} | {megabytes(t)} | "
+                     f"{o['val_accuracy']:.3f} | {t['val_accuracy']:.3f} |")
     full = next((r for r in report["rows"] if "static_ratio" in r), None)
     if full:
-        lines += ["", f"Full fine-tuning: Trainer padding every row to 128: "
+        lines += ["", f"Full fine-tuning: Trainer padding every row to {settings['max_length']}: "
                   f"{full['trainer_static_128']['train_samples_per_s']:.1f} samples/s; ours / static = "
                   f"{full['static_ratio']:.1f}x. Ours achieves {full['ours_gflops']:.0f} GFLOP/s "
                   f"({100 * full['share_of_matmul_peak']:.0f}% of the measured matmul peak)."]
