@@ -130,6 +130,8 @@ def _read_file(path: Path) -> pd.DataFrame:
     reader = READERS.get(path.suffix.lower())
     if reader is None:
         raise ConfigError(f"data.path: cannot read '{path.name}'; allowed formats: {', '.join(READERS)}")
+    if path.stat().st_size == 0:
+        raise ConfigError(f"data.path: '{path}' is empty (0 bytes)")
     try:
         frame = reader(path)
     except UnicodeDecodeError as err:

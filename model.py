@@ -63,6 +63,9 @@ STRATEGIES: dict[str, Callable[[PreTrainedModel, dict[str, Any]], torch.nn.Modul
 
 
 def _hub_error(name: str, err: Exception) -> ConfigError:
+    if name.startswith(("/", "./", "../", "~")):  # meant as a folder, not a Hub id
+        return ConfigError(f"model.name: folder '{name}' does not exist or holds no model (config.json); use a "
+                           "folder written by save_pretrained, a Hub id, or the bundled model (model.name: minilm)")
     return ConfigError(
         f"model.name: could not load '{name}' ({type(err).__name__}: {str(err).splitlines()[0][:200]}). "
         "If it is a Hub id, the Hub may be unreachable: use a local folder or the bundled model (model.name: minilm)")

@@ -90,5 +90,5 @@ def test_unloadable_model_names_the_key_and_the_offline_way_out(write_config, tm
     from model import load_model_config
 
     cfg = load_config(write_config(), [f"model.name={tmp_path / 'no-such-model'}"])
-    with pytest.raises(ConfigError, match=r"model\.name: could not load .*use a local folder or the bundled model"):
+    with pytest.raises(ConfigError, match=r"model\.name: folder .* does not exist or holds no model.*the bundled model"):
         load_model_config(cfg)
