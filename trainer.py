@@ -28,6 +28,9 @@ from utils import Config, ConfigError, TrainingConfig, atomic_open
 logger = logging.getLogger(__name__)
 
 
+CHECK_FINITE_EVERY = 50  # batches between reads of the device-side "loss went non-finite" marker
+
+
 class TrainingFailed(Exception):
     """A run that cannot go on (a loss that is no longer finite): recorded as failed with this reason."""
 
@@ -114,9 +117,6 @@ def train(model: torch.nn.Module, encoded: Encoded, cfg: Config, learning_rate: 
         for epoch in epochs_left:
             train_loss, seconds = train_epoch(model, optimizer, scheduler, accelerator, encoded, t, epoch, state,
                                               checkpoint, stop)
-            if not math.isfinite(train_loss):
-                raise TrainingFailed(f"training loss became {train_loss} in epoch {epoch + 1} (by step {state.step}); "
-                                     "try a lower learning rate")
             val = evaluate(model, encoded, "validation", t.eval_batch_size, accelerator)
             state.epoch, state.batches_done, state.epoch_loss, state.epoch_seconds = epoch + 1, 0, 0.0, 0.0
             state.history.append({"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val["loss"],
@@ -153,6 +153,8 @@ def train_epoch(model, optimizer, scheduler, accelerator: Accelerator, encoded: 
     model.train()
     # summed on the device: no host sync per step
     loss_total = torch.tensor(state.epoch_loss, device=accelerator.device)
+    # the first batch whose loss is not finite, also tracked on the device and read every CHECK_FINITE_EVERY batches
+    first_nonfinite = torch.tensor(-1, device=accelerator.device)
     start = time.perf_counter() - state.epoch_seconds
     progress = tqdm(range(state.batches_done, len(batches)), initial=state.batches_done, total=len(batches),
                     desc=f"epoch {epoch + 1}", leave=False, mininterval=1, disable=None)
@@ -165,6 +167,9 @@ def train_epoch(model, optimizer, scheduler, accelerator: Accelerator, encoded: 
         loss = F.cross_entropy(logits.float(), batch["labels"], reduction="sum")
         accelerator.backward(loss / window_examples)
         loss_total += loss.detach()
+        first_nonfinite = torch.where((first_nonfinite < 0) & ~torch.isfinite(loss.detach()), i, first_nonfinite)
+        if (i + 1) % CHECK_FINITE_EVERY == 0 or i + 1 == len(batches):
+            _fail_if_nonfinite(int(first_nonfinite), epoch, len(batches), accum)
         if (i + 1) % accum == 0 or i + 1 == len(batches):
             if t.max_grad_norm is not None:
                 accelerator.clip_grad_norm_(model.parameters(), t.max_grad_norm)  # unscales fp16 grads first
@@ -175,12 +180,20 @@ def train_epoch(model, optimizer, scheduler, accelerator: Accelerator, encoded: 
             state.step += 1
             every = t.checkpoint_every_steps
             if i + 1 < len(batches) and (stop.requested or (every and state.step % every == 0)):
+                _fail_if_nonfinite(int(first_nonfinite), epoch, len(batches), accum)  # never checkpoint a NaN
                 state.batches_done, state.epoch_loss = i + 1, loss_total.item()
                 state.epoch_seconds = time.perf_counter() - start
                 checkpoint()
                 if stop.requested:
                     raise KeyboardInterrupt
     return loss_total.item() / len(labels), time.perf_counter() - start
+
+
+def _fail_if_nonfinite(batch: int, epoch: int, num_batches: int, accum: int) -> None:
+    if batch >= 0:
+        step = epoch * math.ceil(num_batches / accum) + batch // accum + 1
+        raise TrainingFailed(f"training loss became nan or infinite at optimizer step {step} (epoch {epoch + 1}, batch "
+                             f"{batch + 1}); try a lower learning rate (or fp16: false if it happens only in mixed precision)")
 
 
 def device_batch(encoded: Encoded, split: str, rows: list[int], accelerator: Accelerator) -> dict:

@@ -174,3 +174,26 @@ def test_dry_run_builds_no_outputs(write_config, tmp_path):
     assert result.returncode == 0, result.stderr
     assert "lora rank=2" in result.stdout and "lora rank=4" in result.stdout
     assert not (tmp_path / "outputs").exists()
+
+
+def test_a_nan_in_one_run_of_a_sweep_fails_only_that_run_and_a_rerun_retries_only_it(write_config, tmp_path):
+    # 1e30 makes the first update overflow the weights, so that run's loss is NaN by its second step
+    config = write_config(ablation={"learning_rates": [1e-3, 1e30]}, training={"num_epochs": 1, "seeds": [0, 1]},
+                          strategies={"lora": {"enabled": False}, "bitfit": {"enabled": False},
+                                      "prompt_tuning": {"enabled": False}})
+    result = main_py("--config", config)
+    assert result.returncode == 1 and "2 run(s) failed" in result.stderr
+    runs = results(tmp_path)
+    failed = [r for r in runs if r["status"] == "failed"]
+    assert {r["hyperparameters"]["learning_rate"] for r in failed} == {1e30} and len(failed) == 2
+    for run in failed:
+        assert run["error"].startswith("TrainingFailed: training loss became nan or infinite at optimizer step")
+        assert "lower learning rate" in run["error"]
+    completed = [r for r in runs if r["status"] == "completed"]
+    assert len(completed) == 2 and {r["hyperparameters"]["learning_rate"] for r in completed} == {1e-3}
+    summary = (tmp_path / "outputs" / "results" / "summary.md").read_text()
+    assert "| full | 1.0e+30 | 2 (2 failed) |" in summary and "| full | 1.0e-03 | 2 |" in summary
+
+    again = main_py("--config", config)
+    assert again.returncode == 1 and "4 run(s) planned: 2 already completed" in again.stderr
+    assert [r for r in results(tmp_path) if r["status"] == "completed"] == completed

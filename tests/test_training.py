@@ -107,7 +107,7 @@ def test_best_epoch_weights_are_restored(write_config, tmp_path, monkeypatch):
 def test_a_loss_that_is_no_longer_finite_fails_the_run_with_a_hint(write_config, tmp_path, monkeypatch):
     cfg, data, encoded = prepared(write_config(), ["training.num_epochs=1"])
     monkeypatch.setattr(trainer.F, "cross_entropy", lambda *a, **k: torch.tensor(math.nan, requires_grad=True))
-    with pytest.raises(TrainingFailed, match="training loss became nan in epoch 1.*lower learning rate"):
+    with pytest.raises(TrainingFailed, match=r"training loss became nan or infinite at optimizer step 1 \(epoch 1, batch 1\); try a lower learning rate"):
         run(cfg, data, encoded, tmp_path / "r")
 
 
