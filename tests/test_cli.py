@@ -1,6 +1,7 @@
 """The real command line, end to end, into tmp_path."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -91,3 +92,60 @@ def test_a_data_mistake_is_one_line_with_exit_status_2(write_config, tmp_path):
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip() == ("error: data.label_column: column 'team' not in the train data; "
                                      "columns: text, label")
+
+
+def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(write_config, tmp_path):
+    import os
+    import signal
+    import time
+
+    import torch
+
+    # 54 rows in batches of 2: 27 steps per epoch, a checkpoint every 4 steps. The killed process gets a
+    # sitecustomize that sleeps 30 ms per batch, only so that the kill reliably lands mid-training.
+    settings = ["--strategy", "full", "training.batch_size=2", "training.num_epochs=3",
+                "training.checkpoint_every_steps=4", "training.early_stopping.enabled=false"]
+    config = write_config()
+    straight = main_py("--config", config, *settings, f"output.dir={tmp_path / 'straight'}")
+    assert straight.returncode == 0, straight.stderr
+
+    slow = tmp_path / "slow"
+    slow.mkdir()
+    (slow / "sitecustomize.py").write_text(
+        "import sys, time\nsys.path.insert(0, %r)\nimport trainer\nreal = trainer.collate\n"
+        "trainer.collate = lambda *a, **k: (time.sleep(0.03), real(*a, **k))[1]\n" % str(ROOT))
+    killed_dir = tmp_path / "killed"
+    command = [sys.executable, str(ROOT / "main.py"), "--config", str(config), *settings, f"output.dir={killed_dir}"]
+    process = subprocess.Popen(command, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(slow)},
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    saved = None
+    deadline = time.time() + 120
+    while process.poll() is None and time.time() < deadline:
+        found = list((killed_dir / "checkpoints").glob("full/*/last.pt"))
+        if found:
+            state = torch.load(found[0], weights_only=False)["state"]
+            if state["epoch"] >= 1 and state["batches_done"] > 0:  # inside the second epoch
+                os.kill(process.pid, signal.SIGKILL)
+                process.wait()
+                saved = state
+                break
+        time.sleep(0.05)
+    assert saved is not None, "the run ended before it could be killed mid-epoch"
+    assert not (killed_dir / "results" / "all_results.json").exists()  # nothing recorded for the killed run
+
+    resumed = main_py("--config", config, *settings, f"output.dir={killed_dir}", "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    # it really continued from a mid-epoch checkpoint (the one read above, or one written just before the kill)
+    epochs, batches = map(int, re.search(r"resumed from .*: (\d+) epochs and (\d+) batches done", resumed.stderr).groups())
+    assert (epochs, batches) >= (saved["epoch"], saved["batches_done"]) and batches > 0
+    [expected] = json.loads((tmp_path / "straight" / "results" / "all_results.json").read_text())["runs"]
+    [actual] = json.loads((killed_dir / "results" / "all_results.json").read_text())["runs"]
+    assert actual["run_id"] == expected["run_id"]
+    for key in ("test", "test_predictions", "best_epoch", "stop_reason", "optimizer_steps"):
+        assert actual[key] == expected[key], key
+    without_seconds = [[{k: v for k, v in h.items() if k != "seconds"} for h in r["history"]] for r in (actual, expected)]
+    assert without_seconds[0] == without_seconds[1]
+    weights = [torch.load(folder / "checkpoints" / "full" / expected["run_id"] / "best.pt", weights_only=False)["trainable"]
+               for folder in (tmp_path / "straight", killed_dir)]
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][name], weights[1][name]) for name in weights[0])
