@@ -201,7 +201,6 @@ def run_strategy(run: Run, run_id: str, data: LabelledData, encoded: Encoded, ac
     """Train and test one run; the record is saved whether the run completes or fails."""
     cfg, strategy = run.cfg, run.strategy
     settings = strategy_settings(cfg, strategy)
-    run_key = run.key(data.fingerprint)
     output = Path(cfg.output.dir)
     run_dir = output / "checkpoints" / strategy / run_id
     atomic_write_bytes(run_dir / "config.yaml", yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False).encode())
@@ -218,21 +217,25 @@ def run_strategy(run: Run, run_id: str, data: LabelledData, encoded: Encoded, ac
               "versions": library_versions(), "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     if accelerator.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
+    attempt = cfg
     try:
-        set_seed(cfg.training.seed)  # the same head initialisation for every strategy
-        model = build_model(cfg, strategy, data.label_names)
-        record.update(parameter_counts(model))
-        logger.info("%s | %d train examples | %d epochs | effective batch %d | lr %.1e | trainable %d of %d (%.3f%%)",
-                    run_id, len(encoded.labels["train"]), cfg.training.num_epochs,
-                    cfg.training.batch_size * cfg.training.gradient_accumulation_steps, settings["learning_rate"],
-                    record["trainable_params"], record["total_params"], record["trainable_pct"])
-        record.update(train(model, encoded, cfg, settings["learning_rate"], run_dir, accelerator, run_key, resume))
-        test = evaluate(model, encoded, "test", cfg.training.eval_batch_size, accelerator)
-        record["test"] = {"loss": test["loss"],
-                          **classification_report(encoded.labels["test"], test["predictions"], data.label_names)}
-        # for paired comparisons between runs and confusion matrices
-        record["test_predictions"] = test["predictions"].tolist()
-        record["test_labels"] = list(encoded.labels["test"])
+        while True:
+            try:
+                record.update(fit_and_test(run, attempt, data, encoded, accelerator, run_dir, resume))
+                break
+            except torch.OutOfMemoryError:
+                if attempt.training.batch_size == 1:
+                    raise
+            # outside the except block, so the failed attempt's model and optimizer can be freed
+            accelerator.free_memory()
+            attempt, resume = halve_batch(attempt), False
+            retry = {"batch_size": attempt.training.batch_size,
+                     "gradient_accumulation_steps": attempt.training.gradient_accumulation_steps}
+            record.setdefault("oom_retries", []).append(retry)
+            record["hyperparameters"].update(retry, eval_batch_size=attempt.training.eval_batch_size)
+            logger.warning("%s: out of GPU memory; retrying from the start with batch size %d and %d accumulation "
+                           "steps (the same effective batch)", run_id, retry["batch_size"],
+                           retry["gradient_accumulation_steps"])
         record["status"] = "completed"
     except (ConfigError, KeyboardInterrupt):
         raise
@@ -241,10 +244,42 @@ def run_strategy(run: Run, run_id: str, data: LabelledData, encoded: Encoded, ac
         record.update(status="failed", error=f"{type(err).__name__}: {err}", traceback=traceback.format_exc())
     finally:
         accelerator.free_memory()
+    if cfg.output.keep_checkpoints == "none":
+        for checkpoint in run_dir.glob("*.pt"):
+            checkpoint.unlink()
     record["peak_memory_mb"], record["peak_memory_measure"] = peak_memory_mb(accelerator)
     record["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     save_record(output / "results" / "all_results.json", record)
     return record
+
+
+def fit_and_test(run: Run, cfg: Config, data: LabelledData, encoded: Encoded, accelerator, run_dir: Path,
+                 resume: bool) -> dict:
+    """Build the wrapped model, train it and test its best epoch: the record's results."""
+    settings = strategy_settings(cfg, run.strategy)
+    set_seed(cfg.training.seed)  # the same head initialisation for every strategy
+    model = build_model(cfg, run.strategy, data.label_names)
+    counts = parameter_counts(model)
+    logger.info("%s | %d train examples | %d epochs | effective batch %d | lr %.1e | trainable %d of %d (%.3f%%)",
+                run_dir.name, len(encoded.labels["train"]), cfg.training.num_epochs,
+                cfg.training.batch_size * cfg.training.gradient_accumulation_steps, settings["learning_rate"],
+                counts["trainable_params"], counts["total_params"], counts["trainable_pct"])
+    run_key = dataclasses.replace(run, cfg=cfg).key(data.fingerprint)  # after an OOM retry: its batch settings
+    result = train(model, encoded, cfg, settings["learning_rate"], run_dir, accelerator, run_key, resume)
+    test = evaluate(model, encoded, "test", cfg.training.eval_batch_size, accelerator)
+    return {**counts, **result,
+            "test": {"loss": test["loss"],
+                     **classification_report(encoded.labels["test"], test["predictions"], data.label_names)},
+            # for paired comparisons between runs and confusion matrices
+            "test_predictions": test["predictions"].tolist(), "test_labels": list(encoded.labels["test"])}
+
+
+def halve_batch(cfg: Config) -> Config:
+    """Half the batch and twice the accumulation: the same effective batch in less memory."""
+    t = cfg.training
+    halved = dataclasses.replace(t, batch_size=t.batch_size // 2, gradient_accumulation_steps=2 * t.gradient_accumulation_steps,
+                                 eval_batch_size=max(1, t.eval_batch_size // 2))
+    return dataclasses.replace(cfg, training=halved)
 
 
 def save_record(path: Path, record: dict) -> None:

@@ -128,6 +128,9 @@ def train(model: torch.nn.Module, encoded: Encoded, cfg: Config, learning_rate: 
             if _update_early_stopping(state, t):
                 best_weights = trainable_weights(model, accelerator)
                 _save(run_dir / "best.pt", {"run_key": run_key, "trainable": best_weights, "epoch": state.epoch})
+            if cfg.output.keep_checkpoints == "all":
+                _save(run_dir / f"epoch_{state.epoch}.pt", {"run_key": run_key, "epoch": state.epoch,
+                                                             "trainable": trainable_weights(model, accelerator)})
             if state.stop_reason is None and state.epoch == t.num_epochs:
                 state.stop_reason = f"completed all {t.num_epochs} epochs"
             checkpoint()

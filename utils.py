@@ -125,6 +125,9 @@ class FewShotConfig:
 @dataclass
 class OutputConfig:
     dir: str = "outputs"
+    # which checkpoints stay once a run has ended: the best epoch's weights and the last full state (for
+    # resuming), also every epoch's weights, or none; while a run trains, last.pt is always kept for --resume
+    keep_checkpoints: Literal["best_and_last", "all", "none"] = "best_and_last"
 
 
 @dataclass

@@ -1,0 +1,73 @@
+"""What stays on disk after a run (output.keep_checkpoints, PEFT runs saving only what they train), and the
+retry with a halved batch when the GPU runs out of memory."""
+
+import json
+
+import pytest
+import torch
+
+import main
+
+
+def run_main(config, *overrides) -> tuple[int, list[dict]]:
+    status = main.main(["--config", str(config), *overrides])
+    folder = config.parent / "outputs"
+    return status, json.loads((folder / "results" / "all_results.json").read_text())["runs"]
+
+
+def checkpoint_files(config, record) -> set[str]:
+    run_dir = config.parent / "outputs" / "checkpoints" / record["strategy"] / record["run_id"]
+    return {p.name for p in run_dir.glob("*.pt")}
+
+
+@pytest.mark.parametrize("keep, expected", [
+    ("best_and_last", {"best.pt", "last.pt"}),
+    ("all", {"best.pt", "last.pt", "epoch_1.pt", "epoch_2.pt"}),
+    ("none", set()),
+])
+def test_keep_checkpoints(write_config, keep, expected):
+    config = write_config(output={"keep_checkpoints": keep})
+    status, [record] = run_main(config, "--strategy", "bitfit")
+    assert status == 0 and record["status"] == "completed"
+    assert checkpoint_files(config, record) == expected
+
+
+def test_peft_checkpoints_hold_only_the_adapter_and_the_head(write_config):
+    config = write_config()
+    status, records = run_main(config, "--strategy", "lora", "--strategy", "full", "training.num_epochs=1")
+    assert status == 0
+    by_strategy = {r["strategy"]: r for r in records}
+    folder = config.parent / "outputs" / "checkpoints"
+    saved = {s: torch.load(folder / s / r["run_id"] / "best.pt", weights_only=False)["trainable"]
+             for s, r in by_strategy.items()}
+    assert saved["lora"] and all("lora_" in name or "classifier" in name for name in saved["lora"])
+    assert sum(t.numel() for t in saved["lora"].values()) == by_strategy["lora"]["trainable_params"]
+    assert sum(t.numel() for t in saved["full"].values()) == by_strategy["full"]["total_params"]
+
+
+def test_out_of_memory_retries_with_half_the_batch_and_twice_the_accumulation(write_config, monkeypatch, caplog):
+    real_train, batch_sizes = main.train, []
+
+    def train_that_needs_a_smaller_batch(model, encoded, cfg, *args):
+        batch_sizes.append(cfg.training.batch_size)
+        if cfg.training.batch_size > 4:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real_train(model, encoded, cfg, *args)
+
+    monkeypatch.setattr(main, "train", train_that_needs_a_smaller_batch)
+    status, [record] = run_main(write_config(), "--strategy", "bitfit", "training.batch_size=16")
+    assert status == 0 and record["status"] == "completed"
+    assert batch_sizes == [16, 8, 4]
+    assert record["oom_retries"] == [{"batch_size": 8, "gradient_accumulation_steps": 2},
+                                     {"batch_size": 4, "gradient_accumulation_steps": 4}]
+    assert (record["hyperparameters"]["batch_size"], record["hyperparameters"]["gradient_accumulation_steps"]) == (4, 4)
+    assert "out of GPU memory; retrying from the start with batch size 4 and 4 accumulation steps" in caplog.text
+
+
+def test_out_of_memory_at_batch_size_one_fails_the_run(write_config, monkeypatch):
+    def out_of_memory(*args):
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setattr(main, "train", out_of_memory)
+    status, [record] = run_main(write_config(), "--strategy", "bitfit", "training.batch_size=1")
+    assert status == 1 and record["status"] == "failed" and record["error"].startswith("OutOfMemoryError")
