@@ -70,30 +70,43 @@ def ours(cfg, data, encoded, strategy: str, workdir: Path) -> dict:
             "peak_memory_mb": peak_memory_mb()}
 
 
+def examples(encoded, split: str, limit: int | None = None) -> list[dict]:
+    """A split as a list of examples: all the Trainer needs, also for group_by_length."""
+    return [{"input_ids": ids, "labels": label} for ids, label in zip(encoded.ids[split][:limit], encoded.labels[split][:limit])]
+
+
+def trainer_arguments(cfg, strategy: str, output_dir: Path, **settings) -> TrainingArguments:
+    """The Trainer's arguments for the hyperparameters bertlab's loop uses; `settings` adds or replaces."""
+    t = cfg.training
+    return TrainingArguments(**{
+        "output_dir": str(output_dir), "per_device_train_batch_size": t.batch_size,
+        "per_device_eval_batch_size": t.eval_batch_size, "learning_rate": strategy_settings(cfg, strategy)["learning_rate"],
+        "num_train_epochs": 1, "weight_decay": t.weight_decay, "warmup_steps": t.warmup_ratio,
+        "max_grad_norm": t.max_grad_norm, "lr_scheduler_type": "linear", "train_sampling_strategy": "group_by_length",
+        "save_strategy": "no", "logging_strategy": "no", "report_to": "none", "disable_tqdm": True,
+        "use_cpu": not CUDA, "fp16": CUDA and t.fp16, "seed": t.seed, "label_names": ["labels"], **settings})
+
+
+def collator(cfg, tokenizer, static: bool = False) -> DataCollatorWithPadding:
+    # On CUDA both pad to multiples of 8 (tensor cores, fewer distinct shapes), as the Trainer docs advise with fp16.
+    if static:
+        return DataCollatorWithPadding(tokenizer, padding="max_length", max_length=cfg.model.max_length)
+    return DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8 if CUDA and cfg.training.fp16 else None)
+
+
+def accuracy(prediction) -> dict:
+    return {"accuracy": float((np.argmax(prediction.predictions, -1) == prediction.label_ids).mean())}
+
+
 def hf_trainer(cfg, data, encoded, tokenizer, strategy: str, workdir: Path, static: bool = False, rows: int | None = None) -> dict:
     set_seed(cfg.training.seed)
     reset_peak_memory()
     model = build_model(cfg, strategy, data.label_names)
-    t = cfg.training
-
-    def dataset(split, limit=None):  # a list of examples: all the Trainer needs, also for group_by_length
-        return [{"input_ids": ids, "labels": label}
-                for ids, label in zip(encoded.ids[split][:limit], encoded.labels[split][:limit])]
-
-    # On CUDA both pad to multiples of 8 (tensor cores, fewer distinct shapes), as the Trainer docs advise with fp16.
-    collator = (DataCollatorWithPadding(tokenizer, padding="max_length", max_length=cfg.model.max_length) if static
-                else DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8 if CUDA and t.fp16 else None))
-    args = TrainingArguments(
-        output_dir=str(workdir / f"trainer-{strategy}"), per_device_train_batch_size=t.batch_size,
-        per_device_eval_batch_size=t.eval_batch_size, learning_rate=strategy_settings(cfg, strategy)["learning_rate"],
-        num_train_epochs=1, weight_decay=t.weight_decay, warmup_steps=t.warmup_ratio, max_grad_norm=t.max_grad_norm,
-        lr_scheduler_type="linear", train_sampling_strategy="random" if static else "group_by_length",
-        save_strategy="no", logging_strategy="no", report_to="none", disable_tqdm=True, use_cpu=not CUDA,
-        fp16=CUDA and t.fp16,
-        seed=t.seed, label_names=["labels"])
-    trainer = Trainer(model=model, args=args, train_dataset=dataset("train", rows), eval_dataset=dataset("validation"),
-                      data_collator=collator,
-                      compute_metrics=lambda p: {"accuracy": float((np.argmax(p.predictions, -1) == p.label_ids).mean())})
+    args = trainer_arguments(cfg, strategy, workdir / f"trainer-{strategy}",
+                             train_sampling_strategy="random" if static else "group_by_length")
+    trainer = Trainer(model=model, args=args, train_dataset=examples(encoded, "train", rows),
+                      eval_dataset=examples(encoded, "validation"), data_collator=collator(cfg, tokenizer, static),
+                      compute_metrics=accuracy)
     train_metrics = trainer.train().metrics
     memory = peak_memory_mb()
     if static:

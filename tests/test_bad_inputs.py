@@ -1,24 +1,25 @@
-"""Every user mistake through the command line: exit status 2 and one line saying what is wrong and
-what is allowed, never a traceback. Driven through main.main (argument parsing, config and data
-loading, the error handler) in-process, because a fresh interpreter per case costs ~6 s of imports;
-tests/test_config.py and tests/test_cli.py run the same handler as a real subprocess."""
+"""Every user mistake through the real command line (`python main.py ...` in a fresh process, so that
+anything printed at import counts too): exit status 2 and one line saying what is wrong and what is
+allowed, never a traceback."""
 
 from __future__ import annotations
+
+import os
+import subprocess
+import sys
 
 import pandas as pd
 import pytest
 import yaml
 
-import main
-from conftest import labelled_rows
+from conftest import ROOT, labelled_rows
+from model import STRATEGIES
 
 
-def cli(capsys, *argv) -> tuple[int, str]:
-    try:
-        status = main.main([str(a) for a in argv])
-    except SystemExit as exit_:  # argparse's own errors
-        status = exit_.code
-    return status, capsys.readouterr().err
+def cli(*argv, env: dict | None = None) -> tuple[int, str]:
+    result = subprocess.run([sys.executable, str(ROOT / "main.py"), *map(str, argv)], cwd=ROOT, capture_output=True,
+                            text=True, env={**os.environ, **(env or {})})
+    return result.returncode, result.stderr
 
 
 def write_rows(path, rows) -> str:
@@ -46,7 +47,7 @@ CONFIG_MISTAKES = {
     "patience below 1": (["training.early_stopping.patience=0"], "training.early_stopping.patience: got 0"),
     "unknown strategy in the config": (["strategies.adapterz.enabled=true"],
                                        "unknown strategy 'adapterz'; known strategies: bitfit, full, lora, prompt_tuning"),
-    "no strategy enabled": ([f"strategies.{s}.enabled=false" for s in main.STRATEGIES], "no strategy enabled"),
+    "no strategy enabled": ([f"strategies.{s}.enabled=false" for s in STRATEGIES], "no strategy enabled"),
     "both data.name and data.path": (["data.name=ag_news"], "set exactly one of data.name"),
     "neither data.name nor data.path": (["data.path=null"], "set exactly one of data.name"),
     "a typo in a sweep key": (["sweep={training.batchsize: [8, 16]}"], "sweep: the run with training.batchsize=8: unknown key 'training.batchsize'; did you mean 'training.batch_size'?"),
@@ -90,33 +91,32 @@ def assert_one_line_error(status: int, stderr: str, expected: str) -> None:
 
 
 @pytest.mark.parametrize("case", list(CONFIG_MISTAKES))
-def test_config_mistake(case, capsys, write_config, tmp_path):
+def test_config_mistake(case, write_config, tmp_path):
     overrides, expected = CONFIG_MISTAKES[case]
     overrides = overrides(tmp_path) if callable(overrides) else overrides
-    assert_one_line_error(*cli(capsys, "--config", write_config(), *overrides), expected)
+    assert_one_line_error(*cli("--config", write_config(), *overrides), expected)
 
 
 @pytest.mark.parametrize("case", list(DATA_MISTAKES))
-def test_data_mistake(case, capsys, write_config, tmp_path):
+def test_data_mistake(case, write_config, tmp_path):
     make_path, expected = DATA_MISTAKES[case]
-    assert_one_line_error(*cli(capsys, "--config", write_config(), f"data.path={make_path(tmp_path)}"), expected)
+    assert_one_line_error(*cli("--config", write_config(), f"data.path={make_path(tmp_path)}"), expected)
 
 
-def test_hub_model_that_cannot_be_reached(capsys, write_config, monkeypatch):
-    import huggingface_hub
-
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # as without network, minus the retries
-    assert_one_line_error(*cli(capsys, "--config", write_config(), "model.name=nobody-here/no-such-model"),
+def test_hub_model_that_cannot_be_reached(write_config):
+    # HF_HUB_OFFLINE: what a machine without network sees, minus the retries
+    assert_one_line_error(*cli("--config", write_config(), "model.name=nobody-here/no-such-model",
+                               env={"HF_HUB_OFFLINE": "1"}),
                           "If it is a Hub id, the Hub may be unreachable: use a local folder or the bundled model")
 
 
-def test_label_in_test_that_training_never_saw(capsys, write_config, tmp_path):
+def test_label_in_test_that_training_never_saw(write_config, tmp_path):
     rows = labelled_rows(per_class=20)
     folder = tmp_path / "splits"
     folder.mkdir()
     write_rows(folder / "train.csv", rows)
     write_rows(folder / "test.csv", [{"text": "my card is lost", "label": "card_lost"}] + rows[:5])
-    assert_one_line_error(*cli(capsys, "--config", write_config(), f"data.path={folder}"),
+    assert_one_line_error(*cli("--config", write_config(), f"data.path={folder}"),
                           "the test split has labels that training never saw: card_lost")
 
 
@@ -125,32 +125,30 @@ def test_label_in_test_that_training_never_saw(capsys, write_config, tmp_path):
     ("training:\n  batch_size: 8\n  seeds: [1, 2\n", "YAML syntax error at line"),
     ("- just\n- a list\n", "expected a mapping"),
 ])
-def test_broken_config_file(content, expected, capsys, tmp_path):
+def test_broken_config_file(content, expected, tmp_path):
     path = tmp_path / "config.yaml"
     path.write_text(content)
-    assert_one_line_error(*cli(capsys, "--config", path), expected)
+    assert_one_line_error(*cli("--config", path), expected)
 
 
-def test_missing_config_file(capsys, tmp_path):
-    assert_one_line_error(*cli(capsys, "--config", tmp_path / "nope.yaml"), "not found")
+def test_missing_config_file(tmp_path):
+    assert_one_line_error(*cli("--config", tmp_path / "nope.yaml"), "not found")
 
 
-def test_unknown_key_in_the_file_itself(capsys, write_config, tmp_path):
+def test_unknown_key_in_the_file_itself(write_config, tmp_path):
     path = write_config()
     config = yaml.safe_load(path.read_text())
     config["training"]["epochs"] = 3
     path.write_text(yaml.safe_dump(config))
-    assert_one_line_error(*cli(capsys, "--config", path), "unknown key 'training.epochs'; did you mean")
+    assert_one_line_error(*cli("--config", path), "unknown key 'training.epochs'; did you mean")
 
 
-def test_unknown_strategy_on_the_command_line(capsys, write_config):
-    status, stderr = cli(capsys, "--config", write_config(), "--strategy", "adapterz")
+def test_unknown_strategy_on_the_command_line(write_config):
+    status, stderr = cli("--config", write_config(), "--strategy", "adapterz")
     assert status == 2 and "Traceback" not in stderr
     assert "invalid choice: 'adapterz'" in stderr and "bitfit" in stderr
 
 
 def test_debug_shows_the_traceback(write_config):
-    from utils import ConfigError
-
-    with pytest.raises(ConfigError, match="training.batch_size"):
-        main.main(["--config", str(write_config()), "training.batch_size=0", "--debug"])
+    status, stderr = cli("--config", write_config(), "training.batch_size=0", "--debug")
+    assert status != 0 and "Traceback" in stderr and "ConfigError: " in stderr
