@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import gc
 import io
 import json
 import logging
@@ -226,8 +227,12 @@ def run_strategy(run: Run, run_id: str, data: LabelledData, encoded: Encoded, ac
             except torch.OutOfMemoryError:
                 if attempt.training.batch_size == 1:
                     raise
-            # outside the except block, so the failed attempt's model and optimizer can be freed
+            # outside the except block, so the failed attempt's model and optimizer can be freed; they sit in
+            # reference cycles (accelerate wraps the model's forward), which only a collection after
+            # free_memory() has dropped the accelerator's references releases
             accelerator.free_memory()
+            gc.collect()
+            torch.cuda.empty_cache()
             attempt, resume = halve_batch(attempt), False
             retry = {"batch_size": attempt.training.batch_size,
                      "gradient_accumulation_steps": attempt.training.gradient_accumulation_steps}
