@@ -126,12 +126,15 @@ class Inputs:
         self.data: dict[str, LabelledData] = {}
         self.encoded: dict[tuple, Encoded] = {}
 
-    def for_run(self, run: Run) -> tuple[LabelledData, Encoded]:
+    def data_for(self, run: Run) -> LabelledData:
         data_key = stable_hash(dataclasses.asdict(run.cfg.data))
         if data_key not in self.data:
             self.data[data_key] = load_data(run.cfg.data)
-        data = self.data[data_key]
-        token_key = (data_key, run.cfg.model.name, run.cfg.model.max_length)
+        return self.data[data_key]
+
+    def for_run(self, run: Run) -> tuple[LabelledData, Encoded]:
+        data = self.data_for(run)
+        token_key = (stable_hash(dataclasses.asdict(run.cfg.data)), run.cfg.model.name, run.cfg.model.max_length)
         if token_key not in self.encoded:
             self.encoded[token_key] = tokenize(data, load_tokenizer(run.cfg), run.cfg.model.max_length)
         encoded = self.encoded[token_key]
@@ -154,12 +157,12 @@ def run_experiment(args: argparse.Namespace) -> int:
             positions[run.cfg.model.name] = getattr(load_model_config(run.cfg), "max_position_embeddings", None)
         check_against_model(run.cfg, positions[run.cfg.model.name], [run.strategy])
     inputs = Inputs()
-    data = inputs.for_run(runs[0])[0]
+    data = inputs.data_for(runs[0])
     baseline = majority_baseline(data)
     logger.info("data %s: %s examples (train/validation/test), %d classes; majority-class test accuracy %.3f",
                 data.name, "/".join(map(str, data.sizes().values())), len(data.label_names), baseline["accuracy"])
     results_path = Path(cfg.output.dir) / "results" / "all_results.json"
-    ids = [f"{run.strategy}-{stable_hash(run.key(inputs.for_run(run)[0].fingerprint))}" for run in runs]
+    ids = [f"{run.strategy}-{stable_hash(run.key(inputs.data_for(run).fingerprint))}" for run in runs]
     completed = {r["run_id"]: r for r in read_results(results_path) if r["status"] == "completed"}
     cached = set() if args.force else {i for i in ids if i in completed}
     if args.dry_run:
@@ -310,7 +313,7 @@ def print_plan(runs: list[Run], ids: list[str], cached: set[str], inputs: Inputs
     print("\nparameters of the wrapped models (built, not trained):")
     built = set()
     for run in runs:
-        data, _ = inputs.for_run(run)
+        data = inputs.data_for(run)
         settings = {k: v for k, v in strategy_settings(run.cfg, run.strategy).items() if k != "learning_rate"}
         shape = stable_hash([run.strategy, settings, run.cfg.model.name, len(data.label_names)])
         if shape not in built:
@@ -344,7 +347,6 @@ def estimate_seconds(runs: list[Run], inputs: Inputs, completed: dict[str, dict]
 
 
 def write_summary(summary: dict, folder: Path) -> None:
-    header, table, comparison_header, comparisons = summary_tables(summary)
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(["config_id", "strategy", "learning_rate", "varied", "shots_per_class", "runs", "failed",

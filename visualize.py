@@ -24,7 +24,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import yaml  # noqa: E402
 
-from utils import COMPARISON_NOTE, read_results, summarize, summary_tables  # noqa: E402
+from utils import COMPARISON_NOTE, read_results, summarize, summary_tables, validation_score  # noqa: E402
 
 plt.rcParams.update({"font.size": 11, "axes.titlesize": 13, "figure.dpi": 120})
 METRIC_NAMES = {"val_loss": "validation loss", "val_accuracy": "validation accuracy",
@@ -199,8 +199,7 @@ class Plotter:
             runs = [r for r in self.runs_of(row) if "test_labels" in r]
             if not runs:
                 continue
-            run = sorted(runs, key=lambda r: next(h[self.metric] for h in r["history"] if h["epoch"] == r["best_epoch"]),
-                         reverse=not lower_is_better)[0]
+            run = sorted(runs, key=lambda r: validation_score(r, self.metric), reverse=not lower_is_better)[0]
             names = run["dataset"]["label_names"]
             counts = np.zeros((len(names), len(names)), dtype=int)
             np.add.at(counts, (run["test_labels"], run["test_predictions"]), 1)
