@@ -259,10 +259,19 @@ def train_batches(lengths: list[int], batch_size: int, seed: int, epoch: int) ->
     return [batches[i] for i in rng.permutation(len(batches))]
 
 
-def eval_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
-    """Longest first, so padding is minimal and a memory problem shows on the first batch."""
+def eval_batches(lengths: list[int], max_rows: int, max_tokens: int | None = None) -> list[list[int]]:
+    """Longest first, so padding is minimal and a memory problem shows on the first batch. A batch holds at
+    most `max_rows` rows and, when given, at most `max_tokens` tokens once padded: the long rows come in
+    small batches and the short ones in large batches."""
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    batches, batch = [], []
+    for i in order:
+        # the batch's first row is its longest, so the padded size is rows x that length
+        if batch and (len(batch) == max_rows or (max_tokens and (len(batch) + 1) * lengths[batch[0]] > max_tokens)):
+            batches.append(batch)
+            batch = []
+        batch.append(i)
+    return batches + [batch] if batch else batches
 
 
 def collate(ids: list[list[int]], labels: list[int], batch: list[int], pad_id: int, multiple: int) -> dict:

@@ -240,7 +240,8 @@ def run_strategy(run: Run, run_id: str, data: LabelledData, encoded: Encoded, ac
             retry = {"batch_size": attempt.training.batch_size,
                      "gradient_accumulation_steps": attempt.training.gradient_accumulation_steps}
             record.setdefault("oom_retries", []).append(retry)
-            record["hyperparameters"].update(retry, eval_batch_size=attempt.training.eval_batch_size)
+            record["hyperparameters"].update(retry, eval_batch_size=attempt.training.eval_batch_size,
+                                             eval_batch_tokens=attempt.training.eval_batch_tokens)
             logger.warning("%s: out of GPU memory; retrying from the start with batch size %d and %d accumulation "
                            "steps (the same effective batch)", run_id, retry["batch_size"],
                            retry["gradient_accumulation_steps"])
@@ -274,7 +275,7 @@ def fit_and_test(run: Run, cfg: Config, data: LabelledData, encoded: Encoded, ac
                 counts["trainable_params"], counts["total_params"], counts["trainable_pct"])
     run_key = dataclasses.replace(run, cfg=cfg).key(data.fingerprint)  # after an OOM retry: its batch settings
     result = train(model, encoded, cfg, settings["learning_rate"], run_dir, accelerator, run_key, resume)
-    test = evaluate(model, encoded, "test", cfg.training.eval_batch_size, accelerator)
+    test = evaluate(model, encoded, "test", cfg.training, accelerator)
     return {**counts, **result,
             "test": {"loss": test["loss"],
                      **classification_report(encoded.labels["test"], test["predictions"], data.label_names)},
@@ -286,7 +287,8 @@ def halve_batch(cfg: Config) -> Config:
     """Half the batch and twice the accumulation: the same effective batch in less memory."""
     t = cfg.training
     halved = dataclasses.replace(t, batch_size=t.batch_size // 2, gradient_accumulation_steps=2 * t.gradient_accumulation_steps,
-                                 eval_batch_size=max(1, t.eval_batch_size // 2))
+                                 eval_batch_size=max(1, t.eval_batch_size // 2),
+                                 eval_batch_tokens=t.eval_batch_tokens and max(1, t.eval_batch_tokens // 2))
     return dataclasses.replace(cfg, training=halved)
 
 

@@ -29,6 +29,9 @@ logger = logging.getLogger(__name__)
 
 
 CHECK_FINITE_EVERY = 50  # batches between reads of the device-side "loss went non-finite" marker
+# Evaluation batches on a CPU hold at most this many padded tokens unless training.eval_batch_tokens says
+# otherwise: batches that fit the caches were fastest there (MiniLM and bert-base, benchmarks/results/).
+CPU_EVAL_BATCH_TOKENS = 512
 
 
 class TrainingFailed(Exception):
@@ -85,6 +88,18 @@ def make_accelerator(fp16: bool) -> Accelerator:
     return Accelerator(mixed_precision="fp16" if use_fp16 else "no")
 
 
+def compile_layers(model: torch.nn.Module) -> None:
+    """torch.compile each of the encoder's repeated layers in place: one compilation serves them all (the
+    layers share their code), and parameter names, hence checkpoints, stay as they are. Shapes are
+    dynamic because batches differ in length."""
+    layers = [layer for stack in model.modules() if isinstance(stack, torch.nn.ModuleList) and len(stack) > 1
+              and len({type(layer) for layer in stack}) == 1 for layer in stack]
+    for module in layers or [model]:
+        module.compile(dynamic=True)
+    logger.info("compiling %d layers with torch.compile; the first batches of each shape and mode wait for it",
+                len(layers) or 1)
+
+
 def make_optimizer(model: torch.nn.Module, learning_rate: float, weight_decay: float) -> torch.optim.Optimizer:
     """AdamW over trainable parameters only; biases and LayerNorm weights (1-D) are not decayed."""
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -102,6 +117,8 @@ def train(model: torch.nn.Module, encoded: Encoded, cfg: Config, learning_rate: 
     total_steps = math.ceil(num_batches / t.gradient_accumulation_steps) * t.num_epochs
     optimizer = make_optimizer(model, learning_rate, t.weight_decay)
     model, optimizer = accelerator.prepare(model, optimizer)
+    if t.compile:
+        compile_layers(accelerator.unwrap_model(model))
     scheduler = get_linear_schedule_with_warmup(optimizer, round(t.warmup_ratio * total_steps), total_steps)
     state, best_weights = TrainState(), None
     if resume and (run_dir / "last.pt").exists():
@@ -117,7 +134,7 @@ def train(model: torch.nn.Module, encoded: Encoded, cfg: Config, learning_rate: 
         for epoch in epochs_left:
             train_loss, seconds = train_epoch(model, optimizer, scheduler, accelerator, encoded, t, epoch, state,
                                               checkpoint, stop)
-            val = evaluate(model, encoded, "validation", t.eval_batch_size, accelerator)
+            val = evaluate(model, encoded, "validation", t, accelerator)
             state.epoch, state.batches_done, state.epoch_loss, state.epoch_seconds = epoch + 1, 0, 0.0, 0.0
             state.history.append({"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val["loss"],
                                   "val_accuracy": val["accuracy"], "val_macro_f1": val["macro_f1"],
@@ -210,12 +227,20 @@ def device_batch(encoded: Encoded, split: str, rows: list[int], accelerator: Acc
     return {k: v.pin_memory().to(accelerator.device, non_blocking=True) for k, v in batch.items()}
 
 
+def eval_batch_tokens(t: TrainingConfig, device: torch.device) -> int | None:
+    """The padded-token limit of an evaluation batch: the configured one, else a cache-sized one on a CPU and
+    none on an accelerator, where larger batches keep it busy."""
+    if t.eval_batch_tokens is not None:
+        return t.eval_batch_tokens
+    return CPU_EVAL_BATCH_TOKENS if device.type == "cpu" else None
+
+
 @torch.inference_mode()
-def predict(model, encoded: Encoded, split: str, batch_size: int, accelerator: Accelerator) -> tuple[float, np.ndarray]:
+def predict(model, encoded: Encoded, split: str, t: TrainingConfig, accelerator: Accelerator) -> tuple[float, np.ndarray]:
     """Mean loss and predicted class per example, in the split's original order."""
     ids, labels = encoded.ids[split], encoded.labels[split]
     model.eval()
-    batches = eval_batches([len(x) for x in ids], batch_size)
+    batches = eval_batches([len(x) for x in ids], t.eval_batch_size, eval_batch_tokens(t, accelerator.device))
     loss_total = torch.zeros((), device=accelerator.device)
     predicted = []  # kept on the device: one transfer at the end instead of a host sync per batch
     for batch_rows in tqdm(batches, desc=f"eval {split}", leave=False, mininterval=1, disable=None):
@@ -228,8 +253,8 @@ def predict(model, encoded: Encoded, split: str, batch_size: int, accelerator: A
     return loss_total.item() / len(labels), predictions
 
 
-def evaluate(model, encoded: Encoded, split: str, batch_size: int, accelerator: Accelerator) -> dict:
-    loss, predictions = predict(model, encoded, split, batch_size, accelerator)
+def evaluate(model, encoded: Encoded, split: str, t: TrainingConfig, accelerator: Accelerator) -> dict:
+    loss, predictions = predict(model, encoded, split, t, accelerator)
     truth = encoded.labels[split]
     return {"loss": loss, "accuracy": accuracy_score(truth, predictions),
             "macro_f1": f1_score(truth, predictions, average="macro", zero_division=0), "predictions": predictions}

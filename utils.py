@@ -72,7 +72,9 @@ class TrainingConfig:
     max_grad_norm: float | None = 1.0  # clip threshold; null turns clipping off
     fp16: bool = True  # mixed precision on CUDA; ignored (with a warning) on CPU
     eval_batch_size: int = 128  # evaluation needs no gradients, so larger batches fit
+    eval_batch_tokens: int | None = None  # padded tokens per evaluation batch at most; null: 512 on CPU, no limit on GPU
     checkpoint_every_steps: int | None = None  # also checkpoint inside epochs; null: after each epoch only
+    compile: bool = False  # torch.compile the encoder's layers: costs a compilation per run, pays only on long GPU runs
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
     seed: int = 42  # model head initialisation, dropout and batch order
     seeds: list[int] | None = None  # one run per seed, replacing `seed`
@@ -393,6 +395,8 @@ def _rule_problems(cfg: Config) -> list[str]:
             d.validation_size + d.test_size, "a sum below 1, so that training rows remain")
     require(t.batch_size >= 1, "training.batch_size", t.batch_size, "an integer >= 1")
     require(t.eval_batch_size >= 1, "training.eval_batch_size", t.eval_batch_size, "an integer >= 1")
+    require(t.eval_batch_tokens is None or t.eval_batch_tokens >= 1, "training.eval_batch_tokens", t.eval_batch_tokens,
+            "an integer >= 1, or null")
     require(t.checkpoint_every_steps is None or t.checkpoint_every_steps >= 1, "training.checkpoint_every_steps",
             t.checkpoint_every_steps, "an integer >= 1, or null")
     require(t.learning_rate > 0, "training.learning_rate", t.learning_rate, "a number > 0")

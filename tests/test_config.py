@@ -40,6 +40,7 @@ def test_overrides_are_typed_by_the_schema(write_config):
     ("training.early_stopping.metric=test_accuracy", r"training\.early_stopping\.metric: expected one of 'val_loss'"),
     ("training.early_stopping.patience=0", r"training\.early_stopping\.patience: got 0"),
     ("strategies.lora.rank=0", r"strategies\.lora\.rank: got 0, allowed: an integer >= 1"),
+    ("training.eval_batch_tokens=0", r"training\.eval_batch_tokens: got 0, allowed: an integer >= 1, or null"),
     ("data.validation_size=0.8", r"data\.validation_size \+ data\.test_size: got 1\.0, allowed: a sum below 1"),
     ("data.name=ag_news", r"data: set exactly one of data\.name .* and data\.path"),
     ("training=5", r"training: expected a section \(a mapping\), got 5"),

@@ -103,6 +103,16 @@ def test_eval_batches_sorted_longest_first():
     assert batches == [[1, 3], [0, 2]]
 
 
+def test_eval_batches_keep_padded_tokens_under_the_limit():
+    lengths = [40, 5, 6, 30, 5, 4, 6, 5, 3]
+    batches = eval_batches(lengths, max_rows=4, max_tokens=24)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    assert batches[:2] == [[0], [3]]  # a row longer than the limit still gets a batch of its own
+    assert all(len(b) * max(lengths[i] for i in b) <= 24 for b in batches[2:])
+    assert max(len(b) for b in batches) == 4  # the row cap holds as well
+    assert [lengths[b[0]] for b in batches] == sorted((lengths[b[0]] for b in batches), reverse=True)
+
+
 def test_known_hub_data_set_uses_its_columns_and_class_names(monkeypatch):
     """The Hub is unreachable here: a local DatasetDict stands in for what load_dataset returns."""
     import datasets
@@ -135,3 +145,11 @@ def test_non_utf8_file_is_named_with_the_fix(tmp_path):
     (tmp_path / "latin1.csv").write_bytes("text,label\ncaf\xe9 order late,shipping\n".encode("latin-1"))
     with pytest.raises(ConfigError, match=r"is not UTF-8 text .*re-save it as UTF-8"):
         load_data(DataConfig(path=str(tmp_path / "latin1.csv")))
+
+
+def test_the_tiny_test_tokenizer_knows_its_words(tiny_model_dir):
+    """Every other test relies on texts reaching the model as words, not as [UNK]."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    assert tokenizer.unk_token_id not in tokenizer("refund parcel password")["input_ids"]

@@ -1,3 +1,4 @@
+import dataclasses
 import math
 
 import pytest
@@ -138,3 +139,38 @@ def test_ctrl_c_mid_epoch_checkpoints_and_resume_equals_uninterrupted(write_conf
     torch.manual_seed(12345)
     resumed, result = run(cfg, data, encoded, tmp_path / "interrupted", resume=True)
     assert_same_run(straight, expected, resumed, result)
+
+
+def test_evaluation_gives_the_same_answers_however_it_is_batched(write_config, tmp_path):
+    """Batches sorted by length and capped by tokens are an implementation detail: predictions come back
+    in the split's order and the loss does not move."""
+    cfg, data, encoded = prepared(write_config(), ["training.learning_rate=3e-3", "training.num_epochs=4"])
+    model, _ = run(cfg, data, encoded, tmp_path / "r")
+    model.eval()
+    with torch.no_grad():  # the reference: each row alone, in the split's order, without the batching code
+        logits = torch.cat([model(input_ids=torch.tensor([ids])).logits for ids in encoded.ids["test"]])
+    labels = torch.tensor(encoded.labels["test"])
+    expected_loss = torch.nn.functional.cross_entropy(logits, labels).item()
+    assert len(set(logits.argmax(-1).tolist())) > 1  # a model that always says one class would prove little
+    for rows, tokens in [(1, None), (64, None), (64, 20), (3, 12)]:
+        t = dataclasses.replace(cfg.training, eval_batch_size=rows, eval_batch_tokens=tokens)
+        batched = trainer.evaluate(model, encoded, "test", t, make_accelerator(False))
+        assert batched["predictions"].tolist() == logits.argmax(-1).tolist()
+        assert batched["loss"] == pytest.approx(expected_loss, rel=1e-5)
+
+
+def test_compiled_training_matches_eager_and_keeps_checkpoint_names(write_config, tmp_path):
+    overrides = NO_DROPOUT + ["training.num_epochs=2"]
+    cfg, data, encoded = prepared(write_config(), overrides)
+    compiled_cfg, _, _ = prepared(write_config(), overrides + ["training.compile=true"])
+    eager, eager_result = run(cfg, data, encoded, tmp_path / "eager")
+    compiled, compiled_result = run(compiled_cfg, data, encoded, tmp_path / "compiled")
+    assert any(type(m).__name__ == "BertLayer" and m._compiled_call_impl is not None for m in compiled.modules())
+    for (name, a), (_, b) in zip(eager.named_parameters(), compiled.named_parameters()):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5, msg=name)
+    for a, b in zip(eager_result["history"], compiled_result["history"]):
+        assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-4)
+        assert b["val_accuracy"] == a["val_accuracy"]
+    for checkpoint in ("best.pt", "last.pt"):
+        keys = [set(torch.load(tmp_path / run / checkpoint, weights_only=False)["trainable"]) for run in ("eager", "compiled")]
+        assert keys[0] == keys[1]
