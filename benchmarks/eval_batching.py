@@ -63,11 +63,12 @@ def main() -> None:
     set_seed(0)
     accelerator = make_accelerator(cfg.training.fp16)
     model = accelerator.prepare(build_model(cfg, args.strategy, data.label_names))
-    settings = [(rows, None) for rows in args.rows] + [(10**9, tokens) for tokens in args.tokens]
+    unlimited = 10**9  # an explicit limit: None would mean the automatic choice
+    settings = [(rows, unlimited) for rows in args.rows] + [(unlimited, tokens) for tokens in args.tokens]
     results = []
     for rows, tokens in settings:
         t = dataclasses.replace(cfg.training, eval_batch_size=rows, eval_batch_tokens=tokens)
-        results.append({"max_rows": rows if tokens is None else None, "max_tokens": tokens,
+        results.append({"max_rows": rows if rows < unlimited else None, "max_tokens": tokens if tokens < unlimited else None,
                         "samples_per_s": round(samples_per_second(model, encoded, t, accelerator), 1)})
         print(results[-1], flush=True)
     lengths = [len(ids) for ids in encoded.ids["validation"]]
