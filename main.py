@@ -221,6 +221,7 @@ def run_strategy(run: Run, run_id: str, data: LabelledData, encoded: Encoded, ac
               "versions": library_versions(), "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     if accelerator.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
+    started = time.perf_counter()
     attempt = cfg
     try:
         while True:
@@ -258,6 +259,7 @@ def run_strategy(run: Run, run_id: str, data: LabelledData, encoded: Encoded, ac
             checkpoint.unlink()
     record["peak_memory_mb"], record["peak_memory_measure"] = peak_memory_mb(accelerator)
     record["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    record["run_time_s"] = round(time.perf_counter() - started, 2)  # building, training, validating, testing, saving
     save_record(output / "results" / "all_results.json", record)
     return record
 

@@ -11,6 +11,7 @@ import resource
 import signal
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -126,15 +127,19 @@ def train(model: torch.nn.Module, encoded: Encoded, cfg: Config, learning_rate: 
         logger.info("resumed from %s: %d epochs and %d batches done (step %d)", run_dir / "last.pt", state.epoch,
                     state.batches_done, state.step)
 
+    spent = {"validation_time_s": 0.0, "checkpoint_time_s": 0.0}  # where the time beside training goes
+
     def checkpoint():
-        save_checkpoint(run_dir, model, optimizer, scheduler, accelerator, state, run_key)
+        with stopwatch(spent, "checkpoint_time_s"):
+            save_checkpoint(run_dir, model, optimizer, scheduler, accelerator, state, run_key)
 
     epochs_left = range(state.epoch, t.num_epochs) if state.stop_reason is None else range(0)
     with StopRequest() as stop:
         for epoch in epochs_left:
             train_loss, seconds = train_epoch(model, optimizer, scheduler, accelerator, encoded, t, epoch, state,
                                               checkpoint, stop)
-            val = evaluate(model, encoded, "validation", t, accelerator)
+            with stopwatch(spent, "validation_time_s"):
+                val = evaluate(model, encoded, "validation", t, accelerator)
             state.epoch, state.batches_done, state.epoch_loss, state.epoch_seconds = epoch + 1, 0, 0.0, 0.0
             state.history.append({"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val["loss"],
                                   "val_accuracy": val["accuracy"], "val_macro_f1": val["macro_f1"],
@@ -142,12 +147,13 @@ def train(model: torch.nn.Module, encoded: Encoded, cfg: Config, learning_rate: 
             logger.info("epoch %d/%d | train_loss %.4f | val_loss %.4f | val_acc %.4f | val_f1 %.4f | lr %.2e | %.1fs",
                         epoch + 1, t.num_epochs, train_loss, val["loss"], val["accuracy"], val["macro_f1"],
                         scheduler.get_last_lr()[0], seconds)
-            if _update_early_stopping(state, t):
-                best_weights = trainable_weights(model, accelerator)
-                _save(run_dir / "best.pt", {"run_key": run_key, "trainable": best_weights, "epoch": state.epoch})
-            if cfg.output.keep_checkpoints == "all":
-                _save(run_dir / f"epoch_{state.epoch}.pt", {"run_key": run_key, "epoch": state.epoch,
-                                                             "trainable": trainable_weights(model, accelerator)})
+            with stopwatch(spent, "checkpoint_time_s"):
+                if _update_early_stopping(state, t):
+                    best_weights = trainable_weights(model, accelerator)
+                    _save(run_dir / "best.pt", {"run_key": run_key, "trainable": best_weights, "epoch": state.epoch})
+                if cfg.output.keep_checkpoints == "all":
+                    _save(run_dir / f"epoch_{state.epoch}.pt", {"run_key": run_key, "epoch": state.epoch,
+                                                                 "trainable": trainable_weights(model, accelerator)})
             if state.stop_reason is None and state.epoch == t.num_epochs:
                 state.stop_reason = f"completed all {t.num_epochs} epochs"
             checkpoint()
@@ -160,7 +166,17 @@ def train(model: torch.nn.Module, encoded: Encoded, cfg: Config, learning_rate: 
     train_seconds = sum(h["seconds"] for h in state.history)
     return {"history": state.history, "best_epoch": state.best_epoch, "best_metric": state.best_metric,
             "stop_reason": state.stop_reason, "optimizer_steps": state.step, "train_time_s": round(train_seconds, 2),
-            "train_samples_per_s": round(len(encoded.labels["train"]) * len(state.history) / train_seconds, 2)}
+            "train_samples_per_s": round(len(encoded.labels["train"]) * len(state.history) / train_seconds, 2),
+            **{key: round(seconds, 2) for key, seconds in spent.items()}}
+
+
+@contextmanager
+def stopwatch(totals: dict[str, float], key: str):
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        totals[key] += time.perf_counter() - start
 
 
 def train_epoch(model, optimizer, scheduler, accelerator: Accelerator, encoded: Encoded, t: TrainingConfig,

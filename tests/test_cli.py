@@ -10,7 +10,8 @@ from model import STRATEGIES
 
 RECORD_KEYS = {"run_id", "strategy", "status", "hyperparameters", "model", "dataset", "seed", "trainable_params",
                "total_params", "trainable_pct", "history", "best_epoch", "stop_reason", "test", "train_time_s",
-               "train_samples_per_s", "peak_memory_mb", "versions"}
+               "train_samples_per_s", "validation_time_s", "checkpoint_time_s", "run_time_s", "peak_memory_mb",
+               "versions"}
 HISTORY_KEYS = {"epoch", "train_loss", "val_loss", "val_accuracy", "val_macro_f1", "lr", "seconds"}
 
 
@@ -38,6 +39,8 @@ def test_all_strategies_end_to_end_then_plots(write_config, tmp_path):
         assert run["hyperparameters"]["seed"] == run["seed"] == 42
         run_dir = tmp_path / "outputs" / "checkpoints" / run["strategy"] / run["run_id"]
         assert {p.name for p in run_dir.iterdir()} == {"config.yaml", "last.pt", "best.pt"}
+        parts = run["train_time_s"] + run["validation_time_s"] + run["checkpoint_time_s"]
+        assert run["checkpoint_time_s"] > 0 and run["validation_time_s"] > 0 and parts < run["run_time_s"]
     assert {r["run_id"] for r in runs} == {r["run_id"] for r in runs if r["run_id"].startswith(r["strategy"] + "-")}
     assert "majority-class baseline on test" in result.stdout
 
