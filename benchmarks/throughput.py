@@ -16,11 +16,15 @@ max_length tokens, so every row is exactly that long (for model FLOP utilisation
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ctypes
 import gc
 import json
+import os
 import platform
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -44,31 +48,62 @@ CUDA = torch.cuda.is_available()
 TRAINER_EVAL_BATCH_SIZES = (8, 16, 32, 64, 256) if CUDA else (8, 16, 32, 64)
 
 
-def reset_peak_memory() -> None:
-    if CUDA:
+class PeakMemory:
+    """Peak memory of one run, from here to `megabytes()`: the CUDA allocator's peak on a GPU; on a CPU the rise
+    of this process's resident set above its level at the start, sampled every 10 ms from /proc (Linux only;
+    elsewhere None). Freed memory is handed back to the system first, or a run could reuse what the previous
+    run freed and seem to need nothing."""
+
+    def __init__(self):
         gc.collect()  # the previous run's model, optimizer and Trainer must not count towards this run's peak
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
+        if CUDA:
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+            return
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        self.start = self.peak = resident_bytes()
+        self.sampling = self.start is not None
+        if self.sampling:
+            self.sampler = threading.Thread(target=self._sample, daemon=True)
+            self.sampler.start()
+
+    def _sample(self) -> None:
+        while self.sampling:
+            self.peak = max(self.peak, resident_bytes())
+            time.sleep(0.01)
+
+    def megabytes(self) -> float | None:
+        if CUDA:
+            return round(torch.cuda.max_memory_allocated() / 2**20)
+        if self.start is None:
+            return None
+        self.sampling = False
+        self.sampler.join()
+        return round((self.peak - self.start) / 2**20)
 
 
-def peak_memory_mb() -> float | None:
-    """Peak CUDA memory of the run just measured; on CPU there is no per-run figure (RSS only grows)."""
-    return round(torch.cuda.max_memory_allocated() / 2**20) if CUDA else None
+def resident_bytes() -> int | None:
+    try:
+        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        return None
 
 
 def ours(cfg, data, encoded, strategy: str, workdir: Path) -> dict:
     set_seed(cfg.training.seed)
-    reset_peak_memory()
+    memory = PeakMemory()
     model = build_model(cfg, strategy, data.label_names)
     accelerator = make_accelerator(cfg.training.fp16)
     result = train(model, encoded, cfg, strategy_settings(cfg, strategy)["learning_rate"], workdir / f"ours-{strategy}",
                    accelerator, {"strategy": strategy})
+    peak_mb = memory.megabytes()  # training's peak, as for the Trainer
     start = time.perf_counter()
     val = evaluate(model, encoded, "validation", cfg.training, accelerator)
     eval_seconds = time.perf_counter() - start
     return {"train_samples_per_s": result["train_samples_per_s"],
             "eval_samples_per_s": len(encoded.labels["validation"]) / eval_seconds, "val_accuracy": val["accuracy"],
-            "peak_memory_mb": peak_memory_mb()}
+            "peak_memory_mb": peak_mb}
 
 
 def examples(encoded, split: str, limit: int | None = None) -> list[dict]:
@@ -101,7 +136,7 @@ def accuracy(prediction) -> dict:
 
 def hf_trainer(cfg, data, encoded, tokenizer, strategy: str, workdir: Path, static: bool = False, rows: int | None = None) -> dict:
     set_seed(cfg.training.seed)
-    reset_peak_memory()
+    memory = PeakMemory()
     model = build_model(cfg, strategy, data.label_names)
     args = trainer_arguments(cfg, strategy, workdir / f"trainer-{strategy}",
                              train_sampling_strategy="random" if static else "group_by_length")
@@ -109,9 +144,9 @@ def hf_trainer(cfg, data, encoded, tokenizer, strategy: str, workdir: Path, stat
                       eval_dataset=examples(encoded, "validation"), data_collator=collator(cfg, tokenizer, static),
                       compute_metrics=accuracy)
     train_metrics = trainer.train().metrics
-    memory = peak_memory_mb()
+    peak_mb = memory.megabytes()
     if static:
-        return {"train_samples_per_s": train_metrics["train_samples_per_second"], "peak_memory_mb": memory}
+        return {"train_samples_per_s": train_metrics["train_samples_per_second"], "peak_memory_mb": peak_mb}
     eval_metrics = trainer.evaluate()
     # The configured eval batch is not the Trainer's fastest: it pads each batch to its longest row, so smaller
     # batches waste less. Its best evaluation batch size is searched too, so that no ratio flatters us.
@@ -122,7 +157,7 @@ def hf_trainer(cfg, data, encoded, tokenizer, strategy: str, workdir: Path, stat
     best = max(eval_speeds, key=eval_speeds.get)
     return {"train_samples_per_s": train_metrics["train_samples_per_second"],
             "eval_samples_per_s": eval_metrics["eval_samples_per_second"], "val_accuracy": eval_metrics["eval_accuracy"],
-            "best_eval_samples_per_s": eval_speeds[best], "best_eval_batch_size": best, "peak_memory_mb": memory}
+            "best_eval_samples_per_s": eval_speeds[best], "best_eval_batch_size": best, "peak_memory_mb": peak_mb}
 
 
 def median_run(runs: list[dict]) -> dict:
