@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 import transformers
 
-from throughput import BANKING77, CUDA, ROOT
+from throughput import CUDA, ROOT, default_data_path
 
 from data import load_data, tokenize  # noqa: E402  (throughput put the project root on sys.path)
 from model import STRATEGIES, build_model, load_tokenizer  # noqa: E402
@@ -51,7 +51,7 @@ def main() -> None:
     parser.add_argument("--name", default="eval_batching")
     args = parser.parse_args()
     transformers.logging.set_verbosity_error()
-    data_path = BANKING77 if BANKING77.is_dir() else ROOT / "examples" / "support_tickets.csv"
+    data_path = default_data_path()
     cfg = load_config(ROOT / "config.yaml", [f"data.path={data_path}", f"model.name={args.model}",
                                              f"model.max_length={args.max_length}"])
     data = load_data(cfg.data)

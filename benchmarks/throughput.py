@@ -44,6 +44,11 @@ from utils import atomic_write_json, library_versions, load_config, set_seed, st
 BANKING77 = ROOT.parent / "shared" / "datasets" / "banking77"
 
 
+def default_data_path() -> Path:
+    """banking77 from ../shared when present, else the demo data that ships with the project."""
+    return BANKING77 if BANKING77.is_dir() else ROOT / "examples" / "support_tickets.csv"
+
+
 CUDA = torch.cuda.is_available()
 TRAINER_EVAL_BATCH_SIZES = (8, 16, 32, 64, 256) if CUDA else (8, 16, 32, 64)
 
@@ -200,7 +205,7 @@ def main() -> None:
     parser.add_argument("--name", default="throughput", help="file name of the results in benchmarks/results/")
     args = parser.parse_args()
     transformers.logging.set_verbosity_error()
-    data_path = args.data or (BANKING77 if BANKING77.is_dir() else ROOT / "examples" / "support_tickets.csv")
+    data_path = args.data or default_data_path()
     cfg = load_config(ROOT / "config.yaml", [f"data.path={data_path}", f"data.train_size={args.rows}",
                                              "training.num_epochs=1", f"model.max_length={args.max_length}",
                                              f"model.name={args.model}", f"training.batch_size={args.batch_size}",
