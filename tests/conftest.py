@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -46,6 +47,7 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     BertTokenizerFast(vocab=str(folder / "vocab.txt")).save_pretrained(folder)  # `vocab`: transformers 5 ignores vocab_file
     config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                         intermediate_size=64, max_position_embeddings=64)
+    torch.manual_seed(0)  # the same "pre-trained" weights in every session, so no test depends on a lucky draw
     BertModel(config).save_pretrained(folder)
     return folder
 
