@@ -27,7 +27,7 @@ import yaml
 
 from data import Encoded, LabelledData, few_shot_rows, load_data, majority_baseline, tokenize
 from model import STRATEGIES, build_model, load_model_config, load_tokenizer, parameter_counts
-from trainer import classification_report, evaluate, make_accelerator, peak_memory_mb, train
+from trainer import PeakMemory, classification_report, evaluate, make_accelerator, train
 from utils import (COMPARISON_NOTE, Config, ConfigError, atomic_write_bytes, atomic_write_json, check_against_model, expand_grid,
                    file_lock, library_versions, load_config, read_results, set_seed, short_key, stable_hash,
                    strategy_settings, summarize, summary_tables)
@@ -219,8 +219,7 @@ def run_strategy(run: Run, run_id: str, data: LabelledData, encoded: Encoded, ac
               "seed": cfg.training.seed, "hyperparameters": {**dataclasses.asdict(cfg.training), **settings, "max_length": cfg.model.max_length},
               "device": _device_name(accelerator), "mixed_precision": accelerator.mixed_precision,
               "versions": library_versions(), "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    if accelerator.device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
+    memory = PeakMemory(accelerator.device)
     started = time.perf_counter()
     attempt = cfg
     try:
@@ -257,7 +256,7 @@ def run_strategy(run: Run, run_id: str, data: LabelledData, encoded: Encoded, ac
     if cfg.output.keep_checkpoints == "none":
         for checkpoint in run_dir.glob("*.pt"):
             checkpoint.unlink()
-    record["peak_memory_mb"], record["peak_memory_measure"] = peak_memory_mb(accelerator)
+    record["peak_memory_mb"], record["peak_memory_measure"] = memory.stop()
     record["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     record["run_time_s"] = round(time.perf_counter() - started, 2)  # building, training, validating, testing, saving
     save_record(output / "results" / "all_results.json", record)

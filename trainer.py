@@ -4,14 +4,17 @@ checkpoints that resume exactly."""
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import logging
 import math
+import os
 import random
 import resource
 import signal
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -305,11 +308,49 @@ def _update_early_stopping(state: TrainState, t: TrainingConfig) -> bool:
     return improved
 
 
-def peak_memory_mb(accelerator: Accelerator) -> tuple[float, str]:
-    """Peak memory and what it measures: CUDA tensors on a GPU, else the whole process's resident set."""
-    if accelerator.device.type == "cuda":
-        return round(torch.cuda.max_memory_allocated() / 2**20, 1), "cuda_max_allocated"
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1), "process_peak_rss"
+class PeakMemory:
+    """The peak memory of one run, from here to `stop()`, and what it measures. On a GPU: the CUDA allocator's
+    peak. On a CPU: how far this process's resident set rose above its level at the start, sampled every 10 ms
+    from /proc (where there is no /proc: the process's lifetime peak, which only grows from run to run). Memory
+    freed before the start is handed back to the system first, or a run could reuse what the previous run
+    freed and seem to need nothing."""
+
+    def __init__(self, device: torch.device):
+        gc.collect()  # the previous run's model and optimizer must not count towards this run's peak
+        self.cuda = device.type == "cuda"
+        if self.cuda:
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+            return
+        with suppress(OSError, AttributeError):  # glibc only
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        self.start = self.peak = resident_bytes()
+        self.sampling = self.start is not None
+        if self.sampling:
+            self.sampler = threading.Thread(target=self._sample, daemon=True)
+            self.sampler.start()
+
+    def _sample(self) -> None:
+        while self.sampling:
+            self.peak = max(self.peak, resident_bytes())
+            time.sleep(0.01)
+
+    def stop(self) -> tuple[float, str]:
+        """Megabytes, and the name of the measure."""
+        if self.cuda:
+            return round(torch.cuda.max_memory_allocated() / 2**20, 1), "cuda_max_allocated"
+        if self.start is None:
+            return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1), "process_peak_rss"
+        self.sampling = False
+        self.sampler.join()
+        return round((self.peak - self.start) / 2**20, 1), "rss_rise_during_run"
+
+
+def resident_bytes() -> int | None:
+    try:
+        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        return None
 
 
 # ----------------------------------------------------------------------------------------------

@@ -14,9 +14,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import platform
-import sys
 import time
-from pathlib import Path
 
 import torch
 import transformers

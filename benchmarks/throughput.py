@@ -16,15 +16,10 @@ max_length tokens, so every row is exactly that long (for model FLOP utilisation
 from __future__ import annotations
 
 import argparse
-import contextlib
-import ctypes
-import gc
 import json
-import os
 import platform
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -38,7 +33,7 @@ from transformers import DataCollatorWithPadding, Trainer, TrainingArguments  # 
 
 from data import load_data, tokenize  # noqa: E402
 from model import STRATEGIES, build_model, load_tokenizer  # noqa: E402
-from trainer import eval_batch_tokens, evaluate, make_accelerator, train  # noqa: E402
+from trainer import PeakMemory, eval_batch_tokens, evaluate, make_accelerator, train  # noqa: E402
 from utils import atomic_write_json, library_versions, load_config, set_seed, strategy_settings  # noqa: E402
 
 BANKING77 = ROOT.parent / "shared" / "datasets" / "banking77"
@@ -50,59 +45,18 @@ def default_data_path() -> Path:
 
 
 CUDA = torch.cuda.is_available()
+DEVICE = torch.device("cuda" if CUDA else "cpu")
 TRAINER_EVAL_BATCH_SIZES = (8, 16, 32, 64, 256) if CUDA else (8, 16, 32, 64)
-
-
-class PeakMemory:
-    """Peak memory of one run, from here to `megabytes()`: the CUDA allocator's peak on a GPU; on a CPU the rise
-    of this process's resident set above its level at the start, sampled every 10 ms from /proc (Linux only;
-    elsewhere None). Freed memory is handed back to the system first, or a run could reuse what the previous
-    run freed and seem to need nothing."""
-
-    def __init__(self):
-        gc.collect()  # the previous run's model, optimizer and Trainer must not count towards this run's peak
-        if CUDA:
-            torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats()
-            return
-        with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL("libc.so.6").malloc_trim(0)
-        self.start = self.peak = resident_bytes()
-        self.sampling = self.start is not None
-        if self.sampling:
-            self.sampler = threading.Thread(target=self._sample, daemon=True)
-            self.sampler.start()
-
-    def _sample(self) -> None:
-        while self.sampling:
-            self.peak = max(self.peak, resident_bytes())
-            time.sleep(0.01)
-
-    def megabytes(self) -> float | None:
-        if CUDA:
-            return round(torch.cuda.max_memory_allocated() / 2**20)
-        if self.start is None:
-            return None
-        self.sampling = False
-        self.sampler.join()
-        return round((self.peak - self.start) / 2**20)
-
-
-def resident_bytes() -> int | None:
-    try:
-        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except OSError:
-        return None
 
 
 def ours(cfg, data, encoded, strategy: str, workdir: Path) -> dict:
     set_seed(cfg.training.seed)
-    memory = PeakMemory()
+    memory = PeakMemory(DEVICE)
     model = build_model(cfg, strategy, data.label_names)
     accelerator = make_accelerator(cfg.training.fp16)
     result = train(model, encoded, cfg, strategy_settings(cfg, strategy)["learning_rate"], workdir / f"ours-{strategy}",
                    accelerator, {"strategy": strategy})
-    peak_mb = memory.megabytes()  # training's peak, as for the Trainer
+    peak_mb = memory.stop()[0]  # training's peak, as for the Trainer
     start = time.perf_counter()
     val = evaluate(model, encoded, "validation", cfg.training, accelerator)
     eval_seconds = time.perf_counter() - start
@@ -141,7 +95,7 @@ def accuracy(prediction) -> dict:
 
 def hf_trainer(cfg, data, encoded, tokenizer, strategy: str, workdir: Path, static: bool = False, rows: int | None = None) -> dict:
     set_seed(cfg.training.seed)
-    memory = PeakMemory()
+    memory = PeakMemory(DEVICE)
     model = build_model(cfg, strategy, data.label_names)
     args = trainer_arguments(cfg, strategy, workdir / f"trainer-{strategy}",
                              train_sampling_strategy="random" if static else "group_by_length")
@@ -149,7 +103,7 @@ def hf_trainer(cfg, data, encoded, tokenizer, strategy: str, workdir: Path, stat
                       eval_dataset=examples(encoded, "validation"), data_collator=collator(cfg, tokenizer, static),
                       compute_metrics=accuracy)
     train_metrics = trainer.train().metrics
-    peak_mb = memory.megabytes()
+    peak_mb = memory.stop()[0]
     if static:
         return {"train_samples_per_s": train_metrics["train_samples_per_second"], "peak_memory_mb": peak_mb}
     eval_metrics = trainer.evaluate()
@@ -256,7 +210,7 @@ def main() -> None:
                        "validation_rows": len(encoded.labels["validation"])},
               "settings": {"model": args.model, "batch_size": cfg.training.batch_size,
                            "eval_batch_size": cfg.training.eval_batch_size,
-                           "eval_batch_tokens": eval_batch_tokens(cfg.training, torch.device("cuda" if CUDA else "cpu")),
+                           "eval_batch_tokens": eval_batch_tokens(cfg.training, DEVICE),
                            "max_length": cfg.model.max_length, "filled_to_max_length": args.fill_to_max_length,
                            "epochs": 1, "repeats": args.repeats},
               "versions": library_versions(), "rows": rows}

@@ -1,5 +1,7 @@
 import dataclasses
 import math
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -176,3 +178,16 @@ def test_compiled_training_matches_eager_and_keeps_checkpoint_names(write_config
     for checkpoint in ("best.pt", "last.pt"):
         keys = [set(torch.load(tmp_path / run / checkpoint, weights_only=False)["trainable"]) for run in ("eager", "compiled")]
         assert keys[0] == keys[1]
+
+
+@pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="per-run CPU memory is read from /proc (Linux)")
+def test_cpu_peak_memory_is_what_this_run_needed_not_the_process_peak():
+    earlier_run = torch.ones(300 * 2**18)  # 300 MB held and freed before: the process's lifetime peak stays high
+    del earlier_run
+    memory = trainer.PeakMemory(torch.device("cpu"))
+    this_run = torch.ones(100 * 2**18)
+    time.sleep(0.1)  # a few 10 ms samples while it is held
+    del this_run
+    megabytes, measure = memory.stop()
+    assert measure == "rss_rise_during_run"
+    assert 95 <= megabytes < 150
