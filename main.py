@@ -27,7 +27,7 @@ import yaml
 
 from data import Encoded, LabelledData, few_shot_rows, load_data, majority_baseline, tokenize
 from model import STRATEGIES, build_model, load_model_config, load_tokenizer, parameter_counts
-from trainer import PeakMemory, classification_report, evaluate, make_accelerator, train
+from trainer import PeakMemory, classification_report, evaluate, make_accelerator, saved_run_key, train
 from utils import (COMPARISON_NOTE, Config, ConfigError, atomic_write_bytes, atomic_write_json, check_against_model, expand_grid,
                    file_lock, library_versions, load_config, read_results, set_seed, short_key, stable_hash,
                    strategy_settings, summarize, summary_tables)
@@ -222,6 +222,13 @@ def run_strategy(run: Run, run_id: str, data: LabelledData, encoded: Encoded, ac
     memory = PeakMemory(accelerator.device)
     started = time.perf_counter()
     attempt = cfg
+    if resume:  # a run interrupted after an out-of-memory retry continues as that retry
+        for _ in range(halvings_before_checkpoint(run, run_dir, data.fingerprint)):
+            attempt = halve_batch(attempt)
+            record_retry(record, attempt)
+        if attempt is not cfg:
+            logger.info("%s: its last checkpoint is from an out-of-memory retry; resuming that retry (batch size %d)",
+                        run_id, attempt.training.batch_size)
     try:
         while True:
             try:
@@ -237,14 +244,10 @@ def run_strategy(run: Run, run_id: str, data: LabelledData, encoded: Encoded, ac
             gc.collect()
             torch.cuda.empty_cache()
             attempt, resume = halve_batch(attempt), False
-            retry = {"batch_size": attempt.training.batch_size,
-                     "gradient_accumulation_steps": attempt.training.gradient_accumulation_steps}
-            record.setdefault("oom_retries", []).append(retry)
-            record["hyperparameters"].update(retry, eval_batch_size=attempt.training.eval_batch_size,
-                                             eval_batch_tokens=attempt.training.eval_batch_tokens)
+            record_retry(record, attempt)
             logger.warning("%s: out of GPU memory; retrying from the start with batch size %d and %d accumulation "
-                           "steps (the same effective batch)", run_id, retry["batch_size"],
-                           retry["gradient_accumulation_steps"])
+                           "steps (the same effective batch)", run_id, attempt.training.batch_size,
+                           attempt.training.gradient_accumulation_steps)
         record["status"] = "completed"
     except (ConfigError, KeyboardInterrupt):
         raise
@@ -291,6 +294,25 @@ def halve_batch(cfg: Config) -> Config:
                                  eval_batch_size=max(1, t.eval_batch_size // 2),
                                  eval_batch_tokens=t.eval_batch_tokens and max(1, t.eval_batch_tokens // 2))
     return dataclasses.replace(cfg, training=halved)
+
+
+def record_retry(record: dict, attempt: Config) -> None:
+    t = attempt.training
+    retry = {"batch_size": t.batch_size, "gradient_accumulation_steps": t.gradient_accumulation_steps}
+    record.setdefault("oom_retries", []).append(retry)
+    record["hyperparameters"].update(retry, eval_batch_size=t.eval_batch_size, eval_batch_tokens=t.eval_batch_tokens)
+
+
+def halvings_before_checkpoint(run: Run, run_dir: Path, data_fingerprint: str) -> int:
+    """How many out-of-memory retries the run had made when its last checkpoint was written (0 when none, or
+    when the checkpoint matches no retry: resuming then refuses it, naming what differs)."""
+    saved = saved_run_key(run_dir)
+    cfg, halvings = run.cfg, 0
+    while saved is not None and cfg.training.batch_size > 1:
+        cfg, halvings = halve_batch(cfg), halvings + 1
+        if dataclasses.replace(run, cfg=cfg).key(data_fingerprint) == saved:
+            return halvings
+    return 0
 
 
 def save_record(path: Path, record: dict) -> None:

@@ -404,6 +404,12 @@ def load_checkpoint(run_dir: Path, model, optimizer, scheduler, accelerator: Acc
     return TrainState(**checkpoint["state"]), best
 
 
+def saved_run_key(run_dir: Path) -> dict | None:
+    """The run key `last.pt` was written under (None without one), read without loading its tensors."""
+    path = run_dir / "last.pt"
+    return torch.load(path, weights_only=False, mmap=True)["run_key"] if path.exists() else None
+
+
 def _differing_keys(old, new, prefix: str = "") -> list[str]:
     if isinstance(old, dict) and isinstance(new, dict):
         return [k for key in sorted(set(old) | set(new))

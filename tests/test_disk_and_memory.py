@@ -2,11 +2,14 @@
 retry with a halved batch when the GPU runs out of memory."""
 
 import json
+import logging
+import shutil
 
 import pytest
 import torch
 
 import main
+import trainer
 
 
 def run_main(config, *overrides) -> tuple[int, list[dict]]:
@@ -71,3 +74,44 @@ def test_out_of_memory_at_batch_size_one_fails_the_run(write_config, monkeypatch
     monkeypatch.setattr(main, "train", out_of_memory)
     status, [record] = run_main(write_config(), "--strategy", "bitfit", "training.batch_size=1")
     assert status == 1 and record["status"] == "failed" and record["error"].startswith("OutOfMemoryError")
+
+
+def test_a_run_interrupted_after_an_out_of_memory_retry_resumes_as_that_retry(write_config, monkeypatch, caplog):
+    real_train, real_evaluate, batch_sizes = main.train, trainer.evaluate, []
+
+    def train_that_needs_a_smaller_batch(model, encoded, cfg, *args):
+        batch_sizes.append(cfg.training.batch_size)
+        if cfg.training.batch_size > 4:
+            raise torch.OutOfMemoryError("CUDA out of memory")
+        return real_train(model, encoded, cfg, *args)
+
+    monkeypatch.setattr(main, "train", train_that_needs_a_smaller_batch)
+    settings = ["--strategy", "bitfit", "training.batch_size=16", "training.num_epochs=3",
+                "training.early_stopping.enabled=false"]
+    config = write_config()
+    status, [expected] = run_main(config, *settings)
+    assert status == 0 and batch_sizes == [16, 8, 4]
+    shutil.rmtree(config.parent / "outputs")
+
+    validations = []
+
+    def evaluate_then_stop(*args, **kwargs):
+        validations.append(1)
+        if len(validations) == 2:  # Ctrl-C during epoch 2's validation: epoch 1's checkpoint is at batch size 4
+            raise KeyboardInterrupt
+        return real_evaluate(*args, **kwargs)
+
+    with monkeypatch.context() as interrupted:
+        interrupted.setattr(trainer, "evaluate", evaluate_then_stop)
+        assert main.main(["--config", str(config), *settings]) == 130
+    batch_sizes.clear()
+    caplog.clear()
+    caplog.set_level(logging.INFO)
+    status, [resumed] = run_main(config, *settings, "--resume")
+    assert status == 0 and resumed["status"] == "completed"
+    assert batch_sizes == [4] and "1 epochs and 0 batches done" in caplog.text  # the retry goes on from its checkpoint
+    assert resumed["oom_retries"] == expected["oom_retries"]
+    assert resumed["hyperparameters"] == expected["hyperparameters"]
+    assert [{k: v for k, v in h.items() if k != "seconds"} for h in resumed["history"]] == \
+        [{k: v for k, v in h.items() if k != "seconds"} for h in expected["history"]]
+    assert resumed["test_predictions"] == expected["test_predictions"]
