@@ -222,7 +222,9 @@ def train_epoch(model, optimizer, scheduler, accelerator: Accelerator, encoded: 
                 _fail_if_nonfinite(int(first_nonfinite), epoch, len(batches), accum)  # never checkpoint a NaN
                 state.batches_done, state.epoch_loss = i + 1, loss_total.item()
                 state.epoch_seconds = time.perf_counter() - start
+                paused = time.perf_counter()
                 checkpoint()
+                start += time.perf_counter() - paused  # the epoch's seconds count training only
                 if stop.requested:
                     raise KeyboardInterrupt
     return loss_total.item() / len(labels), time.perf_counter() - start

@@ -191,3 +191,27 @@ def test_cpu_peak_memory_is_what_this_run_needed_not_the_process_peak():
     megabytes, measure = memory.stop()
     assert measure == "rss_rise_during_run"
     assert 95 <= megabytes < 150
+
+
+def test_training_time_leaves_out_mid_epoch_checkpoints(write_config, tmp_path, monkeypatch):
+    """A clock that moves 1 ms per reading, and 100 s while a checkpoint is written: the epochs' seconds
+    must not contain the checkpoints."""
+    now = [0.0]
+
+    def clock():
+        now[0] += 0.001
+        return now[0]
+
+    real_save = trainer.save_checkpoint
+
+    def slow_save(*args):
+        real_save(*args)
+        now[0] += 100.0
+
+    monkeypatch.setattr(trainer.time, "perf_counter", clock)
+    monkeypatch.setattr(trainer, "save_checkpoint", slow_save)
+    # 54 rows in batches of 8: 7 steps per epoch, 6 of them followed by a mid-epoch checkpoint
+    cfg, data, encoded = prepared(write_config(), ["training.num_epochs=1", "training.checkpoint_every_steps=1"])
+    result = run(cfg, data, encoded, tmp_path / "r")[1]
+    assert result["checkpoint_time_s"] >= 700  # 6 in the epoch and one at its end
+    assert result["train_time_s"] < 1 and result["history"][0]["seconds"] < 1
