@@ -76,18 +76,18 @@ def main() -> None:
     args = parser.parse_args()
     transformers.logging.set_verbosity_error()
     strategies, seeds = args.strategy or list(STRATEGIES), list(range(args.seeds))
-    overrides = [f"data.path={args.data}", f"training.num_epochs={args.epochs}", f"training.seeds={seeds}"]
+    shared = [f"data.path={args.data}", f"training.num_epochs={args.epochs}"]  # the Trainer script loops over seeds itself
     timings, accuracies = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         # bertlab first, then the Trainer script: both start from files on disk, neither reuses the other's work
         start = time.perf_counter()
         status = bertlab.main(["--config", str(ROOT / "config.yaml"), *[f"--strategy={s}" for s in strategies],
-                               *overrides, f"output.dir={tmp}/bertlab"])
+                               *shared, f"training.seeds={seeds}", f"output.dir={tmp}/bertlab"])
         timings["bertlab"] = time.perf_counter() - start
         records = json.loads((Path(tmp) / "bertlab" / "results" / "all_results.json").read_text())["runs"]
         assert status == 0, [r.get("error") for r in records]
         accuracies["bertlab"] = {s: [r["test"]["accuracy"] for r in records if r["strategy"] == s] for s in strategies}
-        cfg = load_config(ROOT / "config.yaml", overrides[:2])
+        cfg = load_config(ROOT / "config.yaml", shared)
         timings["trainer"], runs = trainer_experiment(cfg, strategies, seeds, Path(tmp) / "trainer")
         accuracies["trainer"] = {s: [r["test_accuracy"] for r in runs if r["strategy"] == s] for s in strategies}
     report = {"machine": {"cpu_threads": torch.get_num_threads(), "platform": platform.platform(),
