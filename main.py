@@ -151,11 +151,11 @@ def run_experiment(args: argparse.Namespace) -> int:
         raise ConfigError(f"{args.config}: no strategy enabled; set strategies.<name>.enabled: true or pass "
                           f"--strategy NAME (known: {', '.join(sorted(STRATEGIES))})")
     runs = plan_runs(cfg, strategies)
-    positions = {}
+    model_configs = {}
     for run in runs:
-        if run.cfg.model.name not in positions:
-            positions[run.cfg.model.name] = getattr(load_model_config(run.cfg), "max_position_embeddings", None)
-        check_against_model(run.cfg, positions[run.cfg.model.name], [run.strategy])
+        if run.cfg.model.name not in model_configs:
+            model_configs[run.cfg.model.name] = load_model_config(run.cfg)
+        check_against_model(run.cfg, model_configs[run.cfg.model.name], [run.strategy])
     inputs = Inputs()
     data = inputs.data_for(runs[0])
     baseline = majority_baseline(data)

@@ -4,6 +4,7 @@ trains. Adding a strategy is one function, one registry line and a config sectio
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any, Callable
 
 import peft
@@ -44,6 +45,46 @@ def bitfit(model: PreTrainedModel, settings: dict[str, Any]) -> torch.nn.Module:
     return model
 
 
+def frozen_encoder(model: PreTrainedModel, settings: dict[str, Any]) -> torch.nn.Module:
+    """Only the task head trains, on top of the pre-trained encoder as it is: what fine-tuning adds is
+    measured against this."""
+    encoder_prefix = model.base_model_prefix + "."
+    for name, param in model.named_parameters():
+        param.requires_grad = not name.startswith(encoder_prefix)
+    return model
+
+
+def partial_freezing(model: PreTrainedModel, settings: dict[str, Any]) -> torch.nn.Module:
+    """The top `trainable_layers` encoder layers train, with what sits above them (the pooler) and the head;
+    the embeddings and the layers below stay as pre-trained."""
+    encoder_prefix = model.base_model_prefix + "."
+    first_trainable = encoder_layer_count(model) - settings["trainable_layers"]
+    for name, param in model.named_parameters():
+        layer = LAYER_INDEX.search(name)
+        if not name.startswith(encoder_prefix):
+            param.requires_grad = True  # the head
+        elif layer:
+            param.requires_grad = int(layer.group(1)) >= first_trainable
+        else:
+            param.requires_grad = ".embeddings." not in name  # the pooler, above the layers, trains
+    return model
+
+
+# Where a parameter's encoder layer number is in its name: bert.encoder.layer.3., distilbert.transformer.layer.3.
+LAYER_INDEX = re.compile(r"\.layers?\.(\d+)\.")
+
+
+def encoder_layer_count(model: PreTrainedModel) -> int:
+    """The number of encoder layers, found in the parameter names and checked against the model's config, so a
+    model laid out differently fails here rather than freezing the wrong weights."""
+    found = {int(m.group(1)) for name, _ in model.named_parameters() if (m := LAYER_INDEX.search(name))}
+    expected = getattr(model.config, "num_hidden_layers", None)
+    if not found or found != set(range(len(found))) or (expected is not None and len(found) != expected):
+        raise ConfigError(f"strategies.partial_freezing: cannot tell the encoder layers of '{model.name_or_path}' "
+                          f"apart by their parameter names; use frozen_encoder, bitfit or a PEFT strategy with it")
+    return len(found)
+
+
 def prompt_tuning(model: PreTrainedModel, settings: dict[str, Any]) -> torch.nn.Module:
     """Trainable virtual tokens before the input (Lester et al. 2021); the encoder stays frozen."""
     init_text = settings["init_text"]
@@ -59,6 +100,8 @@ STRATEGIES: dict[str, Callable[[PreTrainedModel, dict[str, Any]], torch.nn.Modul
     "lora": lora,
     "bitfit": bitfit,
     "prompt_tuning": prompt_tuning,
+    "partial_freezing": partial_freezing,
+    "frozen_encoder": frozen_encoder,
 }
 
 

@@ -105,11 +105,19 @@ class PromptTuningConfig(StrategyConfig):
 
 
 @dataclass
+class PartialFreezingConfig(StrategyConfig):
+    enabled: bool = False  # off unless a config turns it on: configs written before it existed keep their runs
+    trainable_layers: int = 2  # the top N encoder layers train (with the pooler and head); the rest stays frozen
+
+
+@dataclass
 class StrategiesConfig:
     full: StrategyConfig = field(default_factory=StrategyConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
     bitfit: StrategyConfig = field(default_factory=lambda: StrategyConfig(learning_rate=1e-3))
     prompt_tuning: PromptTuningConfig = field(default_factory=PromptTuningConfig)
+    partial_freezing: PartialFreezingConfig = field(default_factory=PartialFreezingConfig)
+    frozen_encoder: StrategyConfig = field(default_factory=lambda: StrategyConfig(enabled=False, learning_rate=3e-1))
 
 
 @dataclass
@@ -420,6 +428,8 @@ def _rule_problems(cfg: Config) -> list[str]:
             "a non-empty list of module names, e.g. [query, value]")
     require(prompt.num_virtual_tokens >= 1, "strategies.prompt_tuning.num_virtual_tokens",
             prompt.num_virtual_tokens, "an integer >= 1")
+    layers = cfg.strategies.partial_freezing.trainable_layers
+    require(layers >= 0, "strategies.partial_freezing.trainable_layers", layers, "an integer >= 0")
 
     def require_list(values, key: str, valid, allowed: str) -> None:
         if values is not None:
@@ -438,18 +448,21 @@ def _rule_problems(cfg: Config) -> list[str]:
     return problems
 
 
-def check_against_model(cfg: Config, max_positions: int | None, strategies: list[str]) -> None:
+def check_against_model(cfg: Config, model_config, strategies: list[str]) -> None:
     """Rules that need the model's own config (known only once it is resolved)."""
-    if max_positions is None:
-        return
-    if cfg.model.max_length > max_positions:
+    max_positions = getattr(model_config, "max_position_embeddings", None)
+    if max_positions is not None and cfg.model.max_length > max_positions:
         raise ConfigError(f"model.max_length: got {cfg.model.max_length}, allowed: at most "
                           f"{max_positions} (the model's position limit)")
     tokens = cfg.strategies.prompt_tuning.num_virtual_tokens
-    if "prompt_tuning" in strategies and cfg.model.max_length + tokens > max_positions:
+    if "prompt_tuning" in strategies and max_positions is not None and cfg.model.max_length + tokens > max_positions:
         raise ConfigError(
             f"strategies.prompt_tuning.num_virtual_tokens + model.max_length: got {tokens} + "
             f"{cfg.model.max_length}, allowed: at most {max_positions} (the model's position limit)")
+    layers, trainable = getattr(model_config, "num_hidden_layers", None), cfg.strategies.partial_freezing.trainable_layers
+    if "partial_freezing" in strategies and layers is not None and trainable > layers:
+        raise ConfigError(f"strategies.partial_freezing.trainable_layers: got {trainable}, allowed: 0 to {layers} "
+                          f"(the model's encoder layers)")
 
 
 # ----------------------------------------------------------------------------------------------

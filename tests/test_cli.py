@@ -25,7 +25,10 @@ def results(tmp_path) -> list[dict]:
 
 
 def test_all_strategies_end_to_end_then_plots(write_config, tmp_path):
-    result = main_py("--config", write_config())
+    # the strategies that are off unless a config turns them on, turned on
+    config = write_config(strategies={"prompt_tuning": {"num_virtual_tokens": 4}, "partial_freezing": {"enabled": True},
+                                      "frozen_encoder": {"enabled": True}})
+    result = main_py("--config", config)
     assert result.returncode == 0, result.stderr
     runs = results(tmp_path)
     assert [r["strategy"] for r in runs] == list(STRATEGIES)
@@ -40,7 +43,8 @@ def test_all_strategies_end_to_end_then_plots(write_config, tmp_path):
         run_dir = tmp_path / "outputs" / "checkpoints" / run["strategy"] / run["run_id"]
         assert {p.name for p in run_dir.iterdir()} == {"config.yaml", "last.pt", "best.pt"}
         parts = run["train_time_s"] + run["validation_time_s"] + run["checkpoint_time_s"]
-        assert run["checkpoint_time_s"] > 0 and run["validation_time_s"] > 0 and parts < run["run_time_s"]
+        assert run["checkpoint_time_s"] >= 0 and run["validation_time_s"] > 0 and parts < run["run_time_s"]
+    assert max(r["checkpoint_time_s"] for r in runs) > 0  # a head-only checkpoint may take under 5 ms: rounded to 0
     assert {r["run_id"] for r in runs} == {r["run_id"] for r in runs if r["run_id"].startswith(r["strategy"] + "-")}
     assert "majority-class baseline on test" in result.stdout
 

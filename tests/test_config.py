@@ -2,6 +2,7 @@ import subprocess
 import sys
 
 import pytest
+from transformers import BertConfig
 
 from conftest import ROOT
 from model import STRATEGIES
@@ -13,6 +14,12 @@ def test_shipped_config_loads_with_every_strategy_enabled():
     assert isinstance(cfg, Config)
     assert all(getattr(cfg.strategies, name).enabled for name in STRATEGIES)
     assert cfg.data.path == "examples/support_tickets.csv" and cfg.data.name is None
+
+
+def test_strategies_added_later_stay_off_in_configs_written_before_them(write_config):
+    cfg = load_config(write_config())  # names only prompt_tuning among the strategies
+    enabled = {name for name in STRATEGIES if getattr(cfg.strategies, name).enabled}
+    assert enabled == {"full", "lora", "bitfit", "prompt_tuning"}
 
 
 def test_every_strategy_has_a_config_section_and_back():
@@ -32,7 +39,7 @@ def test_overrides_are_typed_by_the_schema(write_config):
 @pytest.mark.parametrize("override, message", [
     ("training.learning_rte=1e-4", r"unknown key 'training\.learning_rte'; did you mean 'training\.learning_rate'\?"),
     ("trainng.seed=1", r"unknown key section 'trainng'; did you mean 'training'\?"),
-    ("strategies.adapterz.enabled=true", r"unknown strategy 'adapterz'; known strategies: bitfit, full, lora, prompt_tuning"),
+    ("strategies.adapterz.enabled=true", r"unknown strategy 'adapterz'; known strategies: bitfit, frozen_encoder, full, lora, partial_freezing, prompt_tuning"),
     ("training.batch_size=abc", r"training\.batch_size: expected an integer, got 'abc'"),
     ("training.batch_size=0", r"training\.batch_size: got 0, allowed: an integer >= 1"),
     ("training.learning_rate=-1e-5", r"training\.learning_rate: got -1e-05, allowed: a number > 0"),
@@ -40,6 +47,8 @@ def test_overrides_are_typed_by_the_schema(write_config):
     ("training.early_stopping.metric=test_accuracy", r"training\.early_stopping\.metric: expected one of 'val_loss'"),
     ("training.early_stopping.patience=0", r"training\.early_stopping\.patience: got 0"),
     ("strategies.lora.rank=0", r"strategies\.lora\.rank: got 0, allowed: an integer >= 1"),
+    ("strategies.partial_freezing.trainable_layers=-1",
+     r"strategies\.partial_freezing\.trainable_layers: got -1, allowed: an integer >= 0"),
     ("training.eval_batch_tokens=0", r"training\.eval_batch_tokens: got 0, allowed: an integer >= 1, or null"),
     ("data.validation_size=0.8", r"data\.validation_size \+ data\.test_size: got 1\.0, allowed: a sum below 1"),
     ("data.name=ag_news", r"data: set exactly one of data\.name .* and data\.path"),
@@ -74,8 +83,16 @@ def test_empty_and_missing_files(tmp_path):
 def test_prompt_tokens_and_max_length_must_fit_the_position_limit(write_config):
     cfg = load_config(write_config(), ["model.max_length=60", "strategies.prompt_tuning.num_virtual_tokens=10"])
     with pytest.raises(ConfigError, match=r"num_virtual_tokens \+ model\.max_length: got 10 \+ 60, allowed: at most 64"):
-        check_against_model(cfg, 64, ["full", "prompt_tuning"])
-    check_against_model(cfg, 64, ["full"])  # without prompt tuning it fits
+        check_against_model(cfg, BertConfig(max_position_embeddings=64), ["full", "prompt_tuning"])
+    check_against_model(cfg, BertConfig(max_position_embeddings=64), ["full"])  # without prompt tuning it fits
+
+
+def test_partial_freezing_cannot_train_more_layers_than_the_model_has(write_config):
+    cfg = load_config(write_config(), ["strategies.partial_freezing.trainable_layers=3"])
+    with pytest.raises(ConfigError, match=r"partial_freezing\.trainable_layers: got 3, allowed: 0 to 2"):
+        check_against_model(cfg, BertConfig(num_hidden_layers=2), ["partial_freezing"])
+    check_against_model(cfg, BertConfig(num_hidden_layers=2), ["full"])
+    check_against_model(cfg, BertConfig(num_hidden_layers=3), ["partial_freezing"])
 
 
 def test_cli_reports_a_config_mistake_in_one_line_with_exit_status_2(write_config):

@@ -5,9 +5,12 @@ import pytest
 import torch
 
 from conftest import prepared
-from model import STRATEGIES, build_model, parameter_counts
+from transformers import (AlbertConfig, AlbertForSequenceClassification, DistilBertConfig,
+                          DistilBertForSequenceClassification)
+
+from model import STRATEGIES, build_model, parameter_counts, partial_freezing
 from trainer import make_accelerator, train
-from utils import load_config, resolve_model_path, set_seed, strategy_settings
+from utils import ConfigError, load_config, resolve_model_path, set_seed, strategy_settings
 
 
 def trainable_names_are_expected(strategy: str, name: str) -> bool:
@@ -15,7 +18,10 @@ def trainable_names_are_expected(strategy: str, name: str) -> bool:
     return {"full": True,
             "lora": "lora_" in name or head,
             "bitfit": name.endswith(".bias") or head,
-            "prompt_tuning": "prompt_encoder" in name or head}[strategy]
+            "prompt_tuning": "prompt_encoder" in name or head,
+            # the tiny model has layers 0 and 1; the test trains the top one
+            "partial_freezing": ".layer.1." in name or ".pooler." in name or head,
+            "frozen_encoder": head}[strategy]
 
 
 @pytest.mark.parametrize("strategy", sorted(STRATEGIES))
@@ -23,7 +29,8 @@ def test_training_changes_trainable_weights_only(strategy, write_config, tmp_pat
     # 54 training rows in batches of 32: one epoch of two steps. Two, because LoRA's B starts at zero,
     # so its A receives no gradient until B has moved once.
     cfg, data, encoded = prepared(write_config(), ["training.num_epochs=1", "training.batch_size=32",
-                                                   "training.warmup_ratio=0", "training.weight_decay=0"])
+                                                   "training.warmup_ratio=0", "training.weight_decay=0",
+                                                   "strategies.partial_freezing.trainable_layers=1"])
     set_seed(0)
     model = build_model(cfg, strategy, data.label_names)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
@@ -31,6 +38,8 @@ def test_training_changes_trainable_weights_only(strategy, write_config, tmp_pat
     assert trainable and all(trainable_names_are_expected(strategy, n) for n in trainable)
     if strategy == "bitfit":  # every bias trains, not only some
         assert {n for n in before if n.endswith(".bias")} <= trainable
+    if strategy == "partial_freezing":  # the whole top layer trains, not only some of it
+        assert {n for n in before if ".layer.1." in n} <= trainable
 
     result = train(model, encoded, cfg, strategy_settings(cfg, strategy)["learning_rate"], tmp_path / "run",
                    make_accelerator(False), run_key={"strategy": strategy})
@@ -60,5 +69,23 @@ def test_trainable_share_on_the_bundled_minilm():
     cfg = load_config(ROOT / "config.yaml")
     shares = {s: parameter_counts(build_model(cfg, s, ["a", "b", "c", "d", "e"]))["trainable_pct"] for s in STRATEGIES}
     assert shares["full"] == 100
-    assert shares["lora"] < 3 and shares["bitfit"] < 1 and shares["prompt_tuning"] < 1
+    assert shares["lora"] < 3 and shares["bitfit"] < 1 and shares["prompt_tuning"] < 1 and shares["frozen_encoder"] < 0.01
+    assert 15 < shares["partial_freezing"] < 18  # 2 of 6 layers (1.8M each) and the pooler; embeddings are half the model
     assert resolve_model_path("minilm").endswith("model")
+
+
+def test_partial_freezing_finds_the_layers_of_other_architectures():
+    config = DistilBertConfig(vocab_size=50, dim=32, hidden_dim=64, n_layers=3, n_heads=2, num_labels=3)
+    model = partial_freezing(DistilBertForSequenceClassification(config), {"trainable_layers": 2})
+    trainable = {n.split(".")[0] if "layer" not in n else ".".join(n.split(".")[:4])
+                 for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {"distilbert.transformer.layer.1", "distilbert.transformer.layer.2", "pre_classifier",
+                         "classifier"}
+
+
+def test_partial_freezing_refuses_a_model_whose_layers_it_cannot_tell_apart():
+    # ALBERT shares one set of weights between all its layers: there is no "top layer" to train alone
+    config = AlbertConfig(vocab_size=50, embedding_size=16, hidden_size=32, num_hidden_layers=3, num_attention_heads=2,
+                          intermediate_size=64, num_labels=3)
+    with pytest.raises(ConfigError, match="cannot tell the encoder layers"):
+        partial_freezing(AlbertForSequenceClassification(config), {"trainable_layers": 1})
