@@ -65,8 +65,8 @@ def partial_freezing(model: PreTrainedModel, settings: dict[str, Any]) -> torch.
             param.requires_grad = True  # the head
         elif layer:
             param.requires_grad = int(layer.group(1)) >= first_trainable
-        else:
-            param.requires_grad = ".embeddings." not in name  # the pooler, above the layers, trains
+        else:  # below the layers: embeddings (and ELECTRA's embeddings_project); above them: the pooler, which trains
+            param.requires_grad = ".embeddings" not in name
     return model
 
 

@@ -6,7 +6,7 @@ import torch
 
 from conftest import prepared
 from transformers import (AlbertConfig, AlbertForSequenceClassification, DistilBertConfig,
-                          DistilBertForSequenceClassification)
+                          DistilBertForSequenceClassification, ElectraConfig, ElectraForSequenceClassification)
 
 from model import STRATEGIES, build_model, parameter_counts, partial_freezing
 from trainer import make_accelerator, train
@@ -81,6 +81,13 @@ def test_partial_freezing_finds_the_layers_of_other_architectures():
                  for n, p in model.named_parameters() if p.requires_grad}
     assert trainable == {"distilbert.transformer.layer.1", "distilbert.transformer.layer.2", "pre_classifier",
                          "classifier"}
+    # ELECTRA projects its smaller embeddings up to the hidden size below the layers: that projection stays frozen
+    config = ElectraConfig(vocab_size=50, embedding_size=16, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                           intermediate_size=64, num_labels=3)
+    model = partial_freezing(ElectraForSequenceClassification(config), {"trainable_layers": 1})
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    assert any("embeddings_project" in n for n in frozen) and any(".layer.0." in n for n in frozen)
+    assert all(".layer.0." in n or ".embeddings" in n for n in frozen)
 
 
 def test_partial_freezing_refuses_a_model_whose_layers_it_cannot_tell_apart():
