@@ -219,7 +219,6 @@ def run_strategy(run: Run, run_id: str, data: LabelledData, encoded: Encoded, ac
               "seed": cfg.training.seed, "hyperparameters": {**dataclasses.asdict(cfg.training), **settings, "max_length": cfg.model.max_length},
               "device": _device_name(accelerator), "mixed_precision": accelerator.mixed_precision,
               "versions": library_versions(), "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    memory = PeakMemory(accelerator.device)
     started = time.perf_counter()
     attempt = cfg
     if resume:  # a run interrupted after an out-of-memory retry continues as that retry
@@ -229,6 +228,7 @@ def run_strategy(run: Run, run_id: str, data: LabelledData, encoded: Encoded, ac
         if attempt is not cfg:
             logger.info("%s: its last checkpoint is from an out-of-memory retry; resuming that retry (batch size %d)",
                         run_id, attempt.training.batch_size)
+    memory = PeakMemory(accelerator.device)
     try:
         while True:
             try:
@@ -254,12 +254,12 @@ def run_strategy(run: Run, run_id: str, data: LabelledData, encoded: Encoded, ac
     except Exception as err:  # a failing run is recorded with its reason; the others go on
         logger.error("%s failed: %s: %s", run_id, type(err).__name__, err)
         record.update(status="failed", error=f"{type(err).__name__}: {err}", traceback=traceback.format_exc())
-    finally:
+    finally:  # also when interrupted, so the memory sampler does not outlive the run
+        record["peak_memory_mb"], record["peak_memory_measure"] = memory.stop()
         accelerator.free_memory()
     if cfg.output.keep_checkpoints == "none":
         for checkpoint in run_dir.glob("*.pt"):
             checkpoint.unlink()
-    record["peak_memory_mb"], record["peak_memory_measure"] = memory.stop()
     record["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     record["run_time_s"] = round(time.perf_counter() - started, 2)  # building, training, validating, testing, saving
     save_record(output / "results" / "all_results.json", record)

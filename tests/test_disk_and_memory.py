@@ -4,6 +4,7 @@ retry with a halved batch when the GPU runs out of memory."""
 import json
 import logging
 import shutil
+import threading
 
 import pytest
 import torch
@@ -104,6 +105,7 @@ def test_a_run_interrupted_after_an_out_of_memory_retry_resumes_as_that_retry(wr
     with monkeypatch.context() as interrupted:
         interrupted.setattr(trainer, "evaluate", evaluate_then_stop)
         assert main.main(["--config", str(config), *settings]) == 130
+    assert not [t for t in threading.enumerate() if "_sample" in t.name]  # the run's memory sampler stopped too
     batch_sizes.clear()
     caplog.clear()
     caplog.set_level(logging.INFO)
