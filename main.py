@@ -398,6 +398,8 @@ def summary_markdown(summary: dict) -> str:
     lines = ["## Configurations (mean ± standard deviation over runs: seeds and few-shot draws)", ""] + markdown(header, table)
     lines += ["", f"The chosen setting of each strategy has the best mean validation {summary['metric']}; "
               "test scores are only reported, never used to choose."]
+    if summary["memory_note"]:
+        lines += ["", summary["memory_note"]]
     if comparisons:
         lines += ["", "## Paired comparisons of the chosen settings", ""] + markdown(comparison_header, comparisons)
         lines += ["", COMPARISON_NOTE]

@@ -625,7 +625,17 @@ def summarize(runs: list[dict], metric: str) -> dict:
             comparison = compare_configurations(groups[row_a["config_id"]], groups[row_b["config_id"]])
             if comparison:
                 comparisons.append({"a": strategy_a, "b": strategy_b, "shots_per_class": shots, **comparison})
-    return {"metric": metric, "rows": rows, "comparisons": comparisons}
+    return {"metric": metric, "rows": rows, "comparisons": comparisons, "memory_note": memory_note(runs)}
+
+
+def memory_note(runs: list[dict]) -> str | None:
+    """A warning when the peak memory column mixes measures: records from before per-run measurement on a
+    CPU hold the process's lifetime peak, which is not comparable with a run's own rise."""
+    measures = sorted({r.get("peak_memory_measure", "process_peak_rss") for r in runs if r["status"] == "completed"})
+    if len(measures) < 2:
+        return None
+    return (f"Peak memory mixes measures ({', '.join(measures)}): process_peak_rss is the process's lifetime peak, "
+            "recorded before runs measured their own memory; rerun those runs with --force to compare memory.")
 
 
 def _pairing_key(run: dict) -> tuple:

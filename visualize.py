@@ -266,6 +266,8 @@ def write_report(path: Path, summary: dict, runs: list[dict], experiment: dict |
         f"baseline on test: accuracy {baseline.get('accuracy', float('nan')):.4f}, macro-F1 "
         f"{baseline.get('macro_f1', float('nan')):.4f}.</p>",
     ]
+    if summary["memory_note"]:
+        parts.append(f"<p>{html.escape(summary['memory_note'])}</p>")
     if comparisons:
         parts += ["<h2>Paired comparisons of the chosen settings</h2>", html_table(comparison_header, comparisons),
                   f"<p>{html.escape(COMPARISON_NOTE)}</p>"]

@@ -8,7 +8,7 @@ from scipy import stats
 from sklearn.metrics import accuracy_score, f1_score
 
 from data import few_shot_rows
-from main import plan_runs
+from main import plan_runs, summary_markdown
 from test_cli import main_py, results
 from utils import ConfigError, aggregate, load_config, paired_bootstrap, strategy_settings, summarize
 
@@ -139,6 +139,16 @@ def test_the_best_setting_is_chosen_on_validation_never_on_test():
     [comparison] = summary["comparisons"]
     assert (comparison["a"], comparison["b"]) == ("lora", "full")
     assert comparison["accuracy"]["difference"] == pytest.approx(-0.5)
+
+
+def test_the_summary_warns_when_peak_memory_mixes_measures():
+    truth = [0, 1] * 5
+    old = fake_run("a1", "full-a", "full", 0, val=0.9, predictions=truth, truth=truth)  # no measure: an older record
+    new = {**fake_run("b1", "lora-a", "lora", 0, val=0.8, predictions=truth, truth=truth),
+           "peak_memory_measure": "rss_rise_during_run"}
+    assert "rerun those runs with --force" in summarize([old, new], "val_macro_f1")["memory_note"]
+    assert summarize([new], "val_macro_f1")["memory_note"] is None
+    assert "Peak memory mixes measures" in summary_markdown(summarize([old, new], "val_macro_f1"))
 
 
 def test_paired_bootstrap_known_answers():
