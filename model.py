@@ -37,37 +37,38 @@ def lora(model: PreTrainedModel, settings: dict[str, Any]) -> torch.nn.Module:
     return peft.get_peft_model(model, config)
 
 
-def bitfit(model: PreTrainedModel, settings: dict[str, Any]) -> torch.nn.Module:
-    """Only bias terms (BitFit, Ben Zaken et al. 2022) and the task head train."""
+def train_only(model: PreTrainedModel, encoder_trains: Callable[[str], bool]) -> PreTrainedModel:
+    """The task head trains; an encoder parameter trains when `encoder_trains(its name)` says so."""
     encoder_prefix = model.base_model_prefix + "."
     for name, param in model.named_parameters():
-        param.requires_grad = name.endswith(".bias") or not name.startswith(encoder_prefix)
+        param.requires_grad = not name.startswith(encoder_prefix) or encoder_trains(name)
     return model
+
+
+def bitfit(model: PreTrainedModel, settings: dict[str, Any]) -> torch.nn.Module:
+    """Only bias terms (BitFit, Ben Zaken et al. 2022) and the task head train."""
+    return train_only(model, lambda name: name.endswith(".bias"))
 
 
 def frozen_encoder(model: PreTrainedModel, settings: dict[str, Any]) -> torch.nn.Module:
     """Only the task head trains, on top of the pre-trained encoder as it is: what fine-tuning adds is
     measured against this."""
-    encoder_prefix = model.base_model_prefix + "."
-    for name, param in model.named_parameters():
-        param.requires_grad = not name.startswith(encoder_prefix)
-    return model
+    return train_only(model, lambda name: False)
 
 
 def partial_freezing(model: PreTrainedModel, settings: dict[str, Any]) -> torch.nn.Module:
     """The top `trainable_layers` encoder layers train, with what sits above them (the pooler) and the head;
     the embeddings and the layers below stay as pre-trained."""
-    encoder_prefix = model.base_model_prefix + "."
     first_trainable = encoder_layer_count(model) - settings["trainable_layers"]
-    for name, param in model.named_parameters():
+
+    def encoder_trains(name: str) -> bool:
         layer = LAYER_INDEX.search(name)
-        if not name.startswith(encoder_prefix):
-            param.requires_grad = True  # the head
-        elif layer:
-            param.requires_grad = int(layer.group(1)) >= first_trainable
-        else:  # below the layers: embeddings (and ELECTRA's embeddings_project); above them: the pooler, which trains
-            param.requires_grad = ".embeddings" not in name
-    return model
+        if layer:
+            return int(layer.group(1)) >= first_trainable
+        # below the layers: embeddings (and ELECTRA's embeddings_project); above them: the pooler, which trains
+        return ".embeddings" not in name
+
+    return train_only(model, encoder_trains)
 
 
 # Where a parameter's encoder layer number is in its name: bert.encoder.layer.3., distilbert.transformer.layer.3.
