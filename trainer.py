@@ -221,8 +221,8 @@ def train_epoch(model, optimizer, scheduler, accelerator: Accelerator, encoded: 
             if i + 1 < len(batches) and (stop.requested or (every and state.step % every == 0)):
                 _fail_if_nonfinite(int(first_nonfinite), epoch, len(batches), accum)  # never checkpoint a NaN
                 state.batches_done, state.epoch_loss = i + 1, loss_total.item()
-                state.epoch_seconds = time.perf_counter() - start
                 paused = time.perf_counter()
+                state.epoch_seconds = paused - start
                 checkpoint()
                 start += time.perf_counter() - paused  # the epoch's seconds count training only
                 if stop.requested:

@@ -634,8 +634,11 @@ def memory_note(runs: list[dict]) -> str | None:
     measures = sorted({r.get("peak_memory_measure", "process_peak_rss") for r in runs if r["status"] == "completed"})
     if len(measures) < 2:
         return None
-    return (f"Peak memory mixes measures ({', '.join(measures)}): process_peak_rss is the process's lifetime peak, "
-            "recorded before runs measured their own memory; rerun those runs with --force to compare memory.")
+    note = f"Peak memory mixes measures ({', '.join(measures)}), which do not compare"
+    if "process_peak_rss" in measures:
+        note += ("; process_peak_rss is the process's lifetime peak, recorded before runs measured their own memory: "
+                 "rerun those runs with --force to compare memory")
+    return note + "."
 
 
 def _pairing_key(run: dict) -> tuple:

@@ -148,6 +148,9 @@ def test_the_summary_warns_when_peak_memory_mixes_measures():
            "peak_memory_measure": "rss_rise_during_run"}
     assert "rerun those runs with --force" in summarize([old, new], "val_macro_f1")["memory_note"]
     assert summarize([new], "val_macro_f1")["memory_note"] is None
+    gpu = {**new, "run_id": "c1", "config_id": "lora-b", "peak_memory_measure": "cuda_max_allocated"}
+    note = summarize([new, gpu], "val_macro_f1")["memory_note"]
+    assert "cuda_max_allocated, rss_rise_during_run" in note and "--force" not in note  # nothing to rerun there
     assert "Peak memory mixes measures" in summary_markdown(summarize([old, new], "val_macro_f1"))
 
 
