@@ -49,16 +49,22 @@ def test_peft_checkpoints_hold_only_the_adapter_and_the_head(write_config):
     assert sum(t.numel() for t in saved["full"].values()) == by_strategy["full"]["total_params"]
 
 
-def test_out_of_memory_retries_with_half_the_batch_and_twice_the_accumulation(write_config, monkeypatch, caplog):
-    real_train, batch_sizes = main.train, []
+def train_fitting_batches_up_to(largest: int, batch_sizes: list[int]):
+    """main.train as on a GPU where batches above `largest` run out of memory; each batch size tried is noted."""
+    real_train = main.train
 
-    def train_that_needs_a_smaller_batch(model, encoded, cfg, *args):
+    def train(model, encoded, cfg, *args):
         batch_sizes.append(cfg.training.batch_size)
-        if cfg.training.batch_size > 4:
+        if cfg.training.batch_size > largest:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return real_train(model, encoded, cfg, *args)
 
-    monkeypatch.setattr(main, "train", train_that_needs_a_smaller_batch)
+    return train
+
+
+def test_out_of_memory_retries_with_half_the_batch_and_twice_the_accumulation(write_config, monkeypatch, caplog):
+    batch_sizes = []
+    monkeypatch.setattr(main, "train", train_fitting_batches_up_to(4, batch_sizes))
     status, [record] = run_main(write_config(), "--strategy", "bitfit", "training.batch_size=16")
     assert status == 0 and record["status"] == "completed"
     assert batch_sizes == [16, 8, 4]
@@ -78,15 +84,8 @@ def test_out_of_memory_at_batch_size_one_fails_the_run(write_config, monkeypatch
 
 
 def test_a_run_interrupted_after_an_out_of_memory_retry_resumes_as_that_retry(write_config, monkeypatch, caplog):
-    real_train, real_evaluate, batch_sizes = main.train, trainer.evaluate, []
-
-    def train_that_needs_a_smaller_batch(model, encoded, cfg, *args):
-        batch_sizes.append(cfg.training.batch_size)
-        if cfg.training.batch_size > 4:
-            raise torch.OutOfMemoryError("CUDA out of memory")
-        return real_train(model, encoded, cfg, *args)
-
-    monkeypatch.setattr(main, "train", train_that_needs_a_smaller_batch)
+    real_evaluate, batch_sizes = trainer.evaluate, []
+    monkeypatch.setattr(main, "train", train_fitting_batches_up_to(4, batch_sizes))
     settings = ["--strategy", "bitfit", "training.batch_size=16", "training.num_epochs=3",
                 "training.early_stopping.enabled=false"]
     config = write_config()
