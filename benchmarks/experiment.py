@@ -32,7 +32,9 @@ from throughput import CUDA, ROOT, collator, examples, trainer_arguments
 import main as bertlab  # noqa: E402  (throughput put the project root on sys.path)
 from data import load_data, tokenize  # noqa: E402
 from model import STRATEGIES, build_model, load_tokenizer  # noqa: E402
-from utils import atomic_write_json, library_versions, load_config, set_seed  # noqa: E402
+from config import load_config  # noqa: E402
+from measure import library_versions  # noqa: E402
+from utils import atomic_write_json, set_seed  # noqa: E402
 
 
 def macro_f1(prediction) -> dict:

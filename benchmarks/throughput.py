@@ -33,8 +33,11 @@ from transformers import DataCollatorWithPadding, Trainer, TrainingArguments  # 
 
 from data import load_data, tokenize  # noqa: E402
 from model import STRATEGIES, build_model, load_tokenizer  # noqa: E402
-from trainer import PeakMemory, eval_batch_tokens, evaluate, make_accelerator, train  # noqa: E402
-from utils import atomic_write_json, library_versions, load_config, set_seed, strategy_settings  # noqa: E402
+from config import load_config, strategy_settings  # noqa: E402
+from measure import PeakMemory, library_versions  # noqa: E402
+from tasks import TASKS  # noqa: E402
+from trainer import eval_batch_tokens, evaluate, make_accelerator, train  # noqa: E402
+from utils import atomic_write_json, set_seed  # noqa: E402
 
 BANKING77 = ROOT.parent / "shared" / "datasets" / "banking77"
 
@@ -58,7 +61,7 @@ def ours(cfg, data, encoded, strategy: str, workdir: Path) -> dict:
                    accelerator, {"strategy": strategy})
     peak_mb = memory.stop()[0]  # training's peak, as for the Trainer
     start = time.perf_counter()
-    val = evaluate(model, encoded, "validation", cfg.training, accelerator)
+    val = evaluate(model, encoded, "validation", cfg.training, accelerator, TASKS[cfg.data.task])
     eval_seconds = time.perf_counter() - start
     return {"train_samples_per_s": result["train_samples_per_s"],
             "eval_samples_per_s": len(encoded.labels["validation"]) / eval_seconds, "val_accuracy": val["accuracy"],

@@ -84,7 +84,7 @@ def prepared(config_path: Path, overrides: list[str] = ()):
     """The config, its data and the tokenized splits, as main.py builds them."""
     from data import load_data, tokenize
     from model import load_tokenizer
-    from utils import load_config
+    from config import load_config
 
     cfg = load_config(config_path, list(overrides))
     data = load_data(cfg.data)

@@ -6,7 +6,9 @@ from transformers import BertConfig
 
 from conftest import ROOT
 from model import STRATEGIES
-from utils import Config, ConfigError, StrategiesConfig, check_against_model, load_config
+from config import Config, StrategiesConfig, load_config
+from model import check_against_model
+from utils import ConfigError
 
 
 def test_shipped_config_loads_with_every_strategy_enabled():
@@ -44,7 +46,8 @@ def test_overrides_are_typed_by_the_schema(write_config):
     ("training.batch_size=0", r"training\.batch_size: got 0, allowed: an integer >= 1"),
     ("training.learning_rate=-1e-5", r"training\.learning_rate: got -1e-05, allowed: a number > 0"),
     ("training.fp16=maybe", r"training\.fp16: expected true or false, got 'maybe'"),
-    ("training.early_stopping.metric=test_accuracy", r"training\.early_stopping\.metric: expected one of 'val_loss'"),
+    ("training.early_stopping.metric=test_accuracy", r"training\.early_stopping\.metric: got 'test_accuracy', allowed: "
+                                                     r"val_loss, val_accuracy, val_macro_f1 \(validation metrics of classification\)"),
     ("training.early_stopping.patience=0", r"training\.early_stopping\.patience: got 0"),
     ("strategies.lora.rank=0", r"strategies\.lora\.rank: got 0, allowed: an integer >= 1"),
     ("strategies.partial_freezing.trainable_layers=-1",
@@ -110,3 +113,32 @@ def test_unloadable_model_names_the_key_and_the_offline_way_out(write_config, tm
     cfg = load_config(write_config(), [f"model.name={tmp_path / 'no-such-model'}"])
     with pytest.raises(ConfigError, match=r"model\.name: folder .* does not exist or holds no model.*the bundled model"):
         load_model_config(cfg)
+
+
+def test_a_strategy_section_keeps_its_own_defaults_for_the_keys_it_leaves_out(write_config):
+    cfg = load_config(write_config(strategies={"bitfit": {"enabled": True}, "frozen_encoder": {"enabled": True}}))
+    assert cfg.strategies.bitfit.learning_rate == 1e-3  # bitfit's default, not the class-wide null
+    assert cfg.strategies.frozen_encoder.learning_rate == 0.3 and cfg.strategies.frozen_encoder.enabled
+
+
+def test_config_reference_is_up_to_date():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_config_reference", ROOT / "docs" / "make_config_reference.py")
+    generator = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(generator)
+    assert (ROOT / "docs" / "config.md").read_text(encoding="utf-8") == generator.reference(), \
+        "docs/config.md is stale: run python docs/make_config_reference.py"
+
+
+def test_the_default_runs_keep_their_ids():
+    """Run ids name cached results: a change to the run key or to how the demo data is split would silently
+    retrain every user's runs. These are the ids the shipped config.yaml has always given."""
+    from data import load_data
+    from experiment import plan_runs
+
+    cfg = load_config(ROOT / "config.yaml")
+    fingerprint = load_data(cfg.data).fingerprint
+    ids = [run.run_id(fingerprint) for run in plan_runs(cfg, list(STRATEGIES))]
+    assert ids == ["full-2a64a74d4222", "lora-e0222a88d682", "bitfit-3d600694f242", "prompt_tuning-f6b0d8450963",
+                   "partial_freezing-61b6ac221034", "frozen_encoder-b5f56cd32789"]

@@ -6,7 +6,8 @@ import pytest
 
 from conftest import labelled_rows
 from data import eval_batches, load_data, train_batches
-from utils import ConfigError, DataConfig
+from config import DataConfig
+from utils import ConfigError
 
 
 def test_csv_with_string_labels_is_split_stratified_and_named(csv_path):

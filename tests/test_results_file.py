@@ -1,7 +1,7 @@
 import json
 import multiprocessing
 
-from main import save_record
+from results import save_record
 
 
 def write_records(path, writer: int, count: int) -> None:

@@ -8,9 +8,13 @@ from conftest import prepared
 from transformers import (AlbertConfig, AlbertForSequenceClassification, DistilBertConfig,
                           DistilBertForSequenceClassification, ElectraConfig, ElectraForSequenceClassification)
 
-from model import STRATEGIES, build_model, parameter_counts, partial_freezing
+from config import load_config, strategy_settings
+from model import STRATEGIES, build_model, parameter_counts, partial_freezing, resolve_model_path
+from tasks import TASKS
 from trainer import make_accelerator, train
-from utils import ConfigError, load_config, resolve_model_path, set_seed, strategy_settings
+from utils import ConfigError, set_seed
+
+CLASSIFICATION = TASKS["classification"]
 
 
 def trainable_names_are_expected(strategy: str, name: str) -> bool:
@@ -76,7 +80,7 @@ def test_trainable_share_on_the_bundled_minilm():
 
 def test_partial_freezing_finds_the_layers_of_other_architectures():
     config = DistilBertConfig(vocab_size=50, dim=32, hidden_dim=64, n_layers=3, n_heads=2, num_labels=3)
-    model = partial_freezing(DistilBertForSequenceClassification(config), {"trainable_layers": 2})
+    model = partial_freezing(DistilBertForSequenceClassification(config), {"trainable_layers": 2}, CLASSIFICATION)
     trainable = {n.split(".")[0] if "layer" not in n else ".".join(n.split(".")[:4])
                  for n, p in model.named_parameters() if p.requires_grad}
     assert trainable == {"distilbert.transformer.layer.1", "distilbert.transformer.layer.2", "pre_classifier",
@@ -84,7 +88,7 @@ def test_partial_freezing_finds_the_layers_of_other_architectures():
     # ELECTRA projects its smaller embeddings up to the hidden size below the layers: that projection stays frozen
     config = ElectraConfig(vocab_size=50, embedding_size=16, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                            intermediate_size=64, num_labels=3)
-    model = partial_freezing(ElectraForSequenceClassification(config), {"trainable_layers": 1})
+    model = partial_freezing(ElectraForSequenceClassification(config), {"trainable_layers": 1}, CLASSIFICATION)
     frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
     assert any("embeddings_project" in n for n in frozen) and any(".layer.0." in n for n in frozen)
     assert all(".layer.0." in n or ".embeddings" in n for n in frozen)
@@ -95,4 +99,4 @@ def test_partial_freezing_refuses_a_model_whose_layers_it_cannot_tell_apart():
     config = AlbertConfig(vocab_size=50, embedding_size=16, hidden_size=32, num_hidden_layers=3, num_attention_heads=2,
                           intermediate_size=64, num_labels=3)
     with pytest.raises(ConfigError, match="cannot tell the encoder layers"):
-        partial_freezing(AlbertForSequenceClassification(config), {"trainable_layers": 1})
+        partial_freezing(AlbertForSequenceClassification(config), {"trainable_layers": 1}, CLASSIFICATION)

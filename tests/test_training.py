@@ -1,14 +1,15 @@
 import dataclasses
 import math
 import time
-from pathlib import Path
 
 import pytest
 import torch
 
 import trainer
 from conftest import prepared
+from measure import PeakMemory
 from model import build_model
+from tasks import TASKS
 from trainer import TrainingFailed, make_accelerator, train
 from utils import ConfigError, set_seed
 
@@ -109,7 +110,7 @@ def test_best_epoch_weights_are_restored(write_config, tmp_path, monkeypatch):
 
 def test_a_loss_that_is_no_longer_finite_fails_the_run_with_a_hint(write_config, tmp_path, monkeypatch):
     cfg, data, encoded = prepared(write_config(), ["training.num_epochs=1"])
-    monkeypatch.setattr(trainer.F, "cross_entropy", lambda *a, **k: torch.tensor(math.nan, requires_grad=True))
+    monkeypatch.setattr(TASKS["classification"], "loss", lambda *a, **k: torch.tensor(math.nan, requires_grad=True))
     with pytest.raises(TrainingFailed, match=r"training loss became nan or infinite at optimizer step 1 \(epoch 1, batch 1\); try a lower learning rate"):
         run(cfg, data, encoded, tmp_path / "r")
 
@@ -158,7 +159,7 @@ def test_evaluation_gives_the_same_answers_however_it_is_batched(write_config, t
     assert len(set(logits.argmax(-1).tolist())) > 1  # a model that always says one class would prove little
     for rows, tokens in [(1, None), (64, None), (64, 20), (3, 12)]:
         t = dataclasses.replace(cfg.training, eval_batch_size=rows, eval_batch_tokens=tokens)
-        batched = trainer.evaluate(model, encoded, "test", t, make_accelerator(False))
+        batched = trainer.evaluate(model, encoded, "test", t, make_accelerator(False), TASKS["classification"])
         assert batched["predictions"].tolist() == logits.argmax(-1).tolist()
         assert batched["loss"] == pytest.approx(expected_loss, rel=1e-5)
 
@@ -180,11 +181,10 @@ def test_compiled_training_matches_eager_and_keeps_checkpoint_names(write_config
         assert keys[0] == keys[1]
 
 
-@pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="per-run CPU memory is read from /proc (Linux)")
 def test_cpu_peak_memory_is_what_this_run_needed_not_the_process_peak():
     earlier_run = torch.ones(300 * 2**18)  # 300 MB held and freed before: the process's lifetime peak stays high
     del earlier_run
-    memory = trainer.PeakMemory(torch.device("cpu"))
+    memory = PeakMemory(torch.device("cpu"))
     this_run = torch.ones(100 * 2**18)
     time.sleep(0.1)  # a few 10 ms samples while it is held
     del this_run

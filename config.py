@@ -1,0 +1,379 @@
+"""The config: its typed schema (the only home of defaults), loading with overrides, validation that
+gathers every problem into one error, and the experiment grid that lists in it expand into."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import itertools
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from tasks import TASKS
+from typed_yaml import apply_override, build, read_yaml, set_dotted
+from utils import ConfigError
+
+# Each field's docstring (the string under it) is its help text: docs/config.md is generated from them.
+
+
+@dataclass
+class ModelConfig:
+    name: str = "minilm"
+    """Hub id (`bert-base-uncased`), local folder, or `minilm`: MiniLM-L6-H384, bundled through pip."""
+    max_length: int = 128
+    """Tokens kept per text; longer texts are truncated. Time and memory grow with it."""
+    dropout: float | None = None
+    """Hidden and attention dropout; null keeps the model's own (0.1 for BERT)."""
+
+
+@dataclass
+class DataConfig:
+    task: str = "classification"
+    """What is predicted: a task of tasks.TASKS (`classification` is the only one so far)."""
+    name: str | None = None
+    """A Hub data set (`ag_news`, `imdb`, `banking77`, `trec`, `emotion` with known columns, or any Hub id); exactly one of `name` and `path`."""
+    path: str | None = None
+    """A CSV/TSV/JSON/JSONL/Parquet file, or a folder with train/validation/test files."""
+    text_column: str | None = None
+    """Column holding the text; null: the known Hub data set's, else `text`."""
+    label_column: str | None = None
+    """Column holding the label (strings or integers); null: the known Hub data set's, else `label`."""
+    train_size: int | None = None
+    """Cap on training rows, sampled per class; null keeps all."""
+    validation_size: float = 0.1
+    """Share of train held out for validation when the source has no validation split."""
+    test_size: float = 0.2
+    """Share of train held out for test when the source has no test split."""
+    seed: int = 42
+    """Seeds the splits and the `train_size` sample: the same seed gives the same splits."""
+
+
+@dataclass
+class EarlyStoppingConfig:
+    enabled: bool = True
+    """Stop when the metric stops improving; the best epoch's weights are kept either way."""
+    patience: int = 2
+    """Epochs without improvement before stopping."""
+    metric: str | None = None
+    """Validation metric that chooses the best epoch and setting: `val_loss` or `val_<metric>` of the task; null: the task's own (`val_macro_f1` for classification)."""
+
+
+@dataclass
+class TrainingConfig:
+    batch_size: int = 32
+    """Examples per forward pass."""
+    learning_rate: float = 5e-5
+    """Peak rate (linear warm-up, then linear decay to 0); a strategy's own `learning_rate` replaces it."""
+    num_epochs: int = 3
+    """Upper bound; early stopping may end sooner."""
+    weight_decay: float = 0.01
+    """AdamW decay, never on biases and LayerNorm weights."""
+    warmup_ratio: float = 0.1
+    """Share of optimizer steps with a linearly rising rate."""
+    gradient_accumulation_steps: int = 1
+    """Effective batch = batch_size x this."""
+    max_grad_norm: float | None = 1.0
+    """Gradient clipping threshold (after unscaling); null turns clipping off."""
+    fp16: bool = True
+    """Mixed precision on CUDA GPUs; ignored with a warning on CPUs, where half-precision matmul is far slower."""
+    eval_batch_size: int = 128
+    """Rows per evaluation batch at most (no gradients, so larger batches fit)."""
+    eval_batch_tokens: int | None = None
+    """Padded tokens per evaluation batch at most; null: 512 on a CPU (fastest there), no limit on a GPU."""
+    checkpoint_every_steps: int | None = None
+    """Also checkpoint every N optimizer steps inside an epoch (long epochs); null: after each epoch only."""
+    compile: bool = False
+    """torch.compile each encoder layer: a compilation per run first; measured to pay only on long GPU runs."""
+    early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
+    """When to stop, judged on validation."""
+    seed: int = 42
+    """Head initialisation, dropout and batch order."""
+    seeds: list[int] | None = None
+    """One run per seed, replacing `seed`."""
+
+
+@dataclass
+class StrategyConfig:
+    enabled: bool = True
+    """Run this strategy."""
+    learning_rate: float | None = None
+    """Replaces training.learning_rate for this strategy; null: training.learning_rate."""
+    learning_rates: list[float] | None = None
+    """One run per rate, replacing ablation.learning_rates for this strategy."""
+
+
+@dataclass
+class LoraConfig(StrategyConfig):
+    learning_rate: float | None = 5e-4
+    rank: int = 8
+    """Adapter rank: more capacity, more parameters."""
+    rank_values: list[int] | None = None
+    """One run per rank, replacing `rank`."""
+    alpha: int = 16
+    """Scale of the update (alpha / rank)."""
+    dropout: float = 0.1
+    """Dropout on the adapter's input."""
+    target_modules: list[str] = field(default_factory=lambda: ["query", "value"])
+    """Names of the linear layers that get adapters."""
+
+
+@dataclass
+class PromptTuningConfig(StrategyConfig):
+    learning_rate: float | None = 3e-2
+    num_virtual_tokens: int = 20
+    """Trainable vectors put before the input; max_length + this must fit the model's positions."""
+    init_text: str | None = None
+    """Text to initialise the virtual tokens from (e.g. "Classify the customer question:"); null: random."""
+
+
+@dataclass
+class PartialFreezingConfig(StrategyConfig):
+    enabled: bool = False
+    """Off unless a config turns it on, so that configs written before it existed keep their runs."""
+    trainable_layers: int = 2
+    """How many of the top encoder layers train (with the pooler and head); 0 to the model's layer count."""
+
+
+@dataclass
+class StrategiesConfig:
+    full: StrategyConfig = field(default_factory=StrategyConfig)
+    """Every weight trains."""
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    """Low-rank adapters on the attention projections (PEFT); the head trains too."""
+    bitfit: StrategyConfig = field(default_factory=lambda: StrategyConfig(learning_rate=1e-3))
+    """Only the bias terms and the head train."""
+    prompt_tuning: PromptTuningConfig = field(default_factory=PromptTuningConfig)
+    """Trainable virtual tokens before the input (PEFT); the encoder stays frozen, the head trains."""
+    partial_freezing: PartialFreezingConfig = field(default_factory=PartialFreezingConfig)
+    """The top encoder layers, the pooler and the head train; embeddings and lower layers stay frozen."""
+    frozen_encoder: StrategyConfig = field(default_factory=lambda: StrategyConfig(enabled=False, learning_rate=3e-1))
+    """Only the head trains (off by default, like partial_freezing): what tuning the encoder adds is measured against it."""
+
+
+@dataclass
+class AblationConfig:
+    learning_rates: list[float] | None = None
+    """Every strategy at each rate, unless it has its own `learning_rates`."""
+
+
+@dataclass
+class FewShotConfig:
+    enabled: bool = False
+    """Train every configuration on k examples per class (validation and test stay whole)."""
+    shots_per_class: list[int] = field(default_factory=lambda: [8, 16, 32, 64])
+    """The values of k."""
+    repeats: int = 3
+    """Draws of each k-shot sample, each with its own seed."""
+
+
+@dataclass
+class OutputConfig:
+    dir: str = "outputs"
+    """Where results/, checkpoints/, plots/ and report.html go."""
+    keep_checkpoints: Literal["best_and_last", "all", "none"] = "best_and_last"
+    """What stays once a run ends: the best weights and the last state, also every epoch's weights, or none (a run in progress always keeps last.pt for --resume)."""
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """The pre-trained encoder."""
+    data: DataConfig = field(default_factory=DataConfig)
+    """What to train and test on, and how it is split."""
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    """The loop's settings, shared by every strategy."""
+    strategies: StrategiesConfig = field(default_factory=StrategiesConfig)
+    """The ways of fine-tuning to compare; each has `enabled` and may set its own `learning_rate`."""
+    ablation: AblationConfig = field(default_factory=AblationConfig)
+    """Learning rates tried for every strategy."""
+    sweep: dict[str, list] = field(default_factory=dict)
+    """Dotted key -> list of values; the runs form a grid (a `strategies.<name>.` key varies only that strategy)."""
+    few_shot: FewShotConfig = field(default_factory=FewShotConfig)
+    """Learning curves over examples per class."""
+    output: OutputConfig = field(default_factory=OutputConfig)
+    """Where results go and what stays on disk."""
+
+
+STRATEGY_NAMES = tuple(f.name for f in dataclasses.fields(StrategiesConfig))
+# Keys that shape the experiment (which runs exist), not a single run: they never enter a run's settings.
+GRID_KEYS = ("enabled", "learning_rates", "rank_values")
+
+
+def strategy_settings(cfg: Config, strategy: str) -> dict[str, Any]:
+    """The strategy's own settings for one run, with the learning rate it will really use."""
+    settings = {k: v for k, v in dataclasses.asdict(getattr(cfg.strategies, strategy)).items() if k not in GRID_KEYS}
+    settings["learning_rate"] = settings["learning_rate"] or cfg.training.learning_rate
+    return settings
+
+
+# ----------------------------------------------------------------------------------------------
+# Loading: every problem is collected, then raised once as a ConfigError.
+
+
+def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
+    """Read a YAML config, apply `section.key=value` overrides, type-check and validate it."""
+    raw = read_yaml(Path(path))
+    for override in overrides:
+        apply_override(raw, override)
+    cfg, problems = _validated(raw)
+    if not problems:
+        problems = _grid_problems(cfg)
+    if problems:
+        raise ConfigError(f"{path}: " + "; ".join(problems))
+    return cfg
+
+
+def _validated(raw: dict) -> tuple[Config, list[str]]:
+    """The typed config and its problems; a null early-stopping metric becomes the task's own."""
+    problems: list[str] = []
+    cfg = build(Config, raw, "", problems)
+    if not problems:
+        problems = _rule_problems(cfg)
+    if not problems and cfg.training.early_stopping.metric is None:
+        cfg.training.early_stopping.metric = TASKS[cfg.data.task].default_metric
+    return cfg, problems
+
+
+def _rule_problems(cfg: Config) -> list[str]:
+    """Ranges and cross-field rules, checked once the types are right."""
+    problems = []
+
+    def require(condition: bool, key: str, value, allowed: str) -> None:
+        if not condition:
+            problems.append(f"{key}: got {value!r}, allowed: {allowed}")
+
+    m, d, t = cfg.model, cfg.data, cfg.training
+    require(m.max_length >= 8, "model.max_length", m.max_length, "an integer >= 8")
+    require(m.dropout is None or 0 <= m.dropout < 1, "model.dropout", m.dropout, "0 <= dropout < 1, or null")
+    require(d.task in TASKS, "data.task", d.task, ", ".join(TASKS))
+    if (d.name is None) == (d.path is None):
+        problems.append("data: set exactly one of data.name (a Hub data set) and data.path (a local "
+                        f"file or folder); got name={d.name!r}, path={d.path!r}")
+    require(d.train_size is None or d.train_size >= 2, "data.train_size", d.train_size, "an integer >= 2, or null")
+    require(0 < d.validation_size < 1, "data.validation_size", d.validation_size, "0 < share < 1")
+    require(0 < d.test_size < 1, "data.test_size", d.test_size, "0 < share < 1")
+    require(d.validation_size + d.test_size < 1, "data.validation_size + data.test_size",
+            d.validation_size + d.test_size, "a sum below 1, so that training rows remain")
+    require(t.batch_size >= 1, "training.batch_size", t.batch_size, "an integer >= 1")
+    require(t.eval_batch_size >= 1, "training.eval_batch_size", t.eval_batch_size, "an integer >= 1")
+    require(t.eval_batch_tokens is None or t.eval_batch_tokens >= 1, "training.eval_batch_tokens", t.eval_batch_tokens,
+            "an integer >= 1, or null")
+    require(t.checkpoint_every_steps is None or t.checkpoint_every_steps >= 1, "training.checkpoint_every_steps",
+            t.checkpoint_every_steps, "an integer >= 1, or null")
+    require(t.learning_rate > 0, "training.learning_rate", t.learning_rate, "a number > 0")
+    require(t.num_epochs >= 1, "training.num_epochs", t.num_epochs, "an integer >= 1")
+    require(t.weight_decay >= 0, "training.weight_decay", t.weight_decay, "a number >= 0")
+    require(0 <= t.warmup_ratio < 1, "training.warmup_ratio", t.warmup_ratio, "0 <= ratio < 1")
+    require(t.gradient_accumulation_steps >= 1, "training.gradient_accumulation_steps",
+            t.gradient_accumulation_steps, "an integer >= 1")
+    require(t.max_grad_norm is None or t.max_grad_norm > 0, "training.max_grad_norm", t.max_grad_norm,
+            "a number > 0, or null to turn clipping off")
+    require(t.early_stopping.patience >= 1, "training.early_stopping.patience",
+            t.early_stopping.patience, "an integer >= 1")
+    if d.task in TASKS:
+        choices = TASKS[d.task].selection_metrics()
+        require(t.early_stopping.metric in (None, *choices), "training.early_stopping.metric", t.early_stopping.metric,
+                f"{', '.join(choices)} (validation metrics of {d.task}), or null")
+    for strategy in STRATEGY_NAMES:
+        rate = getattr(cfg.strategies, strategy).learning_rate
+        require(rate is None or rate > 0, f"strategies.{strategy}.learning_rate", rate, "a number > 0, or null")
+    lora, prompt = cfg.strategies.lora, cfg.strategies.prompt_tuning
+    require(lora.rank >= 1, "strategies.lora.rank", lora.rank, "an integer >= 1")
+    require(lora.alpha >= 1, "strategies.lora.alpha", lora.alpha, "an integer >= 1")
+    require(0 <= lora.dropout < 1, "strategies.lora.dropout", lora.dropout, "0 <= dropout < 1")
+    require(len(lora.target_modules) > 0, "strategies.lora.target_modules", lora.target_modules,
+            "a non-empty list of module names, e.g. [query, value]")
+    require(prompt.num_virtual_tokens >= 1, "strategies.prompt_tuning.num_virtual_tokens",
+            prompt.num_virtual_tokens, "an integer >= 1")
+    layers = cfg.strategies.partial_freezing.trainable_layers
+    require(layers >= 0, "strategies.partial_freezing.trainable_layers", layers, "an integer >= 0")
+
+    def require_list(values, key: str, valid, allowed: str) -> None:
+        if values is not None:
+            require(len(values) > 0 and all(valid(v) for v in values) and len(set(values)) == len(values),
+                    key, values, f"a non-empty list of distinct {allowed}")
+
+    require_list(t.seeds, "training.seeds", lambda v: True, "integers")
+    require_list(cfg.ablation.learning_rates, "ablation.learning_rates", lambda v: v > 0, "numbers > 0")
+    for strategy in STRATEGY_NAMES:
+        require_list(getattr(cfg.strategies, strategy).learning_rates, f"strategies.{strategy}.learning_rates",
+                     lambda v: v > 0, "numbers > 0")
+    require_list(lora.rank_values, "strategies.lora.rank_values", lambda v: v >= 1, "integers >= 1")
+    few = cfg.few_shot
+    require_list(few.shots_per_class, "few_shot.shots_per_class", lambda v: v >= 1, "integers >= 1")
+    require(few.repeats >= 1, "few_shot.repeats", few.repeats, "an integer >= 1")
+    return problems
+
+
+# ----------------------------------------------------------------------------------------------
+# The experiment grid: every list in the config (rates, ranks, sweep values, seeds) multiplies the runs.
+
+# Keys a sweep may not vary, and why.
+NOT_SWEEPABLE = {
+    "training.fp16": "mixed precision is one setting per process",
+    "training.seed": "list seeds in training.seeds",
+    "training.seeds": "list seeds in training.seeds",
+    "output.dir": "one experiment writes into one folder",
+    "data.task": "one experiment predicts one thing",
+}
+
+
+def grid_axes(cfg: Config, strategy: str) -> dict[str, list]:
+    """The dotted keys this strategy's runs vary, and their values (seeds and few-shot draws aside)."""
+    own = getattr(cfg.strategies, strategy)
+    axes = {}
+    rates = own.learning_rates or cfg.ablation.learning_rates
+    if rates:
+        axes[f"strategies.{strategy}.learning_rate"] = rates
+    if getattr(own, "rank_values", None):
+        axes[f"strategies.{strategy}.rank"] = own.rank_values
+    for key, values in cfg.sweep.items():
+        if not key.startswith("strategies.") or key.startswith(f"strategies.{strategy}."):
+            axes[key] = values
+    return axes
+
+
+def expand_grid(cfg: Config, strategy: str) -> list[tuple[dict[str, Any], Config]]:
+    """One (varied values, single-run config) per point of the strategy's grid, seeds not yet applied.
+
+    Each point is rebuilt and validated with the same schema and rules as a config file."""
+    axes = grid_axes(cfg, strategy)
+    base = dataclasses.asdict(cfg)
+    base.update(sweep={}, ablation={}, few_shot={"enabled": False})
+    for section in base["strategies"].values():
+        section.update(learning_rates=None, **({"rank_values": None} if "rank_values" in section else {}))
+    points = []
+    for values in itertools.product(*axes.values()):
+        raw = copy.deepcopy(base)
+        for key, value in zip(axes, values):
+            set_dotted(raw, key, value)
+        point, problems = _validated(raw)
+        if problems:
+            setting = ", ".join(f"{k}={v}" for k, v in zip(axes, values))
+            raise ConfigError(f"the run with {setting}: " + "; ".join(problems))
+        points.append((dict(zip(axes, values)), point))
+    return points
+
+
+def _grid_problems(cfg: Config) -> list[str]:
+    problems = []
+    for key in cfg.sweep:
+        if key in NOT_SWEEPABLE or key.split(".")[0] in ("sweep", "ablation", "few_shot") or \
+                key.rsplit(".", 1)[-1] in GRID_KEYS:
+            why = NOT_SWEEPABLE.get(key, "it shapes the experiment itself")
+            problems.append(f"sweep.{key}: cannot be swept ({why})")
+    for strategy in STRATEGY_NAMES:
+        own = getattr(cfg.strategies, strategy)
+        for key, list_key in ((f"strategies.{strategy}.learning_rate", "learning_rates"),
+                              (f"strategies.{strategy}.rank", "rank_values")):
+            if key in cfg.sweep and getattr(own, list_key, None):
+                problems.append(f"sweep.{key}: also given as strategies.{strategy}.{list_key}; keep one")
+    if problems:
+        return problems
+    for strategy in STRATEGY_NAMES:
+        try:
+            expand_grid(cfg, strategy)
+        except ConfigError as err:
+            problems.append(f"sweep: {err}")
+    return list(dict.fromkeys(problems))  # the same mistake shows once, not once per strategy

@@ -1,0 +1,330 @@
+"""An experiment: the planned runs (strategies x grid x few-shot draws x seeds), which of them are already
+done, running each one into a record (with the out-of-memory retry), and the dry-run plan with its time
+estimate."""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import logging
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from config import Config, expand_grid, strategy_settings
+from data import Encoded, LabelledData, few_shot_rows, load_data, tokenize
+from measure import PeakMemory, device_name, library_versions
+from model import build_model, check_against_model, load_model_config, load_tokenizer, parameter_counts
+from checkpoints import saved_run_key
+from report import describe_baseline, summarize, summary_markdown, write_summary
+from results import read_results, results_file, save_record, write_experiment
+from tasks import TASKS
+from trainer import evaluate, make_accelerator, train
+from utils import ConfigError, atomic_write_bytes, set_seed, stable_hash
+
+logger = logging.getLogger("bertlab")
+
+# The training speed assumed for the time estimate when no earlier run here gives one (MiniLM-L6,
+# max_length 64, 2 CPU cores).
+GUESSED_SAMPLES_PER_S = 100.0
+
+
+@dataclasses.dataclass
+class Run:
+    """One training run of the experiment: a strategy under a config with no lists left in it."""
+
+    strategy: str
+    cfg: Config  # seed, rates and swept values resolved to single values
+    varied: dict[str, Any]  # the grid values that set this configuration apart from the strategy's others
+    shots: int | None = None  # few-shot: training examples per class
+    draw: int | None = None  # few-shot: which sample of `shots` per class
+
+    def key(self, data_fingerprint: str) -> dict:
+        """Everything that changes the result, so a run id never names two different experiments.
+        (How often checkpoints are written changes nothing, so it may differ on --resume; the global
+        learning rate is in `settings` when it is the one used.)"""
+        excluded = ("checkpoint_every_steps", "seeds", "learning_rate")
+        training = {k: v for k, v in dataclasses.asdict(self.cfg.training).items() if k not in excluded}
+        key = {"strategy": self.strategy, "settings": strategy_settings(self.cfg, self.strategy),
+               "model": dataclasses.asdict(self.cfg.model), "training": training, "data_fingerprint": data_fingerprint}
+        if self.shots is not None:
+            key["few_shot"] = {"shots_per_class": self.shots, "draw": self.draw}
+        return key
+
+    def run_id(self, data_fingerprint: str) -> str:
+        return f"{self.strategy}-{stable_hash(self.key(data_fingerprint))}"
+
+    def config_id(self, data_fingerprint: str) -> str:
+        """Runs that differ only in seed or few-shot draw share a configuration: they are aggregated."""
+        key = self.key(data_fingerprint)
+        key["training"].pop("seed")
+        key.get("few_shot", {}).pop("draw", None)
+        return f"{self.strategy}-{stable_hash(key)}"
+
+    def describe(self) -> str:
+        parts = [f"{short_key(k)}={v}" for k, v in self.varied.items()]
+        if self.shots is not None:
+            parts.append(f"shots={self.shots} draw={self.draw}")
+        return " ".join(parts + [f"seed={self.cfg.training.seed}"])
+
+
+def short_key(dotted: str) -> str:
+    """`strategies.lora.rank` -> `rank`: the strategy is already in the row. Other keys stay whole."""
+    return dotted.split(".", 2)[2] if dotted.startswith("strategies.") else dotted
+
+
+def plan_runs(cfg: Config, strategies: list[str]) -> list[Run]:
+    """Strategies x their grid (rates, ranks, sweep) x few-shot sizes and draws x seeds."""
+    seeds = cfg.training.seeds or [cfg.training.seed]
+    few = cfg.few_shot
+    shots_and_draws = [(k, d) for k in few.shots_per_class for d in range(few.repeats)] if few.enabled else [(None, None)]
+    runs = []
+    for strategy in strategies:
+        for varied, point in expand_grid(cfg, strategy):
+            for shots, draw in shots_and_draws:
+                for seed in seeds:
+                    single = dataclasses.replace(point, training=dataclasses.replace(point.training, seed=seed,
+                                                                                     seeds=None))
+                    runs.append(Run(strategy, single, varied, shots, draw))
+    return runs
+
+
+class Inputs:
+    """Data and token ids, loaded once per distinct data config and tokenizer, shared by every run."""
+
+    def __init__(self):
+        self.data: dict[str, LabelledData] = {}
+        self.encoded: dict[tuple, Encoded] = {}
+
+    def data_for(self, run: Run) -> LabelledData:
+        data_key = stable_hash(dataclasses.asdict(run.cfg.data))
+        if data_key not in self.data:
+            self.data[data_key] = load_data(run.cfg.data)
+        return self.data[data_key]
+
+    def for_run(self, run: Run) -> tuple[LabelledData, Encoded]:
+        data = self.data_for(run)
+        token_key = (stable_hash(dataclasses.asdict(run.cfg.data)), run.cfg.model.name, run.cfg.model.max_length)
+        if token_key not in self.encoded:
+            self.encoded[token_key] = tokenize(data, load_tokenizer(run.cfg), run.cfg.model.max_length)
+        encoded = self.encoded[token_key]
+        if run.shots is not None:
+            encoded = encoded.with_train_rows(few_shot_rows(encoded.labels["train"], run.shots, run.cfg.data.seed,
+                                                            run.draw))
+        return data, encoded
+
+
+def baseline_of(data: LabelledData, cfg: Config) -> dict:
+    return TASKS[cfg.data.task].baseline(data.labels["train"], data.labels["test"], data.label_names)
+
+
+def run_experiment(cfg: Config, strategies: list[str], *, resume: bool = False, force: bool = False,
+                   dry_run: bool = False, config_file: str = "", command: str = "") -> int:
+    """Run every planned run that is not already completed, then write and print the summary. Returns the
+    exit status: 0 when every run completed, 1 when some failed."""
+    runs = plan_runs(cfg, strategies)
+    model_configs = {}
+    for run in runs:
+        if run.cfg.model.name not in model_configs:
+            model_configs[run.cfg.model.name] = load_model_config(run.cfg)
+        check_against_model(run.cfg, model_configs[run.cfg.model.name], [run.strategy])
+    inputs = Inputs()
+    data = inputs.data_for(runs[0])
+    task = TASKS[cfg.data.task]
+    baseline = baseline_of(data, cfg)
+    logger.info("data %s: %s examples (train/validation/test), %d labels; %s", data.name,
+                "/".join(map(str, data.sizes().values())), len(data.label_names), describe_baseline(task, baseline))
+    results_path = results_file(cfg.output.dir)
+    ids = [run.run_id(inputs.data_for(run).fingerprint) for run in runs]
+    completed = {r["run_id"]: r for r in read_results(results_path) if r["status"] == "completed"}
+    cached = set() if force else {i for i in ids if i in completed}
+    if dry_run:
+        print_plan(runs, ids, cached, inputs, completed, cfg)
+        return 0
+    write_experiment(results_path, config_file=config_file, command=command, config=dataclasses.asdict(cfg),
+                     strategies=strategies, run_ids=ids)
+    logger.info("%d run(s) planned: %d already completed (reused; --force runs them again), %d to run",
+                len(runs), len(cached), len(runs) - len(cached))
+    accelerator = make_accelerator(cfg.training.fp16)
+    records = []
+    for number, (run, run_id) in enumerate(zip(runs, ids), 1):
+        if run_id in cached:
+            records.append(completed[run_id])
+            continue
+        logger.info("run %d/%d: %s %s", number, len(runs), run.strategy, run.describe())
+        run_data, encoded = inputs.for_run(run)
+        records.append(run_one(run, run_id, run_data, encoded, accelerator, baseline_of(run_data, run.cfg), resume))
+    summary = summarize(records, cfg.training.early_stopping.metric)
+    write_summary(summary, results_path.parent)
+    print("\n" + summary_markdown(summary))
+    print(f"\n{describe_baseline(task, baseline)}")
+    print(f"Results: {results_path} and summary.md/summary.csv beside it; plots and report: python visualize.py")
+    failed = [r["run_id"] for r in records if r["status"] != "completed"]
+    if failed:
+        logger.error("%d run(s) failed: %s (see 'error' in their records)", len(failed), ", ".join(failed))
+    return 1 if failed else 0
+
+
+def run_one(run: Run, run_id: str, data: LabelledData, encoded: Encoded, accelerator, baseline: dict,
+            resume: bool) -> dict:
+    """Train and test one run; the record is saved whether the run completes or fails."""
+    cfg, strategy = run.cfg, run.strategy
+    settings = strategy_settings(cfg, strategy)
+    output = Path(cfg.output.dir)
+    run_dir = output / "checkpoints" / strategy / run_id
+    atomic_write_bytes(run_dir / "config.yaml", yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False).encode())
+    sizes = {**data.sizes(), "train": len(encoded.labels["train"])}
+    record = {"run_id": run_id, "config_id": run.config_id(data.fingerprint), "strategy": strategy,
+              "status": "running", "varied": {short_key(k): v for k, v in run.varied.items()},
+              "few_shot": {"shots_per_class": run.shots, "draw": run.draw} if run.shots is not None else None,
+              "model": cfg.model.name, "task": cfg.data.task,
+              "dataset": {"name": data.name, "fingerprint": data.fingerprint, "sizes": sizes,
+                          "num_labels": len(data.label_names), "label_names": data.label_names,
+                          "majority_baseline": baseline},
+              "seed": cfg.training.seed,
+              "hyperparameters": {**dataclasses.asdict(cfg.training), **settings, "max_length": cfg.model.max_length},
+              "device": device_name(accelerator.device), "mixed_precision": accelerator.mixed_precision,
+              "versions": library_versions(), "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    started = time.perf_counter()
+    attempt = cfg
+    if resume:  # a run interrupted after an out-of-memory retry continues as that retry
+        for _ in range(halvings_before_checkpoint(run, run_dir, data.fingerprint)):
+            attempt = halve_batch(attempt)
+            record_retry(record, attempt)
+        if attempt is not cfg:
+            logger.info("%s: its last checkpoint is from an out-of-memory retry; resuming that retry (batch size %d)",
+                        run_id, attempt.training.batch_size)
+    memory = PeakMemory(accelerator.device)
+    try:
+        while True:
+            try:
+                record.update(fit_and_test(run, attempt, data, encoded, accelerator, run_dir, resume))
+                break
+            except torch.OutOfMemoryError:
+                if attempt.training.batch_size == 1:
+                    raise
+            # outside the except block, so the failed attempt's model and optimizer can be freed; they sit in
+            # reference cycles (accelerate wraps the model's forward), which only a collection after
+            # free_memory() has dropped the accelerator's references releases
+            accelerator.free_memory()
+            gc.collect()
+            torch.cuda.empty_cache()
+            attempt, resume = halve_batch(attempt), False
+            record_retry(record, attempt)
+            logger.warning("%s: out of GPU memory; retrying from the start with batch size %d and %d accumulation "
+                           "steps (the same effective batch)", run_id, attempt.training.batch_size,
+                           attempt.training.gradient_accumulation_steps)
+        record["status"] = "completed"
+    except (ConfigError, KeyboardInterrupt):
+        raise
+    except Exception as err:  # a failing run is recorded with its reason; the others go on
+        logger.error("%s failed: %s: %s", run_id, type(err).__name__, err)
+        record.update(status="failed", error=f"{type(err).__name__}: {err}", traceback=traceback.format_exc())
+    finally:  # also when interrupted, so the memory sampler does not outlive the run
+        record["peak_memory_mb"], record["peak_memory_measure"] = memory.stop()
+        accelerator.free_memory()
+    if cfg.output.keep_checkpoints == "none":
+        for checkpoint in run_dir.glob("*.pt"):
+            checkpoint.unlink()
+    record["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    record["run_time_s"] = round(time.perf_counter() - started, 2)  # building, training, validating, testing, saving
+    save_record(results_file(output), record)
+    return record
+
+
+def fit_and_test(run: Run, cfg: Config, data: LabelledData, encoded: Encoded, accelerator, run_dir: Path,
+                 resume: bool) -> dict:
+    """Build the wrapped model, train it and test its best epoch: the record's results."""
+    settings = strategy_settings(cfg, run.strategy)
+    task = TASKS[cfg.data.task]
+    set_seed(cfg.training.seed)  # the same head initialisation for every strategy
+    model = build_model(cfg, run.strategy, data.label_names)
+    counts = parameter_counts(model)
+    logger.info("%s | %d train examples | %d epochs | effective batch %d | lr %.1e | trainable %d of %d (%.3f%%)",
+                run_dir.name, len(encoded.labels["train"]), cfg.training.num_epochs,
+                cfg.training.batch_size * cfg.training.gradient_accumulation_steps, settings["learning_rate"],
+                counts["trainable_params"], counts["total_params"], counts["trainable_pct"])
+    run_key = dataclasses.replace(run, cfg=cfg).key(data.fingerprint)  # after an OOM retry: its batch settings
+    result = train(model, encoded, cfg, settings["learning_rate"], run_dir, accelerator, run_key, resume)
+    test = evaluate(model, encoded, "test", cfg.training, accelerator, task)
+    return {**counts, **result,
+            "test": {"loss": test["loss"], **task.test_report(encoded.labels["test"], test["predictions"],
+                                                             data.label_names)},
+            # for paired comparisons between runs and the task's plots
+            "test_predictions": test["predictions"].tolist(), "test_labels": list(encoded.labels["test"])}
+
+
+def halve_batch(cfg: Config) -> Config:
+    """Half the batch and twice the accumulation: the same effective batch in less memory."""
+    t = cfg.training
+    halved = dataclasses.replace(t, batch_size=t.batch_size // 2, gradient_accumulation_steps=2 * t.gradient_accumulation_steps,
+                                 eval_batch_size=max(1, t.eval_batch_size // 2),
+                                 eval_batch_tokens=t.eval_batch_tokens and max(1, t.eval_batch_tokens // 2))
+    return dataclasses.replace(cfg, training=halved)
+
+
+def record_retry(record: dict, attempt: Config) -> None:
+    t = attempt.training
+    retry = {"batch_size": t.batch_size, "gradient_accumulation_steps": t.gradient_accumulation_steps}
+    record.setdefault("oom_retries", []).append(retry)
+    record["hyperparameters"].update(retry, eval_batch_size=t.eval_batch_size, eval_batch_tokens=t.eval_batch_tokens)
+
+
+def halvings_before_checkpoint(run: Run, run_dir: Path, data_fingerprint: str) -> int:
+    """How many out-of-memory retries the run had made when its last checkpoint was written (0 when none, or
+    when the checkpoint matches no retry: resuming then refuses it, naming what differs)."""
+    saved = saved_run_key(run_dir)
+    cfg, halvings = run.cfg, 0
+    while saved is not None and cfg.training.batch_size > 1:
+        cfg, halvings = halve_batch(cfg), halvings + 1
+        if dataclasses.replace(run, cfg=cfg).key(data_fingerprint) == saved:
+            return halvings
+    return 0
+
+
+def print_plan(runs: list[Run], ids: list[str], cached: set[str], inputs: Inputs, completed: dict[str, dict],
+               cfg: Config) -> None:
+    """What a real run would do, with the wrapped models' sizes and a rough time, training nothing."""
+    print(f"{len(runs)} run(s) planned: {len(cached)} already completed in {results_file(cfg.output.dir)} "
+          f"(reused), {len(runs) - len(cached)} to run")
+    for number, (run, run_id) in enumerate(zip(runs, ids), 1):
+        print(f"  {number:3d}  {run_id}  {'cached' if run_id in cached else 'to run':6}  {run.strategy} {run.describe()}")
+    print("\nparameters of the wrapped models (built, not trained):")
+    built = set()
+    for run in runs:
+        data = inputs.data_for(run)
+        settings = {k: v for k, v in strategy_settings(run.cfg, run.strategy).items() if k != "learning_rate"}
+        shape = stable_hash([run.strategy, settings, run.cfg.model.name, len(data.label_names)])
+        if shape not in built:
+            built.add(shape)
+            counts = parameter_counts(build_model(run.cfg, run.strategy, data.label_names))
+            label = " ".join([run.strategy] + [f"{short_key(k)}={v}" for k, v in run.varied.items()
+                                               if not k.endswith(".learning_rate")])
+            print(f"  {label:24}  {counts['trainable_params']:>12,} trainable of {counts['total_params']:,} "
+                  f"({counts['trainable_pct']:.3f}%)")
+    seconds, source = estimate_seconds([r for r, i in zip(runs, ids) if i not in cached], inputs, completed)
+    print(f"\nrough time for the runs to do: {seconds / 60:.0f} min if every run trains all its epochs ({source})")
+
+
+def estimate_seconds(runs: list[Run], inputs: Inputs, completed: dict[str, dict]) -> tuple[float, str]:
+    """Examples to train on over the median speed of earlier runs here with the same strategy, model and
+    max_length; without one, GUESSED_SAMPLES_PER_S."""
+    speeds: dict[tuple, list[float]] = {}
+    for record in completed.values():
+        key = (record["strategy"], record["model"], record["hyperparameters"].get("max_length"))
+        speeds.setdefault(key, []).append(record["train_samples_per_s"])
+    total, measured = 0.0, 0
+    for run in runs:
+        _, encoded = inputs.for_run(run)
+        known = speeds.get((run.strategy, run.cfg.model.name, run.cfg.model.max_length))
+        measured += bool(known)
+        speed = sorted(known)[len(known) // 2] if known else GUESSED_SAMPLES_PER_S
+        total += len(encoded.labels["train"]) * run.cfg.training.num_epochs / speed
+    if not runs:
+        return 0.0, "nothing to run"
+    return total, (f"{measured} of {len(runs)} run(s) timed from earlier runs here, the rest guessed at "
+                   f"{GUESSED_SAMPLES_PER_S:.0f} examples/s")

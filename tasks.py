@@ -1,0 +1,169 @@
+"""Tasks: everything that depends on what is predicted (the model class, the loss, how outputs become
+predictions, the metrics and their directions, the baseline, the per-example statistics of the paired
+test, the task's own plots), one registry entry each, so the loop, the summary and the report name none.
+
+How regression, token classification and extractive QA fit this interface is sketched in docs/tasks.md."""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import peft
+import torch
+import torch.nn.functional as F
+from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support
+from transformers import AutoModelForSequenceClassification
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str  # its key: "val_<name>" in the history, "<name>" in test results and summary rows
+    label: str  # how tables and plots name it
+    compute: Callable[[np.ndarray, np.ndarray, int], float]  # (truth, predictions, number of labels) -> value
+    higher_is_better: bool = True
+    in_summary: bool = True  # a column of the summary table
+
+
+class Task(abc.ABC):
+    name: str
+    model_class: type  # a transformers Auto class, built with model_kwargs()
+    peft_task_type: peft.TaskType  # tells PEFT which head to train and save beside the adapter
+    loss_label: str  # what the training and validation losses are, for plot axes
+    baseline_label: str  # names the baseline in the summary
+    metrics: tuple[Metric, ...]  # computed on validation every epoch and on test
+    default_metric: str  # the validation metric that chooses when the config names none
+    main_metric: str  # the score that plots of score against cost use
+    compared_metrics: tuple[str, ...]  # the metrics the paired bootstrap compares
+    plots: tuple[str, ...] = ()  # visualize.Plotter methods that draw this task's own plots
+
+    @abc.abstractmethod
+    def model_kwargs(self, label_names: list[str]) -> dict:
+        """Keyword arguments for model_class.from_pretrained (head size, label names)."""
+
+    @abc.abstractmethod
+    def collate_labels(self, labels: list, width: int) -> torch.Tensor:
+        """The labels of one batch as a tensor; `width` is the batch's padded length in tokens."""
+
+    @abc.abstractmethod
+    def loss(self, outputs, labels: torch.Tensor) -> torch.Tensor:
+        """The loss summed over the batch's examples (not averaged), so that gradient accumulation can
+        divide by the examples of the whole window and stay exact."""
+
+    @abc.abstractmethod
+    def predict(self, outputs) -> torch.Tensor:
+        """One prediction per row, left on the device."""
+
+    @abc.abstractmethod
+    def baseline(self, train_labels: list, test_labels: list, label_names: list[str]) -> dict:
+        """What a model that learned nothing from the text scores on test: every metric, and what it predicts."""
+
+    @abc.abstractmethod
+    def test_report(self, truth: list, predictions: np.ndarray, label_names: list[str]) -> dict:
+        """The test results of a run: every metric and whatever detail the task adds."""
+
+    @abc.abstractmethod
+    def example_statistics(self, truth: np.ndarray, predictions: np.ndarray, num_labels: int) -> np.ndarray:
+        """Per test example, numbers whose sums give the compared metrics (shape: examples x statistics).
+        The paired bootstrap resamples examples by weighting these rows."""
+
+    @abc.abstractmethod
+    def metrics_from_sums(self, sums: np.ndarray, counts: np.ndarray, num_labels: int) -> dict[str, np.ndarray]:
+        """The compared metrics from weighted sums of example_statistics (one row per weighting) and the
+        total weight of each weighting."""
+
+    def scores(self, truth, predictions, num_labels: int) -> dict[str, float]:
+        return {m.name: m.compute(np.asarray(truth), np.asarray(predictions), num_labels) for m in self.metrics}
+
+    def summary_metrics(self) -> list[Metric]:
+        """The metrics the summary table, the report and the score plots show."""
+        return [m for m in self.metrics if m.in_summary]
+
+    def metric(self, name: str) -> Metric:
+        """A metric by its name, with or without the "val_" or "test_" of its key."""
+        bare = name.removeprefix("val_").removeprefix("test_")
+        return next(m for m in self.metrics if m.name == bare)
+
+    def selection_metrics(self) -> list[str]:
+        """The validation metrics that may choose the best epoch and setting."""
+        return ["val_loss"] + [f"val_{m.name}" for m in self.metrics]
+
+    def is_better(self, key: str, new: float, old: float | None) -> bool:
+        """Whether `new` improves on `old` for this history key ("val_loss", "val_<metric>")."""
+        if old is None:
+            return True
+        lower = key.endswith("loss") or not self.metric(key).higher_is_better
+        return new < old if lower else new > old
+
+    def label(self, key: str) -> str:
+        """How a history key reads: "val_macro_f1" -> "validation macro-F1"."""
+        split = "validation" if key.startswith("val_") else "test"
+        name = key.removeprefix("val_").removeprefix("test_")
+        return f"{split} {'loss' if name == 'loss' else self.metric(name).label}"
+
+
+def _macro_f1(truth: np.ndarray, predictions: np.ndarray, num_labels: int) -> float:
+    # every class the model knows counts, also one absent from this split (its F1 is then 0)
+    return f1_score(truth, predictions, labels=range(num_labels), average="macro", zero_division=0)
+
+
+class Classification(Task):
+    """One label per text, from a fixed set."""
+
+    name = "classification"
+    model_class = AutoModelForSequenceClassification
+    peft_task_type = peft.TaskType.SEQ_CLS
+    loss_label = "cross-entropy"
+    baseline_label = "majority-class"
+    metrics = (Metric("accuracy", "accuracy", lambda truth, predictions, _: accuracy_score(truth, predictions)),
+               Metric("macro_f1", "macro-F1", _macro_f1))
+    default_metric = "val_macro_f1"
+    main_metric = "macro_f1"
+    compared_metrics = ("accuracy", "macro_f1")
+    plots = ("confusion_matrices",)
+
+    def model_kwargs(self, label_names):
+        return {"num_labels": len(label_names), "id2label": dict(enumerate(label_names)),
+                "label2id": {name: i for i, name in enumerate(label_names)}}
+
+    def collate_labels(self, labels, width):
+        return torch.tensor(labels, dtype=torch.long)
+
+    def loss(self, outputs, labels):
+        return F.cross_entropy(outputs.logits.float(), labels, reduction="sum")
+
+    def predict(self, outputs):
+        return outputs.logits.argmax(-1)
+
+    def baseline(self, train_labels, test_labels, label_names):
+        majority = int(np.bincount(train_labels).argmax())
+        return {"label": label_names[majority],
+                **self.scores(test_labels, [majority] * len(test_labels), len(label_names))}
+
+    def test_report(self, truth, predictions, label_names):
+        ids = list(range(len(label_names)))
+        precision, recall, f1, support = precision_recall_fscore_support(truth, predictions, labels=ids, zero_division=0)
+        return {**self.scores(truth, predictions, len(label_names)),
+                "weighted_f1": f1_score(truth, predictions, labels=ids, average="weighted", zero_division=0),
+                "per_class": {name: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
+                                     "support": int(support[i])} for i, name in enumerate(label_names)}}
+
+    def example_statistics(self, truth, predictions, num_labels):
+        # columns: correct | predicted class (one-hot) | true class (one-hot) | true positive per class
+        eye = np.eye(num_labels, dtype=np.float32)
+        predicted, actual = eye[predictions], eye[truth]
+        correct = (predictions == truth).astype(np.float32)[:, None]
+        return np.concatenate([correct, predicted, actual, predicted * actual], axis=1)
+
+    def metrics_from_sums(self, sums, counts, num_labels):
+        predicted, actual, true_positive = (sums[:, 1 + i * num_labels:1 + (i + 1) * num_labels] for i in range(3))
+        denominator = predicted + actual
+        f1 = np.divide(2 * true_positive, denominator, out=np.zeros_like(true_positive), where=denominator > 0)
+        return {"accuracy": sums[:, 0] / counts, "macro_f1": f1.mean(1)}
+
+
+TASKS: dict[str, Task] = {
+    "classification": Classification(),
+}

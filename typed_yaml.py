@@ -1,0 +1,146 @@
+"""Reading YAML into typed dataclasses: every key checked against the class's fields (unknown ones get a
+suggestion), every value against its annotation, and every problem collected as one line naming the dotted
+key, the value and what is allowed. Of bertlab's own schema (config.py) it knows only that the keys under
+`strategies.` name strategies, so that a typo there lists the known ones."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from utils import ConfigError
+
+
+def read_yaml(path: Path) -> dict:
+    if not path.is_file():
+        raise ConfigError(f"config file '{path}' not found")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"{path}: YAML syntax error{where}: {problem}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text") from None
+    if raw is None:
+        raise ConfigError(f"{path}: the file is empty; start from the shipped config.yaml")
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections at the top, got {type(raw).__name__}")
+    return raw
+
+
+def apply_override(raw: dict, override: str) -> None:
+    key, sep, text = override.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"override '{override}' is not of the form section.key=value")
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        value = text
+    set_dotted(raw, key, value)
+
+
+def set_dotted(raw: dict, key: str, value) -> None:
+    node = raw
+    *parents, leaf = key.split(".")
+    for part in parents:
+        if not isinstance(node.get(part), dict):
+            node[part] = {}
+        node = node[part]
+    node[leaf] = value
+
+
+def build(cls, raw: dict, prefix: str, problems: list[str], defaults=None):
+    """`defaults` overridden by `raw`: a section named in the YAML starts from its field's own default (bitfit's
+    rate is 1e-3 also in a config that only says `bitfit: {enabled: true}`), not from its class's."""
+    defaults = cls() if defaults is None else defaults
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in raw:
+        if key not in names:
+            problems.append(_unknown_key_message(prefix, str(key), names))
+    values = {}
+    for name in names:
+        if name not in raw:
+            continue
+        value, tp, dotted = raw[name], hints[name], prefix + name
+        if dataclasses.is_dataclass(tp):
+            if value is None:  # an empty section such as "bitfit:" keeps its defaults
+                value = {}
+            if isinstance(value, dict):
+                values[name] = build(tp, value, dotted + ".", problems, getattr(defaults, name))
+            else:
+                problems.append(f"{dotted}: expected a section (a mapping), got {value!r}")
+            continue
+        ok, converted = _convert(value, tp)
+        if ok:
+            values[name] = converted
+        else:
+            problems.append(f"{dotted}: expected {type_name(tp)}, got {value!r}")
+    return dataclasses.replace(defaults, **values)
+
+
+def _unknown_key_message(prefix: str, key: str, allowed: list[str]) -> str:
+    if prefix == "strategies.":
+        return f"unknown strategy '{key}'; known strategies: {', '.join(sorted(allowed))}"
+    close = difflib.get_close_matches(key, allowed, n=1)
+    hint = f"did you mean '{prefix}{close[0]}'?" if close else f"allowed: {', '.join(allowed)}"
+    where = f"'{prefix}{key}'" if prefix else f"section '{key}'"
+    return f"unknown key {where}; {hint}"
+
+
+def _convert(value, tp) -> tuple[bool, Any]:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return True, None
+        return _convert(value, next(a for a in args if a is not type(None)))
+    if origin is Literal:
+        return value in args, value
+    if origin is list:
+        if not isinstance(value, list):
+            return False, value
+        items = [_convert(item, args[0]) for item in value] if args else [(True, item) for item in value]
+        return all(ok for ok, _ in items), [item for _, item in items]
+    if origin is dict:  # the sweep: its values are typed later, key by key, when the grid is built
+        ok = isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, list) and v
+                                             for k, v in value.items())
+        return ok, value
+    if tp is bool:
+        return isinstance(value, bool), value
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool), value
+    if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads 3e-5 (no dot) as a string
+            try:
+                return True, float(value)
+            except ValueError:
+                return False, value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return True, float(value)
+        return False, value
+    if tp is str:
+        return isinstance(value, str), value
+    raise TypeError(f"unsupported config type {tp}")
+
+
+def type_name(tp) -> str:
+    """How a field's type reads in an error message and in docs/config.md."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        inner = [type_name(a) for a in args if a is not type(None)]
+        return " or ".join(inner) + " or null"
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in args)
+    if origin is list:
+        return f"a list of {type_name(args[0])}"
+    if origin is dict:
+        return "a mapping of dotted keys to non-empty lists, e.g. {training.batch_size: [16, 32]}"
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}[tp]
