@@ -1,16 +1,29 @@
-"""Checkpoints: what a run writes so that it can resume exactly (last.pt) and keep its best weights
-(best.pt, epoch_N.pt), each one dict of plain types written to a temporary file and renamed."""
+"""Checkpoints: what a run writes so that it can resume exactly (last.pt) and be used afterwards
+(best.safetensors, epoch_N.safetensors). Run folders are shared between people, so nothing here ever
+unpickles code: weights are safetensors, and the resume state holds only tensors and plain data, loaded
+with torch.load(weights_only=True). Every file is written to a temporary file and renamed."""
 
 from __future__ import annotations
 
+import json
+import pickle
 import random
 from pathlib import Path
 
 import numpy as np
 import torch
 from accelerate import Accelerator
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save as safetensors_bytes
 
-from utils import ConfigError, atomic_open
+from utils import ConfigError, atomic_open, atomic_write_bytes
+
+BEST_WEIGHTS = "best.safetensors"
+RESUME_STATE = "last.pt"
+
+
+def epoch_weights(epoch: int) -> str:
+    return f"epoch_{epoch}.safetensors"
 
 
 def trainable_weights(model, accelerator: Accelerator) -> dict[str, torch.Tensor]:
@@ -19,33 +32,60 @@ def trainable_weights(model, accelerator: Accelerator) -> dict[str, torch.Tensor
             if p.requires_grad}
 
 
-def save(path: Path, payload: dict) -> None:
-    with atomic_open(path) as f:  # straight into the file: no second copy in memory
-        torch.save(payload, f)
+def save_weights(path: Path, weights: dict[str, torch.Tensor], run_key: dict, epoch: int) -> None:
+    """Trainable weights as safetensors, with the run key and epoch in its metadata."""
+    metadata = {"run_key": json.dumps(run_key, sort_keys=True, default=str), "epoch": str(epoch)}
+    atomic_write_bytes(path, safetensors_bytes({k: v.contiguous() for k, v in weights.items()}, metadata=metadata))
+
+
+def load_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """The weights of a safetensors file and its metadata (run key and epoch)."""
+    try:
+        with safe_open(path, framework="pt") as f:
+            metadata = f.metadata() or {}
+            weights = {name: f.get_tensor(name) for name in f.keys()}
+    except (SafetensorError, OSError) as err:
+        raise ConfigError(f"{path}: not readable as safetensors weights ({err})") from None
+    return weights, {"run_key": json.loads(metadata.get("run_key", "null")), "epoch": int(metadata.get("epoch", 0))}
 
 
 def save_checkpoint(run_dir: Path, model, optimizer, scheduler, accelerator: Accelerator, state: dict,
                     run_key: dict) -> None:
     """Everything a resumed run needs: trainable weights, optimizer, scheduler, grad scaler, the loop's state
-    and the random number generators."""
-    save(run_dir / "last.pt", {
-        "run_key": run_key, "trainable": trainable_weights(model, accelerator),
-        "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-        "scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
-        "state": state,
-        "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
-    })
+    and the random number generators, as tensors and plain data only."""
+    numpy_state = np.random.get_state()
+    python_state = random.getstate()
+    with atomic_open(run_dir / RESUME_STATE) as f:  # straight into the file: no second copy in memory
+        torch.save({
+            "run_key": run_key, "trainable": trainable_weights(model, accelerator),
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
+            "state": state,
+            "rng": {"torch": torch.get_rng_state(),
+                    "numpy": [numpy_state[0], numpy_state[1].tolist(), *numpy_state[2:]],
+                    "python": [python_state[0], list(python_state[1]), python_state[2]],
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+        }, f)
+
+
+def read_resume_state(path: Path, mmap: bool = False) -> dict:
+    """last.pt, refusing anything but tensors and plain data: a pickled object could run code when loaded."""
+    try:
+        return torch.load(path, weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as err:
+        raise ConfigError(f"{path} holds objects other than tensors and plain data, which could run code when "
+                          f"loaded, so it is refused ({str(err).splitlines()[0][:120]}). Delete the run folder "
+                          "and run again, or ask whoever wrote it for a checkpoint written by bertlab") from None
 
 
 def load_checkpoint(run_dir: Path, model, optimizer, scheduler, accelerator: Accelerator,
                     run_key: dict) -> tuple[dict, dict | None]:
     """Restore everything save_checkpoint wrote, returning the loop's state and the best weights so far;
     refuse a checkpoint made under another config."""
-    checkpoint = torch.load(run_dir / "last.pt", weights_only=False)
+    checkpoint = read_resume_state(run_dir / RESUME_STATE)
     differing = _differing_keys(checkpoint["run_key"], run_key)
     if differing:
-        raise ConfigError(f"checkpoint {run_dir / 'last.pt'} was made with a different config "
+        raise ConfigError(f"checkpoint {run_dir / RESUME_STATE} was made with a different config "
                           f"({', '.join(differing)}); it cannot be resumed. Run without --resume to start over")
     accelerator.unwrap_model(model).load_state_dict(checkpoint["trainable"], strict=False)
     optimizer.load_state_dict(checkpoint["optimizer"])
@@ -54,19 +94,21 @@ def load_checkpoint(run_dir: Path, model, optimizer, scheduler, accelerator: Acc
         accelerator.scaler.load_state_dict(checkpoint["scaler"])
     rng = checkpoint["rng"]
     torch.set_rng_state(rng["torch"])
-    np.random.set_state(rng["numpy"])
-    random.setstate(rng["python"])
+    name, keys, *rest = rng["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), *rest))
+    version, internal, gauss = rng["python"]
+    random.setstate((version, tuple(internal), gauss))
     if rng["cuda"] is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(rng["cuda"])
-    best_path = run_dir / "best.pt"
-    best = torch.load(best_path, weights_only=False)["trainable"] if best_path.exists() else None
+    best_path = run_dir / BEST_WEIGHTS
+    best = load_weights(best_path)[0] if best_path.exists() else None
     return checkpoint["state"], best
 
 
 def saved_run_key(run_dir: Path) -> dict | None:
     """The run key `last.pt` was written under (None without one), read without loading its tensors."""
-    path = run_dir / "last.pt"
-    return torch.load(path, weights_only=False, mmap=True)["run_key"] if path.exists() else None
+    path = run_dir / RESUME_STATE
+    return read_resume_state(path, mmap=True)["run_key"] if path.exists() else None
 
 
 def _differing_keys(old, new, prefix: str = "") -> list[str]:

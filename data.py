@@ -6,7 +6,6 @@ import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -124,29 +123,32 @@ def _read_local(path: Path) -> dict[str, pd.DataFrame]:
         for split, stems in SPLIT_FILE_STEMS.items():
             candidates = [p for p in sorted(path.iterdir()) if p.stem.lower() in stems and p.suffix.lower() in READERS]
             if candidates:
-                frames[split] = _read_file(candidates[0])
+                frames[split] = read_file(candidates[0])
         if "train" not in frames:
             raise ConfigError(f"data.path: folder '{path}' has no train file (expected train.csv, train.jsonl, ...)")
         return frames
     if not path.exists():
         raise ConfigError(f"data.path: '{path}' does not exist")
-    return {"train": _read_file(path)}
+    return {"train": read_file(path)}
 
 
-def _read_file(path: Path) -> pd.DataFrame:
+def read_file(path: Path, key: str = "data.path") -> pd.DataFrame:
+    """One data file as a frame; `key` names the setting it came from in error messages."""
+    if not path.is_file():
+        raise ConfigError(f"{key}: '{path}' does not exist" + (" as a file" if path.exists() else ""))
     reader = READERS.get(path.suffix.lower())
     if reader is None:
-        raise ConfigError(f"data.path: cannot read '{path.name}'; allowed formats: {', '.join(READERS)}")
+        raise ConfigError(f"{key}: cannot read '{path.name}'; allowed formats: {', '.join(READERS)}")
     if path.stat().st_size == 0:
-        raise ConfigError(f"data.path: '{path}' is empty (0 bytes)")
+        raise ConfigError(f"{key}: '{path}' is empty (0 bytes)")
     try:
         frame = reader(path)
     except UnicodeDecodeError as err:
-        raise ConfigError(f"data.path: '{path}' is not UTF-8 text (byte {err.start}); re-save it as UTF-8") from None
+        raise ConfigError(f"{key}: '{path}' is not UTF-8 text (byte {err.start}); re-save it as UTF-8") from None
     except (ValueError, OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
-        raise ConfigError(f"data.path: could not read '{path}': {str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
+        raise ConfigError(f"{key}: could not read '{path}': {str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
     if len(frame) == 0:
-        raise ConfigError(f"data.path: '{path}' has no rows")
+        raise ConfigError(f"{key}: '{path}' has no rows")
     return frame
 
 
@@ -212,7 +214,7 @@ class Encoded:
     """Token ids (unpadded) and labels per split, with the label names: what the training loop consumes."""
 
     ids: dict[str, list[list[int]]]
-    labels: dict[str, list[int]]
+    labels: dict[str, list[int]] | None  # None: text to predict on
     pad_id: int
     label_names: list[str]
 
@@ -276,10 +278,8 @@ def eval_batches(lengths: list[int], max_rows: int, max_tokens: int | None = Non
     return batches + [batch] if batch else batches
 
 
-def collate(ids: list[list[int]], labels: list, batch: list[int], pad_id: int, multiple: int,
-            collate_labels: Callable[[list, int], torch.Tensor]) -> dict:
-    """Pad one batch to its longest row (rounded up to `multiple` for tensor cores); the task makes the
-    labels' tensor."""
+def collate(ids: list[list[int]], batch: list[int], pad_id: int, multiple: int) -> dict:
+    """Pad one batch to its longest row (rounded up to `multiple` for tensor cores)."""
     width = max(len(ids[i]) for i in batch)
     width = -(-width // multiple) * multiple
     input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
@@ -287,5 +287,4 @@ def collate(ids: list[list[int]], labels: list, batch: list[int], pad_id: int, m
     for row, i in enumerate(batch):
         input_ids[row, :len(ids[i])] = torch.tensor(ids[i])
         attention_mask[row, :len(ids[i])] = 1
-    return {"input_ids": input_ids, "attention_mask": attention_mask,
-            "labels": collate_labels([labels[i] for i in batch], width)}
+    return {"input_ids": input_ids, "attention_mask": attention_mask}

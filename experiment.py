@@ -15,16 +15,16 @@ from typing import Any
 import torch
 import yaml
 
+from checkpoints import saved_run_key
 from config import Config, expand_grid, strategy_settings
 from data import Encoded, LabelledData, few_shot_rows, load_data, tokenize
 from measure import PeakMemory, device_name, library_versions
 from model import build_model, check_against_model, load_model_config, load_tokenizer, parameter_counts
-from checkpoints import saved_run_key
 from report import describe_baseline, summarize, summary_markdown, write_summary
-from results import read_results, results_file, save_record, write_experiment
+from results import RUN_RECORD, read_results, results_file, save_record, write_experiment
 from tasks import TASKS
 from trainer import evaluate, make_accelerator, train
-from utils import ConfigError, atomic_write_bytes, set_seed, stable_hash
+from utils import ConfigError, atomic_write_bytes, atomic_write_json, set_seed, stable_hash
 
 logger = logging.getLogger("bertlab")
 
@@ -174,6 +174,7 @@ def run_one(run: Run, run_id: str, data: LabelledData, encoded: Encoded, acceler
     """Train and test one run; the record is saved whether the run completes or fails."""
     cfg, strategy = run.cfg, run.strategy
     settings = strategy_settings(cfg, strategy)
+    task = TASKS[cfg.data.task]
     output = Path(cfg.output.dir)
     run_dir = output / "checkpoints" / strategy / run_id
     atomic_write_bytes(run_dir / "config.yaml", yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False).encode())
@@ -184,6 +185,8 @@ def run_one(run: Run, run_id: str, data: LabelledData, encoded: Encoded, acceler
               "model": cfg.model.name, "task": cfg.data.task,
               "dataset": {"name": data.name, "fingerprint": data.fingerprint, "sizes": sizes,
                           "num_labels": len(data.label_names), "label_names": data.label_names,
+                          "label_distribution": {split: task.label_distribution(labels, data.label_names)
+                                                 for split, labels in encoded.labels.items()},
                           "majority_baseline": baseline},
               "seed": cfg.training.seed,
               "hyperparameters": {**dataclasses.asdict(cfg.training), **settings, "max_length": cfg.model.max_length},
@@ -228,11 +231,12 @@ def run_one(run: Run, run_id: str, data: LabelledData, encoded: Encoded, acceler
         record["peak_memory_mb"], record["peak_memory_measure"] = memory.stop()
         accelerator.free_memory()
     if cfg.output.keep_checkpoints == "none":
-        for checkpoint in run_dir.glob("*.pt"):
+        for checkpoint in [*run_dir.glob("*.pt"), *run_dir.glob("*.safetensors")]:
             checkpoint.unlink()
     record["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     record["run_time_s"] = round(time.perf_counter() - started, 2)  # building, training, validating, testing, saving
     save_record(results_file(output), record)
+    atomic_write_json(run_dir / RUN_RECORD, record)
     return record
 
 

@@ -1,6 +1,9 @@
-"""The command line: fine-tune a BERT-family encoder with each configured strategy and compare them.
+"""The command line: fine-tune a BERT-family encoder with each configured strategy and compare them, then use
+the winner.
 
     python main.py [--config FILE] [--strategy NAME ...] [--resume] [--force] [--dry-run] [--debug] [section.key=value ...]
+    python main.py predict [--run RUN] (--text TEXT [--text ...] | --input FILE [--output FILE]) [--top-k K]
+    python main.py export [--run RUN] --out DIR [--force]
 
 Exit status: 0 when every run completed, 1 when some run failed (its record says why),
 2 for a mistake in the config, the command line or the data, 130 when interrupted.
@@ -12,15 +15,24 @@ import argparse
 import logging
 import sys
 import warnings
+from pathlib import Path
 
 from config import load_config
 from experiment import run_experiment
 from model import STRATEGIES
 from utils import ConfigError
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Compare fine-tuning strategies for text classification.")
+
+def add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default="config.yaml", help="YAML config (default: config.yaml)")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for config and data errors")
+    parser.add_argument("overrides", nargs="*", metavar="section.key=value",
+                        help="override a config value, e.g. training.learning_rate=3e-5 or output.dir=elsewhere")
+
+
+def experiment_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Compare fine-tuning strategies for text classification. "
+                                                 "Sub-commands: predict, export (python main.py predict --help).")
     parser.add_argument("--strategy", action="append", choices=sorted(STRATEGIES),
                         help="run only this strategy, enabled or not (repeat for several)")
     parser.add_argument("--resume", action="store_true",
@@ -28,14 +40,79 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--force", action="store_true", help="run again even the runs already completed")
     parser.add_argument("--dry-run", action="store_true",
                         help="print the planned runs, what is cached, parameter counts and a time estimate; train nothing")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks for config and data errors")
-    parser.add_argument("overrides", nargs="*", metavar="section.key=value",
-                        help="override a config value, e.g. training.learning_rate=3e-5")
-    return parser.parse_intermixed_args(argv)  # overrides may come before and after options
+    add_common(parser)
+    return parser
+
+
+RUN_HELP = "a run id, a run folder, or best (default): the best run of the latest experiment, chosen on validation"
+
+
+def predict_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="main.py predict", description="Predict with a trained run.")
+    parser.add_argument("--run", default="best", help=RUN_HELP)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--text", action="append", help="a text to predict on (repeat for several)")
+    source.add_argument("--input", type=Path, help="a CSV, TSV, JSON, JSONL or Parquet file to predict on")
+    parser.add_argument("--output", type=Path, help="where --input's predictions go (default: <input>.predictions.csv)")
+    parser.add_argument("--text-column", help="the column of --input holding the text (default: the run's)")
+    parser.add_argument("--top-k", type=int, default=1, help="also list the k most likely labels (default: 1)")
+    add_common(parser)
+    return parser
+
+
+def export_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="main.py export",
+                                     description="Write a trained run as a standard Hugging Face model folder.")
+    parser.add_argument("--run", default="best", help=RUN_HELP)
+    parser.add_argument("--out", type=Path, required=True, help="the folder to write (new or empty)")
+    parser.add_argument("--force", action="store_true", help="write into --out even when it is not empty")
+    add_common(parser)
+    return parser
+
+
+def experiment_command(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config, args.overrides)
+    strategies = args.strategy or [s for s in STRATEGIES if getattr(cfg.strategies, s).enabled]
+    if not strategies:
+        raise ConfigError(f"{args.config}: no strategy enabled; set strategies.<name>.enabled: true or pass "
+                          f"--strategy NAME (known: {', '.join(sorted(STRATEGIES))})")
+    return run_experiment(cfg, strategies, resume=args.resume, force=args.force, dry_run=args.dry_run,
+                          config_file=str(args.config), command=" ".join(sys.argv))
+
+
+def predict_command(args: argparse.Namespace) -> int:
+    from predict import Predictor, predict_file
+
+    if args.top_k < 1:
+        raise ConfigError(f"--top-k: got {args.top_k}, allowed: an integer >= 1")
+    predictor = Predictor.from_run(args.run, load_config(args.config, args.overrides).output.dir)
+    print(f"using {predictor.describe()}")
+    if args.input is not None:
+        print(f"wrote {predict_file(predictor, args.input, args.output, args.text_column, args.top_k)}")
+        return 0
+    for text, row in zip(args.text, predictor.predict(args.text, args.top_k)):
+        print(f"{text!r}: {predictor.task.format_prediction(row) if row else '(empty text: no prediction)'}")
+    return 0
+
+
+def export_command(args: argparse.Namespace) -> int:
+    from export import export_run
+
+    print(f"wrote {export_run(args.run, load_config(args.config, args.overrides).output.dir, args.out, args.force)}")
+    return 0
+
+
+COMMANDS = {"predict": (predict_parser, predict_command), "export": (export_parser, export_command)}
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in COMMANDS:
+        make_parser, command = COMMANDS[argv[0]]
+        argv = argv[1:]
+    else:
+        make_parser, command = experiment_parser, experiment_command
+    args = make_parser().parse_intermixed_args(argv)  # overrides may come before and after options
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO, datefmt="%H:%M:%S",
                         format="%(asctime)s %(levelname)s %(message)s")
     import transformers
@@ -45,13 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     # peft 0.21 calls a transformers method that transformers 5 has renamed: nothing for users to act on
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     try:
-        cfg = load_config(args.config, args.overrides)
-        strategies = args.strategy or [s for s in STRATEGIES if getattr(cfg.strategies, s).enabled]
-        if not strategies:
-            raise ConfigError(f"{args.config}: no strategy enabled; set strategies.<name>.enabled: true or pass "
-                              f"--strategy NAME (known: {', '.join(sorted(STRATEGIES))})")
-        return run_experiment(cfg, strategies, resume=args.resume, force=args.force, dry_run=args.dry_run,
-                              config_file=str(args.config), command=" ".join(sys.argv))
+        return command(args)
     except ConfigError as err:
         if args.debug:
             raise

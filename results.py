@@ -12,6 +12,9 @@ from filelock import FileLock
 from utils import atomic_write_json
 
 
+RUN_RECORD = "record.json"  # a copy of the run's record in its checkpoint folder, so the folder stands alone
+
+
 def results_file(output_dir: str | Path) -> Path:
     return Path(output_dir) / "results" / "all_results.json"
 

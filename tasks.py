@@ -57,6 +57,22 @@ class Task(abc.ABC):
         """One prediction per row, left on the device."""
 
     @abc.abstractmethod
+    def label_distribution(self, labels: list, label_names: list[str]) -> dict:
+        """How one split's labels are spread, for records and model cards."""
+
+    @abc.abstractmethod
+    def prediction_values(self, outputs) -> torch.Tensor:
+        """Per row, what decode() needs to describe a prediction (left on the device)."""
+
+    @abc.abstractmethod
+    def decode(self, values: np.ndarray, label_names: list[str], top_k: int) -> dict:
+        """One row's prediction for a person, as named columns (the first is the prediction itself)."""
+
+    @abc.abstractmethod
+    def format_prediction(self, row: dict) -> str:
+        """A decoded prediction in one line for the terminal."""
+
+    @abc.abstractmethod
     def baseline(self, train_labels: list, test_labels: list, label_names: list[str]) -> dict:
         """What a model that learned nothing from the text scores on test: every metric, and what it predicts."""
 
@@ -136,6 +152,28 @@ class Classification(Task):
 
     def predict(self, outputs):
         return outputs.logits.argmax(-1)
+
+    def label_distribution(self, labels, label_names):
+        counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=len(label_names))
+        return {name: int(n) for name, n in zip(label_names, counts)}
+
+    def prediction_values(self, outputs):
+        return outputs.logits.float()
+
+    def decode(self, values, label_names, top_k):
+        # ranked on the logits themselves, so the first label is exactly predict()'s argmax
+        ranked = np.argsort(-values, kind="stable")[:max(top_k, 1)]
+        probabilities = np.exp(values - values.max()) / np.exp(values - values.max()).sum()
+        row = {"predicted_label": label_names[ranked[0]], "probability": float(probabilities[ranked[0]])}
+        if top_k > 1:
+            for rank, label in enumerate(ranked, 1):
+                row[f"top_{rank}_label"], row[f"top_{rank}_probability"] = label_names[label], float(probabilities[label])
+        return row
+
+    def format_prediction(self, row):
+        ranked = [(row[f"top_{k}_label"], row[f"top_{k}_probability"]) for k in range(1, len(row) // 2)]
+        text = f"{row['predicted_label']} (probability {row['probability']:.3f})"
+        return text + ("; top: " + ", ".join(f"{label} {p:.3f}" for label, p in ranked) if ranked else "")
 
     def baseline(self, train_labels, test_labels, label_names):
         majority = int(np.bincount(train_labels).argmax())

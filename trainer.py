@@ -11,6 +11,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -18,7 +19,8 @@ from accelerate import Accelerator
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
-from checkpoints import load_checkpoint, save, save_checkpoint, trainable_weights
+from checkpoints import (BEST_WEIGHTS, RESUME_STATE, epoch_weights, load_checkpoint, save_checkpoint, save_weights,
+                         trainable_weights)
 from config import Config, TrainingConfig
 from data import Encoded, collate, eval_batches, train_batches
 from measure import stopwatch
@@ -79,9 +81,9 @@ class StopRequest:
             signal.signal(signal.SIGINT, self.previous)
 
 
-def make_accelerator(fp16: bool) -> Accelerator:
+def make_accelerator(fp16: bool, warn: bool = True) -> Accelerator:
     use_fp16 = fp16 and torch.cuda.is_available()
-    if fp16 and not use_fp16:
+    if fp16 and not use_fp16 and warn:
         logger.warning("training.fp16 is ignored without a CUDA GPU: half-precision matmul on CPUs without "
                        "native support is hundreds of times slower; training in fp32")
     return Accelerator(mixed_precision="fp16" if use_fp16 else "no")
@@ -120,10 +122,10 @@ def train(model: torch.nn.Module, encoded: Encoded, cfg: Config, learning_rate: 
         compile_layers(accelerator.unwrap_model(model))
     scheduler = get_linear_schedule_with_warmup(optimizer, round(t.warmup_ratio * total_steps), total_steps)
     state, best_weights = TrainState(), None
-    if resume and (run_dir / "last.pt").exists():
+    if resume and (run_dir / RESUME_STATE).exists():
         saved_state, best_weights = load_checkpoint(run_dir, model, optimizer, scheduler, accelerator, run_key)
         state = TrainState(**saved_state)
-        logger.info("resumed from %s: %d epochs and %d batches done (step %d)", run_dir / "last.pt", state.epoch,
+        logger.info("resumed from %s: %d epochs and %d batches done (step %d)", run_dir / RESUME_STATE, state.epoch,
                     state.batches_done, state.step)
 
     spent = {"validation_time_s": 0.0, "checkpoint_time_s": 0.0}  # where the time beside training goes
@@ -149,10 +151,10 @@ def train(model: torch.nn.Module, encoded: Encoded, cfg: Config, learning_rate: 
             with stopwatch(spent, "checkpoint_time_s"):
                 if update_early_stopping(state, t, task):
                     best_weights = trainable_weights(model, accelerator)
-                    save(run_dir / "best.pt", {"run_key": run_key, "trainable": best_weights, "epoch": state.epoch})
+                    save_weights(run_dir / BEST_WEIGHTS, best_weights, run_key, state.epoch)
                 if cfg.output.keep_checkpoints == "all":
-                    save(run_dir / f"epoch_{state.epoch}.pt", {"run_key": run_key, "epoch": state.epoch,
-                                                                "trainable": trainable_weights(model, accelerator)})
+                    save_weights(run_dir / epoch_weights(state.epoch), trainable_weights(model, accelerator), run_key,
+                                 state.epoch)
             if state.stop_reason is None and state.epoch == t.num_epochs:
                 state.stop_reason = f"completed all {t.num_epochs} epochs"
             checkpoint()
@@ -226,7 +228,9 @@ def _fail_if_nonfinite(batch: int, epoch: int, num_batches: int, accum: int) -> 
 def device_batch(encoded: Encoded, split: str, rows: list[int], accelerator: Accelerator, task: Task) -> dict:
     """One padded batch on the training device; fp16 pads to multiples of 8 for tensor cores."""
     pad_multiple = 8 if accelerator.mixed_precision == "fp16" else 1
-    batch = collate(encoded.ids[split], encoded.labels[split], rows, encoded.pad_id, pad_multiple, task.collate_labels)
+    batch = collate(encoded.ids[split], rows, encoded.pad_id, pad_multiple)
+    if encoded.labels is not None:
+        batch["labels"] = task.collate_labels([encoded.labels[split][i] for i in rows], batch["input_ids"].shape[1])
     if accelerator.device.type != "cuda":
         return batch
     # A copy from pageable memory waits for the GPU to finish its queue; from pinned memory it does not,
@@ -243,10 +247,12 @@ def eval_batch_tokens(t: TrainingConfig, device: torch.device) -> int | None:
 
 
 @torch.inference_mode()
-def inference(model, encoded: Encoded, split: str, t: TrainingConfig, accelerator: Accelerator,
-              task: Task) -> tuple[float, np.ndarray]:
-    """Mean loss and the task's prediction per example, in the split's original order."""
-    ids, labels = encoded.ids[split], encoded.labels[split]
+def inference(model, encoded: Encoded, split: str, t: TrainingConfig, accelerator: Accelerator, task: Task,
+              read: Callable | None = None) -> tuple[float | None, np.ndarray]:
+    """The mean loss (None for unlabelled text) and, per example in the split's original order, the task's
+    prediction or what `read` takes from the model's outputs."""
+    read = read or task.predict
+    ids = encoded.ids[split]
     model.eval()
     batches = eval_batches([len(x) for x in ids], t.eval_batch_size, eval_batch_tokens(t, accelerator.device))
     loss_total = torch.zeros((), device=accelerator.device)
@@ -254,12 +260,13 @@ def inference(model, encoded: Encoded, split: str, t: TrainingConfig, accelerato
     for batch_rows in tqdm(batches, desc=f"eval {split}", leave=False, mininterval=1, disable=None):
         batch = device_batch(encoded, split, batch_rows, accelerator, task)
         outputs = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-        loss_total += task.loss(outputs, batch["labels"])
-        predicted.append(task.predict(outputs))
+        if "labels" in batch:
+            loss_total += task.loss(outputs, batch["labels"])
+        predicted.append(read(outputs))
     predictions = torch.cat(predicted).cpu().numpy()
     in_order = np.empty_like(predictions)
     in_order[[i for rows in batches for i in rows]] = predictions
-    return loss_total.item() / len(labels), in_order
+    return (loss_total.item() / len(ids) if encoded.labels is not None else None), in_order
 
 
 def evaluate(model, encoded: Encoded, split: str, t: TrainingConfig, accelerator: Accelerator, task: Task) -> dict:

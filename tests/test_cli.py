@@ -5,6 +5,7 @@ import re
 import subprocess
 import sys
 
+from checkpoints import load_weights
 from conftest import ROOT
 from model import STRATEGIES
 
@@ -41,7 +42,7 @@ def test_all_strategies_end_to_end_then_plots(write_config, tmp_path):
         assert len(run["test_predictions"]) == 18
         assert run["hyperparameters"]["seed"] == run["seed"] == 42
         run_dir = tmp_path / "outputs" / "checkpoints" / run["strategy"] / run["run_id"]
-        assert {p.name for p in run_dir.iterdir()} == {"config.yaml", "last.pt", "best.pt"}
+        assert {p.name for p in run_dir.iterdir()} == {"config.yaml", "record.json", "last.pt", "best.safetensors"}
         parts = run["train_time_s"] + run["validation_time_s"] + run["checkpoint_time_s"]
         assert run["checkpoint_time_s"] >= 0 and run["validation_time_s"] > 0 and parts < run["run_time_s"]
     assert max(r["checkpoint_time_s"] for r in runs) > 0  # a head-only checkpoint may take under 5 ms: rounded to 0
@@ -130,7 +131,7 @@ def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(write_config,
     while process.poll() is None and time.time() < deadline:
         found = list((killed_dir / "checkpoints").glob("full/*/last.pt"))
         if found:
-            state = torch.load(found[0], weights_only=False)["state"]
+            state = torch.load(found[0], weights_only=True)["state"]
             if state["epoch"] >= 1 and state["batches_done"] > 0:  # inside the second epoch
                 os.kill(process.pid, signal.SIGKILL)
                 process.wait()
@@ -152,7 +153,7 @@ def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(write_config,
         assert actual[key] == expected[key], key
     without_seconds = [[{k: v for k, v in h.items() if k != "seconds"} for h in r["history"]] for r in (actual, expected)]
     assert without_seconds[0] == without_seconds[1]
-    weights = [torch.load(folder / "checkpoints" / "full" / expected["run_id"] / "best.pt", weights_only=False)["trainable"]
+    weights = [load_weights(folder / "checkpoints" / "full" / expected["run_id"] / "best.safetensors")[0]
                for folder in (tmp_path / "straight", killed_dir)]
     assert weights[0].keys() == weights[1].keys()
     assert all(torch.equal(weights[0][name], weights[1][name]) for name in weights[0])

@@ -12,6 +12,7 @@ import torch
 import experiment
 import main
 import trainer
+from checkpoints import load_weights
 
 
 def run_main(config, *overrides) -> tuple[int, list[dict]]:
@@ -22,12 +23,12 @@ def run_main(config, *overrides) -> tuple[int, list[dict]]:
 
 def checkpoint_files(config, record) -> set[str]:
     run_dir = config.parent / "outputs" / "checkpoints" / record["strategy"] / record["run_id"]
-    return {p.name for p in run_dir.glob("*.pt")}
+    return {p.name for p in run_dir.iterdir() if p.suffix in (".pt", ".safetensors")}
 
 
 @pytest.mark.parametrize("keep, expected", [
-    ("best_and_last", {"best.pt", "last.pt"}),
-    ("all", {"best.pt", "last.pt", "epoch_1.pt", "epoch_2.pt"}),
+    ("best_and_last", {"best.safetensors", "last.pt"}),
+    ("all", {"best.safetensors", "last.pt", "epoch_1.safetensors", "epoch_2.safetensors"}),
     ("none", set()),
 ])
 def test_keep_checkpoints(write_config, keep, expected):
@@ -43,7 +44,7 @@ def test_peft_checkpoints_hold_only_the_adapter_and_the_head(write_config):
     assert status == 0
     by_strategy = {r["strategy"]: r for r in records}
     folder = config.parent / "outputs" / "checkpoints"
-    saved = {s: torch.load(folder / s / r["run_id"] / "best.pt", weights_only=False)["trainable"]
+    saved = {s: load_weights(folder / s / r["run_id"] / "best.safetensors")[0]
              for s, r in by_strategy.items()}
     assert saved["lora"] and all("lora_" in name or "classifier" in name for name in saved["lora"])
     assert sum(t.numel() for t in saved["lora"].values()) == by_strategy["lora"]["trainable_params"]

@@ -1,0 +1,98 @@
+"""Export a trained run as a standard Hugging Face model folder that loads without this project, with a
+model card. Mergeable adapters (LoRA) are merged into the weights; prompt tuning, which cannot be merged,
+is exported as a PEFT adapter folder."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import peft
+
+from model import load_tokenizer, resolve_model_path
+from predict import load_run
+from report import aggregate
+from results import read_results, results_file
+from tasks import TASKS
+from utils import ConfigError
+
+
+def export_run(run: str, output_dir: str | Path, out: Path, force: bool = False) -> Path:
+    """Write the run's model, tokenizer and model card (README.md) into `out`."""
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
+        raise ConfigError(f"--out: '{out}' exists and is not empty; choose another folder or pass --force to write "
+                          "into it")
+    folder, cfg, record, model = load_run(run, output_dir)
+    tokenizer = load_tokenizer(cfg)
+    tokenizer.model_max_length = cfg.model.max_length  # texts are truncated where the run truncated them
+    out.mkdir(parents=True, exist_ok=True)
+    adapter = isinstance(model, peft.PeftModel) and model.peft_config[model.active_adapter].is_prompt_learning
+    if isinstance(model, peft.PeftModel) and not adapter:
+        model = model.merge_and_unload()
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    siblings = [r for r in read_results(results_file(output_dir))
+                if r.get("config_id") == record.get("config_id") and r["status"] == "completed"]
+    (out / "README.md").write_text(model_card(record, cfg, siblings or [record], adapter), encoding="utf-8")
+    return out
+
+
+def _scores(runs: list[dict], key: str) -> str:
+    """A metric over the runs of one configuration: the value, or mean ± 95% interval with several seeds."""
+    values = [r["best_metric"] if key == "validation" else r["test"][key] for r in runs]
+    stats = aggregate(values)
+    return f"{stats['mean']:.4f}" + (f" ± {stats['ci95']:.4f} (95% interval over {stats['n']} runs)"
+                                      if stats["ci95"] is not None else "")
+
+
+def model_card(record: dict, cfg, runs: list[dict], adapter: bool) -> str:
+    task = TASKS[record.get("task", "classification")]
+    dataset = record["dataset"]
+    labels = dataset["label_names"]
+    settings = {k: v for k, v in record["hyperparameters"].items()
+                if k in ("learning_rate", "rank", "alpha", "dropout", "target_modules", "num_virtual_tokens",
+                         "init_text", "trainable_layers", "batch_size", "num_epochs", "max_length")}
+    lines = [f"# {dataset['name']}: {record['strategy']} fine-tuning of {record['model']}", "",
+             f"A {task.name} model trained with bertlab (run `{record['run_id']}`, finished "
+             f"{record['finished_at'][:10]}; exported {time.strftime('%Y-%m-%d')}).", "",
+             "## How to use", ""]
+    label_maps = f"num_labels={len(labels)}, id2label={dict(enumerate(labels))}, label2id={ {n: i for i, n in enumerate(labels)} }"
+    if adapter:
+        lines += ["A PEFT prompt-tuning adapter (virtual tokens cannot be merged into the weights); its base model is "
+                  f"`{resolve_model_path(cfg.model.name)}` (`base_model_name_or_path` in adapter_config.json: point it "
+                  "at that model where you load it):", "", "```python",
+                  "from peft import AutoPeftModelForSequenceClassification", "from transformers import AutoTokenizer", "",
+                  f"model = AutoPeftModelForSequenceClassification.from_pretrained(FOLDER, {label_maps})",
+                  "tokenizer = AutoTokenizer.from_pretrained(FOLDER)", "```"]
+    else:
+        lines += ["```python", "from transformers import pipeline", "",
+                  'classify = pipeline("text-classification", model=FOLDER)',
+                  'classify(["your text"], truncation=True, top_k=3)', "```"]
+    lines += ["", "## Training", "",
+              f"- Base model: `{record['model']}`; strategy `{record['strategy']}`, "
+              f"{record['trainable_params']:,} of {record['total_params']:,} weights trained ({record['trainable_pct']}%).",
+              f"- Settings: {json.dumps(settings)}.",
+              f"- Data: `{dataset['name']}` (fingerprint {dataset['fingerprint']}); split sizes "
+              + ", ".join(f"{split} {n}" for split, n in dataset["sizes"].items()) + ".",
+              f"- Best epoch {record['best_epoch']} on validation ({record['stop_reason']}); seed {record['seed']}.",
+              f"- Versions: {', '.join(f'{k} {v}' for k, v in record['versions'].items())}.", ""]
+    distribution = dataset.get("label_distribution")
+    if distribution:
+        lines += ["| label | " + " | ".join(distribution) + " |", "|---|" + "---|" * len(distribution)]
+        lines += [f"| {name} | " + " | ".join(str(distribution[split].get(name, "")) for split in distribution) + " |"
+                  for name in labels]
+        lines.append("")
+    lines += ["## Results", "",
+              f"- Best {task.label(cfg.training.early_stopping.metric)} (chose the epoch): {_scores(runs, 'validation')}"]
+    lines += [f"- Test {m.label} (only reported): {_scores(runs, m.name)}" for m in task.metrics]
+    per_class = record["test"].get("per_class")
+    if per_class:
+        lines += ["", "| label | test precision | test recall | test F1 | test support |", "|---|---|---|---|---|"]
+        lines += [f"| {name} | {c['precision']:.3f} | {c['recall']:.3f} | {c['f1']:.3f} | {c['support']} |"
+                  for name, c in per_class.items()]
+    lines += ["", "## Limits", "",
+              f"- It knows only these labels: {', '.join(labels)}. Every text gets one of them.",
+              f"- Texts longer than {cfg.model.max_length} tokens are truncated; the rest is not read.",
+              "- Scores were measured on a test split of the same data; other text may score lower.", ""]
+    return "\n".join(lines)

@@ -1,0 +1,152 @@
+"""Use a trained run: find it (by id, folder, or the best of the latest experiment) and predict on new text
+with its own model, tokenizer and max_length.
+
+    from predict import Predictor
+    predictor = Predictor.from_run("best")           # or a run id, or outputs/checkpoints/<strategy>/<run_id>
+    predictor.predict(["I was charged twice this month"], top_k=3)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from checkpoints import BEST_WEIGHTS, load_weights
+from config import Config, load_config
+from data import Encoded, read_file
+from model import build_model, load_tokenizer
+from report import best_run, summarize
+from results import RUN_RECORD, read_results, results_file
+from tasks import TASKS
+from trainer import inference, make_accelerator
+from utils import ConfigError
+
+logger = logging.getLogger(__name__)
+
+
+def find_run(spec: str, output_dir: str | Path) -> Path:
+    """The folder of a run named by its id, its folder, or "best": the best run, by validation score, of the
+    chosen setting of the best strategy in the latest experiment (full training data before few-shot runs)."""
+    output_dir = Path(output_dir)
+    if Path(spec).is_dir():
+        folder = Path(spec)
+        if not (folder / RUN_RECORD).is_file():
+            raise ConfigError(f"--run: '{folder}' is not a run folder (no {RUN_RECORD}); run folders are "
+                              f"{output_dir}/checkpoints/<strategy>/<run_id>")
+        return folder
+    records = read_results(results_file(output_dir))
+    if spec == "best":
+        record = best_of_latest_experiment(output_dir, records)
+    else:
+        record = next((r for r in records if r["run_id"] == spec), None)
+        if record is None:
+            recent = sorted(records, key=lambda r: r.get("finished_at", ""), reverse=True)[:5]
+            known = ", ".join(f"{r['run_id']} ({r['strategy']})" for r in recent) or "none yet: run python main.py"
+            raise ConfigError(f"--run: no run '{spec}' in {results_file(output_dir)}; the most recent: {known}")
+    return output_dir / "checkpoints" / record["strategy"] / record["run_id"]
+
+
+def best_of_latest_experiment(output_dir: Path, records: list[dict]) -> dict:
+    experiment_path = results_file(output_dir).with_name("experiment.json")
+    if not experiment_path.is_file():
+        raise ConfigError(f"--run best: no experiment in {output_dir} yet; run python main.py first "
+                          "(or pass output.dir=... where your runs are)")
+    experiment = json.loads(experiment_path.read_text())
+    wanted = set(experiment["run_ids"])
+    runs = [r for r in records if r["run_id"] in wanted and r["status"] == "completed"]
+    if not runs:
+        raise ConfigError(f"--run best: the latest experiment in {output_dir} has no completed run")
+    metric = experiment["config"]["training"]["early_stopping"]["metric"]
+    task = TASKS[runs[0].get("task", "classification")]
+    chosen = [row for row in summarize(runs, metric)["rows"] if row["chosen"]]
+    full_data = [row for row in chosen if row["shots_per_class"] is None]
+    candidates = full_data or [row for row in chosen if row["shots_per_class"] == max(r["shots_per_class"] for r in chosen)]
+    best_row = candidates[0]
+    for row in candidates[1:]:
+        if task.is_better(metric, row["validation"]["mean"], best_row["validation"]["mean"]):
+            best_row = row
+    return best_run([r for r in runs if r.get("config_id") == best_row["config_id"]], metric, task)
+
+
+def load_run(run: str | Path, output_dir: str | Path):
+    """A completed run's folder, config, record and model (its strategy's wrapping, best weights loaded, on the CPU)."""
+    folder = find_run(str(run), output_dir)
+    record = json.loads((folder / RUN_RECORD).read_text())
+    if record["status"] != "completed":
+        raise ConfigError(f"run {record['run_id']} failed ({record.get('error', 'no reason recorded')}); "
+                          "it has no weights to use")
+    if not (folder / BEST_WEIGHTS).is_file():
+        raise ConfigError(f"run {record['run_id']} kept no weights ({folder} has no {BEST_WEIGHTS}); train it again "
+                          "with python main.py --force output.keep_checkpoints=best_and_last (and its own settings)")
+    cfg = load_config(folder / "config.yaml")
+    model = build_model(cfg, record["strategy"], record["dataset"]["label_names"])
+    weights = load_weights(folder / BEST_WEIGHTS)[0]
+    unknown = set(weights) - {name for name, _ in model.named_parameters()}
+    if unknown:
+        raise ConfigError(f"{folder / BEST_WEIGHTS} does not fit the run's model ({len(unknown)} unknown weights, "
+                          f"e.g. {sorted(unknown)[0]})")
+    model.load_state_dict(weights, strict=False)
+    return folder, cfg, record, model.eval()
+
+
+class Predictor:
+    """A trained run, ready to predict: its strategy's model with the best epoch's weights, its tokenizer,
+    max_length and label names, on the GPU when there is one."""
+
+    def __init__(self, model, tokenizer, cfg: Config, record: dict, accelerator):
+        self.model, self.tokenizer, self.cfg, self.record, self.accelerator = model, tokenizer, cfg, record, accelerator
+        self.task = TASKS[record.get("task", "classification")]
+        self.label_names = record["dataset"]["label_names"]
+
+    @classmethod
+    def from_run(cls, run: str | Path = "best", output_dir: str | Path = "outputs") -> Predictor:
+        _, cfg, record, model = load_run(run, output_dir)
+        accelerator = make_accelerator(cfg.training.fp16, warn=False)
+        return cls(accelerator.prepare(model), load_tokenizer(cfg), cfg, record, accelerator)
+
+    def describe(self) -> str:
+        r = self.record
+        validation = r["best_metric"]
+        test = r["test"][self.task.main_metric]
+        return (f"run {r['run_id']} ({r['strategy']}, {r['model']}): validation {self.cfg.training.early_stopping.metric} "
+                f"{validation:.4f}, {self.task.label('test_' + self.task.main_metric)} {test:.4f}")
+
+    def predict(self, texts: list[str], top_k: int = 1) -> list[dict]:
+        """One dict of named columns per text (classification: predicted_label, probability, and with
+        top_k > 1 the top k labels and their probabilities). An empty text gets an empty dict."""
+        kept = [i for i, text in enumerate(texts) if isinstance(text, str) and text.strip()]
+        if not kept:
+            return [{} for _ in texts]
+        ids = self.tokenizer([texts[i] for i in kept], truncation=True, max_length=self.cfg.model.max_length,
+                             return_attention_mask=False, return_token_type_ids=False)["input_ids"]
+        encoded = Encoded(ids={"texts": ids}, labels=None, pad_id=self.tokenizer.pad_token_id,
+                          label_names=self.label_names)
+        _, values = inference(self.model, encoded, "texts", self.cfg.training, self.accelerator, self.task,
+                              read=self.task.prediction_values)
+        rows = [{} for _ in texts]
+        for i, row_values in zip(kept, values):
+            rows[i] = self.task.decode(np.asarray(row_values), self.label_names, top_k)
+        return rows
+
+
+def predict_file(predictor: Predictor, path: Path, output: Path | None, text_column: str | None,
+                 top_k: int) -> Path:
+    """Predict every row of a file and write the input's columns plus the predictions as CSV, in input order."""
+    frame = read_file(path, "--input")
+    column = text_column or predictor.cfg.data.text_column or "text"
+    if column not in frame.columns:
+        raise ConfigError(f"--text-column: column '{column}' not in {path.name}; its columns: "
+                          f"{', '.join(map(str, frame.columns))}")
+    texts = [text if isinstance(text, str) else "" for text in frame[column].tolist()]
+    empty = sum(not text.strip() for text in texts)
+    if empty:
+        logger.warning("%d of %d rows have an empty text: their predictions are left empty", empty, len(texts))
+    predictions = pd.DataFrame(predictor.predict(texts, top_k), index=frame.index)
+    output = output or path.with_name(f"{path.stem}.predictions.csv")
+    pd.concat([frame, predictions], axis=1).to_csv(output, index=False)
+    return output
+

@@ -1,0 +1,158 @@
+"""Using a trained run: predict reproduces each strategy's own test predictions, an export loads without this
+project and agrees with predict, and every mistake is one line with exit status 2."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+import yaml
+
+import main
+from config import load_config
+from conftest import labelled_rows
+from data import load_data
+from model import STRATEGIES
+from predict import Predictor
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_model_dir):
+    """One output folder holding a failed run, a run that kept no weights, then (the latest experiment) one
+    run of every strategy."""
+    folder = tmp_path_factory.mktemp("trained")
+    pd.DataFrame(labelled_rows(per_class=30)).to_csv(folder / "tickets.csv", index=False)
+    config = folder / "config.yaml"
+    config.write_text(yaml.safe_dump({
+        "model": {"name": str(tiny_model_dir), "max_length": 16},
+        "data": {"path": str(folder / "tickets.csv"), "validation_size": 0.2, "test_size": 0.2},
+        "training": {"batch_size": 8, "num_epochs": 2, "eval_batch_size": 16, "learning_rate": 3e-3},
+        "strategies": {"prompt_tuning": {"num_virtual_tokens": 4}, "partial_freezing": {"enabled": True},
+                       "frozen_encoder": {"enabled": True}},
+        "output": {"dir": str(folder / "outputs")}}))
+    base = ["--config", str(config)]
+    assert main.main(base + ["--strategy", "full", "strategies.full.learning_rate=1e30", "training.num_epochs=1"]) == 1
+    assert main.main(base + ["--strategy", "bitfit", "training.seed=7", "output.keep_checkpoints=none"]) == 0
+    assert main.main(base) == 0
+    runs = json.loads((folder / "outputs" / "results" / "all_results.json").read_text())["runs"]
+    return {"folder": folder, "config": config, "output": folder / "outputs", "runs": runs,
+            "test_texts": load_data(load_config(config).data).texts["test"]}
+
+
+def cli(trained, *argv) -> int:
+    command, *rest = argv
+    return main.main([command, "--config", str(trained["config"]), *map(str, rest)])
+
+
+def latest(trained) -> list[dict]:
+    return [r for r in trained["runs"] if r["status"] == "completed" and r["seed"] == 42]
+
+
+def test_predict_reproduces_every_strategys_test_predictions(trained):
+    runs = latest(trained)
+    assert sorted(r["strategy"] for r in runs) == sorted(STRATEGIES)
+    for record in runs:
+        predictor = Predictor.from_run(record["run_id"], trained["output"])
+        rows = predictor.predict(trained["test_texts"])
+        names = record["dataset"]["label_names"]
+        assert [names.index(row["predicted_label"]) for row in rows] == record["test_predictions"], record["strategy"]
+        assert all(0 < row["probability"] <= 1 for row in rows)
+
+
+def test_best_is_the_best_validation_run_of_the_latest_experiment(trained):
+    runs = latest(trained)
+    best = max(runs, key=lambda r: r["best_metric"])  # one seed each: the chosen setting is the only one
+    assert Predictor.from_run("best", trained["output"]).record["run_id"] == best["run_id"]
+
+
+def test_predict_on_texts_prints_labels_with_probabilities(trained, capsys):
+    assert cli(trained, "predict", "--text", "my refund money please", "--text", "where is my parcel", "--top-k", "2") == 0
+    out = capsys.readouterr().out
+    assert out.startswith("using run ") and "validation val_macro_f1" in out
+    assert "'my refund money please': refund (probability " in out and "; top: refund " in out
+    assert "'where is my parcel': " in out
+
+
+def test_predict_on_a_file_keeps_its_rows_and_order(trained, capsys):
+    rows = [{"id": i, "text": text} for i, text in enumerate(["login password locked", "", "parcel courier box"])]
+    path = trained["folder"] / "new.jsonl"
+    pd.DataFrame(rows).to_json(path, orient="records", lines=True)
+    assert cli(trained, "predict", "--input", path, "--top-k", "3") == 0
+    written = pd.read_csv(trained["folder"] / "new.predictions.csv", keep_default_na=False)
+    assert written["id"].tolist() == [0, 1, 2] and written["text"].tolist() == [r["text"] for r in rows]
+    assert {"predicted_label", "probability", "top_3_label", "top_3_probability"} <= set(written.columns)
+    assert written["predicted_label"][1] == ""  # the empty text gets an empty prediction, not a crash
+    expected = Predictor.from_run("best", trained["output"]).predict([rows[0]["text"], rows[2]["text"]])
+    assert [written["predicted_label"][0], written["predicted_label"][2]] == [e["predicted_label"] for e in expected]
+
+
+def exported_labels(folder, texts, adapter: bool, num_labels: int) -> list[str]:
+    """Labels from the exported folder, in a fresh process that cannot import this project."""
+    if adapter:
+        code = ("import json, sys, torch\nfrom peft import AutoPeftModelForSequenceClassification\n"
+                "from transformers import AutoTokenizer\n"
+                f"model = AutoPeftModelForSequenceClassification.from_pretrained(sys.argv[1], num_labels={num_labels})\n"
+                "tokenizer = AutoTokenizer.from_pretrained(sys.argv[1])\ntexts = json.loads(sys.argv[2])\n"
+                "with torch.no_grad():\n"
+                "    logits = torch.cat([model(**tokenizer([t], return_tensors='pt', truncation=True)).logits for t in texts])\n"
+                "names = json.load(open(sys.argv[1] + '/labels.json'))\n"
+                "print(json.dumps([names[i] for i in logits.argmax(-1).tolist()]))\n")
+    else:
+        code = ("import json, sys\nfrom transformers import pipeline\n"
+                "classify = pipeline('text-classification', model=sys.argv[1], device='cpu')\n"
+                "print(json.dumps([r['label'] for r in classify(json.loads(sys.argv[2]), truncation=True)]))\n")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    result = subprocess.run([sys.executable, "-c", code, str(folder), json.dumps(texts)], cwd=folder, env=env,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("strategy", ["full", "lora", "prompt_tuning"])
+def test_an_export_loads_without_this_project_and_agrees_with_predict(trained, strategy):
+    [record] = [r for r in latest(trained) if r["strategy"] == strategy]
+    out = trained["folder"] / f"export-{strategy}"
+    assert cli(trained, "export", "--run", record["run_id"], "--out", out) == 0
+    card = (out / "README.md").read_text()
+    assert f"run `{record['run_id']}`" in card and "| refund |" in card and "truncated" in card
+    texts = trained["test_texts"]
+    expected = [row["predicted_label"] for row in Predictor.from_run(record["run_id"], trained["output"]).predict(texts)]
+    adapter = strategy == "prompt_tuning"
+    assert (out / "adapter_config.json").exists() == adapter and (out / "config.json").exists() != adapter
+    if adapter:  # the card's recipe, with the label names it lists
+        (out / "labels.json").write_text(json.dumps(record["dataset"]["label_names"]))
+    assert exported_labels(out, texts, adapter, len(record["dataset"]["label_names"])) == expected
+
+
+def test_bad_inputs_are_one_line_with_exit_status_2(trained, capsys):
+    failed = next(r for r in trained["runs"] if r["status"] == "failed")
+    weightless = next(r for r in trained["runs"] if r["seed"] == 7)
+    not_a_run = trained["folder"] / "not-a-run"
+    not_a_run.mkdir()
+    no_text = trained["folder"] / "no_text.csv"
+    pd.DataFrame([{"question": "a", "label": "b"}]).to_csv(no_text, index=False)
+    broken = trained["folder"] / "broken.jsonl"
+    broken.write_text('{"text": "a"}\n{"text": \n')
+    full_out = trained["folder"] / "full-out"
+    full_out.mkdir()
+    (full_out / "something.txt").write_text("x")
+    cases = [
+        (["predict", "--run", "nope-123", "--text", "x"], "no run 'nope-123' in"),
+        (["predict", "--run", "nope-123", "--text", "x"], "the most recent: "),
+        (["predict", "--run", not_a_run, "--text", "x"], "is not a run folder (no record.json)"),
+        (["predict", "--run", failed["run_id"], "--text", "x"], f"run {failed['run_id']} failed (TrainingFailed"),
+        (["export", "--run", weightless["run_id"], "--out", trained["folder"] / "x"], "kept no weights"),
+        (["predict", "--input", no_text], "--text-column: column 'text' not in no_text.csv; its columns: question, label"),
+        (["predict", "--input", broken], "--input: could not read"),
+        (["predict", "--input", trained["folder"] / "missing.csv"], "--input: "),
+        (["export", "--out", full_out], "exists and is not empty; choose another folder or pass --force"),
+        (["predict", "--text", "x", "--top-k", "0"], "--top-k: got 0"),
+    ]
+    for argv, expected in cases:
+        capsys.readouterr()
+        assert cli(trained, *argv) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: ") and "\n" not in err and expected in err, (argv, err)
+    assert cli(trained, "export", "--out", full_out, "--force") == 0  # --force writes into it
