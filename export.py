@@ -10,7 +10,7 @@ from pathlib import Path
 
 import peft
 
-from model import load_tokenizer, resolve_model_path
+from model import BUNDLED_MODELS, load_tokenizer, resolve_model_path
 from predict import load_run
 from report import aggregate
 from results import read_results, results_file
@@ -70,7 +70,9 @@ def model_card(record: dict, cfg, runs: list[dict], adapter: bool) -> str:
                   'classify = pipeline("text-classification", model=FOLDER)',
                   'classify(["your text"], truncation=True, top_k=3)', "```"]
     lines += ["", "## Training", "",
-              f"- Base model: `{record['model']}`; strategy `{record['strategy']}`, "
+              f"- Base model: `{record['model']}`"
+              + (f" (bundled by the pip package `{BUNDLED_MODELS[record['model']]}`)" if record["model"] in BUNDLED_MODELS else "")
+              + f"; strategy `{record['strategy']}`, "
               f"{record['trainable_params']:,} of {record['total_params']:,} weights trained ({record['trainable_pct']}%).",
               f"- Settings: {json.dumps(settings)}.",
               f"- Data: `{dataset['name']}` (fingerprint {dataset['fingerprint']}); split sizes "

@@ -112,7 +112,7 @@ class Predictor:
         r = self.record
         validation = r["best_metric"]
         test = r["test"][self.task.main_metric]
-        return (f"run {r['run_id']} ({r['strategy']}, {r['model']}): validation {self.cfg.training.early_stopping.metric} "
+        return (f"run {r['run_id']} ({r['strategy']}, {r['model']}): {self.task.label(self.cfg.training.early_stopping.metric)} "
                 f"{validation:.4f}, {self.task.label('test_' + self.task.main_metric)} {test:.4f}")
 
     def predict(self, texts: list[str], top_k: int = 1) -> list[dict]:

@@ -12,6 +12,15 @@ import tempfile
 from pathlib import Path
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()
+
+
 class ConfigError(Exception):
     """A user mistake (config, command line or data): shown as one line, exit status 2."""
 
@@ -38,6 +47,7 @@ def atomic_open(path: Path):
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes files private; results are shared like any file written
         with os.fdopen(fd, "wb") as f:
             yield f
             f.flush()

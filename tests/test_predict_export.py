@@ -70,7 +70,7 @@ def test_best_is_the_best_validation_run_of_the_latest_experiment(trained):
 def test_predict_on_texts_prints_labels_with_probabilities(trained, capsys):
     assert cli(trained, "predict", "--text", "my refund money please", "--text", "where is my parcel", "--top-k", "2") == 0
     out = capsys.readouterr().out
-    assert out.startswith("using run ") and "validation val_macro_f1" in out
+    assert out.startswith("using run ") and "validation macro-F1 " in out
     assert "'my refund money please': refund (probability " in out and "; top: refund " in out
     assert "'where is my parcel': " in out
 

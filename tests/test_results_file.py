@@ -27,3 +27,13 @@ def test_a_rerun_replaces_only_its_own_record(tmp_path):
     save_record(path, {"run_id": "a", "status": "completed"})
     assert json.loads(path.read_text())["runs"] == [{"run_id": "b", "status": "completed"},
                                                      {"run_id": "a", "status": "completed"}]
+
+
+def test_written_files_are_readable_like_any_other_file(tmp_path):
+    import os
+
+    from utils import atomic_write_json
+
+    atomic_write_json(tmp_path / "shared.json", {"a": 1})
+    (tmp_path / "plain.txt").write_text("x")
+    assert os.stat(tmp_path / "shared.json").st_mode & 0o777 == os.stat(tmp_path / "plain.txt").st_mode & 0o777
