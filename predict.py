@@ -19,8 +19,8 @@ from checkpoints import BEST_WEIGHTS, load_weights
 from config import Config, load_config
 from data import Encoded, read_file
 from model import build_model, load_tokenizer
-from report import best_run, summarize
-from results import RUN_RECORD, read_results, results_file
+from report import best_of, best_run, headline_rows, summarize, task_of
+from results import RUN_RECORD, read_results, results_file, select_runs
 from tasks import TASKS
 from trainer import inference, make_accelerator
 from utils import ConfigError
@@ -40,7 +40,7 @@ def find_run(spec: str, output_dir: str | Path) -> Path:
         return folder
     records = read_results(results_file(output_dir))
     if spec == "best":
-        record = best_of_latest_experiment(output_dir, records)
+        record = best_of_latest_experiment(output_dir)
     else:
         record = next((r for r in records if r["run_id"] == spec), None)
         if record is None:
@@ -50,25 +50,17 @@ def find_run(spec: str, output_dir: str | Path) -> Path:
     return output_dir / "checkpoints" / record["strategy"] / record["run_id"]
 
 
-def best_of_latest_experiment(output_dir: Path, records: list[dict]) -> dict:
-    experiment_path = results_file(output_dir).with_name("experiment.json")
-    if not experiment_path.is_file():
+def best_of_latest_experiment(output_dir: Path) -> dict:
+    runs, experiment = select_runs(output_dir, None)
+    if experiment is None:
         raise ConfigError(f"--run best: no experiment in {output_dir} yet; run python main.py first "
                           "(or pass output.dir=... where your runs are)")
-    experiment = json.loads(experiment_path.read_text())
-    wanted = set(experiment["run_ids"])
-    runs = [r for r in records if r["run_id"] in wanted and r["status"] == "completed"]
+    runs = [r for r in runs if r["status"] == "completed"]
     if not runs:
         raise ConfigError(f"--run best: the latest experiment in {output_dir} has no completed run")
-    metric = experiment["config"]["training"]["early_stopping"]["metric"]
-    task = TASKS[runs[0].get("task", "classification")]
-    chosen = [row for row in summarize(runs, metric)["rows"] if row["chosen"]]
-    full_data = [row for row in chosen if row["shots_per_class"] is None]
-    candidates = full_data or [row for row in chosen if row["shots_per_class"] == max(r["shots_per_class"] for r in chosen)]
-    best_row = candidates[0]
-    for row in candidates[1:]:
-        if task.is_better(metric, row["validation"]["mean"], best_row["validation"]["mean"]):
-            best_row = row
+    metric, task = experiment["config"]["training"]["early_stopping"]["metric"], task_of(runs)
+    strategies, _ = headline_rows(summarize(runs, metric)["rows"])
+    best_row = best_of(strategies, lambda row: row["validation"]["mean"], metric, task)
     return best_run([r for r in runs if r.get("config_id") == best_row["config_id"]], metric, task)
 
 

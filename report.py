@@ -53,13 +53,29 @@ def validation_score(run: dict, metric: str) -> float:
     return next(h[metric] for h in run["history"] if h["epoch"] == run["best_epoch"])
 
 
-def best_run(runs: list[dict], metric: str, task: Task) -> dict:
-    """The run with the best validation score (the first among equals)."""
-    best = runs[0]
-    for run in runs[1:]:
-        if task.is_better(metric, validation_score(run, metric), validation_score(best, metric)):
-            best = run
+def best_of(items: list[dict], score: Callable[[dict], float], metric: str, task: Task) -> dict:
+    """The item with the best score for `metric` (the first among equals)."""
+    best = items[0]
+    for item in items[1:]:
+        if task.is_better(metric, score(item), score(best)):
+            best = item
     return best
+
+
+def best_run(runs: list[dict], metric: str, task: Task) -> dict:
+    """The run with the best validation score."""
+    return best_of(runs, lambda run: validation_score(run, metric), metric, task)
+
+
+def headline_rows(rows: list[dict]) -> tuple[list[dict], int | None]:
+    """The chosen configurations that stand for each strategy: those on the full training data, or in a
+    few-shot-only experiment those with the most examples per class (returned too; None otherwise)."""
+    chosen = [r for r in rows if r["chosen"]]
+    full_data = [r for r in chosen if r["shots_per_class"] is None]
+    if full_data:
+        return full_data, None
+    largest = max((r["shots_per_class"] for r in chosen), default=None)
+    return [r for r in chosen if r["shots_per_class"] == largest], largest
 
 
 def summarize(runs: list[dict], metric: str) -> dict:

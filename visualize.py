@@ -20,7 +20,7 @@ matplotlib.use("Agg")  # files only: no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from report import best_run, summarize, task_of, write_report  # noqa: E402
+from report import best_run, headline_rows, summarize, task_of, write_report  # noqa: E402
 from results import select_runs  # noqa: E402
 
 plt.rcParams.update({"font.size": 11, "axes.titlesize": 13, "figure.dpi": 120})
@@ -37,12 +37,8 @@ class Plotter:
         self.metric = summary["metric"]
         self.dataset = self.runs[0]["dataset"]["name"]
         self.model = ", ".join(sorted({r["model"] for r in self.runs}))
-        chosen = [r for r in self.rows if r["chosen"]]
-        # Headline plots use the full training set; a few-shot-only experiment, its largest k.
-        full_data = [r for r in chosen if r["shots_per_class"] is None]
-        largest = max((r["shots_per_class"] for r in chosen if r["shots_per_class"]), default=None)
-        self.headline = full_data or [r for r in chosen if r["shots_per_class"] == largest]
-        self.headline_note = "" if full_data else f", {largest} examples per class"
+        self.headline, largest = headline_rows(self.rows)
+        self.headline_note = "" if largest is None else f", {largest} examples per class"
 
     def runs_of(self, row: dict) -> list[dict]:
         return [r for r in self.runs if r.get("config_id", r["run_id"]) == row["config_id"]]
