@@ -85,6 +85,14 @@ class TrainingConfig:
     """Also checkpoint every N optimizer steps inside an epoch (long epochs); null: after each epoch only."""
     compile: bool = False
     """torch.compile each encoder layer: a compilation per run first; measured to pay only on long GPU runs."""
+    loss: Literal["cross_entropy", "focal"] = "cross_entropy"
+    """The loss training minimises, under every strategy; the validation loss stays plain cross-entropy, so runs with different losses compare."""
+    class_weights: Literal["balanced"] | list[float] | dict[str, float] | None = None
+    """Weight of each class in the training loss: `balanced` (n / (classes x count), from the run's own training rows), a list in label order, or {label: weight}; null: all 1."""
+    focal_gamma: float = 2.0
+    """Focal loss's exponent: how much well-classified examples are down-weighted (0 gives cross-entropy); the class weights act as its alpha."""
+    label_smoothing: float = 0.0
+    """Share of each target spread evenly over all classes (cross-entropy only)."""
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
     """When to stop, judged on validation."""
     seed: int = 42
@@ -269,6 +277,14 @@ def _rule_problems(cfg: Config) -> list[str]:
             t.gradient_accumulation_steps, "an integer >= 1")
     require(t.max_grad_norm is None or t.max_grad_norm > 0, "training.max_grad_norm", t.max_grad_norm,
             "a number > 0, or null to turn clipping off")
+    require(t.focal_gamma >= 0, "training.focal_gamma", t.focal_gamma, "a number >= 0")
+    require(0 <= t.label_smoothing < 1, "training.label_smoothing", t.label_smoothing, "0 <= share < 1")
+    require(t.loss == "cross_entropy" or t.label_smoothing == 0, "training.label_smoothing", t.label_smoothing,
+            "0 with training.loss: focal (label smoothing applies to cross-entropy)")
+    weights = t.class_weights
+    values = weights.values() if isinstance(weights, dict) else weights if isinstance(weights, list) else []
+    require(all(w > 0 for w in values) and weights not in ([], {}), "training.class_weights", weights,
+            "balanced, a non-empty list of numbers > 0 in label order, {label: number > 0}, or null")
     require(t.early_stopping.patience >= 1, "training.early_stopping.patience",
             t.early_stopping.patience, "an integer >= 1")
     if d.task in TASKS:

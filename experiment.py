@@ -16,7 +16,7 @@ import torch
 import yaml
 
 from checkpoints import saved_run_key
-from config import Config, expand_grid, strategy_settings
+from config import Config, TrainingConfig, expand_grid, strategy_settings
 from data import Encoded, LabelledData, few_shot_rows, load_data, tokenize
 from measure import PeakMemory, device_name, library_versions
 from model import build_model, check_against_model, load_model_config, load_tokenizer, parameter_counts
@@ -27,6 +27,10 @@ from trainer import evaluate, make_accelerator, train
 from utils import ConfigError, atomic_write_bytes, atomic_write_json, set_seed, stable_hash
 
 logger = logging.getLogger("bertlab")
+
+# Training keys added after run ids were first handed out: left out of the run key at their defaults, so
+# runs made before them keep their ids (and their cached results).
+ADDED_TRAINING_KEYS = ("loss", "class_weights", "focal_gamma", "label_smoothing")
 
 # The training speed assumed for the time estimate when no earlier run here gives one (MiniLM-L6,
 # max_length 64, 2 CPU cores).
@@ -48,7 +52,9 @@ class Run:
         (How often checkpoints are written changes nothing, so it may differ on --resume; the global
         learning rate is in `settings` when it is the one used.)"""
         excluded = ("checkpoint_every_steps", "seeds", "learning_rate")
-        training = {k: v for k, v in dataclasses.asdict(self.cfg.training).items() if k not in excluded}
+        defaults = dataclasses.asdict(TrainingConfig())
+        training = {k: v for k, v in dataclasses.asdict(self.cfg.training).items()
+                    if k not in excluded and not (k in ADDED_TRAINING_KEYS and v == defaults[k])}
         key = {"strategy": self.strategy, "settings": strategy_settings(self.cfg, self.strategy),
                "model": dataclasses.asdict(self.cfg.model), "training": training, "data_fingerprint": data_fingerprint}
         if self.shots is not None:

@@ -17,6 +17,8 @@ import torch.nn.functional as F
 from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support
 from transformers import AutoModelForSequenceClassification
 
+from utils import ConfigError
+
 
 @dataclass(frozen=True)
 class Metric:
@@ -51,6 +53,11 @@ class Task(abc.ABC):
     def loss(self, outputs, labels: torch.Tensor) -> torch.Tensor:
         """The loss summed over the batch's examples (not averaged), so that gradient accumulation can
         divide by the examples of the whole window and stay exact."""
+
+    def training_loss(self, t, train_labels: list, label_names: list[str]) -> Callable:
+        """The loss training minimises, under the training config `t` (summed like loss(); the validation loss
+        is always loss()). Tasks without loss options train on loss() itself."""
+        return self.loss
 
     @abc.abstractmethod
     def predict(self, outputs) -> torch.Tensor:
@@ -150,6 +157,20 @@ class Classification(Task):
     def loss(self, outputs, labels):
         return F.cross_entropy(outputs.logits.float(), labels, reduction="sum")
 
+    def training_loss(self, t, train_labels, label_names):
+        weights = class_weights(t.class_weights, train_labels, label_names)
+        if t.loss == "cross_entropy" and weights is None and t.label_smoothing == 0:
+            return self.loss
+
+        def loss(outputs, labels):
+            logits = outputs.logits.float()
+            weight = None if weights is None else weights.to(logits.device)
+            if t.loss == "cross_entropy":
+                return F.cross_entropy(logits, labels, weight=weight, label_smoothing=t.label_smoothing, reduction="sum")
+            return focal_loss(logits, labels, t.focal_gamma, weight)
+
+        return loss
+
     def predict(self, outputs):
         return outputs.logits.argmax(-1)
 
@@ -200,6 +221,33 @@ class Classification(Task):
         denominator = predicted + actual
         f1 = np.divide(2 * true_positive, denominator, out=np.zeros_like(true_positive), where=denominator > 0)
         return {"accuracy": sums[:, 0] / counts, "macro_f1": f1.mean(1)}
+
+
+def class_weights(setting, train_labels: list[int], label_names: list[str]) -> torch.Tensor | None:
+    """training.class_weights as one weight per label id: `balanced` gives n / (classes x count of the class)
+    over the training rows the run uses, so every class weighs the same in total."""
+    if setting is None:
+        return None
+    if setting == "balanced":
+        counts = np.bincount(np.asarray(train_labels, dtype=np.int64), minlength=len(label_names))
+        return torch.tensor(len(train_labels) / (len(label_names) * np.maximum(counts, 1)), dtype=torch.float32)
+    if isinstance(setting, dict):
+        unknown = sorted(set(setting) - set(label_names))
+        if unknown:
+            raise ConfigError(f"training.class_weights: no label {', '.join(map(repr, unknown))} in the data; its labels: "
+                              f"{', '.join(label_names)}")
+        setting = [setting.get(name, 1.0) for name in label_names]
+    if len(setting) != len(label_names):
+        raise ConfigError(f"training.class_weights: got {len(setting)} weights, allowed: one per label "
+                          f"({len(label_names)}: {', '.join(label_names)})")
+    return torch.tensor(setting, dtype=torch.float32)
+
+
+def focal_loss(logits: torch.Tensor, labels: torch.Tensor, gamma: float, weight: torch.Tensor | None) -> torch.Tensor:
+    """Focal loss (Lin et al. 2017), summed: -alpha_y (1 - p_y)^gamma log p_y, with the class weights as alpha."""
+    log_p = F.log_softmax(logits, -1).gather(1, labels[:, None]).squeeze(1)
+    loss = -((1 - log_p.exp()) ** gamma) * log_p
+    return (loss if weight is None else loss * weight[labels]).sum()
 
 
 TASKS: dict[str, Task] = {

@@ -114,6 +114,7 @@ def train(model: torch.nn.Module, encoded: Encoded, cfg: Config, learning_rate: 
           accelerator: Accelerator, run_key: dict, resume: bool = False) -> dict:
     """Train with validation each epoch; return the history and leave the best weights in `model`."""
     t, task = cfg.training, TASKS[cfg.data.task]
+    loss_of = task.training_loss(t, encoded.labels["train"], encoded.label_names)  # validation uses task.loss
     num_batches = math.ceil(len(encoded.labels["train"]) / t.batch_size)
     total_steps = math.ceil(num_batches / t.gradient_accumulation_steps) * t.num_epochs
     optimizer = make_optimizer(model, learning_rate, t.weight_decay)
@@ -137,8 +138,8 @@ def train(model: torch.nn.Module, encoded: Encoded, cfg: Config, learning_rate: 
     epochs_left = range(state.epoch, t.num_epochs) if state.stop_reason is None else range(0)
     with StopRequest() as stop:
         for epoch in epochs_left:
-            train_loss, seconds = train_epoch(model, optimizer, scheduler, accelerator, encoded, t, task, epoch,
-                                              state, checkpoint, stop)
+            train_loss, seconds = train_epoch(model, optimizer, scheduler, accelerator, encoded, t, task, loss_of,
+                                              epoch, state, checkpoint, stop)
             with stopwatch(spent, "validation_time_s"):
                 val = evaluate(model, encoded, "validation", t, accelerator, task)
             state.epoch, state.batches_done, state.epoch_loss, state.epoch_seconds = epoch + 1, 0, 0.0, 0.0
@@ -172,7 +173,7 @@ def train(model: torch.nn.Module, encoded: Encoded, cfg: Config, learning_rate: 
 
 
 def train_epoch(model, optimizer, scheduler, accelerator: Accelerator, encoded: Encoded, t: TrainingConfig, task: Task,
-                epoch: int, state: TrainState, checkpoint, stop: StopRequest) -> tuple[float, float]:
+                loss_of: Callable, epoch: int, state: TrainState, checkpoint, stop: StopRequest) -> tuple[float, float]:
     """One pass over the training split (from where a mid-epoch checkpoint left it); returns the mean
     loss per example and the seconds it took."""
     ids, labels = encoded.ids["train"], encoded.labels["train"]
@@ -191,7 +192,7 @@ def train_epoch(model, optimizer, scheduler, accelerator: Accelerator, encoded: 
         # Each window's loss is the mean over its examples, so 2 x 4 accumulates exactly what 8 does.
         window_examples = sum(len(b) for b in batches[window_start:window_start + accum])
         batch = device_batch(encoded, "train", batches[i], accelerator, task)
-        loss = task.loss(model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]), batch["labels"])
+        loss = loss_of(model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]), batch["labels"])
         accelerator.backward(loss / window_examples)
         loss_total += loss.detach()
         first_nonfinite = torch.where((first_nonfinite < 0) & ~torch.isfinite(loss.detach()), i, first_nonfinite)

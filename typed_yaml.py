@@ -101,7 +101,11 @@ def _convert(value, tp) -> tuple[bool, Any]:
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return True, None
-        return _convert(value, next(a for a in args if a is not type(None)))
+        for option in (a for a in args if a is not type(None)):  # the first type the value fits
+            ok, converted = _convert(value, option)
+            if ok:
+                return True, converted
+        return False, value
     if origin is Literal:
         return value in args, value
     if origin is list:
@@ -109,10 +113,15 @@ def _convert(value, tp) -> tuple[bool, Any]:
             return False, value
         items = [_convert(item, args[0]) for item in value] if args else [(True, item) for item in value]
         return all(ok for ok, _ in items), [item for _, item in items]
-    if origin is dict:  # the sweep: its values are typed later, key by key, when the grid is built
+    if origin is dict and args[1] is list:  # the sweep: its values are typed later, key by key, with the grid
         ok = isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, list) and v
                                              for k, v in value.items())
         return ok, value
+    if origin is dict:
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            return False, value
+        items = {k: _convert(v, args[1]) for k, v in value.items()}
+        return all(ok for ok, _ in items.values()), {k: v for k, (_, v) in items.items()}
     if tp is bool:
         return isinstance(value, bool), value
     if tp is int:
@@ -141,6 +150,8 @@ def type_name(tp) -> str:
         return "one of " + ", ".join(repr(a) for a in args)
     if origin is list:
         return f"a list of {type_name(args[0])}"
-    if origin is dict:
+    if origin is dict and args[1] is list:
         return "a mapping of dotted keys to non-empty lists, e.g. {training.batch_size: [16, 32]}"
+    if origin is dict:
+        return f"a mapping from names to {type_name(args[1]).removeprefix('a ').removeprefix('an ')}s"
     return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}[tp]
