@@ -93,6 +93,8 @@ class TrainingConfig:
     """Focal loss's exponent: how much well-classified examples are down-weighted (0 gives cross-entropy); the class weights act as its alpha."""
     label_smoothing: float = 0.0
     """Share of each target spread evenly over all classes (cross-entropy only)."""
+    sampler: Literal["random", "oversample", "undersample"] = "random"
+    """Training rows per epoch: each once; every class drawn up to the largest class's count; or a fresh subset of every class at the smallest's (validation and test never change)."""
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
     """When to stop, judged on validation."""
     seed: int = 42

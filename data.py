@@ -248,13 +248,34 @@ def tokenize(data: LabelledData, tokenizer, max_length: int) -> Encoded:
     return Encoded(ids=ids, labels=data.labels, pad_id=tokenizer.pad_token_id, label_names=data.label_names)
 
 
-def train_batches(lengths: list[int], batch_size: int, seed: int, epoch: int) -> list[list[int]]:
-    """Random batches of similar length: shuffle, sort within windows of SORT_WINDOW_BATCHES batches, shuffle
-    the batches.
+def epoch_rows(labels: list[int], sampler: str, seed: int, epoch: int) -> np.ndarray:
+    """The training rows of one epoch (training.sampler): all of them once (`random`); every class drawn up to
+    the largest class's count, its own rows first and then random repeats (`oversample`); or a fresh random
+    subset of every class, down to the smallest class's count (`undersample`). Only the training split is ever
+    resampled. A pure function of (seed, epoch), so a run resumed mid-epoch goes on with the same rows."""
+    labels = np.asarray(labels)
+    if sampler == "random":
+        return np.arange(len(labels))
+    rng = np.random.default_rng([seed, epoch, 1])  # its own stream, apart from the batch order's
+    classes = [np.flatnonzero(labels == label) for label in np.unique(labels)]
+    if sampler == "oversample":
+        largest = max(len(rows) for rows in classes)
+        drawn = [np.concatenate([rows, rng.choice(rows, largest - len(rows), replace=True)]) for rows in classes]
+    else:
+        smallest = min(len(rows) for rows in classes)
+        drawn = [rng.choice(rows, smallest, replace=False) for rows in classes]
+    return np.sort(np.concatenate(drawn))
+
+
+def train_batches(lengths: list[int], batch_size: int, seed: int, epoch: int,
+                  rows: np.ndarray | None = None) -> list[list[int]]:
+    """Random batches of similar length over `rows` (default: every row once): shuffle, sort within windows of
+    SORT_WINDOW_BATCHES batches, shuffle the batches.
 
     The order is a pure function of (seed, epoch), so a resumed run sees the same batches."""
     rng = np.random.default_rng([seed, epoch])
-    order = rng.permutation(len(lengths))
+    rows = np.arange(len(lengths)) if rows is None else np.asarray(rows)
+    order = rows[rng.permutation(len(rows))]
     window = batch_size * SORT_WINDOW_BATCHES
     batches = []
     for start in range(0, len(order), window):

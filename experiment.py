@@ -30,7 +30,7 @@ logger = logging.getLogger("bertlab")
 
 # Training keys added after run ids were first handed out: left out of the run key at their defaults, so
 # runs made before them keep their ids (and their cached results).
-ADDED_TRAINING_KEYS = ("loss", "class_weights", "focal_gamma", "label_smoothing")
+ADDED_TRAINING_KEYS = ("loss", "class_weights", "focal_gamma", "label_smoothing", "sampler")
 
 # The training speed assumed for the time estimate when no earlier run here gives one (MiniLM-L6,
 # max_length 64, 2 CPU cores).

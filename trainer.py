@@ -22,7 +22,7 @@ from transformers import get_linear_schedule_with_warmup
 from checkpoints import (BEST_WEIGHTS, RESUME_STATE, epoch_weights, load_checkpoint, save_checkpoint, save_weights,
                          trainable_weights)
 from config import Config, TrainingConfig
-from data import Encoded, collate, eval_batches, train_batches
+from data import Encoded, collate, epoch_rows, eval_batches, train_batches
 from measure import stopwatch
 from tasks import TASKS, Task
 
@@ -115,7 +115,8 @@ def train(model: torch.nn.Module, encoded: Encoded, cfg: Config, learning_rate: 
     """Train with validation each epoch; return the history and leave the best weights in `model`."""
     t, task = cfg.training, TASKS[cfg.data.task]
     loss_of = task.training_loss(t, encoded.labels["train"], encoded.label_names)  # validation uses task.loss
-    num_batches = math.ceil(len(encoded.labels["train"]) / t.batch_size)
+    epoch_examples = len(epoch_rows(encoded.labels["train"], t.sampler, t.seed, 0))  # the same in every epoch
+    num_batches = math.ceil(epoch_examples / t.batch_size)
     total_steps = math.ceil(num_batches / t.gradient_accumulation_steps) * t.num_epochs
     optimizer = make_optimizer(model, learning_rate, t.weight_decay)
     model, optimizer = accelerator.prepare(model, optimizer)
@@ -168,7 +169,7 @@ def train(model: torch.nn.Module, encoded: Encoded, cfg: Config, learning_rate: 
     train_seconds = sum(h["seconds"] for h in state.history)
     return {"history": state.history, "best_epoch": state.best_epoch, "best_metric": state.best_metric,
             "stop_reason": state.stop_reason, "optimizer_steps": state.step, "train_time_s": round(train_seconds, 2),
-            "train_samples_per_s": round(len(encoded.labels["train"]) * len(state.history) / train_seconds, 2),
+            "train_samples_per_s": round(epoch_examples * len(state.history) / train_seconds, 2),
             **{key: round(seconds, 2) for key, seconds in spent.items()}}
 
 
@@ -177,7 +178,8 @@ def train_epoch(model, optimizer, scheduler, accelerator: Accelerator, encoded: 
     """One pass over the training split (from where a mid-epoch checkpoint left it); returns the mean
     loss per example and the seconds it took."""
     ids, labels = encoded.ids["train"], encoded.labels["train"]
-    batches = train_batches([len(x) for x in ids], t.batch_size, t.seed, epoch)
+    rows = epoch_rows(labels, t.sampler, t.seed, epoch)
+    batches = train_batches([len(x) for x in ids], t.batch_size, t.seed, epoch, rows)
     accum = t.gradient_accumulation_steps
     model.train()
     # summed on the device: no host sync per step
@@ -216,7 +218,7 @@ def train_epoch(model, optimizer, scheduler, accelerator: Accelerator, encoded: 
                 start += time.perf_counter() - paused  # the epoch's seconds count training only
                 if stop.requested:
                     raise KeyboardInterrupt
-    return loss_total.item() / len(labels), time.perf_counter() - start
+    return loss_total.item() / len(rows), time.perf_counter() - start
 
 
 def _fail_if_nonfinite(batch: int, epoch: int, num_batches: int, accum: int) -> None:

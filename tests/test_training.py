@@ -116,20 +116,37 @@ def test_a_loss_that_is_no_longer_finite_fails_the_run_with_a_hint(write_config,
         run(cfg, data, encoded, tmp_path / "r")
 
 
-def test_ctrl_c_mid_epoch_checkpoints_and_resume_equals_uninterrupted(write_config, tmp_path, monkeypatch):
+@pytest.mark.parametrize("sampler, login_rows, batches_to_ctrl_c", [
+    # 54 training rows in batches of 8: 7 steps per epoch; epoch 1 takes 7 training + 2 validation batches
+    ("random", 30, 12),
+    # 18 refund, 18 delivery and 4 login training rows, each class drawn up to 18: again 54 rows an epoch, with
+    # the login rows repeated differently in each epoch; 13 validation rows make 1 batch
+    ("oversample", 6, 11),
+])
+def test_ctrl_c_mid_epoch_checkpoints_and_resume_equals_uninterrupted(sampler, login_rows, batches_to_ctrl_c,
+                                                                      write_config, tmp_path, monkeypatch):
     import os
     import signal
 
-    # 54 rows in batches of 8: 7 steps per epoch, checkpoints every 2 steps inside epochs
+    import pandas as pd
+
+    from conftest import labelled_rows
+
+    rows = labelled_rows(per_class=30)
+    path = tmp_path / "imbalanced.csv"
+    pd.DataFrame([r for r in rows if r["label"] != "login"] + [r for r in rows if r["label"] == "login"][:login_rows]
+                 ).to_csv(path, index=False)
+    # checkpoints every 2 steps inside epochs
     cfg, data, encoded = prepared(write_config(), ["training.num_epochs=2", "training.early_stopping.enabled=false",
-                                                   "training.checkpoint_every_steps=2"])
+                                                   "training.checkpoint_every_steps=2", f"training.sampler={sampler}",
+                                                   f"data.path={path}"])
     straight, expected = run(cfg, data, encoded, tmp_path / "straight")
 
     real_collate, calls = trainer.collate, []
 
     def collate_then_ctrl_c(*args, **kwargs):
         calls.append(1)
-        if len(calls) == 12:  # epoch 1 takes 7 training + 2 validation batches: this is epoch 2's third batch
+        if len(calls) == batches_to_ctrl_c:  # epoch 2's third batch
             os.kill(os.getpid(), signal.SIGINT)
         return real_collate(*args, **kwargs)
 
