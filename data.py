@@ -240,11 +240,15 @@ def few_shot_rows(labels: list[int], shots: int, seed: int, draw: int) -> list[i
     return sorted(rows)
 
 
+def token_ids(tokenizer, texts: list[str], max_length: int) -> list[list[int]]:
+    """Texts as token ids, truncated at max_length and unpadded: the same for training and for predict."""
+    return tokenizer(texts, truncation=True, max_length=max_length, return_attention_mask=False,
+                     return_token_type_ids=False)["input_ids"]
+
+
 def tokenize(data: LabelledData, tokenizer, max_length: int) -> Encoded:
     """Tokenize every split once; padding happens per batch, to that batch's longest row."""
-    ids = {split: tokenizer(data.texts[split], truncation=True, max_length=max_length,
-                            return_attention_mask=False, return_token_type_ids=False)["input_ids"]
-           for split in SPLITS}
+    ids = {split: token_ids(tokenizer, data.texts[split], max_length) for split in SPLITS}
     return Encoded(ids=ids, labels=data.labels, pad_id=tokenizer.pad_token_id, label_names=data.label_names)
 
 

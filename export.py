@@ -12,9 +12,8 @@ import peft
 
 from model import BUNDLED_MODELS, load_tokenizer, resolve_model_path
 from predict import load_run
-from report import aggregate
+from report import aggregate, task_of
 from results import read_results, results_file
-from tasks import TASKS
 from utils import ConfigError
 
 
@@ -23,7 +22,7 @@ def export_run(run: str, output_dir: str | Path, out: Path, force: bool = False)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
         raise ConfigError(f"--out: '{out}' exists and is not empty; choose another folder or pass --force to write "
                           "into it")
-    folder, cfg, record, model = load_run(run, output_dir)
+    _, cfg, record, model = load_run(run, output_dir)
     tokenizer = load_tokenizer(cfg)
     tokenizer.model_max_length = cfg.model.max_length  # texts are truncated where the run truncated them
     out.mkdir(parents=True, exist_ok=True)
@@ -47,7 +46,7 @@ def _scores(runs: list[dict], key: str) -> str:
 
 
 def model_card(record: dict, cfg, runs: list[dict], adapter: bool) -> str:
-    task = TASKS[record.get("task", "classification")]
+    task = task_of([record])
     dataset = record["dataset"]
     labels = dataset["label_names"]
     settings = {k: v for k, v in record["hyperparameters"].items()

@@ -17,11 +17,10 @@ import pandas as pd
 
 from checkpoints import BEST_WEIGHTS, load_weights
 from config import Config, load_config
-from data import Encoded, read_file
+from data import Encoded, read_file, token_ids
 from model import build_model, load_tokenizer
 from report import best_of, best_run, headline_rows, summarize, task_of
 from results import RUN_RECORD, read_results, results_file, select_runs
-from tasks import TASKS
 from trainer import inference, make_accelerator
 from utils import ConfigError
 
@@ -91,7 +90,7 @@ class Predictor:
 
     def __init__(self, model, tokenizer, cfg: Config, record: dict, accelerator):
         self.model, self.tokenizer, self.cfg, self.record, self.accelerator = model, tokenizer, cfg, record, accelerator
-        self.task = TASKS[record.get("task", "classification")]
+        self.task = task_of([record])
         self.label_names = record["dataset"]["label_names"]
 
     @classmethod
@@ -113,8 +112,7 @@ class Predictor:
         kept = [i for i, text in enumerate(texts) if isinstance(text, str) and text.strip()]
         if not kept:
             return [{} for _ in texts]
-        ids = self.tokenizer([texts[i] for i in kept], truncation=True, max_length=self.cfg.model.max_length,
-                             return_attention_mask=False, return_token_type_ids=False)["input_ids"]
+        ids = token_ids(self.tokenizer, [texts[i] for i in kept], self.cfg.model.max_length)
         encoded = Encoded(ids={"texts": ids}, labels=None, pad_id=self.tokenizer.pad_token_id,
                           label_names=self.label_names)
         _, values = inference(self.model, encoded, "texts", self.cfg.training, self.accelerator, self.task,
