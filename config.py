@@ -21,10 +21,22 @@ from utils import ConfigError
 class ModelConfig:
     name: str = "minilm"
     """Hub id (`bert-base-uncased`), local folder, or `minilm`: MiniLM-L6-H384, bundled through pip."""
-    max_length: int = 128
-    """Tokens kept per text; longer texts are truncated. Time and memory grow with it."""
+    max_length: int | Literal["auto"] = 128
+    """Tokens kept per text; longer texts are truncated. Time and memory grow with it. `auto`: the training split's 95th-percentile length rounded up to a multiple of 8, within the model's limit (the log and the data report say what it picked)."""
     dropout: float | None = None
     """Hidden and attention dropout; null keeps the model's own (0.1 for BERT)."""
+
+
+@dataclass
+class AugmentConfig:
+    enabled: bool = False
+    """Add perturbed copies of training texts (training split only; validation and test never change)."""
+    copies: int = 1
+    """Perturbed copies added per augmented text."""
+    probability: float = 0.1
+    """Share of a text's words each copy changes: that many random swaps or insertions (at least one), or each word deleted with this probability."""
+    minority_only: bool = True
+    """Augment only the classes with fewer training rows than the mean per class; false: every class."""
 
 
 @dataclass
@@ -47,6 +59,12 @@ class DataConfig:
     """Share of train held out for test when the source has no test split."""
     seed: int = 42
     """Seeds the splits and the `train_size` sample: the same seed gives the same splits."""
+    drop_duplicates: bool = True
+    """Keep one copy of a text repeated within a split (case and whitespace ignored); a text repeated with different labels is dropped and reported. false: keep every row (still counted in the data report)."""
+    remove_leakage: bool = True
+    """Remove from validation the texts also in train, and from test those also in train or validation. false: keep them (still counted in the data report)."""
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    """Word-level augmentation of training texts (random swap, deletion, and insertion of a word from the same class's texts), seeded by the run's seed."""
 
 
 @dataclass
@@ -199,6 +217,8 @@ class Config:
     """Learning rates tried for every strategy."""
     sweep: dict[str, list] = field(default_factory=dict)
     """Dotted key -> list of values; the runs form a grid (a `strategies.<name>.` key varies only that strategy)."""
+    variants: dict[str, dict] = field(default_factory=dict)
+    """Named settings compared side by side, each a mapping of dotted keys to one value: `{plain: {}, weighted: {training.class_weights: balanced}, focal: {training.loss: focal}}`. Crossed with the sweep; the summary names each run's variant."""
     few_shot: FewShotConfig = field(default_factory=FewShotConfig)
     """Learning curves over examples per class."""
     output: OutputConfig = field(default_factory=OutputConfig)
@@ -254,7 +274,7 @@ def _rule_problems(cfg: Config) -> list[str]:
             problems.append(f"{key}: got {value!r}, allowed: {allowed}")
 
     m, d, t = cfg.model, cfg.data, cfg.training
-    require(m.max_length >= 8, "model.max_length", m.max_length, "an integer >= 8")
+    require(m.max_length == "auto" or m.max_length >= 8, "model.max_length", m.max_length, "an integer >= 8, or auto")
     require(m.dropout is None or 0 <= m.dropout < 1, "model.dropout", m.dropout, "0 <= dropout < 1, or null")
     require(d.task in TASKS, "data.task", d.task, ", ".join(TASKS))
     if (d.name is None) == (d.path is None):
@@ -262,6 +282,8 @@ def _rule_problems(cfg: Config) -> list[str]:
                         f"file or folder); got name={d.name!r}, path={d.path!r}")
     require(d.train_size is None or d.train_size >= 2, "data.train_size", d.train_size, "an integer >= 2, or null")
     require(0 < d.validation_size < 1, "data.validation_size", d.validation_size, "0 < share < 1")
+    require(d.augment.copies >= 1, "data.augment.copies", d.augment.copies, "an integer >= 1")
+    require(0 < d.augment.probability <= 0.5, "data.augment.probability", d.augment.probability, "0 < share <= 0.5")
     require(0 < d.test_size < 1, "data.test_size", d.test_size, "0 < share < 1")
     require(d.validation_size + d.test_size < 1, "data.validation_size + data.test_size",
             d.validation_size + d.test_size, "a sum below 1, so that training rows remain")
@@ -340,7 +362,7 @@ NOT_SWEEPABLE = {
 def grid_axes(cfg: Config, strategy: str) -> dict[str, list]:
     """The dotted keys this strategy's runs vary, and their values (seeds and few-shot draws aside)."""
     own = getattr(cfg.strategies, strategy)
-    axes = {}
+    axes: dict[str, list] = {"variant": list(cfg.variants)} if cfg.variants else {}
     rates = own.learning_rates or cfg.ablation.learning_rates
     if rates:
         axes[f"strategies.{strategy}.learning_rate"] = rates
@@ -358,14 +380,15 @@ def expand_grid(cfg: Config, strategy: str) -> list[tuple[dict[str, Any], Config
     Each point is rebuilt and validated with the same schema and rules as a config file."""
     axes = grid_axes(cfg, strategy)
     base = dataclasses.asdict(cfg)
-    base.update(sweep={}, ablation={}, few_shot={"enabled": False})
+    base.update(sweep={}, variants={}, ablation={}, few_shot={"enabled": False})
     for section in base["strategies"].values():
         section.update(learning_rates=None, **({"rank_values": None} if "rank_values" in section else {}))
     points = []
     for values in itertools.product(*axes.values()):
         raw = copy.deepcopy(base)
         for key, value in zip(axes, values):
-            set_dotted(raw, key, value)
+            for dotted, single in (cfg.variants[value].items() if key == "variant" else [(key, value)]):
+                set_dotted(raw, dotted, single)
         point, problems = _validated(raw)
         if problems:
             setting = ", ".join(f"{k}={v}" for k, v in zip(axes, values))
@@ -376,11 +399,15 @@ def expand_grid(cfg: Config, strategy: str) -> list[tuple[dict[str, Any], Config
 
 def _grid_problems(cfg: Config) -> list[str]:
     problems = []
-    for key in cfg.sweep:
-        if key in NOT_SWEEPABLE or key.split(".")[0] in ("sweep", "ablation", "few_shot") or \
+    varied = [(f"sweep.{key}", key) for key in cfg.sweep]
+    varied += [(f"variants.{name}.{key}", key) for name, settings in cfg.variants.items() for key in settings]
+    for where, key in varied:
+        if key in NOT_SWEEPABLE or key.split(".")[0] in ("sweep", "variants", "ablation", "few_shot") or \
                 key.rsplit(".", 1)[-1] in GRID_KEYS:
             why = NOT_SWEEPABLE.get(key, "it shapes the experiment itself")
-            problems.append(f"sweep.{key}: cannot be swept ({why})")
+            problems.append(f"{where}: cannot be {'swept' if where.startswith('sweep.') else 'set in a variant'} ({why})")
+        elif where.startswith("variants.") and key in cfg.sweep:
+            problems.append(f"{where}: also swept in sweep.{key}; vary it in one place")
     for strategy in STRATEGY_NAMES:
         own = getattr(cfg.strategies, strategy)
         for key, list_key in ((f"strategies.{strategy}.learning_rate", "learning_rates"),
@@ -393,5 +420,6 @@ def _grid_problems(cfg: Config) -> list[str]:
         try:
             expand_grid(cfg, strategy)
         except ConfigError as err:
-            problems.append(f"sweep: {err}")
+            where = " and ".join(name for name, used in (("sweep", cfg.sweep), ("variants", cfg.variants)) if used)
+            problems.append(f"{where or 'grid'}: {err}")
     return list(dict.fromkeys(problems))  # the same mistake shows once, not once per strategy

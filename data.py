@@ -12,7 +12,7 @@ import pandas as pd
 import torch
 from sklearn.model_selection import train_test_split
 
-from config import DataConfig
+from config import AugmentConfig, DataConfig
 from utils import ConfigError, stable_hash
 
 logger = logging.getLogger(__name__)
@@ -59,6 +59,7 @@ class LabelledData:
     texts: dict[str, list[str]]
     labels: dict[str, list[int]]
     label_names: list[str]
+    cleaning: dict = dataclasses.field(default_factory=dict)  # what load_data dropped or found, per split
 
     @property
     def fingerprint(self) -> str:
@@ -80,8 +81,11 @@ def load_data(cfg: DataConfig) -> LabelledData:
         frames, hub_names = _read_local(Path(cfg.path)), None
         text_column, label_column = cfg.text_column or "text", cfg.label_column or "label"
         name = Path(cfg.path).stem if Path(cfg.path).is_file() else Path(cfg.path).name
-    frames = {split: _clean(frame, split, text_column, label_column) for split, frame in frames.items()}
+    cleaning = {split: {} for split in SPLITS}
+    frames = {split: _clean(frame, split, text_column, label_column, cleaning[split]) for split, frame in frames.items()}
+    frames = {split: _drop_duplicates(frame, split, cfg.drop_duplicates, cleaning[split]) for split, frame in frames.items()}
     frames = _carve_missing_splits(frames, cfg)
+    frames = _remove_leakage(frames, cfg.remove_leakage, cleaning)
     if cfg.train_size is not None and cfg.train_size < len(frames["train"]):
         frames["train"] = _stratified_take(frames["train"], cfg.train_size, cfg.seed)
     label_names, to_id = _label_vocabulary(frames["train"]["label"], hub_names)
@@ -92,7 +96,7 @@ def load_data(cfg: DataConfig) -> LabelledData:
             raise ConfigError(f"data: the {split} split has labels that training never saw: {', '.join(unseen[:10])}")
         labels[split] = [to_id[v] for v in frame["label"]]
     texts = {split: frame["text"].tolist() for split, frame in frames.items()}
-    return LabelledData(name=name, texts=texts, labels=labels, label_names=label_names)
+    return LabelledData(name=name, texts=texts, labels=labels, label_names=label_names, cleaning=cleaning)
 
 
 def _read_hub(hub_id: str, label_column: str) -> tuple[dict[str, pd.DataFrame], list[str] | None]:
@@ -152,7 +156,7 @@ def read_file(path: Path, key: str = "data.path") -> pd.DataFrame:
     return frame
 
 
-def _clean(frame: pd.DataFrame, split: str, text_column: str, label_column: str) -> pd.DataFrame:
+def _clean(frame: pd.DataFrame, split: str, text_column: str, label_column: str, found: dict) -> pd.DataFrame:
     for key, column in (("data.text_column", text_column), ("data.label_column", label_column)):
         if column not in frame.columns:
             raise ConfigError(f"{key}: column '{column}' not in the {split} data; columns: {', '.join(map(str, frame.columns))}")
@@ -160,12 +164,68 @@ def _clean(frame: pd.DataFrame, split: str, text_column: str, label_column: str)
     if frame["label"].dtype.kind == "f" and (frame["label"].dropna() % 1 == 0).all():
         frame["label"] = frame["label"].astype("Int64")  # integer labels read as floats beside blanks
     text = frame["text"].astype("string").str.strip()
-    keep = text.notna() & (text != "") & frame["label"].notna()
+    has_text, has_label = text.notna() & (text != ""), frame["label"].notna()
+    keep = has_text & has_label
+    found.update(rows_read=len(frame), empty_text=int((~has_text).sum()), missing_label=int((has_text & ~has_label).sum()))
     if not keep.all():
         logger.warning("%s split: dropped %d rows with empty text or a missing label", split, int((~keep).sum()))
     if not keep.any():
         raise ConfigError(f"data: the {split} split has no rows with both text and a label")
     return pd.DataFrame({"text": text[keep].astype(str), "label": frame["label"][keep]}).reset_index(drop=True)
+
+
+def text_key(text: str) -> str:
+    """What makes two texts "the same" for duplicates and leakage: case and runs of whitespace do not count."""
+    return " ".join(text.casefold().split())
+
+
+# Examples of conflicting duplicates kept in the data report: enough to see the problem, not a dump.
+CONFLICT_EXAMPLES = 5
+
+
+def _drop_duplicates(frame: pd.DataFrame, split: str, drop: bool, found: dict) -> pd.DataFrame:
+    """Repeated texts: one copy kept when every copy has the same label; every copy dropped when the copies
+    disagree (which label is right cannot be known). Counted either way; with `drop` false, all rows stay."""
+    key = frame["text"].map(text_key)
+    labels_per_text = frame.groupby(key)["label"].nunique()
+    conflicting = key.isin(labels_per_text.index[labels_per_text > 1])
+    repeated = key.duplicated() & ~conflicting
+    examples = [{"text": group["text"].iloc[0], "labels": sorted(map(str, group["label"].unique()))}
+                for _, group in frame[conflicting].groupby(key[conflicting], sort=True)][:CONFLICT_EXAMPLES]
+    found.update(duplicates_dropped=int(repeated.sum()) if drop else 0, duplicate_rows=int(repeated.sum()),
+                 conflicting_texts=int(labels_per_text.gt(1).sum()), conflicting_rows=int(conflicting.sum()),
+                 conflicting_rows_dropped=int(conflicting.sum()) if drop else 0, conflicting_examples=examples)
+    if conflicting.any():
+        logger.warning("%s split: %d text(s) appear with different labels (%d rows)%s, e.g. %r labelled %s",
+                       split, found["conflicting_texts"], found["conflicting_rows"], ", dropped" if drop else "",
+                       examples[0]["text"], " and ".join(examples[0]["labels"]))
+    if not drop:
+        return frame
+    kept = frame[~(repeated | conflicting)].reset_index(drop=True)
+    if kept.empty:
+        raise ConfigError(f"data: the {split} split has no rows left once duplicates are dropped")
+    return kept
+
+
+def _remove_leakage(frames: dict[str, pd.DataFrame], remove: bool, found: dict) -> dict[str, pd.DataFrame]:
+    """Texts of a later split already in an earlier one (validation in train; test in train or validation):
+    counted, and with `remove`, dropped from the later split, so no score is measured on a text trained on
+    or chosen by."""
+    seen = set(frames["train"]["text"].map(text_key))
+    for split in ("validation", "test"):
+        keys = frames[split]["text"].map(text_key)
+        leaked = keys.isin(seen)
+        found[split].update(leaked=int(leaked.sum()), leaked_removed=int(leaked.sum()) if remove else 0)
+        if leaked.any():
+            logger.warning("%s split: %d text(s) also in an earlier split%s", split, int(leaked.sum()),
+                           ", removed" if remove else " (data.remove_leakage: false keeps them)")
+        if remove:
+            if leaked.all():
+                raise ConfigError(f"data: every {split} text is also in an earlier split; nothing is left to "
+                                  f"{'choose' if split == 'validation' else 'test'} on")
+            frames[split] = frames[split][~leaked].reset_index(drop=True)
+        seen |= set(keys)
+    return frames
 
 
 def _carve_missing_splits(frames: dict[str, pd.DataFrame], cfg: DataConfig) -> dict[str, pd.DataFrame]:
@@ -217,10 +277,17 @@ class Encoded:
     labels: dict[str, list[int]] | None  # None: text to predict on
     pad_id: int
     label_names: list[str]
+    augmented_rows: int = 0  # training rows added by data.augment (at the end of the training split)
 
     @property
     def num_labels(self) -> int:
         return len(self.label_names)
+
+    def with_added_train_rows(self, ids: list[list[int]], labels: list[int]) -> Encoded:
+        """The same validation and test splits, training on the rows it has and these."""
+        return dataclasses.replace(self, ids={**self.ids, "train": self.ids["train"] + ids},
+                                   labels={**self.labels, "train": self.labels["train"] + labels},
+                                   augmented_rows=self.augmented_rows + len(ids))
 
     def with_train_rows(self, rows: list[int]) -> Encoded:
         """The same validation and test splits, training on the given rows only."""
@@ -238,6 +305,42 @@ def few_shot_rows(labels: list[int], shots: int, seed: int, draw: int) -> list[i
     for label in np.unique(labels):
         rows += rng.permutation(np.flatnonzero(labels == label))[:shots].tolist()
     return sorted(rows)
+
+
+def augment_texts(texts: list[str], labels: list[int], cfg: AugmentConfig, seed: int) -> tuple[list[str], list[int]]:
+    """The added training rows (data.augment): `copies` perturbed versions of each text of the augmented classes,
+    each made by one operation drawn at random: swapping two words, deleting each word with the configured
+    probability, or inserting a word seen in the same class's texts. They only ever join a training split."""
+    rng = np.random.default_rng([seed, 2])  # its own stream, apart from batch order and resampling
+    words = [text.split() for text in texts]
+    counts = np.bincount(labels)
+    augmented = {label for label in set(labels) if not cfg.minority_only or counts[label] < len(labels) / len(counts)}
+    vocabulary = {label: sorted({w for ws, l in zip(words, labels) if l == label for w in ws}) for label in augmented}
+    added_texts, added_labels = [], []
+    for ws, label in zip(words, labels):
+        if label not in augmented:
+            continue
+        for _ in range(cfg.copies):
+            added_texts.append(" ".join(_perturb(ws, vocabulary[label], cfg.probability, rng)))
+            added_labels.append(label)
+    return added_texts, added_labels
+
+
+def _perturb(words: list[str], vocabulary: list[str], probability: float, rng: np.random.Generator) -> list[str]:
+    words = list(words)
+    changes = max(1, round(probability * len(words)))
+    operation = rng.integers(3) if len(words) > 1 else 2  # a single word can only gain one
+    if operation == 0:
+        for _ in range(changes):
+            i, j = rng.choice(len(words), 2, replace=False)
+            words[i], words[j] = words[j], words[i]
+    elif operation == 1:
+        kept = [w for w in words if rng.random() >= probability]
+        words = kept or [words[rng.integers(len(words))]]
+    else:
+        for _ in range(changes):
+            words.insert(int(rng.integers(len(words) + 1)), vocabulary[rng.integers(len(vocabulary))])
+    return words
 
 
 def token_ids(tokenizer, texts: list[str], max_length: int) -> list[list[int]]:

@@ -12,12 +12,16 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import yaml
 
 from checkpoints import saved_run_key
 from config import Config, TrainingConfig, expand_grid, strategy_settings
-from data import Encoded, LabelledData, few_shot_rows, load_data, tokenize
+from data import SPLITS, Encoded, LabelledData, augment_texts, few_shot_rows, load_data, token_ids, tokenize
+from data_report import (DATA_REPORT, LENGTH_PERCENTILE, auto_max_length, build_report, describe_report, save_report,
+                         token_lengths)
+from diagnostics import diagnose
 from measure import PeakMemory, device_name, library_versions
 from model import build_model, check_against_model, load_model_config, load_tokenizer, parameter_counts
 from report import describe_baseline, summarize, summary_markdown, write_summary
@@ -59,6 +63,8 @@ class Run:
                "model": dataclasses.asdict(self.cfg.model), "training": training, "data_fingerprint": data_fingerprint}
         if self.shots is not None:
             key["few_shot"] = {"shots_per_class": self.shots, "draw": self.draw}
+        if self.cfg.data.augment.enabled:  # off, it changes nothing: earlier runs keep their ids
+            key["augment"] = dataclasses.asdict(self.cfg.data.augment)
         return key
 
     def run_id(self, data_fingerprint: str) -> str:
@@ -100,28 +106,91 @@ def plan_runs(cfg: Config, strategies: list[str]) -> list[Run]:
 
 
 class Inputs:
-    """Data and token ids, loaded once per distinct data config and tokenizer, shared by every run."""
+    """Data, tokenizers, token lengths and token ids, each loaded once per distinct data config and model, shared
+    by every run."""
 
     def __init__(self):
         self.data: dict[str, LabelledData] = {}
+        self.tokenizers: dict[str, Any] = {}
+        self.lengths: dict[tuple, dict[str, np.ndarray]] = {}
         self.encoded: dict[tuple, Encoded] = {}
 
+    def tokenizer_for(self, run: Run):
+        if run.cfg.model.name not in self.tokenizers:
+            self.tokenizers[run.cfg.model.name] = load_tokenizer(run.cfg)
+        return self.tokenizers[run.cfg.model.name]
+
+    def lengths_for(self, run: Run) -> dict[str, np.ndarray]:
+        """Every split's untruncated token lengths under the run's tokenizer."""
+        key = (self.data_key(run), run.cfg.model.name)
+        if key not in self.lengths:
+            data = self.data_for(run)
+            self.lengths[key] = {split: token_lengths(self.tokenizer_for(run), data.texts[split]) for split in SPLITS}
+        return self.lengths[key]
+
+    @staticmethod
+    def data_key(run: Run) -> str:
+        """What the loaded data depends on: augmentation is per run, added in for_run."""
+        return stable_hash({**dataclasses.asdict(run.cfg.data), "augment": None})
+
     def data_for(self, run: Run) -> LabelledData:
-        data_key = stable_hash(dataclasses.asdict(run.cfg.data))
-        if data_key not in self.data:
-            self.data[data_key] = load_data(run.cfg.data)
-        return self.data[data_key]
+        if self.data_key(run) not in self.data:
+            self.data[self.data_key(run)] = load_data(run.cfg.data)
+        return self.data[self.data_key(run)]
 
     def for_run(self, run: Run) -> tuple[LabelledData, Encoded]:
+        """The data, and the token ids the run trains on: its few-shot sample and augmented rows, if any."""
         data = self.data_for(run)
-        token_key = (stable_hash(dataclasses.asdict(run.cfg.data)), run.cfg.model.name, run.cfg.model.max_length)
+        token_key = (self.data_key(run), run.cfg.model.name, run.cfg.model.max_length)
         if token_key not in self.encoded:
-            self.encoded[token_key] = tokenize(data, load_tokenizer(run.cfg), run.cfg.model.max_length)
+            self.encoded[token_key] = tokenize(data, self.tokenizer_for(run), run.cfg.model.max_length)
         encoded = self.encoded[token_key]
         if run.shots is not None:
             encoded = encoded.with_train_rows(few_shot_rows(encoded.labels["train"], run.shots, run.cfg.data.seed,
                                                             run.draw))
+        augment = run.cfg.data.augment
+        if augment.enabled:
+            rows = range(len(data.texts["train"])) if run.shots is None else \
+                few_shot_rows(data.labels["train"], run.shots, run.cfg.data.seed, run.draw)
+            texts, labels = augment_texts([data.texts["train"][i] for i in rows], [data.labels["train"][i] for i in rows],
+                                          augment, run.cfg.training.seed)
+            encoded = encoded.with_added_train_rows(token_ids(self.tokenizer_for(run), texts, run.cfg.model.max_length),
+                                                    labels)
         return data, encoded
+
+
+def resolve_max_length(runs: list[Run], inputs: Inputs, model_configs: dict) -> list[Run]:
+    """Runs with model.max_length: auto get the length data_report.auto_max_length picks from their training
+    data, so their ids, records and saved configs hold the number that was used."""
+    resolved, told = [], set()
+    for run in runs:
+        if run.cfg.model.max_length == "auto":
+            limit = getattr(model_configs[run.cfg.model.name], "max_position_embeddings", None)
+            if run.strategy == "prompt_tuning" and limit is not None:
+                limit -= run.cfg.strategies.prompt_tuning.num_virtual_tokens  # the virtual tokens take positions too
+            train = inputs.lengths_for(run)["train"]
+            length = auto_max_length(train, limit)
+            if (length, run.cfg.model.name) not in told:
+                told.add((length, run.cfg.model.name))
+                logger.info("model.max_length auto: %d (the %dth percentile of %s's training token lengths is %.0f%s; "
+                            "%.1f%% of training texts are truncated)", length, LENGTH_PERCENTILE, run.cfg.model.name,
+                            np.percentile(train, LENGTH_PERCENTILE), f", capped at {limit}" if limit else "",
+                            100 * (train > length).mean())
+            run = dataclasses.replace(run, cfg=dataclasses.replace(
+                run.cfg, model=dataclasses.replace(run.cfg.model, max_length=length)))
+        resolved.append(run)
+    return resolved
+
+
+def data_reports(runs: list[Run], inputs: Inputs) -> dict[str, dict]:
+    """The data report of each data set the runs use (under the first run's model and max_length), by fingerprint."""
+    reports = {}
+    for run in runs:
+        data = inputs.data_for(run)
+        if data.fingerprint not in reports:
+            reports[data.fingerprint] = build_report(data, inputs.lengths_for(run), run.cfg.model.max_length,
+                                                     run.cfg.model.name)
+    return reports
 
 
 def baseline_of(data: LabelledData, cfg: Config) -> dict:
@@ -137,9 +206,15 @@ def run_experiment(cfg: Config, strategies: list[str], *, resume: bool = False, 
     for run in runs:
         if run.cfg.model.name not in model_configs:
             model_configs[run.cfg.model.name] = load_model_config(run.cfg)
-        check_against_model(run.cfg, model_configs[run.cfg.model.name], [run.strategy])
     inputs = Inputs()
+    runs = resolve_max_length(runs, inputs, model_configs)
+    for run in runs:
+        check_against_model(run.cfg, model_configs[run.cfg.model.name], [run.strategy])
     data = inputs.data_for(runs[0])
+    reports = data_reports(runs, inputs)
+    for report in reports.values():
+        for line in describe_report(report):
+            logger.info("%s", line)
     task = TASKS[cfg.data.task]
     baseline = baseline_of(data, cfg)
     logger.info("data %s: %s examples (train/validation/test), %d labels; %s", data.name,
@@ -147,12 +222,18 @@ def run_experiment(cfg: Config, strategies: list[str], *, resume: bool = False, 
     results_path = results_file(cfg.output.dir)
     ids = [run.run_id(inputs.data_for(run).fingerprint) for run in runs]
     completed = {r["run_id"]: r for r in read_results(results_path) if r["status"] == "completed"}
+    outdated = {i for i in ids if i in completed and any(m.name not in completed[i]["test"] for m in task.metrics)}
+    if outdated:
+        logger.info("%d completed run(s) lack metrics the task reports now: they run again", len(outdated))
+        completed = {i: r for i, r in completed.items() if i not in outdated}
     cached = set() if force else {i for i in ids if i in completed}
     if dry_run:
         print_plan(runs, ids, cached, inputs, completed, cfg)
         return 0
     write_experiment(results_path, config_file=config_file, command=command, config=dataclasses.asdict(cfg),
                      strategies=strategies, run_ids=ids)
+    for report in reports.values():
+        save_report(report, results_path.parent)
     logger.info("%d run(s) planned: %d already completed (reused; --force runs them again), %d to run",
                 len(runs), len(cached), len(runs) - len(cached))
     accelerator = make_accelerator(cfg.training.fp16)
@@ -193,7 +274,8 @@ def run_one(run: Run, run_id: str, data: LabelledData, encoded: Encoded, acceler
                           "num_labels": len(data.label_names), "label_names": data.label_names,
                           "label_distribution": {split: task.label_distribution(labels, data.label_names)
                                                  for split, labels in encoded.labels.items()},
-                          "majority_baseline": baseline},
+                          "majority_baseline": baseline, "augmented_train_rows": encoded.augmented_rows,
+                          "report": f"{DATA_REPORT}#{data.fingerprint}"},  # beside the results file
               "seed": cfg.training.seed,
               "hyperparameters": {**dataclasses.asdict(cfg.training), **settings, "max_length": cfg.model.max_length},
               "device": device_name(accelerator.device), "mixed_precision": accelerator.mixed_precision,
@@ -228,6 +310,9 @@ def run_one(run: Run, run_id: str, data: LabelledData, encoded: Encoded, acceler
                            "steps (the same effective batch)", run_id, attempt.training.batch_size,
                            attempt.training.gradient_accumulation_steps)
         record["status"] = "completed"
+        record["diagnostics"] = diagnose(record, task)
+        for found in record["diagnostics"]:
+            logger.warning("%s: %s: %s. Next: %s", run_id, found["kind"], found["message"], found["next_step"])
     except (ConfigError, KeyboardInterrupt):
         raise
     except Exception as err:  # a failing run is recorded with its reason; the others go on
@@ -262,7 +347,7 @@ def fit_and_test(run: Run, cfg: Config, data: LabelledData, encoded: Encoded, ac
     result = train(model, encoded, cfg, settings["learning_rate"], run_dir, accelerator, run_key, resume)
     test = evaluate(model, encoded, "test", cfg.training, accelerator, task)
     return {**counts, **result,
-            "test": {"loss": test["loss"], **task.test_report(encoded.labels["test"], test["predictions"],
+            "test": {"loss": test["loss"], **task.test_report(encoded.labels["test"], test["values"],
                                                              data.label_names)},
             # for paired comparisons between runs and the task's plots
             "test_predictions": test["predictions"].tolist(), "test_labels": list(encoded.labels["test"])}

@@ -115,8 +115,7 @@ class Predictor:
         ids = token_ids(self.tokenizer, [texts[i] for i in kept], self.cfg.model.max_length)
         encoded = Encoded(ids={"texts": ids}, labels=None, pad_id=self.tokenizer.pad_token_id,
                           label_names=self.label_names)
-        _, values = inference(self.model, encoded, "texts", self.cfg.training, self.accelerator, self.task,
-                              read=self.task.prediction_values)
+        _, values = inference(self.model, encoded, "texts", self.cfg.training, self.accelerator, self.task)
         rows = [{} for _ in texts]
         for i, row_values in zip(kept, values):
             rows[i] = self.task.decode(np.asarray(row_values), self.label_names, top_k)

@@ -16,6 +16,7 @@ from typing import Any, Callable
 import numpy as np
 import yaml
 
+from diagnostics import diagnose
 from tasks import TASKS, Task
 from utils import atomic_write_bytes
 
@@ -27,6 +28,9 @@ COMPARISON_NOTE = (
     f"and p-value from a paired bootstrap over test examples ({BOOTSTRAP_RESAMPLES:,} resamples). They measure how "
     "much the difference depends on which test examples were drawn, not on the seed: read them beside the standard "
     "deviations above. Each p-value is for one comparison; among many, some fall below 0.05 by chance.")
+
+
+VARIANTS_TITLE = "Each variant against the first (same strategy, its chosen rate and other settings)"
 
 
 def task_of(runs: list[dict]) -> Task:
@@ -94,7 +98,8 @@ def summarize(runs: list[dict], metric: str) -> dict:
             "shots_per_class": (first.get("few_shot") or {}).get("shots_per_class"),
             "learning_rate": first["hyperparameters"]["learning_rate"], "runs": len(group), "failed": len(group) - len(done),
             "validation": aggregate([validation_score(r, metric) for r in done]),
-            "test": {m.name: aggregate([r["test"][m.name] for r in done]) for m in task.metrics},
+            # records made before a metric existed lack it: the mean is over those that have it
+            "test": {m.name: aggregate([r["test"][m.name] for r in done if m.name in r["test"]]) for m in task.metrics},
             "trainable_params": first.get("trainable_params"),
             "train_time_s": aggregate([r["train_time_s"] for r in done]),
             "peak_memory_mb": aggregate([r["peak_memory_mb"] for r in done]),
@@ -120,7 +125,56 @@ def summarize(runs: list[dict], metric: str) -> dict:
             if comparison:
                 comparisons.append({"a": strategy_a, "b": strategy_b, "shots_per_class": shots, **comparison})
     return {"task": task.name, "metric": metric, "rows": rows, "comparisons": comparisons,
-            "memory_note": memory_note(runs)}
+            "variant_comparisons": variant_comparisons(rows, chosen, groups, task),
+            "diagnostics": diagnostic_rows(groups, task), "memory_note": memory_note(runs)}
+
+
+def variant_comparisons(rows: list[dict], chosen: dict, groups: dict[str, list[dict]], task: Task) -> list[dict]:
+    """Within each strategy, every variant against the first one in the config (the reference, e.g. `plain`),
+    the other grid values held at the strategy's chosen ones: paired like the comparisons between strategies."""
+    comparisons = []
+    for (strategy, shots), best in chosen.items():
+        held = {k: v for k, v in best["varied"].items() if k != "variant"}
+        peers = [r for r in rows if r["strategy"] == strategy and r["shots_per_class"] == shots and "variant" in r["varied"]
+                 and {k: v for k, v in r["varied"].items() if k != "variant"} == held and r["validation"]["mean"] is not None]
+        for row in peers[1:]:
+            comparison = compare_configurations(groups[row["config_id"]], groups[peers[0]["config_id"]], task)
+            if comparison:
+                comparisons.append({"a": f"{strategy}: {row['varied']['variant']}",
+                                    "b": f"{strategy}: {peers[0]['varied']['variant']}", "shots_per_class": shots,
+                                    **comparison})
+    return comparisons
+
+
+def configuration_label(row: dict) -> str:
+    """A configuration in words: its strategy and the grid values that set it apart ("lora (rank=8)")."""
+    extra = [f"{k}={v}" for k, v in row["varied"].items()]
+    return row["strategy"] + (f" ({', '.join(extra)})" if extra else "")
+
+
+def diagnostic_rows(groups: dict[str, list[dict]], task: Task) -> list[dict]:
+    """The diagnostics of each configuration's runs, one row per kind: in how many runs it was found, the
+    first such run's message and the next step. Records made before diagnostics existed are diagnosed here."""
+    rows = []
+    for config_id, group in groups.items():
+        done = [r for r in group if r["status"] == "completed"]
+        found: dict[str, list[dict]] = {}
+        for run in done:
+            for item in run["diagnostics"] if "diagnostics" in run else diagnose(run, task):
+                found.setdefault(item["kind"], []).append(item)
+        for kind, items in found.items():
+            rows.append({"config_id": config_id, "configuration": configuration_label(
+                {"strategy": group[0]["strategy"], "varied": group[0].get("varied", {})}), "kind": kind,
+                "runs": len(items), "of": len(done), "message": items[0]["message"], "next_step": items[0]["next_step"]})
+    return rows
+
+
+def diagnostic_columns() -> list[Column]:
+    return [Column("configuration", lambda d: {"config_id": d["config_id"]}, lambda d: d["configuration"]),
+            Column("finding", lambda d: {"kind": d["kind"]}, lambda d: d["kind"]),
+            Column("runs", lambda d: {"runs": d["runs"], "of": d["of"]}, lambda d: f"{d['runs']} of {d['of']}"),
+            Column("what was seen (first such run)", lambda d: {"message": d["message"]}, lambda d: d["message"]),
+            Column("next step", lambda d: {"next_step": d["next_step"]}, lambda d: d["next_step"])]
 
 
 def memory_note(runs: list[dict]) -> str | None:
@@ -239,10 +293,10 @@ def configuration_columns(summary: dict) -> list[Column]:
     return columns
 
 
-def comparison_columns(summary: dict) -> list[Column]:
+def comparison_columns(summary: dict, key: str = "comparisons") -> list[Column]:
     task = TASKS[summary["task"]]
     columns = [Column("A vs B", lambda c: {"a": c["a"], "b": c["b"]}, lambda c: f"{c['a']} vs {c['b']}")]
-    if any(c["shots_per_class"] is not None for c in summary["comparisons"]):
+    if any(c["shots_per_class"] is not None for c in summary[key]):
         columns.append(Column("shots/class", lambda c: {"shots_per_class": c["shots_per_class"]},
                               lambda c: str(c["shots_per_class"])))
     columns.append(Column("paired runs", lambda c: {"paired_runs": c["paired_runs"]}, lambda c: str(c["paired_runs"])))
@@ -279,20 +333,25 @@ def csv_table(columns: list[Column], items: list[dict]) -> bytes:
 
 
 def describe_baseline(task: Task, baseline: dict) -> str:
-    scores = ", ".join(f"{m.label} {baseline[m.name]:.4f}" for m in task.metrics)
+    scores = ", ".join(f"{m.label} {baseline[m.name]:.4f}" for m in task.summary_metrics() if m.name in baseline)
     return f"{task.baseline_label} baseline on test: {scores}"
 
 
 def summary_markdown(summary: dict) -> str:
     lines = ["## Configurations (mean ± standard deviation over runs: seeds and few-shot draws)", ""]
     lines += markdown_table(configuration_columns(summary), summary["rows"])
-    lines += ["", f"The chosen setting of each strategy has the best mean validation {summary['metric']}; "
+    lines += ["", f"The chosen setting of each strategy has the best mean {TASKS[summary['task']].label(summary['metric'])}; "
               "test scores are only reported, never used to choose."]
     if summary["memory_note"]:
         lines += ["", summary["memory_note"]]
     if summary["comparisons"]:
         lines += ["", "## Paired comparisons of the chosen settings", ""]
         lines += markdown_table(comparison_columns(summary), summary["comparisons"]) + ["", COMPARISON_NOTE]
+    if summary["variant_comparisons"]:
+        lines += ["", f"## {VARIANTS_TITLE}", ""]
+        lines += markdown_table(comparison_columns(summary, "variant_comparisons"), summary["variant_comparisons"])
+    if summary["diagnostics"]:
+        lines += ["", "## Diagnostics", ""] + markdown_table(diagnostic_columns(), summary["diagnostics"])
     return "\n".join(lines)
 
 
@@ -300,6 +359,9 @@ def write_summary(summary: dict, folder: Path) -> None:
     """summary.md, summary.csv (one row per configuration) and comparisons.csv."""
     atomic_write_bytes(folder / "summary.csv", csv_table(configuration_columns(summary), summary["rows"]))
     atomic_write_bytes(folder / "comparisons.csv", csv_table(comparison_columns(summary), summary["comparisons"]))
+    if summary["variant_comparisons"]:
+        atomic_write_bytes(folder / "variant_comparisons.csv", csv_table(comparison_columns(summary, "variant_comparisons"),
+                                                                         summary["variant_comparisons"]))
     atomic_write_bytes(folder / "summary.md", (summary_markdown(summary) + "\n").encode())
 
 
@@ -325,7 +387,7 @@ def write_report(path: Path, summary: dict, runs: list[dict], experiment: dict |
         f"{html.escape(', '.join(f'{k} {v}' for k, v in completed[0]['versions'].items()))}.</p>",
         "<h2>Configurations</h2>", html_table(configuration_columns(summary), summary["rows"]),
         f"<p>Mean ± standard deviation over runs (seeds and few-shot draws). The chosen setting of each strategy has "
-        f"the best mean {task.label(summary['metric'])}; test scores are only reported, never used to choose."
+        f"the best mean {html.escape(task.label(summary['metric']))}; test scores are only reported, never used to choose."
         + (f" The {html.escape(describe_baseline(task, baseline))}." if baseline else "") + "</p>",
     ]
     if summary["memory_note"]:
@@ -333,6 +395,11 @@ def write_report(path: Path, summary: dict, runs: list[dict], experiment: dict |
     if summary["comparisons"]:
         parts += ["<h2>Paired comparisons of the chosen settings</h2>",
                   html_table(comparison_columns(summary), summary["comparisons"]), f"<p>{html.escape(COMPARISON_NOTE)}</p>"]
+    if summary["variant_comparisons"]:
+        parts += [f"<h2>{VARIANTS_TITLE}</h2>",
+                  html_table(comparison_columns(summary, "variant_comparisons"), summary["variant_comparisons"])]
+    if summary["diagnostics"]:
+        parts += ["<h2>Diagnostics</h2>", html_table(diagnostic_columns(), summary["diagnostics"])]
     if failed:
         parts += ["<h2>Failed runs</h2>",
                   html_table([Column("run", lambda r: {}, lambda r: r["run_id"]),

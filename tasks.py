@@ -14,7 +14,8 @@ import numpy as np
 import peft
 import torch
 import torch.nn.functional as F
-from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support
+from sklearn.metrics import (accuracy_score, confusion_matrix, f1_score, log_loss, matthews_corrcoef,
+                             precision_recall_fscore_support, precision_score, recall_score)
 from transformers import AutoModelForSequenceClassification
 
 from utils import ConfigError
@@ -24,7 +25,9 @@ from utils import ConfigError
 class Metric:
     name: str  # its key: "val_<name>" in the history, "<name>" in test results and summary rows
     label: str  # how tables and plots name it
-    compute: Callable[[np.ndarray, np.ndarray, int], float]  # (truth, predictions, number of labels) -> value
+    # (truth, prediction values, number of labels) -> value; the values are what Task.prediction_values gives per
+    # example (a classifier's logits), so metrics of probabilities (log loss, calibration) fit the same signature
+    compute: Callable[[np.ndarray, np.ndarray, int], float]
     higher_is_better: bool = True
     in_summary: bool = True  # a column of the summary table
 
@@ -40,6 +43,7 @@ class Task(abc.ABC):
     main_metric: str  # the score that plots of score against cost use
     compared_metrics: tuple[str, ...]  # the metrics the paired bootstrap compares
     plots: tuple[str, ...] = ()  # visualize.Plotter methods that draw this task's own plots
+    diagnostics: tuple[str, ...] = ()  # diagnostics.DIAGNOSTICS that apply to this task beyond the general ones
 
     @abc.abstractmethod
     def model_kwargs(self, label_names: list[str]) -> dict:
@@ -60,8 +64,8 @@ class Task(abc.ABC):
         return self.loss
 
     @abc.abstractmethod
-    def predict(self, outputs) -> torch.Tensor:
-        """One prediction per row, left on the device."""
+    def predict(self, values: np.ndarray) -> np.ndarray:
+        """One prediction per row from its prediction values: what the record keeps and the paired test compares."""
 
     @abc.abstractmethod
     def label_distribution(self, labels: list, label_names: list[str]) -> dict:
@@ -69,7 +73,7 @@ class Task(abc.ABC):
 
     @abc.abstractmethod
     def prediction_values(self, outputs) -> torch.Tensor:
-        """Per row, what decode() needs to describe a prediction (left on the device)."""
+        """Per row, what the metrics, predict() and decode() need (left on the device)."""
 
     @abc.abstractmethod
     def decode(self, values: np.ndarray, label_names: list[str], top_k: int) -> dict:
@@ -84,7 +88,7 @@ class Task(abc.ABC):
         """What a model that learned nothing from the text scores on test: every metric, and what it predicts."""
 
     @abc.abstractmethod
-    def test_report(self, truth: list, predictions: np.ndarray, label_names: list[str]) -> dict:
+    def test_report(self, truth: list, values: np.ndarray, label_names: list[str]) -> dict:
         """The test results of a run: every metric and whatever detail the task adds."""
 
     @abc.abstractmethod
@@ -97,8 +101,8 @@ class Task(abc.ABC):
         """The compared metrics from weighted sums of example_statistics (one row per weighting) and the
         total weight of each weighting."""
 
-    def scores(self, truth, predictions, num_labels: int) -> dict[str, float]:
-        return {m.name: m.compute(np.asarray(truth), np.asarray(predictions), num_labels) for m in self.metrics}
+    def scores(self, truth, values, num_labels: int) -> dict[str, float]:
+        return {m.name: float(m.compute(np.asarray(truth), np.asarray(values), num_labels)) for m in self.metrics}
 
     def summary_metrics(self) -> list[Metric]:
         """The metrics the summary table, the report and the score plots show."""
@@ -127,9 +131,68 @@ class Task(abc.ABC):
         return f"{split} {'loss' if name == 'loss' else self.metric(name).label}"
 
 
-def _macro_f1(truth: np.ndarray, predictions: np.ndarray, num_labels: int) -> float:
-    # every class the model knows counts, also one absent from this split (its F1 is then 0)
-    return f1_score(truth, predictions, labels=range(num_labels), average="macro", zero_division=0)
+CALIBRATION_BINS = 15  # equal-width confidence bins of the expected calibration error and the reliability diagram
+
+
+def of_labels(score: Callable[[np.ndarray, np.ndarray, int], float]) -> Callable[[np.ndarray, np.ndarray, int], float]:
+    """A metric of predicted labels as a metric of a classifier's logits (their argmax is the prediction)."""
+    return lambda truth, logits, num_labels: score(truth, logits.argmax(-1), num_labels)
+
+
+def probabilities(logits: np.ndarray) -> np.ndarray:
+    shifted = np.exp(logits - logits.max(-1, keepdims=True))
+    return shifted / shifted.sum(-1, keepdims=True)
+
+
+def per_class_f1(truth: np.ndarray, predictions: np.ndarray, num_labels: int) -> np.ndarray:
+    return f1_score(truth, predictions, labels=range(num_labels), average=None, zero_division=0)
+
+
+def worst_class(truth: np.ndarray, predictions: np.ndarray, num_labels: int) -> tuple[int, float]:
+    """The class with the lowest F1 among those present in `truth` (an absent class has no F1 to speak of)."""
+    f1 = per_class_f1(truth, predictions, num_labels)
+    present = np.unique(truth)
+    label = int(present[np.argmin(f1[present])])
+    return label, float(f1[label])
+
+
+def calibration_bins(truth: np.ndarray, logits: np.ndarray, bins: int = CALIBRATION_BINS) -> dict[str, list]:
+    """Per equal-width bin of the top probability: how many predictions fell in it, their mean confidence and
+    the share of them that were right (a reliability diagram's data; empty bins hold None)."""
+    p = probabilities(logits)
+    confidence, correct = p.max(-1), (p.argmax(-1) == truth)
+    which = np.minimum((confidence * bins).astype(int), bins - 1)
+    count = np.bincount(which, minlength=bins)
+    mean = lambda x: [float(v) if n else None for v, n in zip(np.bincount(which, x, bins) / np.maximum(count, 1), count)]
+    return {"count": count.tolist(), "confidence": mean(confidence), "accuracy": mean(correct.astype(float))}
+
+
+def expected_calibration_error(truth: np.ndarray, logits: np.ndarray, num_labels: int) -> float:
+    """The gap between confidence and accuracy, averaged over CALIBRATION_BINS bins weighted by their size."""
+    bins = calibration_bins(truth, logits)
+    return sum(n * abs(c - a) for n, c, a in zip(bins["count"], bins["confidence"], bins["accuracy"]) if n) / len(truth)
+
+
+CLASSIFICATION_METRICS = (
+    Metric("accuracy", "accuracy", of_labels(lambda t, p, _: accuracy_score(t, p))),
+    # every class the model knows counts in the macro averages, also one absent from this split (its F1 is then 0)
+    Metric("macro_f1", "macro-F1", of_labels(lambda t, p, k: f1_score(t, p, labels=range(k), average="macro", zero_division=0))),
+    Metric("balanced_accuracy", "balanced accuracy",  # mean recall over the classes present
+           of_labels(lambda t, p, _: recall_score(t, p, labels=np.unique(t), average="macro", zero_division=0))),
+    Metric("worst_class_f1", "worst-class F1", of_labels(lambda t, p, k: worst_class(t, p, k)[1])),
+    Metric("weighted_f1", "weighted F1", of_labels(lambda t, p, k: f1_score(t, p, labels=range(k), average="weighted",
+                                                                              zero_division=0)), in_summary=False),
+    Metric("micro_f1", "micro-F1", of_labels(lambda t, p, k: f1_score(t, p, labels=range(k), average="micro",
+                                                                        zero_division=0)), in_summary=False),
+    Metric("macro_precision", "macro precision", of_labels(lambda t, p, k: precision_score(
+        t, p, labels=range(k), average="macro", zero_division=0)), in_summary=False),
+    Metric("macro_recall", "macro recall", of_labels(lambda t, p, k: recall_score(
+        t, p, labels=range(k), average="macro", zero_division=0)), in_summary=False),
+    Metric("mcc", "Matthews correlation", of_labels(lambda t, p, _: matthews_corrcoef(t, p)), in_summary=False),
+    Metric("log_loss", "log loss", lambda t, logits, k: log_loss(t, probabilities(logits), labels=range(k)),
+           higher_is_better=False, in_summary=False),
+    Metric("ece", "expected calibration error", expected_calibration_error, higher_is_better=False, in_summary=False),
+)
 
 
 class Classification(Task):
@@ -140,12 +203,12 @@ class Classification(Task):
     peft_task_type = peft.TaskType.SEQ_CLS
     loss_label = "cross-entropy"
     baseline_label = "majority-class"
-    metrics = (Metric("accuracy", "accuracy", lambda truth, predictions, _: accuracy_score(truth, predictions)),
-               Metric("macro_f1", "macro-F1", _macro_f1))
+    metrics = CLASSIFICATION_METRICS
     default_metric = "val_macro_f1"
     main_metric = "macro_f1"
-    compared_metrics = ("accuracy", "macro_f1")
-    plots = ("confusion_matrices",)
+    compared_metrics = ("accuracy", "macro_f1", "balanced_accuracy", "worst_class_f1")
+    plots = ("confusion_matrices", "per_class_f1", "calibration")
+    diagnostics = ("under_fitting", "imbalance", "collapse", "over_confidence")
 
     def model_kwargs(self, label_names):
         return {"num_labels": len(label_names), "id2label": dict(enumerate(label_names)),
@@ -171,8 +234,8 @@ class Classification(Task):
 
         return loss
 
-    def predict(self, outputs):
-        return outputs.logits.argmax(-1)
+    def predict(self, values):
+        return values.argmax(-1)
 
     def label_distribution(self, labels, label_names):
         counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=len(label_names))
@@ -197,17 +260,24 @@ class Classification(Task):
         return text + ("; top: " + ", ".join(f"{label} {p:.3f}" for label, p in ranked) if ranked else "")
 
     def baseline(self, train_labels, test_labels, label_names):
-        majority = int(np.bincount(train_labels).argmax())
+        # the training split's class frequencies for every text: it predicts the majority class, with the
+        # probabilities of the prior, so its log loss and calibration error are those of knowing only the counts
+        counts = np.bincount(train_labels, minlength=len(label_names))
+        prior = np.log(np.maximum(counts, 1) / counts.sum())
+        majority = int(counts.argmax())
         return {"label": label_names[majority],
-                **self.scores(test_labels, [majority] * len(test_labels), len(label_names))}
+                **self.scores(test_labels, np.tile(prior, (len(test_labels), 1)), len(label_names))}
 
-    def test_report(self, truth, predictions, label_names):
-        ids = list(range(len(label_names)))
+    def test_report(self, truth, values, label_names):
+        truth, ids = np.asarray(truth), list(range(len(label_names)))
+        predictions = self.predict(values)
         precision, recall, f1, support = precision_recall_fscore_support(truth, predictions, labels=ids, zero_division=0)
-        return {**self.scores(truth, predictions, len(label_names)),
-                "weighted_f1": f1_score(truth, predictions, labels=ids, average="weighted", zero_division=0),
+        return {**self.scores(truth, values, len(label_names)),
+                "worst_class": label_names[worst_class(truth, predictions, len(label_names))[0]],
                 "per_class": {name: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
-                                     "support": int(support[i])} for i, name in enumerate(label_names)}}
+                                     "support": int(support[i])} for i, name in enumerate(label_names)},
+                "confusion_matrix": confusion_matrix(truth, predictions, labels=ids).tolist(),  # rows: truth
+                "calibration": calibration_bins(truth, values)}
 
     def example_statistics(self, truth, predictions, num_labels):
         # columns: correct | predicted class (one-hot) | true class (one-hot) | true positive per class
@@ -220,7 +290,11 @@ class Classification(Task):
         predicted, actual, true_positive = (sums[:, 1 + i * num_labels:1 + (i + 1) * num_labels] for i in range(3))
         denominator = predicted + actual
         f1 = np.divide(2 * true_positive, denominator, out=np.zeros_like(true_positive), where=denominator > 0)
-        return {"accuracy": sums[:, 0] / counts, "macro_f1": f1.mean(1)}
+        present = actual > 0  # balanced accuracy and the worst class are over the classes the resample holds
+        recall = np.divide(true_positive, actual, out=np.zeros_like(true_positive), where=present)
+        return {"accuracy": sums[:, 0] / counts, "macro_f1": f1.mean(1),
+                "balanced_accuracy": recall.sum(1) / present.sum(1),
+                "worst_class_f1": np.where(present, f1, np.inf).min(1)}
 
 
 def class_weights(setting, train_labels: list[int], label_names: list[str]) -> torch.Tensor | None:

@@ -250,11 +250,10 @@ def eval_batch_tokens(t: TrainingConfig, device: torch.device) -> int | None:
 
 
 @torch.inference_mode()
-def inference(model, encoded: Encoded, split: str, t: TrainingConfig, accelerator: Accelerator, task: Task,
-              read: Callable | None = None) -> tuple[float | None, np.ndarray]:
+def inference(model, encoded: Encoded, split: str, t: TrainingConfig, accelerator: Accelerator,
+              task: Task) -> tuple[float | None, np.ndarray]:
     """The mean loss (None for unlabelled text) and, per example in the split's original order, the task's
-    prediction or what `read` takes from the model's outputs."""
-    read = read or task.predict
+    prediction values."""
     ids = encoded.ids[split]
     model.eval()
     batches = eval_batches([len(x) for x in ids], t.eval_batch_size, eval_batch_tokens(t, accelerator.device))
@@ -265,7 +264,7 @@ def inference(model, encoded: Encoded, split: str, t: TrainingConfig, accelerato
         outputs = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
         if "labels" in batch:
             loss_total += task.loss(outputs, batch["labels"])
-        predicted.append(read(outputs))
+        predicted.append(task.prediction_values(outputs))
     predictions = torch.cat(predicted).cpu().numpy()
     in_order = np.empty_like(predictions)
     in_order[[i for rows in batches for i in rows]] = predictions
@@ -273,10 +272,10 @@ def inference(model, encoded: Encoded, split: str, t: TrainingConfig, accelerato
 
 
 def evaluate(model, encoded: Encoded, split: str, t: TrainingConfig, accelerator: Accelerator, task: Task) -> dict:
-    """The loss, every metric of the task, and the predictions of one split."""
-    loss, predictions = inference(model, encoded, split, t, accelerator, task)
-    return {"loss": loss, **task.scores(encoded.labels[split], predictions, encoded.num_labels),
-            "predictions": predictions}
+    """The loss, every metric of the task, and the prediction values and predictions of one split."""
+    loss, values = inference(model, encoded, split, t, accelerator, task)
+    return {"loss": loss, **task.scores(encoded.labels[split], values, encoded.num_labels),
+            "values": values, "predictions": task.predict(values)}
 
 
 def update_early_stopping(state: TrainState, t: TrainingConfig, task: Task) -> bool:

@@ -113,8 +113,8 @@ def _convert(value, tp) -> tuple[bool, Any]:
             return False, value
         items = [_convert(item, args[0]) for item in value] if args else [(True, item) for item in value]
         return all(ok for ok, _ in items), [item for _, item in items]
-    if origin is dict and args[1] is list:  # the sweep: its values are typed later, key by key, with the grid
-        ok = isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, list) and v
+    if origin is dict and args[1] in (list, dict):  # sweep and variants: typed later, key by key, with the grid
+        ok = isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, args[1]) and (v or args[1] is dict)
                                              for k, v in value.items())
         return ok, value
     if origin is dict:
@@ -145,13 +145,15 @@ def type_name(tp) -> str:
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin in (typing.Union, types.UnionType):
         inner = [type_name(a) for a in args if a is not type(None)]
-        return " or ".join(inner) + " or null"
+        return " or ".join(inner) + (" or null" if type(None) in args else "")
     if origin is Literal:
         return "one of " + ", ".join(repr(a) for a in args)
     if origin is list:
         return f"a list of {type_name(args[0])}"
     if origin is dict and args[1] is list:
         return "a mapping of dotted keys to non-empty lists, e.g. {training.batch_size: [16, 32]}"
+    if origin is dict and args[1] is dict:
+        return "a mapping of names to settings, e.g. {plain: {}, weighted: {training.class_weights: balanced}}"
     if origin is dict:
         return f"a mapping from names to {type_name(args[1]).removeprefix('a ').removeprefix('an ')}s"
     return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}[tp]

@@ -20,7 +20,8 @@ matplotlib.use("Agg")  # files only: no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from report import best_run, headline_rows, summarize, task_of, write_report  # noqa: E402
+from report import best_run, configuration_label, headline_rows, summarize, task_of, write_report  # noqa: E402
+from data_report import DATA_REPORT, read_report  # noqa: E402
 from results import select_runs  # noqa: E402
 
 plt.rcParams.update({"font.size": 11, "axes.titlesize": 13, "figure.dpi": 120})
@@ -29,7 +30,7 @@ plt.rcParams.update({"font.size": 11, "axes.titlesize": 13, "figure.dpi": 120})
 class Plotter:
     """The plots of one experiment. Each method returns None when drawn, or why it was skipped."""
 
-    def __init__(self, runs: list[dict], summary: dict, folder: Path):
+    def __init__(self, runs: list[dict], summary: dict, folder: Path, data_report: dict | None = None):
         self.runs = [r for r in runs if r["status"] == "completed"]
         self.task = task_of(self.runs)
         self.summary, self.folder = summary, folder
@@ -39,18 +40,63 @@ class Plotter:
         self.model = ", ".join(sorted({r["model"] for r in self.runs}))
         self.headline, largest = headline_rows(self.rows)
         self.headline_note = "" if largest is None else f", {largest} examples per class"
+        self.data_report = data_report
+
+    def metrics_of(self, rows: list[dict]) -> list:
+        """The summary metrics every row has (records made before a metric existed lack it)."""
+        return [m for m in self.task.summary_metrics() if all(r["test"][m.name]["mean"] is not None for r in rows)]
 
     def runs_of(self, row: dict) -> list[dict]:
         return [r for r in self.runs if r.get("config_id", r["run_id"]) == row["config_id"]]
-
-    def label(self, row: dict) -> str:
-        extra = [f"{k}={v}" for k, v in row["varied"].items()]
-        return row["strategy"] + (f" ({', '.join(extra)})" if extra else "")
 
     def save(self, fig, name: str) -> None:
         fig.tight_layout()
         fig.savefig(self.folder / name)
         plt.close(fig)
+
+    def class_distribution(self) -> str | None:
+        if self.data_report is None:
+            return f"needs the data report ({DATA_REPORT}); main.py writes it"
+        counts = self.data_report["class_counts"]
+        names = sorted(counts["train"], key=lambda name: (-counts["train"][name], name))
+        fig, ax = plt.subplots(figsize=(min(4 + 0.55 * len(names), 24), 5))
+        bottom = np.zeros(len(names))
+        for split in ("train", "validation", "test"):
+            values = np.array([counts[split][name] for name in names])
+            ax.bar(range(len(names)), values, bottom=bottom, label=f"{split} ({values.sum():,})")
+            bottom += values
+        if len(names) <= 30:
+            ax.set_xticks(range(len(names)), names, rotation=45 if len(names) > 6 else 0, ha="right" if len(names) > 6 else "center")
+        else:
+            ax.set_xticks([])
+            ax.set_xlabel(f"{len(names)} classes, most frequent first")
+        ax.set_ylabel("examples")
+        ax.set_title(f"Examples per class and split: {self.dataset}\n(imbalance ratio {self.data_report['imbalance_ratio']:.1f}: "
+                     "largest / smallest training class)")
+        ax.grid(axis="y", alpha=0.3)
+        ax.legend(title="split (examples)", fontsize=9, title_fontsize=9)
+        self.save(fig, "class_distribution.png")
+        return None
+
+    def length_distribution(self) -> str | None:
+        if self.data_report is None:
+            return f"needs the data report ({DATA_REPORT}); main.py writes it"
+        lengths = self.data_report["token_lengths"]
+        edges = np.array(lengths["histogram_edges"])
+        fig, ax = plt.subplots(figsize=(8, 4.8))
+        for split in ("train", "validation", "test"):
+            counts = np.array(lengths[split]["histogram"])
+            ax.stairs(counts / max(counts.sum(), 1), edges, label=f"{split} (median {lengths[split]['median']:.0f}, "
+                      f"{100 * lengths[split]['truncated_share']:.1f}% truncated)")
+        ax.axvline(lengths["max_length"], color="black", linestyle="--", linewidth=1,
+                   label=f"max_length {lengths['max_length']}: longer texts are cut")
+        ax.set_xlabel(f"tokens per text ({lengths['model']} tokenizer, special tokens included)")
+        ax.set_ylabel("share of the split's texts")
+        ax.set_title(f"Text lengths in tokens: {self.dataset}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=9)
+        self.save(fig, "length_distribution.png")
+        return None
 
     def convergence(self, key: str, ylabel: str, name: str) -> str | None:
         fig, ax = plt.subplots(figsize=(8, 5))
@@ -61,7 +107,7 @@ class Plotter:
             values = [[h[key] for r in runs for h in r["history"] if h["epoch"] == e] for e in epochs]
             mean = np.array([np.mean(v) for v in values])
             std = np.array([np.std(v, ddof=1) if len(v) > 1 else 0.0 for v in values])
-            line, = ax.plot(list(epochs), mean, marker="o", label=f"{self.label(row)}, {len(runs)} run(s)")
+            line, = ax.plot(list(epochs), mean, marker="o", label=f"{configuration_label(row)}, {len(runs)} run(s)")
             if len(runs) > 1:
                 ax.fill_between(list(epochs), mean - std, mean + std, color=line.get_color(), alpha=0.2)
         ax.set_xlabel("epoch")
@@ -76,7 +122,7 @@ class Plotter:
     def performance(self) -> str | None:
         rows = self.headline
         fig, ax = plt.subplots(figsize=(max(7, 1.9 * len(rows) + 2), 5.4))
-        metrics = self.task.summary_metrics()
+        metrics = self.metrics_of(rows)
         width = 0.76 / len(metrics)
         for i, metric in enumerate(metrics):
             means = [r["test"][metric.name]["mean"] for r in rows]
@@ -106,7 +152,7 @@ class Plotter:
         strategies = list(dict.fromkeys(r["strategy"] for r in rows))
         if len({r["shots_per_class"] for r in rows}) < 2:
             return "needs few-shot runs at two or more shot counts (few_shot.enabled: true)"
-        metrics = self.task.summary_metrics()
+        metrics = self.metrics_of(rows)
         fig, axes = plt.subplots(1, len(metrics), figsize=(6 * len(metrics), 4.8), squeeze=False)
         axes = axes[0]
         for ax, metric in zip(axes, metrics):
@@ -226,6 +272,69 @@ class Plotter:
             written.append(name)
         return written
 
+    def per_class_f1(self) -> list[str]:
+        """Mean test F1 of every class under every configuration, rarest training class first."""
+        rows = [r for r in self.rows if r["shots_per_class"] == self.headline[0]["shots_per_class"]
+                and r["validation"]["mean"] is not None]
+        if not rows or not all("per_class" in r["test"] for run in rows for r in self.runs_of(run)):
+            return []
+        counts = self.runs_of(rows[0])[0]["dataset"]["label_distribution"]["train"]
+        names = sorted(counts, key=lambda name: (counts[name], name))
+        f1 = np.array([[np.mean([r["test"]["per_class"][name]["f1"] for r in self.runs_of(row)]) for name in names]
+                       for row in rows])
+        fig, ax = plt.subplots(figsize=(min(3.5 + 0.75 * len(names), 24), 1.6 + 0.45 * len(rows)))
+        image = ax.imshow(f1, cmap="RdYlGn", vmin=0, vmax=1, aspect="auto")
+        if len(names) <= 20:
+            for i in range(len(rows)):
+                for j in range(len(names)):
+                    ax.text(j, i, f"{f1[i, j]:.2f}", ha="center", va="center", fontsize=9)
+            ax.set_xticks(range(len(names)), [f"{name}\n({counts[name]})" for name in names], fontsize=9)
+        else:
+            ax.set_xlabel("classes, rarest first")
+        ax.set_yticks(range(len(rows)), [f"{configuration_label(r)}{' *' if r['chosen'] else ''}" for r in rows], fontsize=9)
+        fig.colorbar(image, ax=ax, fraction=0.046, pad=0.02, label="test F1")
+        ax.set_title(f"Test F1 per class (mean over runs; in brackets: training examples; * chosen setting)\n"
+                     f"{self.dataset}, {self.model}{self.headline_note}", fontsize=11)
+        self.save(fig, "per_class_f1.png")
+        return ["per_class_f1.png"]
+
+    def calibration(self) -> list[str]:
+        """Reliability diagram: per confidence bin, how often the chosen setting of each strategy was right
+        (bins pooled over its runs); on the diagonal, confidence means what it says."""
+        fig, (ax, counts_ax) = plt.subplots(2, 1, figsize=(7, 7.5), height_ratios=[3, 1], sharex=True)
+        drawn = False
+        for row in self.headline:
+            runs = [r for r in self.runs_of(row) if "calibration" in r["test"]]
+            if not runs:
+                continue
+            count = np.sum([r["test"]["calibration"]["count"] for r in runs], axis=0)
+            bins = len(count)
+            sums = {key: np.sum([[(v or 0.0) * n for v, n in zip(r["test"]["calibration"][key], r["test"]["calibration"]["count"])]
+                                 for r in runs], axis=0) for key in ("confidence", "accuracy")}
+            filled = count > 0
+            confidence, accuracy = sums["confidence"][filled] / count[filled], sums["accuracy"][filled] / count[filled]
+            ece = np.mean([r["test"]["ece"] for r in runs])
+            line, = ax.plot(confidence, accuracy, marker="o", label=f"{row['strategy']} (ECE {ece:.3f}, {len(runs)} run(s))")
+            centres = (np.arange(bins) + 0.5) / bins
+            counts_ax.plot(centres[filled], count[filled] / count.sum(), marker=".", color=line.get_color())
+            drawn = True
+        if not drawn:
+            plt.close(fig)
+            return []
+        ax.plot([0, 1], [0, 1], color="gray", linestyle="--", linewidth=1, label="perfect calibration")
+        ax.set_ylabel("accuracy in the bin")
+        ax.set_ylim(0, 1.02)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=9, loc="upper left")
+        ax.set_title(f"Calibration on test: is a prediction made with confidence p right p of the time?\n"
+                     f"{self.dataset}, {self.model}{self.headline_note}", fontsize=11)
+        counts_ax.set_xlabel("confidence: the predicted class's probability (bins of 1/15)")
+        counts_ax.set_ylabel("share of\npredictions")
+        counts_ax.set_xlim(0, 1)
+        counts_ax.grid(alpha=0.3)
+        self.save(fig, "calibration.png")
+        return ["calibration.png"]
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Plot the results of main.py and write a report.")
@@ -243,8 +352,10 @@ def main(argv: list[str] | None = None) -> int:
     summary = summarize(runs, metric or task_of(completed).default_metric)
     plots = output / "plots"
     plots.mkdir(parents=True, exist_ok=True)
-    plotter = Plotter(runs, summary, plots)
+    plotter = Plotter(runs, summary, plots, read_report(output / "results", completed[0]["dataset"]["fingerprint"]))
     attempts = {
+        "class_distribution.png": plotter.class_distribution,
+        "length_distribution.png": plotter.length_distribution,
         "convergence_train_loss.png": lambda: plotter.convergence(
             "train_loss", f"training loss ({plotter.task.loss_label})", "convergence_train_loss.png"),
         "convergence_val_loss.png": lambda: plotter.convergence(

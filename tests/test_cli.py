@@ -8,12 +8,13 @@ import sys
 from checkpoints import load_weights
 from conftest import ROOT
 from model import STRATEGIES
+from tasks import TASKS
 
 RECORD_KEYS = {"run_id", "strategy", "status", "hyperparameters", "model", "dataset", "seed", "trainable_params",
                "total_params", "trainable_pct", "history", "best_epoch", "stop_reason", "test", "train_time_s",
                "train_samples_per_s", "validation_time_s", "checkpoint_time_s", "run_time_s", "peak_memory_mb",
                "versions"}
-HISTORY_KEYS = {"epoch", "train_loss", "val_loss", "val_accuracy", "val_macro_f1", "lr", "seconds"}
+HISTORY_KEYS = {"epoch", "train_loss", "val_loss", "lr", "seconds"} | {f"val_{m.name}" for m in TASKS["classification"].metrics}
 
 
 def main_py(*args, cwd=ROOT):
@@ -36,7 +37,8 @@ def test_all_strategies_end_to_end_then_plots(write_config, tmp_path):
     for run in runs:
         assert RECORD_KEYS <= set(run) and run["status"] == "completed"
         assert [set(h) for h in run["history"]] == [HISTORY_KEYS] * len(run["history"])
-        assert set(run["test"]) >= {"accuracy", "macro_f1", "weighted_f1", "per_class"}
+        assert set(run["test"]) >= {"accuracy", "macro_f1", "weighted_f1", "ece", "worst_class", "per_class",
+                                    "confusion_matrix", "calibration"}
         assert set(run["test"]["per_class"]) == {"delivery", "login", "refund"}
         assert run["dataset"]["sizes"] == {"train": 54, "validation": 18, "test": 18}
         assert len(run["test_predictions"]) == 18

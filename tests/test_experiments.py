@@ -9,6 +9,7 @@ from sklearn.metrics import accuracy_score, f1_score
 
 from config import load_config, strategy_settings
 from data import few_shot_rows
+import main
 from experiment import plan_runs
 from report import aggregate, paired_bootstrap, summarize, summary_markdown
 from tasks import TASKS
@@ -53,6 +54,50 @@ def test_rates_ranks_sweep_and_seeds_multiply_into_single_run_configs(write_conf
 def test_a_mistake_in_the_grid_fails_before_anything_runs(write_config, sweep, message):
     with pytest.raises(ConfigError) as err:
         load_config(write_config(sweep=sweep))
+    assert message in str(err.value)
+
+
+VARIANTS = {"plain": {}, "weighted": {"training.class_weights": "balanced"}, "focal": {"training.loss": "focal"},
+            "oversampled": {"training.sampler": "oversample"}}
+
+
+def test_named_variants_are_compared_side_by_side_crossed_with_the_sweep(write_config):
+    cfg = load_config(write_config(variants=VARIANTS, sweep={"training.batch_size": [4, 8]}, training={"seeds": [0, 1]}))
+    runs = plan_runs(cfg, ["full", "bitfit"])
+    assert len(runs) == 2 * 4 * 2 * 2  # strategies x variants x batch sizes x seeds
+    full = [r for r in runs if r.strategy == "full" and r.cfg.training.seed == 0 and r.cfg.training.batch_size == 4]
+    settings = {r.varied["variant"]: (r.cfg.training.class_weights, r.cfg.training.loss, r.cfg.training.sampler)
+                for r in full}
+    assert settings == {"plain": (None, "cross_entropy", "random"), "weighted": ("balanced", "cross_entropy", "random"),
+                        "focal": (None, "focal", "random"), "oversampled": (None, "cross_entropy", "oversample")}
+    assert len({r.run_id("fingerprint") for r in runs}) == len(runs)
+    assert all(r.cfg.variants == {} for r in runs)
+
+
+def test_variants_run_and_each_is_compared_with_the_first(write_config, tmp_path):
+    # the config file lists them in this order (the test's YAML is written sorted): the first is the reference
+    variants = {"baseline": {}, "oversampled": {"training.sampler": "oversample"}, "weighted": {"training.class_weights": "balanced"}}
+    config = write_config(variants=variants, training={"seeds": [0, 1], "num_epochs": 1})
+    assert main.main(["--config", str(config), "--strategy", "bitfit"]) == 0
+    records = results(tmp_path)
+    assert [r["varied"]["variant"] for r in records] == ["baseline"] * 2 + ["oversampled"] * 2 + ["weighted"] * 2
+    assert {r["hyperparameters"]["class_weights"] for r in records if r["varied"]["variant"] == "weighted"} == {"balanced"}
+    summary = (tmp_path / "outputs" / "results" / "summary.md").read_text()
+    assert "| bitfit: oversampled vs bitfit: baseline | 2 |" in summary and "| bitfit: weighted vs bitfit: baseline | 2 |" in summary
+    assert "variant_comparisons.csv" in {p.name for p in (tmp_path / "outputs" / "results").iterdir()}
+
+
+@pytest.mark.parametrize("variants, message", [
+    ({"a": {"training.seed": 1}}, "variants.a.training.seed: cannot be set in a variant (list seeds in training.seeds)"),
+    ({"a": {"training.los": "focal"}}, "sweep and variants: the run with variant=a, training.batch_size=4: unknown key 'training.los'; "
+                                       "did you mean 'training.loss'?"),
+    ({"a": {"training.loss": "hinge"}}, "training.loss: expected one of 'cross_entropy', 'focal', got 'hinge'"),
+    ({"a": {"training.batch_size": 4}}, "variants.a.training.batch_size: also swept in sweep.training.batch_size"),
+    ({"a": ["training.loss"]}, "variants: expected a mapping of names to settings"),
+])
+def test_a_mistake_in_a_variant_fails_before_anything_runs(write_config, variants, message):
+    with pytest.raises(ConfigError) as err:
+        load_config(write_config(variants=variants, sweep={"training.batch_size": [4, 8]}))
     assert message in str(err.value)
 
 

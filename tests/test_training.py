@@ -85,7 +85,8 @@ def test_checkpoint_from_another_config_is_refused(write_config, tmp_path):
 def test_early_stopping_stops_when_the_metric_stalls(write_config, tmp_path, monkeypatch):
     cfg, data, encoded = prepared(write_config(), ["training.num_epochs=10", "training.early_stopping.patience=2"])
     scores = iter([0.5, 0.7, 0.69, 0.7, 0.9])  # best at epoch 2, then two epochs without improvement
-    monkeypatch.setattr(trainer, "evaluate", lambda *a, **k: {"loss": 1.0, "accuracy": 0.5, "macro_f1": next(scores)})
+    other_metrics = {m.name: 0.5 for m in TASKS["classification"].metrics}
+    monkeypatch.setattr(trainer, "evaluate", lambda *a, **k: {"loss": 1.0, **other_metrics, "macro_f1": next(scores)})
     _, result = run(cfg, data, encoded, tmp_path / "r")
     assert len(result["history"]) == 4
     assert result["best_epoch"] == 2

@@ -3,7 +3,12 @@
 import json
 import random
 
+import numpy as np
+
 import visualize
+from data import LabelledData
+from data_report import build_report, save_report
+from tasks import TASKS
 from utils import atomic_write_json
 
 LABELS = ["billing", "shipping", "account"]
@@ -13,7 +18,8 @@ def record(strategy: str, seed: int, varied: dict, shots: int | None = None, dra
     rng = random.Random(f"{strategy}{seed}{varied}{shots}{draw}")
     truth = [i % 3 for i in range(30)]
     predictions = [t if rng.random() < 0.8 else (t + 1) % 3 for t in truth]
-    accuracy = sum(p == t for p, t in zip(predictions, truth)) / len(truth)
+    logits = np.log(np.full((30, 3), 0.1))
+    logits[range(30), predictions] = np.log(0.8)
     config_id = f"{strategy}-{json.dumps(varied, sort_keys=True)}-{shots}"
     history = [{"epoch": e, "train_loss": 1.0 / e + rng.random() / 10, "val_loss": 1.2 / e + rng.random() / 10,
                 "val_accuracy": 0.5 + e / 10, "val_macro_f1": 0.4 + e / 10 + rng.random() / 20, "lr": 1e-4,
@@ -24,9 +30,10 @@ def record(strategy: str, seed: int, varied: dict, shots: int | None = None, dra
             "model": "tiny", "hyperparameters": {"learning_rate": varied.get("learning_rate", 1e-4)},
             "dataset": {"name": "tickets", "fingerprint": "f" * 16, "sizes": {"train": 60, "validation": 30, "test": 30},
                         "num_labels": 3, "label_names": LABELS,
-                        "majority_baseline": {"label": "billing", "accuracy": 0.34, "macro_f1": 0.17}},
+                        "label_distribution": {"train": {"billing": 30, "shipping": 20, "account": 10}},
+                        "majority_baseline": TASKS["classification"].baseline([0, 0, 1, 2], truth, LABELS)},
             "trainable_params": 1000 * varied.get("rank", 100), "total_params": 10 ** 6, "history": history,
-            "best_epoch": 3, "test": {"accuracy": accuracy, "macro_f1": accuracy - 0.02},
+            "best_epoch": 3, "test": TASKS["classification"].test_report(truth, logits, LABELS),
             "test_predictions": predictions, "test_labels": truth, "train_time_s": 5.0 + seed,
             "peak_memory_mb": 900.0, "device": "cpu", "versions": {"torch": "2.13.0"},
             "finished_at": "2026-11-22T12:00:00"}
@@ -34,6 +41,13 @@ def record(strategy: str, seed: int, varied: dict, shots: int | None = None, dra
 
 def write_results(folder, runs, metric="val_macro_f1"):
     results = folder / "results"
+    texts = {"train": ["a b c"] * 30 + ["a b c d e f g"] * 20 + ["a"] * 10, "validation": ["a b"] * 30,
+             "test": ["a b c d"] * 30}
+    labels = {"train": [0] * 30 + [1] * 20 + [2] * 10, "validation": [0, 1, 2] * 10, "test": [0, 1, 2] * 10}
+    data = LabelledData("tickets", texts, labels, LABELS)
+    lengths = {split: np.array([len(t.split()) + 2 for t in texts[split]]) for split in texts}
+    report = build_report(data, lengths, 8, "tiny")
+    save_report({**report, "fingerprint": runs[0]["dataset"]["fingerprint"]}, results)
     atomic_write_json(results / "all_results.json", {"runs": runs})
     atomic_write_json(results / "experiment.json", {
         "config_file": "config.yaml", "command": "main.py", "run_ids": [r["run_id"] for r in runs],
@@ -49,8 +63,8 @@ def test_every_plot_and_the_report_from_a_results_file(tmp_path, capsys):
     write_results(tmp_path, runs)
     assert visualize.main(["--output-dir", str(tmp_path)]) == 0
     expected = ["convergence_train_loss", "convergence_val_loss", "performance_comparison", "few_shot_learning",
-                "lr_ablation", "lora_rank_ablation", "efficiency", "confusion_matrix_full", "confusion_matrix_lora",
-                "confusion_matrix_bitfit"]
+                "lr_ablation", "lora_rank_ablation", "efficiency", "class_distribution", "length_distribution",
+                "confusion_matrix_full", "confusion_matrix_lora", "confusion_matrix_bitfit", "per_class_f1", "calibration"]
     for name in expected:
         png = (tmp_path / "plots" / f"{name}.png").read_bytes()
         assert png.startswith(b"\x89PNG") and len(png) > 15_000, name
@@ -69,8 +83,8 @@ def test_plots_without_data_are_skipped_with_a_reason(tmp_path, capsys):
     assert "skipped lr_ablation.png: needs two or more values of learning_rate for a strategy" in out
     assert "skipped efficiency.png: needs two or more strategies" in out
     assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == [
-        "confusion_matrix_full.png", "convergence_train_loss.png", "convergence_val_loss.png",
-        "performance_comparison.png"]
+        "calibration.png", "class_distribution.png", "confusion_matrix_full.png", "convergence_train_loss.png",
+        "convergence_val_loss.png", "length_distribution.png", "per_class_f1.png", "performance_comparison.png"]
 
 
 def test_no_completed_runs_is_an_error(tmp_path, capsys):

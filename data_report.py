@@ -1,0 +1,96 @@
+"""The data report: what a data set holds before any training (class counts per split, rows dropped and why,
+duplicates, leakage between splits, token lengths, the imbalance), printed once and saved beside the results."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+from data import SPLITS, LabelledData
+from utils import atomic_write_json
+
+DATA_REPORT = "data_report.json"  # in the results folder, one entry per data fingerprint
+LENGTH_PERCENTILE = 95  # model.max_length: auto keeps this share of training texts whole
+LENGTH_MULTIPLE = 8  # auto lengths are rounded up to a multiple of this (tensor-core friendly)
+HISTOGRAM_BINS = 40
+
+
+def token_lengths(tokenizer, texts: list[str]) -> np.ndarray:
+    """Each text's length in tokens, special tokens included and nothing truncated."""
+    ids = tokenizer(texts, truncation=False, return_attention_mask=False, return_token_type_ids=False,
+                    verbose=False)["input_ids"]
+    return np.array([len(row) for row in ids])
+
+
+def auto_max_length(train_lengths: np.ndarray, limit: int | None) -> int:
+    """The training split's 95th-percentile length rounded up to a multiple of 8, within the model's limit."""
+    length = math.ceil(np.percentile(train_lengths, LENGTH_PERCENTILE) / LENGTH_MULTIPLE) * LENGTH_MULTIPLE
+    length = max(length, LENGTH_MULTIPLE)
+    return length if limit is None else min(length, limit)
+
+
+def build_report(data: LabelledData, lengths: dict[str, np.ndarray], max_length: int, model: str) -> dict:
+    """The report of one data set, as stored in data_report.json."""
+    counts = {split: dict(zip(data.label_names, np.bincount(data.labels[split], minlength=len(data.label_names)).tolist()))
+              for split in SPLITS}
+    train = [n for n in counts["train"].values() if n > 0]
+    top = max(max(lengths[split].max() for split in SPLITS), max_length + 1)
+    edges = np.unique(np.linspace(0, top, HISTOGRAM_BINS + 1).round().astype(int))
+    return {
+        "dataset": data.name, "fingerprint": data.fingerprint, "label_names": data.label_names,
+        "sizes": data.sizes(), "class_counts": counts,
+        "imbalance_ratio": max(train) / min(train),  # largest training class / smallest
+        "cleaning": data.cleaning,
+        "token_lengths": {
+            "model": model, "max_length": max_length, "histogram_edges": edges.tolist(),
+            **{split: {"min": int(x.min()), "median": float(np.median(x)),
+                       f"p{LENGTH_PERCENTILE}": float(np.percentile(x, LENGTH_PERCENTILE)), "max": int(x.max()),
+                       "truncated_share": float((x > max_length).mean()),
+                       "histogram": np.histogram(x, edges)[0].tolist()}
+               for split, x in lengths.items()}},
+    }
+
+
+def describe_report(report: dict) -> list[str]:
+    """The report in a few lines for the log."""
+    lines = [f"data {report['dataset']} ({report['fingerprint']}): "
+             + ", ".join(f"{split} {n}" for split, n in report["sizes"].items())
+             + f"; imbalance ratio {report['imbalance_ratio']:.1f} (largest / smallest training class)"]
+    train = report["class_counts"]["train"]
+    rarest = sorted(train, key=train.get)[:3]
+    lines.append("  rarest training classes: " + ", ".join(f"{name} {train[name]}" for name in rarest))
+    for split, found in report["cleaning"].items():
+        dropped = {"empty text": found.get("empty_text", 0), "missing label": found.get("missing_label", 0),
+                   "repeated text": found.get("duplicates_dropped", 0),
+                   "text with conflicting labels": found.get("conflicting_rows_dropped", 0),
+                   "text also in an earlier split": found.get("leaked_removed", 0)}
+        kept = {"repeated text": found.get("duplicate_rows", 0) - found.get("duplicates_dropped", 0),
+                "text with conflicting labels": found.get("conflicting_rows", 0) - found.get("conflicting_rows_dropped", 0),
+                "text also in an earlier split": found.get("leaked", 0) - found.get("leaked_removed", 0)}
+        notes = [f"dropped {n} ({why})" for why, n in dropped.items() if n] + [f"kept {n} ({why})" for why, n in kept.items() if n]
+        if notes:
+            lines.append(f"  {split}: " + "; ".join(notes))
+    t = report["token_lengths"]
+    for split in SPLITS:
+        x = t[split]
+        lines.append(f"  {split} tokens: min {x['min']}, median {x['median']:.0f}, p{LENGTH_PERCENTILE} "
+                     f"{x[f'p{LENGTH_PERCENTILE}']:.0f}, max {x['max']}; {100 * x['truncated_share']:.1f}% truncated at "
+                     f"max_length {t['max_length']}")
+    return lines
+
+
+def save_report(report: dict, folder: Path) -> None:
+    """Add the report to data_report.json (keyed by data fingerprint, so experiments on several data sets
+    sharing an output folder keep each one's)."""
+    path = folder / DATA_REPORT
+    reports = json.loads(path.read_text()) if path.exists() else {}
+    reports[report["fingerprint"]] = report
+    atomic_write_json(path, reports)
+
+
+def read_report(folder: Path, fingerprint: str) -> dict | None:
+    path = folder / DATA_REPORT
+    return json.loads(path.read_text()).get(fingerprint) if path.exists() else None
