@@ -86,7 +86,8 @@ def model_card(record: dict, cfg, runs: list[dict], adapter: bool) -> str:
         lines.append("")
     lines += ["## Results", "",
               f"- Best {task.label(cfg.training.early_stopping.metric)} (chose the epoch): {_scores(runs, 'validation')}"]
-    lines += [f"- Test {m.label} (only reported): {_scores(runs, m.name)}" for m in task.metrics]
+    lines += [f"- Test {m.label} (only reported): {_scores(runs, m.name)}" for m in task.metrics
+              if all(m.name in r["test"] for r in runs)]  # records made before a metric existed lack it
     per_class = record["test"].get("per_class")
     if per_class:
         lines += ["", "| label | test precision | test recall | test F1 | test support |", "|---|---|---|---|---|"]

@@ -171,9 +171,9 @@ def fake_run(run_id: str, config_id: str, strategy: str, seed: int, val: float, 
              truth: list[int]) -> dict:
     return {"run_id": run_id, "config_id": config_id, "strategy": strategy, "status": "completed", "seed": seed,
             "varied": {}, "hyperparameters": {"learning_rate": 1e-4}, "best_epoch": 1, "trainable_params": 10,
-            "history": [{"epoch": 1, "val_macro_f1": val, "val_loss": 1 - val, "val_accuracy": val}],
+            "history": [{"epoch": 1, "train_loss": 0.1, "val_macro_f1": val, "val_loss": 1 - val, "val_accuracy": val}],
             "test": {"accuracy": accuracy_score(truth, predictions), "macro_f1": f1_score(truth, predictions, average="macro")},
-            "test_predictions": predictions, "test_labels": truth, "dataset": {"num_labels": 2},
+            "test_predictions": predictions, "test_labels": truth, "dataset": {"num_labels": 2, "label_names": ["a", "b"]},
             "train_time_s": 1.0, "peak_memory_mb": 100.0}
 
 
