@@ -145,13 +145,12 @@ class Inputs:
         if token_key not in self.encoded:
             self.encoded[token_key] = tokenize(data, self.tokenizer_for(run), run.cfg.model.max_length)
         encoded = self.encoded[token_key]
+        rows = range(len(data.labels["train"]))
         if run.shots is not None:
-            encoded = encoded.with_train_rows(few_shot_rows(encoded.labels["train"], run.shots, run.cfg.data.seed,
-                                                            run.draw))
+            rows = few_shot_rows(data.labels["train"], run.shots, run.cfg.data.seed, run.draw)
+            encoded = encoded.with_train_rows(rows)
         augment = run.cfg.data.augment
         if augment.enabled:
-            rows = range(len(data.texts["train"])) if run.shots is None else \
-                few_shot_rows(data.labels["train"], run.shots, run.cfg.data.seed, run.draw)
             texts, labels = augment_texts([data.texts["train"][i] for i in rows], [data.labels["train"][i] for i in rows],
                                           augment, run.cfg.training.seed)
             encoded = encoded.with_added_train_rows(token_ids(self.tokenizer_for(run), texts, run.cfg.model.max_length),
@@ -172,9 +171,10 @@ def resolve_max_length(runs: list[Run], inputs: Inputs, model_configs: dict) -> 
             length = auto_max_length(train, limit)
             if (length, run.cfg.model.name) not in told:
                 told.add((length, run.cfg.model.name))
+                percentile = np.percentile(train, LENGTH_PERCENTILE)
                 logger.info("model.max_length auto: %d (the %dth percentile of %s's training token lengths is %.0f%s; "
                             "%.1f%% of training texts are truncated)", length, LENGTH_PERCENTILE, run.cfg.model.name,
-                            np.percentile(train, LENGTH_PERCENTILE), f", capped at {limit}" if limit else "",
+                            percentile, f", above the model's limit of {limit}" if limit and percentile > limit else "",
                             100 * (train > length).mean())
             run = dataclasses.replace(run, cfg=dataclasses.replace(
                 run.cfg, model=dataclasses.replace(run.cfg.model, max_length=length)))

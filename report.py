@@ -281,7 +281,7 @@ def configuration_columns(summary: dict) -> list[Column]:
     columns += [
         Column("runs", lambda r: {"runs": r["runs"], "failed": r["failed"]},
                lambda r: str(r["runs"]) + (f" ({r['failed']} failed)" if r["failed"] else "")),
-        _stat_column(f"validation {summary['metric'].removeprefix('val_')}", "validation", lambda r: r["validation"]),
+        _stat_column(task.label(summary["metric"]), "validation", lambda r: r["validation"]),
         *[_stat_column(f"test {m.label}", f"test_{m.name}", lambda r, name=m.name: r["test"][name])
           for m in task.summary_metrics()],
         Column("trainable params", lambda r: {"trainable_params": r["trainable_params"]},

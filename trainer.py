@@ -147,9 +147,10 @@ def train(model: torch.nn.Module, encoded: Encoded, cfg: Config, learning_rate: 
             scores = {f"val_{name}": val[name] for name in ["loss"] + [m.name for m in task.metrics]}
             state.history.append({"epoch": epoch + 1, "train_loss": train_loss, **scores,
                                   "lr": scheduler.get_last_lr()[0], "seconds": seconds})
+            shown = ["val_loss", *(f"val_{m.name}" for m in task.summary_metrics()), t.early_stopping.metric]
             logger.info("epoch %d/%d | train_loss %.4f | %s | lr %.2e | %.1fs", epoch + 1, t.num_epochs, train_loss,
-                        " | ".join(f"{key} {value:.4f}" for key, value in scores.items()), scheduler.get_last_lr()[0],
-                        seconds)
+                        " | ".join(f"{key} {scores[key]:.4f}" for key in dict.fromkeys(shown)),
+                        scheduler.get_last_lr()[0], seconds)
             with stopwatch(spent, "checkpoint_time_s"):
                 if update_early_stopping(state, t, task):
                     best_weights = trainable_weights(model, accelerator)

@@ -27,6 +27,12 @@ from results import select_runs  # noqa: E402
 plt.rcParams.update({"font.size": 11, "axes.titlesize": 13, "figure.dpi": 120})
 
 
+def slanted_if_long(names: list[str]) -> dict:
+    """Tick label settings for class names: slanted when they would run into each other level."""
+    crowded = len(names) > 6 or max(len(name) for name in names) > 9
+    return {"rotation": 30, "ha": "right"} if crowded else {}
+
+
 class Plotter:
     """The plots of one experiment. Each method returns None when drawn, or why it was skipped."""
 
@@ -66,7 +72,7 @@ class Plotter:
             ax.bar(range(len(names)), values, bottom=bottom, label=f"{split} ({values.sum():,})")
             bottom += values
         if len(names) <= 30:
-            ax.set_xticks(range(len(names)), names, rotation=45 if len(names) > 6 else 0, ha="right" if len(names) > 6 else "center")
+            ax.set_xticks(range(len(names)), names, **slanted_if_long(names))
         else:
             ax.set_xticks([])
             ax.set_xlabel(f"{len(names)} classes, most frequent first")
@@ -288,7 +294,8 @@ class Plotter:
             for i in range(len(rows)):
                 for j in range(len(names)):
                     ax.text(j, i, f"{f1[i, j]:.2f}", ha="center", va="center", fontsize=9)
-            ax.set_xticks(range(len(names)), [f"{name}\n({counts[name]})" for name in names], fontsize=9)
+            ax.set_xticks(range(len(names)), [f"{name}\n({counts[name]})" for name in names], fontsize=9,
+                          **slanted_if_long(names))
         else:
             ax.set_xlabel("classes, rarest first")
         ax.set_yticks(range(len(rows)), [f"{configuration_label(r)}{' *' if r['chosen'] else ''}" for r in rows], fontsize=9)
@@ -314,7 +321,10 @@ class Plotter:
             filled = count > 0
             confidence, accuracy = sums["confidence"][filled] / count[filled], sums["accuracy"][filled] / count[filled]
             ece = np.mean([r["test"]["ece"] for r in runs])
-            line, = ax.plot(confidence, accuracy, marker="o", label=f"{row['strategy']} (ECE {ece:.3f}, {len(runs)} run(s))")
+            line, = ax.plot(confidence, accuracy, linewidth=1, alpha=0.6,
+                            label=f"{row['strategy']} (ECE {ece:.3f}, {len(runs)} run(s))")
+            # a bin of one or two predictions says little: the marker's area shows how many the point rests on
+            ax.scatter(confidence, accuracy, s=12 + 300 * count[filled] / count.sum(), color=line.get_color(), zorder=3)
             centres = (np.arange(bins) + 0.5) / bins
             counts_ax.plot(centres[filled], count[filled] / count.sum(), marker=".", color=line.get_color())
             drawn = True
@@ -325,7 +335,7 @@ class Plotter:
         ax.set_ylabel("accuracy in the bin")
         ax.set_ylim(0, 1.02)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=9, loc="upper left")
+        ax.legend(fontsize=9, loc="lower right", title="marker area: share of predictions in the bin", title_fontsize=9)
         ax.set_title(f"Calibration on test: is a prediction made with confidence p right p of the time?\n"
                      f"{self.dataset}, {self.model}{self.headline_note}", fontsize=11)
         counts_ax.set_xlabel("confidence: the predicted class's probability (bins of 1/15)")

@@ -39,7 +39,7 @@ def test_a_metric_added_to_the_task_shows_in_history_summary_report_and_choices(
         assert record["test"]["kappa"] == pytest.approx(cohen_kappa_score(record["test_labels"], record["test_predictions"]))
         assert record["dataset"]["majority_baseline"]["kappa"] == 0
     summary = (tmp_path / "outputs" / "results" / "summary.md").read_text()
-    assert "validation kappa" in summary and "test Cohen's kappa" in summary
+    assert "| validation Cohen's kappa |" in summary and "| test Cohen's kappa |" in summary
     assert "test_kappa_mean" in (tmp_path / "outputs" / "results" / "summary.csv").read_text()
     assert visualize.main(["--output-dir", str(tmp_path / "outputs")]) == 0
     report = (tmp_path / "outputs" / "report.html").read_text()
