@@ -16,6 +16,7 @@ from typing import Any, Callable
 import numpy as np
 import yaml
 
+from data_report import describe_report
 from diagnostics import diagnose
 from tasks import TASKS, Task
 from utils import atomic_write_bytes
@@ -365,6 +366,16 @@ def write_summary(summary: dict, folder: Path) -> None:
     atomic_write_bytes(folder / "summary.md", (summary_markdown(summary) + "\n").encode())
 
 
+def data_section(report: dict) -> list[str]:
+    """The data report as HTML: what cleaning found, token lengths, and the examples per class and split."""
+    counts = report["class_counts"]
+    columns = [Column("class", lambda name: {}, lambda name: name)]
+    columns += [Column(split, lambda name: {}, lambda name, split=split: f"{counts[split][name]:,}") for split in counts]
+    names = sorted(counts["train"], key=lambda name: -counts["train"][name])
+    lines = "".join(f"<li>{html.escape(line.strip())}</li>" for line in describe_report(report))
+    return ["<h2>Data</h2>", f"<ul>{lines}</ul>", html_table(columns, names)]
+
+
 REPORT_STYLE = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}"
                 "table{border-collapse:collapse;font-size:13px;margin:1em 0}th,td{border:1px solid #ccc;padding:4px 8px;"
                 "text-align:left}th{background:#f3f3f3}img{max-width:100%;border:1px solid #eee}"
@@ -372,7 +383,7 @@ REPORT_STYLE = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto;pa
 
 
 def write_report(path: Path, summary: dict, runs: list[dict], experiment: dict | None, images: list[Path],
-                 skipped: dict[str, str]) -> None:
+                 skipped: dict[str, str], data_report: dict | None = None) -> None:
     """One HTML file with everything embedded, so it can be sent to a colleague as it is."""
     task = TASKS[summary["task"]]
     completed = [r for r in runs if r["status"] == "completed"]
@@ -385,6 +396,7 @@ def write_report(path: Path, summary: dict, runs: list[dict], experiment: dict |
         f"data fingerprint {dataset['fingerprint']}; split sizes {html.escape(json.dumps(dataset['sizes']))}; "
         f"device {html.escape(completed[0].get('device', '?'))}; versions "
         f"{html.escape(', '.join(f'{k} {v}' for k, v in completed[0]['versions'].items()))}.</p>",
+        *(data_section(data_report) if data_report else []),
         "<h2>Configurations</h2>", html_table(configuration_columns(summary), summary["rows"]),
         f"<p>Mean ± standard deviation over runs (seeds and few-shot draws). The chosen setting of each strategy has "
         f"the best mean {html.escape(task.label(summary['metric']))}; test scores are only reported, never used to choose."

@@ -288,7 +288,7 @@ class Plotter:
         names = sorted(counts, key=lambda name: (counts[name], name))
         f1 = np.array([[np.mean([r["test"]["per_class"][name]["f1"] for r in self.runs_of(row)]) for name in names]
                        for row in rows])
-        fig, ax = plt.subplots(figsize=(min(3.5 + 0.75 * len(names), 24), 1.6 + 0.45 * len(rows)))
+        fig, ax = plt.subplots(figsize=(min(5 + 0.8 * len(names), 24), 2.2 + 0.45 * len(rows)))
         image = ax.imshow(f1, cmap="RdYlGn", vmin=0, vmax=1, aspect="auto")
         if len(names) <= 20:
             for i in range(len(rows)):
@@ -300,8 +300,8 @@ class Plotter:
             ax.set_xlabel("classes, rarest first")
         ax.set_yticks(range(len(rows)), [f"{configuration_label(r)}{' *' if r['chosen'] else ''}" for r in rows], fontsize=9)
         fig.colorbar(image, ax=ax, fraction=0.046, pad=0.02, label="test F1")
-        ax.set_title(f"Test F1 per class (mean over runs; in brackets: training examples; * chosen setting)\n"
-                     f"{self.dataset}, {self.model}{self.headline_note}", fontsize=11)
+        ax.set_title(f"Test F1 per class, rarest first: {self.dataset}, {self.model}{self.headline_note}\n"
+                     "(mean over runs; in brackets: training examples; * chosen setting)", fontsize=10)
         self.save(fig, "per_class_f1.png")
         return ["per_class_f1.png"]
 
@@ -388,7 +388,8 @@ def main(argv: list[str] | None = None) -> int:
             drawn.append(name)
     for task_plot in plotter.task.plots:  # the task's own plots, each returning the files it wrote
         drawn += getattr(plotter, task_plot)()
-    write_report(output / "report.html", summary, runs, experiment, [plots / name for name in drawn], skipped)
+    write_report(output / "report.html", summary, runs, experiment, [plots / name for name in drawn], skipped,
+                 plotter.data_report)
     print(f"{len(plotter.runs)} run(s) on '{plotter.dataset}': wrote {len(drawn)} plot(s) into {plots}/: {', '.join(drawn)}")
     for name, reason in skipped.items():
         print(f"skipped {name}: {reason}")

@@ -73,6 +73,7 @@ def test_every_plot_and_the_report_from_a_results_file(tmp_path, capsys):
     assert report.count("data:image/png;base64,") == len(expected)
     assert "Paired comparisons of the chosen settings" in report and "full vs lora" in report
     assert "<td>yes</td>" in report  # the chosen configurations are marked
+    assert "<h2>Data</h2>" in report and "imbalance ratio 3.0" in report and "<td>account</td><td>10</td>" in report
 
 
 def test_plots_without_data_are_skipped_with_a_reason(tmp_path, capsys):
