@@ -315,6 +315,9 @@ def augment_texts(texts: list[str], labels: list[int], cfg: AugmentConfig, seed:
     words = [text.split() for text in texts]
     counts = np.bincount(labels)
     augmented = {label for label in set(labels) if not cfg.minority_only or counts[label] < len(labels) / len(counts)}
+    if not augmented:
+        logger.warning("data.augment: no class has fewer training rows than the mean per class, so minority_only "
+                       "adds nothing; set data.augment.minority_only: false to augment every class")
     vocabulary = {label: sorted({w for ws, l in zip(words, labels) if l == label for w in ws}) for label in augmented}
     added_texts, added_labels = [], []
     for ws, label in zip(words, labels):

@@ -23,6 +23,12 @@ def test_minority_classes_get_copies_made_of_their_own_words():
     assert any(text not in TEXTS for text in texts)  # perturbed, not copied
 
 
+def test_balanced_classes_have_no_minority_to_augment_and_say_so(caplog):
+    texts, labels = augment_texts(TEXTS[:4] + TEXTS[:4], [0] * 4 + [1] * 4, AugmentConfig(enabled=True), seed=0)
+    assert (texts, labels) == ([], [])
+    assert "minority_only adds nothing" in caplog.text
+
+
 def test_every_class_without_minority_only_and_the_seed_decides():
     cfg = AugmentConfig(enabled=True, minority_only=False)
     texts, labels = augment_texts(TEXTS, LABELS, cfg, seed=1)
