@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from data import SPLITS, LabelledData
+from tasks import Task
 from utils import atomic_write_json
 
 DATA_REPORT = "data_report.json"  # in the results folder, one entry per data fingerprint
@@ -32,10 +33,9 @@ def auto_max_length(train_lengths: np.ndarray, limit: int | None) -> int:
     return length if limit is None else min(length, limit)
 
 
-def build_report(data: LabelledData, lengths: dict[str, np.ndarray], max_length: int, model: str) -> dict:
+def build_report(data: LabelledData, lengths: dict[str, np.ndarray], max_length: int, model: str, task: Task) -> dict:
     """The report of one data set, as stored in data_report.json."""
-    counts = {split: dict(zip(data.label_names, np.bincount(data.labels[split], minlength=len(data.label_names)).tolist()))
-              for split in SPLITS}
+    counts = {split: task.label_distribution(data.labels[split], data.label_names) for split in SPLITS}
     train = [n for n in counts["train"].values() if n > 0]
     top = max(max(lengths[split].max() for split in SPLITS), max_length + 1)
     edges = np.unique(np.linspace(0, top, HISTOGRAM_BINS + 1).round().astype(int))

@@ -189,7 +189,7 @@ def data_reports(runs: list[Run], inputs: Inputs) -> dict[str, dict]:
         data = inputs.data_for(run)
         if data.fingerprint not in reports:
             reports[data.fingerprint] = build_report(data, inputs.lengths_for(run), run.cfg.model.max_length,
-                                                     run.cfg.model.name)
+                                                     run.cfg.model.name, TASKS[run.cfg.data.task])
     return reports
 
 

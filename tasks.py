@@ -247,11 +247,11 @@ class Classification(Task):
     def decode(self, values, label_names, top_k):
         # ranked on the logits themselves, so the first label is exactly predict()'s argmax
         ranked = np.argsort(-values, kind="stable")[:max(top_k, 1)]
-        probabilities = np.exp(values - values.max()) / np.exp(values - values.max()).sum()
-        row = {"predicted_label": label_names[ranked[0]], "probability": float(probabilities[ranked[0]])}
+        p = probabilities(values)
+        row = {"predicted_label": label_names[ranked[0]], "probability": float(p[ranked[0]])}
         if top_k > 1:
             for rank, label in enumerate(ranked, 1):
-                row[f"top_{rank}_label"], row[f"top_{rank}_probability"] = label_names[label], float(probabilities[label])
+                row[f"top_{rank}_label"], row[f"top_{rank}_probability"] = label_names[label], float(p[label])
         return row
 
     def format_prediction(self, row):

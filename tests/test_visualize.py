@@ -46,7 +46,7 @@ def write_results(folder, runs, metric="val_macro_f1"):
     labels = {"train": [0] * 30 + [1] * 20 + [2] * 10, "validation": [0, 1, 2] * 10, "test": [0, 1, 2] * 10}
     data = LabelledData("tickets", texts, labels, LABELS)
     lengths = {split: np.array([len(t.split()) + 2 for t in texts[split]]) for split in texts}
-    report = build_report(data, lengths, 8, "tiny")
+    report = build_report(data, lengths, 8, "tiny", TASKS["classification"])
     save_report({**report, "fingerprint": runs[0]["dataset"]["fingerprint"]}, results)
     atomic_write_json(results / "all_results.json", {"runs": runs})
     atomic_write_json(results / "experiment.json", {
