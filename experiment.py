@@ -24,7 +24,7 @@ from data_report import (DATA_REPORT, LENGTH_PERCENTILE, auto_max_length, build_
 from diagnostics import diagnose
 from measure import PeakMemory, device_name, library_versions
 from model import build_model, check_against_model, load_model_config, load_tokenizer, parameter_counts
-from report import describe_baseline, summarize, summary_markdown, write_summary
+from report import describe_baseline, summarize, terminal_summary, write_summary
 from results import RUN_RECORD, read_results, results_file, save_record, write_experiment
 from tasks import TASKS
 from trainer import evaluate, make_accelerator, train
@@ -247,9 +247,8 @@ def run_experiment(cfg: Config, strategies: list[str], *, resume: bool = False, 
         records.append(run_one(run, run_id, run_data, encoded, accelerator, baseline_of(run_data, run.cfg), resume))
     summary = summarize(records, cfg.training.early_stopping.metric)
     write_summary(summary, results_path.parent)
-    print("\n" + summary_markdown(summary))
+    print("\n" + terminal_summary(summary, results_path.parent))
     print(f"\n{describe_baseline(task, baseline)}")
-    print(f"Results: {results_path} and summary.md/summary.csv beside it; plots and report: python visualize.py")
     failed = [r["run_id"] for r in records if r["status"] != "completed"]
     if failed:
         logger.error("%d run(s) failed: %s (see 'error' in their records)", len(failed), ", ".join(failed))

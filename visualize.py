@@ -33,6 +33,38 @@ def slanted_if_long(names: list[str]) -> dict:
     return {"rotation": 30, "ha": "right"} if crowded else {}
 
 
+# What to look for in each plot, by file name (a task's plots per strategy share their prefix's caption).
+CAPTIONS = {
+    "class_distribution": "Bars of very different heights mean imbalanced classes: judge by macro-F1 and the worst "
+                          "class's F1, not by accuracy alone.",
+    "length_distribution": "Texts right of the max_length line are cut off; if many are, raise model.max_length "
+                           "(or set it to auto).",
+    "convergence_train_loss": "Training loss should fall and level off; still falling at the last epoch means more "
+                              "epochs may help.",
+    "convergence_val_loss": "Validation loss rising while training loss falls is over-fitting; early stopping keeps "
+                            "the best epoch.",
+    "performance_comparison": "Each strategy's chosen setting on test; bars close together may not differ at all: "
+                              "the verdict's paired test says which do.",
+    "few_shot_learning": "How each strategy's score grows with examples per class: where curves cross, the better "
+                         "choice depends on how much labelled data you have.",
+    "lr_ablation": "Validation score against learning rate (the star is the chosen one): a best rate at the edge of "
+                   "the range means a better one may lie beyond it.",
+    "lora_rank_ablation": "Whether a larger LoRA rank buys any score: a flat line means the smallest rank is enough.",
+    "efficiency": "Score against cost: strategies towards the top left give the most for the least.",
+    "confusion_matrix": "Off-diagonal cells are the mistakes: which classes this strategy confuses with which.",
+    "per_class_f1": "A class low under every strategy is hard in the data itself; low under one strategy only, it is "
+                    "that strategy's weakness.",
+    "calibration": "Points on the diagonal mean the stated confidence matches the accuracy; below it, the model is "
+                   "over-confident.",
+}
+
+
+def caption(file_name: str) -> str:
+    stem = Path(file_name).stem
+    return next(text for prefix, text in sorted(CAPTIONS.items(), key=lambda item: -len(item[0]))
+                if stem.startswith(prefix))
+
+
 class Plotter:
     """The plots of one experiment. Each method returns None when drawn, or why it was skipped."""
 
@@ -388,8 +420,8 @@ def main(argv: list[str] | None = None) -> int:
             drawn.append(name)
     for task_plot in plotter.task.plots:  # the task's own plots, each returning the files it wrote
         drawn += getattr(plotter, task_plot)()
-    write_report(output / "report.html", summary, runs, experiment, [plots / name for name in drawn], skipped,
-                 plotter.data_report)
+    write_report(output / "report.html", summary, runs, experiment, [(plots / name, caption(name)) for name in drawn],
+                 skipped, plotter.data_report)
     print(f"{len(plotter.runs)} run(s) on '{plotter.dataset}': wrote {len(drawn)} plot(s) into {plots}/: {', '.join(drawn)}")
     for name, reason in skipped.items():
         print(f"skipped {name}: {reason}")

@@ -209,7 +209,7 @@ def test_paired_bootstrap_known_answers():
     truth = rng.integers(0, 3, 400)
     # identical predictions: no difference at all
     same = paired_bootstrap(CLASSIFICATION, truth, [truth], [truth], 3, resamples=2000)
-    assert same["accuracy"] == {"difference": 0.0, "low": 0.0, "high": 0.0, "p_value": 1.0}
+    assert same["accuracy"] == {"difference": 0.0, "low": 0.0, "high": 0.0, "p_value": 1.0, "per_run": [0.0]}
     # A always right, B always wrong: the difference is 1 in every resample, p at its floor
     wrong = (truth + 1) % 3
     clear = paired_bootstrap(CLASSIFICATION, truth, [truth], [wrong], 3, resamples=2000)

@@ -1,7 +1,9 @@
 """Every plot and the report, drawn from a small constructed results file."""
 
+import base64
 import json
 import random
+from html.parser import HTMLParser
 
 import numpy as np
 
@@ -70,10 +72,66 @@ def test_every_plot_and_the_report_from_a_results_file(tmp_path, capsys):
         assert png.startswith(b"\x89PNG") and len(png) > 15_000, name
     assert "skipped" not in capsys.readouterr().out
     report = (tmp_path / "report.html").read_text()
-    assert report.count("data:image/png;base64,") == len(expected)
-    assert "Paired comparisons of the chosen settings" in report and "full vs lora" in report
-    assert "<td>yes</td>" in report  # the chosen configurations are marked
-    assert "<h2>Data</h2>" in report and "imbalance ratio 3.0" in report and "<td>account</td><td>10</td>" in report
+    page = parse_page(report)
+    assert page.errors == [] and page.open == []  # every element is closed, in order
+    # every plot is embedded exactly once, as the very file it names, with a caption on what to look for
+    assert sorted(page.figures) == sorted(f"{name}.png" for name in expected)
+    for name, (png, caption) in page.figures.items():
+        assert png == (tmp_path / "plots" / name).read_bytes() and caption == visualize.caption(name), name
+    # a short document: the data, then the verdict, then the evidence, then how to reproduce it
+    assert page.headings[:4] == ["Which fine-tuning strategy for tickets?", "Verdict", "Against lora, the best on validation",
+                                 "Configurations"]
+    assert page.headings[-1] == "Reproduce"
+    assert "<tr class='chosen'>" in report and "<td>yes</td>" in report  # the chosen configurations are marked
+    assert "Every pair of chosen settings (" in report and "full vs lora" in report
+    assert "imbalance ratio 3.0" in report and "<td>account</td><td>10</td>" in report
+    assert "<td>train</td><td>60</td><td>account (10)</td><td>billing (30)</td>" in report  # split sizes as a table
+    assert "The command, from the project folder: <code>python main.py</code>" in report
+
+
+class Page(HTMLParser):
+    """What a test needs of the report: unclosed or misnested elements, the headings, and each figure's
+    embedded image and caption by the file name the caption gives."""
+    VOID = {"meta", "img", "br", "hr", "link", "input"}
+
+    def __init__(self):
+        super().__init__()
+        self.open, self.errors, self.headings, self.figures = [], [], [], {}
+        self.text, self.image = None, None
+
+    def handle_starttag(self, tag, attrs):
+        if tag in ("h1", "h2", "figcaption", "code"):
+            self.text = "" if tag != "code" or self.text is None else self.text
+        if tag == "img":
+            source = dict(attrs)["src"]
+            assert source.startswith("data:image/png;base64,")  # self-contained: no external assets
+            self.image = base64.b64decode(source.split(",", 1)[1])
+        if tag not in self.VOID:
+            self.open.append(tag)
+
+    def handle_data(self, data):
+        if self.text is not None:
+            self.text += data
+
+    def handle_endtag(self, tag):
+        if not self.open or self.open[-1] != tag:
+            self.errors.append(f"</{tag}> closes <{self.open[-1] if self.open else None}>")
+            return
+        self.open.pop()
+        if tag in ("h1", "h2"):
+            self.headings.append(self.text.strip())
+            self.text = None
+        elif tag == "figcaption":
+            caption, name = self.text.rsplit(" ", 1)
+            self.figures[name] = (self.image, caption)
+            self.text = None
+
+
+def parse_page(text: str) -> Page:
+    page = Page()
+    page.feed(text)
+    page.close()
+    return page
 
 
 def test_plots_without_data_are_skipped_with_a_reason(tmp_path, capsys):

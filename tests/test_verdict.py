@@ -1,0 +1,152 @@
+"""The verdict on constructed results: a clear winner, a tie with a cheaper strategy, too little data, and the
+cases where the evidence disagrees with itself. Each experiment has three seeds unless a test says otherwise."""
+
+import numpy as np
+import pytest
+
+from report import summarize, summary_markdown, terminal_summary
+from tasks import TASKS
+from verdict import describe
+
+TASK = TASKS["classification"]
+LABELS = ["billing", "shipping", "account"]
+
+
+def run(strategy: str, seed: int, val: float, error_rate: float, test_size: int = 600, params: int = 1_000_000,
+        time_s: float = 100.0, memory_mb: float = 1000.0, error_seed: int | None = None) -> dict:
+    """A completed run whose test predictions are wrong on `error_rate` of the examples (which ones: drawn
+    from the strategy and seed, so two strategies' errors are independent)."""
+    truth = np.arange(test_size) % 3
+    rng = np.random.default_rng(error_seed if error_seed is not None else [seed, *strategy.encode()])
+    wrong = rng.choice(test_size, int(round(error_rate * test_size)), replace=False)
+    predictions = truth.copy()
+    predictions[wrong] = (truth[wrong] + 1) % 3
+    logits = np.log(np.full((test_size, 3), 0.1))
+    logits[np.arange(test_size), predictions] = np.log(0.8)
+    return {"run_id": f"{strategy}-{seed}", "config_id": strategy, "strategy": strategy, "status": "completed",
+            "seed": seed, "varied": {}, "hyperparameters": {"learning_rate": 1e-4}, "best_epoch": 1,
+            "history": [{"epoch": 1, "train_loss": 0.1, "val_loss": 0.2, "val_macro_f1": val}],
+            "test": TASK.test_report(truth.tolist(), logits, LABELS), "test_predictions": predictions.tolist(),
+            "test_labels": truth.tolist(), "trainable_params": params, "train_time_s": time_s, "peak_memory_mb": memory_mb,
+            "peak_memory_measure": "rss_rise_during_run",
+            "dataset": {"name": "tickets", "num_labels": 3, "label_names": LABELS,
+                        "sizes": {"train": 3000, "validation": 400, "test": test_size}}}
+
+
+def verdict_of(runs: list[dict]) -> tuple[dict, list[str]]:
+    summary = summarize(runs, "val_macro_f1")
+    return summary["verdict"], describe(summary["verdict"], TASK)
+
+
+def statuses(verdict: dict) -> dict[str, str]:
+    return {s["strategy"]: s["status"] for s in verdict["standings"]}
+
+
+SEEDS = (0, 1, 2)
+
+
+def test_a_clear_winner_is_recommended_and_the_rest_are_behind():
+    runs = [run("full", s, val=0.95, error_rate=0.05) for s in SEEDS]
+    runs += [run("lora", s, val=0.85, error_rate=0.20, params=10_000, memory_mb=400) for s in SEEDS]
+    runs += [run("bitfit", s, val=0.80, error_rate=0.25, params=5_000, memory_mb=300) for s in SEEDS]
+    verdict, lines = verdict_of(runs)
+    assert verdict["kind"] == "decided" and verdict["recommended"] == "full"
+    assert statuses(verdict) == {"lora": "behind", "bitfit": "behind"}
+    assert lines[0].startswith("Use full: it is the best on validation macro-F1 0.9500")
+    assert "every other strategy is clearly behind it on test macro-F1" in lines[0]
+    assert lines[1].startswith("full: validation macro-F1 0.9500, test macro-F1 0.9500 (95% interval 0.93")
+    assert "± 0.0000 over 3 seeds" in lines[1]
+    assert any(line.startswith("Clearly behind full: lora (Δ -0.15") for line in lines)
+    assert not any("one seed" in line or "larger test split" in line for line in lines)  # the evidence suffices
+
+
+def test_a_tie_recommends_the_cheaper_strategy_with_its_costs():
+    runs = [run("full", s, val=0.93, error_rate=0.08) for s in SEEDS]
+    runs += [run("lora", s, val=0.92, error_rate=0.08, params=3_300, time_s=80.0, memory_mb=500) for s in SEEDS]
+    runs += [run("bitfit", s, val=0.90, error_rate=0.20, params=1_000, time_s=60.0, memory_mb=300) for s in SEEDS]
+    verdict, lines = verdict_of(runs)
+    assert verdict["kind"] == "decided" and verdict["winner"]["strategy"] == "full"
+    assert statuses(verdict) == {"lora": "within noise", "bitfit": "behind"}
+    assert verdict["recommended"] == "lora"  # bitfit is cheaper still, but clearly behind
+    assert lines[0].startswith("Use lora: it is within noise of full, the best on validation, on test macro-F1 (Δ ")
+    assert lines[0].endswith("with 0.33% of its trainable parameters, 0.80× its training time and 0.50× its peak memory.")
+    assert verdict["resolution"] < 0.05
+
+
+def test_a_tie_without_a_cheaper_strategy_keeps_the_winner():
+    runs = [run("full", s, val=0.93, error_rate=0.08) for s in SEEDS]
+    # fewer parameters, but twice the time: not cheaper on every measure
+    runs += [run("prompt_tuning", s, val=0.92, error_rate=0.08, params=9_000, time_s=200.0) for s in SEEDS]
+    # the same costs, within the measurements' tolerance: nothing to gain
+    runs += [run("partial_freezing", s, val=0.91, error_rate=0.08, time_s=105.0, memory_mb=950) for s in SEEDS]
+    verdict, lines = verdict_of(runs)
+    assert verdict["recommended"] == "full"
+    assert lines[0] == ("Use full: it is the best on validation macro-F1 0.9300; prompt_tuning, partial_freezing are "
+                        "within noise of it on test macro-F1, but none costs less on every measure.")
+    assert "2.00× its training time" in lines[2]
+
+
+def test_too_little_data_says_so_and_what_to_run():
+    runs = [run("full", s, val=0.90, error_rate=0.20, test_size=30) for s in SEEDS]
+    runs += [run("lora", s, val=0.85, error_rate=0.30, test_size=30, params=3_000, memory_mb=500) for s in SEEDS]
+    runs += [run("bitfit", s, val=0.80, error_rate=0.25, test_size=30, params=1_000, memory_mb=300) for s in SEEDS]
+    verdict, lines = verdict_of(runs)
+    assert verdict["kind"] == "undecided"
+    assert set(statuses(verdict).values()) == {"within noise"}
+    assert lines[0].startswith("These results cannot tell the strategies apart yet: every difference from full")
+    assert lines[1].startswith("If you must choose now, bitfit costs least among them, with 0.10% of full's trainable")
+    assert any("On this test split (30 examples) the 95% intervals are about ±0.1" in line and "larger test split" in line
+               for line in lines)
+
+
+def test_one_seed_and_a_validation_tie_are_named_as_thin_evidence():
+    runs = [run("full", 0, val=0.95, error_rate=0.05), run("lora", 0, val=0.95, error_rate=0.25, params=3_000)]
+    verdict, lines = verdict_of(runs)
+    assert verdict["winner"]["strategy"] == "full" and verdict["validation_ties"] == ["lora"]
+    assert any(line.startswith("full, lora tie on validation (0.9500); full is the reference") for line in lines)
+    assert any("ran with one seed" in line and "training.seeds: [0, 1, 2]" in line for line in lines)
+
+
+def test_test_scores_never_choose_but_a_disagreement_is_reported():
+    # lora is far better on test, in every seed, but worse on validation: full stays the reference
+    runs = [run("full", s, val=0.95, error_rate=0.30) for s in SEEDS]
+    runs += [run("lora", s, val=0.90, error_rate=0.05, params=3_000) for s in SEEDS]
+    verdict, lines = verdict_of(runs)
+    assert verdict["winner"]["strategy"] == "full" and statuses(verdict) == {"lora": "ahead"}
+    assert any(line.startswith("lora scored higher than full on test macro-F1") and "(400 examples)" in line
+               for line in lines)
+
+
+def test_a_separation_that_flips_in_one_seed_counts_as_noise():
+    # pooled over three seeds lora is behind, but in seed 2 it is ahead: another seed could reverse the order
+    runs = [run("full", s, val=0.95, error_rate=e, error_seed=10 + s) for s, e in zip(SEEDS, (0.05, 0.05, 0.20))]
+    runs += [run("lora", s, val=0.90, error_rate=e, error_seed=20 + s) for s, e in zip(SEEDS, (0.25, 0.25, 0.10))]
+    verdict, lines = verdict_of(runs)
+    [standing] = verdict["standings"]
+    assert standing["test"]["high"] < 0  # separated on the pooled test split ...
+    assert standing["status"] == "within noise" and standing["seed_dependent"]  # ... but not in every seed
+    assert "separated on the pooled test split but not in every seed" in lines[2]
+
+
+def test_a_strategy_that_never_completed_is_named_and_a_single_one_is_not_compared():
+    failed = {**run("lora", 0, val=0.9, error_rate=0.1), "status": "failed", "error": "out of memory"}
+    verdict, lines = verdict_of([run("full", 0, val=0.95, error_rate=0.05), failed])
+    assert verdict["kind"] == "single" and verdict["not_compared"] == ["lora"]
+    assert lines[0].startswith("Only full completed, so there is nothing to compare it with: test macro-F1 0.9500")
+    assert "Not compared: lora" in lines[1]
+    assert not any("one seed" in line for line in lines)  # nothing is compared, so no seed advice
+
+
+@pytest.mark.parametrize("everything", [True, False])
+def test_the_summary_opens_with_the_verdict_and_compares_with_the_winner(everything, tmp_path):
+    runs = [run(s, seed, val=v, error_rate=e, params=p) for s, v, e, p in
+            [("full", 0.95, 0.05, 10**6), ("lora", 0.94, 0.06, 3_000), ("bitfit", 0.80, 0.25, 1_000)] for seed in SEEDS]
+    summary = summarize(runs, "val_macro_f1")
+    text = summary_markdown(summary, everything=everything)
+    assert text.splitlines()[:3] == ["## Verdict", "", "**" + describe(summary["verdict"], TASK)[0] + "**"]
+    assert "## Against full, the best on validation" in text
+    assert "| lora | within noise |" in text and "| bitfit | behind |" in text
+    assert ("## Every pair of chosen settings" in text) == everything  # the terminal leaves the matrix to the files
+    if not everything:
+        short = terminal_summary(summary, tmp_path)
+        assert "adds all 3 pairs of strategies" in short and str(tmp_path / "summary.md") in short

@@ -1,0 +1,264 @@
+"""Which strategy to use, said in words from the summary alone: the best on validation, which strategies the
+paired test cannot separate from it, the cheapest of those, and what evidence is missing. Test scores are
+reported and tested, never used to choose."""
+
+from __future__ import annotations
+
+import statistics
+
+from tasks import TASKS, Task
+
+# A 95% interval wider than ±5 points (on a 0-1 score) can hide a difference most users would act on, so
+# "within noise" then means "not measured well enough" rather than "the same".
+RESOLUTION_LIMIT = 0.05
+# Training time and peak memory move by about this share between identical runs, so a ratio within it
+# counts as the same cost.
+COST_TOLERANCE = 0.10
+SEEDS_TO_SUGGEST = "training.seeds: [0, 1, 2]"
+
+
+def deciding_metric(summary: dict, task: Task) -> str:
+    """The compared test metric that decides "within noise": the one selection uses, or the task's default
+    when selection uses the loss."""
+    bare = summary["metric"].removeprefix("val_")
+    if bare in task.compared_metrics:
+        return bare
+    default = task.default_metric.removeprefix("val_")
+    return default if default in task.compared_metrics else task.compared_metrics[0]
+
+
+def headline_slot(rows: list[dict]) -> int | None:
+    """The few-shot size the verdict is about: the full training data when it ran, else the most shots."""
+    chosen = [r for r in rows if r["chosen"]]
+    if any(r["shots_per_class"] is None for r in chosen):
+        return None
+    return max((r["shots_per_class"] for r in chosen), default=None)
+
+
+def against_winner(comparisons: list[dict], winner: str, other: str, shots: int | None, name: str) -> dict | None:
+    """The paired comparison of `other` with `winner` on metric `name`, as other - winner."""
+    for comparison in comparisons:
+        if comparison["shots_per_class"] != shots or {comparison["a"], comparison["b"]} != {winner, other}:
+            continue
+        sign = 1 if comparison["a"] == other else -1
+        result = comparison[name]
+        low, high = sorted((sign * result["low"], sign * result["high"]))
+        return {"difference": sign * result["difference"], "low": low, "high": high, "p_value": result["p_value"],
+                "per_run": [sign * d for d in result.get("per_run", [])], "paired_runs": comparison["paired_runs"]}
+    return None
+
+
+def standing(test: dict, higher_is_better: bool) -> tuple[str, bool]:
+    """"behind", "ahead" or "within noise" of the winner, and whether a separation on the pooled test split
+    failed to hold in every paired seed (then it counts as within noise: another seed could reverse it)."""
+    gain_low, gain_high = (test["low"], test["high"]) if higher_is_better else (-test["high"], -test["low"])
+    if gain_high >= 0 and gain_low <= 0:
+        return "within noise", False
+    direction = 1 if gain_low > 0 else -1
+    sign = 1 if higher_is_better else -1
+    if any(sign * d * direction <= 0 for d in test["per_run"]):
+        return "within noise", True
+    return ("ahead" if direction > 0 else "behind"), False
+
+
+def cost_ratios(row: dict, winner: dict, memory_comparable: bool) -> dict[str, float | None]:
+    """Trainable parameters, training time and peak memory as multiples of the winner's (None: not measured)."""
+    def ratio(value, reference):
+        return value / reference if value is not None and reference else None
+    return {"params": ratio(row["trainable_params"], winner["trainable_params"]),
+            "time": ratio(row["train_time_s"]["mean"], winner["train_time_s"]["mean"]),
+            "memory": ratio(row["peak_memory_mb"]["mean"], winner["peak_memory_mb"]["mean"]) if memory_comparable else None}
+
+
+def cheaper_everywhere(costs: dict[str, float | None]) -> bool:
+    """No measured cost above the winner's (within COST_TOLERANCE), and one clearly below it."""
+    measured = [c for c in costs.values() if c is not None]
+    return bool(measured) and all(c <= 1 + COST_TOLERANCE for c in measured) and any(c < 1 - COST_TOLERANCE for c in measured)
+
+
+def decide(summary: dict) -> dict:
+    """The verdict as numbers: its kind ("single", "undecided" or "decided"), the winner on validation, each
+    other strategy's standing against it with its costs, the recommendation and what evidence is missing."""
+    task = TASKS[summary["task"]]
+    name = deciding_metric(summary, task)
+    higher_is_better = task.metric(name).higher_is_better
+    shots = headline_slot(summary["rows"])
+    slot = [r for r in summary["rows"] if r["chosen"] and r["shots_per_class"] == shots]
+    ran = dict.fromkeys(r["strategy"] for r in summary["rows"] if r["shots_per_class"] == shots)
+    not_compared = [s for s in ran if s not in {r["strategy"] for r in slot}]
+    if not slot:
+        return {"kind": "none", "metric": name, "not_compared": not_compared}
+    winner = slot[0]
+    for row in slot[1:]:
+        if task.is_better(summary["metric"], row["validation"]["mean"], winner["validation"]["mean"]):
+            winner = row
+    standings = []
+    for row in slot:
+        if row is winner:
+            continue
+        test = against_winner(summary["comparisons"], winner["strategy"], row["strategy"], shots, name)
+        if test is None:
+            not_compared.append(row["strategy"])
+            continue
+        status, seed_dependent = standing(test, higher_is_better)
+        standings.append({"strategy": row["strategy"], "config_id": row["config_id"], "status": status,
+                          "seed_dependent": seed_dependent, "test": test,
+                          "costs": cost_ratios(row, winner, summary["memory_note"] is None)})
+    tied = [s for s in standings if s["status"] == "within noise"]
+    cheaper = sorted((s for s in tied if cheaper_everywhere(s["costs"])),
+                     key=lambda s: (s["costs"]["params"] or 1, s["costs"]["memory"] or 1))
+    widths = [(s["test"]["high"] - s["test"]["low"]) / 2 for s in standings]
+    resolution = statistics.median(widths) if widths else None
+    separated = any(s["status"] != "within noise" for s in standings)
+    kind = ("single" if not standings else
+            "undecided" if not separated and resolution > RESOLUTION_LIMIT else "decided")
+    return {
+        "kind": kind, "metric": name, "selection_metric": summary["metric"], "shots_per_class": shots,
+        "winner": {"strategy": winner["strategy"], "config_id": winner["config_id"], "validation": winner["validation"],
+                   "test": winner["test"][name], "interval": (winner.get("test_interval") or {}).get(name),
+                   "runs": winner["runs"] - winner["failed"]},
+        "recommended": cheaper[0]["strategy"] if cheaper else winner["strategy"],
+        "standings": standings, "not_compared": not_compared, "resolution": resolution,
+        "validation_ties": [r["strategy"] for r in slot if r is not winner
+                            and r["validation"]["mean"] == winner["validation"]["mean"]],
+        "seeds": min([winner["runs"] - winner["failed"]] + [s["test"]["paired_runs"] for s in standings]),
+        "test_examples": summary.get("test_examples"), "validation_examples": summary.get("validation_examples"),
+        "other_slots": [{"shots_per_class": r["shots_per_class"], "strategy": r["strategy"], "test": r["test"][name]}
+                        for r in best_per_slot(summary, task) if r["shots_per_class"] != shots],
+    }
+
+
+def best_per_slot(summary: dict, task: Task) -> list[dict]:
+    """The best chosen configuration on validation for each few-shot size (and the full data)."""
+    best: dict = {}
+    for row in summary["rows"]:
+        slot = row["shots_per_class"]
+        if row["chosen"] and (slot not in best or task.is_better(summary["metric"], row["validation"]["mean"],
+                                                                 best[slot]["validation"]["mean"])):
+            best[slot] = row
+    return [best[slot] for slot in sorted(best, key=lambda s: (s is None, s or 0))]
+
+
+def format_p(p: float) -> str:
+    return "p < 0.001" if p < 0.001 else f"p = {p:.2g}"
+
+
+def format_share(ratio: float) -> str:
+    percent = 100 * ratio
+    return f"{percent:.2f}%" if percent < 1 else f"{percent:.1f}%" if percent < 10 else f"{percent:.0f}%"
+
+
+def describe_costs(costs: dict[str, float | None], whose: str = "its") -> str:
+    """"0.33% of its trainable parameters, 0.93× its training time and 0.51× its peak memory"."""
+    parts = []
+    if costs["params"] is not None:
+        parts.append(f"{format_share(costs['params'])} of {whose} trainable parameters")
+    if costs["time"] is not None:
+        parts.append(f"{costs['time']:.2f}× {whose} training time")
+    if costs["memory"] is not None:
+        parts.append(f"{costs['memory']:.2f}× {whose} peak memory")
+    if not parts:
+        return "no cost measured"
+    return ", ".join(parts[:-1]) + (" and " if len(parts) > 1 else "") + parts[-1]
+
+
+def signed(value: float) -> str:
+    """+0.0123, and +0.0000 rather than -0.0000 for a value that rounds to zero from below."""
+    return f"{round(value, 4) + 0.0:+.4f}"
+
+
+def describe_difference(test: dict) -> str:
+    return f"Δ {signed(test['difference'])} [{signed(test['low'])}, {signed(test['high'])}], {format_p(test['p_value'])}"
+
+
+def describe_score(winner: dict, task: Task, name: str) -> str:
+    """"test macro-F1 0.9756 (95% interval 0.9520-0.9901 over test examples; ± 0.0040 over 3 seeds)"."""
+    text = f"test {task.metric(name).label} {winner['test']['mean']:.4f}"
+    spread = []
+    if winner["interval"]:
+        spread.append(f"95% interval {winner['interval']['low']:.4f}–{winner['interval']['high']:.4f} over test examples")
+    if winner["test"]["std"] is not None:
+        spread.append(f"± {winner['test']['std']:.4f} over {winner['runs']} seeds")
+    return text + (f" ({'; '.join(spread)})" if spread else "")
+
+
+def describe(verdict: dict, task: Task) -> list[str]:
+    """The verdict in plain sentences, the recommendation first and the numbers behind it after."""
+    if verdict["kind"] == "none":
+        return ["No configuration completed, so there is no verdict: see the failed runs."]
+    name, winner = verdict["metric"], verdict["winner"]
+    best, label = winner["strategy"], task.metric(name).label
+    selection = f"{task.label(verdict['selection_metric'])} {winner['validation']['mean']:.4f}"
+    scope = (f" (with {verdict['shots_per_class']} examples per class, the most this experiment trained on)"
+             if verdict["shots_per_class"] is not None else "")
+    by_status = {status: [s for s in verdict["standings"] if s["status"] == status]
+                 for status in ("within noise", "behind", "ahead")}
+    recommended = next((s for s in by_status["within noise"] if s["strategy"] == verdict["recommended"]), None)
+    lines = []
+    if verdict["kind"] == "single":
+        lines.append(f"Only {best} completed{scope}, so there is nothing to compare it with: "
+                     f"{describe_score(winner, task, name)}.")
+    elif verdict["kind"] == "undecided":
+        lines.append(f"These results cannot tell the strategies apart yet{scope}: every difference from {best}, the best "
+                     f"on {selection}, is within noise on test {label}, whose 95% intervals are about "
+                     f"±{verdict['resolution']:.3f} wide.")
+        if recommended:
+            whose = f"{best}'s"
+            lines.append(f"If you must choose now, {recommended['strategy']} costs least among them, with "
+                         f"{describe_costs(recommended['costs'], whose)}.")
+    elif recommended:
+        lines.append(f"Use {recommended['strategy']}{scope}: it is within noise of {best}, the best on validation, on test "
+                     f"{label} ({describe_difference(recommended['test'])}) with {describe_costs(recommended['costs'])}.")
+    elif by_status["within noise"]:
+        lines.append(f"Use {best}{scope}: it is the best on {selection}; "
+                     f"{', '.join(s['strategy'] for s in by_status['within noise'])} "
+                     f"{'is' if len(by_status['within noise']) == 1 else 'are'} within noise of it on test {label}, "
+                     f"but none costs less on every measure.")
+    else:
+        lines.append(f"Use {best}{scope}: it is the best on {selection}, and every other strategy is clearly behind "
+                     f"it on test {label}.")
+    if verdict["kind"] != "single":
+        lines.append(f"{best}: {selection}, {describe_score(winner, task, name)}.")
+    also = [s for s in by_status["within noise"] if s is not recommended]
+    if also:
+        lines.append(f"{'Also w' if recommended else 'W'}ithin noise of {best} on test {label}: " + "; ".join(
+            f"{s['strategy']} ({describe_difference(s['test'])}"
+            + ("; separated on the pooled test split but not in every seed" if s["seed_dependent"] else "")
+            + f"; {describe_costs(s['costs'])})" for s in also) + ".")
+    if by_status["behind"]:
+        lines.append(f"Clearly behind {best}: "
+                     + "; ".join(f"{s['strategy']} ({describe_difference(s['test'])})" for s in by_status["behind"]) + ".")
+    for s in by_status["ahead"]:
+        lines.append(f"{s['strategy']} scored higher than {best} on test {label} ({describe_difference(s['test'])}) although "
+                     f"{best} was better on validation. Test never chooses here, but the disagreement suggests the "
+                     f"validation split{examples(verdict['validation_examples'])} is too small to choose reliably: "
+                     "enlarge it (data.validation_size) or run more seeds.")
+    if verdict["not_compared"]:
+        lines.append(f"Not compared: {', '.join(verdict['not_compared'])} (no completed run paired with {best}'s).")
+    if verdict["other_slots"]:
+        lines.append("With other amounts of training data, the best on validation (test " + label + "): " + "; ".join(
+            ("all examples" if o["shots_per_class"] is None else f"{o['shots_per_class']} per class")
+            + f": {o['strategy']} ({o['test']['mean']:.4f})" for o in verdict["other_slots"]) + ".")
+    return lines + to_know_more(verdict)
+
+
+def examples(count: int | None) -> str:
+    return f" ({count:,} examples)" if count else ""
+
+
+def to_know_more(verdict: dict) -> list[str]:
+    """What to run when the evidence is thin: more seeds, a larger validation or test split."""
+    notes = []
+    if verdict["validation_ties"]:
+        tied = ", ".join([verdict["winner"]["strategy"], *verdict["validation_ties"]])
+        notes.append(f"{tied} tie on validation ({verdict['winner']['validation']['mean']:.4f}); "
+                     f"{verdict['winner']['strategy']} is the reference because it comes first in the config. "
+                     "A larger validation split (data.validation_size) or more seeds would separate them.")
+    if verdict["kind"] != "single" and verdict["seeds"] < 2:
+        notes.append("Each configuration ran with one seed, so how far the ranking moves with the seed is unknown: "
+                     f"run three or more ({SEEDS_TO_SUGGEST}).")
+    if verdict["resolution"] is not None and verdict["resolution"] > RESOLUTION_LIMIT:
+        notes.append(f"On this test split{examples(verdict['test_examples'])} the 95% intervals are about "
+                     f"±{verdict['resolution']:.3f} wide, so smaller differences cannot be seen: a larger test split "
+                     "(data.test_size, or a larger test file) narrows them.")
+    return notes
