@@ -44,7 +44,8 @@ def experiment_parser() -> argparse.ArgumentParser:
     return parser
 
 
-RUN_HELP = "a run id, a run folder, or best (default): the best run of the latest experiment, chosen on validation"
+RUN_HELP = ("a run id, a run folder, best (default: the best run of the latest experiment, chosen on validation) "
+            "or recommended (the best run of the strategy the verdict recommends)")
 
 
 def predict_parser() -> argparse.ArgumentParser:

@@ -19,7 +19,7 @@ from checkpoints import BEST_WEIGHTS, load_weights
 from config import Config, load_config
 from data import Encoded, read_file, token_ids
 from model import build_model, load_tokenizer
-from report import best_of, best_run, headline_rows, summarize, task_of
+from report import best_run, summarize, task_of
 from results import RUN_RECORD, read_results, results_file, select_runs
 from trainer import inference, make_accelerator
 from utils import ConfigError
@@ -28,8 +28,9 @@ logger = logging.getLogger(__name__)
 
 
 def find_run(spec: str, output_dir: str | Path) -> Path:
-    """The folder of a run named by its id, its folder, or "best": the best run, by validation score, of the
-    chosen setting of the best strategy in the latest experiment (full training data before few-shot runs)."""
+    """The folder of a run named by its id, its folder, "best" (the best run, by validation score, of the chosen
+    setting of the best strategy in the latest experiment, full training data before few-shot runs) or
+    "recommended" (likewise, of the strategy the verdict recommends)."""
     output_dir = Path(output_dir)
     if Path(spec).is_dir():
         folder = Path(spec)
@@ -38,8 +39,8 @@ def find_run(spec: str, output_dir: str | Path) -> Path:
                               f"{output_dir}/checkpoints/<strategy>/<run_id>")
         return folder
     records = read_results(results_file(output_dir))
-    if spec == "best":
-        record = best_of_latest_experiment(output_dir)
+    if spec in ("best", "recommended"):
+        record = best_of_latest_experiment(output_dir, spec)
     else:
         record = next((r for r in records if r["run_id"] == spec), None)
         if record is None:
@@ -49,18 +50,19 @@ def find_run(spec: str, output_dir: str | Path) -> Path:
     return output_dir / "checkpoints" / record["strategy"] / record["run_id"]
 
 
-def best_of_latest_experiment(output_dir: Path) -> dict:
+def best_of_latest_experiment(output_dir: Path, which: str) -> dict:
+    """The best run on validation of the verdict's winner ("best") or recommendation ("recommended")."""
     runs, experiment = select_runs(output_dir, None)
     if experiment is None:
-        raise ConfigError(f"--run best: no experiment in {output_dir} yet; run python main.py first "
+        raise ConfigError(f"--run {which}: no experiment in {output_dir} yet; run python main.py first "
                           "(or pass output.dir=... where your runs are)")
     runs = [r for r in runs if r["status"] == "completed"]
     if not runs:
-        raise ConfigError(f"--run best: the latest experiment in {output_dir} has no completed run")
+        raise ConfigError(f"--run {which}: the latest experiment in {output_dir} has no completed run")
     metric, task = experiment["config"]["training"]["early_stopping"]["metric"], task_of(runs)
-    strategies, _ = headline_rows(summarize(runs, metric)["rows"])
-    best_row = best_of(strategies, lambda row: row["validation"]["mean"], metric, task)
-    return best_run([r for r in runs if r.get("config_id") == best_row["config_id"]], metric, task)
+    verdict = summarize(runs, metric)["verdict"]
+    config_id = verdict["winner"]["config_id"] if which == "best" else verdict["recommended_config_id"]
+    return best_run([r for r in runs if r.get("config_id", r["run_id"]) == config_id], metric, task)
 
 
 def load_run(run: str | Path, output_dir: str | Path):

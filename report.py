@@ -19,7 +19,7 @@ import yaml
 from data_report import describe_report
 from diagnostics import diagnose
 from tasks import TASKS, Task
-from utils import atomic_write_bytes
+from utils import atomic_write_bytes, atomic_write_json
 from verdict import decide, describe, format_share, signed
 
 BOOTSTRAP_RESAMPLES = 5000
@@ -441,14 +441,18 @@ def terminal_summary(summary: dict, folder: Path) -> str:
     rest = [f"all {len(summary['comparisons'])} pairs of strategies"] if summary["comparisons"] else []
     rest += ["the variants"] if summary["variant_comparisons"] else []
     rest += [f"{len(summary['diagnostics'])} diagnostic finding(s)"] if summary["diagnostics"] else []
-    return "\n".join([summary_markdown(summary, everything=False), "",
-                      f"Files: {folder / 'summary.md'}" + (f" adds {', '.join(rest)}" if rest else "")
-                      + "; summary.csv and comparisons.csv beside it; plots and report.html: python visualize.py"])
+    lines = [summary_markdown(summary, everything=False), "",
+             f"Files: {folder / 'summary.md'}" + (f" adds {', '.join(rest)}" if rest else "")
+             + "; summary.csv and comparisons.csv beside it; plots and report.html: python visualize.py"]
+    if summary["verdict"]["kind"] != "none":
+        lines.append('Use the recommended run: python main.py predict --run recommended --text "..." '
+                     "(or export --run recommended --out DIR)")
+    return "\n".join(lines)
 
 
 def write_summary(summary: dict, folder: Path) -> None:
-    """summary.md, summary.csv (one row per configuration), comparisons.csv (every pair) and
-    winner_comparisons.csv (each strategy against the best)."""
+    """summary.md, summary.csv (one row per configuration), comparisons.csv (every pair),
+    winner_comparisons.csv (each strategy against the best) and verdict.json (the verdict, numbers and words)."""
     atomic_write_bytes(folder / "summary.csv", csv_table(configuration_columns(summary), summary["rows"]))
     atomic_write_bytes(folder / "comparisons.csv", csv_table(comparison_columns(summary), summary["comparisons"]))
     if summary["verdict"].get("standings"):
@@ -458,6 +462,7 @@ def write_summary(summary: dict, folder: Path) -> None:
         atomic_write_bytes(folder / "variant_comparisons.csv", csv_table(comparison_columns(summary, "variant_comparisons"),
                                                                          summary["variant_comparisons"]))
     atomic_write_bytes(folder / "summary.md", (summary_markdown(summary) + "\n").encode())
+    atomic_write_json(folder / "verdict.json", {**summary["verdict"], "sentences": verdict_lines(summary)})
 
 
 # ----------------------------------------------------------------------------------------------

@@ -118,6 +118,7 @@ def decide(summary: dict) -> dict:
                    "test": winner["test"][name], "interval": (winner.get("test_interval") or {}).get(name),
                    "runs": winner["runs"] - winner["failed"]},
         "recommended": cheaper[0]["strategy"] if cheaper else winner["strategy"],
+        "recommended_config_id": cheaper[0]["config_id"] if cheaper else winner["config_id"],
         "standings": standings, "not_compared": not_compared, "resolution": resolution,
         "validation_ties": [r["strategy"] for r in slot if r is not winner
                             and r["validation"]["mean"] == winner["validation"]["mean"]],

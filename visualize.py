@@ -4,8 +4,8 @@
 
 reads outputs/results/all_results.json (the runs of the latest `main.py` experiment, named in
 experiment.json beside it; with --dataset, every completed run on that data set) and writes into
-outputs/plots/ the plots that have data, then outputs/report.html with the config, the summary,
-the paired comparisons and every plot embedded, to send as one file.
+outputs/plots/ the plots that have data, then outputs/report.html: one self-contained page that opens
+with the verdict, then the tables, each plot with what to look for in it, and how to reproduce it.
 """
 
 from __future__ import annotations

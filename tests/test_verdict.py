@@ -1,11 +1,16 @@
 """The verdict on constructed results: a clear winner, a tie with a cheaper strategy, too little data, and the
 cases where the evidence disagrees with itself. Each experiment has three seeds unless a test says otherwise."""
 
+import csv
+import json
+
 import numpy as np
 import pytest
 
-from report import summarize, summary_markdown, terminal_summary
+from predict import find_run
+from report import summarize, summary_markdown, terminal_summary, write_summary
 from tasks import TASKS
+from utils import atomic_write_json
 from verdict import describe
 
 TASK = TASKS["classification"]
@@ -150,3 +155,23 @@ def test_the_summary_opens_with_the_verdict_and_compares_with_the_winner(everyth
     if not everything:
         short = terminal_summary(summary, tmp_path)
         assert "adds all 3 pairs of strategies" in short and str(tmp_path / "summary.md") in short
+        return
+    write_summary(summary, tmp_path)
+    saved = json.loads((tmp_path / "verdict.json").read_text())
+    assert saved["recommended"] == "lora" and saved["sentences"] == describe(summary["verdict"], TASK)
+    with open(tmp_path / "winner_comparisons.csv") as f:
+        rows = {row["strategy"]: row for row in csv.DictReader(f)}
+    assert rows["lora"]["status"] == "within noise" and float(rows["lora"]["params_ratio"]) == pytest.approx(0.003)
+    assert rows["bitfit"]["status"] == "behind" and float(rows["bitfit"]["high"]) < 0
+
+
+def test_predict_and_export_find_the_recommended_run_as_well_as_the_best(tmp_path):
+    runs = [run("full", s, val=0.93 + s / 1000, error_rate=0.08) for s in SEEDS]
+    runs += [run("lora", s, val=0.92 - s / 1000, error_rate=0.08, params=3_300, memory_mb=500) for s in SEEDS]
+    results = tmp_path / "results"
+    atomic_write_json(results / "all_results.json", {"runs": runs})
+    atomic_write_json(results / "experiment.json", {"run_ids": [r["run_id"] for r in runs],
+                                                    "config": {"training": {"early_stopping": {"metric": "val_macro_f1"}}}})
+    # each the run of its strategy that is best on validation
+    assert find_run("best", tmp_path) == tmp_path / "checkpoints" / "full" / "full-2"
+    assert find_run("recommended", tmp_path) == tmp_path / "checkpoints" / "lora" / "lora-0"
