@@ -20,7 +20,7 @@ from data_report import describe_report
 from diagnostics import diagnose
 from tasks import TASKS, Task
 from utils import atomic_write_bytes, atomic_write_json
-from verdict import decide, describe, format_share, signed
+from verdict import configuration_label, decide, describe, format_share, signed
 
 BOOTSTRAP_RESAMPLES = 5000
 BOOTSTRAP_CHUNK = 1000  # resamples drawn at a time, which bounds memory on large test splits
@@ -160,12 +160,6 @@ def variant_comparisons(rows: list[dict], chosen: dict, groups: dict[str, list[d
                                     "b": f"{strategy}: {peers[0]['varied']['variant']}", "shots_per_class": shots,
                                     **comparison})
     return comparisons
-
-
-def configuration_label(row: dict) -> str:
-    """A configuration in words: its strategy and the grid values that set it apart ("lora (rank=8)")."""
-    extra = [f"{k}={v}" for k, v in row["varied"].items()]
-    return row["strategy"] + (f" ({', '.join(extra)})" if extra else "")
 
 
 def diagnostic_rows(groups: dict[str, list[dict]], task: Task) -> list[dict]:
@@ -374,7 +368,7 @@ def winner_columns(summary: dict) -> list[Column]:
     def ratio(key: str, text: Callable[[float], str]) -> Callable[[dict], str]:
         return lambda s: "-" if s["costs"][key] is None else text(s["costs"][key])
 
-    return [Column("strategy", lambda s: {"strategy": s["strategy"], "config_id": s["config_id"]}, lambda s: s["strategy"]),
+    return [Column("strategy", lambda s: {"strategy": s["strategy"], "config_id": s["config_id"]}, lambda s: s["label"]),
             Column(f"against {best}", lambda s: {"status": s["status"], "seed_dependent": s["seed_dependent"]},
                    lambda s: s["status"] + (" (sign varies by seed)" if s["seed_dependent"] else "")),
             Column(f"Δ test {label} [95% CI]", lambda s: {k: s["test"][k] for k in ("difference", "low", "high")},

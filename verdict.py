@@ -17,6 +17,12 @@ COST_TOLERANCE = 0.10
 SEEDS_TO_SUGGEST = "training.seeds: [0, 1, 2]"
 
 
+def configuration_label(row: dict) -> str:
+    """A configuration in words: its strategy and the grid values that set it apart ("lora (rank=8)")."""
+    extra = [f"{k}={v}" for k, v in row["varied"].items()]
+    return row["strategy"] + (f" ({', '.join(extra)})" if extra else "")
+
+
 def deciding_metric(summary: dict, task: Task) -> str:
     """The compared test metric that decides "within noise": the one selection uses, or the task's default
     when selection uses the loss."""
@@ -101,7 +107,8 @@ def decide(summary: dict) -> dict:
             not_compared.append(row["strategy"])
             continue
         status, seed_dependent = standing(test, higher_is_better)
-        standings.append({"strategy": row["strategy"], "config_id": row["config_id"], "status": status,
+        standings.append({"strategy": row["strategy"], "label": configuration_label(row), "config_id": row["config_id"],
+                          "status": status,
                           "seed_dependent": seed_dependent, "test": test,
                           "costs": cost_ratios(row, winner, summary["memory_note"] is None)})
     tied = [s for s in standings if s["status"] == "within noise"]
@@ -114,17 +121,19 @@ def decide(summary: dict) -> dict:
             "undecided" if not separated and resolution > RESOLUTION_LIMIT else "decided")
     return {
         "kind": kind, "metric": name, "selection_metric": summary["metric"], "shots_per_class": shots,
-        "winner": {"strategy": winner["strategy"], "config_id": winner["config_id"], "validation": winner["validation"],
+        "winner": {"strategy": winner["strategy"], "label": configuration_label(winner), "config_id": winner["config_id"],
+                   "validation": winner["validation"],
                    "test": winner["test"][name], "interval": (winner.get("test_interval") or {}).get(name),
                    "runs": winner["runs"] - winner["failed"]},
         "recommended": cheaper[0]["strategy"] if cheaper else winner["strategy"],
+        "recommended_label": cheaper[0]["label"] if cheaper else configuration_label(winner),
         "recommended_config_id": cheaper[0]["config_id"] if cheaper else winner["config_id"],
         "standings": standings, "not_compared": not_compared, "resolution": resolution,
-        "validation_ties": [r["strategy"] for r in slot if r is not winner
+        "validation_ties": [configuration_label(r) for r in slot if r is not winner
                             and r["validation"]["mean"] == winner["validation"]["mean"]],
         "seeds": min([winner["runs"] - winner["failed"]] + [s["test"]["paired_runs"] for s in standings]),
         "test_examples": summary.get("test_examples"), "validation_examples": summary.get("validation_examples"),
-        "other_slots": [{"shots_per_class": r["shots_per_class"], "strategy": r["strategy"], "test": r["test"][name]}
+        "other_slots": [{"shots_per_class": r["shots_per_class"], "label": configuration_label(r), "test": r["test"][name]}
                         for r in best_per_slot(summary, task) if r["shots_per_class"] != shots],
     }
 
@@ -188,7 +197,7 @@ def describe(verdict: dict, task: Task) -> list[str]:
     if verdict["kind"] == "none":
         return ["No configuration completed, so there is no verdict: see the failed runs."]
     name, winner = verdict["metric"], verdict["winner"]
-    best, label = winner["strategy"], task.metric(name).label
+    best, label = winner["label"], task.metric(name).label
     selection = f"{task.label(verdict['selection_metric'])} {winner['validation']['mean']:.4f}"
     scope = (f" (with {verdict['shots_per_class']} examples per class, the most this experiment trained on)"
              if verdict["shots_per_class"] is not None else "")
@@ -205,14 +214,14 @@ def describe(verdict: dict, task: Task) -> list[str]:
                      f"±{verdict['resolution']:.3f} wide.")
         if recommended:
             whose = f"{best}'s"
-            lines.append(f"If you must choose now, {recommended['strategy']} costs least among them, with "
+            lines.append(f"If you must choose now, {recommended['label']} costs least among them, with "
                          f"{describe_costs(recommended['costs'], whose)}.")
     elif recommended:
-        lines.append(f"Use {recommended['strategy']}{scope}: it is within noise of {best}, the best on validation, on test "
+        lines.append(f"Use {recommended['label']}{scope}: it is within noise of {best}, the best on validation, on test "
                      f"{label} ({describe_difference(recommended['test'])}) with {describe_costs(recommended['costs'])}.")
     elif by_status["within noise"]:
         lines.append(f"Use {best}{scope}: it is the best on {selection}; "
-                     f"{', '.join(s['strategy'] for s in by_status['within noise'])} "
+                     f"{', '.join(s['label'] for s in by_status['within noise'])} "
                      f"{'is' if len(by_status['within noise']) == 1 else 'are'} within noise of it on test {label}, "
                      f"but none costs less on every measure.")
     else:
@@ -223,14 +232,14 @@ def describe(verdict: dict, task: Task) -> list[str]:
     also = [s for s in by_status["within noise"] if s is not recommended]
     if also:
         lines.append(f"{'Also w' if recommended else 'W'}ithin noise of {best} on test {label}: " + "; ".join(
-            f"{s['strategy']} ({describe_difference(s['test'])}"
+            f"{s['label']} ({describe_difference(s['test'])}"
             + ("; separated on the pooled test split but not in every seed" if s["seed_dependent"] else "")
             + f"; {describe_costs(s['costs'])})" for s in also) + ".")
     if by_status["behind"]:
         lines.append(f"Clearly behind {best}: "
-                     + "; ".join(f"{s['strategy']} ({describe_difference(s['test'])})" for s in by_status["behind"]) + ".")
+                     + "; ".join(f"{s['label']} ({describe_difference(s['test'])})" for s in by_status["behind"]) + ".")
     for s in by_status["ahead"]:
-        lines.append(f"{s['strategy']} scored higher than {best} on test {label} ({describe_difference(s['test'])}) although "
+        lines.append(f"{s['label']} scored higher than {best} on test {label} ({describe_difference(s['test'])}) although "
                      f"{best} was better on validation. Test never chooses here, but the disagreement suggests the "
                      f"validation split{examples(verdict['validation_examples'])} is too small to choose reliably: "
                      "enlarge it (data.validation_size) or run more seeds.")
@@ -239,7 +248,7 @@ def describe(verdict: dict, task: Task) -> list[str]:
     if verdict["other_slots"]:
         lines.append("With other amounts of training data, the best on validation (test " + label + "): " + "; ".join(
             ("all examples" if o["shots_per_class"] is None else f"{o['shots_per_class']} per class")
-            + f": {o['strategy']} ({o['test']['mean']:.4f})" for o in verdict["other_slots"]) + ".")
+            + f": {o['label']} ({o['test']['mean']:.4f})" for o in verdict["other_slots"]) + ".")
     return lines + to_know_more(verdict)
 
 
@@ -251,9 +260,9 @@ def to_know_more(verdict: dict) -> list[str]:
     """What to run when the evidence is thin: more seeds, a larger validation or test split."""
     notes = []
     if verdict["validation_ties"]:
-        tied = ", ".join([verdict["winner"]["strategy"], *verdict["validation_ties"]])
+        tied = ", ".join([verdict["winner"]["label"], *verdict["validation_ties"]])
         notes.append(f"{tied} tie on validation ({verdict['winner']['validation']['mean']:.4f}); "
-                     f"{verdict['winner']['strategy']} is the reference because it comes first in the config. "
+                     f"{verdict['winner']['label']} is the reference because it comes first in the config. "
                      "A larger validation split (data.validation_size) or more seeds would separate them.")
     if verdict["kind"] != "single" and verdict["seeds"] < 2:
         notes.append("Each configuration ran with one seed, so how far the ranking moves with the seed is unknown: "

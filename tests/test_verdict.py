@@ -18,7 +18,7 @@ LABELS = ["billing", "shipping", "account"]
 
 
 def run(strategy: str, seed: int, val: float, error_rate: float, test_size: int = 600, params: int = 1_000_000,
-        time_s: float = 100.0, memory_mb: float = 1000.0, error_seed: int | None = None) -> dict:
+        time_s: float = 100.0, memory_mb: float = 1000.0, error_seed: int | None = None, varied: dict | None = None) -> dict:
     """A completed run whose test predictions are wrong on `error_rate` of the examples (which ones: drawn
     from the strategy and seed, so two strategies' errors are independent)."""
     truth = np.arange(test_size) % 3
@@ -28,8 +28,9 @@ def run(strategy: str, seed: int, val: float, error_rate: float, test_size: int 
     predictions[wrong] = (truth[wrong] + 1) % 3
     logits = np.log(np.full((test_size, 3), 0.1))
     logits[np.arange(test_size), predictions] = np.log(0.8)
-    return {"run_id": f"{strategy}-{seed}", "config_id": strategy, "strategy": strategy, "status": "completed",
-            "seed": seed, "varied": {}, "hyperparameters": {"learning_rate": 1e-4}, "best_epoch": 1,
+    config_id = strategy + "".join(f"-{k}={v}" for k, v in (varied or {}).items())
+    return {"run_id": f"{config_id}-{seed}", "config_id": config_id, "strategy": strategy, "status": "completed",
+            "seed": seed, "varied": varied or {}, "hyperparameters": {"learning_rate": 1e-4}, "best_epoch": 1,
             "history": [{"epoch": 1, "train_loss": 0.1, "val_loss": 0.2, "val_macro_f1": val}],
             "test": TASK.test_report(truth.tolist(), logits, LABELS), "test_predictions": predictions.tolist(),
             "test_labels": truth.tolist(), "trainable_params": params, "train_time_s": time_s, "peak_memory_mb": memory_mb,
@@ -175,3 +176,12 @@ def test_predict_and_export_find_the_recommended_run_as_well_as_the_best(tmp_pat
     # each the run of its strategy that is best on validation
     assert find_run("best", tmp_path) == tmp_path / "checkpoints" / "full" / "full-2"
     assert find_run("recommended", tmp_path) == tmp_path / "checkpoints" / "lora" / "lora-0"
+
+
+def test_the_verdict_names_the_chosen_setting_when_a_strategy_had_several():
+    runs = [run("full", s, val=0.90, error_rate=0.05, varied={"learning_rate": rate}) for s in SEEDS for rate in (1e-4, 3e-5)]
+    runs[1]["history"][0]["val_macro_f1"] = 0.95  # seed 0 at 3e-5: that rate has the better mean on validation
+    runs += [run("lora", s, val=0.85, error_rate=0.20, varied={"learning_rate": 1e-3}) for s in SEEDS]
+    verdict, lines = verdict_of(runs)
+    assert lines[0].startswith("Use full (learning_rate=3e-05): it is the best on validation macro-F1 0.9167")
+    assert any(line.startswith("Clearly behind full (learning_rate=3e-05): lora (learning_rate=0.001) (Δ") for line in lines)
