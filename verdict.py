@@ -94,10 +94,8 @@ def decide(summary: dict) -> dict:
     not_compared = [s for s in ran if s not in {r["strategy"] for r in slot}]
     if not slot:
         return {"kind": "none", "metric": name, "not_compared": not_compared}
-    winner = slot[0]
-    for row in slot[1:]:
-        if task.is_better(summary["metric"], row["validation"]["mean"], winner["validation"]["mean"]):
-            winner = row
+    best = best_per_slot(summary, task)
+    winner = next(r for r in best if r["shots_per_class"] == shots)
     standings = []
     for row in slot:
         if row is winner:
@@ -108,8 +106,7 @@ def decide(summary: dict) -> dict:
             continue
         status, seed_dependent = standing(test, higher_is_better)
         standings.append({"strategy": row["strategy"], "label": configuration_label(row), "config_id": row["config_id"],
-                          "status": status,
-                          "seed_dependent": seed_dependent, "test": test,
+                          "status": status, "seed_dependent": seed_dependent, "test": test,
                           "costs": cost_ratios(row, winner, summary["memory_note"] is None)})
     tied = [s for s in standings if s["status"] == "within noise"]
     cheaper = sorted((s for s in tied if cheaper_everywhere(s["costs"])),
@@ -126,7 +123,6 @@ def decide(summary: dict) -> dict:
                    "test": winner["test"][name], "interval": (winner.get("test_interval") or {}).get(name),
                    "runs": winner["runs"] - winner["failed"]},
         "recommended": cheaper[0]["strategy"] if cheaper else winner["strategy"],
-        "recommended_label": cheaper[0]["label"] if cheaper else configuration_label(winner),
         "recommended_config_id": cheaper[0]["config_id"] if cheaper else winner["config_id"],
         "standings": standings, "not_compared": not_compared, "resolution": resolution,
         "validation_ties": [configuration_label(r) for r in slot if r is not winner
@@ -134,12 +130,13 @@ def decide(summary: dict) -> dict:
         "seeds": min([winner["runs"] - winner["failed"]] + [s["test"]["paired_runs"] for s in standings]),
         "test_examples": summary.get("test_examples"), "validation_examples": summary.get("validation_examples"),
         "other_slots": [{"shots_per_class": r["shots_per_class"], "label": configuration_label(r), "test": r["test"][name]}
-                        for r in best_per_slot(summary, task) if r["shots_per_class"] != shots],
+                        for r in best if r is not winner],
     }
 
 
 def best_per_slot(summary: dict, task: Task) -> list[dict]:
-    """The best chosen configuration on validation for each few-shot size (and the full data)."""
+    """The best chosen configuration on validation for each few-shot size (and the full data); the first
+    in the config among equals."""
     best: dict = {}
     for row in summary["rows"]:
         slot = row["shots_per_class"]
