@@ -95,6 +95,8 @@ class TrainingConfig:
     """Gradient clipping threshold (after unscaling); null turns clipping off."""
     fp16: bool = True
     """Mixed precision on CUDA GPUs; ignored with a warning on CPUs, where half-precision matmul is far slower."""
+    bf16: bool = False
+    """bfloat16 mixed precision on GPUs that support it (Ampere and later; no loss scaling needed), instead of fp16: set fp16: false with it; ignored with a warning elsewhere."""
     eval_batch_size: int = 128
     """Rows per evaluation batch at most (no gradients, so larger batches fit)."""
     eval_batch_tokens: int | None = None
@@ -201,6 +203,8 @@ class OutputConfig:
     """Where results/, checkpoints/, plots/ and report.html go."""
     keep_checkpoints: Literal["best_and_last", "all", "none"] = "best_and_last"
     """What stays once a run ends: the best weights and the last state, also every epoch's weights, or none (a run in progress always keeps last.pt for --resume)."""
+    trackers: list[str] = field(default_factory=list)
+    """Experiment trackers that log each run's settings and per-epoch metrics, through Accelerate: tensorboard (into <dir>/trackers/), mlflow, wandb, ...; each needs its package installed."""
 
 
 @dataclass
@@ -293,6 +297,8 @@ def _rule_problems(cfg: Config) -> list[str]:
             "an integer >= 1, or null")
     require(t.checkpoint_every_steps is None or t.checkpoint_every_steps >= 1, "training.checkpoint_every_steps",
             t.checkpoint_every_steps, "an integer >= 1, or null")
+    require(not (t.fp16 and t.bf16), "training.bf16", t.bf16,
+            "false while training.fp16 is true (on by default): set training.fp16: false to use bf16")
     require(t.learning_rate > 0, "training.learning_rate", t.learning_rate, "a number > 0")
     require(t.num_epochs >= 1, "training.num_epochs", t.num_epochs, "an integer >= 1")
     require(t.weight_decay >= 0, "training.weight_decay", t.weight_decay, "a number >= 0")
@@ -335,6 +341,8 @@ def _rule_problems(cfg: Config) -> list[str]:
                     key, values, f"a non-empty list of distinct {allowed}")
 
     require_list(t.seeds, "training.seeds", lambda v: True, "integers")
+    for name in cfg.output.trackers:
+        problems += tracker_problems(name)
     require_list(cfg.ablation.learning_rates, "ablation.learning_rates", lambda v: v > 0, "numbers > 0")
     for strategy in STRATEGY_NAMES:
         require_list(getattr(cfg.strategies, strategy).learning_rates, f"strategies.{strategy}.learning_rates",
@@ -346,12 +354,24 @@ def _rule_problems(cfg: Config) -> list[str]:
     return problems
 
 
+def tracker_problems(name: str) -> list[str]:
+    """Why Accelerate cannot log to tracker `name` here (nothing when it can)."""
+    from accelerate.tracking import LOGGER_TYPE_TO_CLASS, get_available_trackers
+
+    if name not in LOGGER_TYPE_TO_CLASS:
+        return [f"output.trackers: got {name!r}, allowed: {', '.join(LOGGER_TYPE_TO_CLASS)}"]
+    if name not in {str(tracker) for tracker in get_available_trackers()}:
+        return [f"output.trackers: {name!r} needs its package, which is not installed: pip install {name}"]
+    return []
+
+
 # ----------------------------------------------------------------------------------------------
 # The experiment grid: every list in the config (rates, ranks, sweep values, seeds) multiplies the runs.
 
 # Keys a sweep may not vary, and why.
 NOT_SWEEPABLE = {
     "training.fp16": "mixed precision is one setting per process",
+    "training.bf16": "mixed precision is one setting per process",
     "training.seed": "list seeds in training.seeds",
     "training.seeds": "list seeds in training.seeds",
     "output.dir": "one experiment writes into one folder",

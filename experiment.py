@@ -27,6 +27,7 @@ from model import build_model, check_against_model, load_model_config, load_toke
 from report import describe_baseline, summarize, terminal_summary, write_summary
 from results import RUN_RECORD, read_results, results_file, save_record, write_experiment
 from tasks import TASKS
+from trackers import run_trackers
 from trainer import evaluate, make_accelerator, train
 from utils import ConfigError, atomic_write_bytes, atomic_write_json, set_seed, stable_hash
 
@@ -34,7 +35,7 @@ logger = logging.getLogger("bertlab")
 
 # Training keys added after run ids were first handed out: left out of the run key at their defaults, so
 # runs made before them keep their ids (and their cached results).
-ADDED_TRAINING_KEYS = ("loss", "class_weights", "focal_gamma", "label_smoothing", "sampler")
+ADDED_TRAINING_KEYS = ("loss", "class_weights", "focal_gamma", "label_smoothing", "sampler", "bf16")
 
 # The training speed assumed for the time estimate when no earlier run here gives one (MiniLM-L6,
 # max_length 64, 2 CPU cores).
@@ -198,9 +199,12 @@ def baseline_of(data: LabelledData, cfg: Config) -> dict:
 
 
 def run_experiment(cfg: Config, strategies: list[str], *, resume: bool = False, force: bool = False,
-                   dry_run: bool = False, config_file: str = "", command: str = "") -> int:
-    """Run every planned run that is not already completed, then write and print the summary. Returns the
-    exit status: 0 when every run completed, 1 when some failed."""
+                   dry_run: bool = False, config_file: str = "", command: str = "",
+                   shard: tuple[int, int] | None = None, summary_only: bool = False) -> int:
+    """Run every planned run that is not already completed (with `shard` (K, N): only the K-th of N shares of
+    the plan), then write and print the summary of the whole plan once all of it has finished; with
+    `summary_only`, train nothing and summarise what has. Returns the exit status: 0 when every run
+    completed, 1 when some failed or (summary only) has not finished."""
     runs = plan_runs(cfg, strategies)
     model_configs = {}
     for run in runs:
@@ -227,32 +231,97 @@ def run_experiment(cfg: Config, strategies: list[str], *, resume: bool = False, 
         logger.info("%d completed run(s) lack metrics the task reports now: they run again", len(outdated))
         completed = {i: r for i, r in completed.items() if i not in outdated}
     cached = set() if force else {i for i in ids if i in completed}
+    mine = list(range(len(runs)))
+    if shard is not None:
+        owners = assign_shards([planned_cost(run, inputs) for run in runs], shard[1])
+        mine = [i for i, owner in enumerate(owners) if owner == shard[0]]
     if dry_run:
-        print_plan(runs, ids, cached, inputs, completed, cfg)
+        print_plan(runs, ids, cached, inputs, completed, cfg, mine)
+        if shard is not None:
+            print_shares(runs, inputs, shard[1])
         return 0
     write_experiment(results_path, config_file=config_file, command=command, config=dataclasses.asdict(cfg),
                      strategies=strategies, run_ids=ids)
     for report in reports.values():
         save_report(report, results_path.parent)
-    logger.info("%d run(s) planned: %d already completed (reused; --force runs them again), %d to run",
-                len(runs), len(cached), len(runs) - len(cached))
-    accelerator = make_accelerator(cfg.training.fp16)
-    records = []
-    for number, (run, run_id) in enumerate(zip(runs, ids), 1):
-        if run_id in cached:
-            records.append(completed[run_id])
+    if summary_only:
+        return finish(cfg, ids, results_path, describe_baseline(task, baseline))
+    share = f" (shard {shard[0]}/{shard[1]}: {len(mine)} of the plan's {len(runs)})" if shard else ""
+    logger.info("%d run(s) planned%s: %d already completed (reused; --force runs them again), %d to run",
+                len(mine), share, sum(ids[i] in cached for i in mine), sum(ids[i] not in cached for i in mine))
+    accelerator = make_accelerator(cfg.training.fp16, cfg.training.bf16)
+    if accelerator.num_processes > 1:  # each process would train on every batch and write every record
+        raise ConfigError(f"one run on {accelerator.num_processes} processes (accelerate launch, torchrun) is not "
+                          "supported yet: start one python main.py --shard K/N per GPU instead")
+    failed = 0
+    for number, i in enumerate(mine, 1):
+        if ids[i] in cached:
             continue
-        logger.info("run %d/%d: %s %s", number, len(runs), run.strategy, run.describe())
-        run_data, encoded = inputs.for_run(run)
-        records.append(run_one(run, run_id, run_data, encoded, accelerator, baseline_of(run_data, run.cfg), resume))
+        logger.info("run %d/%d: %s %s", number, len(mine), runs[i].strategy, runs[i].describe())
+        run_data, encoded = inputs.for_run(runs[i])
+        record = run_one(runs[i], ids[i], run_data, encoded, accelerator, baseline_of(run_data, runs[i].cfg), resume)
+        failed += record["status"] != "completed"
+    if shard is not None:
+        finished = {r["run_id"] for r in read_results(results_path)}
+        if not set(ids) <= finished:
+            print(f"\nshard {shard[0]}/{shard[1]} done ({len(mine)} run(s), {failed} failed); {len(set(ids) - finished)} "
+                  "run(s) of the plan are still to finish in other shards. Once they have: python main.py "
+                  "--summary-only (with the same config), then python visualize.py")
+            return 1 if failed else 0
+    return max(finish(cfg, ids, results_path, describe_baseline(task, baseline)), 1 if failed else 0)
+
+
+def finish(cfg: Config, ids: list[str], results_path: Path, baseline: str) -> int:
+    """Write and print the summary of the planned runs' records; 1 when some failed or has not run."""
+    by_id = {r["run_id"]: r for r in read_results(results_path)}
+    records = [by_id[i] for i in ids if i in by_id]
+    missing = len(ids) - len(records)
+    if not records:
+        raise ConfigError(f"no run of this plan has finished in {results_path} yet: run python main.py (or each "
+                          "--shard K/N) first, with the same config")
     summary = summarize(records, cfg.training.early_stopping.metric)
     write_summary(summary, results_path.parent)
     print("\n" + terminal_summary(summary, results_path.parent))
-    print(f"\n{describe_baseline(task, baseline)}")
+    print(f"\n{baseline}")
     failed = [r["run_id"] for r in records if r["status"] != "completed"]
     if failed:
         logger.error("%d run(s) failed: %s (see 'error' in their records)", len(failed), ", ".join(failed))
-    return 1 if failed else 0
+    if missing:
+        logger.error("%d planned run(s) have not run yet: the summary holds the %d that have", missing, len(records))
+    return 1 if failed or missing else 0
+
+
+# Training examples per second relative to full fine-tuning, measured on the demo data with 2 CPU cores (full
+# 80, lora 101, bitfit 154, prompt tuning 77, partial freezing 219, frozen encoder 321 examples/s). On a GPU
+# they lie closer together, which only makes the shares a little less even.
+RELATIVE_COST = {"full": 1.0, "lora": 0.8, "bitfit": 0.52, "prompt_tuning": 1.04, "partial_freezing": 0.37,
+                 "frozen_encoder": 0.25}
+
+
+def planned_cost(run: Run, inputs: Inputs) -> float:
+    """A run's training cost from its plan alone (tokens to train on x epochs x the strategy's relative cost),
+    so that every worker computes the same shares, whatever has run already."""
+    _, encoded = inputs.for_run(run)
+    return sum(map(len, encoded.ids["train"])) * run.cfg.training.num_epochs * RELATIVE_COST.get(run.strategy, 1.0)
+
+
+def assign_shards(costs: list[float], shards: int) -> list[int]:
+    """The shard of each run: the costliest first, each to the shard with the least cost so far (the lower
+    index among equals), so shares take similar time and every worker derives the same assignment."""
+    loads, owners = [0.0] * shards, [0] * len(costs)
+    for i in sorted(range(len(costs)), key=lambda i: (-costs[i], i)):
+        owners[i] = min(range(shards), key=lambda k: (loads[k], k))
+        loads[owners[i]] += costs[i]
+    return owners
+
+
+def print_shares(runs: list[Run], inputs: Inputs, shards: int) -> None:
+    costs = [planned_cost(run, inputs) for run in runs]
+    loads = [0.0] * shards
+    for cost, owner in zip(costs, assign_shards(costs, shards)):
+        loads[owner] += cost
+    print("\nestimated share of the training in each shard: "
+          + ", ".join(f"{k}/{shards}: {load / sum(costs):.0%}" for k, load in enumerate(loads)))
 
 
 def run_one(run: Run, run_id: str, data: LabelledData, encoded: Encoded, accelerator, baseline: dict,
@@ -343,8 +412,14 @@ def fit_and_test(run: Run, cfg: Config, data: LabelledData, encoded: Encoded, ac
                 cfg.training.batch_size * cfg.training.gradient_accumulation_steps, settings["learning_rate"],
                 counts["trainable_params"], counts["total_params"], counts["trainable_pct"])
     run_key = dataclasses.replace(run, cfg=cfg).key(data.fingerprint)  # after an OOM retry: its batch settings
-    result = train(model, encoded, cfg, settings["learning_rate"], run_dir, accelerator, run_key, resume)
-    test = evaluate(model, encoded, "test", cfg.training, accelerator, task)
+    logged = {**dataclasses.asdict(cfg.training), **settings, "strategy": run.strategy, "model": cfg.model.name,
+              "max_length": cfg.model.max_length, "data_fingerprint": data.fingerprint}
+    with run_trackers(cfg.output.trackers, run_dir.name, Path(cfg.output.dir) / "trackers", logged) as trackers:
+        result = train(model, encoded, cfg, settings["learning_rate"], run_dir, accelerator, run_key, resume,
+                       on_epoch=lambda entry: trackers.log(entry, step=entry["epoch"]))
+        test = evaluate(model, encoded, "test", cfg.training, accelerator, task)
+        trackers.log({f"test_{name}": test[name] for name in ["loss"] + [m.name for m in task.metrics]},
+                     step=result["best_epoch"])
     return {**counts, **result,
             "test": {"loss": test["loss"], **task.test_report(encoded.labels["test"], test["values"],
                                                              data.label_names)},
@@ -381,9 +456,13 @@ def halvings_before_checkpoint(run: Run, run_dir: Path, data_fingerprint: str) -
 
 
 def print_plan(runs: list[Run], ids: list[str], cached: set[str], inputs: Inputs, completed: dict[str, dict],
-               cfg: Config) -> None:
-    """What a real run would do, with the wrapped models' sizes and a rough time, training nothing."""
-    print(f"{len(runs)} run(s) planned: {len(cached)} already completed in {results_file(cfg.output.dir)} "
+               cfg: Config, mine: list[int]) -> None:
+    """What a real run would do (the runs numbered `mine`: all, or a shard's), with the wrapped models' sizes
+    and a rough time, training nothing."""
+    share = "" if len(mine) == len(runs) else f" in this shard, of the plan's {len(runs)}"
+    runs, ids = [runs[i] for i in mine], [ids[i] for i in mine]
+    cached = cached & set(ids)
+    print(f"{len(runs)} run(s) planned{share}: {len(cached)} already completed in {results_file(cfg.output.dir)} "
           f"(reused), {len(runs) - len(cached)} to run")
     for number, (run, run_id) in enumerate(zip(runs, ids), 1):
         print(f"  {number:3d}  {run_id}  {'cached' if run_id in cached else 'to run':6}  {run.strategy} {run.describe()}")

@@ -1,7 +1,8 @@
 """The command line: fine-tune a BERT-family encoder with each configured strategy and compare them, then use
 the winner.
 
-    python main.py [--config FILE] [--strategy NAME ...] [--resume] [--force] [--dry-run] [--debug] [section.key=value ...]
+    python main.py [--config FILE] [--strategy NAME ...] [--resume] [--force] [--dry-run] [--shard K/N] [--summary-only]
+                   [--debug] [section.key=value ...]
     python main.py predict [--run RUN] (--text TEXT [--text ...] | --input FILE [--output FILE]) [--top-k K]
     python main.py export [--run RUN] --out DIR [--force]
 
@@ -40,8 +41,21 @@ def experiment_parser() -> argparse.ArgumentParser:
     parser.add_argument("--force", action="store_true", help="run again even the runs already completed")
     parser.add_argument("--dry-run", action="store_true",
                         help="print the planned runs, what is cached, parameter counts and a time estimate; train nothing")
+    parser.add_argument("--shard", type=shard_spec, metavar="K/N",
+                        help="run only the K-th of N disjoint shares of the planned runs (K from 0), e.g. one per GPU "
+                             "or job-array task, all into one output.dir; the last to finish writes the summary")
+    parser.add_argument("--summary-only", action="store_true",
+                        help="train nothing: write and print the summary of the planned runs that have finished")
     add_common(parser)
     return parser
+
+
+def shard_spec(text: str) -> tuple[int, int]:
+    """"K/N" -> (K, N), with 0 <= K < N."""
+    k, _, n = text.partition("/")
+    if not (k.isdigit() and n.isdigit() and 0 <= int(k) < int(n)):
+        raise argparse.ArgumentTypeError(f"got {text!r}, allowed: K/N with 0 <= K < N, e.g. 0/4")
+    return int(k), int(n)
 
 
 RUN_HELP = ("a run id, a run folder, best (default: the best run of the latest experiment, chosen on validation) "
@@ -78,7 +92,8 @@ def experiment_command(args: argparse.Namespace) -> int:
         raise ConfigError(f"{args.config}: no strategy enabled; set strategies.<name>.enabled: true or pass "
                           f"--strategy NAME (known: {', '.join(sorted(STRATEGIES))})")
     return run_experiment(cfg, strategies, resume=args.resume, force=args.force, dry_run=args.dry_run,
-                          config_file=str(args.config), command=" ".join(sys.argv))
+                          config_file=str(args.config), command=" ".join(sys.argv), shard=args.shard,
+                          summary_only=args.summary_only)
 
 
 def predict_command(args: argparse.Namespace) -> int:

@@ -98,7 +98,7 @@ class Predictor:
     @classmethod
     def from_run(cls, run: str | Path = "best", output_dir: str | Path = "outputs") -> Predictor:
         _, cfg, record, model = load_run(run, output_dir)
-        accelerator = make_accelerator(cfg.training.fp16, warn=False)
+        accelerator = make_accelerator(cfg.training.fp16, cfg.training.bf16, warn=False)
         return cls(accelerator.prepare(model), load_tokenizer(cfg), cfg, record, accelerator)
 
     def describe(self) -> str:

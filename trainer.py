@@ -81,12 +81,20 @@ class StopRequest:
             signal.signal(signal.SIGINT, self.previous)
 
 
-def make_accelerator(fp16: bool, warn: bool = True) -> Accelerator:
-    use_fp16 = fp16 and torch.cuda.is_available()
-    if fp16 and not use_fp16 and warn:
-        logger.warning("training.fp16 is ignored without a CUDA GPU: half-precision matmul on CPUs without "
-                       "native support is hundreds of times slower; training in fp32")
-    return Accelerator(mixed_precision="fp16" if use_fp16 else "no")
+def make_accelerator(fp16: bool, bf16: bool = False, warn: bool = True) -> Accelerator:
+    """An Accelerator with the mixed precision asked for where the hardware runs it fast: fp16 on any CUDA GPU,
+    bf16 on one that supports it; elsewhere fp32, with one warning (half-precision matmul on CPUs without
+    native support is hundreds of times slower)."""
+    cuda = torch.cuda.is_available()
+    if bf16:
+        precision = "bf16" if cuda and torch.cuda.is_bf16_supported() else "no"
+        reason = "training.bf16 is ignored without a CUDA GPU that supports bfloat16"
+    else:
+        precision = "fp16" if fp16 and cuda else "no"
+        reason = "training.fp16 is ignored without a CUDA GPU"
+    if (fp16 or bf16) and precision == "no" and warn:
+        logger.warning("%s: half-precision matmul is far slower elsewhere; training in fp32", reason)
+    return Accelerator(mixed_precision=precision)
 
 
 def compile_layers(model: torch.nn.Module) -> None:
@@ -111,8 +119,10 @@ def make_optimizer(model: torch.nn.Module, learning_rate: float, weight_decay: f
 
 
 def train(model: torch.nn.Module, encoded: Encoded, cfg: Config, learning_rate: float, run_dir: Path,
-          accelerator: Accelerator, run_key: dict, resume: bool = False) -> dict:
-    """Train with validation each epoch; return the history and leave the best weights in `model`."""
+          accelerator: Accelerator, run_key: dict, resume: bool = False,
+          on_epoch: Callable[[dict], None] | None = None) -> dict:
+    """Train with validation each epoch (each epoch's entry also to `on_epoch`); return the history and
+    leave the best weights in `model`."""
     t, task = cfg.training, TASKS[cfg.data.task]
     loss_of = task.training_loss(t, encoded.labels["train"], encoded.label_names)  # validation uses task.loss
     epoch_examples = len(epoch_rows(encoded.labels["train"], t.sampler, t.seed, 0))  # the same in every epoch
@@ -151,6 +161,8 @@ def train(model: torch.nn.Module, encoded: Encoded, cfg: Config, learning_rate: 
             logger.info("epoch %d/%d | train_loss %.4f | %s | lr %.2e | %.1fs", epoch + 1, t.num_epochs, train_loss,
                         " | ".join(f"{key} {scores[key]:.4f}" for key in dict.fromkeys(shown)),
                         scheduler.get_last_lr()[0], seconds)
+            if on_epoch:
+                on_epoch(state.history[-1])
             with stopwatch(spent, "checkpoint_time_s"):
                 if update_early_stopping(state, t, task):
                     best_weights = trainable_weights(model, accelerator)
@@ -226,12 +238,12 @@ def _fail_if_nonfinite(batch: int, epoch: int, num_batches: int, accum: int) -> 
     if batch >= 0:
         step = epoch * math.ceil(num_batches / accum) + batch // accum + 1
         raise TrainingFailed(f"training loss became nan or infinite at optimizer step {step} (epoch {epoch + 1}, batch "
-                             f"{batch + 1}); try a lower learning rate (or fp16: false if it happens only in mixed precision)")
+                             f"{batch + 1}); try a lower learning rate (or fp16/bf16: false if it happens only in mixed precision)")
 
 
 def device_batch(encoded: Encoded, split: str, rows: list[int], accelerator: Accelerator, task: Task) -> dict:
-    """One padded batch on the training device; fp16 pads to multiples of 8 for tensor cores."""
-    pad_multiple = 8 if accelerator.mixed_precision == "fp16" else 1
+    """One padded batch on the training device; mixed precision pads to multiples of 8 for tensor cores."""
+    pad_multiple = 8 if accelerator.mixed_precision != "no" else 1
     batch = collate(encoded.ids[split], rows, encoded.pad_id, pad_multiple)
     if encoded.labels is not None:
         batch["labels"] = task.collate_labels([encoded.labels[split][i] for i in rows], batch["input_ids"].shape[1])
