@@ -166,6 +166,30 @@ class PartialFreezingConfig(StrategyConfig):
 
 
 @dataclass
+class IA3Config(StrategyConfig):
+    enabled: bool = False
+    """Off unless a config turns it on, like the other adapters added after the first six strategies."""
+    learning_rate: float | None = 3e-3
+    target_modules: list[str] | None = None
+    """Linear layers whose outputs get rescaled; null: PEFT's choice for the architecture (BERT: key, value and the feed-forward output)."""
+    feedforward_modules: list[str] | None = None
+    """Which of them are feed-forward layers (rescaled on their input); null: PEFT's choice."""
+
+
+@dataclass
+class LohaLokrConfig(StrategyConfig):
+    enabled: bool = False
+    """Off unless a config turns it on, like the other adapters added after the first six strategies."""
+    learning_rate: float | None = 1e-3
+    rank: int = 8
+    """Rank of the low-rank factors."""
+    alpha: int = 16
+    """Scale of the update (alpha / rank)."""
+    target_modules: list[str] = field(default_factory=lambda: ["query", "value"])
+    """Names of the linear layers that get adapters."""
+
+
+@dataclass
 class StrategiesConfig:
     full: StrategyConfig = field(default_factory=StrategyConfig)
     """Every weight trains."""
@@ -179,6 +203,12 @@ class StrategiesConfig:
     """The top encoder layers, the pooler and the head train; embeddings and lower layers stay frozen."""
     frozen_encoder: StrategyConfig = field(default_factory=lambda: StrategyConfig(enabled=False, learning_rate=3e-1))
     """Only the head trains (off by default, like partial_freezing): what tuning the encoder adds is measured against it."""
+    ia3: IA3Config = field(default_factory=IA3Config)
+    """Learned vectors rescaling keys, values and the feed-forward output (PEFT IA3); the head trains too."""
+    loha: LohaLokrConfig = field(default_factory=LohaLokrConfig)
+    """Low-rank Hadamard-product adapters on the target projections (PEFT LoHa); the head trains too."""
+    lokr: LohaLokrConfig = field(default_factory=LohaLokrConfig)
+    """Kronecker-product adapters on the target projections (PEFT LoKr); the head trains too."""
 
 
 @dataclass
@@ -325,11 +355,19 @@ def _rule_problems(cfg: Config) -> list[str]:
         rate = getattr(cfg.strategies, strategy).learning_rate
         require(rate is None or rate > 0, f"strategies.{strategy}.learning_rate", rate, "a number > 0, or null")
     lora, prompt = cfg.strategies.lora, cfg.strategies.prompt_tuning
-    require(lora.rank >= 1, "strategies.lora.rank", lora.rank, "an integer >= 1")
-    require(lora.alpha >= 1, "strategies.lora.alpha", lora.alpha, "an integer >= 1")
     require(0 <= lora.dropout < 1, "strategies.lora.dropout", lora.dropout, "0 <= dropout < 1")
-    require(len(lora.target_modules) > 0, "strategies.lora.target_modules", lora.target_modules,
-            "a non-empty list of module names, e.g. [query, value]")
+    for name in ("lora", "loha", "lokr"):
+        adapter = getattr(cfg.strategies, name)
+        require(adapter.rank >= 1, f"strategies.{name}.rank", adapter.rank, "an integer >= 1")
+        require(adapter.alpha >= 1, f"strategies.{name}.alpha", adapter.alpha, "an integer >= 1")
+        require(len(adapter.target_modules) > 0, f"strategies.{name}.target_modules", adapter.target_modules,
+                "a non-empty list of module names, e.g. [query, value]")
+    ia3 = cfg.strategies.ia3
+    require(ia3.target_modules is None or len(ia3.target_modules) > 0, "strategies.ia3.target_modules",
+            ia3.target_modules, "a non-empty list of module names, or null")
+    require(ia3.feedforward_modules is None or set(ia3.feedforward_modules) <= set(ia3.target_modules or []),
+            "strategies.ia3.feedforward_modules", ia3.feedforward_modules,
+            "null, or some of strategies.ia3.target_modules (which must then be set)")
     require(prompt.num_virtual_tokens >= 1, "strategies.prompt_tuning.num_virtual_tokens",
             prompt.num_virtual_tokens, "an integer >= 1")
     layers = cfg.strategies.partial_freezing.trainable_layers

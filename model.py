@@ -30,17 +30,50 @@ def full(model: PreTrainedModel, settings: dict[str, Any], task: Task) -> torch.
     return model
 
 
-def lora(model: PreTrainedModel, settings: dict[str, Any], task: Task) -> torch.nn.Module:
-    """Low-rank updates on the target projections; the task type makes PEFT train and save the head too."""
+def with_adapters(model: PreTrainedModel, config: peft.PeftConfig, strategy: str, targets: list[str] | None):
+    """The model wrapped by PEFT with `config`; the task type makes PEFT train and save the head too. Target
+    modules the model lacks, or a model PEFT cannot adapt, are config errors naming the model."""
     linear = sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
                      if isinstance(module, torch.nn.Linear)})
-    missing = [m for m in settings["target_modules"] if m not in linear]
+    missing = [m for m in targets or [] if m.rsplit(".", 1)[-1] not in linear]
     if missing:
-        raise ConfigError(f"strategies.lora.target_modules: {', '.join(missing)} not in this model; "
+        raise ConfigError(f"strategies.{strategy}.target_modules: {', '.join(missing)} not in '{model.name_or_path}'; "
                           f"its linear layers are: {', '.join(linear)}")
+    try:
+        return peft.get_peft_model(model, config)
+    except ValueError as err:
+        raise ConfigError(f"strategies.{strategy}: PEFT cannot apply it to '{model.name_or_path}' "
+                          f"({str(err).splitlines()[0][:200]}); set its target_modules") from None
+
+
+def lora(model: PreTrainedModel, settings: dict[str, Any], task: Task) -> torch.nn.Module:
+    """Low-rank updates on the target projections (Hu et al. 2021)."""
     config = peft.LoraConfig(task_type=task.peft_task_type, r=settings["rank"], lora_alpha=settings["alpha"],
                              lora_dropout=settings["dropout"], target_modules=settings["target_modules"])
-    return peft.get_peft_model(model, config)
+    return with_adapters(model, config, "lora", settings["target_modules"])
+
+
+def ia3(model: PreTrainedModel, settings: dict[str, Any], task: Task) -> torch.nn.Module:
+    """Learned vectors that rescale the target projections' outputs (IA3, Liu et al. 2022): the fewest
+    parameters of the adapters here. Without target modules, PEFT's choice for the architecture."""
+    config = peft.IA3Config(task_type=task.peft_task_type, target_modules=settings["target_modules"],
+                            feedforward_modules=settings["feedforward_modules"])
+    return with_adapters(model, config, "ia3", settings["target_modules"])
+
+
+def loha(model: PreTrainedModel, settings: dict[str, Any], task: Task) -> torch.nn.Module:
+    """Updates as the Hadamard product of two low-rank matrices (LoHa, Hyeon-Woo et al. 2022): a higher rank
+    of update than LoRA for the same parameters."""
+    config = peft.LoHaConfig(task_type=task.peft_task_type, r=settings["rank"], alpha=settings["alpha"],
+                             target_modules=settings["target_modules"])
+    return with_adapters(model, config, "loha", settings["target_modules"])
+
+
+def lokr(model: PreTrainedModel, settings: dict[str, Any], task: Task) -> torch.nn.Module:
+    """Updates as a Kronecker product of a small matrix and a low-rank one (LoKr, Yeh et al. 2023)."""
+    config = peft.LoKrConfig(task_type=task.peft_task_type, r=settings["rank"], alpha=settings["alpha"],
+                             target_modules=settings["target_modules"])
+    return with_adapters(model, config, "lokr", settings["target_modules"])
 
 
 def train_only(model: PreTrainedModel, encoder_trains: Callable[[str], bool]) -> PreTrainedModel:
@@ -109,6 +142,9 @@ STRATEGIES: dict[str, Callable[[PreTrainedModel, dict[str, Any], Task], torch.nn
     "prompt_tuning": prompt_tuning,
     "partial_freezing": partial_freezing,
     "frozen_encoder": frozen_encoder,
+    "ia3": ia3,
+    "loha": loha,
+    "lokr": lokr,
 }
 
 

@@ -15,6 +15,7 @@ RESOLUTION_LIMIT = 0.05
 # counts as the same cost.
 COST_TOLERANCE = 0.10
 SEEDS_TO_SUGGEST = "training.seeds: [0, 1, 2]"
+SIGNIFICANCE = 0.05
 
 
 def configuration_label(row: dict) -> str:
@@ -56,9 +57,11 @@ def against_winner(comparisons: list[dict], winner: str, other: str, shots: int 
 
 def standing(test: dict, higher_is_better: bool) -> tuple[str, bool]:
     """"behind", "ahead" or "within noise" of the winner, and whether a separation on the pooled test split
-    failed to hold in every paired seed (then it counts as within noise: another seed could reverse it)."""
+    failed to hold in every paired seed (then it counts as within noise: another seed could reverse it).
+    Separated means the 95% interval excludes zero and p < 0.05: the percentile interval and the p-value can
+    disagree near the edge, and a verdict should not call "clearly behind" what its own p calls noise."""
     gain_low, gain_high = (test["low"], test["high"]) if higher_is_better else (-test["high"], -test["low"])
-    if gain_high >= 0 and gain_low <= 0:
+    if (gain_high >= 0 and gain_low <= 0) or test["p_value"] >= SIGNIFICANCE:
         return "within noise", False
     direction = 1 if gain_low > 0 else -1
     sign = 1 if higher_is_better else -1

@@ -30,7 +30,8 @@ def trained(tmp_path_factory, tiny_model_dir):
         "data": {"path": str(folder / "tickets.csv"), "validation_size": 0.2, "test_size": 0.2},
         "training": {"batch_size": 8, "num_epochs": 2, "eval_batch_size": 16, "learning_rate": 3e-3},
         "strategies": {"prompt_tuning": {"num_virtual_tokens": 4}, "partial_freezing": {"enabled": True},
-                       "frozen_encoder": {"enabled": True}},
+                       "frozen_encoder": {"enabled": True}, "ia3": {"enabled": True}, "loha": {"enabled": True},
+                       "lokr": {"enabled": True}},
         "output": {"dir": str(folder / "outputs")}}))
     base = ["--config", str(config)]
     assert main.main(base + ["--strategy", "full", "strategies.full.learning_rate=1e30", "training.num_epochs=1"]) == 1

@@ -25,7 +25,10 @@ def trainable_names_are_expected(strategy: str, name: str) -> bool:
             "prompt_tuning": "prompt_encoder" in name or head,
             # the tiny model has layers 0 and 1; the test trains the top one
             "partial_freezing": ".layer.1." in name or ".pooler." in name or head,
-            "frozen_encoder": head}[strategy]
+            "frozen_encoder": head,
+            "ia3": "ia3_l" in name or head,
+            "loha": "hada_" in name or head,
+            "lokr": "lokr_" in name or head}[strategy]
 
 
 @pytest.mark.parametrize("strategy", sorted(STRATEGIES))
@@ -74,6 +77,7 @@ def test_trainable_share_on_the_bundled_minilm():
     shares = {s: parameter_counts(build_model(cfg, s, ["a", "b", "c", "d", "e"]))["trainable_pct"] for s in STRATEGIES}
     assert shares["full"] == 100
     assert shares["lora"] < 3 and shares["bitfit"] < 1 and shares["prompt_tuning"] < 1 and shares["frozen_encoder"] < 0.01
+    assert shares["ia3"] < 0.1 and shares["lokr"] < 0.1 and shares["loha"] < 1
     assert 15 < shares["partial_freezing"] < 18  # 2 of 6 layers (1.8M each) and the pooler; embeddings are half the model
     assert resolve_model_path("minilm").endswith("model")
 
@@ -100,3 +104,23 @@ def test_partial_freezing_refuses_a_model_whose_layers_it_cannot_tell_apart():
                           intermediate_size=64, num_labels=3)
     with pytest.raises(ConfigError, match="cannot tell the encoder layers"):
         partial_freezing(AlbertForSequenceClassification(config), {"trainable_layers": 1}, CLASSIFICATION)
+
+
+def tiny_distilbert() -> DistilBertForSequenceClassification:
+    return DistilBertForSequenceClassification(DistilBertConfig(vocab_size=50, dim=32, hidden_dim=64, n_layers=2,
+                                                                n_heads=2, num_labels=3))
+
+
+def test_an_adapter_that_cannot_fit_the_model_is_a_config_error_naming_it():
+    # DistilBERT names its projections q_lin, k_lin, v_lin: the BERT names are not there
+    with pytest.raises(ConfigError, match=r"strategies\.loha\.target_modules: query, value not in .*its linear "
+                                          r"layers are: .*q_lin.*v_lin"):
+        STRATEGIES["loha"](tiny_distilbert(), {"rank": 4, "alpha": 8, "target_modules": ["query", "value"]}, CLASSIFICATION)
+    # PEFT has no IA3 defaults for DistilBERT: the user is told to name the modules
+    with pytest.raises(ConfigError, match=r"strategies\.ia3: PEFT cannot apply it to .*; set its target_modules"):
+        STRATEGIES["ia3"](tiny_distilbert(), {"target_modules": None, "feedforward_modules": None}, CLASSIFICATION)
+    # with them named, it applies: rescaling vectors on the named layers, and the head
+    model = STRATEGIES["ia3"](tiny_distilbert(), {"target_modules": ["k_lin", "v_lin", "lin2"],
+                                                  "feedforward_modules": ["lin2"]}, CLASSIFICATION)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert {n.split(".")[-3] for n in trainable if "ia3_l" in n} == {"k_lin", "v_lin", "lin2"}

@@ -11,7 +11,7 @@ from predict import find_run
 from report import summarize, summary_markdown, terminal_summary, write_summary
 from tasks import TASKS
 from utils import atomic_write_json
-from verdict import describe
+from verdict import describe, standing
 
 TASK = TASKS["classification"]
 LABELS = ["billing", "shipping", "account"]
@@ -185,3 +185,13 @@ def test_the_verdict_names_the_chosen_setting_when_a_strategy_had_several():
     verdict, lines = verdict_of(runs)
     assert lines[0].startswith("Use full (learning_rate=3e-05): it is the best on validation macro-F1 0.9167")
     assert any(line.startswith("Clearly behind full (learning_rate=3e-05): lora (learning_rate=0.001) (Δ") for line in lines)
+
+
+def test_separated_needs_the_interval_and_the_p_value_and_every_seed():
+    behind = {"difference": -0.03, "low": -0.07, "high": -0.003, "p_value": 0.01, "per_run": [-0.03]}
+    assert standing(behind, higher_is_better=True) == ("behind", False)
+    assert standing({**behind, "p_value": 0.075}, True) == ("within noise", False)  # the interval alone is not enough
+    assert standing({**behind, "per_run": [-0.05, 0.01]}, True) == ("within noise", True)
+    assert standing({**behind, "high": 0.001}, True) == ("within noise", False)
+    # for a metric where lower is better (an error), the same numbers mean ahead
+    assert standing(behind, higher_is_better=False) == ("ahead", False)
