@@ -115,6 +115,10 @@ class TrainingConfig:
     """Share of each target spread evenly over all classes (cross-entropy only)."""
     sampler: Literal["random", "oversample", "undersample"] = "random"
     """Training rows per epoch: each once; every class drawn up to the largest class's count; or a fresh subset of every class at the smallest's (validation and test never change)."""
+    head_learning_rate: float | None = None
+    """The task head's learning rate, under every strategy; null: the run's rate."""
+    layer_lr_decay: float | None = None
+    """Layer-wise rate decay: the top encoder layer trains at the run's rate, each layer below at this times the one above, the embeddings at this to the power of the layer count; null: every part at the run's rate."""
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
     """When to stop, judged on validation."""
     seed: int = 42
@@ -330,6 +334,10 @@ def _rule_problems(cfg: Config) -> list[str]:
     require(not (t.fp16 and t.bf16), "training.bf16", t.bf16,
             "false while training.fp16 is true (on by default): set training.fp16: false to use bf16")
     require(t.learning_rate > 0, "training.learning_rate", t.learning_rate, "a number > 0")
+    require(t.head_learning_rate is None or t.head_learning_rate > 0, "training.head_learning_rate",
+            t.head_learning_rate, "a number > 0, or null")
+    require(t.layer_lr_decay is None or 0 < t.layer_lr_decay <= 1, "training.layer_lr_decay", t.layer_lr_decay,
+            "0 < decay <= 1 (e.g. 0.8), or null")
     require(t.num_epochs >= 1, "training.num_epochs", t.num_epochs, "an integer >= 1")
     require(t.weight_decay >= 0, "training.weight_decay", t.weight_decay, "a number >= 0")
     require(0 <= t.warmup_ratio < 1, "training.warmup_ratio", t.warmup_ratio, "0 <= ratio < 1")

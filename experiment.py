@@ -23,7 +23,8 @@ from data_report import (DATA_REPORT, LENGTH_PERCENTILE, auto_max_length, build_
                          token_lengths)
 from diagnostics import diagnose
 from measure import PeakMemory, device_name, library_versions
-from model import build_model, check_against_model, load_model_config, load_tokenizer, parameter_counts
+from model import (build_model, check_against_model, load_model_config, load_tokenizer, parameter_counts,
+                   part_learning_rates)
 from report import describe_baseline, summarize, terminal_summary, write_summary
 from results import RUN_RECORD, read_results, results_file, save_record, write_experiment
 from tasks import TASKS
@@ -35,7 +36,8 @@ logger = logging.getLogger("bertlab")
 
 # Training keys added after run ids were first handed out: left out of the run key at their defaults, so
 # runs made before them keep their ids (and their cached results).
-ADDED_TRAINING_KEYS = ("loss", "class_weights", "focal_gamma", "label_smoothing", "sampler", "bf16")
+ADDED_TRAINING_KEYS = ("loss", "class_weights", "focal_gamma", "label_smoothing", "sampler", "bf16",
+                       "head_learning_rate", "layer_lr_decay")
 
 # The training speed assumed for the time estimate when no earlier run here gives one (MiniLM-L6,
 # max_length 64, 2 CPU cores).
@@ -414,17 +416,30 @@ def fit_and_test(run: Run, cfg: Config, data: LabelledData, encoded: Encoded, ac
     run_key = dataclasses.replace(run, cfg=cfg).key(data.fingerprint)  # after an OOM retry: its batch settings
     logged = {**dataclasses.asdict(cfg.training), **settings, "strategy": run.strategy, "model": cfg.model.name,
               "max_length": cfg.model.max_length, "data_fingerprint": data.fingerprint}
+    parts = part_learning_rates(model, settings["learning_rate"], cfg.training.head_learning_rate,
+                                cfg.training.layer_lr_decay)
     with run_trackers(cfg.output.trackers, run_dir.name, Path(cfg.output.dir) / "trackers", logged) as trackers:
         result = train(model, encoded, cfg, settings["learning_rate"], run_dir, accelerator, run_key, resume,
-                       on_epoch=lambda entry: trackers.log(entry, step=entry["epoch"]))
+                       on_epoch=lambda entry: trackers.log(entry, step=entry["epoch"]),
+                       rates={name: rate for name, (_, rate) in parts.items()})
         test = evaluate(model, encoded, "test", cfg.training, accelerator, task)
         trackers.log({f"test_{name}": test[name] for name in ["loss"] + [m.name for m in task.metrics]},
                      step=result["best_epoch"])
-    return {**counts, **result,
+    return {**counts, **result, "parameter_groups": parameter_groups(parts, model),
             "test": {"loss": test["loss"], **task.test_report(encoded.labels["test"], test["values"],
                                                              data.label_names)},
             # for paired comparisons between runs and the task's plots
             "test_predictions": test["predictions"].tolist(), "test_labels": list(encoded.labels["test"])}
+
+
+def parameter_groups(parts: dict[str, tuple[str, float]], model: torch.nn.Module) -> list[dict]:
+    """What trains at which rate, by part of the model (the head, each layer, the embeddings), for the record."""
+    sizes = dict(model.named_parameters())
+    groups: dict[str, dict] = {}
+    for name, (part, rate) in parts.items():
+        group = groups.setdefault(part, {"part": part, "learning_rate": rate, "parameters": 0})
+        group["parameters"] += sizes[name].numel()
+    return list(groups.values())
 
 
 def halve_batch(cfg: Config) -> Config:

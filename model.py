@@ -114,15 +114,50 @@ def partial_freezing(model: PreTrainedModel, settings: dict[str, Any], task: Tas
 LAYER_INDEX = re.compile(r"\.layers?\.(\d+)\.")
 
 
-def encoder_layer_count(model: PreTrainedModel) -> int:
+def encoder_layer_count(model: PreTrainedModel, key: str = "strategies.partial_freezing",
+                        instead: str = "use frozen_encoder, bitfit or a PEFT strategy with it") -> int:
     """The number of encoder layers, found in the parameter names and checked against the model's config, so a
-    model laid out differently fails here rather than freezing the wrong weights."""
+    model laid out differently fails here (naming the config `key` that needed them) rather than freezing or
+    scaling the wrong weights."""
     found = {int(m.group(1)) for name, _ in model.named_parameters() if (m := LAYER_INDEX.search(name))}
     expected = getattr(model.config, "num_hidden_layers", None)
     if not found or found != set(range(len(found))) or (expected is not None and len(found) != expected):
-        raise ConfigError(f"strategies.partial_freezing: cannot tell the encoder layers of '{model.name_or_path}' "
-                          f"apart by their parameter names; use frozen_encoder, bitfit or a PEFT strategy with it")
+        raise ConfigError(f"{key}: cannot tell the encoder layers of '{model.name_or_path}' apart by their "
+                          f"parameter names; {instead}")
     return len(found)
+
+
+def part_learning_rates(model: torch.nn.Module, learning_rate: float, head_rate: float | None,
+                        layer_decay: float | None) -> dict[str, tuple[str, float]]:
+    """Each trainable parameter's part of the model and its learning rate. The head trains at `head_rate`
+    (None: `learning_rate`); with `layer_decay`, the top encoder layer (and the pooler above it) at
+    `learning_rate`, each layer below at `layer_decay` times the one above, and the embeddings at
+    layer_decay ** layers. Anything else (prompt tuning's virtual tokens) trains at `learning_rate`."""
+    base = model.get_base_model() if isinstance(model, peft.PeftModel) else model
+    within = next(name for name, module in model.named_modules() if module is base)  # "" unless PEFT wraps it
+    encoder = base.base_model_prefix + "."
+    layers = encoder_layer_count(model, "training.layer_lr_decay", "set training.layer_lr_decay: null") if layer_decay else 0
+    rates = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        if within and not name.startswith(within + "."):  # beside the model: prompt tuning's virtual tokens
+            rates[name] = ("prompt", learning_rate)
+            continue
+        inner = name.removeprefix(within + ".") if within else name
+        layer = LAYER_INDEX.search(inner)
+        if not inner.startswith(encoder):
+            rates[name] = ("head", head_rate or learning_rate)
+        elif not layer_decay:
+            rates[name] = ("encoder", learning_rate)
+        elif layer:
+            depth = layers - 1 - int(layer.group(1))  # 0 for the top layer
+            rates[name] = (f"layer {layer.group(1)}", learning_rate * layer_decay ** depth)
+        elif ".embeddings" in inner:
+            rates[name] = ("embeddings", learning_rate * layer_decay ** layers)
+        else:
+            rates[name] = ("above the layers", learning_rate)
+    return rates
 
 
 def prompt_tuning(model: PreTrainedModel, settings: dict[str, Any], task: Task) -> torch.nn.Module:

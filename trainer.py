@@ -109,26 +109,33 @@ def compile_layers(model: torch.nn.Module) -> None:
                 len(layers) or 1)
 
 
-def make_optimizer(model: torch.nn.Module, learning_rate: float, weight_decay: float) -> torch.optim.Optimizer:
-    """AdamW over trainable parameters only; biases and LayerNorm weights (1-D) are not decayed."""
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in trainable if p.dim() >= 2], "weight_decay": weight_decay},
-              {"params": [p for p in trainable if p.dim() < 2], "weight_decay": 0.0}]
+def make_optimizer(model: torch.nn.Module, learning_rate: float, weight_decay: float,
+                   rates: dict[str, float] | None = None) -> torch.optim.Optimizer:
+    """AdamW over trainable parameters only, each at its rate in `rates` (by name; default `learning_rate`);
+    biases and LayerNorm weights (1-D) are not decayed."""
+    groups: dict[tuple[float, bool], list] = {}
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            groups.setdefault(((rates or {}).get(name, learning_rate), param.dim() >= 2), []).append(param)
+    # at one rate: the decayed group, then the other, as checkpoints written before per-part rates hold them
+    order = list(dict.fromkeys(rate for rate, _ in groups))
+    keys = sorted(groups, key=lambda key: (order.index(key[0]), not key[1]))
     # fused: one kernel for all parameters; the per-tensor loop costs a quarter of a CPU step
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=learning_rate, fused=True)
+    return torch.optim.AdamW([{"params": groups[rate, matrix], "lr": rate, "weight_decay": weight_decay if matrix else 0.0}
+                              for rate, matrix in keys], lr=learning_rate, fused=True)
 
 
 def train(model: torch.nn.Module, encoded: Encoded, cfg: Config, learning_rate: float, run_dir: Path,
           accelerator: Accelerator, run_key: dict, resume: bool = False,
-          on_epoch: Callable[[dict], None] | None = None) -> dict:
-    """Train with validation each epoch (each epoch's entry also to `on_epoch`); return the history and
-    leave the best weights in `model`."""
+          on_epoch: Callable[[dict], None] | None = None, rates: dict[str, float] | None = None) -> dict:
+    """Train with validation each epoch (each epoch's entry also to `on_epoch`), each parameter at its rate
+    in `rates` (default: `learning_rate`); return the history and leave the best weights in `model`."""
     t, task = cfg.training, TASKS[cfg.data.task]
     loss_of = task.training_loss(t, encoded.labels["train"], encoded.label_names)  # validation uses task.loss
     epoch_examples = len(epoch_rows(encoded.labels["train"], t.sampler, t.seed, 0))  # the same in every epoch
     num_batches = math.ceil(epoch_examples / t.batch_size)
     total_steps = math.ceil(num_batches / t.gradient_accumulation_steps) * t.num_epochs
-    optimizer = make_optimizer(model, learning_rate, t.weight_decay)
+    optimizer = make_optimizer(model, learning_rate, t.weight_decay, rates)
     model, optimizer = accelerator.prepare(model, optimizer)
     if t.compile:
         compile_layers(accelerator.unwrap_model(model))
@@ -141,6 +148,10 @@ def train(model: torch.nn.Module, encoded: Encoded, cfg: Config, learning_rate: 
                     state.batches_done, state.step)
 
     spent = {"validation_time_s": 0.0, "checkpoint_time_s": 0.0}  # where the time beside training goes
+
+    def run_rate() -> float:
+        """The run's rate under the schedule now (parts with rates of their own move in proportion)."""
+        return learning_rate * scheduler.get_last_lr()[0] / optimizer.param_groups[0]["initial_lr"]
 
     def checkpoint():
         with stopwatch(spent, "checkpoint_time_s"):
@@ -156,11 +167,11 @@ def train(model: torch.nn.Module, encoded: Encoded, cfg: Config, learning_rate: 
             state.epoch, state.batches_done, state.epoch_loss, state.epoch_seconds = epoch + 1, 0, 0.0, 0.0
             scores = {f"val_{name}": val[name] for name in ["loss"] + [m.name for m in task.metrics]}
             state.history.append({"epoch": epoch + 1, "train_loss": train_loss, **scores,
-                                  "lr": scheduler.get_last_lr()[0], "seconds": seconds})
+                                  "lr": run_rate(), "seconds": seconds})
             shown = ["val_loss", *(f"val_{m.name}" for m in task.summary_metrics()), t.early_stopping.metric]
             logger.info("epoch %d/%d | train_loss %.4f | %s | lr %.2e | %.1fs", epoch + 1, t.num_epochs, train_loss,
                         " | ".join(f"{key} {scores[key]:.4f}" for key in dict.fromkeys(shown)),
-                        scheduler.get_last_lr()[0], seconds)
+                        run_rate(), seconds)
             if on_epoch:
                 on_epoch(state.history[-1])
             with stopwatch(spent, "checkpoint_time_s"):
