@@ -25,6 +25,8 @@ class ModelConfig:
     """Tokens kept per text; longer texts are truncated. Time and memory grow with it. `auto`: the training split's 95th-percentile length rounded up to a multiple of 8, within the model's limit (the log and the data report say what it picked)."""
     dropout: float | None = None
     """Hidden and attention dropout; null keeps the model's own (0.1 for BERT)."""
+    init_from: str | None = None
+    """Start from an earlier run's trained weights (a run id in output.dir, or a run folder; adapters merged) instead of the pre-trained model: fine-tune on a related larger data set first. Its head is kept when its labels are this data's, else a fresh one trains."""
 
 
 @dataclass

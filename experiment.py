@@ -24,7 +24,7 @@ from data_report import (DATA_REPORT, LENGTH_PERCENTILE, auto_max_length, build_
 from diagnostics import diagnose
 from measure import PeakMemory, device_name, library_versions
 from model import (build_model, check_against_model, load_model_config, load_tokenizer, parameter_counts,
-                   part_learning_rates)
+                   part_learning_rates, source_run)
 from report import describe_baseline, summarize, terminal_summary, write_summary
 from results import RUN_RECORD, read_results, results_file, save_record, write_experiment
 from tasks import TASKS
@@ -62,8 +62,14 @@ class Run:
         defaults = dataclasses.asdict(TrainingConfig())
         training = {k: v for k, v in dataclasses.asdict(self.cfg.training).items()
                     if k not in excluded and not (k in ADDED_TRAINING_KEYS and v == defaults[k])}
+        model = dataclasses.asdict(self.cfg.model)
+        source = source_run(self.cfg)
+        if source:  # the run itself, however its folder was named
+            model["init_from"] = source["record"]["run_id"]
+        else:  # added later: runs without it keep their ids
+            del model["init_from"]
         key = {"strategy": self.strategy, "settings": strategy_settings(self.cfg, self.strategy),
-               "model": dataclasses.asdict(self.cfg.model), "training": training, "data_fingerprint": data_fingerprint}
+               "model": model, "training": training, "data_fingerprint": data_fingerprint}
         if self.shots is not None:
             key["few_shot"] = {"shots_per_class": self.shots, "draw": self.draw}
         if self.cfg.data.augment.enabled:  # off, it changes nothing: earlier runs keep their ids
@@ -408,6 +414,12 @@ def fit_and_test(run: Run, cfg: Config, data: LabelledData, encoded: Encoded, ac
     task = TASKS[cfg.data.task]
     set_seed(cfg.training.seed)  # the same head initialisation for every strategy
     model = build_model(cfg, run.strategy, data.label_names)
+    source = source_run(cfg)
+    init = source and {"run_id": source["record"]["run_id"], "folder": str(source["folder"]),
+                       "head": "kept" if source["record"]["dataset"]["label_names"] == data.label_names
+                       else "re-initialised: the labels differ"}
+    if init:
+        logger.info("%s starts from run %s (%s); its head: %s", run_dir.name, init["run_id"], init["folder"], init["head"])
     counts = parameter_counts(model)
     logger.info("%s | %d train examples | %d epochs | effective batch %d | lr %.1e | trainable %d of %d (%.3f%%)",
                 run_dir.name, len(encoded.labels["train"]), cfg.training.num_epochs,
@@ -425,7 +437,7 @@ def fit_and_test(run: Run, cfg: Config, data: LabelledData, encoded: Encoded, ac
         test = evaluate(model, encoded, "test", cfg.training, accelerator, task)
         trackers.log({f"test_{name}": test[name] for name in ["loss"] + [m.name for m in task.metrics]},
                      step=result["best_epoch"])
-    return {**counts, **result, "parameter_groups": parameter_groups(parts, model),
+    return {**counts, **result, "parameter_groups": parameter_groups(parts, model), "init_from": init,
             "test": {"loss": test["loss"], **task.test_report(encoded.labels["test"], test["values"],
                                                              data.label_names)},
             # for paired comparisons between runs and the task's plots

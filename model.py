@@ -5,15 +5,19 @@ Adding a strategy is one function, one registry line and a config section in con
 from __future__ import annotations
 
 import importlib
+import json
 import logging
 import re
+from pathlib import Path
 from typing import Any, Callable
 
 import peft
 import torch
 from transformers import AutoConfig, AutoTokenizer, PreTrainedModel
 
-from config import Config, strategy_settings
+from checkpoints import BEST_WEIGHTS, load_weights
+from config import Config, load_config, strategy_settings
+from results import RUN_RECORD
 from tasks import TASKS, Task
 from utils import ConfigError
 
@@ -231,8 +235,63 @@ def check_against_model(cfg: Config, model_config, strategies: list[str]) -> Non
                           f"(the model's encoder layers)")
 
 
+def source_run(cfg: Config) -> dict | None:
+    """The run `model.init_from` names (a run id or a run folder): its folder and record, and whether its labels
+    are this config's (then its head is kept). None without init_from."""
+    spec = cfg.model.init_from
+    if spec is None:
+        return None
+    folders = [Path(spec)] if Path(spec).is_dir() else sorted(Path(cfg.output.dir).glob(f"checkpoints/*/{spec}"))
+    if not folders or not (folders[0] / RUN_RECORD).is_file():
+        raise ConfigError(f"model.init_from: got {spec!r}, allowed: the id of a run in "
+                          f"{Path(cfg.output.dir) / 'checkpoints'} or a run folder")
+    return {"folder": folders[0], "record": json.loads((folders[0] / RUN_RECORD).read_text())}
+
+
+def run_model(folder: Path) -> tuple[dict, Config, torch.nn.Module]:
+    """A completed run's record, config and model: its strategy's wrapping with the best epoch's weights."""
+    record = json.loads((folder / RUN_RECORD).read_text())
+    if record["status"] != "completed":
+        raise ConfigError(f"run {record['run_id']} failed ({record.get('error', 'no reason recorded')}); "
+                          "it has no weights to use")
+    if not (folder / BEST_WEIGHTS).is_file():
+        raise ConfigError(f"run {record['run_id']} kept no weights ({folder} has no {BEST_WEIGHTS}); train it again "
+                          "with python main.py --force output.keep_checkpoints=best_and_last (and its own settings)")
+    cfg = load_config(folder / "config.yaml")
+    model = build_model(cfg, record["strategy"], record["dataset"]["label_names"])
+    weights = load_weights(folder / BEST_WEIGHTS)[0]
+    unknown = set(weights) - {name for name, _ in model.named_parameters()}
+    if unknown:
+        raise ConfigError(f"{folder / BEST_WEIGHTS} does not fit the run's model ({len(unknown)} unknown weights, "
+                          f"e.g. {sorted(unknown)[0]})")
+    model.load_state_dict(weights, strict=False)
+    return record, cfg, model
+
+
+def start_from_run(model: PreTrainedModel, cfg: Config, label_names: list[str]) -> None:
+    """Load the weights of the run `model.init_from` names into `model` (adapters merged): the encoder always,
+    the head only when that run predicted the same labels."""
+    source = source_run(cfg)
+    record, _, trained = run_model(source["folder"])
+    if isinstance(trained, peft.PeftModel):
+        if trained.peft_config[trained.active_adapter].is_prompt_learning:
+            raise ConfigError(f"model.init_from: run {record['run_id']} is prompt tuning, whose virtual tokens are not "
+                              "weights of the model: start from a run of another strategy")
+        trained = trained.merge_and_unload()
+    weights = trained.state_dict()
+    if record["dataset"]["label_names"] != label_names:
+        weights = {k: v for k, v in weights.items() if k.startswith(model.base_model_prefix + ".")}
+    own = model.state_dict()
+    misfit = [k for k, v in weights.items() if k not in own or own[k].shape != v.shape]
+    if misfit:
+        raise ConfigError(f"model.init_from: run {record['run_id']} fine-tuned '{record['model']}', whose weights do not "
+                          f"fit '{cfg.model.name}' (e.g. {misfit[0]}); use its model.name")
+    model.load_state_dict(weights, strict=False)
+
+
 def build_model(cfg: Config, strategy: str, label_names: list[str]) -> torch.nn.Module:
-    """The pre-trained encoder with a fresh head for the task, wrapped by the strategy."""
+    """The pre-trained encoder (or an earlier run's, with model.init_from) with a head for the task, wrapped by
+    the strategy."""
     task = TASKS[cfg.data.task]
     dropout = {}
     if cfg.model.dropout is not None:
@@ -246,6 +305,8 @@ def build_model(cfg: Config, strategy: str, label_names: list[str]) -> torch.nn.
                                                  **dropout)
     except (OSError, ValueError) as err:
         raise _hub_error(cfg.model.name, err) from None
+    if cfg.model.init_from:
+        start_from_run(model, cfg, label_names)
     return STRATEGIES[strategy](model, strategy_settings(cfg, strategy), task)
 
 

@@ -8,17 +8,15 @@ with its own model, tokenizer and max_length.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from checkpoints import BEST_WEIGHTS, load_weights
-from config import Config, load_config
+from config import Config
 from data import Encoded, read_file, token_ids
-from model import build_model, load_tokenizer
+from model import load_tokenizer, run_model
 from report import best_run, summarize, task_of
 from results import RUN_RECORD, read_results, results_file, select_runs
 from trainer import inference, make_accelerator
@@ -68,21 +66,7 @@ def best_of_latest_experiment(output_dir: Path, which: str) -> dict:
 def load_run(run: str | Path, output_dir: str | Path):
     """A completed run's folder, config, record and model (its strategy's wrapping, best weights loaded, on the CPU)."""
     folder = find_run(str(run), output_dir)
-    record = json.loads((folder / RUN_RECORD).read_text())
-    if record["status"] != "completed":
-        raise ConfigError(f"run {record['run_id']} failed ({record.get('error', 'no reason recorded')}); "
-                          "it has no weights to use")
-    if not (folder / BEST_WEIGHTS).is_file():
-        raise ConfigError(f"run {record['run_id']} kept no weights ({folder} has no {BEST_WEIGHTS}); train it again "
-                          "with python main.py --force output.keep_checkpoints=best_and_last (and its own settings)")
-    cfg = load_config(folder / "config.yaml")
-    model = build_model(cfg, record["strategy"], record["dataset"]["label_names"])
-    weights = load_weights(folder / BEST_WEIGHTS)[0]
-    unknown = set(weights) - {name for name, _ in model.named_parameters()}
-    if unknown:
-        raise ConfigError(f"{folder / BEST_WEIGHTS} does not fit the run's model ({len(unknown)} unknown weights, "
-                          f"e.g. {sorted(unknown)[0]})")
-    model.load_state_dict(weights, strict=False)
+    record, cfg, model = run_model(folder)
     return folder, cfg, record, model.eval()
 
 
