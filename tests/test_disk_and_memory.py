@@ -55,11 +55,11 @@ def train_fitting_batches_up_to(largest: int, batch_sizes: list[int]):
     """experiment.train as on a GPU where batches above `largest` run out of memory; each batch size tried is noted."""
     real_train = experiment.train
 
-    def train(model, encoded, cfg, *args):
+    def train(model, encoded, cfg, *args, **kwargs):
         batch_sizes.append(cfg.training.batch_size)
         if cfg.training.batch_size > largest:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return real_train(model, encoded, cfg, *args)
+        return real_train(model, encoded, cfg, *args, **kwargs)
 
     return train
 
@@ -77,7 +77,7 @@ def test_out_of_memory_retries_with_half_the_batch_and_twice_the_accumulation(wr
 
 
 def test_out_of_memory_at_batch_size_one_fails_the_run(write_config, monkeypatch):
-    def out_of_memory(*args):
+    def out_of_memory(*args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory")
 
     monkeypatch.setattr(experiment, "train", out_of_memory)
