@@ -26,10 +26,11 @@ def epoch_weights(epoch: int) -> str:
     return f"epoch_{epoch}.safetensors"
 
 
-def trainable_weights(model, accelerator: Accelerator) -> dict[str, torch.Tensor]:
-    """Frozen weights are not saved: they are reloaded from the pre-trained model."""
+def trainable_weights(model, accelerator: Accelerator, names: set[str]) -> dict[str, torch.Tensor]:
+    """The weights named: those the strategy trains at some point. Frozen weights are not saved: they are
+    reloaded from the pre-trained model."""
     return {name: p.detach().cpu().clone() for name, p in accelerator.unwrap_model(model).named_parameters()
-            if p.requires_grad}
+            if name in names}
 
 
 def save_weights(path: Path, weights: dict[str, torch.Tensor], run_key: dict, epoch: int) -> None:
@@ -50,14 +51,14 @@ def load_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
 
 
 def save_checkpoint(run_dir: Path, model, optimizer, scheduler, accelerator: Accelerator, state: dict,
-                    run_key: dict) -> None:
+                    run_key: dict, trained: set[str]) -> None:
     """Everything a resumed run needs: trainable weights, optimizer, scheduler, grad scaler, the loop's state
     and the random number generators, as tensors and plain data only."""
     numpy_state = np.random.get_state()
     python_state = random.getstate()
     with atomic_open(run_dir / RESUME_STATE) as f:  # straight into the file: no second copy in memory
         torch.save({
-            "run_key": run_key, "trainable": trainable_weights(model, accelerator),
+            "run_key": run_key, "trainable": trainable_weights(model, accelerator, trained),
             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
             "state": state,

@@ -172,6 +172,16 @@ class PartialFreezingConfig(StrategyConfig):
 
 
 @dataclass
+class GradualUnfreezingConfig(StrategyConfig):
+    enabled: bool = False
+    """Off unless a config turns it on, like the other strategies added after the first six."""
+    head_epochs: int = 1
+    """Epochs in which the head trains alone, before the encoder starts to."""
+    layers_per_epoch: int = 1
+    """Encoder layers unfrozen per epoch after those, from the top; 0: all at once."""
+
+
+@dataclass
 class IA3Config(StrategyConfig):
     enabled: bool = False
     """Off unless a config turns it on, like the other adapters added after the first six strategies."""
@@ -209,6 +219,8 @@ class StrategiesConfig:
     """The top encoder layers, the pooler and the head train; embeddings and lower layers stay frozen."""
     frozen_encoder: StrategyConfig = field(default_factory=lambda: StrategyConfig(enabled=False, learning_rate=3e-1))
     """Only the head trains (off by default, like partial_freezing): what tuning the encoder adds is measured against it."""
+    gradual_unfreezing: GradualUnfreezingConfig = field(default_factory=GradualUnfreezingConfig)
+    """The head first, then the encoder from the top, layer by layer, epoch by epoch (ULMFiT's schedule)."""
     ia3: IA3Config = field(default_factory=IA3Config)
     """Learned vectors rescaling keys, values and the feed-forward output (PEFT IA3); the head trains too."""
     loha: LohaLokrConfig = field(default_factory=LohaLokrConfig)
@@ -372,6 +384,11 @@ def _rule_problems(cfg: Config) -> list[str]:
         require(adapter.alpha >= 1, f"strategies.{name}.alpha", adapter.alpha, "an integer >= 1")
         require(len(adapter.target_modules) > 0, f"strategies.{name}.target_modules", adapter.target_modules,
                 "a non-empty list of module names, e.g. [query, value]")
+    unfreezing = cfg.strategies.gradual_unfreezing
+    require(unfreezing.head_epochs >= 0, "strategies.gradual_unfreezing.head_epochs", unfreezing.head_epochs,
+            "an integer >= 0")
+    require(unfreezing.layers_per_epoch >= 0, "strategies.gradual_unfreezing.layers_per_epoch",
+            unfreezing.layers_per_epoch, "an integer >= 0 (0: all layers at once)")
     ia3 = cfg.strategies.ia3
     require(ia3.target_modules is None or len(ia3.target_modules) > 0, "strategies.ia3.target_modules",
             ia3.target_modules, "a non-empty list of module names, or null")

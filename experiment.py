@@ -438,6 +438,7 @@ def fit_and_test(run: Run, cfg: Config, data: LabelledData, encoded: Encoded, ac
         trackers.log({f"test_{name}": test[name] for name in ["loss"] + [m.name for m in task.metrics]},
                      step=result["best_epoch"])
     return {**counts, **result, "parameter_groups": parameter_groups(parts, model), "init_from": init,
+            "unfreezing": getattr(model, "unfreezing", None),
             "test": {"loss": test["loss"], **task.test_report(encoded.labels["test"], test["values"],
                                                              data.label_names)},
             # for paired comparisons between runs and the task's plots

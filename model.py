@@ -164,6 +164,39 @@ def part_learning_rates(model: torch.nn.Module, learning_rate: float, head_rate:
     return rates
 
 
+def gradual_unfreezing(model: PreTrainedModel, settings: dict[str, Any], task: Task) -> torch.nn.Module:
+    """The head alone for `head_epochs` epochs, then the encoder from the top, `layers_per_epoch` layers an epoch
+    (0: all at once), the pooler with the top layer and the embeddings with the lowest (after ULMFiT, Howard and
+    Ruder 2018). Every weight is trainable for the optimizer and the checkpoints; the model's `before_epoch`
+    freezes what has not started yet, and `unfreezing` says when each part starts (epochs from 1)."""
+    layers = encoder_layer_count(model, "strategies.gradual_unfreezing", "use full, or another strategy, with it")
+    head_epochs, step = settings["head_epochs"], settings["layers_per_epoch"] or layers
+    encoder = model.base_model_prefix + "."
+
+    def part_and_start(name: str) -> tuple[str, int]:
+        if not name.startswith(encoder):
+            return "head", 0
+        layer = LAYER_INDEX.search(name)
+        if layer:
+            return f"layer {layer.group(1)}", head_epochs + (layers - 1 - int(layer.group(1))) // step
+        if ".embeddings" in name:
+            return "embeddings", head_epochs + (layers - 1) // step
+        return "above the layers", head_epochs
+
+    starts = {name: part_and_start(name) for name, _ in model.named_parameters()}
+    for param in model.parameters():
+        param.requires_grad = True
+
+    def before_epoch(epoch: int) -> None:
+        for name, param in model.named_parameters():
+            param.requires_grad = epoch >= starts[name][1]
+
+    model.before_epoch = before_epoch
+    parts = sorted(dict(starts.values()).items(), key=lambda item: item[1])
+    model.unfreezing = [{"part": part, "epoch": start + 1} for part, start in parts]
+    return model
+
+
 def prompt_tuning(model: PreTrainedModel, settings: dict[str, Any], task: Task) -> torch.nn.Module:
     """Trainable virtual tokens before the input (Lester et al. 2021); the encoder stays frozen."""
     init_text = settings["init_text"]
@@ -181,6 +214,7 @@ STRATEGIES: dict[str, Callable[[PreTrainedModel, dict[str, Any], Task], torch.nn
     "prompt_tuning": prompt_tuning,
     "partial_freezing": partial_freezing,
     "frozen_encoder": frozen_encoder,
+    "gradual_unfreezing": gradual_unfreezing,
     "ia3": ia3,
     "loha": loha,
     "lokr": lokr,

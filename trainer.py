@@ -135,6 +135,8 @@ def train(model: torch.nn.Module, encoded: Encoded, cfg: Config, learning_rate: 
     epoch_examples = len(epoch_rows(encoded.labels["train"], t.sampler, t.seed, 0))  # the same in every epoch
     num_batches = math.ceil(epoch_examples / t.batch_size)
     total_steps = math.ceil(num_batches / t.gradient_accumulation_steps) * t.num_epochs
+    trained = {name for name, param in model.named_parameters() if param.requires_grad}  # what checkpoints hold
+    before_epoch = getattr(model, "before_epoch", None)  # a strategy that changes what trains from epoch to epoch
     optimizer = make_optimizer(model, learning_rate, t.weight_decay, rates)
     model, optimizer = accelerator.prepare(model, optimizer)
     if t.compile:
@@ -155,11 +157,13 @@ def train(model: torch.nn.Module, encoded: Encoded, cfg: Config, learning_rate: 
 
     def checkpoint():
         with stopwatch(spent, "checkpoint_time_s"):
-            save_checkpoint(run_dir, model, optimizer, scheduler, accelerator, asdict(state), run_key)
+            save_checkpoint(run_dir, model, optimizer, scheduler, accelerator, asdict(state), run_key, trained)
 
     epochs_left = range(state.epoch, t.num_epochs) if state.stop_reason is None else range(0)
     with StopRequest() as stop:
         for epoch in epochs_left:
+            if before_epoch:
+                before_epoch(epoch)
             train_loss, seconds = train_epoch(model, optimizer, scheduler, accelerator, encoded, t, task, loss_of,
                                               epoch, state, checkpoint, stop)
             with stopwatch(spent, "validation_time_s"):
@@ -176,11 +180,11 @@ def train(model: torch.nn.Module, encoded: Encoded, cfg: Config, learning_rate: 
                 on_epoch(state.history[-1])
             with stopwatch(spent, "checkpoint_time_s"):
                 if update_early_stopping(state, t, task):
-                    best_weights = trainable_weights(model, accelerator)
+                    best_weights = trainable_weights(model, accelerator, trained)
                     save_weights(run_dir / BEST_WEIGHTS, best_weights, run_key, state.epoch)
                 if cfg.output.keep_checkpoints == "all":
-                    save_weights(run_dir / epoch_weights(state.epoch), trainable_weights(model, accelerator), run_key,
-                                 state.epoch)
+                    save_weights(run_dir / epoch_weights(state.epoch), trainable_weights(model, accelerator, trained),
+                                 run_key, state.epoch)
             if state.stop_reason is None and state.epoch == t.num_epochs:
                 state.stop_reason = f"completed all {t.num_epochs} epochs"
             checkpoint()

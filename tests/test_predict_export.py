@@ -31,6 +31,7 @@ def trained(tmp_path_factory, tiny_model_dir):
         "training": {"batch_size": 8, "num_epochs": 2, "eval_batch_size": 16, "learning_rate": 3e-3},
         "strategies": {"prompt_tuning": {"num_virtual_tokens": 4}, "partial_freezing": {"enabled": True},
                        "frozen_encoder": {"enabled": True}, "ia3": {"enabled": True}, "loha": {"enabled": True},
+                       "gradual_unfreezing": {"enabled": True},
                        "lokr": {"enabled": True}},
         "output": {"dir": str(folder / "outputs")}}))
     base = ["--config", str(config)]

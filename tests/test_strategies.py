@@ -26,6 +26,7 @@ def trainable_names_are_expected(strategy: str, name: str) -> bool:
             # the tiny model has layers 0 and 1; the test trains the top one
             "partial_freezing": ".layer.1." in name or ".pooler." in name or head,
             "frozen_encoder": head,
+            "gradual_unfreezing": True,
             "ia3": "ia3_l" in name or head,
             "loha": "hada_" in name or head,
             "lokr": "lokr_" in name or head}[strategy]
@@ -37,7 +38,10 @@ def test_training_changes_trainable_weights_only(strategy, write_config, tmp_pat
     # so its A receives no gradient until B has moved once.
     cfg, data, encoded = prepared(write_config(), ["training.num_epochs=1", "training.batch_size=32",
                                                    "training.warmup_ratio=0", "training.weight_decay=0",
-                                                   "strategies.partial_freezing.trainable_layers=1"])
+                                                   "strategies.partial_freezing.trainable_layers=1",
+                                                   # everything from the first epoch (its schedule: another test)
+                                                   "strategies.gradual_unfreezing.head_epochs=0",
+                                                   "strategies.gradual_unfreezing.layers_per_epoch=0"])
     set_seed(0)
     model = build_model(cfg, strategy, data.label_names)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}

@@ -51,10 +51,11 @@ def test_last_window_of_an_epoch_steps_even_when_incomplete(write_config, tmp_pa
     assert run(cfg, data, encoded, tmp_path / "r")[1]["optimizer_steps"] == 3
 
 
-def test_interrupted_and_resumed_run_equals_uninterrupted(write_config, tmp_path, monkeypatch):
+@pytest.mark.parametrize("strategy", ["full", "gradual_unfreezing"])
+def test_interrupted_and_resumed_run_equals_uninterrupted(strategy, write_config, tmp_path, monkeypatch):
     # dropout stays on: the resumed run must also restore the random number generators
     cfg, data, encoded = prepared(write_config(), ["training.num_epochs=3", "training.early_stopping.enabled=false"])
-    straight, expected = run(cfg, data, encoded, tmp_path / "straight")
+    straight, expected = run(cfg, data, encoded, tmp_path / "straight", strategy)
 
     real_evaluate, calls = trainer.evaluate, []
 
@@ -66,10 +67,10 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(write_config, tmp_path
 
     monkeypatch.setattr(trainer, "evaluate", evaluate_then_crash)
     with pytest.raises(KeyboardInterrupt):
-        run(cfg, data, encoded, tmp_path / "interrupted")
+        run(cfg, data, encoded, tmp_path / "interrupted", strategy)
     monkeypatch.setattr(trainer, "evaluate", real_evaluate)
     torch.manual_seed(12345)  # a new process would start from other random state
-    resumed, result = run(cfg, data, encoded, tmp_path / "interrupted", resume=True)
+    resumed, result = run(cfg, data, encoded, tmp_path / "interrupted", strategy, resume=True)
 
     assert_same_run(straight, expected, resumed, result)
     assert (result["best_epoch"], result["stop_reason"]) == (expected["best_epoch"], expected["stop_reason"])
@@ -117,14 +118,16 @@ def test_a_loss_that_is_no_longer_finite_fails_the_run_with_a_hint(write_config,
         run(cfg, data, encoded, tmp_path / "r")
 
 
-@pytest.mark.parametrize("sampler, login_rows, batches_to_ctrl_c", [
+@pytest.mark.parametrize("sampler, login_rows, batches_to_ctrl_c, strategy", [
     # 54 training rows in batches of 8: 7 steps per epoch; epoch 1 takes 7 training + 2 validation batches
-    ("random", 30, 12),
+    ("random", 30, 12, "full"),
     # 18 refund, 18 delivery and 4 login training rows, each class drawn up to 18: again 54 rows an epoch, with
     # the login rows repeated differently in each epoch; 13 validation rows make 1 batch
-    ("oversample", 6, 11),
+    ("oversample", 6, 11, "full"),
+    # the head alone in epoch 1, the top layer from epoch 2: the resumed epoch must train what it trained
+    ("random", 30, 12, "gradual_unfreezing"),
 ])
-def test_ctrl_c_mid_epoch_checkpoints_and_resume_equals_uninterrupted(sampler, login_rows, batches_to_ctrl_c,
+def test_ctrl_c_mid_epoch_checkpoints_and_resume_equals_uninterrupted(sampler, login_rows, batches_to_ctrl_c, strategy,
                                                                       write_config, tmp_path, monkeypatch):
     import os
     import signal
@@ -141,7 +144,7 @@ def test_ctrl_c_mid_epoch_checkpoints_and_resume_equals_uninterrupted(sampler, l
     cfg, data, encoded = prepared(write_config(), ["training.num_epochs=2", "training.early_stopping.enabled=false",
                                                    "training.checkpoint_every_steps=2", f"training.sampler={sampler}",
                                                    f"data.path={path}"])
-    straight, expected = run(cfg, data, encoded, tmp_path / "straight")
+    straight, expected = run(cfg, data, encoded, tmp_path / "straight", strategy)
 
     real_collate, calls = trainer.collate, []
 
@@ -153,13 +156,13 @@ def test_ctrl_c_mid_epoch_checkpoints_and_resume_equals_uninterrupted(sampler, l
 
     monkeypatch.setattr(trainer, "collate", collate_then_ctrl_c)
     with pytest.raises(KeyboardInterrupt):
-        run(cfg, data, encoded, tmp_path / "interrupted")
+        run(cfg, data, encoded, tmp_path / "interrupted", strategy)
     monkeypatch.setattr(trainer, "collate", real_collate)
     saved = torch.load(tmp_path / "interrupted" / "last.pt", weights_only=True)["state"]
     assert (saved["epoch"], saved["batches_done"], saved["step"]) == (1, 3, 10)  # stopped after the current step
 
     torch.manual_seed(12345)
-    resumed, result = run(cfg, data, encoded, tmp_path / "interrupted", resume=True)
+    resumed, result = run(cfg, data, encoded, tmp_path / "interrupted", strategy, resume=True)
     assert_same_run(straight, expected, resumed, result)
 
 
