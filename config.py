@@ -182,6 +182,19 @@ class GradualUnfreezingConfig(StrategyConfig):
 
 
 @dataclass
+class BottleneckAdapterConfig(StrategyConfig):
+    enabled: bool = False
+    """Off unless a config turns it on, like the other strategies added after the first six."""
+    learning_rate: float | None = 1e-3
+    reduction_factor: int = 16
+    """Hidden size / adapter size (MiniLM's 384 / 16 = 24 units)."""
+    placement: Literal["houlsby", "pfeiffer"] = "houlsby"
+    """After each layer's attention and feed-forward outputs (houlsby), or after the feed-forward output only (pfeiffer)."""
+    activation: Literal["relu", "gelu"] = "relu"
+    """Between the down- and up-projection."""
+
+
+@dataclass
 class IA3Config(StrategyConfig):
     enabled: bool = False
     """Off unless a config turns it on, like the other adapters added after the first six strategies."""
@@ -221,6 +234,8 @@ class StrategiesConfig:
     """Only the head trains (off by default, like partial_freezing): what tuning the encoder adds is measured against it."""
     gradual_unfreezing: GradualUnfreezingConfig = field(default_factory=GradualUnfreezingConfig)
     """The head first, then the encoder from the top, layer by layer, epoch by epoch (ULMFiT's schedule)."""
+    bottleneck_adapter: BottleneckAdapterConfig = field(default_factory=BottleneckAdapterConfig)
+    """Small bottleneck modules after each layer's attention and/or feed-forward output (written here: PEFT has none); adapters, LayerNorms and head train."""
     ia3: IA3Config = field(default_factory=IA3Config)
     """Learned vectors rescaling keys, values and the feed-forward output (PEFT IA3); the head trains too."""
     loha: LohaLokrConfig = field(default_factory=LohaLokrConfig)
@@ -389,6 +404,9 @@ def _rule_problems(cfg: Config) -> list[str]:
             "an integer >= 0")
     require(unfreezing.layers_per_epoch >= 0, "strategies.gradual_unfreezing.layers_per_epoch",
             unfreezing.layers_per_epoch, "an integer >= 0 (0: all layers at once)")
+    bottleneck = cfg.strategies.bottleneck_adapter
+    require(bottleneck.reduction_factor >= 1, "strategies.bottleneck_adapter.reduction_factor",
+            bottleneck.reduction_factor, "an integer >= 1")
     ia3 = cfg.strategies.ia3
     require(ia3.target_modules is None or len(ia3.target_modules) > 0, "strategies.ia3.target_modules",
             ia3.target_modules, "a non-empty list of module names, or null")

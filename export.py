@@ -23,6 +23,8 @@ def export_run(run: str, output_dir: str | Path, out: Path, force: bool = False)
         raise ConfigError(f"--out: '{out}' exists and is not empty; choose another folder or pass --force to write "
                           "into it")
     _, cfg, record, model = load_run(run, output_dir)
+    if getattr(model, "not_exportable", None):
+        raise ConfigError(f"run {record['run_id']} ({record['strategy']}) cannot be exported: {model.not_exportable}")
     tokenizer = load_tokenizer(cfg)
     tokenizer.model_max_length = cfg.model.max_length  # texts are truncated where the run truncated them
     out.mkdir(parents=True, exist_ok=True)

@@ -31,7 +31,7 @@ def trained(tmp_path_factory, tiny_model_dir):
         "training": {"batch_size": 8, "num_epochs": 2, "eval_batch_size": 16, "learning_rate": 3e-3},
         "strategies": {"prompt_tuning": {"num_virtual_tokens": 4}, "partial_freezing": {"enabled": True},
                        "frozen_encoder": {"enabled": True}, "ia3": {"enabled": True}, "loha": {"enabled": True},
-                       "gradual_unfreezing": {"enabled": True},
+                       "gradual_unfreezing": {"enabled": True}, "bottleneck_adapter": {"enabled": True},
                        "lokr": {"enabled": True}},
         "output": {"dir": str(folder / "outputs")}}))
     base = ["--config", str(config)]
@@ -112,7 +112,7 @@ def exported_labels(folder, texts, adapter: bool, num_labels: int) -> list[str]:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("strategy", ["full", "lora", "prompt_tuning"])
+@pytest.mark.parametrize("strategy", ["full", "lora", "prompt_tuning", "ia3"])
 def test_an_export_loads_without_this_project_and_agrees_with_predict(trained, strategy):
     [record] = [r for r in latest(trained) if r["strategy"] == strategy]
     out = trained["folder"] / f"export-{strategy}"
@@ -158,3 +158,9 @@ def test_bad_inputs_are_one_line_with_exit_status_2(trained, capsys):
         err = capsys.readouterr().err.strip()
         assert err.startswith("error: ") and "\n" not in err and expected in err, (argv, err)
     assert cli(trained, "export", "--out", full_out, "--force") == 0  # --force writes into it
+
+
+def test_bottleneck_adapters_predict_but_are_refused_by_export_with_the_reason(trained, capsys):
+    [record] = [r for r in latest(trained) if r["strategy"] == "bottleneck_adapter"]
+    assert cli(trained, "export", "--run", record["run_id"], "--out", trained["folder"] / "export-bottleneck") == 2
+    assert "cannot be exported: bottleneck adapters are not part of any Hugging Face model class" in capsys.readouterr().err

@@ -27,6 +27,7 @@ def trainable_names_are_expected(strategy: str, name: str) -> bool:
             "partial_freezing": ".layer.1." in name or ".pooler." in name or head,
             "frozen_encoder": head,
             "gradual_unfreezing": True,
+            "bottleneck_adapter": ".adapter." in name or "LayerNorm" in name or head,
             "ia3": "ia3_l" in name or head,
             "loha": "hada_" in name or head,
             "lokr": "lokr_" in name or head}[strategy]
@@ -41,7 +42,9 @@ def test_training_changes_trainable_weights_only(strategy, write_config, tmp_pat
                                                    "strategies.partial_freezing.trainable_layers=1",
                                                    # everything from the first epoch (its schedule: another test)
                                                    "strategies.gradual_unfreezing.head_epochs=0",
-                                                   "strategies.gradual_unfreezing.layers_per_epoch=0"])
+                                                   "strategies.gradual_unfreezing.layers_per_epoch=0",
+                                                   # 2 ReLU units on the tiny model can both be off for every token
+                                                   "strategies.bottleneck_adapter.activation=gelu"])
     set_seed(0)
     model = build_model(cfg, strategy, data.label_names)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
@@ -128,3 +131,25 @@ def test_an_adapter_that_cannot_fit_the_model_is_a_config_error_naming_it():
                                                   "feedforward_modules": ["lin2"]}, CLASSIFICATION)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert {n.split(".")[-3] for n in trainable if "ia3_l" in n} == {"k_lin", "v_lin", "lin2"}
+
+
+@pytest.mark.parametrize("placement, adapters", [("houlsby", 4), ("pfeiffer", 2)])
+def test_bottleneck_adapters_start_as_the_pretrained_model_and_sit_where_placed(placement, adapters, write_config):
+    cfg = load_config(write_config(), [f"strategies.bottleneck_adapter.placement={placement}"])
+    set_seed(0)
+    plain = build_model(cfg, "full", ["a", "b", "c"]).eval()
+    set_seed(0)
+    adapted = build_model(cfg, "bottleneck_adapter", ["a", "b", "c"]).eval()
+    ids = torch.randint(5, plain.config.vocab_size, (3, 9))
+    with torch.no_grad():  # the up-projections start at zero: each adapter passes its input through
+        assert torch.equal(plain(input_ids=ids).logits, adapted(input_ids=ids).logits)
+    downs = [n for n, _ in adapted.named_parameters() if n.endswith("adapter.down.weight")]
+    assert len(downs) == adapters  # the tiny BERT has 2 layers: 2 places each (houlsby) or 1 (pfeiffer)
+    assert all(".output.dense." in n for n in downs)
+    assert (placement == "houlsby") == any(".attention.output.dense." in n for n in downs)
+    # 32 -> 2 -> 32 units at reduction factor 16: (32*2 + 2) + (2*32 + 32) parameters an adapter
+    assert sum(p.numel() for n, p in adapted.named_parameters() if ".adapter." in n) == adapters * 162
+    with pytest.raises(ConfigError, match="has none of the projections adapters follow"):
+        STRATEGIES["bottleneck_adapter"](AlbertForSequenceClassification(AlbertConfig(
+            vocab_size=50, embedding_size=16, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+            intermediate_size=64, num_labels=3)), cfg.strategies.bottleneck_adapter.__dict__, CLASSIFICATION)
