@@ -241,12 +241,13 @@ def run_experiment(cfg: Config, strategies: list[str], *, resume: bool = False, 
     cached = set() if force else {i for i in ids if i in completed}
     mine = list(range(len(runs)))
     if shard is not None:
-        owners = assign_shards([planned_cost(run, inputs) for run in runs], shard[1])
+        costs = [planned_cost(run, inputs) for run in runs]
+        owners = assign_shards(costs, shard[1])
         mine = [i for i, owner in enumerate(owners) if owner == shard[0]]
     if dry_run:
         print_plan(runs, ids, cached, inputs, completed, cfg, mine)
         if shard is not None:
-            print_shares(runs, inputs, shard[1])
+            print_shares(costs, owners, shard[1])
         return 0
     write_experiment(results_path, config_file=config_file, command=command, config=dataclasses.asdict(cfg),
                      strategies=strategies, run_ids=ids)
@@ -323,10 +324,9 @@ def assign_shards(costs: list[float], shards: int) -> list[int]:
     return owners
 
 
-def print_shares(runs: list[Run], inputs: Inputs, shards: int) -> None:
-    costs = [planned_cost(run, inputs) for run in runs]
+def print_shares(costs: list[float], owners: list[int], shards: int) -> None:
     loads = [0.0] * shards
-    for cost, owner in zip(costs, assign_shards(costs, shards)):
+    for cost, owner in zip(costs, owners):
         loads[owner] += cost
     print("\nestimated share of the training in each shard: "
           + ", ".join(f"{k}/{shards}: {load / sum(costs):.0%}" for k, load in enumerate(loads)))
