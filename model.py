@@ -103,19 +103,29 @@ def partial_freezing(model: PreTrainedModel, settings: dict[str, Any], task: Tas
     """The top `trainable_layers` encoder layers train, with what sits above them (the pooler) and the head;
     the embeddings and the layers below stay as pre-trained."""
     first_trainable = encoder_layer_count(model) - settings["trainable_layers"]
+    encoder = model.base_model_prefix + "."
 
     def encoder_trains(name: str) -> bool:
-        layer = LAYER_INDEX.search(name)
-        if layer:
-            return int(layer.group(1)) >= first_trainable
-        # below the layers: embeddings (and ELECTRA's embeddings_project); above them: the pooler, which trains
-        return ".embeddings" not in name
+        part, layer = model_part(name, encoder)
+        return layer >= first_trainable if layer is not None else part == "above the layers"
 
     return train_only(model, encoder_trains)
 
 
 # Where a parameter's encoder layer number is in its name: bert.encoder.layer.3., distilbert.transformer.layer.3.
 LAYER_INDEX = re.compile(r"\.layers?\.(\d+)\.")
+
+
+def model_part(name: str, encoder_prefix: str) -> tuple[str, int | None]:
+    """The part of the model a parameter belongs to, by its name, and its layer number: ("head", None) outside
+    the encoder, ("layer N", N), ("embeddings", None) below the layers (with ELECTRA's embeddings_project), or
+    ("above the layers", None): the pooler."""
+    if not name.startswith(encoder_prefix):
+        return "head", None
+    layer = LAYER_INDEX.search(name)
+    if layer:
+        return f"layer {layer.group(1)}", int(layer.group(1))
+    return ("embeddings" if ".embeddings" in name else "above the layers"), None
 
 
 def encoder_layer_count(model: PreTrainedModel, key: str = "strategies.partial_freezing",
@@ -148,19 +158,14 @@ def part_learning_rates(model: torch.nn.Module, learning_rate: float, head_rate:
         if within and not name.startswith(within + "."):  # beside the model: prompt tuning's virtual tokens
             rates[name] = ("prompt", learning_rate)
             continue
-        inner = name.removeprefix(within + ".") if within else name
-        layer = LAYER_INDEX.search(inner)
-        if not inner.startswith(encoder):
-            rates[name] = ("head", head_rate or learning_rate)
+        part, layer = model_part(name.removeprefix(within + ".") if within else name, encoder)
+        if part == "head":
+            rates[name] = (part, head_rate or learning_rate)
         elif not layer_decay:
             rates[name] = ("encoder", learning_rate)
-        elif layer:
-            depth = layers - 1 - int(layer.group(1))  # 0 for the top layer
-            rates[name] = (f"layer {layer.group(1)}", learning_rate * layer_decay ** depth)
-        elif ".embeddings" in inner:
-            rates[name] = ("embeddings", learning_rate * layer_decay ** layers)
-        else:
-            rates[name] = ("above the layers", learning_rate)
+        else:  # steps below the top layer: 0 for it and the pooler, one more per layer, the embeddings last
+            depth = layers - 1 - layer if layer is not None else layers if part == "embeddings" else 0
+            rates[name] = (part, learning_rate * layer_decay ** depth)
     return rates
 
 
@@ -174,14 +179,12 @@ def gradual_unfreezing(model: PreTrainedModel, settings: dict[str, Any], task: T
     encoder = model.base_model_prefix + "."
 
     def part_and_start(name: str) -> tuple[str, int]:
-        if not name.startswith(encoder):
-            return "head", 0
-        layer = LAYER_INDEX.search(name)
-        if layer:
-            return f"layer {layer.group(1)}", head_epochs + (layers - 1 - int(layer.group(1))) // step
-        if ".embeddings" in name:
-            return "embeddings", head_epochs + (layers - 1) // step
-        return "above the layers", head_epochs
+        part, layer = model_part(name, encoder)
+        if part == "head":
+            return part, 0
+        # layers below the top one: the embeddings start with the lowest layer, the pooler with the top one
+        below_top = layers - 1 - layer if layer is not None else layers - 1 if part == "embeddings" else 0
+        return part, head_epochs + below_top // step
 
     starts = {name: part_and_start(name) for name, _ in model.named_parameters()}
     for param in model.parameters():
