@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import csv
+import functools
 import html
 import io
 import json
@@ -20,7 +21,7 @@ from data_report import describe_report
 from diagnostics import diagnose
 from tasks import TASKS, Task
 from utils import atomic_write_bytes, atomic_write_json
-from verdict import configuration_label, decide, describe, format_share, signed
+from verdict import best_of, configuration_label, decide, describe, format_share, signed
 
 BOOTSTRAP_RESAMPLES = 5000
 BOOTSTRAP_CHUNK = 1000  # resamples drawn at a time, which bounds memory on large test splits
@@ -59,29 +60,9 @@ def validation_score(run: dict, metric: str) -> float:
     return next(h[metric] for h in run["history"] if h["epoch"] == run["best_epoch"])
 
 
-def best_of(items: list[dict], score: Callable[[dict], float], metric: str, task: Task) -> dict:
-    """The item with the best score for `metric` (the first among equals)."""
-    best = items[0]
-    for item in items[1:]:
-        if task.is_better(metric, score(item), score(best)):
-            best = item
-    return best
-
-
 def best_run(runs: list[dict], metric: str, task: Task) -> dict:
     """The run with the best validation score."""
     return best_of(runs, lambda run: validation_score(run, metric), metric, task)
-
-
-def headline_rows(rows: list[dict]) -> tuple[list[dict], int | None]:
-    """The chosen configurations that stand for each strategy: those on the full training data, or in a
-    few-shot-only experiment those with the most examples per class (returned too; None otherwise)."""
-    chosen = [r for r in rows if r["chosen"]]
-    full_data = [r for r in chosen if r["shots_per_class"] is None]
-    if full_data:
-        return full_data, None
-    largest = max((r["shots_per_class"] for r in chosen), default=None)
-    return [r for r in chosen if r["shots_per_class"] == largest], largest
 
 
 def summarize(runs: list[dict], metric: str) -> dict:
@@ -218,13 +199,17 @@ def compare_configurations(runs_a: list[dict], runs_b: list[dict], task: Task) -
     return {"paired_runs": len(pairs), **result}
 
 
+@functools.lru_cache(maxsize=2)
 def resample_weights(n: int, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0) -> np.ndarray:
     """How often each of n test examples is drawn, one row per weighting: the observed data first (all ones),
-    then each bootstrap resample."""
+    then each bootstrap resample. Kept for the next call: every comparison and interval of a summary resamples
+    the same test split (drawing them takes about a second for 3,000 examples), so the array is read-only."""
     rng = np.random.default_rng(seed)
     sizes = [BOOTSTRAP_CHUNK] * (resamples // BOOTSTRAP_CHUNK) + ([resamples % BOOTSTRAP_CHUNK] if resamples % BOOTSTRAP_CHUNK else [])
-    return np.concatenate([np.ones((1, n), dtype=np.float32)]
-                          + [rng.multinomial(n, np.full(n, 1 / n), size=size).astype(np.float32) for size in sizes])
+    weights = np.concatenate([np.ones((1, n), dtype=np.float32)]
+                             + [rng.multinomial(n, np.full(n, 1 / n), size=size).astype(np.float32) for size in sizes])
+    weights.setflags(write=False)
+    return weights
 
 
 def weighted_scores(task: Task, truth: np.ndarray, predictions: list, num_labels: int,

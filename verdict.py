@@ -5,6 +5,7 @@ reported and tested, never used to choose."""
 from __future__ import annotations
 
 import statistics
+from typing import Callable
 
 from tasks import TASKS, Task
 
@@ -34,12 +35,24 @@ def deciding_metric(summary: dict, task: Task) -> str:
     return default if default in task.compared_metrics else task.compared_metrics[0]
 
 
-def headline_slot(rows: list[dict]) -> int | None:
-    """The few-shot size the verdict is about: the full training data when it ran, else the most shots."""
+def best_of(items: list[dict], score: Callable[[dict], float], metric: str, task: Task) -> dict:
+    """The item with the best score for `metric` (the first among equals)."""
+    best = items[0]
+    for item in items[1:]:
+        if task.is_better(metric, score(item), score(best)):
+            best = item
+    return best
+
+
+def headline_rows(rows: list[dict]) -> tuple[list[dict], int | None]:
+    """The chosen configurations that stand for each strategy: those on the full training data, or in a
+    few-shot-only experiment those with the most examples per class (returned too; None otherwise)."""
     chosen = [r for r in rows if r["chosen"]]
-    if any(r["shots_per_class"] is None for r in chosen):
-        return None
-    return max((r["shots_per_class"] for r in chosen), default=None)
+    full_data = [r for r in chosen if r["shots_per_class"] is None]
+    if full_data:
+        return full_data, None
+    largest = max((r["shots_per_class"] for r in chosen), default=None)
+    return [r for r in chosen if r["shots_per_class"] == largest], largest
 
 
 def against_winner(comparisons: list[dict], winner: str, other: str, shots: int | None, name: str) -> dict | None:
@@ -91,8 +104,7 @@ def decide(summary: dict) -> dict:
     task = TASKS[summary["task"]]
     name = deciding_metric(summary, task)
     higher_is_better = task.metric(name).higher_is_better
-    shots = headline_slot(summary["rows"])
-    slot = [r for r in summary["rows"] if r["chosen"] and r["shots_per_class"] == shots]
+    slot, shots = headline_rows(summary["rows"])
     ran = dict.fromkeys(r["strategy"] for r in summary["rows"] if r["shots_per_class"] == shots)
     not_compared = [s for s in ran if s not in {r["strategy"] for r in slot}]
     if not slot:
@@ -138,15 +150,12 @@ def decide(summary: dict) -> dict:
 
 
 def best_per_slot(summary: dict, task: Task) -> list[dict]:
-    """The best chosen configuration on validation for each few-shot size (and the full data); the first
-    in the config among equals."""
-    best: dict = {}
-    for row in summary["rows"]:
-        slot = row["shots_per_class"]
-        if row["chosen"] and (slot not in best or task.is_better(summary["metric"], row["validation"]["mean"],
-                                                                 best[slot]["validation"]["mean"])):
-            best[slot] = row
-    return [best[slot] for slot in sorted(best, key=lambda s: (s is None, s or 0))]
+    """The best chosen configuration on validation for each few-shot size, the full data last; the first in
+    the config among equals."""
+    chosen = [r for r in summary["rows"] if r["chosen"]]
+    slots = sorted({r["shots_per_class"] for r in chosen}, key=lambda s: (s is None, s or 0))
+    return [best_of([r for r in chosen if r["shots_per_class"] == slot], lambda r: r["validation"]["mean"],
+                    summary["metric"], task) for slot in slots]
 
 
 def format_p(p: float) -> str:

@@ -20,8 +20,8 @@ matplotlib.use("Agg")  # files only: no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from report import best_run, headline_rows, summarize, task_of, write_report  # noqa: E402
-from verdict import configuration_label  # noqa: E402
+from report import best_run, summarize, task_of, write_report  # noqa: E402
+from verdict import configuration_label, headline_rows  # noqa: E402
 from data_report import DATA_REPORT, read_report  # noqa: E402
 from results import select_runs  # noqa: E402
 
