@@ -18,6 +18,20 @@ from utils import ConfigError
 
 
 @dataclass
+class HeadConfig:
+    type: Literal["model", "linear", "mlp"] = "model"
+    """`model`: the model's own classification head (BERT: its pre-trained pooler on the first token, then one linear layer); `linear`: one linear layer on the pooled features; `mlp`: Dense(`hidden_size`), activation, dropout, then the linear layer. `linear` and `mlp` train and are saved under every strategy."""
+    pooling: Literal["cls", "mean"] = "cls"
+    """What a `linear` or `mlp` head reads: the first token's last hidden state (`cls`) or the mean over the text's tokens (`mean`, what sentence-transformers models such as the bundled MiniLM were trained to give)."""
+    hidden_size: int = 512
+    """Width of the `mlp` head's hidden layer."""
+    dropout: float = 0.1
+    """Dropout before the head's last linear layer (`linear`: on the pooled features)."""
+    activation: Literal["relu", "gelu"] = "relu"
+    """The `mlp` head's activation."""
+
+
+@dataclass
 class ModelConfig:
     name: str = "minilm"
     """Hub id (`bert-base-uncased`), local folder, or `minilm`: MiniLM-L6-H384, bundled through pip."""
@@ -25,6 +39,8 @@ class ModelConfig:
     """Tokens kept per text; longer texts are truncated. Time and memory grow with it. `auto`: the training split's 95th-percentile length rounded up to a multiple of 8, within the model's limit (the log and the data report say what it picked)."""
     dropout: float | None = None
     """Hidden and attention dropout; null keeps the model's own (0.1 for BERT)."""
+    head: HeadConfig = field(default_factory=HeadConfig)
+    """The classification head on the encoder."""
     init_from: str | None = None
     """Start from an earlier run's trained weights (a run id in output.dir, or a run folder; adapters merged) instead of the pre-trained model: fine-tune on a related larger data set first. Its head is kept when its labels are this data's, else a fresh one trains."""
 
@@ -343,6 +359,10 @@ def _rule_problems(cfg: Config) -> list[str]:
     m, d, t = cfg.model, cfg.data, cfg.training
     require(m.max_length == "auto" or m.max_length >= 8, "model.max_length", m.max_length, "an integer >= 8, or auto")
     require(m.dropout is None or 0 <= m.dropout < 1, "model.dropout", m.dropout, "0 <= dropout < 1, or null")
+    require(m.head.hidden_size >= 1, "model.head.hidden_size", m.head.hidden_size, "an integer >= 1")
+    require(0 <= m.head.dropout < 1, "model.head.dropout", m.head.dropout, "0 <= dropout < 1")
+    require(m.head.type != "model" or m.head.pooling == "cls", "model.head.pooling", m.head.pooling,
+            "cls with model.head.type: model (the model's own head pools as it was built to); set type linear or mlp")
     require(d.task in TASKS, "data.task", d.task, ", ".join(TASKS))
     if (d.name is None) == (d.path is None):
         problems.append("data: set exactly one of data.name (a Hub data set) and data.path (a local "

@@ -17,14 +17,14 @@ import torch
 import yaml
 
 from checkpoints import saved_run_key
-from config import Config, TrainingConfig, expand_grid, strategy_settings
+from config import Config, HeadConfig, TrainingConfig, expand_grid, strategy_settings
 from data import SPLITS, Encoded, LabelledData, augment_texts, few_shot_rows, load_data, token_ids, tokenize
 from data_report import (DATA_REPORT, LENGTH_PERCENTILE, auto_max_length, build_report, describe_report, save_report,
                          token_lengths)
 from diagnostics import diagnose
 from measure import PeakMemory, device_name, library_versions
-from model import (build_model, check_against_model, load_model_config, load_tokenizer, parameter_counts,
-                   part_learning_rates, source_run)
+from model import (build_model, check_against_model, load_model_config, load_tokenizer, new_head_reason,
+                   parameter_counts, part_learning_rates, source_run)
 from report import describe_baseline, summarize, terminal_summary, write_summary
 from results import RUN_RECORD, read_results, results_file, save_record, write_experiment
 from tasks import TASKS
@@ -63,6 +63,8 @@ class Run:
         training = {k: v for k, v in dataclasses.asdict(self.cfg.training).items()
                     if k not in excluded and not (k in ADDED_TRAINING_KEYS and v == defaults[k])}
         model = dataclasses.asdict(self.cfg.model)
+        if self.cfg.model.head == HeadConfig():  # added later: runs with the model's own head keep their ids
+            del model["head"]
         source = source_run(self.cfg)
         if source:  # the run itself, however its folder was named
             model["init_from"] = source["record"]["run_id"]
@@ -415,9 +417,9 @@ def fit_and_test(run: Run, cfg: Config, data: LabelledData, encoded: Encoded, ac
     set_seed(cfg.training.seed)  # the same head initialisation for every strategy
     model = build_model(cfg, run.strategy, data.label_names)
     source = source_run(cfg)
+    reason = source and new_head_reason(source, cfg, data.label_names)
     init = source and {"run_id": source["record"]["run_id"], "folder": str(source["folder"]),
-                       "head": "kept" if source["record"]["dataset"]["label_names"] == data.label_names
-                       else "re-initialised: the labels differ"}
+                       "head": f"re-initialised: {reason}" if reason else "kept"}
     if init:
         logger.info("%s starts from run %s (%s); its head: %s", run_dir.name, init["run_id"], init["folder"], init["head"])
     counts = parameter_counts(model)

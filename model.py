@@ -14,9 +14,10 @@ from typing import Any, Callable
 import peft
 import torch
 from transformers import AutoConfig, AutoTokenizer, PreTrainedModel
+from transformers.modeling_outputs import SequenceClassifierOutput
 
 from checkpoints import BEST_WEIGHTS, load_weights
-from config import Config, load_config, strategy_settings
+from config import Config, HeadConfig, load_config, strategy_settings
 from results import RUN_RECORD
 from tasks import TASKS, Task
 from utils import ConfigError
@@ -200,6 +201,49 @@ def gradual_unfreezing(model: PreTrainedModel, settings: dict[str, Any], task: T
     return model
 
 
+def pool(hidden: torch.Tensor, attention_mask: torch.Tensor | None, pooling: str) -> torch.Tensor:
+    """One vector per text from the last hidden states: the first token's, or the mean over real tokens."""
+    if pooling == "cls":
+        return hidden[:, 0]
+    mask = (torch.ones(hidden.shape[:2], device=hidden.device) if attention_mask is None else attention_mask)
+    mask = mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
+
+
+def with_head(model: PreTrainedModel, head: HeadConfig, num_labels: int) -> PreTrainedModel:
+    """The model with its own head (and the pooler it reads) replaced by `head` on the pooled last hidden states.
+    The new head is the model's `classifier`, the name PEFT trains and saves beside adapters; the model's
+    forward becomes encoder -> pool -> classifier."""
+    encoder = model.base_model
+    for name, child in list(model.named_children()):
+        if child is not encoder:
+            delattr(model, name)
+    if getattr(encoder, "pooler", None) is not None:  # unused now: its weights would count as trainable
+        encoder.pooler = None
+    size = model.config.hidden_size
+    if head.type == "linear":
+        layers = [torch.nn.Dropout(head.dropout), torch.nn.Linear(size, num_labels)]
+    else:
+        layers = [torch.nn.Linear(size, head.hidden_size), {"relu": torch.nn.ReLU(), "gelu": torch.nn.GELU()}[head.activation],
+                  torch.nn.Dropout(head.dropout), torch.nn.Linear(head.hidden_size, num_labels)]
+    model.classifier = torch.nn.Sequential(*layers)
+    for layer in model.classifier:
+        if isinstance(layer, torch.nn.Linear):  # the model's own initialisation, as its own head gets
+            model._init_weights(layer)
+
+    def forward(input_ids=None, attention_mask=None, inputs_embeds=None, token_type_ids=None, labels=None, **kwargs):
+        if token_type_ids is not None:  # DistilBERT takes none
+            kwargs["token_type_ids"] = token_type_ids
+        hidden = encoder(input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds,
+                         **kwargs).last_hidden_state
+        return SequenceClassifierOutput(logits=model.classifier(pool(hidden, attention_mask, head.pooling)))
+
+    model.forward = forward
+    model.not_exportable = (f"its model.head ({head.type}) is not part of any Hugging Face model class, so the folder would load "
+                            "with another head; use python main.py predict --run RUN (or Predictor.from_run)")
+    return model
+
+
 class Bottleneck(torch.nn.Module):
     """A bottleneck adapter: down-projection, activation, up-projection, added to its input. The up-projection
     starts at zero, so the model starts as the pre-trained one."""
@@ -350,9 +394,18 @@ def run_model(folder: Path) -> tuple[dict, Config, torch.nn.Module]:
     return record, cfg, model
 
 
+def new_head_reason(source: dict, cfg: Config, label_names: list[str]) -> str | None:
+    """Why a run starting from `source` (see source_run) trains a fresh head; None when it keeps the source's."""
+    if source["record"]["dataset"]["label_names"] != label_names:
+        return "the labels differ"
+    if load_config(source["folder"] / "config.yaml").model.head != cfg.model.head:
+        return "model.head differs"
+    return None
+
+
 def start_from_run(model: PreTrainedModel, cfg: Config, label_names: list[str]) -> None:
     """Load the weights of the run `model.init_from` names into `model` (adapters merged): the encoder always,
-    the head only when that run predicted the same labels."""
+    the head only when that run predicted the same labels with the same kind of head."""
     source = source_run(cfg)
     record, _, trained = run_model(source["folder"])
     if isinstance(trained, peft.PeftModel):
@@ -361,8 +414,10 @@ def start_from_run(model: PreTrainedModel, cfg: Config, label_names: list[str]) 
                               "weights of the model: start from a run of another strategy")
         trained = trained.merge_and_unload()
     weights = trained.state_dict()
-    if record["dataset"]["label_names"] != label_names:
+    if new_head_reason(source, cfg, label_names):
         weights = {k: v for k, v in weights.items() if k.startswith(model.base_model_prefix + ".")}
+    if cfg.model.head.type != "model":  # with_head removed the pooler
+        weights = {k: v for k, v in weights.items() if not k.startswith(model.base_model_prefix + ".pooler.")}
     own = model.state_dict()
     misfit = [k for k, v in weights.items() if k not in own or own[k].shape != v.shape]
     if misfit:
@@ -387,6 +442,8 @@ def build_model(cfg: Config, strategy: str, label_names: list[str]) -> torch.nn.
                                                  **dropout)
     except (OSError, ValueError) as err:
         raise _hub_error(cfg.model.name, err) from None
+    if cfg.model.head.type != "model":
+        with_head(model, cfg.model.head, len(label_names))
     if cfg.model.init_from:
         start_from_run(model, cfg, label_names)
     return STRATEGIES[strategy](model, strategy_settings(cfg, strategy), task)

@@ -33,8 +33,9 @@ def trainable_names_are_expected(strategy: str, name: str) -> bool:
             "lokr": "lokr_" in name or head}[strategy]
 
 
+@pytest.mark.parametrize("head", ["model", "mlp"])
 @pytest.mark.parametrize("strategy", sorted(STRATEGIES))
-def test_training_changes_trainable_weights_only(strategy, write_config, tmp_path):
+def test_training_changes_trainable_weights_only(strategy, head, write_config, tmp_path):
     # 54 training rows in batches of 32: one epoch of two steps. Two, because LoRA's B starts at zero,
     # so its A receives no gradient until B has moved once.
     cfg, data, encoded = prepared(write_config(), ["training.num_epochs=1", "training.batch_size=32",
@@ -44,12 +45,20 @@ def test_training_changes_trainable_weights_only(strategy, write_config, tmp_pat
                                                    "strategies.gradual_unfreezing.head_epochs=0",
                                                    "strategies.gradual_unfreezing.layers_per_epoch=0",
                                                    # 2 ReLU units on the tiny model can both be off for every token
-                                                   "strategies.bottleneck_adapter.activation=gelu"])
+                                                   "strategies.bottleneck_adapter.activation=gelu",
+                                                   # the model's own head, or an MLP on mean-pooled tokens
+                                                   f"model.head.type={head}", "model.head.hidden_size=16",
+                                                   "model.head.activation=gelu",
+                                                   f"model.head.pooling={'cls' if head == 'model' else 'mean'}"])
     set_seed(0)
     model = build_model(cfg, strategy, data.label_names)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable and all(trainable_names_are_expected(strategy, n) for n in trainable)
+    head_weights = {n for n in before if "classifier" in n and "original_module" not in n}  # PEFT keeps a frozen copy
+    assert head_weights <= trainable  # the head trains under every strategy
+    if head == "mlp":  # two layers, and no pooler left to count as trainable
+        assert sum(n.endswith(".weight") for n in head_weights) == 2 and not any(".pooler." in n for n in before)
     if strategy == "bitfit":  # every bias trains, not only some
         assert {n for n in before if n.endswith(".bias")} <= trainable
     if strategy == "partial_freezing":  # the whole top layer trains, not only some of it

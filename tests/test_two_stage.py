@@ -72,6 +72,20 @@ def test_other_labels_get_a_fresh_head_on_the_first_stages_encoder(first_stage):
     assert run["init_from"]["head"] == "re-initialised: the labels differ"
 
 
+def test_another_kind_of_head_trains_fresh_on_the_first_stages_encoder(first_stage):
+    folder, source = first_stage["folder"], first_stage["source"]
+    cfg = load_config(first_stage["config"], [f"model.init_from={source['run_id']}", "model.head.type=linear"])
+    _, _, trained = run_model(folder / "outputs" / "checkpoints" / "lora" / source["run_id"])
+    merged = trained.merge_and_unload().state_dict()
+    second = build_model(cfg, "full", source["dataset"]["label_names"]).state_dict()
+    layers = [k for k in merged if k.startswith("bert.") and ".pooler." not in k]
+    assert layers and all(torch.equal(second[k], merged[k]) for k in layers) and "classifier.1.weight" in second
+    assert main.main(["--config", str(first_stage["config"]), "--strategy", "frozen_encoder",
+                      f"model.init_from={source['run_id']}", "model.head.type=linear"]) == 0
+    [run] = [r for r in records(folder).values() if r["strategy"] == "frozen_encoder"]
+    assert run["init_from"]["head"] == "re-initialised: model.head differs"
+
+
 def test_a_missing_or_unusable_source_run_is_a_config_error(first_stage, capsys):
     assert main.main(["--config", str(first_stage["config"]), "model.init_from=nope"]) == 2
     assert "model.init_from: got 'nope', allowed: the id of a run in" in capsys.readouterr().err

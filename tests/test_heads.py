@@ -1,0 +1,53 @@
+"""model.head: a linear or MLP head on the encoder's pooled hidden states, in place of the model's own."""
+
+import pytest
+import torch
+
+from config import load_config
+from model import build_model, pool
+from utils import ConfigError, set_seed
+
+
+def test_mean_pooling_averages_the_real_tokens_only():
+    hidden = torch.tensor([[[1.0, 2.0], [3.0, 4.0], [100.0, 100.0]]])
+    mask = torch.tensor([[1, 1, 0]])
+    assert torch.equal(pool(hidden, mask, "mean"), torch.tensor([[2.0, 3.0]]))
+    assert torch.equal(pool(hidden, mask, "cls"), torch.tensor([[1.0, 2.0]]))
+    assert torch.equal(pool(hidden, None, "mean"), hidden.mean(1))
+
+
+@pytest.mark.parametrize("pooling", ["cls", "mean"])
+def test_a_head_reads_the_pooled_encoder_output_whatever_the_padding(pooling, write_config):
+    cfg = load_config(write_config(), ["model.head.type=mlp", f"model.head.pooling={pooling}",
+                                       "model.head.hidden_size=8"])
+    set_seed(0)
+    model = build_model(cfg, "full", ["a", "b", "c"]).eval()
+    ids = torch.tensor([[2, 10, 11, 12, 3, 0, 0]])
+    mask = torch.tensor([[1, 1, 1, 1, 1, 0, 0]])
+    with torch.no_grad():
+        padded = model(input_ids=ids, attention_mask=mask).logits
+        unpadded = model(input_ids=ids[:, :5], attention_mask=mask[:, :5]).logits
+        hidden = model.bert(input_ids=ids[:, :5]).last_hidden_state
+        expected = model.classifier(hidden[:, 0] if pooling == "cls" else hidden.mean(1))
+    assert torch.allclose(padded, unpadded, atol=1e-5)
+    assert torch.allclose(unpadded, expected, atol=1e-6)
+    layers = [type(layer).__name__ for layer in model.classifier]
+    assert layers == ["Linear", "ReLU", "Dropout", "Linear"] and model.classifier[0].out_features == 8
+    assert model.bert.pooler is None
+
+
+def test_a_linear_head_is_dropout_then_one_layer_at_the_models_initialisation(write_config):
+    cfg = load_config(write_config(), ["model.head.type=linear", "model.head.dropout=0.3"])
+    model = build_model(cfg, "frozen_encoder", ["a", "b", "c"])
+    dropout, linear = model.classifier
+    assert dropout.p == 0.3 and (linear.in_features, linear.out_features) == (32, 3)
+    assert torch.equal(linear.bias, torch.zeros(3)) and linear.weight.std() < 3 * model.config.initializer_range
+
+
+def test_head_settings_are_checked_at_load(write_config):
+    with pytest.raises(ConfigError, match=r"model\.head\.pooling: got 'mean', allowed: cls with model\.head\.type: model"):
+        load_config(write_config(), ["model.head.pooling=mean"])
+    with pytest.raises(ConfigError, match=r"model\.head\.type: expected one of 'model', 'linear', 'mlp', got 'deep'"):
+        load_config(write_config(), ["model.head.type=deep"])
+    with pytest.raises(ConfigError, match=r"model\.head\.hidden_size: got 0, allowed: an integer >= 1"):
+        load_config(write_config(), ["model.head.type=mlp", "model.head.hidden_size=0"])
