@@ -235,6 +235,16 @@ class LohaLokrConfig(StrategyConfig):
 
 
 @dataclass
+class FrozenEncoderConfig(StrategyConfig):
+    enabled: bool = False
+    learning_rate: float | None = 3e-1
+    cache_features: bool = True
+    """Compute what the frozen encoder gives each text once (dropout off) and train the head on that, reused by every epoch, seed and rate of the process; false: run the encoder every epoch. Needs a head that is one module reading one vector per text (BERT's own, or model.head linear or mlp); other models train uncached, with a log line."""
+    classifier: Literal["head", "logistic_regression"] = "head"
+    """`head`: train the head with the loop (its epochs, rate, early stopping); `logistic_regression`: fit scikit-learn's on the features (standardised), its C chosen on validation, and write it into the head (a one-layer head: the model's own, or model.head.type linear)."""
+
+
+@dataclass
 class StrategiesConfig:
     full: StrategyConfig = field(default_factory=StrategyConfig)
     """Every weight trains."""
@@ -246,7 +256,7 @@ class StrategiesConfig:
     """Trainable virtual tokens before the input (PEFT); the encoder stays frozen, the head trains."""
     partial_freezing: PartialFreezingConfig = field(default_factory=PartialFreezingConfig)
     """The top encoder layers, the pooler and the head train; embeddings and lower layers stay frozen."""
-    frozen_encoder: StrategyConfig = field(default_factory=lambda: StrategyConfig(enabled=False, learning_rate=3e-1))
+    frozen_encoder: FrozenEncoderConfig = field(default_factory=FrozenEncoderConfig)
     """Only the head trains (off by default, like partial_freezing): what tuning the encoder adds is measured against it."""
     gradual_unfreezing: GradualUnfreezingConfig = field(default_factory=GradualUnfreezingConfig)
     """The head first, then the encoder from the top, layer by layer, epoch by epoch (ULMFiT's schedule)."""
@@ -424,6 +434,9 @@ def _rule_problems(cfg: Config) -> list[str]:
             "an integer >= 0")
     require(unfreezing.layers_per_epoch >= 0, "strategies.gradual_unfreezing.layers_per_epoch",
             unfreezing.layers_per_epoch, "an integer >= 0 (0: all layers at once)")
+    require(cfg.strategies.frozen_encoder.classifier == "head" or m.head.type != "mlp",
+            "strategies.frozen_encoder.classifier", cfg.strategies.frozen_encoder.classifier,
+            "head with model.head.type: mlp (logistic regression stands in for one linear layer)")
     bottleneck = cfg.strategies.bottleneck_adapter
     require(bottleneck.reduction_factor >= 1, "strategies.bottleneck_adapter.reduction_factor",
             bottleneck.reduction_factor, "an integer >= 1")

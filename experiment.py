@@ -432,14 +432,23 @@ def fit_and_test(run: Run, cfg: Config, data: LabelledData, encoded: Encoded, ac
               "max_length": cfg.model.max_length, "data_fingerprint": data.fingerprint}
     parts = part_learning_rates(model, settings["learning_rate"], cfg.training.head_learning_rate,
                                 cfg.training.layer_lr_decay)
+    # a strategy may train on something cheaper than the whole model (its feature_view), or by other means than
+    # the gradient loop (its fit); both leave the trained weights in `model`
+    trained, inputs, features = model, encoded, None
+    if getattr(model, "feature_view", None):
+        trained, inputs, features = model.feature_view(model, encoded, cfg, accelerator)
+    fit = getattr(model, "fit", train)
     with run_trackers(cfg.output.trackers, run_dir.name, Path(cfg.output.dir) / "trackers", logged) as trackers:
-        result = train(model, encoded, cfg, settings["learning_rate"], run_dir, accelerator, run_key, resume,
-                       on_epoch=lambda entry: trackers.log(entry, step=entry["epoch"]),
-                       rates={name: rate for name, (_, rate) in parts.items()})
-        test = evaluate(model, encoded, "test", cfg.training, accelerator, task)
+        result = fit(trained, inputs, cfg, settings["learning_rate"], run_dir, accelerator, run_key, resume,
+                     on_epoch=lambda entry: trackers.log(entry, step=entry["epoch"]),
+                     rates={name: rate for name, (_, rate) in parts.items()})
+        test = evaluate(trained, inputs, "test", cfg.training, accelerator, task)
         trackers.log({f"test_{name}": test[name] for name in ["loss"] + [m.name for m in task.metrics]},
                      step=result["best_epoch"])
+    if features and features["cached"]:  # the time to compute them is part of this run's training time
+        result["train_time_s"] = round(result["train_time_s"] + features["seconds"], 2)
     return {**counts, **result, "parameter_groups": parameter_groups(parts, model), "init_from": init,
+            "features": features,
             "unfreezing": getattr(model, "unfreezing", None),
             "test": {"loss": test["loss"], **task.test_report(encoded.labels["test"], test["values"],
                                                              data.label_names)},

@@ -18,6 +18,7 @@ from transformers.modeling_outputs import SequenceClassifierOutput
 
 from checkpoints import BEST_WEIGHTS, load_weights
 from config import Config, HeadConfig, load_config, strategy_settings
+from probe import fit_logistic_regression, on_cached_features
 from results import RUN_RECORD
 from tasks import TASKS, Task
 from utils import ConfigError
@@ -96,8 +97,14 @@ def bitfit(model: PreTrainedModel, settings: dict[str, Any], task: Task) -> torc
 
 def frozen_encoder(model: PreTrainedModel, settings: dict[str, Any], task: Task) -> torch.nn.Module:
     """Only the task head trains, on top of the pre-trained encoder as it is: what fine-tuning adds is
-    measured against this."""
-    return train_only(model, lambda name: False)
+    measured against this. With `cache_features` it trains on the encoder's outputs computed once (the model's
+    `feature_view`); with `classifier: logistic_regression` scikit-learn fits the head (the model's `fit`)."""
+    train_only(model, lambda name: False)
+    if settings["cache_features"]:
+        model.feature_view = on_cached_features
+    if settings["classifier"] == "logistic_regression":
+        model.fit = fit_logistic_regression
+    return model
 
 
 def partial_freezing(model: PreTrainedModel, settings: dict[str, Any], task: Task) -> torch.nn.Module:

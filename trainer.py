@@ -278,10 +278,10 @@ def eval_batch_tokens(t: TrainingConfig, device: torch.device) -> int | None:
 
 
 @torch.inference_mode()
-def inference(model, encoded: Encoded, split: str, t: TrainingConfig, accelerator: Accelerator,
-              task: Task) -> tuple[float | None, np.ndarray]:
+def inference(model, encoded: Encoded, split: str, t: TrainingConfig, accelerator: Accelerator, task: Task,
+              values: Callable | None = None) -> tuple[float | None, np.ndarray]:
     """The mean loss (None for unlabelled text) and, per example in the split's original order, the task's
-    prediction values."""
+    prediction values (or what `values` makes of each batch's outputs)."""
     ids = encoded.ids[split]
     model.eval()
     batches = eval_batches([len(x) for x in ids], t.eval_batch_size, eval_batch_tokens(t, accelerator.device))
@@ -292,7 +292,7 @@ def inference(model, encoded: Encoded, split: str, t: TrainingConfig, accelerato
         outputs = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
         if "labels" in batch:
             loss_total += task.loss(outputs, batch["labels"])
-        predicted.append(task.prediction_values(outputs))
+        predicted.append((values or task.prediction_values)(outputs))
     predictions = torch.cat(predicted).cpu().numpy()
     in_order = np.empty_like(predictions)
     in_order[[i for rows in batches for i in rows]] = predictions

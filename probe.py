@@ -1,0 +1,187 @@
+"""Heads trained on what a frozen encoder gives each text: those features computed once per process and reused
+by every epoch, seed and rate (the cached linear probe), and a logistic regression fitted on them whose C is
+chosen on validation and which is then written into the model's head, so the run predicts and exports as any
+other."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.linear_model import LogisticRegression
+from transformers.modeling_outputs import SequenceClassifierOutput
+
+from checkpoints import BEST_WEIGHTS, save_weights, trainable_weights
+from config import Config
+from data import SPLITS, Encoded
+from tasks import TASKS
+from trainer import inference
+from utils import ConfigError
+
+logger = logging.getLogger(__name__)
+
+# The inverse regularisation strengths logistic regression tries; validation picks one.
+C_VALUES = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)
+
+# Features by what produced them (model, starting run, head kind, pooling), then by the text's token ids.
+FEATURES: dict[tuple, dict[tuple[int, ...], torch.Tensor]] = {}
+
+
+def head_of(model: torch.nn.Module) -> tuple[str, torch.nn.Module] | None:
+    """The one module beside the encoder that holds every trainable weight (the head), by name; None when the
+    trainable weights are spread over several (DistilBERT's pre_classifier and classifier) or lie in the encoder."""
+    if isinstance(model, CachedFeatures):
+        return model.head_name, getattr(model, model.head_name)
+    owners = {name.split(".")[0] for name, param in model.named_parameters() if param.requires_grad}
+    if len(owners) != 1 or not hasattr(model, "base_model"):
+        return None
+    name = owners.pop()
+    module = getattr(model, name)
+    return None if module is model.base_model else (name, module)
+
+
+def head_inputs(model: torch.nn.Module, head: torch.nn.Module, encoded: Encoded, split: str, cfg: Config,
+                accelerator) -> torch.Tensor:
+    """Per row of the split, in order, what `head` receives from the rest of the model with dropout off."""
+    captured = []
+    hook = head.register_forward_pre_hook(lambda module, args: captured.append(args[0].float()))
+    try:
+        _, features = inference(model, encoded, split, cfg.training, accelerator, TASKS[cfg.data.task],
+                                values=lambda outputs: captured.pop())
+    finally:
+        hook.remove()
+    if features.ndim != 2:
+        raise ValueError(f"the head reads {features.ndim - 1}-dimensional inputs per text, not one vector")
+    return torch.from_numpy(features)
+
+
+class CachedFeatures(torch.nn.Module):
+    """The head alone, on stored features: each text's input_ids start with its row in `features`. The head keeps
+    its name from the full model, so the weights it saves load into that model."""
+
+    def __init__(self, name: str, head: torch.nn.Module, features: torch.Tensor):
+        super().__init__()
+        self.head_name = name
+        self.add_module(name, head)
+        self.register_buffer("features", features, persistent=False)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask=None, **kwargs):
+        return SequenceClassifierOutput(logits=getattr(self, self.head_name)(self.features[input_ids[:, 0]]))
+
+
+def on_cached_features(model: torch.nn.Module, encoded: Encoded, cfg: Config, accelerator) -> tuple[torch.nn.Module, Encoded, dict]:
+    """The model's head on its features, and the splits as rows of those features, computing only the features of
+    texts this process has not seen under the same encoder; with what it computed and reused, for the record.
+    A model whose head is not one module reading one vector per text trains as it is."""
+    found = head_of(model)
+    if found is None:
+        logger.info("cache_features: the trainable weights of '%s' are not one head module; the encoder runs "
+                    "every epoch", model.name_or_path)
+        return model, encoded, {"cached": False}
+    name, head = found
+    m = cfg.model
+    store = FEATURES.setdefault((m.name, m.init_from, m.head.type == "model", m.head.pooling), {})
+    started = time.perf_counter()
+    texts = {tuple(ids) for split in SPLITS for ids in encoded.ids[split]}
+    missing = sorted(texts - store.keys())
+    if missing:
+        unlabelled = Encoded(ids={"rows": [list(ids) for ids in missing]}, labels=None, pad_id=encoded.pad_id,
+                             label_names=encoded.label_names)
+        try:
+            computed = head_inputs(model, head, unlabelled, "rows", cfg, accelerator)
+        except ValueError as err:
+            logger.info("cache_features: %s; the encoder runs every epoch", err)
+            return model, encoded, {"cached": False}
+        store.update(zip(missing, computed))
+    rows, ids = [], {}
+    for split in SPLITS:  # as long as the texts, so the batches (grouped by length) are the uncached run's
+        ids[split] = [[len(rows) + i] + [0] * (len(x) - 1) for i, x in enumerate(encoded.ids[split])]
+        rows += [store[tuple(x)] for x in encoded.ids[split]]
+    seconds = time.perf_counter() - started
+    logger.info("cache_features: %d texts' features computed, %d reused (%.1fs)", len(missing), len(texts) - len(missing),
+                seconds)
+    view = CachedFeatures(name, head, torch.stack(rows))
+    return view, dataclasses.replace(encoded, ids=ids), {"cached": True, "computed": len(missing),
+                                                         "reused": len(texts) - len(missing),
+                                                         "seconds": round(seconds, 2)}
+
+
+def the_linear_layer(head: torch.nn.Module) -> torch.nn.Linear:
+    """The single linear layer of a head that logistic regression can stand in for."""
+    layers = [m for m in head.modules() if isinstance(m, torch.nn.Linear)]
+    others = [m for m in head.modules() if next(m.parameters(recurse=False), None) is not None
+              and not isinstance(m, torch.nn.Linear)]
+    if len(layers) != 1 or others:
+        raise ConfigError("classifier: logistic_regression fits one linear layer, and this head has "
+                          f"{len(layers)} linear layers{' and other weights' if others else ''}: "
+                          "use classifier: head, or model.head.type linear")
+    return layers[0]
+
+
+def fit_logistic_regression(model, encoded: Encoded, cfg: Config, learning_rate: float, run_dir: Path, accelerator,
+                            run_key: dict, resume: bool = False, on_epoch=None, rates=None) -> dict:
+    """Fit scikit-learn's logistic regression on the head's input features (standardised on the training split)
+    at each C of C_VALUES, keep the C the validation metric of early stopping prefers, and write that solution
+    into the head's linear layer. Returns what trainer.train returns; the history has one entry."""
+    task, metric = TASKS[cfg.data.task], cfg.training.early_stopping.metric
+    found = head_of(model)
+    if found is None:
+        raise ConfigError(f"classifier: logistic_regression needs the trainable weights of '{cfg.model.name}' to be one "
+                          "head module; use classifier: head")
+    linear = the_linear_layer(found[1])
+    started = time.perf_counter()
+    x = {split: head_inputs(model, found[1], encoded, split, cfg, accelerator).double().numpy()
+         for split in ("train", "validation")}
+    y = {split: np.asarray(encoded.labels[split]) for split in ("train", "validation")}
+    mean, std = x["train"].mean(0), x["train"].std(0) + 1e-6
+    best, tried = None, []
+    for c in C_VALUES:
+        fitted = LogisticRegression(C=c, max_iter=2000).fit((x["train"] - mean) / std, y["train"])
+        weight, bias = full_weights(fitted, encoded.num_labels)
+        weight, bias = weight / std, bias - (weight / std) @ mean  # the same logits on unstandardised features
+        logits = {split: x[split] @ weight.T + bias for split in x}
+        scores = {"val_loss": cross_entropy(logits["validation"], y["validation"]),
+                  **{f"val_{name}": value for name, value in
+                     task.scores(y["validation"], logits["validation"], encoded.num_labels).items()}}
+        tried.append({"C": c, metric: scores[metric]})
+        if best is None or task.is_better(metric, scores[metric], best[0][metric]):
+            best = (scores, weight, bias, c, cross_entropy(logits["train"], y["train"]))
+    scores, weight, bias, c, train_loss = best
+    with torch.no_grad():
+        linear.weight.copy_(torch.as_tensor(weight, dtype=linear.weight.dtype))
+        linear.bias.copy_(torch.as_tensor(bias, dtype=linear.bias.dtype))
+    seconds = time.perf_counter() - started
+    entry = {"epoch": 1, "train_loss": train_loss, **scores, "lr": None, "seconds": seconds}
+    if on_epoch:
+        on_epoch(entry)
+    trained = {name for name, param in model.named_parameters() if param.requires_grad}
+    save_weights(run_dir / BEST_WEIGHTS, trainable_weights(model, accelerator, trained), run_key, 1)
+    logger.info("logistic regression: C=%g chosen on %s (%.4f) from %s | %.1fs", c, metric, scores[metric],
+                ", ".join(f"{t['C']:g}: {t[metric]:.4f}" for t in tried), seconds)
+    return {"history": [entry], "best_epoch": 1, "best_metric": scores[metric],
+            "stop_reason": f"logistic regression: C={c:g} chosen on {metric} from {len(C_VALUES)} values",
+            "optimizer_steps": 0, "train_time_s": round(seconds, 2),
+            "train_samples_per_s": round(len(y["train"]) / seconds, 2), "validation_time_s": 0.0,
+            "checkpoint_time_s": 0.0, "logistic_regression": {"C": c, "tried": tried}}
+
+
+def full_weights(fitted: LogisticRegression, num_labels: int) -> tuple[np.ndarray, np.ndarray]:
+    """One row of weights and one bias per label, in label order, whose softmax is the fitted probabilities.
+    scikit-learn keeps one row for two classes (the second's log-odds) and none for a label absent from training."""
+    weight, bias = np.zeros((num_labels, fitted.coef_.shape[1])), np.full(num_labels, -1e4)  # absent: never predicted
+    if len(fitted.classes_) == 2:
+        weight[fitted.classes_] = np.stack([-fitted.coef_[0] / 2, fitted.coef_[0] / 2])
+        bias[fitted.classes_] = [-fitted.intercept_[0] / 2, fitted.intercept_[0] / 2]
+    else:
+        weight[fitted.classes_], bias[fitted.classes_] = fitted.coef_, fitted.intercept_
+    return weight, bias
+
+
+def cross_entropy(logits: np.ndarray, labels: np.ndarray) -> float:
+    shifted = logits - logits.max(1, keepdims=True)
+    log_p = shifted - np.log(np.exp(shifted).sum(1, keepdims=True))
+    return float(-log_p[np.arange(len(labels)), labels].mean())
