@@ -245,6 +245,19 @@ class FrozenEncoderConfig(StrategyConfig):
 
 
 @dataclass
+class SetFitConfig(StrategyConfig):
+    enabled: bool = False
+    learning_rate: float | None = 2e-5
+    """The encoder's rate in contrastive training (SetFit's `body_learning_rate`); the head is fitted, not trained at a rate."""
+    num_iterations: int = 20
+    """Pairs drawn per training text: this many with a text of the same label and this many with another label."""
+    num_epochs: int = 1
+    """Passes over the pairs."""
+    batch_size: int = 16
+    """Pairs per step of contrastive training."""
+
+
+@dataclass
 class StrategiesConfig:
     full: StrategyConfig = field(default_factory=StrategyConfig)
     """Every weight trains."""
@@ -268,6 +281,8 @@ class StrategiesConfig:
     """Low-rank Hadamard-product adapters on the target projections (PEFT LoHa); the head trains too."""
     lokr: LohaLokrConfig = field(default_factory=LohaLokrConfig)
     """Kronecker-product adapters on the target projections (PEFT LoKr); the head trains too."""
+    setfit: SetFitConfig = field(default_factory=SetFitConfig)
+    """SetFit (off by default): contrastive fine-tuning of the encoder on pairs of texts, then a logistic-regression head; made for few examples per class."""
 
 
 @dataclass
@@ -437,6 +452,9 @@ def _rule_problems(cfg: Config) -> list[str]:
     require(cfg.strategies.frozen_encoder.classifier == "head" or m.head.type != "mlp",
             "strategies.frozen_encoder.classifier", cfg.strategies.frozen_encoder.classifier,
             "head with model.head.type: mlp (logistic regression stands in for one linear layer)")
+    fit = cfg.strategies.setfit
+    for key in ("num_iterations", "num_epochs", "batch_size"):
+        require(getattr(fit, key) >= 1, f"strategies.setfit.{key}", getattr(fit, key), "an integer >= 1")
     bottleneck = cfg.strategies.bottleneck_adapter
     require(bottleneck.reduction_factor >= 1, "strategies.bottleneck_adapter.reduction_factor",
             bottleneck.reduction_factor, "an integer >= 1")

@@ -19,6 +19,7 @@ from transformers.modeling_outputs import SequenceClassifierOutput
 from checkpoints import BEST_WEIGHTS, load_weights
 from config import Config, HeadConfig, load_config, strategy_settings
 from probe import fit_logistic_regression, on_cached_features
+from setfit_body import fit_setfit
 from results import RUN_RECORD
 from tasks import TASKS, Task
 from utils import ConfigError
@@ -246,8 +247,21 @@ def with_head(model: PreTrainedModel, head: HeadConfig, num_labels: int) -> PreT
         return SequenceClassifierOutput(logits=model.classifier(pool(hidden, attention_mask, head.pooling)))
 
     model.forward = forward
+    model.head_config = head
     model.not_exportable = (f"its model.head ({head.type}) is not part of any Hugging Face model class, so the folder would load "
                             "with another head; use python main.py predict --run RUN (or Predictor.from_run)")
+    return model
+
+
+def setfit(model: PreTrainedModel, settings: dict[str, Any], task: Task) -> torch.nn.Module:
+    """SetFit (Tunstall et al. 2022): the whole encoder tunes contrastively on pairs of training texts (same label or
+    not), then logistic regression fits the head on its pooled outputs, both in the model's `fit`. Without a
+    model.head, SetFit's own: linear on the mean over tokens, the pooling sentence-transformers models use."""
+    if getattr(model, "head_config", None) is None:
+        with_head(model, HeadConfig(type="linear", pooling="mean", dropout=0.0), model.config.num_labels)
+    for param in model.parameters():
+        param.requires_grad = True
+    model.fit = fit_setfit
     return model
 
 
@@ -317,6 +331,7 @@ STRATEGIES: dict[str, Callable[[PreTrainedModel, dict[str, Any], Task], torch.nn
     "ia3": ia3,
     "loha": loha,
     "lokr": lokr,
+    "setfit": setfit,
 }
 
 

@@ -32,16 +32,13 @@ FEATURES: dict[tuple, dict[tuple[int, ...], torch.Tensor]] = {}
 
 
 def head_of(model: torch.nn.Module) -> tuple[str, torch.nn.Module] | None:
-    """The one module beside the encoder that holds every trainable weight (the head), by name; None when the
-    trainable weights are spread over several (DistilBERT's pre_classifier and classifier) or lie in the encoder."""
+    """The one module beside the encoder that holds weights (the head), by name; None when there are several
+    (DistilBERT's pre_classifier and classifier)."""
     if isinstance(model, CachedFeatures):
         return model.head_name, getattr(model, model.head_name)
-    owners = {name.split(".")[0] for name, param in model.named_parameters() if param.requires_grad}
-    if len(owners) != 1 or not hasattr(model, "base_model"):
-        return None
-    name = owners.pop()
-    module = getattr(model, name)
-    return None if module is model.base_model else (name, module)
+    beside = [(name, child) for name, child in model.named_children()
+              if child is not getattr(model, "base_model", None) and next(child.parameters(), None) is not None]
+    return beside[0] if len(beside) == 1 else None
 
 
 def head_inputs(model: torch.nn.Module, head: torch.nn.Module, encoded: Encoded, split: str, cfg: Config,
@@ -78,8 +75,8 @@ def on_cached_features(model: torch.nn.Module, encoded: Encoded, cfg: Config, ac
     texts this process has not seen under the same encoder; with what it computed and reused, for the record.
     A model whose head is not one module reading one vector per text trains as it is."""
     found = head_of(model)
-    if found is None:
-        logger.info("cache_features: the trainable weights of '%s' are not one head module; the encoder runs "
+    if found is None:  # the strategy trains the head alone, so the head is all that is not cached
+        logger.info("cache_features: the head of '%s' is not one module beside the encoder; the encoder runs "
                     "every epoch", model.name_or_path)
         return model, encoded, {"cached": False}
     name, head = found
@@ -130,8 +127,8 @@ def fit_logistic_regression(model, encoded: Encoded, cfg: Config, learning_rate:
     task, metric = TASKS[cfg.data.task], cfg.training.early_stopping.metric
     found = head_of(model)
     if found is None:
-        raise ConfigError(f"classifier: logistic_regression needs the trainable weights of '{cfg.model.name}' to be one "
-                          "head module; use classifier: head")
+        raise ConfigError(f"classifier: logistic_regression needs the head of '{cfg.model.name}' to be one module "
+                          "beside the encoder; use classifier: head")
     linear = the_linear_layer(found[1])
     started = time.perf_counter()
     x = {split: head_inputs(model, found[1], encoded, split, cfg, accelerator).double().numpy()

@@ -46,7 +46,7 @@ CONFIG_MISTAKES = {
     "LoRA rank 0": (["strategies.lora.rank=0"], "strategies.lora.rank: got 0, allowed: an integer >= 1"),
     "patience below 1": (["training.early_stopping.patience=0"], "training.early_stopping.patience: got 0"),
     "unknown strategy in the config": (["strategies.adapterz.enabled=true"],
-                                       "unknown strategy 'adapterz'; known strategies: bitfit, bottleneck_adapter, frozen_encoder, full, gradual_unfreezing, ia3, loha, lokr, lora, partial_freezing, prompt_tuning"),
+                                       "unknown strategy 'adapterz'; known strategies: bitfit, bottleneck_adapter, frozen_encoder, full, gradual_unfreezing, ia3, loha, lokr, lora, partial_freezing, prompt_tuning, setfit"),
     "no strategy enabled": ([f"strategies.{s}.enabled=false" for s in STRATEGIES], "no strategy enabled"),
     "both data.name and data.path": (["data.name=ag_news"], "set exactly one of data.name"),
     "neither data.name nor data.path": (["data.path=null"], "set exactly one of data.name"),

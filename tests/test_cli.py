@@ -31,7 +31,8 @@ def test_all_strategies_end_to_end_then_plots(write_config, tmp_path):
     config = write_config(strategies={"prompt_tuning": {"num_virtual_tokens": 4}, "partial_freezing": {"enabled": True},
                                       "frozen_encoder": {"enabled": True}, "ia3": {"enabled": True}, "gradual_unfreezing": {"enabled": True},
                                       "bottleneck_adapter": {"enabled": True},
-                                      "loha": {"enabled": True}, "lokr": {"enabled": True}})
+                                      "loha": {"enabled": True}, "lokr": {"enabled": True},
+                                      "setfit": {"enabled": True, "num_iterations": 2}})
     result = main_py("--config", config)
     assert result.returncode == 0, result.stderr
     runs = results(tmp_path)

@@ -42,7 +42,7 @@ def test_overrides_are_typed_by_the_schema(write_config):
 @pytest.mark.parametrize("override, message", [
     ("training.learning_rte=1e-4", r"unknown key 'training\.learning_rte'; did you mean 'training\.learning_rate'\?"),
     ("trainng.seed=1", r"unknown key section 'trainng'; did you mean 'training'\?"),
-    ("strategies.adapterz.enabled=true", r"unknown strategy 'adapterz'; known strategies: bitfit, bottleneck_adapter, frozen_encoder, full, gradual_unfreezing, ia3, loha, lokr, lora, partial_freezing, prompt_tuning"),
+    ("strategies.adapterz.enabled=true", r"unknown strategy 'adapterz'; known strategies: bitfit, bottleneck_adapter, frozen_encoder, full, gradual_unfreezing, ia3, loha, lokr, lora, partial_freezing, prompt_tuning, setfit"),
     ("training.batch_size=abc", r"training\.batch_size: expected an integer, got 'abc'"),
     ("training.batch_size=0", r"training\.batch_size: got 0, allowed: an integer >= 1"),
     ("training.learning_rate=-1e-5", r"training\.learning_rate: got -1e-05, allowed: a number > 0"),

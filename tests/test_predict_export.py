@@ -20,8 +20,8 @@ from predict import Predictor
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, tiny_model_dir):
-    """One output folder holding a failed run, a run that kept no weights, a run with an MLP head, then (the latest
-    experiment) one run of every strategy."""
+    """One output folder holding a failed run, a run that kept no weights, a run with an MLP head, a logistic
+    regression on the frozen encoder, then (the latest experiment) one run of every strategy."""
     folder = tmp_path_factory.mktemp("trained")
     pd.DataFrame(labelled_rows(per_class=30)).to_csv(folder / "tickets.csv", index=False)
     config = folder / "config.yaml"
@@ -32,7 +32,7 @@ def trained(tmp_path_factory, tiny_model_dir):
         "strategies": {"prompt_tuning": {"num_virtual_tokens": 4}, "partial_freezing": {"enabled": True},
                        "frozen_encoder": {"enabled": True}, "ia3": {"enabled": True}, "loha": {"enabled": True},
                        "gradual_unfreezing": {"enabled": True}, "bottleneck_adapter": {"enabled": True},
-                       "lokr": {"enabled": True}},
+                       "lokr": {"enabled": True}, "setfit": {"enabled": True, "num_iterations": 2}},
         "output": {"dir": str(folder / "outputs")}}))
     base = ["--config", str(config)]
     assert main.main(base + ["--strategy", "full", "strategies.full.learning_rate=1e30", "training.num_epochs=1"]) == 1
@@ -40,6 +40,9 @@ def trained(tmp_path_factory, tiny_model_dir):
     # an MLP head on mean-pooled tokens, under LoRA (PEFT saves the head beside the adapter)
     assert main.main(base + ["--strategy", "lora", "training.seed=3", "model.head.type=mlp", "model.head.pooling=mean",
                              "model.head.hidden_size=16"]) == 0
+    # logistic regression written into the head of the frozen encoder
+    assert main.main(base + ["--strategy", "frozen_encoder", "training.seed=5",
+                             "strategies.frozen_encoder.classifier=logistic_regression"]) == 0
     assert main.main(base) == 0
     runs = json.loads((folder / "outputs" / "results" / "all_results.json").read_text())["runs"]
     return {"folder": folder, "config": config, "output": folder / "outputs", "runs": runs,
@@ -169,9 +172,14 @@ def test_bottleneck_adapters_predict_but_are_refused_by_export_with_the_reason(t
     assert "cannot be exported: bottleneck adapters are not part of any Hugging Face model class" in capsys.readouterr().err
 
 
-def test_a_run_with_its_own_head_predicts_as_tested_and_export_refuses_it(trained, capsys):
-    [record] = [r for r in trained["runs"] if r["seed"] == 3]
+@pytest.mark.parametrize("seed", [3, 5])  # an MLP head; logistic regression in the frozen encoder's head
+def test_runs_that_are_not_trained_by_the_loop_alone_predict_as_tested(trained, seed):
+    [record] = [r for r in trained["runs"] if r["seed"] == seed]
     rows = Predictor.from_run(record["run_id"], trained["output"]).predict(trained["test_texts"])
     assert [record["dataset"]["label_names"].index(row["predicted_label"]) for row in rows] == record["test_predictions"]
+
+
+def test_a_run_with_its_own_head_is_refused_by_export(trained, capsys):
+    [record] = [r for r in trained["runs"] if r["seed"] == 3]
     assert cli(trained, "export", "--run", record["run_id"], "--out", trained["folder"] / "export-mlp") == 2
     assert "cannot be exported: its model.head (mlp) is not part of any Hugging Face model class" in capsys.readouterr().err

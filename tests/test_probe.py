@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 from sklearn.linear_model import LogisticRegression
+from transformers import BertConfig, BertForSequenceClassification
 
 import main
 from conftest import prepared
@@ -67,10 +68,10 @@ def test_features_are_the_pooled_encoder_output_computed_once_per_process(write_
 
 
 def test_the_head_is_found_only_where_it_is_one_module():
-    distilbert = tiny_distilbert()
-    for name, param in distilbert.named_parameters():
-        param.requires_grad = not name.startswith("distilbert.")
-    assert head_of(distilbert) is None  # pre_classifier and classifier: trains uncached
+    assert head_of(tiny_distilbert()) is None  # pre_classifier and classifier: trains uncached
+    bert = BertForSequenceClassification(BertConfig(vocab_size=50, hidden_size=8, num_hidden_layers=1,
+                                                    num_attention_heads=2, intermediate_size=16, num_labels=3))
+    assert head_of(bert) == ("classifier", bert.classifier)
 
 
 @pytest.mark.parametrize("classes", [[0, 1], [0, 2, 3]])

@@ -30,7 +30,8 @@ def trainable_names_are_expected(strategy: str, name: str) -> bool:
             "bottleneck_adapter": ".adapter." in name or "LayerNorm" in name or head,
             "ia3": "ia3_l" in name or head,
             "loha": "hada_" in name or head,
-            "lokr": "lokr_" in name or head}[strategy]
+            "lokr": "lokr_" in name or head,
+            "setfit": True}[strategy]
 
 
 @pytest.mark.parametrize("head", ["model", "mlp"])
