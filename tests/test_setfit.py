@@ -1,0 +1,32 @@
+"""SetFit: contrastive training moves every weight of the run's own encoder, then logistic regression fills the
+head; setfit reads the texts the run's tokenizer kept."""
+
+import torch
+
+from conftest import prepared
+from model import build_model, load_tokenizer
+from trainer import make_accelerator
+from utils import set_seed
+
+
+def test_setfit_tunes_the_whole_encoder_then_fits_a_linear_head_on_mean_pooling(write_config, tmp_path):
+    cfg, data, encoded = prepared(write_config(), ["strategies.setfit.num_iterations=2",
+                                                   "strategies.setfit.learning_rate=1e-3"])
+    set_seed(0)
+    model = build_model(cfg, "setfit", data.label_names)
+    assert model.head_config.type == "linear" and model.head_config.pooling == "mean"
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    result = model.fit(model, encoded, cfg, 1e-3, tmp_path / "run", make_accelerator(False), run_key={})
+    unchanged = [n for n, p in model.named_parameters() if torch.equal(p.detach().cpu(), before[n])]
+    assert unchanged == []  # every encoder weight and the head
+    assert result["setfit"]["body_seconds"] > 0 and result["logistic_regression"]["C"] > 0
+    assert result["stop_reason"].startswith("SetFit: contrastive body training, then logistic regression: C=")
+    assert len(result["history"]) == 1 and result["best_metric"] == result["history"][0]["val_macro_f1"]
+
+
+def test_the_texts_setfit_reads_tokenize_back_to_the_runs_token_ids(write_config):
+    cfg, data, encoded = prepared(write_config())
+    tokenizer = load_tokenizer(cfg)
+    texts = tokenizer.batch_decode(encoded.ids["train"], skip_special_tokens=True)
+    again = tokenizer(texts, truncation=True, max_length=cfg.model.max_length)["input_ids"]
+    assert again == encoded.ids["train"]
