@@ -309,11 +309,20 @@ RELATIVE_COST = {"full": 1.0, "lora": 0.8, "bitfit": 0.52, "prompt_tuning": 1.04
                  "frozen_encoder": 0.25}
 
 
+def passes(run: Run) -> int:
+    """How many times the run encodes each training text: its epochs; one for a head fitted on features;
+    SetFit: each text is in 2 x num_iterations pairs of two texts, each pass over them."""
+    settings = strategy_settings(run.cfg, run.strategy)
+    if run.strategy == "setfit":
+        return 4 * settings["num_iterations"] * settings["num_epochs"]
+    return 1 if settings.get("classifier") == "logistic_regression" else run.cfg.training.num_epochs
+
+
 def planned_cost(run: Run, inputs: Inputs) -> float:
-    """A run's training cost from its plan alone (tokens to train on x epochs x the strategy's relative cost),
+    """A run's training cost from its plan alone (tokens to train on x passes x the strategy's relative cost),
     so that every worker computes the same shares, whatever has run already."""
     _, encoded = inputs.for_run(run)
-    return sum(map(len, encoded.ids["train"])) * run.cfg.training.num_epochs * RELATIVE_COST.get(run.strategy, 1.0)
+    return sum(map(len, encoded.ids["train"])) * passes(run) * RELATIVE_COST.get(run.strategy, 1.0)
 
 
 def assign_shards(costs: list[float], shards: int) -> list[int]:
@@ -535,7 +544,7 @@ def estimate_seconds(runs: list[Run], inputs: Inputs, completed: dict[str, dict]
         known = speeds.get((run.strategy, run.cfg.model.name, run.cfg.model.max_length))
         measured += bool(known)
         speed = sorted(known)[len(known) // 2] if known else GUESSED_SAMPLES_PER_S
-        total += len(encoded.labels["train"]) * run.cfg.training.num_epochs / speed
+        total += len(encoded.labels["train"]) * passes(run) / speed
     if not runs:
         return 0.0, "nothing to run"
     return total, (f"{measured} of {len(runs)} run(s) timed from earlier runs here, the rest guessed at "

@@ -257,8 +257,12 @@ def setfit(model: PreTrainedModel, settings: dict[str, Any], task: Task) -> torc
     """SetFit (Tunstall et al. 2022): the whole encoder tunes contrastively on pairs of training texts (same label or
     not), then logistic regression fits the head on its pooled outputs, both in the model's `fit`. Without a
     model.head, SetFit's own: linear on the mean over tokens, the pooling sentence-transformers models use."""
-    if getattr(model, "head_config", None) is None:
+    head = getattr(model, "head_config", None)
+    if head is None:
         with_head(model, HeadConfig(type="linear", pooling="mean", dropout=0.0), model.config.num_labels)
+    elif head.type == "mlp":
+        raise ConfigError("strategies.setfit: logistic regression fits its head, one linear layer, so model.head.type "
+                          "mlp cannot be used with it; set model.head.type: linear (or model)")
     for param in model.parameters():
         param.requires_grad = True
     model.fit = fit_setfit
