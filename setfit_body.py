@@ -5,6 +5,7 @@ predicts and compares like every other."""
 from __future__ import annotations
 
 import logging
+import tempfile
 import time
 from pathlib import Path
 
@@ -32,14 +33,17 @@ def fit_setfit(model, encoded: Encoded, cfg: Config, learning_rate: float, run_d
     texts = tokenizer.batch_decode(encoded.ids["train"], skip_special_tokens=True)
     body = SentenceTransformer(resolve_model_path(cfg.model.name), device=str(accelerator.device))
     body[0].model = model.base_model.to(accelerator.device)  # train the run's own encoder (and init_from's weights)
-    args = TrainingArguments(output_dir=str(run_dir / "setfit"), batch_size=settings["batch_size"],
+    # setfit wants a folder for checkpoints; this run saves none there (save_strategy no), so a scratch one
+    scratch = tempfile.TemporaryDirectory()
+    args = TrainingArguments(output_dir=scratch.name, batch_size=settings["batch_size"],
                              num_epochs=settings["num_epochs"], num_iterations=settings["num_iterations"],
                              body_learning_rate=learning_rate, max_length=cfg.model.max_length, seed=cfg.training.seed,
                              report_to="none", save_strategy="no", logging_strategy="no", show_progress_bar=False)
     trainer = Trainer(model=SetFitModel(model_body=body), args=args,
                       train_dataset=Dataset.from_dict({"text": texts, "label": encoded.labels["train"]}))
     started = time.perf_counter()
-    trainer.train_embeddings(texts, encoded.labels["train"], args=args)
+    with scratch:
+        trainer.train_embeddings(texts, encoded.labels["train"], args=args)
     body_seconds = time.perf_counter() - started
     logger.info("setfit: contrastive training of the encoder on %d texts took %.1fs", len(texts), body_seconds)
     result = fit_logistic_regression(model, encoded, cfg, learning_rate, run_dir, accelerator, run_key, resume,

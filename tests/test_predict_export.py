@@ -163,7 +163,8 @@ def test_bad_inputs_are_one_line_with_exit_status_2(trained, capsys):
         assert cli(trained, *argv) == 2, argv
         err = capsys.readouterr().err.strip()
         assert err.startswith("error: ") and "\n" not in err and expected in err, (argv, err)
-    assert cli(trained, "export", "--out", full_out, "--force") == 0  # --force writes into it
+    [full] = [r for r in latest(trained) if r["strategy"] == "full"]
+    assert cli(trained, "export", "--run", full["run_id"], "--out", full_out, "--force") == 0  # --force writes into it
 
 
 def test_bottleneck_adapters_predict_but_are_refused_by_export_with_the_reason(trained, capsys):
