@@ -163,7 +163,10 @@ def format_p(p: float) -> str:
 
 
 def format_share(ratio: float) -> str:
+    """A share of another's parameters: "0.33%", "16.3%", "80%"; from ten times as many, a multiple: "300×"."""
     percent = 100 * ratio
+    if ratio >= 10:
+        return f"{ratio:.0f}×"
     return f"{percent:.2f}%" if percent < 1 else f"{percent:.1f}%" if percent < 10 else f"{percent:.0f}%"
 
 
@@ -171,7 +174,8 @@ def describe_costs(costs: dict[str, float | None], whose: str = "its") -> str:
     """"0.33% of its trainable parameters, 0.93× its training time and 0.51× its peak memory"."""
     parts = []
     if costs["params"] is not None:
-        parts.append(f"{format_share(costs['params'])} of {whose} trainable parameters")
+        share = format_share(costs["params"])
+        parts.append(f"{share}{'' if share.endswith('×') else ' of'} {whose} trainable parameters")
     if costs["time"] is not None:
         parts.append(f"{costs['time']:.2f}× {whose} training time")
     if costs["memory"] is not None:

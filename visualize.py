@@ -146,7 +146,9 @@ class Plotter:
             values = [[h[key] for r in runs for h in r["history"] if h["epoch"] == e] for e in epochs]
             mean = np.array([np.mean(v) for v in values])
             std = np.array([np.std(v, ddof=1) if len(v) > 1 else 0.0 for v in values])
-            line, = ax.plot(list(epochs), mean, marker="o", label=f"{configuration_label(row)}, {len(runs)} run(s)")
+            fitted = all(r.get("optimizer_steps") == 0 for r in runs)  # a head fitted in one go: one point
+            line, = ax.plot(list(epochs), mean, marker="o", label=f"{configuration_label(row)}, {len(runs)} run(s)"
+                            + (", fitted, not trained by epoch" if fitted else ""))
             if len(runs) > 1:
                 ax.fill_between(list(epochs), mean - std, mean + std, color=line.get_color(), alpha=0.2)
         ax.set_xlabel("epoch")

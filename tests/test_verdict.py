@@ -11,7 +11,7 @@ from predict import find_run
 from report import summarize, summary_markdown, terminal_summary, write_summary
 from tasks import TASKS
 from utils import atomic_write_json
-from verdict import describe, standing
+from verdict import describe, describe_costs, standing
 
 TASK = TASKS["classification"]
 LABELS = ["billing", "shipping", "account"]
@@ -195,3 +195,10 @@ def test_separated_needs_the_interval_and_the_p_value_and_every_seed():
     assert standing({**behind, "high": 0.001}, True) == ("within noise", False)
     # for a metric where lower is better (an error), the same numbers mean ahead
     assert standing(behind, higher_is_better=False) == ("ahead", False)
+
+
+def test_costs_read_as_shares_below_ten_times_and_as_multiples_above():
+    assert describe_costs({"params": 0.0033, "time": 0.93, "memory": None}) == \
+        "0.33% of its trainable parameters and 0.93× its training time"
+    assert describe_costs({"params": 300.25, "time": None, "memory": 3.04}) == \
+        "300× its trainable parameters and 3.04× its peak memory"
