@@ -432,10 +432,11 @@ def fit_and_test(run: Run, cfg: Config, data: LabelledData, encoded: Encoded, ac
     if init:
         logger.info("%s starts from run %s (%s); its head: %s", run_dir.name, init["run_id"], init["folder"], init["head"])
     counts = parameter_counts(model)
-    logger.info("%s | %d train examples | %d epochs | effective batch %d | lr %.1e | trainable %d of %d (%.3f%%)",
-                run_dir.name, len(encoded.labels["train"]), cfg.training.num_epochs,
-                cfg.training.batch_size * cfg.training.gradient_accumulation_steps, settings["learning_rate"],
-                counts["trainable_params"], counts["total_params"], counts["trainable_pct"])
+    how = (f"{cfg.training.num_epochs} epochs | effective batch "
+           f"{cfg.training.batch_size * cfg.training.gradient_accumulation_steps} | lr {settings['learning_rate']:.1e}"
+           if not getattr(model, "fit", None) else f"not trained by epoch: {model.fit.__name__}")
+    logger.info("%s | %d train examples | %s | trainable %d of %d (%.3f%%)", run_dir.name, len(encoded.labels["train"]),
+                how, counts["trainable_params"], counts["total_params"], counts["trainable_pct"])
     run_key = dataclasses.replace(run, cfg=cfg).key(data.fingerprint)  # after an OOM retry: its batch settings
     logged = {**dataclasses.asdict(cfg.training), **settings, "strategy": run.strategy, "model": cfg.model.name,
               "max_length": cfg.model.max_length, "data_fingerprint": data.fingerprint}
