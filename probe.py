@@ -46,14 +46,19 @@ def head_inputs(model: torch.nn.Module, head: torch.nn.Module, encoded: Encoded,
                 accelerator) -> torch.Tensor:
     """Per row of the split, in order, what `head` receives from the rest of the model with dropout off."""
     captured = []
+
+    def one_vector_per_text(outputs) -> torch.Tensor:
+        features = captured.pop()
+        if features.ndim != 2:  # RoBERTa's and ELECTRA's heads read every token's hidden state
+            raise ValueError(f"the head reads {features.ndim - 1}-dimensional inputs per text, not one vector")
+        return features
+
     hook = head.register_forward_pre_hook(lambda module, args: captured.append(args[0].float()))
     try:
         _, features = inference(model, encoded, split, cfg.training, accelerator, TASKS[cfg.data.task],
-                                values=lambda outputs: captured.pop())
+                                values=one_vector_per_text)
     finally:
         hook.remove()
-    if features.ndim != 2:
-        raise ValueError(f"the head reads {features.ndim - 1}-dimensional inputs per text, not one vector")
     return torch.from_numpy(features)
 
 

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 from sklearn.linear_model import LogisticRegression
-from transformers import BertConfig, BertForSequenceClassification
+from transformers import (BertConfig, BertForSequenceClassification, RobertaConfig,
+                          RobertaForSequenceClassification)
 
 import main
 from conftest import prepared
@@ -72,6 +73,17 @@ def test_the_head_is_found_only_where_it_is_one_module():
     bert = BertForSequenceClassification(BertConfig(vocab_size=50, hidden_size=8, num_hidden_layers=1,
                                                     num_attention_heads=2, intermediate_size=16, num_labels=3))
     assert head_of(bert) == ("classifier", bert.classifier)
+
+
+def test_a_head_that_reads_every_token_trains_uncached(write_config):
+    cfg, data, encoded = prepared(write_config())
+    roberta = RobertaForSequenceClassification(RobertaConfig(
+        vocab_size=100, hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16,
+        num_labels=3, pad_token_id=0, max_position_embeddings=40))
+    for name, param in roberta.named_parameters():
+        param.requires_grad = name.startswith("classifier.")
+    view, inputs, info = on_cached_features(roberta, encoded, cfg, make_accelerator(False))
+    assert info == {"cached": False} and view is roberta and inputs is encoded
 
 
 @pytest.mark.parametrize("classes", [[0, 1], [0, 2, 3]])
