@@ -386,8 +386,11 @@ def _rule_problems(cfg: Config) -> list[str]:
     require(m.dropout is None or 0 <= m.dropout < 1, "model.dropout", m.dropout, "0 <= dropout < 1, or null")
     require(m.head.hidden_size >= 1, "model.head.hidden_size", m.head.hidden_size, "an integer >= 1")
     require(0 <= m.head.dropout < 1, "model.head.dropout", m.head.dropout, "0 <= dropout < 1")
-    require(m.head.type != "model" or m.head.pooling == "cls", "model.head.pooling", m.head.pooling,
-            "cls with model.head.type: model (the model's own head pools as it was built to); set type linear or mlp")
+    # rules across keys a grid varies are checked on each run's config (expand_grid), not on the file's
+    varied = set(cfg.sweep) | {key for settings in cfg.variants.values() for key in settings}
+    if not varied & {"model.head.type", "model.head.pooling"}:
+        require(m.head.type != "model" or m.head.pooling == "cls", "model.head.pooling", m.head.pooling,
+                "cls with model.head.type: model (the model's own head pools as it was built to); set type linear or mlp")
     require(d.task in TASKS, "data.task", d.task, ", ".join(TASKS))
     if (d.name is None) == (d.path is None):
         problems.append("data: set exactly one of data.name (a Hub data set) and data.path (a local "
@@ -449,9 +452,10 @@ def _rule_problems(cfg: Config) -> list[str]:
             "an integer >= 0")
     require(unfreezing.layers_per_epoch >= 0, "strategies.gradual_unfreezing.layers_per_epoch",
             unfreezing.layers_per_epoch, "an integer >= 0 (0: all layers at once)")
-    require(cfg.strategies.frozen_encoder.classifier == "head" or m.head.type != "mlp",
-            "strategies.frozen_encoder.classifier", cfg.strategies.frozen_encoder.classifier,
-            "head with model.head.type: mlp (logistic regression stands in for one linear layer)")
+    if not varied & {"model.head.type", "strategies.frozen_encoder.classifier"}:
+        require(cfg.strategies.frozen_encoder.classifier == "head" or m.head.type != "mlp",
+                "strategies.frozen_encoder.classifier", cfg.strategies.frozen_encoder.classifier,
+                "head with model.head.type: mlp (logistic regression stands in for one linear layer)")
     fit = cfg.strategies.setfit
     for key in ("num_iterations", "num_epochs", "batch_size"):
         require(getattr(fit, key) >= 1, f"strategies.setfit.{key}", getattr(fit, key), "an integer >= 1")

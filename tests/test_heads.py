@@ -51,3 +51,11 @@ def test_head_settings_are_checked_at_load(write_config):
         load_config(write_config(), ["model.head.type=deep"])
     with pytest.raises(ConfigError, match=r"model\.head\.hidden_size: got 0, allowed: an integer >= 1"):
         load_config(write_config(), ["model.head.type=mlp", "model.head.hidden_size=0"])
+
+
+def test_a_grid_over_heads_is_checked_run_by_run(write_config):
+    # the file's own head is the model's, with mean pooling: wrong alone, right for every run the sweep makes
+    cfg = load_config(write_config(sweep={"model.head.type": ["linear", "mlp"]}), ["model.head.pooling=mean"])
+    assert cfg.model.head.pooling == "mean"
+    with pytest.raises(ConfigError, match=r"the run with model\.head\.type=model: model\.head\.pooling: got 'mean'"):
+        load_config(write_config(sweep={"model.head.type": ["model", "linear"]}), ["model.head.pooling=mean"])
