@@ -458,7 +458,7 @@ def fit_and_test(run: Run, cfg: Config, data: LabelledData, encoded: Encoded, ac
     if features and features["cached"]:  # the time to compute them is part of this run's training time
         result["train_time_s"] = round(result["train_time_s"] + features["seconds"], 2)
     return {**counts, **result, "parameter_groups": parameter_groups(parts, model), "init_from": init,
-            "features": features,
+            "features": features, "export_refused": getattr(model, "not_exportable", None),
             "unfreezing": getattr(model, "unfreezing", None),
             "test": {"loss": test["loss"], **task.test_report(encoded.labels["test"], test["values"],
                                                              data.label_names)},

@@ -83,7 +83,7 @@ def summarize(runs: list[dict], metric: str) -> dict:
             "validation": aggregate([validation_score(r, metric) for r in done]),
             # records made before a metric existed lack it: the mean is over those that have it
             "test": {m.name: aggregate([r["test"][m.name] for r in done if m.name in r["test"]]) for m in task.metrics},
-            "trainable_params": first.get("trainable_params"),
+            "trainable_params": first.get("trainable_params"), "export_refused": first.get("export_refused"),
             "train_time_s": aggregate([r["train_time_s"] for r in done]),
             "peak_memory_mb": aggregate([r["peak_memory_mb"] for r in done]),
             "chosen": False,
@@ -424,8 +424,10 @@ def terminal_summary(summary: dict, folder: Path) -> str:
              f"Files: {folder / 'summary.md'}" + (f" adds {', '.join(rest)}" if rest else "")
              + "; summary.csv and comparisons.csv beside it; plots and report.html: python visualize.py"]
     if summary["verdict"]["kind"] != "none":
+        recommended = next(r for r in summary["rows"] if r["config_id"] == summary["verdict"]["recommended_config_id"])
         lines.append('Use the recommended run: python main.py predict --run recommended --text "..." '
-                     "(or export --run recommended --out DIR)")
+                     + ("(or export --run recommended --out DIR)" if not recommended.get("export_refused")
+                        else "(export refuses it: its head is in no Hugging Face model class)"))
     return "\n".join(lines)
 
 

@@ -23,6 +23,7 @@ def fit_setfit(model, encoded: Encoded, cfg: Config, learning_rate: float, run_d
     from datasets import Dataset
     from sentence_transformers import SentenceTransformer
     from setfit import SetFitModel, Trainer, TrainingArguments
+    from transformers import PrinterCallback, ProgressCallback
 
     from model import load_tokenizer, resolve_model_path
 
@@ -41,6 +42,8 @@ def fit_setfit(model, encoded: Encoded, cfg: Config, learning_rate: float, run_d
                              report_to="none", save_strategy="no", logging_strategy="no", show_progress_bar=False)
     trainer = Trainer(model=SetFitModel(model_body=body), args=args,
                       train_dataset=Dataset.from_dict({"text": texts, "label": encoded.labels["train"]}))
+    for printer in (PrinterCallback, ProgressCallback):  # this runner logs the stage itself, in its own format
+        trainer.remove_callback(printer)
     started = time.perf_counter()
     with scratch:
         trainer.train_embeddings(texts, encoded.labels["train"], args=args)

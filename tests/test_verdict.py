@@ -156,6 +156,11 @@ def test_the_summary_opens_with_the_verdict_and_compares_with_the_winner(everyth
     if not everything:
         short = terminal_summary(summary, tmp_path)
         assert "adds all 3 pairs of strategies" in short and str(tmp_path / "summary.md") in short
+        assert short.endswith("(or export --run recommended --out DIR)")
+        for record in runs:  # a recommended run whose head export cannot write is not offered for export
+            record["export_refused"] = "its model.head (mlp) is not part of any Hugging Face model class"
+        short = terminal_summary(summarize(runs, "val_macro_f1"), tmp_path)
+        assert short.endswith("(export refuses it: its head is in no Hugging Face model class)")
         return
     write_summary(summary, tmp_path)
     saved = json.loads((tmp_path / "verdict.json").read_text())
