@@ -520,7 +520,8 @@ def print_plan(runs: list[Run], ids: list[str], cached: set[str], inputs: Inputs
     for run in runs:
         data = inputs.data_for(run)
         settings = {k: v for k, v in strategy_settings(run.cfg, run.strategy).items() if k != "learning_rate"}
-        shape = stable_hash([run.strategy, settings, run.cfg.model.name, len(data.label_names)])
+        shape = stable_hash([run.strategy, settings, run.cfg.model.name, dataclasses.asdict(run.cfg.model.head),
+                             len(data.label_names)])
         if shape not in built:
             built.add(shape)
             counts = parameter_counts(build_model(run.cfg, run.strategy, data.label_names))

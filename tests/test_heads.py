@@ -59,3 +59,14 @@ def test_a_grid_over_heads_is_checked_run_by_run(write_config):
     assert cfg.model.head.pooling == "mean"
     with pytest.raises(ConfigError, match=r"the run with model\.head\.type=model: model\.head\.pooling: got 'mean'"):
         load_config(write_config(sweep={"model.head.type": ["model", "linear"]}), ["model.head.pooling=mean"])
+
+
+def test_the_dry_run_counts_the_parameters_of_each_head(write_config, capsys):
+    import main
+
+    config = write_config(sweep={"model.head.type": ["linear", "mlp"]})
+    assert main.main(["--config", str(config), "--strategy", "frozen_encoder", "model.head.hidden_size=8",
+                      "--dry-run"]) == 0
+    lines = [line.split() for line in capsys.readouterr().out.splitlines() if "trainable of" in line]
+    # the tiny BERT's hidden size is 32, with 3 labels: 32 x 3 + 3 for linear, 32 x 8 + 8 + 8 x 3 + 3 for the MLP
+    assert [(line[1], line[2]) for line in lines] == [("model.head.type=linear", "99"), ("model.head.type=mlp", "291")]
