@@ -27,6 +27,7 @@ from model import (build_model, check_against_model, load_model_config, load_tok
                    parameter_counts, part_learning_rates, source_run)
 from report import describe_baseline, summarize, terminal_summary, write_summary
 from results import RUN_RECORD, read_results, results_file, save_record, write_experiment
+from setfit_body import encodings_per_text
 from tasks import TASKS
 from trackers import run_trackers
 from trainer import evaluate, make_accelerator, train
@@ -310,11 +311,11 @@ RELATIVE_COST = {"full": 1.0, "lora": 0.8, "bitfit": 0.52, "prompt_tuning": 1.04
 
 
 def passes(run: Run) -> int:
-    """How many times the run encodes each training text: its epochs; one for a head fitted on features;
-    SetFit: each text is in 2 x num_iterations pairs of two texts, each pass over them."""
+    """How many times the run encodes each training text: its epochs; one for a head fitted on features; SetFit:
+    as often as its contrastive training does."""
     settings = strategy_settings(run.cfg, run.strategy)
     if run.strategy == "setfit":
-        return 4 * settings["num_iterations"] * settings["num_epochs"]
+        return encodings_per_text(settings)
     return 1 if settings.get("classifier") == "logistic_regression" else run.cfg.training.num_epochs
 
 

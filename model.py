@@ -209,6 +209,10 @@ def gradual_unfreezing(model: PreTrainedModel, settings: dict[str, Any], task: T
     return model
 
 
+# The activations a config may name (model.head.activation, strategies.bottleneck_adapter.activation).
+ACTIVATIONS = {"relu": torch.nn.ReLU, "gelu": torch.nn.GELU}
+
+
 def pool(hidden: torch.Tensor, attention_mask: torch.Tensor | None, pooling: str) -> torch.Tensor:
     """One vector per text from the last hidden states: the first token's, or the mean over real tokens."""
     if pooling == "cls":
@@ -232,7 +236,7 @@ def with_head(model: PreTrainedModel, head: HeadConfig, num_labels: int) -> PreT
     if head.type == "linear":
         layers = [torch.nn.Dropout(head.dropout), torch.nn.Linear(size, num_labels)]
     else:
-        layers = [torch.nn.Linear(size, head.hidden_size), {"relu": torch.nn.ReLU(), "gelu": torch.nn.GELU()}[head.activation],
+        layers = [torch.nn.Linear(size, head.hidden_size), ACTIVATIONS[head.activation](),
                   torch.nn.Dropout(head.dropout), torch.nn.Linear(head.hidden_size, num_labels)]
     model.classifier = torch.nn.Sequential(*layers)
     for layer in model.classifier:
@@ -248,8 +252,8 @@ def with_head(model: PreTrainedModel, head: HeadConfig, num_labels: int) -> PreT
 
     model.forward = forward
     model.head_config = head
-    model.not_exportable = (f"its model.head ({head.type}) is not part of any Hugging Face model class, so the folder would load "
-                            "with another head; use python main.py predict --run RUN (or Predictor.from_run)")
+    model.not_exportable = (f"its model.head ({head.type}) is not part of any Hugging Face model class, so the folder "
+                            "would load with another head; use python main.py predict --run RUN (or Predictor.from_run)")
     return model
 
 
@@ -276,7 +280,7 @@ class Bottleneck(torch.nn.Module):
     def __init__(self, size: int, reduction_factor: int, activation: str):
         super().__init__()
         self.down = torch.nn.Linear(size, max(1, size // reduction_factor))
-        self.activation = {"relu": torch.nn.ReLU(), "gelu": torch.nn.GELU()}[activation]
+        self.activation = ACTIVATIONS[activation]()
         self.up = torch.nn.Linear(self.down.out_features, size)
         torch.nn.init.zeros_(self.up.weight)
         torch.nn.init.zeros_(self.up.bias)

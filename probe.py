@@ -13,13 +13,14 @@ from pathlib import Path
 import numpy as np
 import torch
 from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import log_loss
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 from checkpoints import BEST_WEIGHTS, save_weights, trainable_weights
 from config import Config
 from data import SPLITS, Encoded
 from measure import stopwatch
-from tasks import TASKS
+from tasks import TASKS, probabilities
 from trainer import inference
 from utils import ConfigError
 
@@ -151,12 +152,12 @@ def fit_logistic_regression(model, encoded: Encoded, cfg: Config, learning_rate:
             weight, bias = weight / std, bias - (weight / std) @ mean  # the same logits on unstandardised features
         with stopwatch(spent, "validation"):
             logits = {split: x[split] @ weight.T + bias for split in x}
-            scores = {"val_loss": cross_entropy(logits["validation"], y["validation"]),
+            scores = {"val_loss": mean_log_loss(logits["validation"], y["validation"], encoded.num_labels),
                       **{f"val_{name}": value for name, value in
                          task.scores(y["validation"], logits["validation"], encoded.num_labels).items()}}
         tried.append({"C": c, metric: scores[metric]})
         if best is None or task.is_better(metric, scores[metric], best[0][metric]):
-            best = (scores, weight, bias, c, cross_entropy(logits["train"], y["train"]))
+            best = (scores, weight, bias, c, mean_log_loss(logits["train"], y["train"], encoded.num_labels))
     scores, weight, bias, c, train_loss = best
     with torch.no_grad():
         linear.weight.copy_(torch.as_tensor(weight, dtype=linear.weight.dtype))
@@ -174,7 +175,8 @@ def fit_logistic_regression(model, encoded: Encoded, cfg: Config, learning_rate:
             "stop_reason": f"logistic regression: C={c:g} chosen on {metric} from {len(C_VALUES)} values",
             "optimizer_steps": 0, "train_time_s": round(seconds, 2),
             "train_samples_per_s": round(len(y["train"]) / seconds, 2),
-            "validation_time_s": round(spent["validation"], 2), "checkpoint_time_s": round(spent["checkpoint"], 2), "logistic_regression": {"C": c, "tried": tried}}
+            "validation_time_s": round(spent["validation"], 2), "checkpoint_time_s": round(spent["checkpoint"], 2),
+            "logistic_regression": {"C": c, "tried": tried}}
 
 
 def full_weights(fitted: LogisticRegression, num_labels: int) -> tuple[np.ndarray, np.ndarray]:
@@ -189,7 +191,6 @@ def full_weights(fitted: LogisticRegression, num_labels: int) -> tuple[np.ndarra
     return weight, bias
 
 
-def cross_entropy(logits: np.ndarray, labels: np.ndarray) -> float:
-    shifted = logits - logits.max(1, keepdims=True)
-    log_p = shifted - np.log(np.exp(shifted).sum(1, keepdims=True))
-    return float(-log_p[np.arange(len(labels)), labels].mean())
+def mean_log_loss(logits: np.ndarray, labels: np.ndarray, num_labels: int) -> float:
+    """The mean cross-entropy of logits, as the loop reports its losses (per example)."""
+    return float(log_loss(labels, probabilities(logits), labels=range(num_labels)))
