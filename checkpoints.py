@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from accelerate import Accelerator
+from accelerate.utils import gather_object
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as safetensors_bytes
 
@@ -53,20 +54,25 @@ def load_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
 def save_checkpoint(run_dir: Path, model, optimizer, scheduler, accelerator: Accelerator, state: dict,
                     run_key: dict, trained: set[str]) -> None:
     """Everything a resumed run needs: trainable weights, optimizer, scheduler, grad scaler, the loop's state
-    and the random number generators, as tensors and plain data only."""
-    numpy_state = np.random.get_state()
-    python_state = random.getstate()
+    and the random number generators (of every process, under several), as tensors and plain data only.
+    Every process calls it; the main process writes."""
+    rng = random_states()
+    every_process = gather_object([rng]) if accelerator.num_processes > 1 else None
     with atomic_open(run_dir / RESUME_STATE) as f:  # straight into the file: no second copy in memory
         torch.save({
             "run_key": run_key, "trainable": trainable_weights(model, accelerator, trained),
             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
-            "state": state,
-            "rng": {"torch": torch.get_rng_state(),
-                    "numpy": [numpy_state[0], numpy_state[1].tolist(), *numpy_state[2:]],
-                    "python": [python_state[0], list(python_state[1]), python_state[2]],
-                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+            "state": state, "rng": rng, "rng_by_process": every_process,
         }, f)
+
+
+def random_states() -> dict:
+    numpy_state = np.random.get_state()
+    python_state = random.getstate()
+    return {"torch": torch.get_rng_state(), "numpy": [numpy_state[0], numpy_state[1].tolist(), *numpy_state[2:]],
+            "python": [python_state[0], list(python_state[1]), python_state[2]],
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
 
 
 def read_resume_state(path: Path, mmap: bool = False) -> dict:
@@ -93,7 +99,10 @@ def load_checkpoint(run_dir: Path, model, optimizer, scheduler, accelerator: Acc
     scheduler.load_state_dict(checkpoint["scheduler"])
     if checkpoint["scaler"] is not None and accelerator.scaler is not None:
         accelerator.scaler.load_state_dict(checkpoint["scaler"])
-    rng = checkpoint["rng"]
+    # each process continues its own generators; under another number of processes, the main one's
+    by_process = checkpoint.get("rng_by_process")
+    same_processes = by_process is not None and len(by_process) == accelerator.num_processes
+    rng = by_process[accelerator.process_index] if same_processes else checkpoint["rng"]
     torch.set_rng_state(rng["torch"])
     name, keys, *rest = rng["numpy"]
     np.random.set_state((name, np.asarray(keys, dtype=np.uint32), *rest))

@@ -31,7 +31,7 @@ from setfit_body import encodings_per_text
 from tasks import TASKS
 from trackers import run_trackers
 from trainer import evaluate, make_accelerator, train
-from utils import ConfigError, atomic_write_bytes, atomic_write_json, set_seed, stable_hash
+from utils import ConfigError, atomic_write_bytes, atomic_write_json, is_main_process, set_seed, stable_hash
 
 logger = logging.getLogger("bertlab")
 
@@ -247,6 +247,8 @@ def run_experiment(cfg: Config, strategies: list[str], *, resume: bool = False, 
         costs = [planned_cost(run, inputs) for run in runs]
         owners = assign_shards(costs, shard[1])
         mine = [i for i, owner in enumerate(owners) if owner == shard[0]]
+    if not is_main_process() and (dry_run or summary_only):  # the main process prints them
+        return 0
     if dry_run:
         print_plan(runs, ids, cached, inputs, completed, cfg, mine)
         if shard is not None:
@@ -262,9 +264,9 @@ def run_experiment(cfg: Config, strategies: list[str], *, resume: bool = False, 
     logger.info("%d run(s) planned%s: %d already completed (reused; --force runs them again), %d to run",
                 len(mine), share, sum(ids[i] in cached for i in mine), sum(ids[i] not in cached for i in mine))
     accelerator = make_accelerator(cfg.training.fp16, cfg.training.bf16)
-    if accelerator.num_processes > 1:  # each process would train on every batch and write every record
-        raise ConfigError(f"one run on {accelerator.num_processes} processes (accelerate launch, torchrun) is not "
-                          "supported yet: start one python main.py --shard K/N per GPU instead")
+    if accelerator.num_processes > 1 and "setfit" in strategies:  # its stage runs a trainer of its own
+        raise ConfigError(f"strategy setfit trains on one process, and this launch has {accelerator.num_processes}: "
+                          "run it with python main.py --strategy setfit")
     failed = 0
     for number, i in enumerate(mine, 1):
         if ids[i] in cached:
@@ -273,6 +275,8 @@ def run_experiment(cfg: Config, strategies: list[str], *, resume: bool = False, 
         run_data, encoded = inputs.for_run(runs[i])
         record = run_one(runs[i], ids[i], run_data, encoded, accelerator, baseline_of(run_data, runs[i].cfg), resume)
         failed += record["status"] != "completed"
+    if not accelerator.is_main_process:  # the main process summarises
+        return 1 if failed else 0
     if shard is not None:
         finished = {r["run_id"] for r in read_results(results_path)}
         if not set(ids) <= finished:
@@ -367,6 +371,7 @@ def run_one(run: Run, run_id: str, data: LabelledData, encoded: Encoded, acceler
               "seed": cfg.training.seed,
               "hyperparameters": {**dataclasses.asdict(cfg.training), **settings, "max_length": cfg.model.max_length},
               "device": device_name(accelerator.device), "mixed_precision": accelerator.mixed_precision,
+              "num_processes": accelerator.num_processes,
               "versions": library_versions(), "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     started = time.perf_counter()
     attempt = cfg
@@ -409,7 +414,7 @@ def run_one(run: Run, run_id: str, data: LabelledData, encoded: Encoded, acceler
     finally:  # also when interrupted, so the memory sampler does not outlive the run
         record["peak_memory_mb"], record["peak_memory_measure"] = memory.stop()
         accelerator.free_memory()
-    if cfg.output.keep_checkpoints == "none":
+    if cfg.output.keep_checkpoints == "none" and accelerator.is_main_process:
         for checkpoint in [*run_dir.glob("*.pt"), *run_dir.glob("*.safetensors")]:
             checkpoint.unlink()
     record["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")

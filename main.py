@@ -21,7 +21,7 @@ from pathlib import Path
 from config import load_config
 from experiment import run_experiment
 from model import STRATEGIES
-from utils import ConfigError
+from utils import ConfigError, is_main_process
 
 
 def add_common(parser: argparse.ArgumentParser) -> None:
@@ -129,14 +129,18 @@ def main(argv: list[str] | None = None) -> int:
     else:
         make_parser, command = experiment_parser, experiment_command
     args = make_parser().parse_intermixed_args(argv)  # overrides may come before and after options
-    logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO, datefmt="%H:%M:%S",
-                        format="%(asctime)s %(levelname)s %(message)s")
+    # under a launch of several processes, the others speak only of errors
+    level = logging.DEBUG if args.debug else logging.INFO if is_main_process() else logging.ERROR
+    logging.basicConfig(level=level, datefmt="%H:%M:%S", format="%(asctime)s %(levelname)s %(message)s")
     import transformers
 
     transformers.logging.set_verbosity_error()  # the "newly initialized classifier" notice is expected here
     transformers.logging.disable_progress_bar()
     # peft 0.21 calls a transformers method that transformers 5 has renamed: nothing for users to act on
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+    # Accelerate passes no other way to turn off torch's broadcast of buffers before each forward; these models'
+    # buffers never change, and evaluation, shared unevenly among processes, must not wait on one another
+    warnings.filterwarnings("ignore", message=".*broadcast_buffers.* is deprecated", category=FutureWarning)
     try:
         return command(args)
     except ConfigError as err:

@@ -1,5 +1,5 @@
-"""The training loop, the same for every strategy: Accelerate for devices and mixed precision,
-AdamW over trainable parameters, linear warm-up and decay, early stopping on validation,
+"""The training loop, the same for every strategy: Accelerate for devices, mixed precision and several
+processes, AdamW over trainable parameters, linear warm-up and decay, early stopping on validation,
 checkpoints that resume exactly."""
 
 from __future__ import annotations
@@ -9,13 +9,14 @@ import math
 import signal
 import threading
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, DistributedDataParallelKwargs
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
@@ -25,6 +26,7 @@ from config import Config, TrainingConfig
 from data import Encoded, collate, epoch_rows, eval_batches, train_batches
 from measure import stopwatch
 from tasks import TASKS, Task
+from utils import process_state
 
 logger = logging.getLogger(__name__)
 
@@ -94,7 +96,10 @@ def make_accelerator(fp16: bool, bf16: bool = False, warn: bool = True) -> Accel
         reason = "training.fp16 is ignored without a CUDA GPU"
     if (fp16 or bf16) and precision == "no" and warn:
         logger.warning("%s: half-precision matmul is far slower elsewhere; training in fp32", reason)
-    return Accelerator(mixed_precision=precision)
+    process_state()  # first, so that a launch without GPUs is set up for gloo
+    # Buffers are constants in these models, and a frozen encoder's cached features are one: broadcasting them
+    # before every forward would only cost time.
+    return Accelerator(mixed_precision=precision, kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)])
 
 
 def compile_layers(model: torch.nn.Module) -> None:
@@ -138,6 +143,9 @@ def train(model: torch.nn.Module, encoded: Encoded, cfg: Config, learning_rate: 
     trained = {name for name, param in model.named_parameters() if param.requires_grad}  # what checkpoints hold
     before_epoch = getattr(model, "before_epoch", None)  # a strategy that changes what trains from epoch to epoch
     optimizer = make_optimizer(model, learning_rate, t.weight_decay, rates)
+    # parameters that freeze and thaw between epochs give no gradient while frozen, which data parallelism must
+    # be told of (a graph traversal per step, so only then)
+    accelerator.ddp_handler.find_unused_parameters = before_epoch is not None
     model, optimizer = accelerator.prepare(model, optimizer)
     if t.compile:
         compile_layers(accelerator.unwrap_model(model))
@@ -190,7 +198,7 @@ def train(model: torch.nn.Module, encoded: Encoded, cfg: Config, learning_rate: 
             checkpoint()
             if state.stop_reason:
                 break
-            if stop.requested:
+            if in_any_process(stop.requested, accelerator):
                 raise KeyboardInterrupt
 
     accelerator.unwrap_model(model).load_state_dict(best_weights, strict=False)
@@ -204,31 +212,38 @@ def train(model: torch.nn.Module, encoded: Encoded, cfg: Config, learning_rate: 
 def train_epoch(model, optimizer, scheduler, accelerator: Accelerator, encoded: Encoded, t: TrainingConfig, task: Task,
                 loss_of: Callable, epoch: int, state: TrainState, checkpoint, stop: StopRequest) -> tuple[float, float]:
     """One pass over the training split (from where a mid-epoch checkpoint left it); returns the mean
-    loss per example and the seconds it took."""
+    loss per example and the seconds it took. Under several processes each batch is shared out among them,
+    so the optimizer sees the gradients of the whole batch, as on one."""
     ids, labels = encoded.ids["train"], encoded.labels["train"]
     rows = epoch_rows(labels, t.sampler, t.seed, epoch)
     batches = train_batches([len(x) for x in ids], t.batch_size, t.seed, epoch, rows)
-    accum = t.gradient_accumulation_steps
+    accum, processes = t.gradient_accumulation_steps, accelerator.num_processes
     model.train()
-    # summed on the device: no host sync per step
-    loss_total = torch.tensor(state.epoch_loss, device=accelerator.device)
+    # summed on the device: no host sync per step; a checkpoint holds the sum over processes
+    loss_total = torch.tensor(state.epoch_loss if accelerator.is_main_process else 0.0, device=accelerator.device)
     # the first batch whose loss is not finite, also tracked on the device and read every CHECK_FINITE_EVERY batches
     first_nonfinite = torch.tensor(-1, device=accelerator.device)
     start = time.perf_counter() - state.epoch_seconds
     progress = tqdm(range(state.batches_done, len(batches)), initial=state.batches_done, total=len(batches),
-                    desc=f"epoch {epoch + 1}", leave=False, mininterval=1, disable=None)
+                    desc=f"epoch {epoch + 1}", leave=False, mininterval=1, disable=not accelerator.is_main_process or None)
     for i in progress:
         window_start = i - i % accum
         # Each window's loss is the mean over its examples, so 2 x 4 accumulates exactly what 8 does.
         window_examples = sum(len(b) for b in batches[window_start:window_start + accum])
-        batch = device_batch(encoded, "train", batches[i], accelerator, task)
-        loss = loss_of(model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]), batch["labels"])
-        accelerator.backward(loss / window_examples)
+        last_of_window = (i + 1) % accum == 0 or i + 1 == len(batches)
+        share, weight = process_share(batches[i], accelerator.process_index, processes)
+        batch = device_batch(encoded, "train", share, accelerator, task)
+        # gradients are exchanged once per window, at its last batch
+        with nullcontext() if last_of_window else accelerator.no_sync(model):
+            loss = weight * loss_of(model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]),
+                                    batch["labels"])
+            # data parallelism averages the processes' gradients; their sum is the batch's
+            accelerator.backward(loss * processes / window_examples)
         loss_total += loss.detach()
         first_nonfinite = torch.where((first_nonfinite < 0) & ~torch.isfinite(loss.detach()), i, first_nonfinite)
         if (i + 1) % CHECK_FINITE_EVERY == 0 or i + 1 == len(batches):
-            _fail_if_nonfinite(int(first_nonfinite), epoch, len(batches), accum)
-        if (i + 1) % accum == 0 or i + 1 == len(batches):
+            _fail_if_nonfinite(first_in_any_process(first_nonfinite, accelerator), epoch, len(batches), accum)
+        if last_of_window:
             if t.max_grad_norm is not None:
                 accelerator.clip_grad_norm_(model.parameters(), t.max_grad_norm)  # unscales fp16 grads first
             optimizer.step()
@@ -237,16 +252,40 @@ def train_epoch(model, optimizer, scheduler, accelerator: Accelerator, encoded: 
             optimizer.zero_grad(set_to_none=True)
             state.step += 1
             every = t.checkpoint_every_steps
-            if i + 1 < len(batches) and (stop.requested or (every and state.step % every == 0)):
-                _fail_if_nonfinite(int(first_nonfinite), epoch, len(batches), accum)  # never checkpoint a NaN
-                state.batches_done, state.epoch_loss = i + 1, loss_total.item()
+            stopping = in_any_process(stop.requested, accelerator)
+            if i + 1 < len(batches) and (stopping or (every and state.step % every == 0)):
+                # never checkpoint a NaN
+                _fail_if_nonfinite(first_in_any_process(first_nonfinite, accelerator), epoch, len(batches), accum)
+                state.batches_done, state.epoch_loss = i + 1, accelerator.reduce(loss_total, "sum").item()
                 paused = time.perf_counter()
                 state.epoch_seconds = paused - start
                 checkpoint()
                 start += time.perf_counter() - paused  # the epoch's seconds count training only
-                if stop.requested:
+                if stopping:
                     raise KeyboardInterrupt
-    return loss_total.item() / len(rows), time.perf_counter() - start
+    return accelerator.reduce(loss_total, "sum").item() / len(rows), time.perf_counter() - start
+
+
+def process_share(batch: list[int], process: int, processes: int) -> tuple[list[int], float]:
+    """This process's rows of a batch (a contiguous run, so similar in length) and the weight of their loss.
+    A process left without rows computes the batch's first at weight 0: every process must take part in
+    each exchange of gradients."""
+    share = np.array_split(np.asarray(batch), processes)[process].tolist()
+    return (share, 1.0) if share else (batch[:1], 0.0)
+
+
+def in_any_process(flag: bool, accelerator: Accelerator) -> bool:
+    """Whether `flag` holds in some process: every process gets the same answer, so all stop together."""
+    if accelerator.num_processes == 1:
+        return flag
+    return bool(accelerator.gather(torch.tensor([flag], device=accelerator.device)).any())
+
+
+def first_in_any_process(first_nonfinite: torch.Tensor, accelerator: Accelerator) -> int:
+    """The first batch whose loss was not finite in some process (-1: none), the same in every process."""
+    found = accelerator.gather(first_nonfinite.reshape(1))
+    found = found[found >= 0]
+    return int(found.min()) if len(found) else -1
 
 
 def _fail_if_nonfinite(batch: int, epoch: int, num_batches: int, accum: int) -> None:
@@ -281,22 +320,31 @@ def eval_batch_tokens(t: TrainingConfig, device: torch.device) -> int | None:
 def inference(model, encoded: Encoded, split: str, t: TrainingConfig, accelerator: Accelerator, task: Task,
               values: Callable | None = None) -> tuple[float | None, np.ndarray]:
     """The mean loss (None for unlabelled text) and, per example in the split's original order, the task's
-    prediction values (or what `values` makes of each batch's outputs)."""
+    prediction values (or what `values` makes of each batch's outputs). Several processes share the batches
+    out and gather what each computed, every example once."""
     ids = encoded.ids[split]
     model.eval()
     batches = eval_batches([len(x) for x in ids], t.eval_batch_size, eval_batch_tokens(t, accelerator.device))
+    mine = batches[accelerator.process_index::accelerator.num_processes]
     loss_total = torch.zeros((), device=accelerator.device)
     predicted = []  # kept on the device: one transfer at the end instead of a host sync per batch
-    for batch_rows in tqdm(batches, desc=f"eval {split}", leave=False, mininterval=1, disable=None):
+    # a process without a batch of its own computes the first and drops it, so that it has values to gather
+    for batch_rows in tqdm(mine or batches[:1], desc=f"eval {split}", leave=False, mininterval=1,
+                           disable=not accelerator.is_main_process or None):
         batch = device_batch(encoded, split, batch_rows, accelerator, task)
         outputs = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-        if "labels" in batch:
+        if "labels" in batch and mine:
             loss_total += task.loss(outputs, batch["labels"])
         predicted.append((values or task.prediction_values)(outputs))
-    predictions = torch.cat(predicted).cpu().numpy()
+    rows = torch.tensor([i for batch_rows in mine for i in batch_rows] if mine else [-1] * len(batches[0]),
+                        device=accelerator.device)
+    predictions = accelerator.gather(accelerator.pad_across_processes(torch.cat(predicted)))
+    rows = accelerator.gather(accelerator.pad_across_processes(rows, pad_index=-1))
+    predictions, rows = predictions[rows >= 0].cpu().numpy(), rows[rows >= 0].cpu().numpy()
     in_order = np.empty_like(predictions)
-    in_order[[i for rows in batches for i in rows]] = predictions
-    return (loss_total.item() / len(ids) if encoded.labels is not None else None), in_order
+    in_order[rows] = predictions
+    loss = accelerator.reduce(loss_total, "sum").item() / len(ids) if encoded.labels is not None else None
+    return loss, in_order
 
 
 def evaluate(model, encoded: Encoded, split: str, t: TrainingConfig, accelerator: Accelerator, task: Task) -> dict:

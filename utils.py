@@ -1,5 +1,5 @@
-"""Small helpers that several modules share: the user-mistake exception, seeding, stable hashes and
-file writes that never leave half a file behind."""
+"""Small helpers that several modules share: the user-mistake exception, seeding, stable hashes, which
+process of a launch this is, and file writes that never leave half a file behind."""
 
 from __future__ import annotations
 
@@ -40,10 +40,28 @@ def stable_hash(obj, length: int = 12) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:length]
 
 
+def process_state():
+    """Accelerate's view of this process: its rank among the processes of a launch (`accelerate launch`,
+    `torchrun`) and their number. Without a GPU, such a launch communicates through gloo."""
+    import torch
+    from accelerate import PartialState
+
+    return PartialState(cpu=not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1)
+
+
+def is_main_process() -> bool:
+    return process_state().is_main_process
+
+
 @contextlib.contextmanager
 def atomic_open(path: Path):
     """A binary file that appears at `path` only once fully written (temporary file, fsync, rename),
-    so readers and resumed runs never see half a file."""
+    so readers and resumed runs never see half a file. Only the main process of a launch writes: the
+    others compute the same results, and what they write here is dropped."""
+    if not is_main_process():
+        with open(os.devnull, "wb") as sink:
+            yield sink
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
