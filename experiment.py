@@ -389,6 +389,10 @@ def run_one(run: Run, run_id: str, data: LabelledData, encoded: Encoded, acceler
                 record.update(fit_and_test(run, attempt, data, encoded, accelerator, run_dir, resume))
                 break
             except torch.OutOfMemoryError:
+                if accelerator.num_processes > 1:  # the others wait in an exchange: end this process, and the launch
+                    raise SystemExit(f"{run_id}: out of memory in process {accelerator.process_index} of "
+                                     f"{accelerator.num_processes}: lower training.batch_size (the batch of all "
+                                     "processes together) or raise gradient_accumulation_steps, then --resume") from None
                 if attempt.training.batch_size == 1:
                     raise
             # outside the except block, so the failed attempt's model and optimizer can be freed; they sit in
