@@ -112,7 +112,7 @@ def test_bf16_excludes_fp16_and_falls_back_to_fp32_with_one_warning_without_a_gp
     assert "training.bf16 is ignored without a CUDA GPU that supports bfloat16" in caplog.text
 
 
-def test_one_run_on_several_processes_is_refused_until_it_is_supported(write_config, monkeypatch, capsys):
+def test_setfit_is_refused_under_several_processes(write_config, monkeypatch, capsys):
     import experiment
 
     def launched_twice(fp16, bf16):
@@ -121,5 +121,5 @@ def test_one_run_on_several_processes_is_refused_until_it_is_supported(write_con
         return accelerator
 
     monkeypatch.setattr(experiment, "make_accelerator", launched_twice)
-    assert main.main(["--config", str(write_config()), "--strategy", "lora"]) == 2
-    assert "one run on 2 processes (accelerate launch, torchrun) is not supported yet" in capsys.readouterr().err
+    assert main.main(["--config", str(write_config()), "--strategy", "lora", "--strategy", "setfit"]) == 2
+    assert "strategy setfit trains on one process, and this launch has 2" in capsys.readouterr().err
