@@ -60,17 +60,19 @@ class AugmentConfig:
 @dataclass
 class DataConfig:
     task: str = "classification"
-    """What is predicted: a task of tasks.TASKS (`classification` is the only one so far)."""
+    """What is predicted: `classification` (one label per text or pair, from a fixed set) or `regression` (one number per text or pair, e.g. a similarity score)."""
     name: str | None = None
     """A Hub data set (`ag_news`, `imdb`, `banking77`, `trec`, `emotion` with known columns, or any Hub id); exactly one of `name` and `path`."""
     path: str | None = None
     """A CSV/TSV/JSON/JSONL/Parquet file, or a folder with train/validation/test files."""
     text_column: str | None = None
     """Column holding the text; null: the known Hub data set's, else `text`."""
+    text_pair_column: str | None = None
+    """Column holding each example's second text, for sentence pairs (entailment, paraphrase, similarity): the two are encoded together, with token type ids, cut longest first to max_length; null: single texts."""
     label_column: str | None = None
-    """Column holding the label (strings or integers); null: the known Hub data set's, else `label`."""
+    """Column holding the label (classification: strings or integers; regression: numbers); null: the known Hub data set's, else `label`."""
     train_size: int | None = None
-    """Cap on training rows, sampled per class; null keeps all."""
+    """Cap on training rows, sampled per class (regression: at random); null keeps all."""
     validation_size: float = 0.1
     """Share of train held out for validation when the source has no validation split."""
     test_size: float = 0.2
@@ -432,7 +434,10 @@ def _rule_problems(cfg: Config) -> list[str]:
             "balanced, a non-empty list of numbers > 0 in label order, {label: number > 0}, or null")
     require(t.early_stopping.patience >= 1, "training.early_stopping.patience",
             t.early_stopping.patience, "an integer >= 1")
+    require(not (d.augment.enabled and d.text_pair_column), "data.augment.enabled", d.augment.enabled,
+            "false with data.text_pair_column (augmentation perturbs single texts)")
     if d.task in TASKS:
+        problems += TASKS[d.task].config_problems(cfg)
         choices = TASKS[d.task].selection_metrics()
         require(t.early_stopping.metric in (None, *choices), "training.early_stopping.metric", t.early_stopping.metric,
                 f"{', '.join(choices)} (validation metrics of {d.task}), or null")

@@ -13,6 +13,7 @@ import torch
 from sklearn.model_selection import train_test_split
 
 from config import AugmentConfig, DataConfig
+from tasks import TASKS
 from utils import ConfigError, stable_hash
 
 logger = logging.getLogger(__name__)
@@ -53,24 +54,27 @@ READERS = {
 
 @dataclass
 class LabelledData:
-    """Texts and integer labels per split, with the label names the integers stand for."""
+    """Texts (and, for sentence pairs, their second texts) and labels per split, with the label names (the
+    classes the integer labels stand for; regression: the one predicted column)."""
 
     name: str
     texts: dict[str, list[str]]
-    labels: dict[str, list[int]]
+    labels: dict[str, list]
     label_names: list[str]
     cleaning: dict = dataclasses.field(default_factory=dict)  # what load_data dropped or found, per split
+    pairs: dict[str, list[str]] | None = None
 
     @property
     def fingerprint(self) -> str:
-        return stable_hash([self.texts, self.labels, self.label_names], length=16)
+        return stable_hash([self.texts, self.labels, self.label_names] + ([self.pairs] if self.pairs else []), length=16)
 
     def sizes(self) -> dict[str, int]:
         return {split: len(self.labels[split]) for split in SPLITS}
 
 
 def load_data(cfg: DataConfig) -> LabelledData:
-    """Read the configured source, carve missing splits from train, and map labels to integers."""
+    """Read the configured source, carve missing splits from train, and encode the labels as the task does."""
+    task = TASKS[cfg.task]
     if cfg.name is not None:
         known = HUB_DATASETS.get(cfg.name)
         text_column = cfg.text_column or (known.text_column if known else "text")
@@ -82,21 +86,19 @@ def load_data(cfg: DataConfig) -> LabelledData:
         text_column, label_column = cfg.text_column or "text", cfg.label_column or "label"
         name = Path(cfg.path).stem if Path(cfg.path).is_file() else Path(cfg.path).name
     cleaning = {split: {} for split in SPLITS}
-    frames = {split: _clean(frame, split, text_column, label_column, cleaning[split]) for split, frame in frames.items()}
+    frames = {split: _clean(frame, split, text_column, cfg.text_pair_column, label_column, cleaning[split])
+              for split, frame in frames.items()}
     frames = {split: _drop_duplicates(frame, split, cfg.drop_duplicates, cleaning[split]) for split, frame in frames.items()}
-    frames = _carve_missing_splits(frames, cfg)
+    frames = _carve_missing_splits(frames, cfg, task.stratified)
     frames = _remove_leakage(frames, cfg.remove_leakage, cleaning)
     if cfg.train_size is not None and cfg.train_size < len(frames["train"]):
-        frames["train"] = _stratified_take(frames["train"], cfg.train_size, cfg.seed)
-    label_names, to_id = _label_vocabulary(frames["train"]["label"], hub_names)
-    labels = {}
-    for split, frame in frames.items():
-        unseen = sorted({str(v) for v in frame["label"] if v not in to_id})
-        if unseen:
-            raise ConfigError(f"data: the {split} split has labels that training never saw: {', '.join(unseen[:10])}")
-        labels[split] = [to_id[v] for v in frame["label"]]
+        frames["train"] = _split(frames["train"], len(frames["train"]) - cfg.train_size, cfg.seed, "train_size",
+                                 task.stratified)[0]
+    label_names, labels = task.encode_labels({split: frame["label"] for split, frame in frames.items()}, hub_names,
+                                             label_column)
     texts = {split: frame["text"].tolist() for split, frame in frames.items()}
-    return LabelledData(name=name, texts=texts, labels=labels, label_names=label_names, cleaning=cleaning)
+    pairs = {split: frame["pair"].tolist() for split, frame in frames.items()} if cfg.text_pair_column else None
+    return LabelledData(name=name, texts=texts, labels=labels, label_names=label_names, cleaning=cleaning, pairs=pairs)
 
 
 def _read_hub(hub_id: str, label_column: str) -> tuple[dict[str, pd.DataFrame], list[str] | None]:
@@ -156,27 +158,40 @@ def read_file(path: Path, key: str = "data.path") -> pd.DataFrame:
     return frame
 
 
-def _clean(frame: pd.DataFrame, split: str, text_column: str, label_column: str, found: dict) -> pd.DataFrame:
-    for key, column in (("data.text_column", text_column), ("data.label_column", label_column)):
+def _clean(frame: pd.DataFrame, split: str, text_column: str, pair_column: str | None, label_column: str,
+           found: dict) -> pd.DataFrame:
+    """The split as columns text (and pair) and label, without the rows that lack a text or a label."""
+    columns = {"text": ("data.text_column", text_column), "pair": ("data.text_pair_column", pair_column),
+               "label": ("data.label_column", label_column)}
+    columns = {name: (key, column) for name, (key, column) in columns.items() if column is not None}
+    for key, column in columns.values():
         if column not in frame.columns:
             raise ConfigError(f"{key}: column '{column}' not in the {split} data; columns: {', '.join(map(str, frame.columns))}")
-    frame = pd.DataFrame({"text": frame[text_column], "label": frame[label_column]})
+    frame = pd.DataFrame({name: frame[column] for name, (_, column) in columns.items()})
     if frame["label"].dtype.kind == "f" and (frame["label"].dropna() % 1 == 0).all():
         frame["label"] = frame["label"].astype("Int64")  # integer labels read as floats beside blanks
-    text = frame["text"].astype("string").str.strip()
-    has_text, has_label = text.notna() & (text != ""), frame["label"].notna()
+    texts = {name: frame[name].astype("string").str.strip() for name in ("text", "pair") if name in frame}
+    has_text = np.logical_and.reduce([text.notna() & (text != "") for text in texts.values()])
+    has_label = frame["label"].notna()
     keep = has_text & has_label
     found.update(rows_read=len(frame), empty_text=int((~has_text).sum()), missing_label=int((has_text & ~has_label).sum()))
     if not keep.all():
         logger.warning("%s split: dropped %d rows with empty text or a missing label", split, int((~keep).sum()))
     if not keep.any():
         raise ConfigError(f"data: the {split} split has no rows with both text and a label")
-    return pd.DataFrame({"text": text[keep].astype(str), "label": frame["label"][keep]}).reset_index(drop=True)
+    return pd.DataFrame({**{name: text[keep].astype(str) for name, text in texts.items()},
+                         "label": frame["label"][keep]}).reset_index(drop=True)
 
 
 def text_key(text: str) -> str:
     """What makes two texts "the same" for duplicates and leakage: case and runs of whitespace do not count."""
     return " ".join(text.casefold().split())
+
+
+def row_keys(frame: pd.DataFrame) -> pd.Series:
+    """Each row's text_key; for sentence pairs, both texts' (the same pair in the same order)."""
+    keys = frame["text"].map(text_key)
+    return keys + "\x1f" + frame["pair"].map(text_key) if "pair" in frame else keys
 
 
 # Examples of conflicting duplicates kept in the data report: enough to see the problem, not a dump.
@@ -186,7 +201,7 @@ CONFLICT_EXAMPLES = 5
 def _drop_duplicates(frame: pd.DataFrame, split: str, drop: bool, found: dict) -> pd.DataFrame:
     """Repeated texts: one copy kept when every copy has the same label; every copy dropped when the copies
     disagree (which label is right cannot be known). Counted either way; with `drop` false, all rows stay."""
-    key = frame["text"].map(text_key)
+    key = row_keys(frame)
     labels_per_text = frame.groupby(key)["label"].nunique()
     conflicting = key.isin(labels_per_text.index[labels_per_text > 1])
     repeated = key.duplicated() & ~conflicting
@@ -211,9 +226,9 @@ def _remove_leakage(frames: dict[str, pd.DataFrame], remove: bool, found: dict) 
     """Texts of a later split already in an earlier one (validation in train; test in train or validation):
     counted, and with `remove`, dropped from the later split, so no score is measured on a text trained on
     or chosen by."""
-    seen = set(frames["train"]["text"].map(text_key))
+    seen = set(row_keys(frames["train"]))
     for split in ("validation", "test"):
-        keys = frames[split]["text"].map(text_key)
+        keys = row_keys(frames[split])
         leaked = keys.isin(seen)
         found[split].update(leaked=int(leaked.sum()), leaked_removed=int(leaked.sum()) if remove else 0)
         if leaked.any():
@@ -228,41 +243,31 @@ def _remove_leakage(frames: dict[str, pd.DataFrame], remove: bool, found: dict) 
     return frames
 
 
-def _carve_missing_splits(frames: dict[str, pd.DataFrame], cfg: DataConfig) -> dict[str, pd.DataFrame]:
+def _carve_missing_splits(frames: dict[str, pd.DataFrame], cfg: DataConfig, stratified: bool) -> dict[str, pd.DataFrame]:
     """Test first, then validation, both from the full training data, so neither depends on train_size."""
     train = frames["train"]
     total = len(train)
     for split, share in (("test", cfg.test_size), ("validation", cfg.validation_size)):
         if split not in frames:
-            train, frames[split] = _split(train, round(share * total), cfg.seed, split)
+            train, frames[split] = _split(train, round(share * total), cfg.seed, split, stratified)
     frames["train"] = train
     return {split: frames[split] for split in SPLITS}
 
 
-def _split(frame: pd.DataFrame, holdout: int, seed: int, split: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+def _split(frame: pd.DataFrame, holdout: int, seed: int, split: str,
+           stratified: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """`holdout` rows held out at random; when `stratified`, in each class's proportion where the counts allow."""
     if holdout < 1 or holdout >= len(frame):
         raise ConfigError(f"data: {len(frame)} rows are too few to hold out a {split} split")
-    counts = frame["label"].value_counts()
-    stratifiable = counts.min() >= 2 and min(holdout, len(frame) - holdout) >= len(counts)
-    stratify = frame["label"] if stratifiable else None
-    if stratify is None:
-        logger.warning("%s split carved without stratification: too few rows for every class", split)
+    stratify = None
+    if stratified:
+        counts = frame["label"].value_counts()
+        if counts.min() >= 2 and min(holdout, len(frame) - holdout) >= len(counts):
+            stratify = frame["label"]
+        else:
+            logger.warning("%s split carved without stratification: too few rows for every class", split)
     kept, held = train_test_split(frame, test_size=holdout, random_state=seed, stratify=stratify)
     return kept.reset_index(drop=True), held.reset_index(drop=True)
-
-
-def _stratified_take(frame: pd.DataFrame, size: int, seed: int) -> pd.DataFrame:
-    return _split(frame, len(frame) - size, seed, "train_size")[0]
-
-
-def _label_vocabulary(train_labels: pd.Series, hub_names: list[str] | None) -> tuple[list[str], dict]:
-    """Label names in a stable order, and the map from raw label values to integer ids."""
-    values = sorted(set(train_labels.tolist()), key=lambda v: (isinstance(v, str), v))
-    if len(values) < 2:
-        raise ConfigError(f"data: training data has a single class ({values[0]!r}); classification needs at least 2")
-    if hub_names is not None:
-        return hub_names, {i: i for i in range(len(hub_names))}
-    return [str(v) for v in values], {v: i for i, v in enumerate(values)}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -274,10 +279,12 @@ class Encoded:
     """Token ids (unpadded) and labels per split, with the label names: what the training loop consumes."""
 
     ids: dict[str, list[list[int]]]
-    labels: dict[str, list[int]] | None  # None: text to predict on
+    labels: dict[str, list] | None  # None: text to predict on
     pad_id: int
     label_names: list[str]
     augmented_rows: int = 0  # training rows added by data.augment (at the end of the training split)
+    # sentence pairs, for a model that takes token type ids: the token that ends the first text (see segment_ids)
+    pair_separator: int | None = None
 
     @property
     def num_labels(self) -> int:
@@ -346,16 +353,45 @@ def _perturb(words: list[str], vocabulary: list[str], probability: float, rng: n
     return words
 
 
-def token_ids(tokenizer, texts: list[str], max_length: int) -> list[list[int]]:
-    """Texts as token ids, truncated at max_length and unpadded: the same for training and for predict."""
-    return tokenizer(texts, truncation=True, max_length=max_length, return_attention_mask=False,
+def token_ids(tokenizer, texts: list[str], max_length: int, pairs: list[str] | None = None) -> list[list[int]]:
+    """Texts (or pairs of texts, the longer cut first) as token ids, truncated at max_length and unpadded: the
+    same for training and for predict."""
+    return tokenizer(texts, pairs, truncation=True, max_length=max_length, return_attention_mask=False,
                      return_token_type_ids=False)["input_ids"]
+
+
+def pair_separator(tokenizer, texts: list[str], pairs: list[str], max_length: int) -> int | None:
+    """For a model that takes token type ids: the separator token, after whose first occurrence the second text's
+    type starts (segment_ids), checked against the tokenizer's own token type ids of these pairs. None for a
+    model without token types (RoBERTa and DistilBERT tell the texts apart by separators alone)."""
+    if "token_type_ids" not in tokenizer.model_input_names:
+        return None
+    encoded = tokenizer(texts, pairs, truncation=True, max_length=max_length, return_attention_mask=False,
+                        return_token_type_ids=True)
+    separator = tokenizer.sep_token_id
+    ids = torch.nn.utils.rnn.pad_sequence([torch.tensor(x) for x in encoded["input_ids"]], batch_first=True,
+                                          padding_value=-1)
+    types = torch.nn.utils.rnn.pad_sequence([torch.tensor(x) for x in encoded["token_type_ids"]], batch_first=True)
+    if separator is None or not torch.equal(segment_ids(ids, ids >= 0, separator), types):
+        raise ConfigError("data.text_pair_column: the tokenizer of this model marks the two texts of a pair in a way "
+                          "bertlab does not know (token type ids other than 0 up to the first separator, 1 after it)")
+    return separator
+
+
+def segment_ids(input_ids: torch.Tensor, attention_mask: torch.Tensor, separator: int) -> torch.Tensor:
+    """Token type ids of padded pairs: 0 up to and including the first separator, 1 after it, 0 on padding."""
+    is_separator = (input_ids == separator).long()
+    after_first = (is_separator.cumsum(1) - is_separator) > 0
+    return (after_first & attention_mask.bool()).long()
 
 
 def tokenize(data: LabelledData, tokenizer, max_length: int) -> Encoded:
     """Tokenize every split once; padding happens per batch, to that batch's longest row."""
-    ids = {split: token_ids(tokenizer, data.texts[split], max_length) for split in SPLITS}
-    return Encoded(ids=ids, labels=data.labels, pad_id=tokenizer.pad_token_id, label_names=data.label_names)
+    pairs = data.pairs or dict.fromkeys(SPLITS)
+    ids = {split: token_ids(tokenizer, data.texts[split], max_length, pairs[split]) for split in SPLITS}
+    separator = data.pairs and pair_separator(tokenizer, data.texts["train"], data.pairs["train"], max_length)
+    return Encoded(ids=ids, labels=data.labels, pad_id=tokenizer.pad_token_id, label_names=data.label_names,
+                   pair_separator=separator or None)
 
 
 def epoch_rows(labels: list[int], sampler: str, seed: int, epoch: int) -> np.ndarray:
@@ -409,8 +445,9 @@ def eval_batches(lengths: list[int], max_rows: int, max_tokens: int | None = Non
     return batches + [batch] if batch else batches
 
 
-def collate(ids: list[list[int]], batch: list[int], pad_id: int, multiple: int) -> dict:
-    """Pad one batch to its longest row (rounded up to `multiple` for tensor cores)."""
+def collate(ids: list[list[int]], batch: list[int], pad_id: int, multiple: int, pair_separator: int | None = None) -> dict:
+    """Pad one batch to its longest row (rounded up to `multiple` for tensor cores); sentence pairs get their
+    token type ids."""
     width = max(len(ids[i]) for i in batch)
     width = -(-width // multiple) * multiple
     input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
@@ -418,4 +455,7 @@ def collate(ids: list[list[int]], batch: list[int], pad_id: int, multiple: int) 
     for row, i in enumerate(batch):
         input_ids[row, :len(ids[i])] = torch.tensor(ids[i])
         attention_mask[row, :len(ids[i])] = 1
-    return {"input_ids": input_ids, "attention_mask": attention_mask}
+    if pair_separator is None:
+        return {"input_ids": input_ids, "attention_mask": attention_mask}
+    return {"input_ids": input_ids, "attention_mask": attention_mask,
+            "token_type_ids": segment_ids(input_ids, attention_mask, pair_separator)}

@@ -19,9 +19,9 @@ LENGTH_MULTIPLE = 8  # auto lengths are rounded up to a multiple of this (tensor
 HISTOGRAM_BINS = 40
 
 
-def token_lengths(tokenizer, texts: list[str]) -> np.ndarray:
-    """Each text's length in tokens, special tokens included and nothing truncated."""
-    ids = tokenizer(texts, truncation=False, return_attention_mask=False, return_token_type_ids=False,
+def token_lengths(tokenizer, texts: list[str], pairs: list[str] | None = None) -> np.ndarray:
+    """Each text's (or pair's, encoded together) length in tokens, special tokens included and nothing truncated."""
+    ids = tokenizer(texts, pairs, truncation=False, return_attention_mask=False, return_token_type_ids=False,
                     verbose=False)["input_ids"]
     return np.array([len(row) for row in ids])
 
@@ -35,15 +35,17 @@ def auto_max_length(train_lengths: np.ndarray, limit: int | None) -> int:
 
 def build_report(data: LabelledData, lengths: dict[str, np.ndarray], max_length: int, model: str, task: Task) -> dict:
     """The report of one data set, as stored in data_report.json."""
-    counts = {split: task.label_distribution(data.labels[split], data.label_names) for split in SPLITS}
-    train = [n for n in counts["train"].values() if n > 0]
+    labels = {split: task.label_distribution(data.labels[split], data.label_names) for split in SPLITS}
+    if task.has_classes:
+        train = [n for n in labels["train"].values() if n > 0]
+        labels = {"class_counts": labels, "imbalance_ratio": max(train) / min(train)}  # largest / smallest class
+    else:
+        labels = {"label_summary": labels}
     top = max(max(lengths[split].max() for split in SPLITS), max_length + 1)
     edges = np.unique(np.linspace(0, top, HISTOGRAM_BINS + 1).round().astype(int))
     return {
         "dataset": data.name, "fingerprint": data.fingerprint, "label_names": data.label_names,
-        "sizes": data.sizes(), "class_counts": counts,
-        "imbalance_ratio": max(train) / min(train),  # largest training class / smallest
-        "cleaning": data.cleaning,
+        "sizes": data.sizes(), **labels, "cleaning": data.cleaning,
         "token_lengths": {
             "model": model, "max_length": max_length, "histogram_edges": edges.tolist(),
             **{split: {"min": int(x.min()), "median": float(np.median(x)),
@@ -56,12 +58,18 @@ def build_report(data: LabelledData, lengths: dict[str, np.ndarray], max_length:
 
 def describe_report(report: dict) -> list[str]:
     """The report in a few lines for the log."""
-    lines = [f"data {report['dataset']} ({report['fingerprint']}): "
-             + ", ".join(f"{split} {n}" for split, n in report["sizes"].items())
-             + f"; imbalance ratio {report['imbalance_ratio']:.1f} (largest / smallest training class)"]
-    train = report["class_counts"]["train"]
-    rarest = sorted(train, key=train.get)[:3]
-    lines.append("  rarest training classes: " + ", ".join(f"{name} {train[name]}" for name in rarest))
+    sizes = ", ".join(f"{split} {n}" for split, n in report["sizes"].items())
+    if "class_counts" in report:
+        train = report["class_counts"]["train"]
+        rarest = sorted(train, key=train.get)[:3]
+        lines = [f"data {report['dataset']} ({report['fingerprint']}): {sizes}; imbalance ratio "
+                 f"{report['imbalance_ratio']:.1f} (largest / smallest training class)",
+                 "  rarest training classes: " + ", ".join(f"{name} {train[name]}" for name in rarest)]
+    else:
+        lines = [f"data {report['dataset']} ({report['fingerprint']}): {sizes}"]
+        for split, x in report["label_summary"].items():
+            lines.append(f"  {split} {report['label_names'][0]}: mean {x['mean']:.3f}, std {x['std']:.3f}, "
+                         f"min {x['min']:.3f}, max {x['max']:.3f}")
     for split, found in report["cleaning"].items():
         dropped = {"empty text": found.get("empty_text", 0), "missing label": found.get("missing_label", 0),
                    "repeated text": found.get("duplicates_dropped", 0),

@@ -137,7 +137,8 @@ class Inputs:
         key = (self.data_key(run), run.cfg.model.name)
         if key not in self.lengths:
             data = self.data_for(run)
-            self.lengths[key] = {split: token_lengths(self.tokenizer_for(run), data.texts[split]) for split in SPLITS}
+            self.lengths[key] = {split: token_lengths(self.tokenizer_for(run), data.texts[split],
+                                                      data.pairs and data.pairs[split]) for split in SPLITS}
         return self.lengths[key]
 
     @staticmethod
@@ -216,6 +217,7 @@ def run_experiment(cfg: Config, strategies: list[str], *, resume: bool = False, 
     the plan), then write and print the summary of the whole plan once all of it has finished; with
     `summary_only`, train nothing and summarise what has. Returns the exit status: 0 when every run
     completed, 1 when some failed or (summary only) has not finished."""
+    refuse_strategies(cfg, strategies)
     runs = plan_runs(cfg, strategies)
     model_configs = {}
     for run in runs:
@@ -285,6 +287,19 @@ def run_experiment(cfg: Config, strategies: list[str], *, resume: bool = False, 
                   "--summary-only (with the same config), then python visualize.py")
             return 1 if failed else 0
     return max(finish(cfg, ids, results_path, describe_baseline(task, baseline)), 1 if failed else 0)
+
+
+def refuse_strategies(cfg: Config, strategies: list[str]) -> None:
+    """Stop before anything runs when a strategy cannot serve the task or the data."""
+    task = TASKS[cfg.data.task]
+    for strategy in strategies:
+        reason = task.refused_strategy(strategy)
+        if reason:
+            raise ConfigError(f"strategy {strategy} does not apply to data.task: {task.name} ({reason}); choose "
+                              "another with --strategy or strategies.<name>.enabled")
+    if cfg.data.text_pair_column and "setfit" in strategies:
+        raise ConfigError("strategy setfit does not apply with data.text_pair_column: its sentence encoder reads single "
+                          "texts; choose another with --strategy or strategies.<name>.enabled")
 
 
 def finish(cfg: Config, ids: list[str], results_path: Path, baseline: str) -> int:
@@ -441,6 +456,8 @@ def fit_and_test(run: Run, cfg: Config, data: LabelledData, encoded: Encoded, ac
                        "head": f"re-initialised: {reason}" if reason else "kept"}
     if init:
         logger.info("%s starts from run %s (%s); its head: %s", run_dir.name, init["run_id"], init["folder"], init["head"])
+    if not init or reason:  # a fresh head
+        task.init_head(model, encoded.labels["train"])
     counts = parameter_counts(model)
     how = (f"{cfg.training.num_epochs} epochs | effective batch "
            f"{cfg.training.batch_size * cfg.training.gradient_accumulation_steps} | lr {settings['learning_rate']:.1e}"

@@ -69,7 +69,10 @@ def predict_parser() -> argparse.ArgumentParser:
     source.add_argument("--text", action="append", help="a text to predict on (repeat for several)")
     source.add_argument("--input", type=Path, help="a CSV, TSV, JSON, JSONL or Parquet file to predict on")
     parser.add_argument("--output", type=Path, help="where --input's predictions go (default: <input>.predictions.csv)")
+    parser.add_argument("--pair", action="append",
+                        help="a run trained on sentence pairs: the second text of each --text, in the same order")
     parser.add_argument("--text-column", help="the column of --input holding the text (default: the run's)")
+    parser.add_argument("--pair-column", help="the column of --input holding each second text (default: the run's)")
     parser.add_argument("--top-k", type=int, default=1, help="also list the k most likely labels (default: 1)")
     add_common(parser)
     return parser
@@ -104,10 +107,14 @@ def predict_command(args: argparse.Namespace) -> int:
     predictor = Predictor.from_run(args.run, load_config(args.config, args.overrides).output.dir)
     print(f"using {predictor.describe()}")
     if args.input is not None:
-        print(f"wrote {predict_file(predictor, args.input, args.output, args.text_column, args.top_k)}")
+        print(f"wrote {predict_file(predictor, args.input, args.output, args.text_column, args.top_k, args.pair_column)}")
         return 0
-    for text, row in zip(args.text, predictor.predict(args.text, args.top_k)):
-        print(f"{text!r}: {predictor.task.format_prediction(row) if row else '(empty text: no prediction)'}")
+    if args.pair is not None and len(args.pair) != len(args.text):
+        raise ConfigError(f"--pair: got {len(args.pair)} for {len(args.text)} --text, allowed: one per --text")
+    shown = args.text if args.pair is None else [f"{text!r} + {pair!r}" for text, pair in zip(args.text, args.pair)]
+    for text, row in zip(shown, predictor.predict(args.text, args.top_k, args.pair)):
+        print(f"{text if args.pair else repr(text)}: "
+              f"{predictor.task.format_prediction(row) if row else '(empty text: no prediction)'}")
     return 0
 
 

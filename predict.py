@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from config import Config
-from data import Encoded, read_file, token_ids
+from data import Encoded, pair_separator, read_file, token_ids
 from model import load_tokenizer, run_model
 from report import best_run, summarize, task_of
 from results import RUN_RECORD, read_results, results_file, select_runs
@@ -92,15 +92,24 @@ class Predictor:
         return (f"run {r['run_id']} ({r['strategy']}, {r['model']}): {self.task.label(self.cfg.training.early_stopping.metric)} "
                 f"{validation:.4f}, {self.task.label('test_' + self.task.main_metric)} {test:.4f}")
 
-    def predict(self, texts: list[str], top_k: int = 1) -> list[dict]:
-        """One dict of named columns per text (classification: predicted_label, probability, and with
-        top_k > 1 the top k labels and their probabilities). An empty text gets an empty dict."""
-        kept = [i for i, text in enumerate(texts) if isinstance(text, str) and text.strip()]
+    def predict(self, texts: list[str], top_k: int = 1, pairs: list[str] | None = None) -> list[dict]:
+        """One dict of named columns per text, or per pair of texts for a run trained on pairs (classification:
+        predicted_label, probability, and with top_k > 1 the top k labels and their probabilities; regression:
+        the predicted number). An empty text gets an empty dict."""
+        trained_on_pairs = self.cfg.data.text_pair_column is not None
+        if trained_on_pairs != (pairs is not None):
+            raise ConfigError("this run was trained on sentence pairs: give each text its second text (--pair, "
+                              "--pair-column)" if trained_on_pairs else
+                              "this run was trained on single texts: predict without second texts")
+        texts_of = [texts] + ([pairs] if pairs is not None else [])
+        kept = [i for i in range(len(texts)) if all(isinstance(x[i], str) and x[i].strip() for x in texts_of)]
         if not kept:
             return [{} for _ in texts]
-        ids = token_ids(self.tokenizer, [texts[i] for i in kept], self.cfg.model.max_length)
+        chosen = [[x[i] for i in kept] for x in texts_of]
+        ids = token_ids(self.tokenizer, chosen[0], self.cfg.model.max_length, *chosen[1:])
+        separator = pair_separator(self.tokenizer, *chosen, self.cfg.model.max_length) if pairs is not None else None
         encoded = Encoded(ids={"texts": ids}, labels=None, pad_id=self.tokenizer.pad_token_id,
-                          label_names=self.label_names)
+                          label_names=self.label_names, pair_separator=separator)
         _, values = inference(self.model, encoded, "texts", self.cfg.training, self.accelerator, self.task)
         rows = [{} for _ in texts]
         for i, row_values in zip(kept, values):
@@ -109,18 +118,22 @@ class Predictor:
 
 
 def predict_file(predictor: Predictor, path: Path, output: Path | None, text_column: str | None,
-                 top_k: int) -> Path:
+                 top_k: int, pair_column: str | None = None) -> Path:
     """Predict every row of a file and write the input's columns plus the predictions as CSV, in input order."""
     frame = read_file(path, "--input")
-    column = text_column or predictor.cfg.data.text_column or "text"
-    if column not in frame.columns:
-        raise ConfigError(f"--text-column: column '{column}' not in {path.name}; its columns: "
-                          f"{', '.join(map(str, frame.columns))}")
-    texts = [text if isinstance(text, str) else "" for text in frame[column].tolist()]
-    empty = sum(not text.strip() for text in texts)
+    columns = {"--text-column": text_column or predictor.cfg.data.text_column or "text"}
+    if predictor.cfg.data.text_pair_column is not None:
+        columns["--pair-column"] = pair_column or predictor.cfg.data.text_pair_column
+    texts = []
+    for option, column in columns.items():
+        if column not in frame.columns:
+            raise ConfigError(f"{option}: column '{column}' not in {path.name}; its columns: "
+                              f"{', '.join(map(str, frame.columns))}")
+        texts.append([text if isinstance(text, str) else "" for text in frame[column].tolist()])
+    empty = sum(not all(x[i].strip() for x in texts) for i in range(len(frame)))
     if empty:
-        logger.warning("%d of %d rows have an empty text: their predictions are left empty", empty, len(texts))
-    predictions = pd.DataFrame(predictor.predict(texts, top_k), index=frame.index)
+        logger.warning("%d of %d rows have an empty text: their predictions are left empty", empty, len(frame))
+    predictions = pd.DataFrame(predictor.predict(texts[0], top_k, *texts[1:]), index=frame.index)
     output = output or path.with_name(f"{path.stem}.predictions.csv")
     pd.concat([frame, predictions], axis=1).to_csv(output, index=False)
     return output

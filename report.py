@@ -490,22 +490,24 @@ def header_section(summary: dict, completed: list[dict], failed: list[dict], dat
     """The title, what was run, and the data: classes, split sizes and class balance."""
     dataset = completed[0]["dataset"]
     task = TASKS[summary["task"]]
-    counts = data_report["class_counts"] if data_report else None
+    counts = (data_report or {}).get("class_counts")
     split_columns = [Column("split", lambda split: {}, lambda split: split),
                      Column("examples", lambda split: {}, lambda split: f"{dataset['sizes'][split]:,}")]
     if counts:
         split_columns += [Column("smallest class", lambda split: {}, lambda split: smallest_and_largest(counts[split])[0]),
                           Column("largest class", lambda split: {}, lambda split: smallest_and_largest(counts[split])[1])]
     finished = max(r.get("finished_at", "") for r in completed)[:10]
+    labels = f"{dataset['num_labels']} classes" if task.has_classes else f"'{dataset['label_names'][0]}' predicted"
     parts = [f"<h1>Which fine-tuning strategy for {html.escape(dataset['name'])}?</h1>",
-             f"<p class='meta'>{html.escape(task.name)} with {dataset['num_labels']} classes · model "
+             f"<p class='meta'>{html.escape(task.name)} with {html.escape(labels)} · model "
              f"{html.escape(', '.join(sorted({r['model'] for r in completed})))} · {len(completed)} completed run(s)"
              + (f", {len(failed)} failed" if failed else "") + f" · {finished}</p>",
              html_table(split_columns, [split for split in ("train", "validation", "test") if split in dataset["sizes"]])]
-    if data_report:
+    if counts:
         parts.append(f"<p class='note'>Class balance: the largest training class has {data_report['imbalance_ratio']:.1f}× "
                      "the examples of the smallest.</p>")
-        parts.append("<details><summary>Cleaning, token lengths and examples per class</summary>"
+    if data_report:
+        parts.append(f"<details><summary>Cleaning, token lengths{' and examples per class' if counts else ''}</summary>"
                      + "".join(data_section(data_report)) + "</details>")
     return parts
 
@@ -517,11 +519,13 @@ def smallest_and_largest(counts: dict[str, int]) -> tuple[str, str]:
 
 def data_section(report: dict) -> list[str]:
     """The data report as HTML: what cleaning found, token lengths, and the examples per class and split."""
-    counts = report["class_counts"]
+    lines = "".join(f"<li>{html.escape(line.strip())}</li>" for line in describe_report(report))
+    counts = report.get("class_counts")
+    if not counts:
+        return [f"<ul>{lines}</ul>"]
     columns = [Column("class", lambda name: {}, lambda name: name)]
     columns += [Column(split, lambda name: {}, lambda name, split=split: f"{counts[split][name]:,}") for split in counts]
     names = sorted(counts["train"], key=lambda name: -counts["train"][name])
-    lines = "".join(f"<li>{html.escape(line.strip())}</li>" for line in describe_report(report))
     return [f"<ul>{lines}</ul>", html_table(columns, names)]
 
 

@@ -235,8 +235,7 @@ def train_epoch(model, optimizer, scheduler, accelerator: Accelerator, encoded: 
         batch = device_batch(encoded, "train", share, accelerator, task)
         # gradients are exchanged once per window, at its last batch
         with nullcontext() if last_of_window else accelerator.no_sync(model):
-            loss = weight * loss_of(model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]),
-                                    batch["labels"])
+            loss = weight * loss_of(model(**model_inputs(batch)), batch["labels"])
             # data parallelism averages the processes' gradients; their sum is the batch's
             accelerator.backward(loss * processes / window_examples)
         loss_total += loss.detach()
@@ -298,7 +297,7 @@ def _fail_if_nonfinite(batch: int, epoch: int, num_batches: int, accum: int) -> 
 def device_batch(encoded: Encoded, split: str, rows: list[int], accelerator: Accelerator, task: Task) -> dict:
     """One padded batch on the training device; mixed precision pads to multiples of 8 for tensor cores."""
     pad_multiple = 8 if accelerator.mixed_precision != "no" else 1
-    batch = collate(encoded.ids[split], rows, encoded.pad_id, pad_multiple)
+    batch = collate(encoded.ids[split], rows, encoded.pad_id, pad_multiple, encoded.pair_separator)
     if encoded.labels is not None:
         batch["labels"] = task.collate_labels([encoded.labels[split][i] for i in rows], batch["input_ids"].shape[1])
     if accelerator.device.type != "cuda":
@@ -306,6 +305,10 @@ def device_batch(encoded: Encoded, split: str, rows: list[int], accelerator: Acc
     # A copy from pageable memory waits for the GPU to finish its queue; from pinned memory it does not,
     # so the host prepares the next batch while the GPU still computes this one.
     return {k: v.pin_memory().to(accelerator.device, non_blocking=True) for k, v in batch.items()}
+
+
+def model_inputs(batch: dict) -> dict:
+    return {key: value for key, value in batch.items() if key != "labels"}
 
 
 def eval_batch_tokens(t: TrainingConfig, device: torch.device) -> int | None:
@@ -332,7 +335,7 @@ def inference(model, encoded: Encoded, split: str, t: TrainingConfig, accelerato
     for batch_rows in tqdm(mine or batches[:1], desc=f"eval {split}", leave=False, mininterval=1,
                            disable=not accelerator.is_main_process or None):
         batch = device_batch(encoded, split, batch_rows, accelerator, task)
-        outputs = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        outputs = model(**model_inputs(batch))
         if "labels" in batch and mine:
             loss_total += task.loss(outputs, batch["labels"])
         predicted.append((values or task.prediction_values)(outputs))

@@ -57,6 +57,8 @@ CAPTIONS = {
                     "that strategy's weakness.",
     "calibration": "Points on the diagonal mean the stated confidence matches the accuracy; below it, the model is "
                    "over-confident.",
+    "predicted_vs_true": "Points on the diagonal are exact; a cloud flatter than the diagonal means predictions pulled "
+                         "towards the mean, a band of points at one height a model that says the same for all.",
 }
 
 
@@ -96,6 +98,8 @@ class Plotter:
     def class_distribution(self) -> str | None:
         if self.data_report is None:
             return f"needs the data report ({DATA_REPORT}); main.py writes it"
+        if "class_counts" not in self.data_report:
+            return "the labels are numbers, not classes: the report's data section gives their spread per split"
         counts = self.data_report["class_counts"]
         names = sorted(counts["train"], key=lambda name: (-counts["train"][name], name))
         fig, ax = plt.subplots(figsize=(min(4 + 0.55 * len(names), 24), 5))
@@ -163,7 +167,8 @@ class Plotter:
     def performance(self) -> str | None:
         rows = self.headline
         fig, ax = plt.subplots(figsize=(max(7, 1.9 * len(rows) + 2), 5.4))
-        metrics = self.metrics_of(rows)
+        # scores, where higher is better (errors are on the scale of the labels, and read the other way)
+        metrics = [m for m in self.metrics_of(rows) if m.higher_is_better]
         width = 0.76 / len(metrics)
         for i, metric in enumerate(metrics):
             means = [r["test"][metric.name]["mean"] for r in rows]
@@ -179,8 +184,9 @@ class Plotter:
                        label=f"{self.task.baseline_label} {first.label} ({baseline[first.name]:.3f})")
         runs = [r["test"][metrics[0].name]["n"] for r in rows]
         ax.set_xticks(range(len(rows)), [f"{r['strategy']}\n{n} run(s)" for r, n in zip(rows, runs)], fontsize=9)
-        ax.set_ylim(0, 1.15)
-        ax.set_ylabel("score (0 to 1)")
+        lowest = min(r["test"][m.name]["mean"] for r in rows for m in metrics)
+        ax.set_ylim(min(0, lowest - 0.1), 1.15)  # a correlation may be negative
+        ax.set_ylabel("score (at most 1)")
         ax.set_title(f"Test scores of each strategy's chosen setting\n{self.dataset}, {self.model}{self.headline_note}")
         ax.legend(fontsize=9, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=3, frameon=False,
                   title="error bars: ±1 std over runs; setting chosen on validation", title_fontsize=9)
@@ -312,6 +318,39 @@ class Plotter:
             self.save(fig, name)
             written.append(name)
         return written
+
+    def predicted_vs_true(self) -> list[str]:
+        """One panel per strategy: the test predictions of its best run (highest validation score) against the truth."""
+        rows = [(row, best_run(runs, self.metric, self.task)) for row in self.headline
+                if (runs := [r for r in self.runs_of(row) if "test_labels" in r])]
+        if not rows:
+            return []
+        columns = min(len(rows), 3)
+        lines = -(-len(rows) // columns)
+        fig, axes = plt.subplots(lines, columns, figsize=(4.6 * columns, 4.6 * lines + 0.6), squeeze=False)
+        truth_all = np.concatenate([run["test_labels"] for _, run in rows])
+        predicted_all = np.concatenate([run["test_predictions"] for _, run in rows])
+        low, high = min(truth_all.min(), predicted_all.min()), max(truth_all.max(), predicted_all.max())
+        margin = 0.04 * (high - low or 1)
+        name = rows[0][1]["dataset"]["label_names"][0]
+        for ax, (row, run) in zip(axes.flat, rows):
+            ax.scatter(run["test_labels"], run["test_predictions"], s=10, alpha=0.5)
+            ax.plot([low, high], [low, high], color="gray", linestyle="--", linewidth=1, label="exact")
+            ax.set_xlim(low - margin, high + margin)
+            ax.set_ylim(low - margin, high + margin)
+            ax.set_aspect("equal")
+            test = run["test"]
+            ax.set_title(f"{row['strategy']}: Spearman {test['spearman']:.3f}, RMSE {test['rmse']:.3f}", fontsize=10)
+            ax.set_xlabel(f"true {name}")
+            ax.set_ylabel(f"predicted {name}")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8, loc="upper left")
+        for ax in list(axes.flat)[len(rows):]:
+            ax.axis("off")
+        fig.suptitle(f"Predicted against true on test (each strategy's best run)\n{self.dataset}, {self.model}"
+                     f"{self.headline_note}")
+        self.save(fig, "predicted_vs_true.png")
+        return ["predicted_vs_true.png"]
 
     def per_class_f1(self) -> list[str]:
         """Mean test F1 of every class under every configuration, rarest training class first."""
