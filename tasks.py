@@ -2,7 +2,7 @@
 predictions, the metrics and their directions, the baseline, the per-example statistics of the paired
 test, the task's own plots), one registry entry each, so the loop, the summary and the report name none.
 
-How regression, token classification and extractive QA fit this interface is sketched in docs/tasks.md."""
+How token classification and extractive QA would fit this interface is sketched in docs/tasks.md."""
 
 from __future__ import annotations
 
@@ -407,7 +407,8 @@ class Regression(Task):
                                     ("data.augment.enabled", cfg.data.augment.enabled, False),
                                     ("strategies.frozen_encoder.classifier", cfg.strategies.frozen_encoder.classifier, "head")):
             if value != default:
-                problems.append(f"{key}: got {value!r}, allowed: {default!r} with data.task: regression "
+                allowed = "null" if default is None else str(default).lower() if isinstance(default, bool) else default
+                problems.append(f"{key}: got {value!r}, allowed: {allowed} with data.task: regression "
                                 "(it applies to classes)")
         return problems
 
