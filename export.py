@@ -67,11 +67,8 @@ def model_card(record: dict, cfg, runs: list[dict], adapter: bool) -> str:
                   f"model = AutoPeftModelForSequenceClassification.from_pretrained(FOLDER, {label_maps})",
                   "tokenizer = AutoTokenizer.from_pretrained(FOLDER)", "```"]
     else:
-        text = '{"text": "first text", "text_pair": "second text"}' if cfg.data.text_pair_column else '"your text"'
-        call = (f'classify([{text}], truncation=True, top_k=3)' if task.has_classes else
-                f'classify([{text}], truncation=True, function_to_apply="none")  # the score: no softmax on one output')
-        lines += ["```python", "from transformers import pipeline", "",
-                  'classify = pipeline("text-classification", model=FOLDER)', call, "```"]
+        lines += ["```python", "from transformers import pipeline", "", *task.card_usage(cfg.data.text_pair_column is not None),
+                  "```"]
     lines += ["", "## Training", "",
               f"- Base model: `{record['model']}`"
               + (f" (bundled by the pip package `{BUNDLED_MODELS[record['model']]}`)" if record["model"] in BUNDLED_MODELS else "")
@@ -83,11 +80,12 @@ def model_card(record: dict, cfg, runs: list[dict], adapter: bool) -> str:
               f"- Best epoch {record['best_epoch']} on validation ({record['stop_reason']}); seed {record['seed']}.",
               f"- Versions: {', '.join(f'{k} {v}' for k, v in record['versions'].items())}.", ""]
     distribution = dataset.get("label_distribution")
-    if distribution and not task.has_classes:
+    counted = distribution and all(isinstance(n, int) for n in distribution["train"].values())
+    if distribution and not counted:  # a number's spread per split
         lines += [f"| {labels[0]} | " + " | ".join(distribution["train"]) + " |", "|---|" + "---|" * len(distribution["train"])]
         lines += [f"| {split} | " + " | ".join(f"{v:.3f}" for v in stats.values()) + " |" for split, stats in distribution.items()]
         lines.append("")
-    elif distribution:
+    elif distribution:  # examples (or words) per label and split
         lines += ["| label | " + " | ".join(distribution) + " |", "|---|" + "---|" * len(distribution)]
         lines += [f"| {name} | " + " | ".join(str(distribution[split].get(name, "")) for split in distribution) + " |"
                   for name in labels]
@@ -101,10 +99,7 @@ def model_card(record: dict, cfg, runs: list[dict], adapter: bool) -> str:
         lines += ["", "| label | test precision | test recall | test F1 | test support |", "|---|---|---|---|---|"]
         lines += [f"| {name} | {c['precision']:.3f} | {c['recall']:.3f} | {c['f1']:.3f} | {c['support']} |"
                   for name, c in per_class.items()]
-    lines += ["", "## Limits", "",
-              f"- It knows only these labels: {', '.join(labels)}. Every text gets one of them." if task.has_classes else
-              f"- It learned {labels[0]} from values between {distribution['train']['min']:.3f} and "
-              f"{distribution['train']['max']:.3f}; outside that range its predictions are guesses.",
+    lines += ["", "## Limits", "", f"- {task.card_limit(labels, distribution)}",
               f"- Texts longer than {cfg.model.max_length} tokens are truncated; the rest is not read.",
               "- Scores were measured on a test split of the same data; other text may score lower.", ""]
     return "\n".join(lines)

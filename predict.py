@@ -113,7 +113,7 @@ class Predictor:
         _, values = inference(self.model, encoded, "texts", self.cfg.training, self.accelerator, self.task)
         rows = [{} for _ in texts]
         for i, row_values in zip(kept, values):
-            rows[i] = self.task.decode(np.asarray(row_values), self.label_names, top_k)
+            rows[i] = self.task.decode(np.asarray(row_values), self.label_names, top_k, texts[i])
         return rows
 
 
@@ -121,9 +121,10 @@ def predict_file(predictor: Predictor, path: Path, output: Path | None, text_col
                  top_k: int, pair_column: str | None = None) -> Path:
     """Predict every row of a file and write the input's columns plus the predictions as CSV, in input order."""
     frame = read_file(path, "--input")
-    columns = {"--text-column": text_column or predictor.cfg.data.text_column or "text"}
-    if predictor.cfg.data.text_pair_column is not None:
-        columns["--pair-column"] = pair_column or predictor.cfg.data.text_pair_column
+    data = predictor.cfg.data
+    columns = {"--text-column": text_column or data.text_column or "text"}
+    if data.text_pair_column is not None:
+        columns["--pair-column"] = pair_column or data.text_pair_column
     texts = []
     for option, column in columns.items():
         if column not in frame.columns:

@@ -48,7 +48,7 @@ def head_inputs(model: torch.nn.Module, head: torch.nn.Module, encoded: Encoded,
     """Per row of the split, in order, what `head` receives from the rest of the model with dropout off."""
     captured = []
 
-    def one_vector_per_text(outputs) -> torch.Tensor:
+    def one_vector_per_text(outputs, attention_mask) -> torch.Tensor:
         features = captured.pop()
         if features.ndim != 2:  # RoBERTa's and ELECTRA's heads read every token's hidden state
             raise ValueError(f"the head reads {features.ndim - 1}-dimensional inputs per text, not one vector")
@@ -154,7 +154,7 @@ def fit_logistic_regression(model, encoded: Encoded, cfg: Config, learning_rate:
             logits = {split: x[split] @ weight.T + bias for split in x}
             scores = {"val_loss": mean_log_loss(logits["validation"], y["validation"], encoded.num_labels),
                       **{f"val_{name}": value for name, value in
-                         task.scores(y["validation"], logits["validation"], encoded.num_labels).items()}}
+                         task.scores(y["validation"], logits["validation"], encoded.label_names).items()}}
         tried.append({"C": c, metric: scores[metric]})
         if best is None or task.is_better(metric, scores[metric], best[0][metric]):
             best = (scores, weight, bias, c, mean_log_loss(logits["train"], y["train"], encoded.num_labels))

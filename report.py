@@ -123,7 +123,7 @@ def test_interval(runs: list[dict], task: Task) -> dict | None:
         return None
     done = [r for r in done if r["test_labels"] == done[0]["test_labels"]]
     return score_interval(task, done[0]["test_labels"], [r["test_predictions"] for r in done],
-                          done[0]["dataset"]["num_labels"])
+                          done[0]["dataset"]["label_names"])
 
 
 def variant_comparisons(rows: list[dict], chosen: dict, groups: dict[str, list[dict]], task: Task) -> list[dict]:
@@ -193,9 +193,9 @@ def compare_configurations(runs_a: list[dict], runs_b: list[dict], task: Task) -
              and r["test_labels"] == by_key[_pairing_key(r)]["test_labels"]]
     if not pairs:
         return None
-    truth = np.asarray(pairs[0][0]["test_labels"])
-    result = paired_bootstrap(task, truth, [np.asarray(a["test_predictions"]) for a, _ in pairs],
-                              [np.asarray(b["test_predictions"]) for _, b in pairs], pairs[0][0]["dataset"]["num_labels"])
+    truth = pairs[0][0]["test_labels"]  # as the task reads them: class ids, numbers, or tags per token
+    result = paired_bootstrap(task, truth, [a["test_predictions"] for a, _ in pairs],
+                              [b["test_predictions"] for _, b in pairs], pairs[0][0]["dataset"]["label_names"])
     return {"paired_runs": len(pairs), **result}
 
 
@@ -212,26 +212,25 @@ def resample_weights(n: int, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0
     return weights
 
 
-def weighted_scores(task: Task, truth: np.ndarray, predictions: list, num_labels: int,
+def weighted_scores(task: Task, truth: np.ndarray, predictions: list, label_names: list[str],
                     weights: np.ndarray) -> dict[str, np.ndarray]:
     """Each compared metric of each prediction set (rows) under each weighting of the test examples (columns),
     from the examples' statistics (task.example_statistics), so a resample costs one matrix product."""
     counts = weights.sum(1)
-    per_run = [task.metrics_from_sums(weights @ task.example_statistics(truth, np.asarray(p), num_labels), counts, num_labels)
+    per_run = [task.metrics_from_sums(weights @ task.example_statistics(truth, p, label_names), counts, label_names)
                for p in predictions]
     return {name: np.stack([scores[name] for scores in per_run]) for name in task.compared_metrics}
 
 
-def paired_bootstrap(task: Task, truth, predictions_a: list, predictions_b: list, num_labels: int,
+def paired_bootstrap(task: Task, truth, predictions_a: list, predictions_b: list, label_names: list[str],
                      resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0) -> dict[str, dict]:
     """Difference A - B in each of the task's compared metrics (mean over paired runs), its 95% percentile
     interval, a two-sided p-value for "no difference" (the bootstrap distribution shifted to zero mean, as in
     Berg-Kirkpatrick et al. 2012), and the difference in each pair of runs. Test examples are resampled, the
     same ones for both sides, so the test sees the pairing."""
-    truth = np.asarray(truth)
     weights = resample_weights(len(truth), resamples, seed)
-    a = weighted_scores(task, truth, predictions_a, num_labels, weights)
-    b = weighted_scores(task, truth, predictions_b, num_labels, weights)
+    a = weighted_scores(task, truth, predictions_a, label_names, weights)
+    b = weighted_scores(task, truth, predictions_b, label_names, weights)
     result = {}
     for name in task.compared_metrics:
         difference = a[name].mean(0) - b[name].mean(0)
@@ -244,12 +243,11 @@ def paired_bootstrap(task: Task, truth, predictions_a: list, predictions_b: list
     return result
 
 
-def score_interval(task: Task, truth, predictions: list, num_labels: int, resamples: int = BOOTSTRAP_RESAMPLES,
+def score_interval(task: Task, truth, predictions: list, label_names: list[str], resamples: int = BOOTSTRAP_RESAMPLES,
                    seed: int = 0) -> dict[str, dict[str, float]]:
     """The 95% percentile interval of each compared metric (mean over the runs) over resampled test examples:
     how far the score could move with another test split drawn from the same data."""
-    truth = np.asarray(truth)
-    scores = weighted_scores(task, truth, predictions, num_labels, resample_weights(len(truth), resamples, seed))
+    scores = weighted_scores(task, truth, predictions, label_names, resample_weights(len(truth), resamples, seed))
     intervals = {}
     for name, values in scores.items():
         low, high = np.percentile(values.mean(0)[1:], [2.5, 97.5])
@@ -497,7 +495,7 @@ def header_section(summary: dict, completed: list[dict], failed: list[dict], dat
         split_columns += [Column("smallest class", lambda split: {}, lambda split: smallest_and_largest(counts[split])[0]),
                           Column("largest class", lambda split: {}, lambda split: smallest_and_largest(counts[split])[1])]
     finished = max(r.get("finished_at", "") for r in completed)[:10]
-    labels = f"{dataset['num_labels']} classes" if task.has_classes else f"'{dataset['label_names'][0]}' predicted"
+    labels = task.describe_labels(dataset["label_names"])
     parts = [f"<h1>Which fine-tuning strategy for {html.escape(dataset['name'])}?</h1>",
              f"<p class='meta'>{html.escape(task.name)} with {html.escape(labels)} · model "
              f"{html.escape(', '.join(sorted({r['model'] for r in completed})))} · {len(completed)} completed run(s)"

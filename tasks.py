@@ -27,9 +27,9 @@ from utils import ConfigError
 class Metric:
     name: str  # its key: "val_<name>" in the history, "<name>" in test results and summary rows
     label: str  # how tables and plots name it
-    # (truth, prediction values, number of labels) -> value; the values are what Task.prediction_values gives per
+    # (truth, prediction values, label names) -> value; the values are what Task.prediction_values gives per
     # example (a classifier's logits), so metrics of probabilities (log loss, calibration) fit the same signature
-    compute: Callable[[np.ndarray, np.ndarray, int], float]
+    compute: Callable[[np.ndarray, np.ndarray, list[str]], float]
     higher_is_better: bool = True
     in_summary: bool = True  # a column of the summary table
 
@@ -57,6 +57,19 @@ class Task(abc.ABC):
     def refused_strategy(self, strategy: str) -> str | None:
         """Why a strategy cannot serve this task (None when it can)."""
         return None
+
+    def describe_labels(self, label_names: list[str]) -> str:
+        """What the model predicts, in a few words for headings ("5 classes")."""
+        return f"{len(label_names)} classes"
+
+    def card_usage(self, pairs: bool) -> list[str]:
+        """Python lines for an exported model's card: the pipeline and one call (after the import)."""
+        text = '{"text": "first text", "text_pair": "second text"}' if pairs else '"your text"'
+        return ['classify = pipeline("text-classification", model=FOLDER)', f"classify([{text}], truncation=True, top_k=3)"]
+
+    def card_limit(self, label_names: list[str], distribution: dict | None) -> str:
+        """The model card's sentence on what the model can answer."""
+        return f"It knows only these labels: {', '.join(label_names)}. Every text gets one of them."
 
     def init_head(self, model: torch.nn.Module, train_labels: list) -> None:
         """Adjust a freshly initialised head to the training labels before training (tasks that need nothing
@@ -95,12 +108,14 @@ class Task(abc.ABC):
         """How one split's labels are spread, for records and model cards."""
 
     @abc.abstractmethod
-    def prediction_values(self, outputs) -> torch.Tensor:
-        """Per row, what the metrics, predict() and decode() need (left on the device)."""
+    def prediction_values(self, outputs, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Per row, what the metrics, predict() and decode() need (left on the device); per-token values are padded
+        with PAD_VALUE where `attention_mask` is 0, since batches of other widths are padded with it too."""
 
     @abc.abstractmethod
-    def decode(self, values: np.ndarray, label_names: list[str], top_k: int) -> dict:
-        """One row's prediction for a person, as named columns (the first is the prediction itself)."""
+    def decode(self, values: np.ndarray, label_names: list[str], top_k: int, text: str) -> dict:
+        """One row's prediction for a person, as named columns (the first is the prediction itself); `text` is
+        the text it was made on, for tasks that point into it."""
 
     @abc.abstractmethod
     def format_prediction(self, row: dict) -> str:
@@ -115,17 +130,17 @@ class Task(abc.ABC):
         """The test results of a run: every metric and whatever detail the task adds."""
 
     @abc.abstractmethod
-    def example_statistics(self, truth: np.ndarray, predictions: np.ndarray, num_labels: int) -> np.ndarray:
+    def example_statistics(self, truth: np.ndarray, predictions: np.ndarray, label_names: list[str]) -> np.ndarray:
         """Per test example, numbers whose sums give the compared metrics (shape: examples x statistics).
         The paired bootstrap resamples examples by weighting these rows."""
 
     @abc.abstractmethod
-    def metrics_from_sums(self, sums: np.ndarray, counts: np.ndarray, num_labels: int) -> dict[str, np.ndarray]:
+    def metrics_from_sums(self, sums: np.ndarray, counts: np.ndarray, label_names: list[str]) -> dict[str, np.ndarray]:
         """The compared metrics from weighted sums of example_statistics (one row per weighting) and the
         total weight of each weighting."""
 
-    def scores(self, truth, values, num_labels: int) -> dict[str, float]:
-        return {m.name: float(m.compute(np.asarray(truth), np.asarray(values), num_labels)) for m in self.metrics}
+    def scores(self, truth, values, label_names: list[str]) -> dict[str, float]:
+        return {m.name: float(m.compute(np.asarray(truth), np.asarray(values), label_names)) for m in self.metrics}
 
     def summary_metrics(self) -> list[Metric]:
         """The metrics the summary table, the report and the score plots show."""
@@ -154,12 +169,15 @@ class Task(abc.ABC):
         return f"{split} {'loss' if name == 'loss' else self.metric(name).label}"
 
 
+# What pads per-token prediction values beyond a row's tokens (and marks tokens without a label to learn).
+PAD_VALUE = -100
+
 CALIBRATION_BINS = 15  # equal-width confidence bins of the expected calibration error and the reliability diagram
 
 
 def of_labels(score: Callable[[np.ndarray, np.ndarray, int], float]) -> Callable[[np.ndarray, np.ndarray, int], float]:
     """A metric of predicted labels as a metric of a classifier's logits (their argmax is the prediction)."""
-    return lambda truth, logits, num_labels: score(truth, logits.argmax(-1), num_labels)
+    return lambda truth, logits, label_names: score(truth, logits.argmax(-1), len(label_names))
 
 
 def probabilities(logits: np.ndarray) -> np.ndarray:
@@ -190,7 +208,7 @@ def calibration_bins(truth: np.ndarray, logits: np.ndarray, bins: int = CALIBRAT
     return {"count": count.tolist(), "confidence": mean(confidence), "accuracy": mean(correct.astype(float))}
 
 
-def expected_calibration_error(truth: np.ndarray, logits: np.ndarray, num_labels: int) -> float:
+def expected_calibration_error(truth: np.ndarray, logits: np.ndarray, label_names: list[str]) -> float:
     """The gap between confidence and accuracy, averaged over CALIBRATION_BINS bins weighted by their size."""
     bins = calibration_bins(truth, logits)
     return sum(n * abs(c - a) for n, c, a in zip(bins["count"], bins["confidence"], bins["accuracy"]) if n) / len(truth)
@@ -212,7 +230,7 @@ CLASSIFICATION_METRICS = (
     Metric("macro_recall", "macro recall", of_labels(lambda t, p, k: recall_score(
         t, p, labels=range(k), average="macro", zero_division=0)), in_summary=False),
     Metric("mcc", "Matthews correlation", of_labels(lambda t, p, _: matthews_corrcoef(t, p)), in_summary=False),
-    Metric("log_loss", "log loss", lambda t, logits, k: log_loss(t, probabilities(logits), labels=range(k)),
+    Metric("log_loss", "log loss", lambda t, logits, names: log_loss(t, probabilities(logits), labels=range(len(names))),
            higher_is_better=False, in_summary=False),
     Metric("ece", "expected calibration error", expected_calibration_error, higher_is_better=False, in_summary=False),
 )
@@ -280,10 +298,10 @@ class Classification(Task):
         counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=len(label_names))
         return {name: int(n) for name, n in zip(label_names, counts)}
 
-    def prediction_values(self, outputs):
+    def prediction_values(self, outputs, attention_mask):
         return outputs.logits.float()
 
-    def decode(self, values, label_names, top_k):
+    def decode(self, values, label_names, top_k, text):
         # ranked on the logits themselves, so the first label is exactly predict()'s argmax
         ranked = np.argsort(-values, kind="stable")[:max(top_k, 1)]
         p = probabilities(values)
@@ -305,28 +323,30 @@ class Classification(Task):
         prior = np.log(np.maximum(counts, 1) / counts.sum())
         majority = int(counts.argmax())
         return {"label": label_names[majority],
-                **self.scores(test_labels, np.tile(prior, (len(test_labels), 1)), len(label_names))}
+                **self.scores(test_labels, np.tile(prior, (len(test_labels), 1)), label_names)}
 
     def test_report(self, truth, values, label_names):
         truth, ids = np.asarray(truth), list(range(len(label_names)))
         predictions = self.predict(values)
         precision, recall, f1, support = precision_recall_fscore_support(truth, predictions, labels=ids, zero_division=0)
-        return {**self.scores(truth, values, len(label_names)),
+        return {**self.scores(truth, values, label_names),
                 "worst_class": label_names[worst_class(truth, predictions, len(label_names))[0]],
                 "per_class": {name: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
                                      "support": int(support[i])} for i, name in enumerate(label_names)},
                 "confusion_matrix": confusion_matrix(truth, predictions, labels=ids).tolist(),  # rows: truth
                 "calibration": calibration_bins(truth, values)}
 
-    def example_statistics(self, truth, predictions, num_labels):
+    def example_statistics(self, truth, predictions, label_names):
         # columns: correct | predicted class (one-hot) | true class (one-hot) | true positive per class
-        eye = np.eye(num_labels, dtype=np.float32)
+        truth, predictions = np.asarray(truth), np.asarray(predictions)
+        eye = np.eye(len(label_names), dtype=np.float32)
         predicted, actual = eye[predictions], eye[truth]
         correct = (predictions == truth).astype(np.float32)[:, None]
         return np.concatenate([correct, predicted, actual, predicted * actual], axis=1)
 
-    def metrics_from_sums(self, sums, counts, num_labels):
-        predicted, actual, true_positive = (sums[:, 1 + i * num_labels:1 + (i + 1) * num_labels] for i in range(3))
+    def metrics_from_sums(self, sums, counts, label_names):
+        k = len(label_names)
+        predicted, actual, true_positive = (sums[:, 1 + i * k:1 + (i + 1) * k] for i in range(3))
         denominator = predicted + actual
         f1 = np.divide(2 * true_positive, denominator, out=np.zeros_like(true_positive), where=denominator > 0)
         present = actual > 0  # balanced accuracy and the worst class are over the classes the resample holds
@@ -412,6 +432,19 @@ class Regression(Task):
                                 "(it applies to classes)")
         return problems
 
+    def describe_labels(self, label_names):
+        return f"'{label_names[0]}' predicted"
+
+    def card_usage(self, pairs):
+        text = '{"text": "first text", "text_pair": "second text"}' if pairs else '"your text"'
+        return ['score = pipeline("text-classification", model=FOLDER)',
+                f'score([{text}], truncation=True, function_to_apply="none")  # the number itself: no softmax on one output']
+
+    def card_limit(self, label_names, distribution):
+        train = distribution["train"]
+        return (f"It learned {label_names[0]} from values between {train['min']:.3f} and {train['max']:.3f}; outside "
+                "that range its predictions are guesses.")
+
     def refused_strategy(self, strategy):
         if strategy == "setfit":
             return "setfit learns from pairs of texts of the same and of different classes"
@@ -456,10 +489,10 @@ class Regression(Task):
         return {"mean": float(values.mean()), "std": float(values.std()), "min": float(values.min()),
                 "max": float(values.max())}
 
-    def prediction_values(self, outputs):
+    def prediction_values(self, outputs, attention_mask):
         return outputs.logits.float().squeeze(-1)
 
-    def decode(self, values, label_names, top_k):
+    def decode(self, values, label_names, top_k, text):
         return {f"predicted_{label_names[0]}": float(values)}
 
     def format_prediction(self, row):
@@ -468,19 +501,19 @@ class Regression(Task):
 
     def baseline(self, train_labels, test_labels, label_names):
         mean = float(np.mean(train_labels))
-        return {"label": f"{mean:.3f}", **self.scores(test_labels, np.full(len(test_labels), mean), 1)}
+        return {"label": f"{mean:.3f}", **self.scores(test_labels, np.full(len(test_labels), mean), label_names)}
 
     def test_report(self, truth, values, label_names):
-        return self.scores(truth, values, 1)
+        return self.scores(truth, values, label_names)
 
-    def example_statistics(self, truth, predictions, num_labels):
+    def example_statistics(self, truth, predictions, label_names):
         # columns: x, y, x², y², xy for Pearson; the same over ranks (ranked once, over the whole split) for
         # Spearman; squared and absolute error
         x, y = np.asarray(predictions, float), np.asarray(truth, float)
         rx, ry = rankdata(x), rankdata(y)
         return np.stack([x, y, x * x, y * y, x * y, rx, ry, rx * rx, ry * ry, rx * ry, (x - y) ** 2, np.abs(x - y)], 1)
 
-    def metrics_from_sums(self, sums, counts, num_labels):
+    def metrics_from_sums(self, sums, counts, label_names):
         def pearson(sx, sy, sxx, syy, sxy):
             covariance, vx, vy = counts * sxy - sx * sy, counts * sxx - sx ** 2, counts * syy - sy ** 2
             scale = np.sqrt(np.maximum(vx * vy, 0))

@@ -25,7 +25,7 @@ from checkpoints import (BEST_WEIGHTS, RESUME_STATE, epoch_weights, load_checkpo
 from config import Config, TrainingConfig
 from data import Encoded, collate, epoch_rows, eval_batches, train_batches
 from measure import stopwatch
-from tasks import TASKS, Task
+from tasks import PAD_VALUE, TASKS, Task
 from utils import process_state
 
 logger = logging.getLogger(__name__)
@@ -338,10 +338,13 @@ def inference(model, encoded: Encoded, split: str, t: TrainingConfig, accelerato
         outputs = model(**model_inputs(batch))
         if "labels" in batch and mine:
             loss_total += task.loss(outputs, batch["labels"])
-        predicted.append((values or task.prediction_values)(outputs))
+        predicted.append((values or task.prediction_values)(outputs, batch["attention_mask"]))
     rows = torch.tensor([i for batch_rows in mine for i in batch_rows] if mine else [-1] * len(batches[0]),
                         device=accelerator.device)
-    predictions = accelerator.gather(accelerator.pad_across_processes(torch.cat(predicted)))
+    predictions = torch.cat(padded_to_widest(predicted))
+    if predictions.dim() > 1:  # per-token values: as wide as the widest in any process
+        predictions = accelerator.pad_across_processes(predictions, dim=1, pad_index=PAD_VALUE)
+    predictions = accelerator.gather(accelerator.pad_across_processes(predictions))
     rows = accelerator.gather(accelerator.pad_across_processes(rows, pad_index=-1))
     predictions, rows = predictions[rows >= 0].cpu().numpy(), rows[rows >= 0].cpu().numpy()
     in_order = np.empty_like(predictions)
@@ -350,10 +353,21 @@ def inference(model, encoded: Encoded, split: str, t: TrainingConfig, accelerato
     return loss, in_order
 
 
+def padded_to_widest(values: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Per-batch values padded along their second dimension (tokens) to the widest batch's, with PAD_VALUE;
+    values of one width (a classifier's logits) come back as they are."""
+    if values[0].dim() < 2:
+        return values
+    width = max(v.shape[1] for v in values)
+    # torch's pad counts dimensions from the last one
+    return [torch.nn.functional.pad(v, (0, 0) * (v.dim() - 2) + (0, width - v.shape[1]), value=PAD_VALUE)
+            for v in values]
+
+
 def evaluate(model, encoded: Encoded, split: str, t: TrainingConfig, accelerator: Accelerator, task: Task) -> dict:
     """The loss, every metric of the task, and the prediction values and predictions of one split."""
     loss, values = inference(model, encoded, split, t, accelerator, task)
-    return {"loss": loss, **task.scores(encoded.labels[split], values, encoded.num_labels),
+    return {"loss": loss, **task.scores(encoded.labels[split], values, encoded.label_names),
             "values": values, "predictions": task.predict(values)}
 
 

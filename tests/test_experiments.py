@@ -208,11 +208,11 @@ def test_paired_bootstrap_known_answers():
     rng = np.random.default_rng(0)
     truth = rng.integers(0, 3, 400)
     # identical predictions: no difference at all
-    same = paired_bootstrap(CLASSIFICATION, truth, [truth], [truth], 3, resamples=2000)
+    same = paired_bootstrap(CLASSIFICATION, truth, [truth], [truth], ["a", "b", "c"], resamples=2000)
     assert same["accuracy"] == {"difference": 0.0, "low": 0.0, "high": 0.0, "p_value": 1.0, "per_run": [0.0]}
     # A always right, B always wrong: the difference is 1 in every resample, p at its floor
     wrong = (truth + 1) % 3
-    clear = paired_bootstrap(CLASSIFICATION, truth, [truth], [wrong], 3, resamples=2000)
+    clear = paired_bootstrap(CLASSIFICATION, truth, [truth], [wrong], ["a", "b", "c"], resamples=2000)
     assert clear["accuracy"]["difference"] == pytest.approx(1.0)
     assert clear["accuracy"]["p_value"] == pytest.approx(1 / 2001)
     # 12 examples only A gets right, 3 only B: the observed difference and macro-F1 match sklearn's,
@@ -220,7 +220,7 @@ def test_paired_bootstrap_known_answers():
     a, b = truth.copy(), truth.copy()
     a[:3] = wrong[:3]
     b[3:15] = wrong[3:15]
-    result = paired_bootstrap(CLASSIFICATION, truth, [a], [b], 3, resamples=5000)
+    result = paired_bootstrap(CLASSIFICATION, truth, [a], [b], ["a", "b", "c"], resamples=5000)
     assert result["accuracy"]["difference"] == pytest.approx(9 / 400, abs=1e-6)
     assert result["macro_f1"]["difference"] == pytest.approx(
         f1_score(truth, a, average="macro") - f1_score(truth, b, average="macro"), abs=1e-5)
@@ -228,7 +228,7 @@ def test_paired_bootstrap_known_answers():
     mcnemar = stats.binomtest(3, 15, 0.5).pvalue  # exact McNemar: 0.035
     assert 0.005 < result["accuracy"]["p_value"] < 0.06 and 0.01 < mcnemar < 0.06
     # two paired seeds that predict alike give the single seed's difference
-    two = paired_bootstrap(CLASSIFICATION, truth, [a, a], [b, b], 3, resamples=5000)
+    two = paired_bootstrap(CLASSIFICATION, truth, [a, a], [b, b], ["a", "b", "c"], resamples=5000)
     assert two["accuracy"]["difference"] == pytest.approx(result["accuracy"]["difference"], abs=1e-6)
 
 

@@ -28,7 +28,7 @@ CONFIDENCE = [0.9] * 6 + [0.6, 0.8, 0.8, 0.5]
 
 def test_every_metric_on_a_known_prediction():
     values = logits_for(PREDICTED, CONFIDENCE)
-    scores = CLASSIFICATION.scores(TRUTH, values, 3)
+    scores = CLASSIFICATION.scores(TRUTH, values, ["a", "b", "c"])
     # per class: a precision 6/8 recall 1 -> F1 6/7; b precision 1/2 recall 1/3 -> F1 0.4; c: 0
     f1 = [6 / 7, 0.4, 0.0]
     assert scores["accuracy"] == pytest.approx(0.7)
@@ -65,7 +65,7 @@ def test_test_report_names_the_worst_class_and_holds_the_matrix_and_reliability_
 def test_a_class_absent_from_the_split_is_not_the_worst_class():
     truth = np.array([0, 0, 1, 1])
     values = logits_for([0, 0, 1, 0], [0.9] * 4)
-    scores = CLASSIFICATION.scores(truth, values, 3)
+    scores = CLASSIFICATION.scores(truth, values, ["a", "b", "c"])
     assert scores["worst_class_f1"] == pytest.approx(2 / 3)  # b, not absent c
     assert scores["balanced_accuracy"] == pytest.approx((1 + 1 / 2) / 2) and scores["macro_recall"] == pytest.approx(0.5)
     assert CLASSIFICATION.test_report(truth, values, NAMES)["worst_class"] == "b"
@@ -75,7 +75,7 @@ def test_perfectly_calibrated_predictions_have_no_calibration_error():
     # in the 0.75 bin, 3 of 4 are right: confidence says exactly what happens
     truth = np.array([0, 0, 0, 1])
     values = logits_for([0, 0, 0, 0], [0.75] * 4)
-    assert CLASSIFICATION.scores(truth, values, 3)["ece"] == pytest.approx(0.0)
+    assert CLASSIFICATION.scores(truth, values, ["a", "b", "c"])["ece"] == pytest.approx(0.0)
     assert calibration_bins(truth, values)["accuracy"][11] == 0.75
 
 

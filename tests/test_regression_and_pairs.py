@@ -51,12 +51,12 @@ def test_correlations_match_scipy_and_are_zero_against_a_constant():
     rng = np.random.default_rng(0)
     truth = rng.integers(0, 6, 200).astype(float)  # ties, as on STS-B's 0-5 scale
     predicted = truth + rng.normal(0, 2, 200)
-    scores = REGRESSION.scores(truth, predicted, 1)
+    scores = REGRESSION.scores(truth, predicted, ["score"])
     assert scores["pearson"] == pytest.approx(pearsonr(predicted, truth).statistic, abs=1e-12)
     assert scores["spearman"] == pytest.approx(spearmanr(predicted, truth).statistic, abs=1e-12)
     assert scores["rmse"] == pytest.approx(np.sqrt(np.mean((predicted - truth) ** 2)))
     assert scores["mae"] == pytest.approx(np.mean(np.abs(predicted - truth)))
-    constant = REGRESSION.scores(truth, np.full(200, 2.5), 1)
+    constant = REGRESSION.scores(truth, np.full(200, 2.5), ["score"])
     assert constant["pearson"] == constant["spearman"] == 0.0
 
 
@@ -64,15 +64,15 @@ def test_bootstrap_statistics_give_the_metrics_and_separate_a_known_better_model
     rng = np.random.default_rng(1)
     truth = rng.normal(2.5, 1.2, 300)
     close, far = truth + rng.normal(0, 0.3, 300), truth + rng.normal(0, 1.5, 300)
-    sums = np.ones((1, 300)) @ REGRESSION.example_statistics(truth, close, 1)
-    from_sums = REGRESSION.metrics_from_sums(sums, np.array([300.0]), 1)
-    for name, value in REGRESSION.scores(truth, close, 1).items():
+    sums = np.ones((1, 300)) @ REGRESSION.example_statistics(truth, close, ["score"])
+    from_sums = REGRESSION.metrics_from_sums(sums, np.array([300.0]), ["score"])
+    for name, value in REGRESSION.scores(truth, close, ["score"]).items():
         if name in from_sums:
             assert from_sums[name][0] == pytest.approx(value, abs=1e-9), name
-    same = paired_bootstrap(REGRESSION, truth, [close], [close], 1, resamples=1000)
+    same = paired_bootstrap(REGRESSION, truth, [close], [close], ["score"], resamples=1000)
     assert all(same[name]["difference"] == 0.0 and same[name]["p_value"] == 1.0 for name in REGRESSION.compared_metrics)
-    clear = paired_bootstrap(REGRESSION, truth, [close], [far], 1, resamples=1000)
-    expected = REGRESSION.scores(truth, close, 1)["spearman"] - REGRESSION.scores(truth, far, 1)["spearman"]
+    clear = paired_bootstrap(REGRESSION, truth, [close], [far], ["score"], resamples=1000)
+    expected = REGRESSION.scores(truth, close, ["score"])["spearman"] - REGRESSION.scores(truth, far, ["score"])["spearman"]
     assert clear["spearman"]["difference"] == pytest.approx(expected, abs=1e-9)
     assert clear["spearman"]["low"] > 0 and clear["spearman"]["p_value"] < 0.01
     assert clear["rmse"]["high"] < 0 and clear["mae"]["high"] < 0  # errors: lower is better

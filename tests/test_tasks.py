@@ -71,9 +71,9 @@ def test_classification_sums_give_the_metrics_of_every_weighting():
     each weighting stands for."""
     rng = np.random.default_rng(1)
     truth, predictions = rng.integers(0, 4, 60), rng.integers(0, 4, 60)
-    statistics = CLASSIFICATION.example_statistics(truth, predictions, 4)
+    statistics = CLASSIFICATION.example_statistics(truth, predictions, ["a", "b", "c", "d"])
     counts = rng.multinomial(60, np.full(60, 1 / 60), size=5).astype(np.float32)
-    scores = CLASSIFICATION.metrics_from_sums(counts @ statistics, counts.sum(1), 4)
+    scores = CLASSIFICATION.metrics_from_sums(counts @ statistics, counts.sum(1), ["a", "b", "c", "d"])
     for i, weights in enumerate(counts.astype(int)):
         t, p = np.repeat(truth, weights), np.repeat(predictions, weights)
         assert scores["accuracy"][i] == pytest.approx(accuracy_score(t, p))
