@@ -60,7 +60,7 @@ class AugmentConfig:
 @dataclass
 class DataConfig:
     task: str = "classification"
-    """What is predicted: `classification` (one label per text or pair, from a fixed set) or `regression` (one number per text or pair, e.g. a similarity score)."""
+    """What is predicted: `classification` (one label per text or pair, from a fixed set), `regression` (one number per text or pair, e.g. a similarity score) or `token_classification` (one tag per word, e.g. named entities)."""
     name: str | None = None
     """A Hub data set (`ag_news`, `imdb`, `banking77`, `trec`, `emotion` with known columns, or any Hub id); exactly one of `name` and `path`."""
     path: str | None = None
@@ -71,6 +71,12 @@ class DataConfig:
     """Column holding each example's second text, for sentence pairs (entailment, paraphrase, similarity): the two are encoded together, with token type ids, cut longest first to max_length; null: single texts."""
     label_column: str | None = None
     """Column holding the label (classification: strings or integers; regression: numbers); null: the known Hub data set's, else `label`."""
+    tokens_column: str | None = None
+    """token_classification: the column holding each sentence's words (a list); null: `tokens`. CoNLL column files (.conll, .txt) give `tokens` and `ner_tags`."""
+    tags_column: str | None = None
+    """token_classification: the column holding each word's tag (a list of strings such as B-PER, or of integers named by the Hub data set's ClassLabel or `tag_names`); null: `ner_tags`."""
+    tag_names: list[str] | None = None
+    """token_classification: the names of integer tags, in order; null: the Hub data set's, or the tags are strings."""
     train_size: int | None = None
     """Cap on training rows, sampled per class (regression: at random); null keeps all."""
     validation_size: float = 0.1

@@ -13,7 +13,7 @@ import torch
 from sklearn.model_selection import train_test_split
 
 from config import AugmentConfig, DataConfig
-from tasks import TASKS
+from tasks import PAD_VALUE, TASKS
 from utils import ConfigError, stable_hash
 
 logger = logging.getLogger(__name__)
@@ -43,7 +43,31 @@ SORT_WINDOW_BATCHES = 50
 
 # File names accepted for each split inside a data folder.
 SPLIT_FILE_STEMS = {"train": ("train",), "validation": ("validation", "valid", "val", "dev"), "test": ("test",)}
+def read_conll(path: Path) -> pd.DataFrame:
+    """A CoNLL column file (CoNLL-2003 and its kind): one word per line, the word first and its tag last, a blank
+    line between sentences, -DOCSTART- lines skipped. As the Hub's layout: columns `tokens` and `ner_tags`."""
+    sentences, words, tags = [], [], []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        fields = line.split()
+        if fields and fields[0] == "-DOCSTART-":
+            continue
+        if not fields:
+            if words:
+                sentences.append({"tokens": words, "ner_tags": tags})
+            words, tags = [], []
+            continue
+        if len(fields) < 2:
+            raise ValueError(f"line {number} holds one field ({line.strip()!r}); a CoNLL line is a word, then its tag last")
+        words.append(fields[0])
+        tags.append(fields[-1])
+    if words:
+        sentences.append({"tokens": words, "ner_tags": tags})
+    return pd.DataFrame(sentences, columns=["tokens", "ner_tags"])
+
+
 READERS = {
+    ".conll": read_conll,
+    ".txt": read_conll,
     ".csv": lambda p: pd.read_csv(p, keep_default_na=False, na_values=[""]),
     ".tsv": lambda p: pd.read_csv(p, sep="\t", keep_default_na=False, na_values=[""]),
     ".json": lambda p: pd.read_json(p),
@@ -55,7 +79,8 @@ READERS = {
 @dataclass
 class LabelledData:
     """Texts (and, for sentence pairs, their second texts) and labels per split, with the label names (the
-    classes the integer labels stand for; regression: the one predicted column)."""
+    classes the integer labels stand for; regression: the one predicted column; token classification: the tags).
+    With `words`, each text is a sentence's words joined by single spaces and its label one tag id per word."""
 
     name: str
     texts: dict[str, list[str]]
@@ -63,6 +88,7 @@ class LabelledData:
     label_names: list[str]
     cleaning: dict = dataclasses.field(default_factory=dict)  # what load_data dropped or found, per split
     pairs: dict[str, list[str]] | None = None
+    words: bool = False
 
     @property
     def fingerprint(self) -> str:
@@ -75,30 +101,35 @@ class LabelledData:
 def load_data(cfg: DataConfig) -> LabelledData:
     """Read the configured source, carve missing splits from train, and encode the labels as the task does."""
     task = TASKS[cfg.task]
+    known = HUB_DATASETS.get(cfg.name) if cfg.name is not None else None
+    if task.words:
+        columns = {"text": ("data.tokens_column", cfg.tokens_column or "tokens"),
+                   "label": ("data.tags_column", cfg.tags_column or "ner_tags")}
+    else:
+        columns = {"text": ("data.text_column", cfg.text_column or (known.text_column if known else "text")),
+                   "pair": ("data.text_pair_column", cfg.text_pair_column),
+                   "label": ("data.label_column", cfg.label_column or (known.label_column if known else "label"))}
+    label_column = columns["label"][1]
     if cfg.name is not None:
-        known = HUB_DATASETS.get(cfg.name)
-        text_column = cfg.text_column or (known.text_column if known else "text")
-        label_column = cfg.label_column or (known.label_column if known else "label")
         frames, hub_names = _read_hub(known.hub_id if known else cfg.name, label_column)
         name = cfg.name
     else:
         frames, hub_names = _read_local(Path(cfg.path)), None
-        text_column, label_column = cfg.text_column or "text", cfg.label_column or "label"
         name = Path(cfg.path).stem if Path(cfg.path).is_file() else Path(cfg.path).name
     cleaning = {split: {} for split in SPLITS}
-    frames = {split: _clean(frame, split, text_column, cfg.text_pair_column, label_column, cleaning[split])
-              for split, frame in frames.items()}
+    frames = {split: _clean(frame, split, columns, task.words, cleaning[split]) for split, frame in frames.items()}
     frames = {split: _drop_duplicates(frame, split, cfg.drop_duplicates, cleaning[split]) for split, frame in frames.items()}
     frames = _carve_missing_splits(frames, cfg, task.stratified)
     frames = _remove_leakage(frames, cfg.remove_leakage, cleaning)
     if cfg.train_size is not None and cfg.train_size < len(frames["train"]):
         frames["train"] = _split(frames["train"], len(frames["train"]) - cfg.train_size, cfg.seed, "train_size",
                                  task.stratified)[0]
-    label_names, labels = task.encode_labels({split: frame["label"] for split, frame in frames.items()}, hub_names,
-                                             label_column)
+    label_names, labels = task.encode_labels({split: frame["label"] for split, frame in frames.items()},
+                                             cfg.tag_names or hub_names, label_column)
     texts = {split: frame["text"].tolist() for split, frame in frames.items()}
     pairs = {split: frame["pair"].tolist() for split, frame in frames.items()} if cfg.text_pair_column else None
-    return LabelledData(name=name, texts=texts, labels=labels, label_names=label_names, cleaning=cleaning, pairs=pairs)
+    return LabelledData(name=name, texts=texts, labels=labels, label_names=label_names, cleaning=cleaning, pairs=pairs,
+                        words=task.words)
 
 
 def _read_hub(hub_id: str, label_column: str) -> tuple[dict[str, pd.DataFrame], list[str] | None]:
@@ -119,6 +150,7 @@ def _read_hub(hub_id: str, label_column: str) -> tuple[dict[str, pd.DataFrame], 
     if "train" not in frames:
         raise ConfigError(f"data.name: Hub data set '{hub_id}' has no train split (it has {', '.join(dataset)})")
     feature = dataset["train"].features.get(label_column)
+    feature = getattr(feature, "feature", feature)  # a list of tags: its items' feature
     label_names = list(feature.names) if hasattr(feature, "names") else None  # a ClassLabel: keep its names
     return frames, label_names
 
@@ -158,16 +190,18 @@ def read_file(path: Path, key: str = "data.path") -> pd.DataFrame:
     return frame
 
 
-def _clean(frame: pd.DataFrame, split: str, text_column: str, pair_column: str | None, label_column: str,
+def _clean(frame: pd.DataFrame, split: str, columns: dict[str, tuple[str, str | None]], words: bool,
            found: dict) -> pd.DataFrame:
-    """The split as columns text (and pair) and label, without the rows that lack a text or a label."""
-    columns = {"text": ("data.text_column", text_column), "pair": ("data.text_pair_column", pair_column),
-               "label": ("data.label_column", label_column)}
+    """The split as columns text (and pair) and label, without the rows that lack a text or a label. `columns`
+    maps each to (its config key, the column in the data); with `words`, lists of words and of their tags
+    become texts and tags joined by spaces."""
     columns = {name: (key, column) for name, (key, column) in columns.items() if column is not None}
     for key, column in columns.values():
         if column not in frame.columns:
             raise ConfigError(f"{key}: column '{column}' not in the {split} data; columns: {', '.join(map(str, frame.columns))}")
     frame = pd.DataFrame({name: frame[column] for name, (_, column) in columns.items()})
+    if words:
+        frame = _joined_words(frame, split, columns)
     if frame["label"].dtype.kind == "f" and (frame["label"].dropna() % 1 == 0).all():
         frame["label"] = frame["label"].astype("Int64")  # integer labels read as floats beside blanks
     texts = {name: frame[name].astype("string").str.strip() for name in ("text", "pair") if name in frame}
@@ -181,6 +215,27 @@ def _clean(frame: pd.DataFrame, split: str, text_column: str, pair_column: str |
         raise ConfigError(f"data: the {split} split has no rows with both text and a label")
     return pd.DataFrame({**{name: text[keep].astype(str) for name, text in texts.items()},
                          "label": frame["label"][keep]}).reset_index(drop=True)
+
+
+def _joined_words(frame: pd.DataFrame, split: str, columns: dict) -> pd.DataFrame:
+    """Each row's words and tags as two strings joined by single spaces (what cleaning, splitting and reports
+    take), after checking that every word has one tag and holds no space."""
+    texts, tags = [], []
+    for row, (words, row_tags) in enumerate(zip(frame["text"], frame["label"])):
+        if not isinstance(words, (list, tuple, np.ndarray)) or not isinstance(row_tags, (list, tuple, np.ndarray)):
+            raise ConfigError(f"{columns['text'][0]}, {columns['label'][0]}: row {row} of the {split} data holds "
+                              f"{type(words).__name__} and {type(row_tags).__name__}, allowed: a list of words and a list "
+                              "of tags (JSON, JSONL, Parquet, or a CoNLL .conll/.txt file)")
+        if len(words) != len(row_tags):
+            raise ConfigError(f"{columns['label'][0]}: row {row} of the {split} data has {len(words)} words and "
+                              f"{len(row_tags)} tags, allowed: one tag per word")
+        spaced = next((w for w in words if len(str(w).split()) != 1), None)
+        if spaced is not None:
+            raise ConfigError(f"{columns['text'][0]}: row {row} of the {split} data holds the word {str(spaced)!r}, "
+                              "allowed: words without spaces, not empty")
+        texts.append(" ".join(map(str, words)))
+        tags.append(" ".join(map(str, row_tags)))
+    return pd.DataFrame({"text": texts, "label": tags})
 
 
 def text_key(text: str) -> str:
@@ -385,8 +440,40 @@ def segment_ids(input_ids: torch.Tensor, attention_mask: torch.Tensor, separator
     return (after_first & attention_mask.bool()).long()
 
 
+def word_token_ids(tokenizer, texts: list[str], max_length: int) -> tuple[list[list[int]], list[list[int]]]:
+    """Sentences of space-separated words as token ids (each word split into sub-words on its own), with the
+    position of each word's first sub-word; words that max_length cuts off have none."""
+    encoded = tokenizer([text.split(" ") for text in texts], is_split_into_words=True, truncation=True,
+                        max_length=max_length, return_attention_mask=False, return_token_type_ids=False)
+    firsts = []
+    for row in range(len(texts)):
+        positions: dict[int, int] = {}
+        for position, word in enumerate(encoded.word_ids(row)):
+            if word is not None:
+                positions.setdefault(word, position)
+        firsts.append(list(positions.values()))
+    return encoded["input_ids"], firsts
+
+
+def tags_on_tokens(tags: list[int], firsts: list[int], length: int) -> list[int]:
+    """Each word's tag on its first sub-word; PAD_VALUE (nothing to learn or score) on its other sub-words and on
+    special tokens."""
+    row = [PAD_VALUE] * length
+    for word, position in enumerate(firsts):
+        row[position] = tags[word]
+    return row
+
+
 def tokenize(data: LabelledData, tokenizer, max_length: int) -> Encoded:
-    """Tokenize every split once; padding happens per batch, to that batch's longest row."""
+    """Tokenize every split once; padding happens per batch, to that batch's longest row. Sentences of words get
+    their tags on the tokens (tags_on_tokens)."""
+    if data.words:
+        ids, labels = {}, {}
+        for split in SPLITS:
+            ids[split], firsts = word_token_ids(tokenizer, data.texts[split], max_length)
+            labels[split] = [tags_on_tokens(tags, first, len(row))
+                             for tags, first, row in zip(data.labels[split], firsts, ids[split])]
+        return Encoded(ids=ids, labels=labels, pad_id=tokenizer.pad_token_id, label_names=data.label_names)
     pairs = data.pairs or dict.fromkeys(SPLITS)
     ids = {split: token_ids(tokenizer, data.texts[split], max_length, pairs[split]) for split in SPLITS}
     separator = data.pairs and pair_separator(tokenizer, data.texts["train"], data.pairs["train"], max_length)
@@ -399,9 +486,9 @@ def epoch_rows(labels: list[int], sampler: str, seed: int, epoch: int) -> np.nda
     the largest class's count, its own rows first and then random repeats (`oversample`); or a fresh random
     subset of every class, down to the smallest class's count (`undersample`). Only the training split is ever
     resampled. A pure function of (seed, epoch), so a run resumed mid-epoch goes on with the same rows."""
-    labels = np.asarray(labels)
     if sampler == "random":
         return np.arange(len(labels))
+    labels = np.asarray(labels)
     rng = np.random.default_rng([seed, epoch, 1])  # its own stream, apart from the batch order's
     classes = [np.flatnonzero(labels == label) for label in np.unique(labels)]
     if sampler == "oversample":

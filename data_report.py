@@ -67,9 +67,9 @@ def describe_report(report: dict) -> list[str]:
                  "  rarest training classes: " + ", ".join(f"{name} {train[name]}" for name in rarest)]
     else:
         lines = [f"data {report['dataset']} ({report['fingerprint']}): {sizes}"]
-        for split, x in report["label_summary"].items():
-            lines.append(f"  {split} {report['label_names'][0]}: mean {x['mean']:.3f}, std {x['std']:.3f}, "
-                         f"min {x['min']:.3f}, max {x['max']:.3f}")
+        for split, summary in report["label_summary"].items():  # a score's spread, or counts of word tags
+            lines.append(f"  {split}: " + ", ".join(f"{key} {value:,}" if isinstance(value, int) else f"{key} {value:.3f}"
+                                                    for key, value in summary.items()))
     for split, found in report["cleaning"].items():
         dropped = {"empty text": found.get("empty_text", 0), "missing label": found.get("missing_label", 0),
                    "repeated text": found.get("duplicates_dropped", 0),

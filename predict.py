@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from config import Config
-from data import Encoded, pair_separator, read_file, token_ids
+from data import Encoded, pair_separator, read_file, token_ids, word_token_ids
 from model import load_tokenizer, run_model
 from report import best_run, summarize, task_of
 from results import RUN_RECORD, read_results, results_file, select_runs
@@ -95,7 +95,8 @@ class Predictor:
     def predict(self, texts: list[str], top_k: int = 1, pairs: list[str] | None = None) -> list[dict]:
         """One dict of named columns per text, or per pair of texts for a run trained on pairs (classification:
         predicted_label, probability, and with top_k > 1 the top k labels and their probabilities; regression:
-        the predicted number). An empty text gets an empty dict."""
+        the predicted number; token classification: the entities and each word's tag, words being what
+        whitespace separates). An empty text gets an empty dict."""
         trained_on_pairs = self.cfg.data.text_pair_column is not None
         if trained_on_pairs != (pairs is not None):
             raise ConfigError("this run was trained on sentence pairs: give each text its second text (--pair, "
@@ -106,14 +107,20 @@ class Predictor:
         if not kept:
             return [{} for _ in texts]
         chosen = [[x[i] for i in kept] for x in texts_of]
-        ids = token_ids(self.tokenizer, chosen[0], self.cfg.model.max_length, *chosen[1:])
+        firsts = None  # with words: where each word's first sub-word is, whose value is the word's
+        if self.task.words:
+            ids, firsts = word_token_ids(self.tokenizer, [" ".join(text.split()) for text in chosen[0]],
+                                         self.cfg.model.max_length)
+        else:
+            ids = token_ids(self.tokenizer, chosen[0], self.cfg.model.max_length, *chosen[1:])
         separator = pair_separator(self.tokenizer, *chosen, self.cfg.model.max_length) if pairs is not None else None
         encoded = Encoded(ids={"texts": ids}, labels=None, pad_id=self.tokenizer.pad_token_id,
                           label_names=self.label_names, pair_separator=separator)
         _, values = inference(self.model, encoded, "texts", self.cfg.training, self.accelerator, self.task)
         rows = [{} for _ in texts]
-        for i, row_values in zip(kept, values):
-            rows[i] = self.task.decode(np.asarray(row_values), self.label_names, top_k, texts[i])
+        for row, (i, row_values) in enumerate(zip(kept, values)):
+            row_values = np.asarray(row_values) if firsts is None else np.asarray(row_values)[firsts[row]]
+            rows[i] = self.task.decode(row_values, self.label_names, top_k, texts[i])
         return rows
 
 
@@ -122,7 +129,8 @@ def predict_file(predictor: Predictor, path: Path, output: Path | None, text_col
     """Predict every row of a file and write the input's columns plus the predictions as CSV, in input order."""
     frame = read_file(path, "--input")
     data = predictor.cfg.data
-    columns = {"--text-column": text_column or data.text_column or "text"}
+    default = (data.tokens_column or "tokens") if predictor.task.words else data.text_column or "text"
+    columns = {"--text-column": text_column or default}
     if data.text_pair_column is not None:
         columns["--pair-column"] = pair_column or data.text_pair_column
     texts = []
@@ -130,7 +138,9 @@ def predict_file(predictor: Predictor, path: Path, output: Path | None, text_col
         if column not in frame.columns:
             raise ConfigError(f"{option}: column '{column}' not in {path.name}; its columns: "
                               f"{', '.join(map(str, frame.columns))}")
-        texts.append([text if isinstance(text, str) else "" for text in frame[column].tolist()])
+        # a list of words (JSON, Parquet, CoNLL files) reads as those words with spaces between
+        texts.append([text if isinstance(text, str) else " ".join(map(str, text)) if isinstance(text, (list, np.ndarray))
+                      else "" for text in frame[column].tolist()])
     empty = sum(not all(x[i].strip() for x in texts) for i in range(len(frame)))
     if empty:
         logger.warning("%d of %d rows have an empty text: their predictions are left empty", empty, len(frame))

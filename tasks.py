@@ -18,7 +18,10 @@ import torch.nn.functional as F
 from scipy.stats import rankdata
 from sklearn.metrics import (accuracy_score, confusion_matrix, f1_score, log_loss, matthews_corrcoef,
                              precision_recall_fscore_support, precision_score, recall_score)
-from transformers import AutoModelForSequenceClassification
+from seqeval.metrics import accuracy_score as tag_accuracy
+from seqeval.metrics import classification_report as entity_report
+from seqeval.metrics.sequence_labeling import get_entities
+from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
 
 from utils import ConfigError
 
@@ -48,6 +51,8 @@ class Task(abc.ABC):
     diagnostics: tuple[str, ...] = ()  # diagnostics.DIAGNOSTICS that apply to this task beyond the general ones
     stratified: bool = True  # splits carved and train_size sampled in each class's proportion
     has_classes: bool = True  # labels are classes: class counts, imbalance, few-shot per class
+    words: bool = False  # each example is a list of words with one label per word
+    pipeline: str = "text-classification"  # the transformers pipeline an exported model serves
 
     def config_problems(self, cfg) -> list[str]:
         """Settings of the config that make no sense for this task, each as "key: got value, allowed: ...".
@@ -383,6 +388,25 @@ def focal_loss(logits: torch.Tensor, labels: torch.Tensor, gamma: float, weight:
     return (loss if weight is None else loss * weight[labels]).sum()
 
 
+def class_settings(cfg) -> list[tuple[str, object, object]]:
+    """The settings that act on classes of whole texts, each as (key, value, the value that leaves it off)."""
+    t = cfg.training
+    return [("training.loss", t.loss, "cross_entropy"), ("training.class_weights", t.class_weights, None),
+            ("training.label_smoothing", t.label_smoothing, 0), ("training.sampler", t.sampler, "random"),
+            ("few_shot.enabled", cfg.few_shot.enabled, False), ("data.augment.enabled", cfg.data.augment.enabled, False),
+            ("strategies.frozen_encoder.classifier", cfg.strategies.frozen_encoder.classifier, "head")]
+
+
+def settings_away_from_defaults(settings: list[tuple[str, object, object]], task: str, why: str) -> list[str]:
+    """A config problem for each setting not at the value that leaves it off, as config validation words them."""
+    problems = []
+    for key, value, default in settings:
+        if value != default:
+            allowed = "null" if default is None else str(default).lower() if isinstance(default, bool) else default
+            problems.append(f"{key}: got {value!r}, allowed: {allowed} with data.task: {task} ({why})")
+    return problems
+
+
 def correlation(truth: np.ndarray, predicted: np.ndarray, ranked: bool = False) -> float:
     """Pearson's correlation (Spearman's with `ranked`: Pearson's of the ranks, ties at their mean rank); 0 when
     either side is constant, where correlation is undefined (a model predicting one value relates to nothing)."""
@@ -419,18 +443,7 @@ class Regression(Task):
     has_classes = False
 
     def config_problems(self, cfg):
-        t, problems = cfg.training, []
-        for key, value, default in (("training.loss", t.loss, "cross_entropy"), ("training.class_weights", t.class_weights, None),
-                                    ("training.label_smoothing", t.label_smoothing, 0),
-                                    ("training.sampler", t.sampler, "random"),
-                                    ("few_shot.enabled", cfg.few_shot.enabled, False),
-                                    ("data.augment.enabled", cfg.data.augment.enabled, False),
-                                    ("strategies.frozen_encoder.classifier", cfg.strategies.frozen_encoder.classifier, "head")):
-            if value != default:
-                allowed = "null" if default is None else str(default).lower() if isinstance(default, bool) else default
-                problems.append(f"{key}: got {value!r}, allowed: {allowed} with data.task: regression "
-                                "(it applies to classes)")
-        return problems
+        return settings_away_from_defaults(class_settings(cfg), "regression", "it applies to classes")
 
     def describe_labels(self, label_names):
         return f"'{label_names[0]}' predicted"
@@ -524,7 +537,166 @@ class Regression(Task):
                 "mae": sums[:, 11] / counts}
 
 
+def tag_sequences(truth, values, label_names: list[str]) -> tuple[list[list[str]], list[list[str]]]:
+    """Per sentence, the true and the predicted tag of each word the model saw: the tokens whose truth is not
+    PAD_VALUE (a word's first sub-word), as tag names."""
+    gold, predicted = [], []
+    for row_truth, row_values in zip(truth, values):
+        row_truth = np.asarray(row_truth)
+        scored = np.flatnonzero(row_truth != PAD_VALUE)
+        gold.append([label_names[t] for t in row_truth[scored]])
+        predicted.append([label_names[v] for v in np.asarray(row_values)[scored]])
+    return gold, predicted
+
+
+def entity_counts(gold: list[str], predicted: list[str]) -> tuple[int, int, int]:
+    """Entities of one sentence (conlleval's rules, as seqeval's default): found exactly, predicted, true."""
+    true, found = set(get_entities(gold)), set(get_entities(predicted))
+    return len(true & found), len(found), len(true)
+
+
+def entity_scores(gold: list[list[str]], predicted: list[list[str]]) -> dict[str, float]:
+    """Entity-level precision, recall and F1 (micro, over all entities) and the share of words tagged right."""
+    found, guessed, true = np.sum([entity_counts(g, p) for g, p in zip(gold, predicted)], axis=0) if gold else (0, 0, 0)
+    words = sum(map(len, gold))
+    return {"f1": 2 * found / (guessed + true) if guessed + true else 0.0,
+            "precision": found / guessed if guessed else 0.0, "recall": found / true if true else 0.0,
+            "accuracy": tag_accuracy(gold, predicted) if words else 0.0}
+
+
+def of_tags(name: str) -> Callable[[list, np.ndarray, list[str]], float]:
+    return lambda truth, values, label_names: entity_scores(*tag_sequences(truth, values, label_names))[name]
+
+
+class TokenClassification(Task):
+    """One tag per word (named entities in IOB tags: B-PER, I-PER, O, ...), scored on whole entities."""
+
+    name = "token_classification"
+    model_class = AutoModelForTokenClassification
+    peft_task_type = peft.TaskType.TOKEN_CLS
+    loss_label = "cross-entropy summed over the words"
+    baseline_label = "no-entity"
+    metrics = (Metric("f1", "entity F1", of_tags("f1")), Metric("precision", "entity precision", of_tags("precision")),
+               Metric("recall", "entity recall", of_tags("recall")), Metric("accuracy", "word accuracy", of_tags("accuracy")))
+    default_metric = "val_f1"
+    main_metric = "f1"
+    compared_metrics = ("f1", "precision", "recall", "accuracy")
+    plots = ("per_class_f1",)
+    stratified = False
+    has_classes = False
+    words = True
+    pipeline = "token-classification"
+
+    def config_problems(self, cfg):
+        text_settings = [("data.text_pair_column", cfg.data.text_pair_column, None),
+                         ("model.head.type", cfg.model.head.type, "model")]
+        return settings_away_from_defaults(text_settings + class_settings(cfg), "token_classification",
+                                           "it applies to whole texts")
+
+    def describe_labels(self, label_names):
+        return f"{len(label_names)} tags"
+
+    def card_usage(self, pairs):
+        return ['tag = pipeline("token-classification", model=FOLDER, aggregation_strategy="simple")',
+                'tag("Anna Schmidt ordered from the Leeds store")  # entities with their words and character offsets']
+
+    def card_limit(self, label_names, distribution):
+        return f"It knows only these tags: {', '.join(label_names)}. Every word gets one of them."
+
+    def refused_strategy(self, strategy):
+        return {"setfit": "it learns one vector per text, and tags are per word",
+                "prompt_tuning": "its virtual tokens shift the positions the tags are aligned to"}.get(strategy)
+
+    def encode_labels(self, labels, hub_names, column):
+        rows = {split: [tags.split(" ") for tags in values] for split, values in labels.items()}
+        seen = [tag for row in rows["train"] for tag in row]
+        if all(tag.lstrip("-").isdigit() for row in rows.values() for tags in row for tag in tags):
+            if hub_names is None:
+                raise ConfigError(f"data.tag_names: the tags in '{column}' are integers; name them in order with "
+                                  "data.tag_names (e.g. [O, B-PER, I-PER, ...]), or give the tags as strings")
+            names = list(hub_names)
+            to_id = {str(i): i for i in range(len(names))}
+        else:  # "O" first, then by entity type, B before I
+            names = sorted(set(seen), key=lambda tag: (tag != "O", tag[2:], tag))
+            to_id = {tag: i for i, tag in enumerate(names)}
+        encoded = {}
+        for split, tags in rows.items():
+            unknown = sorted({tag for row in tags for tag in row if tag not in to_id})
+            if unknown:
+                raise ConfigError(f"data: the {split} split has tags that {'data.tag_names does not name' if hub_names else 'training never saw'}: "
+                                  f"{', '.join(unknown[:10])}")
+            encoded[split] = [[to_id[tag] for tag in row] for row in tags]
+        return names, encoded
+
+    def model_kwargs(self, label_names):
+        return {"num_labels": len(label_names), "id2label": dict(enumerate(label_names)),
+                "label2id": {name: i for i, name in enumerate(label_names)}}
+
+    def collate_labels(self, labels, width):
+        return torch.tensor([row + [PAD_VALUE] * (width - len(row)) for row in labels], dtype=torch.long)
+
+    def loss(self, outputs, labels):
+        return F.cross_entropy(outputs.logits.float().flatten(0, 1), labels.flatten(), ignore_index=PAD_VALUE,
+                               reduction="sum")
+
+    def predict(self, values):
+        # each row's tokens, without the padding of its batch, as a list (rows differ in length)
+        rows = np.empty(len(values), dtype=object)
+        for i, row in enumerate(np.asarray(values)):
+            rows[i] = row[row != PAD_VALUE].tolist()
+        return rows
+
+    def label_distribution(self, labels, label_names):
+        counts = np.bincount([tag for row in labels for tag in row if tag != PAD_VALUE], minlength=len(label_names))
+        return {name: int(n) for name, n in zip(label_names, counts)}
+
+    def prediction_values(self, outputs, attention_mask):
+        return outputs.logits.argmax(-1).masked_fill(attention_mask == 0, PAD_VALUE)
+
+    def decode(self, values, label_names, top_k, text):
+        # `values`: one tag id per word the model saw (the words max_length cut off are left outside)
+        words = text.split()
+        tags = [label_names[v] for v in values] + ["O"] * (len(words) - len(values))
+        entities = [f"{kind}: {' '.join(words[start:end + 1])}" for kind, start, end in get_entities(tags)]
+        return {"entities": "; ".join(entities), "tags": " ".join(tags)}
+
+    def format_prediction(self, row):
+        return row["entities"] or "(no entities)"
+
+    def baseline(self, train_labels, test_labels, label_names):
+        # every word tagged with the commonest training tag (O): no entity at all
+        common = int(np.bincount([t for row in train_labels for t in row], minlength=len(label_names)).argmax())
+        gold = [[label_names[t] for t in row] for row in test_labels]
+        return {"label": label_names[common], **entity_scores(gold, [[label_names[common]] * len(row) for row in gold])}
+
+    def scores(self, truth, values, label_names):
+        return entity_scores(*tag_sequences(truth, values, label_names))
+
+    def test_report(self, truth, values, label_names):
+        gold, predicted = tag_sequences(truth, values, label_names)
+        report = entity_report(gold, predicted, output_dict=True, zero_division=0)
+        types = sorted({kind for kind, _, _ in get_entities([tag for row in gold for tag in row])})
+        return {**entity_scores(gold, predicted),
+                "per_class": {kind: {"precision": float(report[kind]["precision"]), "recall": float(report[kind]["recall"]),
+                                     "f1": float(report[kind]["f1-score"]), "support": int(report[kind]["support"])}
+                              for kind in types}}
+
+    def example_statistics(self, truth, predictions, label_names):
+        # per sentence: entities found exactly, predicted, true; words tagged right, words
+        rows = []
+        for gold, predicted in zip(*tag_sequences(truth, predictions, label_names)):
+            rows.append([*entity_counts(gold, predicted), sum(g == p for g, p in zip(gold, predicted)), len(gold)])
+        return np.asarray(rows, dtype=np.float64)
+
+    def metrics_from_sums(self, sums, counts, label_names):
+        found, guessed, true, right, words = sums.T
+        ratio = lambda a, b: np.divide(a, b, out=np.zeros_like(a), where=b > 0)
+        return {"f1": ratio(2 * found, guessed + true), "precision": ratio(found, guessed), "recall": ratio(found, true),
+                "accuracy": ratio(right, words)}
+
+
 TASKS: dict[str, Task] = {
     "classification": Classification(),
     "regression": Regression(),
+    "token_classification": TokenClassification(),
 }

@@ -99,7 +99,7 @@ class Plotter:
         if self.data_report is None:
             return f"needs the data report ({DATA_REPORT}); main.py writes it"
         if "class_counts" not in self.data_report:
-            return "the labels are numbers, not classes: the report's data section gives their spread per split"
+            return "the labels are not one class per text: the report's data section gives them per split"
         counts = self.data_report["class_counts"]
         names = sorted(counts["train"], key=lambda name: (-counts["train"][name], name))
         fig, ax = plt.subplots(figsize=(min(4 + 0.55 * len(names), 24), 5))
@@ -353,12 +353,16 @@ class Plotter:
         return ["predicted_vs_true.png"]
 
     def per_class_f1(self) -> list[str]:
-        """Mean test F1 of every class under every configuration, rarest training class first."""
+        """Mean test F1 of every class (or entity type) under every configuration, rarest first."""
         rows = [r for r in self.rows if r["shots_per_class"] == self.headline[0]["shots_per_class"]
                 and r["validation"]["mean"] is not None]
         if not rows or not all("per_class" in r["test"] for run in rows for r in self.runs_of(run)):
             return []
-        counts = self.runs_of(rows[0])[0]["dataset"]["label_distribution"]["train"]
+        first = self.runs_of(rows[0])[0]
+        counts, counted, kind = first["dataset"]["label_distribution"]["train"], "training examples", "class"
+        if not set(first["test"]["per_class"]) <= set(counts):  # entity types, counted in test; tags in training
+            counts = {name: c["support"] for name, c in first["test"]["per_class"].items()}
+            counted, kind = "test entities", "entity type"
         names = sorted(counts, key=lambda name: (counts[name], name))
         f1 = np.array([[np.mean([r["test"]["per_class"][name]["f1"] for r in self.runs_of(row)]) for name in names]
                        for row in rows])
@@ -371,11 +375,11 @@ class Plotter:
             ax.set_xticks(range(len(names)), [f"{name}\n({counts[name]})" for name in names], fontsize=9,
                           **slanted_if_long(names))
         else:
-            ax.set_xlabel("classes, rarest first")
+            ax.set_xlabel(f"{kind}s, rarest first")
         ax.set_yticks(range(len(rows)), [f"{configuration_label(r)}{' *' if r['chosen'] else ''}" for r in rows], fontsize=9)
         fig.colorbar(image, ax=ax, fraction=0.046, pad=0.02, label="test F1")
-        ax.set_title(f"Test F1 per class, rarest first: {self.dataset}, {self.model}{self.headline_note}\n"
-                     "(mean over runs; in brackets: training examples; * chosen setting)", fontsize=10)
+        ax.set_title(f"Test F1 per {kind}, rarest first: {self.dataset}, {self.model}{self.headline_note}\n"
+                     f"(mean over runs; in brackets: {counted}; * chosen setting)", fontsize=10)
         self.save(fig, "per_class_f1.png")
         return ["per_class_f1.png"]
 

@@ -161,7 +161,7 @@ def test_a_pair_regression_runs_end_to_end_with_its_plots_predict_and_export(pai
     assert visualize.main(["--output-dir", str(out)]) == 0
     printed = capsys.readouterr().out
     assert (out / "plots" / "predicted_vs_true.png").exists() and not list((out / "plots").glob("confusion_matrix*"))
-    assert "skipped class_distribution.png: the labels are numbers" in printed
+    assert "skipped class_distribution.png: the labels are not one class per text" in printed
     assert "regression with &#x27;score&#x27; predicted" in (out / "report.html").read_text()
 
     base = ["--config", config, *overrides]
