@@ -66,13 +66,13 @@ def read_conll(path: Path) -> pd.DataFrame:
 
 
 READERS = {
-    ".conll": read_conll,
-    ".txt": read_conll,
     ".csv": lambda p: pd.read_csv(p, keep_default_na=False, na_values=[""]),
     ".tsv": lambda p: pd.read_csv(p, sep="\t", keep_default_na=False, na_values=[""]),
     ".json": lambda p: pd.read_json(p),
     ".jsonl": lambda p: pd.read_json(p, lines=True),
     ".parquet": pd.read_parquet,
+    ".conll": read_conll,
+    ".txt": read_conll,
 }
 
 
