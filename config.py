@@ -60,7 +60,7 @@ class AugmentConfig:
 @dataclass
 class DataConfig:
     task: str = "classification"
-    """What is predicted: `classification` (one label per text or pair, from a fixed set), `regression` (one number per text or pair, e.g. a similarity score) or `token_classification` (one tag per word, e.g. named entities)."""
+    """What is predicted: `classification` (one label per text or pair, from a fixed set), `regression` (one number per text or pair, e.g. a similarity score) or `token_classification` (one tag per word, e.g. named entities) or `question_answering` (the span of a context that answers a question)."""
     name: str | None = None
     """A Hub data set (`ag_news`, `imdb`, `banking77`, `trec`, `emotion` with known columns, or any Hub id); exactly one of `name` and `path`."""
     path: str | None = None
@@ -77,6 +77,8 @@ class DataConfig:
     """token_classification: the column holding each word's tag (a list of strings such as B-PER, or of integers named by the Hub data set's ClassLabel or `tag_names`); null: `ner_tags`."""
     tag_names: list[str] | None = None
     """token_classification: the names of integer tags, in order; null: the Hub data set's, or the tags are strings."""
+    doc_stride: int = 128
+    """question_answering: tokens that consecutive windows of a long context share, so an answer cut by one window is whole in the next."""
     train_size: int | None = None
     """Cap on training rows, sampled per class (regression: at random); null keeps all."""
     validation_size: float = 0.1

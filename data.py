@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import io
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,10 +67,28 @@ def read_conll(path: Path) -> pd.DataFrame:
     return pd.DataFrame(sentences, columns=["tokens", "ner_tags"])
 
 
+def read_json(path: Path) -> pd.DataFrame:
+    """A JSON file: SQuAD's own layout (data / paragraphs / qas) as one row per question with the Hub's columns
+    (id, title, context, question, answers: {text, answer_start}); anything else as pandas reads it."""
+    text = path.read_text(encoding="utf-8")
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError:
+        raw = None
+    articles = raw.get("data") if isinstance(raw, dict) else None
+    if not (isinstance(articles, list) and articles and isinstance(articles[0], dict) and "paragraphs" in articles[0]):
+        return pd.read_json(io.StringIO(text))
+    return pd.DataFrame([{"id": qa.get("id"), "title": article.get("title"), "context": paragraph["context"],
+                          "question": qa["question"],
+                          "answers": {"text": [a["text"] for a in qa.get("answers", [])],
+                                      "answer_start": [a["answer_start"] for a in qa.get("answers", [])]}}
+                         for article in articles for paragraph in article["paragraphs"] for qa in paragraph["qas"]])
+
+
 READERS = {
     ".csv": lambda p: pd.read_csv(p, keep_default_na=False, na_values=[""]),
     ".tsv": lambda p: pd.read_csv(p, sep="\t", keep_default_na=False, na_values=[""]),
-    ".json": lambda p: pd.read_json(p),
+    ".json": read_json,
     ".jsonl": lambda p: pd.read_json(p, lines=True),
     ".parquet": pd.read_parquet,
     ".conll": read_conll,
@@ -89,6 +109,7 @@ class LabelledData:
     cleaning: dict = dataclasses.field(default_factory=dict)  # what load_data dropped or found, per split
     pairs: dict[str, list[str]] | None = None
     words: bool = False
+    spans: bool = False  # each label is a question's answers in its context (the pair): {text, answer_start}
 
     @property
     def fingerprint(self) -> str:
@@ -102,13 +123,7 @@ def load_data(cfg: DataConfig) -> LabelledData:
     """Read the configured source, carve missing splits from train, and encode the labels as the task does."""
     task = TASKS[cfg.task]
     known = HUB_DATASETS.get(cfg.name) if cfg.name is not None else None
-    if task.words:
-        columns = {"text": ("data.tokens_column", cfg.tokens_column or "tokens"),
-                   "label": ("data.tags_column", cfg.tags_column or "ner_tags")}
-    else:
-        columns = {"text": ("data.text_column", cfg.text_column or (known.text_column if known else "text")),
-                   "pair": ("data.text_pair_column", cfg.text_pair_column),
-                   "label": ("data.label_column", cfg.label_column or (known.label_column if known else "label"))}
+    columns = task.data_columns(cfg, known)
     label_column = columns["label"][1]
     if cfg.name is not None:
         frames, hub_names = _read_hub(known.hub_id if known else cfg.name, label_column)
@@ -117,7 +132,7 @@ def load_data(cfg: DataConfig) -> LabelledData:
         frames, hub_names = _read_local(Path(cfg.path)), None
         name = Path(cfg.path).stem if Path(cfg.path).is_file() else Path(cfg.path).name
     cleaning = {split: {} for split in SPLITS}
-    frames = {split: _clean(frame, split, columns, task.words, cleaning[split]) for split, frame in frames.items()}
+    frames = {split: _clean(frame, split, columns, task, cleaning[split]) for split, frame in frames.items()}
     frames = {split: _drop_duplicates(frame, split, cfg.drop_duplicates, cleaning[split]) for split, frame in frames.items()}
     frames = _carve_missing_splits(frames, cfg, task.stratified)
     frames = _remove_leakage(frames, cfg.remove_leakage, cleaning)
@@ -127,9 +142,9 @@ def load_data(cfg: DataConfig) -> LabelledData:
     label_names, labels = task.encode_labels({split: frame["label"] for split, frame in frames.items()},
                                              cfg.tag_names or hub_names, label_column)
     texts = {split: frame["text"].tolist() for split, frame in frames.items()}
-    pairs = {split: frame["pair"].tolist() for split, frame in frames.items()} if cfg.text_pair_column else None
+    pairs = {split: frame["pair"].tolist() for split, frame in frames.items()} if "pair" in frames["train"] else None
     return LabelledData(name=name, texts=texts, labels=labels, label_names=label_names, cleaning=cleaning, pairs=pairs,
-                        words=task.words)
+                        words=task.words, spans=task.spans)
 
 
 def _read_hub(hub_id: str, label_column: str) -> tuple[dict[str, pd.DataFrame], list[str] | None]:
@@ -190,18 +205,20 @@ def read_file(path: Path, key: str = "data.path") -> pd.DataFrame:
     return frame
 
 
-def _clean(frame: pd.DataFrame, split: str, columns: dict[str, tuple[str, str | None]], words: bool,
-           found: dict) -> pd.DataFrame:
+def _clean(frame: pd.DataFrame, split: str, columns: dict[str, tuple[str, str | None]], task, found: dict) -> pd.DataFrame:
     """The split as columns text (and pair) and label, without the rows that lack a text or a label. `columns`
-    maps each to (its config key, the column in the data); with `words`, lists of words and of their tags
-    become texts and tags joined by spaces."""
+    maps each to (its config key, the column in the data). Lists of words and of their tags become texts and
+    tags joined by spaces, and a question's answers JSON text (None without any), so that cleaning compares
+    them as strings."""
     columns = {name: (key, column) for name, (key, column) in columns.items() if column is not None}
     for key, column in columns.values():
         if column not in frame.columns:
             raise ConfigError(f"{key}: column '{column}' not in the {split} data; columns: {', '.join(map(str, frame.columns))}")
     frame = pd.DataFrame({name: frame[column] for name, (_, column) in columns.items()})
-    if words:
+    if task.words:
         frame = _joined_words(frame, split, columns)
+    if task.spans:
+        frame["label"] = [_answers_text(answers, split, row, columns["label"][0]) for row, answers in enumerate(frame["label"])]
     if frame["label"].dtype.kind == "f" and (frame["label"].dropna() % 1 == 0).all():
         frame["label"] = frame["label"].astype("Int64")  # integer labels read as floats beside blanks
     texts = {name: frame[name].astype("string").str.strip() for name in ("text", "pair") if name in frame}
@@ -236,6 +253,16 @@ def _joined_words(frame: pd.DataFrame, split: str, columns: dict) -> pd.DataFram
         texts.append(" ".join(map(str, words)))
         tags.append(" ".join(map(str, row_tags)))
     return pd.DataFrame({"text": texts, "label": tags})
+
+
+def _answers_text(answers, split: str, row: int, key: str) -> str | None:
+    """A question's answers, as the Hub's squad holds them ({text: [...], answer_start: [...]}, lists or arrays),
+    as JSON text; None for a question without an answer."""
+    if not isinstance(answers, dict) or not {"text", "answer_start"} <= set(answers):
+        raise ConfigError(f"{key}: row {row} of the {split} data holds {type(answers).__name__}, allowed: "
+                          "{text: [answers], answer_start: [their first characters]} as in SQuAD")
+    texts, starts = [str(t) for t in answers["text"]], [int(s) for s in answers["answer_start"]]
+    return json.dumps({"text": texts, "answer_start": starts}) if texts and len(texts) == len(starts) else None
 
 
 def text_key(text: str) -> str:
@@ -340,6 +367,10 @@ class Encoded:
     augmented_rows: int = 0  # training rows added by data.augment (at the end of the training split)
     # sentence pairs, for a model that takes token type ids: the token that ends the first text (see segment_ids)
     pair_separator: int | None = None
+    # question answering: per row (a window of a context), its question and each token's characters in the context
+    # (None outside it); per question, its context and true answers
+    windows: dict[str, list[dict]] | None = None
+    examples: dict[str, list[dict]] | None = None
 
     @property
     def num_labels(self) -> int:
@@ -464,9 +495,53 @@ def tags_on_tokens(tags: list[int], firsts: list[int], length: int) -> list[int]
     return row
 
 
-def tokenize(data: LabelledData, tokenizer, max_length: int) -> Encoded:
+def context_windows(tokenizer, questions: list[str], contexts: list[str], max_length: int,
+                    stride: int) -> tuple[list[list[int]], list[dict]]:
+    """Each question with its context, in as many windows of max_length tokens as the context needs, consecutive
+    windows sharing `stride` tokens; per window, its question (`example`) and each token's characters in the
+    context (`offsets`: None on the question and special tokens)."""
+    try:
+        encoded = tokenizer(questions, contexts, truncation="only_second", max_length=max_length, stride=stride,
+                            return_overflowing_tokens=True, return_offsets_mapping=True, return_attention_mask=False,
+                            return_token_type_ids=False)
+    except Exception as err:  # the tokenizers library says so when a question leaves no room for the context
+        raise ConfigError(f"data.doc_stride: a question and {stride} shared tokens do not fit in model.max_length "
+                          f"{max_length} ({str(err).splitlines()[0][:120]}); lower data.doc_stride or raise "
+                          "model.max_length") from None
+    windows = []
+    for row, example in enumerate(encoded["overflow_to_sample_mapping"]):
+        in_context = [part == 1 for part in encoded.sequence_ids(row)]
+        windows.append({"example": example, "offsets": [tuple(o) if inside else None
+                                                         for o, inside in zip(encoded["offset_mapping"][row], in_context)]})
+    return encoded["input_ids"], windows
+
+
+def answer_tokens(offsets: list, start: int, end: int) -> list[int]:
+    """The first and last token of the answer (characters start to end) in one window, or [0, 0] (the first
+    token: the window does not hold all of the answer) as models trained on SQuAD mark it."""
+    inside = [i for i, o in enumerate(offsets) if o is not None]
+    if not inside or offsets[inside[0]][0] > start or offsets[inside[-1]][1] < end:
+        return [0, 0]
+    return [next(i for i in inside if offsets[i][1] > start), next(i for i in reversed(inside) if offsets[i][0] < end)]
+
+
+def tokenize(data: LabelledData, tokenizer, max_length: int, doc_stride: int = 128) -> Encoded:
     """Tokenize every split once; padding happens per batch, to that batch's longest row. Sentences of words get
-    their tags on the tokens (tags_on_tokens)."""
+    their tags on the tokens (tags_on_tokens); questions become windows of their context, labelled with the
+    first answer's tokens (answer_tokens)."""
+    if data.spans:
+        ids, labels, windows, examples = {}, {}, {}, {}
+        for split in SPLITS:
+            ids[split], windows[split] = context_windows(tokenizer, data.texts[split], data.pairs[split], max_length,
+                                                         doc_stride)
+            answers = data.labels[split]
+            labels[split] = [answer_tokens(w["offsets"], answers[w["example"]]["answer_start"][0],
+                                           answers[w["example"]]["answer_start"][0] + len(answers[w["example"]]["text"][0]))
+                             for w in windows[split]]
+            examples[split] = [{"context": context, "answers": a["text"]} for context, a in zip(data.pairs[split], answers)]
+        return Encoded(ids=ids, labels=labels, pad_id=tokenizer.pad_token_id, label_names=data.label_names,
+                       pair_separator=pair_separator(tokenizer, data.texts["train"], data.pairs["train"], max_length),
+                       windows=windows, examples=examples)
     if data.words:
         ids, labels = {}, {}
         for split in SPLITS:

@@ -156,7 +156,8 @@ class Inputs:
         data = self.data_for(run)
         token_key = (self.data_key(run), run.cfg.model.name, run.cfg.model.max_length)
         if token_key not in self.encoded:
-            self.encoded[token_key] = tokenize(data, self.tokenizer_for(run), run.cfg.model.max_length)
+            self.encoded[token_key] = tokenize(data, self.tokenizer_for(run), run.cfg.model.max_length,
+                                               run.cfg.data.doc_stride)
         encoded = self.encoded[token_key]
         rows = range(len(data.labels["train"]))
         if run.shots is not None:
@@ -372,7 +373,8 @@ def run_one(run: Run, run_id: str, data: LabelledData, encoded: Encoded, acceler
     output = Path(cfg.output.dir)
     run_dir = output / "checkpoints" / strategy / run_id
     atomic_write_bytes(run_dir / "config.yaml", yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False).encode())
-    sizes = {**data.sizes(), "train": len(encoded.labels["train"])}
+    # the training examples as trained on (few-shot, augmented); questions, not their windows
+    sizes = {**data.sizes(), "train": len(encoded.examples["train"] if encoded.examples else encoded.labels["train"])}
     record = {"run_id": run_id, "config_id": run.config_id(data.fingerprint), "strategy": strategy,
               "status": "running", "varied": {short_key(k): v for k, v in run.varied.items()},
               "few_shot": {"shots_per_class": run.shots, "draw": run.draw} if run.shots is not None else None,
@@ -487,10 +489,10 @@ def fit_and_test(run: Run, cfg: Config, data: LabelledData, encoded: Encoded, ac
     return {**counts, **result, "parameter_groups": parameter_groups(parts, model), "init_from": init,
             "features": features, "export_refused": getattr(model, "not_exportable", None),
             "unfreezing": getattr(model, "unfreezing", None),
-            "test": {"loss": test["loss"], **task.test_report(encoded.labels["test"], test["values"],
+            "test": {"loss": test["loss"], **task.test_report(test["truth"], test["values"],
                                                              data.label_names)},
             # for paired comparisons between runs and the task's plots
-            "test_predictions": test["predictions"].tolist(), "test_labels": list(encoded.labels["test"])}
+            "test_predictions": test["predictions"].tolist(), "test_labels": list(test["truth"])}
 
 
 def parameter_groups(parts: dict[str, tuple[str, float]], model: torch.nn.Module) -> list[dict]:

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from config import Config
-from data import Encoded, pair_separator, read_file, token_ids, word_token_ids
+from data import Encoded, context_windows, pair_separator, read_file, token_ids, word_token_ids
 from model import load_tokenizer, run_model
 from report import best_run, summarize, task_of
 from results import RUN_RECORD, read_results, results_file, select_runs
@@ -97,26 +97,33 @@ class Predictor:
         predicted_label, probability, and with top_k > 1 the top k labels and their probabilities; regression:
         the predicted number; token classification: the entities and each word's tag, words being what
         whitespace separates). An empty text gets an empty dict."""
-        trained_on_pairs = self.cfg.data.text_pair_column is not None
+        trained_on_pairs = self.cfg.data.text_pair_column is not None or self.task.spans
         if trained_on_pairs != (pairs is not None):
-            raise ConfigError("this run was trained on sentence pairs: give each text its second text (--pair, "
-                              "--pair-column)" if trained_on_pairs else
+            raise ConfigError(("this run answers questions from a context: give each question (--text) its context "
+                               "(--pair, --pair-column)" if self.task.spans else
+                               "this run was trained on sentence pairs: give each text its second text (--pair, "
+                               "--pair-column)") if trained_on_pairs else
                               "this run was trained on single texts: predict without second texts")
         texts_of = [texts] + ([pairs] if pairs is not None else [])
         kept = [i for i in range(len(texts)) if all(isinstance(x[i], str) and x[i].strip() for x in texts_of)]
         if not kept:
             return [{} for _ in texts]
         chosen = [[x[i] for i in kept] for x in texts_of]
-        firsts = None  # with words: where each word's first sub-word is, whose value is the word's
+        firsts, windows = None, None  # with words: where each word's first sub-word is, whose value is the word's
         if self.task.words:
             ids, firsts = word_token_ids(self.tokenizer, [" ".join(text.split()) for text in chosen[0]],
                                          self.cfg.model.max_length)
+        elif self.task.spans:
+            ids, windows = context_windows(self.tokenizer, *chosen, self.cfg.model.max_length, self.cfg.data.doc_stride)
         else:
             ids = token_ids(self.tokenizer, chosen[0], self.cfg.model.max_length, *chosen[1:])
         separator = pair_separator(self.tokenizer, *chosen, self.cfg.model.max_length) if pairs is not None else None
         encoded = Encoded(ids={"texts": ids}, labels=None, pad_id=self.tokenizer.pad_token_id,
-                          label_names=self.label_names, pair_separator=separator)
+                          label_names=self.label_names, pair_separator=separator,
+                          windows=windows and {"texts": windows},
+                          examples=windows and {"texts": [{"context": context} for context in chosen[-1]]})
         _, values = inference(self.model, encoded, "texts", self.cfg.training, self.accelerator, self.task)
+        _, values = self.task.examples(encoded, "texts", values)  # a question's windows give one answer
         rows = [{} for _ in texts]
         for row, (i, row_values) in enumerate(zip(kept, values)):
             row_values = np.asarray(row_values) if firsts is None else np.asarray(row_values)[firsts[row]]
@@ -129,10 +136,9 @@ def predict_file(predictor: Predictor, path: Path, output: Path | None, text_col
     """Predict every row of a file and write the input's columns plus the predictions as CSV, in input order."""
     frame = read_file(path, "--input")
     data = predictor.cfg.data
-    default = (data.tokens_column or "tokens") if predictor.task.words else data.text_column or "text"
-    columns = {"--text-column": text_column or default}
-    if data.text_pair_column is not None:
-        columns["--pair-column"] = pair_column or data.text_pair_column
+    columns = {"--text-column": text_column or predictor.task.data_columns(data, None)["text"][1]}
+    if data.text_pair_column is not None or predictor.task.spans:
+        columns["--pair-column"] = pair_column or predictor.task.data_columns(data, None)["pair"][1]
     texts = []
     for option, column in columns.items():
         if column not in frame.columns:

@@ -7,6 +7,10 @@ How token classification and extractive QA would fit this interface is sketched 
 from __future__ import annotations
 
 import abc
+import json
+import re
+import string
+from collections import Counter
 from dataclasses import dataclass
 from typing import Callable
 
@@ -21,7 +25,7 @@ from sklearn.metrics import (accuracy_score, confusion_matrix, f1_score, log_los
 from seqeval.metrics import accuracy_score as tag_accuracy
 from seqeval.metrics import classification_report as entity_report
 from seqeval.metrics.sequence_labeling import get_entities
-from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
+from transformers import AutoModelForQuestionAnswering, AutoModelForSequenceClassification, AutoModelForTokenClassification
 
 from utils import ConfigError
 
@@ -52,7 +56,20 @@ class Task(abc.ABC):
     stratified: bool = True  # splits carved and train_size sampled in each class's proportion
     has_classes: bool = True  # labels are classes: class counts, imbalance, few-shot per class
     words: bool = False  # each example is a list of words with one label per word
+    spans: bool = False  # each example is a question whose answer is a span of its context (the pair text)
     pipeline: str = "text-classification"  # the transformers pipeline an exported model serves
+
+    def data_columns(self, cfg, known) -> dict[str, tuple[str, str | None]]:
+        """The columns the data config names, as {text, pair, label: (config key, column)}; `known`: the Hub data
+        set's own columns, when it is one bertlab knows."""
+        return {"text": ("data.text_column", cfg.text_column or (known.text_column if known else "text")),
+                "pair": ("data.text_pair_column", cfg.text_pair_column),
+                "label": ("data.label_column", cfg.label_column or (known.label_column if known else "label"))}
+
+    def examples(self, encoded, split: str, values: np.ndarray) -> tuple[list | None, np.ndarray]:
+        """The truth and the prediction values per example of a split, from the values per row the model gave
+        (the same, but for tasks whose rows are windows of a longer example)."""
+        return (encoded.labels[split] if encoded.labels is not None else None), values
 
     def config_problems(self, cfg) -> list[str]:
         """Settings of the config that make no sense for this task, each as "key: got value, allowed: ...".
@@ -587,6 +604,10 @@ class TokenClassification(Task):
     words = True
     pipeline = "token-classification"
 
+    def data_columns(self, cfg, known):
+        return {"text": ("data.tokens_column", cfg.tokens_column or "tokens"),
+                "label": ("data.tags_column", cfg.tags_column or "ner_tags")}
+
     def config_problems(self, cfg):
         text_settings = [("data.text_pair_column", cfg.data.text_pair_column, None),
                          ("model.head.type", cfg.model.head.type, "model")]
@@ -695,8 +716,159 @@ class TokenClassification(Task):
                 "accuracy": ratio(right, words)}
 
 
+def normalized_answer(text: str) -> str:
+    """SQuAD's normalisation (its v1.1 evaluation script): lower case, no punctuation, no articles, single spaces."""
+    text = "".join(ch for ch in text.lower() if ch not in set(string.punctuation))
+    return " ".join(re.sub(r"\b(a|an|the)\b", " ", text).split())
+
+
+def answer_scores(predicted: str, answers: list[str]) -> tuple[float, float]:
+    """Exact match and F1 of a predicted answer against the best of the true ones, as SQuAD v1.1 scores them."""
+    def f1(gold: str) -> float:
+        mine, theirs = normalized_answer(predicted).split(), normalized_answer(gold).split()
+        same = sum((Counter(mine) & Counter(theirs)).values())
+        return 0.0 if same == 0 else 2 * same / (len(mine) + len(theirs))
+
+    return (max(float(normalized_answer(predicted) == normalized_answer(gold)) for gold in answers),
+            max(f1(gold) for gold in answers))
+
+
+# Span decoding as in the SQuAD literature and Hugging Face's examples: the best starts and ends considered, and
+# the longest answer in tokens.
+N_BEST = 20
+MAX_ANSWER_TOKENS = 30
+
+
+def best_span(logits: np.ndarray, offsets: list) -> tuple[float, int, int] | None:
+    """The highest-scoring (start + end logit) span of one window that lies in the context (`offsets` holds None
+    for question and special tokens), ends at or after its start and is at most MAX_ANSWER_TOKENS long, as
+    (score, first character, end character); None when the window has no such span."""
+    length = len(offsets)
+    starts, ends = logits[:length, 0], logits[:length, 1]
+    best = None
+    for start in np.argsort(-starts)[:N_BEST]:
+        for end in np.argsort(-ends)[:N_BEST]:
+            if offsets[start] is None or offsets[end] is None or not start <= end < start + MAX_ANSWER_TOKENS:
+                continue
+            score = float(starts[start] + ends[end])
+            if best is None or score > best[0]:
+                best = (score, offsets[start][0], offsets[end][1])
+    return best
+
+
+class QuestionAnswering(Task):
+    """Extractive question answering (SQuAD): the answer is a span of the context, found in windows of the
+    context when it is longer than the model reads, and scored per question by exact match and F1."""
+
+    name = "question_answering"
+    model_class = AutoModelForQuestionAnswering
+    peft_task_type = peft.TaskType.QUESTION_ANS
+    loss_label = "cross-entropy of the answer's start and end"
+    baseline_label = "no-answer"
+    metrics = (Metric("f1", "F1", lambda t, v, _: float(np.mean([answer_scores(p, a)[1] for p, a in zip(v, t)]))),
+               Metric("exact_match", "exact match", lambda t, v, _: float(np.mean([answer_scores(p, a)[0] for p, a in zip(v, t)]))))
+    default_metric = "val_f1"
+    main_metric = "f1"
+    compared_metrics = ("f1", "exact_match")
+    stratified = False
+    has_classes = False
+    spans = True
+    pipeline = "question-answering"
+
+    def data_columns(self, cfg, known):
+        return {"text": ("data.text_column", cfg.text_column or "question"),
+                "pair": ("data.text_pair_column", cfg.text_pair_column or "context"),
+                "label": ("data.label_column", cfg.label_column or "answers")}
+
+    def config_problems(self, cfg):
+        settings = [("model.head.type", cfg.model.head.type, "model")] + class_settings(cfg)
+        problems = settings_away_from_defaults(settings, "question_answering", "it applies to whole texts")
+        if isinstance(cfg.model.max_length, int) and not 1 <= cfg.data.doc_stride < cfg.model.max_length:
+            problems.append(f"data.doc_stride: got {cfg.data.doc_stride}, allowed: 1 <= stride < model.max_length "
+                            f"({cfg.model.max_length})")
+        return problems
+
+    def refused_strategy(self, strategy):
+        return {"setfit": "it learns one vector per text, and answers are spans",
+                "prompt_tuning": "its virtual tokens shift the positions of the answer's start and end"}.get(strategy)
+
+    def describe_labels(self, label_names):
+        return "answer spans"
+
+    def card_usage(self, pairs):
+        return ['answer = pipeline("question-answering", model=FOLDER)',
+                'answer(question="your question", context="the text that holds the answer")']
+
+    def card_limit(self, label_names, distribution):
+        return "It answers with a span of the context it is given; a question the context does not answer still gets one."
+
+    def encode_labels(self, labels, hub_names, column):
+        # each split's answers as cleaning left them (JSON text): {"text": [...], "answer_start": [...]}
+        return ["answer"], {split: [json.loads(answers) for answers in values] for split, values in labels.items()}
+
+    def model_kwargs(self, label_names):
+        return {}
+
+    def collate_labels(self, labels, width):
+        return torch.tensor(labels, dtype=torch.long)  # (start, end) token of the answer per window
+
+    def loss(self, outputs, labels):
+        return (F.cross_entropy(outputs.start_logits.float(), labels[:, 0], reduction="sum")
+                + F.cross_entropy(outputs.end_logits.float(), labels[:, 1], reduction="sum"))
+
+    def prediction_values(self, outputs, attention_mask):
+        logits = torch.stack([outputs.start_logits, outputs.end_logits], -1).float()
+        return logits.masked_fill((attention_mask == 0)[..., None], PAD_VALUE)
+
+    def examples(self, encoded, split, values):
+        """Each question's answer: the best span over its windows (best_span), with the true answers."""
+        windows, found = encoded.windows[split], {}
+        for window, logits in zip(windows, values):
+            span = best_span(np.asarray(logits), window["offsets"])
+            if span is not None and (window["example"] not in found or span[0] > found[window["example"]][0]):
+                found[window["example"]] = span
+        contexts = encoded.examples[split]
+        predicted = np.empty(len(contexts), dtype=object)
+        for example, item in enumerate(contexts):
+            span = found.get(example)
+            predicted[example] = item["context"][span[1]:span[2]] if span else ""
+        truth = [item["answers"] for item in contexts] if encoded.labels is not None else None
+        return truth, predicted
+
+    def predict(self, values):
+        return values
+
+    def label_distribution(self, labels, label_names):
+        if labels and isinstance(labels[0], dict):  # questions with their answers
+            return {"questions": len(labels), "answers": sum(len(a["text"]) for a in labels)}
+        return {"windows": len(labels), "windows holding the answer": sum(1 for start, _ in labels if start > 0)}
+
+    def decode(self, values, label_names, top_k, text):
+        return {"answer": str(values)}
+
+    def format_prediction(self, row):
+        return repr(row["answer"]) if row["answer"] else "(no answer found in the context)"
+
+    def baseline(self, train_labels, test_labels, label_names):
+        # no answer at all: what a model that read nothing could say without guessing
+        return {"label": "(no answer)", **self.scores([a["text"] for a in test_labels], [""] * len(test_labels), label_names)}
+
+    def scores(self, truth, values, label_names):
+        return {m.name: m.compute(truth, values, label_names) for m in self.metrics}
+
+    def test_report(self, truth, values, label_names):
+        return self.scores(truth, values, label_names)
+
+    def example_statistics(self, truth, predictions, label_names):
+        return np.array([answer_scores(p, a) for p, a in zip(predictions, truth)], dtype=np.float64).reshape(-1, 2)
+
+    def metrics_from_sums(self, sums, counts, label_names):
+        return {"exact_match": sums[:, 0] / counts, "f1": sums[:, 1] / counts}
+
+
 TASKS: dict[str, Task] = {
     "classification": Classification(),
     "regression": Regression(),
     "token_classification": TokenClassification(),
+    "question_answering": QuestionAnswering(),
 }

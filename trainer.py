@@ -365,10 +365,12 @@ def padded_to_widest(values: list[torch.Tensor]) -> list[torch.Tensor]:
 
 
 def evaluate(model, encoded: Encoded, split: str, t: TrainingConfig, accelerator: Accelerator, task: Task) -> dict:
-    """The loss, every metric of the task, and the prediction values and predictions of one split."""
+    """The loss, every metric of the task, and the truth, prediction values and predictions of one split, per
+    example (a question answered from several windows is one)."""
     loss, values = inference(model, encoded, split, t, accelerator, task)
-    return {"loss": loss, **task.scores(encoded.labels[split], values, encoded.label_names),
-            "values": values, "predictions": task.predict(values)}
+    truth, values = task.examples(encoded, split, values)
+    return {"loss": loss, **task.scores(truth, values, encoded.label_names), "truth": truth, "values": values,
+            "predictions": task.predict(values)}
 
 
 def update_early_stopping(state: TrainState, t: TrainingConfig, task: Task) -> bool:
