@@ -27,9 +27,8 @@ from utils import ConfigError
 REGRESSION = TASKS["regression"]
 
 
-@pytest.fixture
-def pairs_path(tmp_path):
-    """Pairs of ticket texts scored 5 when both ask the same team, 0 otherwise (every label once at least)."""
+def write_pairs(path):
+    """Pairs of ticket texts scored 5 when both ask the same team, 0 otherwise, written to `path`."""
     rows, rng = labelled_rows(per_class=20), random.Random(1)
     pairs = []
     for i, row in enumerate(rows):
@@ -37,9 +36,13 @@ def pairs_path(tmp_path):
                                                                           and r is not row])
         pairs.append({"question": row["text"], "other": other["text"], "score": 5.0 if other["label"] == row["label"] else 0.0,
                       "same": "yes" if other["label"] == row["label"] else "no"})
-    path = tmp_path / "pairs.csv"
     pd.DataFrame(pairs).to_csv(path, index=False)
     return path
+
+
+@pytest.fixture
+def pairs_path(tmp_path):
+    return write_pairs(tmp_path / "pairs.csv")
 
 
 def pair_overrides(pairs_path, tmp_path) -> list[str]:

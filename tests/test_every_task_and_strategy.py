@@ -1,0 +1,40 @@
+"""Every strategy that serves a task completes a short run of it on the tiny model, and the rest are refused
+before anything runs: the README's table of strategies by task, checked."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+import main
+from model import STRATEGIES
+from tasks import TASKS
+from test_question_answering import squad_articles
+from test_regression_and_pairs import write_pairs
+from test_token_classification import tagged_sentences
+
+
+def task_data(task: str, folder) -> list[str]:
+    """A small data file for the task and the overrides that read it."""
+    if task == "regression":
+        return ["data.task=regression", f"data.path={write_pairs(folder / 'pairs.csv')}", "data.text_column=question",
+                "data.text_pair_column=other", "data.label_column=score"]
+    if task == "token_classification":
+        pd.DataFrame(tagged_sentences(40)).to_json(folder / "tags.jsonl", orient="records", lines=True)
+        return ["data.task=token_classification", f"data.path={folder / 'tags.jsonl'}"]
+    (folder / "squad.json").write_text(json.dumps(squad_articles(20)))
+    return ["data.task=question_answering", f"data.path={folder / 'squad.json'}", "data.doc_stride=4"]
+
+
+@pytest.mark.parametrize("task", ["regression", "token_classification", "question_answering"])
+def test_every_strategy_that_serves_the_task_completes_it(task, write_config, tmp_path):
+    served = [s for s in STRATEGIES if TASKS[task].refused_strategy(s) is None]
+    overrides = task_data(task, tmp_path) + [f"output.dir={tmp_path / 'out'}", "training.num_epochs=1",
+                                             "model.max_length=16"]
+    assert main.main(["--config", str(write_config()), *[a for s in served for a in ("--strategy", s)], *overrides]) == 0
+    records = json.loads((tmp_path / "out" / "results" / "all_results.json").read_text())["runs"]
+    assert sorted(r["strategy"] for r in records) == sorted(served)
+    assert all(r["status"] == "completed" and r["task"] == task for r in records)
+    assert len(served) >= len(STRATEGIES) - 2  # SetFit and prompt tuning at most are refused
