@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import io
 import json
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,13 +89,29 @@ def read_json(path: Path) -> pd.DataFrame:
 
 READERS = {
     ".csv": lambda p: pd.read_csv(p, keep_default_na=False, na_values=[""]),
-    ".tsv": lambda p: pd.read_csv(p, sep="\t", keep_default_na=False, na_values=[""]),
+    # TSV has no quoting (GLUE's files, STS-B's among them, hold unpaired quotes inside sentences)
+    ".tsv": lambda p: pd.read_csv(p, sep="\t", quoting=csv.QUOTE_NONE, keep_default_na=False, na_values=[""]),
     ".json": read_json,
     ".jsonl": lambda p: pd.read_json(p, lines=True),
     ".parquet": pd.read_parquet,
     ".conll": read_conll,
     ".txt": read_conll,
+    **{suffix: read_conll for suffix in (".train", ".testa", ".testb")},  # the original CoNLL-2003 files
 }
+# Those original files name their split by extension (eng.train, eng.testa, eng.testb).
+SPLIT_SUFFIXES = {".train": "train", ".testa": "validation", ".testb": "test"}
+
+
+def split_of(file: Path) -> str | None:
+    """The split a file of a data folder holds, by its name: train.csv, dev.jsonl, train-v1.1.json (SQuAD's),
+    eng.testa (CoNLL-2003's); None for a file that is none of them or in no format READERS reads."""
+    suffix, stem = file.suffix.lower(), file.stem.lower()
+    if suffix in SPLIT_SUFFIXES:
+        return SPLIT_SUFFIXES[suffix]
+    if suffix not in READERS:
+        return None
+    return next((split for split, stems in SPLIT_FILE_STEMS.items() for name in stems
+                 if stem == name or re.match(rf"{name}[-_.]", stem)), None)
 
 
 @dataclass
@@ -173,8 +191,8 @@ def _read_hub(hub_id: str, label_column: str) -> tuple[dict[str, pd.DataFrame], 
 def _read_local(path: Path) -> dict[str, pd.DataFrame]:
     if path.is_dir():
         frames = {}
-        for split, stems in SPLIT_FILE_STEMS.items():
-            candidates = [p for p in sorted(path.iterdir()) if p.stem.lower() in stems and p.suffix.lower() in READERS]
+        for split in SPLIT_FILE_STEMS:
+            candidates = [p for p in sorted(path.iterdir()) if p.is_file() and split_of(p) == split]
             if candidates:
                 frames[split] = read_file(candidates[0])
         if "train" not in frames:

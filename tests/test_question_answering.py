@@ -53,6 +53,12 @@ def test_squad_json_and_the_flat_hub_layout_read_the_same(tmp_path):
     from_nested = load_data(DataConfig(path=str(tmp_path / "squad.json"), **config))
     from_flat = load_data(DataConfig(path=str(tmp_path / "flat.jsonl"), **config))
     assert from_nested.fingerprint == from_flat.fingerprint
+    # a folder with SQuAD's own file names: dev-v1.1.json is the validation split
+    (tmp_path / "squad").mkdir()
+    (tmp_path / "squad" / "train-v1.1.json").write_text(json.dumps(squad_articles(6)))
+    (tmp_path / "squad" / "dev-v1.1.json").write_text(json.dumps(squad_articles(2, seed=1)))
+    official = load_data(DataConfig(task="question_answering", path=str(tmp_path / "squad"), test_size=0.25))
+    assert {split: len(questions) for split, questions in official.texts.items()} == {"train": 9, "validation": 4, "test": 3}
     assert from_flat.texts["train"][0] in ("where is my password", "where is the parcel")
     answer = from_flat.labels["train"][0]
     context = from_flat.pairs["train"][0]

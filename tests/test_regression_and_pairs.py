@@ -114,6 +114,21 @@ def test_duplicates_and_leakage_are_judged_on_the_whole_pair(tmp_path):
     assert isinstance(data.labels["train"][0], float)
 
 
+def test_glue_sts_b_tsv_files_read_unchanged(tmp_path):
+    # GLUE's STS-B layout, with the unpaired quotes its sentences hold
+    header = "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore\n"
+    rows = [(f'A man said "hello {i}.', f"A man is talking {i}.", 3.8) for i in range(6)] + \
+           [(f"A cat sleeps {i}.", f'"Stocks fell {i}', 0.2) for i in range(6)]
+    lines = [f"{i}\tmain-captions\tMSRvid\t2012test\t{i:04d}\tnone\tnone\t{a}\t{b}\t{score}" for i, (a, b, score) in enumerate(rows)]
+    (tmp_path / "train.tsv").write_text(header + "\n".join(lines[:8]) + "\n")
+    (tmp_path / "dev.tsv").write_text(header + "\n".join(lines[8:]) + "\n")
+    data = load_data(DataConfig(task="regression", path=str(tmp_path), text_column="sentence1", text_pair_column="sentence2",
+                                label_column="score", test_size=0.25))
+    assert data.sizes() == {"train": 6, "validation": 4, "test": 2}
+    assert 'A man said "hello 0.' in data.texts["train"] + data.texts["test"]
+    assert data.pairs["validation"] == ['"Stocks fell 2', '"Stocks fell 3', '"Stocks fell 4', '"Stocks fell 5']
+
+
 def test_regression_refuses_what_applies_to_classes(pairs_path, write_config, tmp_path, capsys):
     config = str(write_config())
     overrides = pair_overrides(pairs_path, tmp_path)

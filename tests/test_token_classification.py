@@ -53,6 +53,16 @@ def test_a_conll_file_is_read_as_word_and_tag_lists(tmp_path):
     frame = read_conll(path)
     assert frame.to_dict("records") == [{"tokens": ["EU", "rejects", "German"], "ner_tags": ["B-ORG", "O", "B-MISC"]},
                                         {"tokens": ["Peter", "Blackburn"], "ner_tags": ["B-PER", "I-PER"]}]
+    # the original distribution's files, split by extension
+    for name, sentence in [("eng.train", "EU B-ORG\nrejects O\nPeter B-PER\nin O\nBonn B-LOC\n"),
+                           ("eng.testa", "Peter B-PER\n"), ("eng.testb", "Bonn B-LOC\n")]:
+        (tmp_path / name).write_text(f"-DOCSTART- -X- -X- O\n\n{sentence}")
+    (tmp_path / "conll").mkdir()
+    for name in ("eng.train", "eng.testa", "eng.testb"):
+        (tmp_path / name).rename(tmp_path / "conll" / name)
+    data = load_data(DataConfig(task="token_classification", path=str(tmp_path / "conll"), drop_duplicates=False))
+    assert (data.texts, data.label_names) == ({"train": ["EU rejects Peter in Bonn"], "validation": ["Peter"], "test": ["Bonn"]},
+                                              ["O", "B-LOC", "B-ORG", "B-PER"])
     path.write_text("EU B-ORG\nrejects\n")
     with pytest.raises(ConfigError, match="line 2 holds one field"):
         load_data(DataConfig(task="token_classification", path=str(path)))
