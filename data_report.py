@@ -48,6 +48,8 @@ def build_report(data: LabelledData, lengths: dict[str, np.ndarray], max_length:
         "sizes": data.sizes(), **labels, "cleaning": data.cleaning,
         "token_lengths": {
             "model": model, "max_length": max_length, "histogram_edges": edges.tolist(),
+            # what happens to the tokens beyond max_length: a question's context is read on in further windows
+            "beyond_max_length": "read in further windows" if task.spans else "truncated",
             **{split: {"min": int(x.min()), "median": float(np.median(x)),
                        f"p{LENGTH_PERCENTILE}": float(np.percentile(x, LENGTH_PERCENTILE)), "max": int(x.max()),
                        "truncated_share": float((x > max_length).mean()),
@@ -85,8 +87,8 @@ def describe_report(report: dict) -> list[str]:
     for split in SPLITS:
         x = t[split]
         lines.append(f"  {split} tokens: min {x['min']}, median {x['median']:.0f}, p{LENGTH_PERCENTILE} "
-                     f"{x[f'p{LENGTH_PERCENTILE}']:.0f}, max {x['max']}; {100 * x['truncated_share']:.1f}% truncated at "
-                     f"max_length {t['max_length']}")
+                     f"{x[f'p{LENGTH_PERCENTILE}']:.0f}, max {x['max']}; {100 * x['truncated_share']:.1f}% "
+                     f"{t.get('beyond_max_length', 'truncated')} at max_length {t['max_length']}")
     return lines
 
 

@@ -126,13 +126,15 @@ class Plotter:
             return f"needs the data report ({DATA_REPORT}); main.py writes it"
         lengths = self.data_report["token_lengths"]
         edges = np.array(lengths["histogram_edges"])
+        beyond = lengths.get("beyond_max_length", "truncated")  # reports made before it said so were truncations
         fig, ax = plt.subplots(figsize=(8, 4.8))
         for split in ("train", "validation", "test"):
             counts = np.array(lengths[split]["histogram"])
             ax.stairs(counts / max(counts.sum(), 1), edges, label=f"{split} (median {lengths[split]['median']:.0f}, "
-                      f"{100 * lengths[split]['truncated_share']:.1f}% truncated)")
+                      f"{100 * lengths[split]['truncated_share']:.1f}% {beyond})")
         ax.axvline(lengths["max_length"], color="black", linestyle="--", linewidth=1,
-                   label=f"max_length {lengths['max_length']}: longer texts are cut")
+                   label=f"max_length {lengths['max_length']}: longer texts are "
+                         f"{'cut' if beyond == 'truncated' else 'read in windows'}")
         ax.set_xlabel(f"tokens per text ({lengths['model']} tokenizer, special tokens included)")
         ax.set_ylabel("share of the split's texts")
         ax.set_title(f"Text lengths in tokens: {self.dataset}")

@@ -161,6 +161,9 @@ def test_a_question_answering_run_ends_to_end_with_plots_predict_and_export(squa
     assert visualize.main(["--output-dir", str(out)]) == 0
     assert (out / "plots" / "performance_comparison.png").exists()
     assert "question_answering with answer spans" in (out / "report.html").read_text()
+    report = json.loads((out / "results" / "data_report.json").read_text())
+    lengths = next(iter(report.values()))["token_lengths"]
+    assert lengths["beyond_max_length"] == "read in further windows" and lengths["train"]["truncated_share"] > 0.5
 
     base = ["--config", config, *overrides]
     context = squad_articles(1, seed=5)["data"][0]["paragraphs"][0]["context"]
