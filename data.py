@@ -47,6 +47,8 @@ SORT_WINDOW_BATCHES = 50
 
 # File names accepted for each split inside a data folder.
 SPLIT_FILE_STEMS = {"train": ("train",), "validation": ("validation", "valid", "val", "dev"), "test": ("test",)}
+
+
 def read_conll(path: Path) -> pd.DataFrame:
     """A CoNLL column file (CoNLL-2003 and its kind): one word per line, the word first and its tag last, a blank
     line between sentences, -DOCSTART- lines skipped. As the Hub's layout: columns `tokens` and `ner_tags`."""
@@ -457,25 +459,21 @@ def _perturb(words: list[str], vocabulary: list[str], probability: float, rng: n
     return words
 
 
-def token_ids(tokenizer, texts: list[str], max_length: int, pairs: list[str] | None = None) -> list[list[int]]:
-    """Texts (or pairs of texts, the longer cut first) as token ids, truncated at max_length and unpadded: the
-    same for training and for predict."""
-    return tokenizer(texts, pairs, truncation=True, max_length=max_length, return_attention_mask=False,
+def token_ids(tokenizer, texts: list[str], max_length: int) -> list[list[int]]:
+    """Texts as token ids, truncated at max_length and unpadded: the same for training and for predict."""
+    return tokenizer(texts, truncation=True, max_length=max_length, return_attention_mask=False,
                      return_token_type_ids=False)["input_ids"]
 
 
-def pair_separator(tokenizer, texts: list[str], pairs: list[str], max_length: int) -> int | None:
+def pair_separator(tokenizer, ids: list[list[int]], types: list[list[int]]) -> int | None:
     """For a model that takes token type ids: the separator token, after whose first occurrence the second text's
-    type starts (segment_ids), checked against the tokenizer's own token type ids of these pairs. None for a
-    model without token types (RoBERTa and DistilBERT tell the texts apart by separators alone)."""
+    type starts (segment_ids), checked against the token type ids the tokenizer gave with these pairs' `ids`.
+    None for a model without token types (RoBERTa and DistilBERT tell the texts apart by separators alone)."""
     if "token_type_ids" not in tokenizer.model_input_names:
         return None
-    encoded = tokenizer(texts, pairs, truncation=True, max_length=max_length, return_attention_mask=False,
-                        return_token_type_ids=True)
     separator = tokenizer.sep_token_id
-    ids = torch.nn.utils.rnn.pad_sequence([torch.tensor(x) for x in encoded["input_ids"]], batch_first=True,
-                                          padding_value=-1)
-    types = torch.nn.utils.rnn.pad_sequence([torch.tensor(x) for x in encoded["token_type_ids"]], batch_first=True)
+    ids = torch.nn.utils.rnn.pad_sequence([torch.tensor(x) for x in ids], batch_first=True, padding_value=-1)
+    types = torch.nn.utils.rnn.pad_sequence([torch.tensor(x) for x in types], batch_first=True)
     if separator is None or not torch.equal(segment_ids(ids, ids >= 0, separator), types):
         raise ConfigError("data.text_pair_column: the tokenizer of this model marks the two texts of a pair in a way "
                           "bertlab does not know (token type ids other than 0 up to the first separator, 1 after it)")
@@ -513,15 +511,40 @@ def tags_on_tokens(tags: list[int], firsts: list[int], length: int) -> list[int]
     return row
 
 
-def context_windows(tokenizer, questions: list[str], contexts: list[str], max_length: int,
-                    stride: int) -> tuple[list[list[int]], list[dict]]:
+@dataclass
+class Tokenized:
+    """One split's texts as the model reads them, with what leads from its tokens back to the texts."""
+
+    ids: list[list[int]]
+    separator: int | None = None  # pairs, for a model with token types (pair_separator)
+    firsts: list[list[int]] | None = None  # words: each word's first sub-word (word_token_ids)
+    windows: list[dict] | None = None  # a question's context in windows (context_windows)
+
+
+def tokenize_texts(tokenizer, texts: list[str], pairs: list[str] | None, max_length: int, doc_stride: int,
+                   words: bool = False, spans: bool = False) -> Tokenized:
+    """Texts as the task reads them: single texts; pairs, the longer cut first; sentences of words (`words`); or
+    questions with their contexts in windows (`spans`). The same for training and for predict."""
+    if words:
+        ids, firsts = word_token_ids(tokenizer, texts, max_length)
+        return Tokenized(ids, firsts=firsts)
+    if spans:
+        return context_windows(tokenizer, texts, pairs, max_length, doc_stride)
+    if pairs is None:
+        return Tokenized(token_ids(tokenizer, texts, max_length))
+    encoded = tokenizer(texts, pairs, truncation=True, max_length=max_length, return_attention_mask=False,
+                        return_token_type_ids=True)
+    return Tokenized(encoded["input_ids"], pair_separator(tokenizer, encoded["input_ids"], encoded["token_type_ids"]))
+
+
+def context_windows(tokenizer, questions: list[str], contexts: list[str], max_length: int, stride: int) -> Tokenized:
     """Each question with its context, in as many windows of max_length tokens as the context needs, consecutive
     windows sharing `stride` tokens; per window, its question (`example`) and each token's characters in the
     context (`offsets`: None on the question and special tokens)."""
     try:
         encoded = tokenizer(questions, contexts, truncation="only_second", max_length=max_length, stride=stride,
                             return_overflowing_tokens=True, return_offsets_mapping=True, return_attention_mask=False,
-                            return_token_type_ids=False)
+                            return_token_type_ids=True)
     except Exception as err:  # the tokenizers library says so when a question leaves no room for the context
         raise ConfigError(f"data.doc_stride: a question and {stride} shared tokens do not fit in model.max_length "
                           f"{max_length} ({str(err).splitlines()[0][:120]}); lower data.doc_stride or raise "
@@ -531,7 +554,8 @@ def context_windows(tokenizer, questions: list[str], contexts: list[str], max_le
         in_context = [part == 1 for part in encoded.sequence_ids(row)]
         windows.append({"example": example, "offsets": [tuple(o) if inside else None
                                                          for o, inside in zip(encoded["offset_mapping"][row], in_context)]})
-    return encoded["input_ids"], windows
+    ids = encoded["input_ids"]
+    return Tokenized(ids, pair_separator(tokenizer, ids, encoded["token_type_ids"]), windows=windows)
 
 
 def answer_tokens(offsets: list, start: int, end: int) -> list[int]:
@@ -547,31 +571,28 @@ def tokenize(data: LabelledData, tokenizer, max_length: int, doc_stride: int = 1
     """Tokenize every split once; padding happens per batch, to that batch's longest row. Sentences of words get
     their tags on the tokens (tags_on_tokens); questions become windows of their context, labelled with the
     first answer's tokens (answer_tokens)."""
-    if data.spans:
-        ids, labels, windows, examples = {}, {}, {}, {}
-        for split in SPLITS:
-            ids[split], windows[split] = context_windows(tokenizer, data.texts[split], data.pairs[split], max_length,
-                                                         doc_stride)
-            answers = data.labels[split]
-            labels[split] = [answer_tokens(w["offsets"], answers[w["example"]]["answer_start"][0],
-                                           answers[w["example"]]["answer_start"][0] + len(answers[w["example"]]["text"][0]))
-                             for w in windows[split]]
-            examples[split] = [{"context": context, "answers": a["text"]} for context, a in zip(data.pairs[split], answers)]
-        return Encoded(ids=ids, labels=labels, pad_id=tokenizer.pad_token_id, label_names=data.label_names,
-                       pair_separator=pair_separator(tokenizer, data.texts["train"], data.pairs["train"], max_length),
-                       windows=windows, examples=examples)
-    if data.words:
-        ids, labels = {}, {}
-        for split in SPLITS:
-            ids[split], firsts = word_token_ids(tokenizer, data.texts[split], max_length)
-            labels[split] = [tags_on_tokens(tags, first, len(row))
-                             for tags, first, row in zip(data.labels[split], firsts, ids[split])]
-        return Encoded(ids=ids, labels=labels, pad_id=tokenizer.pad_token_id, label_names=data.label_names)
     pairs = data.pairs or dict.fromkeys(SPLITS)
-    ids = {split: token_ids(tokenizer, data.texts[split], max_length, pairs[split]) for split in SPLITS}
-    separator = data.pairs and pair_separator(tokenizer, data.texts["train"], data.pairs["train"], max_length)
-    return Encoded(ids=ids, labels=data.labels, pad_id=tokenizer.pad_token_id, label_names=data.label_names,
-                   pair_separator=separator or None)
+    tokens = {split: tokenize_texts(tokenizer, data.texts[split], pairs[split], max_length, doc_stride, data.words,
+                                    data.spans) for split in SPLITS}
+    labels, windows, examples = data.labels, None, None
+    if data.words:
+        labels = {split: [tags_on_tokens(tags, first, len(row)) for tags, first, row in
+                          zip(data.labels[split], tokens[split].firsts, tokens[split].ids)] for split in SPLITS}
+    if data.spans:
+        windows = {split: tokens[split].windows for split in SPLITS}
+        labels = {split: [first_answer_tokens(window, data.labels[split][window["example"]]) for window in windows[split]]
+                  for split in SPLITS}
+        examples = {split: [{"context": context, "answers": answers["text"]}
+                            for context, answers in zip(data.pairs[split], data.labels[split])] for split in SPLITS}
+    return Encoded(ids={split: tokens[split].ids for split in SPLITS}, labels=labels, pad_id=tokenizer.pad_token_id,
+                   label_names=data.label_names, pair_separator=tokens["train"].separator, windows=windows,
+                   examples=examples)
+
+
+def first_answer_tokens(window: dict, answers: dict) -> list[int]:
+    """answer_tokens of a question's first answer in one of its windows."""
+    start = answers["answer_start"][0]
+    return answer_tokens(window["offsets"], start, start + len(answers["text"][0]))
 
 
 def epoch_rows(labels: list[int], sampler: str, seed: int, epoch: int) -> np.ndarray:

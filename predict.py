@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from config import Config
-from data import Encoded, context_windows, pair_separator, read_file, token_ids, word_token_ids
+from data import Encoded, read_file, tokenize_texts
 from model import load_tokenizer, run_model
 from report import best_run, summarize, task_of
 from results import RUN_RECORD, read_results, results_file, select_runs
@@ -78,6 +78,8 @@ class Predictor:
         self.model, self.tokenizer, self.cfg, self.record, self.accelerator = model, tokenizer, cfg, record, accelerator
         self.task = task_of([record])
         self.label_names = record["dataset"]["label_names"]
+        # the text columns the run read (a second text: sentence pairs, or a question's context)
+        self.columns = {name: column for name, (_, column) in self.task.data_columns(cfg.data, None).items()}
 
     @classmethod
     def from_run(cls, run: str | Path = "best", output_dir: str | Path = "outputs") -> Predictor:
@@ -97,7 +99,7 @@ class Predictor:
         predicted_label, probability, and with top_k > 1 the top k labels and their probabilities; regression:
         the predicted number; token classification: the entities and each word's tag, words being what
         whitespace separates). An empty text gets an empty dict."""
-        trained_on_pairs = self.cfg.data.text_pair_column is not None or self.task.spans
+        trained_on_pairs = self.columns.get("pair") is not None
         if trained_on_pairs != (pairs is not None):
             raise ConfigError(("this run answers questions from a context: give each question (--text) its context "
                                "(--pair, --pair-column)" if self.task.spans else
@@ -109,24 +111,20 @@ class Predictor:
         if not kept:
             return [{} for _ in texts]
         chosen = [[x[i] for i in kept] for x in texts_of]
-        firsts, windows = None, None  # with words: where each word's first sub-word is, whose value is the word's
-        if self.task.words:
-            ids, firsts = word_token_ids(self.tokenizer, [" ".join(text.split()) for text in chosen[0]],
-                                         self.cfg.model.max_length)
-        elif self.task.spans:
-            ids, windows = context_windows(self.tokenizer, *chosen, self.cfg.model.max_length, self.cfg.data.doc_stride)
-        else:
-            ids = token_ids(self.tokenizer, chosen[0], self.cfg.model.max_length, *chosen[1:])
-        separator = pair_separator(self.tokenizer, *chosen, self.cfg.model.max_length) if pairs is not None else None
-        encoded = Encoded(ids={"texts": ids}, labels=None, pad_id=self.tokenizer.pad_token_id,
-                          label_names=self.label_names, pair_separator=separator,
-                          windows=windows and {"texts": windows},
-                          examples=windows and {"texts": [{"context": context} for context in chosen[-1]]})
+        if self.task.words:  # words are what whitespace separates
+            chosen[0] = [" ".join(text.split()) for text in chosen[0]]
+        tokens = tokenize_texts(self.tokenizer, chosen[0], chosen[1] if pairs is not None else None,
+                                self.cfg.model.max_length, self.cfg.data.doc_stride, self.task.words, self.task.spans)
+        encoded = Encoded(ids={"texts": tokens.ids}, labels=None, pad_id=self.tokenizer.pad_token_id,
+                          label_names=self.label_names, pair_separator=tokens.separator,
+                          windows=tokens.windows and {"texts": tokens.windows},
+                          examples=tokens.windows and {"texts": [{"context": context} for context in chosen[-1]]})
         _, values = inference(self.model, encoded, "texts", self.cfg.training, self.accelerator, self.task)
         _, values = self.task.examples(encoded, "texts", values)  # a question's windows give one answer
         rows = [{} for _ in texts]
         for row, (i, row_values) in enumerate(zip(kept, values)):
-            row_values = np.asarray(row_values) if firsts is None else np.asarray(row_values)[firsts[row]]
+            # with words, a word's value is its first sub-word's
+            row_values = np.asarray(row_values) if tokens.firsts is None else np.asarray(row_values)[tokens.firsts[row]]
             rows[i] = self.task.decode(row_values, self.label_names, top_k, texts[i])
         return rows
 
@@ -135,10 +133,9 @@ def predict_file(predictor: Predictor, path: Path, output: Path | None, text_col
                  top_k: int, pair_column: str | None = None) -> Path:
     """Predict every row of a file and write the input's columns plus the predictions as CSV, in input order."""
     frame = read_file(path, "--input")
-    data = predictor.cfg.data
-    columns = {"--text-column": text_column or predictor.task.data_columns(data, None)["text"][1]}
-    if data.text_pair_column is not None or predictor.task.spans:
-        columns["--pair-column"] = pair_column or predictor.task.data_columns(data, None)["pair"][1]
+    columns = {"--text-column": text_column or predictor.columns["text"]}
+    if predictor.columns.get("pair") is not None:
+        columns["--pair-column"] = pair_column or predictor.columns["pair"]
     texts = []
     for option, column in columns.items():
         if column not in frame.columns:

@@ -100,7 +100,8 @@ def test_an_answer_cut_by_one_window_is_found_whole_in_the_next(tiny_model_dir):
     answer = "parcel courier"
     context = " ".join(words[:8] + answer.split() + words[8:])
     start = context.index(answer)
-    ids, windows = context_windows(tokenizer, ["where is the parcel"], [context], 16, 6)
+    tokens = context_windows(tokenizer, ["where is the parcel"], [context], 16, 6)
+    ids, windows = tokens.ids, tokens.windows
     assert len(windows) > 2 and all(w["example"] == 0 for w in windows)
     labels = [answer_tokens(w["offsets"], start, start + len(answer)) for w in windows]
     cut = [i for i, w in enumerate(windows) if any(o and o[0] == start for o in w["offsets"]) and labels[i] == [0, 0]]
