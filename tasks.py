@@ -41,6 +41,17 @@ class Metric:
     in_summary: bool = True  # a column of the summary table
 
 
+def pipeline_input(pairs: bool) -> str:
+    """One input of a text-classification pipeline, as a model card writes it."""
+    return '{"text": "first text", "text_pair": "second text"}' if pairs else '"your text"'
+
+
+def label_maps(label_names: list[str]) -> dict:
+    """A head's size and label names, as transformers' config holds them."""
+    return {"num_labels": len(label_names), "id2label": dict(enumerate(label_names)),
+            "label2id": {name: i for i, name in enumerate(label_names)}}
+
+
 class Task(abc.ABC):
     name: str
     model_class: type  # a transformers Auto class, built with model_kwargs()
@@ -86,8 +97,8 @@ class Task(abc.ABC):
 
     def card_usage(self, pairs: bool) -> list[str]:
         """Python lines for an exported model's card: the pipeline and one call (after the import)."""
-        text = '{"text": "first text", "text_pair": "second text"}' if pairs else '"your text"'
-        return ['classify = pipeline("text-classification", model=FOLDER)', f"classify([{text}], truncation=True, top_k=3)"]
+        return ['classify = pipeline("text-classification", model=FOLDER)',
+                f"classify([{pipeline_input(pairs)}], truncation=True, top_k=3)"]
 
     def card_limit(self, label_names: list[str], distribution: dict | None) -> str:
         """The model card's sentence on what the model can answer."""
@@ -290,8 +301,7 @@ class Classification(Task):
         return names, encoded
 
     def model_kwargs(self, label_names):
-        return {"num_labels": len(label_names), "id2label": dict(enumerate(label_names)),
-                "label2id": {name: i for i, name in enumerate(label_names)}}
+        return label_maps(label_names)
 
     def collate_labels(self, labels, width):
         return torch.tensor(labels, dtype=torch.long)
@@ -466,9 +476,9 @@ class Regression(Task):
         return f"'{label_names[0]}' predicted"
 
     def card_usage(self, pairs):
-        text = '{"text": "first text", "text_pair": "second text"}' if pairs else '"your text"'
         return ['score = pipeline("text-classification", model=FOLDER)',
-                f'score([{text}], truncation=True, function_to_apply="none")  # the number itself: no softmax on one output']
+                f'score([{pipeline_input(pairs)}], truncation=True, function_to_apply="none")  # the number itself: no '
+                'softmax on one output']
 
     def card_limit(self, label_names, distribution):
         train = distribution["train"]
@@ -502,8 +512,7 @@ class Regression(Task):
         return [column], encoded
 
     def model_kwargs(self, label_names):
-        return {"num_labels": 1, "problem_type": "regression", "id2label": {0: label_names[0]},
-                "label2id": {label_names[0]: 0}}
+        return {**label_maps(label_names), "problem_type": "regression"}  # one name: one output
 
     def collate_labels(self, labels, width):
         return torch.tensor(labels, dtype=torch.float32)
@@ -650,8 +659,7 @@ class TokenClassification(Task):
         return names, encoded
 
     def model_kwargs(self, label_names):
-        return {"num_labels": len(label_names), "id2label": dict(enumerate(label_names)),
-                "label2id": {name: i for i, name in enumerate(label_names)}}
+        return label_maps(label_names)
 
     def collate_labels(self, labels, width):
         return torch.tensor([row + [PAD_VALUE] * (width - len(row)) for row in labels], dtype=torch.long)
@@ -733,6 +741,17 @@ def answer_scores(predicted: str, answers: list[str]) -> tuple[float, float]:
             max(f1(gold) for gold in answers))
 
 
+def question_scores(truth: list[list[str]], predicted) -> np.ndarray:
+    """Exact match and F1 (answer_scores) of each question: questions x 2."""
+    return np.array([answer_scores(p, answers) for p, answers in zip(predicted, truth)], dtype=np.float64).reshape(-1, 2)
+
+
+def mean_answer_scores(truth: list[list[str]], predicted) -> dict[str, float]:
+    """F1 and exact match averaged over the questions."""
+    scores = question_scores(truth, predicted)
+    return {"f1": float(scores[:, 1].mean()), "exact_match": float(scores[:, 0].mean())}
+
+
 # Span decoding as in the SQuAD literature and Hugging Face's examples: the best starts and ends considered, and
 # the longest answer in tokens.
 N_BEST = 20
@@ -765,8 +784,8 @@ class QuestionAnswering(Task):
     peft_task_type = peft.TaskType.QUESTION_ANS
     loss_label = "cross-entropy of the answer's start and end"
     baseline_label = "no-answer"
-    metrics = (Metric("f1", "F1", lambda t, v, _: float(np.mean([answer_scores(p, a)[1] for p, a in zip(v, t)]))),
-               Metric("exact_match", "exact match", lambda t, v, _: float(np.mean([answer_scores(p, a)[0] for p, a in zip(v, t)]))))
+    metrics = (Metric("f1", "F1", lambda t, v, _: mean_answer_scores(t, v)["f1"]),
+               Metric("exact_match", "exact match", lambda t, v, _: mean_answer_scores(t, v)["exact_match"]))
     default_metric = "val_f1"
     main_metric = "f1"
     compared_metrics = ("f1", "exact_match")
@@ -854,13 +873,13 @@ class QuestionAnswering(Task):
         return {"label": "(no answer)", **self.scores([a["text"] for a in test_labels], [""] * len(test_labels), label_names)}
 
     def scores(self, truth, values, label_names):
-        return {m.name: m.compute(truth, values, label_names) for m in self.metrics}
+        return mean_answer_scores(truth, values)  # both at once: each reads every answer
 
     def test_report(self, truth, values, label_names):
         return self.scores(truth, values, label_names)
 
     def example_statistics(self, truth, predictions, label_names):
-        return np.array([answer_scores(p, a) for p, a in zip(predictions, truth)], dtype=np.float64).reshape(-1, 2)
+        return question_scores(truth, predictions)
 
     def metrics_from_sums(self, sums, counts, label_names):
         return {"exact_match": sums[:, 0] / counts, "f1": sums[:, 1] / counts}
