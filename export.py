@@ -85,10 +85,10 @@ def model_card(record: dict, cfg, runs: list[dict], adapter: bool) -> str:
         lines += [f"| {labels[0]} | " + " | ".join(distribution["train"]) + " |", "|---|" + "---|" * len(distribution["train"])]
         lines += [f"| {split} | " + " | ".join(f"{v:.3f}" for v in stats.values()) + " |" for split, stats in distribution.items()]
         lines.append("")
-    elif distribution:  # examples (or words) per label and split
+    elif distribution:  # counts per split: examples (or words) per label; a question answerer's windows
         lines += ["| label | " + " | ".join(distribution) + " |", "|---|" + "---|" * len(distribution)]
         lines += [f"| {name} | " + " | ".join(str(distribution[split].get(name, "")) for split in distribution) + " |"
-                  for name in labels]
+                  for name in distribution["train"]]
         lines.append("")
     lines += ["## Results", "",
               f"- Best {task.label(cfg.training.early_stopping.metric)} (chose the epoch): {_scores(runs, 'validation')}"]

@@ -173,7 +173,9 @@ def test_a_question_answering_run_ends_to_end_with_plots_predict_and_export(squa
     assert main.main(["predict", *base, "--text", "where is my password"]) == 2
     assert "answers questions from a context: give each question (--text) its context" in capsys.readouterr().err
     assert main.main(["export", *base, "--out", str(tmp_path / "exported")]) == 0
-    assert 'pipeline("question-answering"' in (tmp_path / "exported" / "README.md").read_text()
+    card = (tmp_path / "exported" / "README.md").read_text()
+    assert 'pipeline("question-answering"' in card
+    assert f"| windows | {full['dataset']['label_distribution']['train']['windows']} |" in card
     from transformers import AutoModelForQuestionAnswering
     assert isinstance(AutoModelForQuestionAnswering.from_pretrained(tmp_path / "exported").qa_outputs, torch.nn.Linear)
 
