@@ -11,7 +11,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from tasks import TASKS
-from typed_yaml import apply_override, build, read_yaml, set_dotted
+from schema.strategies import StrategiesConfig
+from schema.checks import list_problem, problem, varied_keys
+from schema.typed_yaml import apply_override, build, read_yaml, set_dotted
 from utils import ConfigError
 
 # Each field's docstring (the string under it) is its help text: docs/config.md is generated from them.
@@ -156,146 +158,6 @@ class TrainingConfig:
 
 
 @dataclass
-class StrategyConfig:
-    enabled: bool = True
-    """Run this strategy."""
-    learning_rate: float | None = None
-    """Replaces training.learning_rate for this strategy; null: training.learning_rate."""
-    learning_rates: list[float] | None = None
-    """One run per rate, replacing ablation.learning_rates for this strategy."""
-
-
-@dataclass
-class LoraConfig(StrategyConfig):
-    learning_rate: float | None = 5e-4
-    rank: int = 8
-    """Adapter rank: more capacity, more parameters."""
-    rank_values: list[int] | None = None
-    """One run per rank, replacing `rank`."""
-    alpha: int = 16
-    """Scale of the update (alpha / rank)."""
-    dropout: float = 0.1
-    """Dropout on the adapter's input."""
-    target_modules: list[str] = field(default_factory=lambda: ["query", "value"])
-    """Names of the linear layers that get adapters."""
-
-
-@dataclass
-class PromptTuningConfig(StrategyConfig):
-    learning_rate: float | None = 3e-2
-    num_virtual_tokens: int = 20
-    """Trainable vectors put before the input; max_length + this must fit the model's positions."""
-    init_text: str | None = None
-    """Text to initialise the virtual tokens from (e.g. "Classify the customer question:"); null: random."""
-
-
-@dataclass
-class PartialFreezingConfig(StrategyConfig):
-    enabled: bool = False
-    """Off unless a config turns it on, so that configs written before it existed keep their runs."""
-    trainable_layers: int = 2
-    """How many of the top encoder layers train (with the pooler and head); 0 to the model's layer count."""
-
-
-@dataclass
-class GradualUnfreezingConfig(StrategyConfig):
-    enabled: bool = False
-    """Off unless a config turns it on, like the other strategies added after the first six."""
-    head_epochs: int = 1
-    """Epochs in which the head trains alone, before the encoder starts to."""
-    layers_per_epoch: int = 1
-    """Encoder layers unfrozen per epoch after those, from the top; 0: all at once."""
-
-
-@dataclass
-class BottleneckAdapterConfig(StrategyConfig):
-    enabled: bool = False
-    """Off unless a config turns it on, like the other strategies added after the first six."""
-    learning_rate: float | None = 1e-3
-    reduction_factor: int = 16
-    """Hidden size / adapter size (MiniLM's 384 / 16 = 24 units)."""
-    placement: Literal["houlsby", "pfeiffer"] = "houlsby"
-    """After each layer's attention and feed-forward outputs (houlsby), or after the feed-forward output only (pfeiffer)."""
-    activation: Literal["relu", "gelu"] = "relu"
-    """Between the down- and up-projection."""
-
-
-@dataclass
-class IA3Config(StrategyConfig):
-    enabled: bool = False
-    """Off unless a config turns it on, like the other adapters added after the first six strategies."""
-    learning_rate: float | None = 3e-3
-    target_modules: list[str] | None = None
-    """Linear layers whose outputs get rescaled; null: PEFT's choice for the architecture (BERT: key, value and the feed-forward output)."""
-    feedforward_modules: list[str] | None = None
-    """Which of them are feed-forward layers (rescaled on their input); null: PEFT's choice."""
-
-
-@dataclass
-class LohaLokrConfig(StrategyConfig):
-    enabled: bool = False
-    """Off unless a config turns it on, like the other adapters added after the first six strategies."""
-    learning_rate: float | None = 1e-3
-    rank: int = 8
-    """Rank of the low-rank factors."""
-    alpha: int = 16
-    """Scale of the update (alpha / rank)."""
-    target_modules: list[str] = field(default_factory=lambda: ["query", "value"])
-    """Names of the linear layers that get adapters."""
-
-
-@dataclass
-class FrozenEncoderConfig(StrategyConfig):
-    enabled: bool = False
-    learning_rate: float | None = 3e-1
-    cache_features: bool = True
-    """Compute what the frozen encoder gives each text once (dropout off) and train the head on that, reused by every epoch, seed and rate of the process; false: run the encoder every epoch. Needs a head that is one module reading one vector per text (BERT's own, or model.head linear or mlp); other models train uncached, with a log line."""
-    classifier: Literal["head", "logistic_regression"] = "head"
-    """`head`: train the head with the loop (its epochs, rate, early stopping); `logistic_regression`: fit scikit-learn's on the features (standardised), its C chosen on validation, and write it into the head (a one-layer head: the model's own, or model.head.type linear)."""
-
-
-@dataclass
-class SetFitConfig(StrategyConfig):
-    enabled: bool = False
-    learning_rate: float | None = 2e-5
-    """The encoder's rate in contrastive training (SetFit's `body_learning_rate`); the head is fitted, not trained at a rate."""
-    num_iterations: int = 20
-    """Pairs drawn per training text: this many with a text of the same label and this many with another label."""
-    num_epochs: int = 1
-    """Passes over the pairs."""
-    batch_size: int = 16
-    """Pairs per step of contrastive training."""
-
-
-@dataclass
-class StrategiesConfig:
-    full: StrategyConfig = field(default_factory=StrategyConfig)
-    """Every weight trains."""
-    lora: LoraConfig = field(default_factory=LoraConfig)
-    """Low-rank adapters on the attention projections (PEFT); the head trains too."""
-    bitfit: StrategyConfig = field(default_factory=lambda: StrategyConfig(learning_rate=1e-3))
-    """Only the bias terms and the head train."""
-    prompt_tuning: PromptTuningConfig = field(default_factory=PromptTuningConfig)
-    """Trainable virtual tokens before the input (PEFT); the encoder stays frozen, the head trains."""
-    partial_freezing: PartialFreezingConfig = field(default_factory=PartialFreezingConfig)
-    """The top encoder layers, the pooler and the head train; embeddings and lower layers stay frozen."""
-    frozen_encoder: FrozenEncoderConfig = field(default_factory=FrozenEncoderConfig)
-    """Only the head trains (off by default, like partial_freezing): what tuning the encoder adds is measured against it."""
-    gradual_unfreezing: GradualUnfreezingConfig = field(default_factory=GradualUnfreezingConfig)
-    """The head first, then the encoder from the top, layer by layer, epoch by epoch (ULMFiT's schedule)."""
-    bottleneck_adapter: BottleneckAdapterConfig = field(default_factory=BottleneckAdapterConfig)
-    """Small bottleneck modules after each layer's attention and/or feed-forward output (written here: PEFT has none); adapters, LayerNorms and head train."""
-    ia3: IA3Config = field(default_factory=IA3Config)
-    """Learned vectors rescaling keys, values and the feed-forward output (PEFT IA3); the head trains too."""
-    loha: LohaLokrConfig = field(default_factory=LohaLokrConfig)
-    """Low-rank Hadamard-product adapters on the target projections (PEFT LoHa); the head trains too."""
-    lokr: LohaLokrConfig = field(default_factory=LohaLokrConfig)
-    """Kronecker-product adapters on the target projections (PEFT LoKr); the head trains too."""
-    setfit: SetFitConfig = field(default_factory=SetFitConfig)
-    """SetFit (off by default): contrastive fine-tuning of the encoder on pairs of texts, then a logistic-regression head; made for few examples per class."""
-
-
-@dataclass
 class AblationConfig:
     learning_rates: list[float] | None = None
     """Every strategy at each rate, unless it has its own `learning_rates`."""
@@ -388,8 +250,7 @@ def _rule_problems(cfg: Config) -> list[str]:
     problems = []
 
     def require(condition: bool, key: str, value, allowed: str) -> None:
-        if not condition:
-            problems.append(f"{key}: got {value!r}, allowed: {allowed}")
+        problems.extend(problem(condition, key, value, allowed))
 
     m, d, t = cfg.model, cfg.data, cfg.training
     require(m.max_length == "auto" or m.max_length >= 8, "model.max_length", m.max_length, "an integer >= 8, or auto")
@@ -397,8 +258,7 @@ def _rule_problems(cfg: Config) -> list[str]:
     require(m.head.hidden_size >= 1, "model.head.hidden_size", m.head.hidden_size, "an integer >= 1")
     require(0 <= m.head.dropout < 1, "model.head.dropout", m.head.dropout, "0 <= dropout < 1")
     # rules across keys a grid varies are checked on each run's config (expand_grid), not on the file's
-    varied = set(cfg.sweep) | {key for settings in cfg.variants.values() for key in settings}
-    if not varied & {"model.head.type", "model.head.pooling"}:
+    if not varied_keys(cfg) & {"model.head.type", "model.head.pooling"}:
         require(m.head.type != "model" or m.head.pooling == "cls", "model.head.pooling", m.head.pooling,
                 "cls with model.head.type: model (the model's own head pools as it was built to); set type linear or mlp")
     require(d.task in TASKS, "data.task", d.task, ", ".join(TASKS))
@@ -450,57 +310,13 @@ def _rule_problems(cfg: Config) -> list[str]:
         require(t.early_stopping.metric in (None, *choices), "training.early_stopping.metric", t.early_stopping.metric,
                 f"{', '.join(choices)} (validation metrics of {d.task}), or null")
     for strategy in STRATEGY_NAMES:
-        rate = getattr(cfg.strategies, strategy).learning_rate
-        require(rate is None or rate > 0, f"strategies.{strategy}.learning_rate", rate, "a number > 0, or null")
-    lora, prompt = cfg.strategies.lora, cfg.strategies.prompt_tuning
-    require(0 <= lora.dropout < 1, "strategies.lora.dropout", lora.dropout, "0 <= dropout < 1")
-    for name in ("lora", "loha", "lokr"):
-        adapter = getattr(cfg.strategies, name)
-        require(adapter.rank >= 1, f"strategies.{name}.rank", adapter.rank, "an integer >= 1")
-        require(adapter.alpha >= 1, f"strategies.{name}.alpha", adapter.alpha, "an integer >= 1")
-        require(len(adapter.target_modules) > 0, f"strategies.{name}.target_modules", adapter.target_modules,
-                "a non-empty list of module names, e.g. [query, value]")
-    unfreezing = cfg.strategies.gradual_unfreezing
-    require(unfreezing.head_epochs >= 0, "strategies.gradual_unfreezing.head_epochs", unfreezing.head_epochs,
-            "an integer >= 0")
-    require(unfreezing.layers_per_epoch >= 0, "strategies.gradual_unfreezing.layers_per_epoch",
-            unfreezing.layers_per_epoch, "an integer >= 0 (0: all layers at once)")
-    if not varied & {"model.head.type", "strategies.frozen_encoder.classifier"}:
-        require(cfg.strategies.frozen_encoder.classifier == "head" or m.head.type != "mlp",
-                "strategies.frozen_encoder.classifier", cfg.strategies.frozen_encoder.classifier,
-                "head with model.head.type: mlp (logistic regression stands in for one linear layer)")
-    fit = cfg.strategies.setfit
-    for key in ("num_iterations", "num_epochs", "batch_size"):
-        require(getattr(fit, key) >= 1, f"strategies.setfit.{key}", getattr(fit, key), "an integer >= 1")
-    bottleneck = cfg.strategies.bottleneck_adapter
-    require(bottleneck.reduction_factor >= 1, "strategies.bottleneck_adapter.reduction_factor",
-            bottleneck.reduction_factor, "an integer >= 1")
-    ia3 = cfg.strategies.ia3
-    require(ia3.target_modules is None or len(ia3.target_modules) > 0, "strategies.ia3.target_modules",
-            ia3.target_modules, "a non-empty list of module names, or null")
-    require(ia3.feedforward_modules is None or set(ia3.feedforward_modules) <= set(ia3.target_modules or []),
-            "strategies.ia3.feedforward_modules", ia3.feedforward_modules,
-            "null, or some of strategies.ia3.target_modules (which must then be set)")
-    require(prompt.num_virtual_tokens >= 1, "strategies.prompt_tuning.num_virtual_tokens",
-            prompt.num_virtual_tokens, "an integer >= 1")
-    layers = cfg.strategies.partial_freezing.trainable_layers
-    require(layers >= 0, "strategies.partial_freezing.trainable_layers", layers, "an integer >= 0")
-
-    def require_list(values, key: str, valid, allowed: str) -> None:
-        if values is not None:
-            require(len(values) > 0 and all(valid(v) for v in values) and len(set(values)) == len(values),
-                    key, values, f"a non-empty list of distinct {allowed}")
-
-    require_list(t.seeds, "training.seeds", lambda v: True, "integers")
+        problems += getattr(cfg.strategies, strategy).problems(f"strategies.{strategy}", cfg)
+    problems += list_problem(t.seeds, "training.seeds", lambda v: True, "integers")
     for name in cfg.output.trackers:
         problems += tracker_problems(name)
-    require_list(cfg.ablation.learning_rates, "ablation.learning_rates", lambda v: v > 0, "numbers > 0")
-    for strategy in STRATEGY_NAMES:
-        require_list(getattr(cfg.strategies, strategy).learning_rates, f"strategies.{strategy}.learning_rates",
-                     lambda v: v > 0, "numbers > 0")
-    require_list(lora.rank_values, "strategies.lora.rank_values", lambda v: v >= 1, "integers >= 1")
+    problems += list_problem(cfg.ablation.learning_rates, "ablation.learning_rates", lambda v: v > 0, "numbers > 0")
     few = cfg.few_shot
-    require_list(few.shots_per_class, "few_shot.shots_per_class", lambda v: v >= 1, "integers >= 1")
+    problems += list_problem(few.shots_per_class, "few_shot.shots_per_class", lambda v: v >= 1, "integers >= 1")
     require(few.repeats >= 1, "few_shot.repeats", few.repeats, "an integer >= 1")
     return problems
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from config import load_config
 from experiment import run_experiment
-from model import STRATEGIES
+from strategies import STRATEGIES
 from utils import ConfigError, is_main_process
 
 
@@ -100,7 +100,7 @@ def experiment_command(args: argparse.Namespace) -> int:
 
 
 def predict_command(args: argparse.Namespace) -> int:
-    from predict import Predictor, predict_file
+    from serving.predict import Predictor, predict_file
 
     if args.top_k < 1:
         raise ConfigError(f"--top-k: got {args.top_k}, allowed: an integer >= 1")
@@ -119,7 +119,7 @@ def predict_command(args: argparse.Namespace) -> int:
 
 
 def export_command(args: argparse.Namespace) -> int:
-    from export import export_run
+    from serving.export import export_run
 
     print(f"wrote {export_run(args.run, load_config(args.config, args.overrides).output.dir, args.out, args.force)}")
     return 0

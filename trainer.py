@@ -20,11 +20,11 @@ from accelerate import Accelerator, DistributedDataParallelKwargs
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
-from checkpoints import (BEST_WEIGHTS, RESUME_STATE, epoch_weights, load_checkpoint, save_checkpoint, save_weights,
+from records.checkpoints import (BEST_WEIGHTS, RESUME_STATE, epoch_weights, load_checkpoint, save_checkpoint, save_weights,
                          trainable_weights)
 from config import Config, TrainingConfig
 from data import Encoded, collate, epoch_rows, eval_batches, train_batches
-from measure import stopwatch
+from records.measure import stopwatch
 from tasks import PAD_VALUE, TASKS, Task
 from utils import process_state
 
@@ -132,16 +132,17 @@ def make_optimizer(model: torch.nn.Module, learning_rate: float, weight_decay: f
 
 def train(model: torch.nn.Module, encoded: Encoded, cfg: Config, learning_rate: float, run_dir: Path,
           accelerator: Accelerator, run_key: dict, resume: bool = False,
-          on_epoch: Callable[[dict], None] | None = None, rates: dict[str, float] | None = None) -> dict:
+          on_epoch: Callable[[dict], None] | None = None, rates: dict[str, float] | None = None,
+          before_epoch: Callable[[int], None] | None = None) -> dict:
     """Train with validation each epoch (each epoch's entry also to `on_epoch`), each parameter at its rate
-    in `rates` (default: `learning_rate`); return the history and leave the best weights in `model`."""
+    in `rates` (default: `learning_rate`), calling `before_epoch(epoch)` first when a strategy changes what
+    trains from epoch to epoch; return the history and leave the best weights in `model`."""
     t, task = cfg.training, TASKS[cfg.data.task]
     loss_of = task.training_loss(t, encoded.labels["train"], encoded.label_names)  # validation uses task.loss
     epoch_examples = len(epoch_rows(encoded.labels["train"], t.sampler, t.seed, 0))  # the same in every epoch
     num_batches = math.ceil(epoch_examples / t.batch_size)
     total_steps = math.ceil(num_batches / t.gradient_accumulation_steps) * t.num_epochs
     trained = {name for name, param in model.named_parameters() if param.requires_grad}  # what checkpoints hold
-    before_epoch = getattr(model, "before_epoch", None)  # a strategy that changes what trains from epoch to epoch
     optimizer = make_optimizer(model, learning_rate, t.weight_decay, rates)
     # parameters that freeze and thaw between epochs give no gradient while frozen, which data parallelism must
     # be told of (a graph traversal per step, so only then)

@@ -22,10 +22,11 @@ import transformers
 from throughput import CUDA, ROOT, default_data_path
 
 from data import load_data, tokenize  # noqa: E402  (throughput put the project root on sys.path)
-from model import STRATEGIES, build_model, load_tokenizer  # noqa: E402
+from model import build_model, load_tokenizer  # noqa: E402
+from strategies import STRATEGIES  # noqa: E402
 from trainer import evaluate, make_accelerator  # noqa: E402
 from config import load_config  # noqa: E402
-from measure import library_versions  # noqa: E402
+from records.measure import library_versions  # noqa: E402
 from tasks import TASKS  # noqa: E402
 from utils import atomic_write_json, set_seed  # noqa: E402
 

@@ -31,9 +31,10 @@ from throughput import CUDA, ROOT, collator, examples, trainer_arguments
 
 import main as bertlab  # noqa: E402  (throughput put the project root on sys.path)
 from data import load_data, tokenize  # noqa: E402
-from model import STRATEGIES, build_model, load_tokenizer  # noqa: E402
+from model import build_model, load_tokenizer  # noqa: E402
+from strategies import STRATEGIES  # noqa: E402
 from config import load_config  # noqa: E402
-from measure import library_versions  # noqa: E402
+from records.measure import library_versions  # noqa: E402
 from utils import atomic_write_json, set_seed  # noqa: E402
 
 

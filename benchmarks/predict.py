@@ -27,8 +27,8 @@ from transformers import pipeline  # noqa: E402
 import main as bertlab  # noqa: E402  (throughput put the project root on sys.path)
 from config import load_config  # noqa: E402
 from data import load_data  # noqa: E402
-from measure import device_name, library_versions  # noqa: E402
-from predict import Predictor, predict_file  # noqa: E402
+from records.measure import device_name, library_versions  # noqa: E402
+from serving.predict import Predictor, predict_file  # noqa: E402
 from utils import atomic_write_json  # noqa: E402
 
 PIPELINE_BATCH_SIZES = (8, 16, 32, 64)

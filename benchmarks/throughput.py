@@ -32,9 +32,10 @@ import transformers  # noqa: E402
 from transformers import DataCollatorWithPadding, Trainer, TrainingArguments  # noqa: E402
 
 from data import load_data, tokenize  # noqa: E402
-from model import STRATEGIES, build_model, load_tokenizer  # noqa: E402
+from model import build_model, load_tokenizer  # noqa: E402
+from strategies import STRATEGIES  # noqa: E402
 from config import load_config, strategy_settings  # noqa: E402
-from measure import PeakMemory, library_versions  # noqa: E402
+from records.measure import PeakMemory, library_versions  # noqa: E402
 from tasks import TASKS  # noqa: E402
 from trainer import eval_batch_tokens, evaluate, make_accelerator, train  # noqa: E402
 from utils import atomic_write_json, set_seed  # noqa: E402

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from conftest import ROOT, labelled_rows
-from model import STRATEGIES
+from strategies import STRATEGIES
 
 
 def cli(*argv, env: dict | None = None) -> tuple[int, str]:

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import main
-from checkpoints import load_weights, read_resume_state
+from records.checkpoints import load_weights, read_resume_state
 from utils import ConfigError
 
 

@@ -5,9 +5,9 @@ import re
 import subprocess
 import sys
 
-from checkpoints import load_weights
+from records.checkpoints import load_weights
 from conftest import ROOT
-from model import STRATEGIES
+from strategies import STRATEGIES
 from tasks import TASKS
 
 RECORD_KEYS = {"run_id", "strategy", "status", "hyperparameters", "model", "dataset", "seed", "trainable_params",

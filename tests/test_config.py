@@ -5,7 +5,7 @@ import pytest
 from transformers import BertConfig
 
 from conftest import ROOT
-from model import STRATEGIES
+from strategies import STRATEGIES
 from config import Config, StrategiesConfig, load_config
 from model import check_against_model
 from utils import ConfigError

@@ -11,7 +11,7 @@ import main
 from config import DataConfig
 from conftest import labelled_rows
 from data import load_data
-from data_report import auto_max_length
+from reporting.data_report import auto_max_length
 from test_cli import results
 from utils import ConfigError
 

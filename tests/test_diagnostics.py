@@ -6,8 +6,9 @@ import copy
 import numpy as np
 import pytest
 
-from diagnostics import diagnose
-from report import summarize, summary_markdown
+from reporting.diagnostics import diagnose
+from reporting.summary import summarize
+from reporting.tables import summary_markdown
 from tasks import TASKS
 
 CLASSIFICATION = TASKS["classification"]

@@ -9,10 +9,10 @@ import threading
 import pytest
 import torch
 
-import experiment
+import experiment.one_run as one_run
 import main
 import trainer
-from checkpoints import load_weights
+from records.checkpoints import load_weights
 
 
 def run_main(config, *overrides) -> tuple[int, list[dict]]:
@@ -52,8 +52,8 @@ def test_peft_checkpoints_hold_only_the_adapter_and_the_head(write_config):
 
 
 def train_fitting_batches_up_to(largest: int, batch_sizes: list[int]):
-    """experiment.train as on a GPU where batches above `largest` run out of memory; each batch size tried is noted."""
-    real_train = experiment.train
+    """one_run.train as on a GPU where batches above `largest` run out of memory; each batch size tried is noted."""
+    real_train = one_run.train
 
     def train(model, encoded, cfg, *args, **kwargs):
         batch_sizes.append(cfg.training.batch_size)
@@ -66,7 +66,7 @@ def train_fitting_batches_up_to(largest: int, batch_sizes: list[int]):
 
 def test_out_of_memory_retries_with_half_the_batch_and_twice_the_accumulation(write_config, monkeypatch, caplog):
     batch_sizes = []
-    monkeypatch.setattr(experiment, "train", train_fitting_batches_up_to(4, batch_sizes))
+    monkeypatch.setattr(one_run, "train", train_fitting_batches_up_to(4, batch_sizes))
     status, [record] = run_main(write_config(), "--strategy", "bitfit", "training.batch_size=16")
     assert status == 0 and record["status"] == "completed"
     assert batch_sizes == [16, 8, 4]
@@ -80,14 +80,14 @@ def test_out_of_memory_at_batch_size_one_fails_the_run(write_config, monkeypatch
     def out_of_memory(*args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory")
 
-    monkeypatch.setattr(experiment, "train", out_of_memory)
+    monkeypatch.setattr(one_run, "train", out_of_memory)
     status, [record] = run_main(write_config(), "--strategy", "bitfit", "training.batch_size=1")
     assert status == 1 and record["status"] == "failed" and record["error"].startswith("OutOfMemoryError")
 
 
 def test_a_run_interrupted_after_an_out_of_memory_retry_resumes_as_that_retry(write_config, monkeypatch, caplog):
     real_evaluate, batch_sizes = trainer.evaluate, []
-    monkeypatch.setattr(experiment, "train", train_fitting_batches_up_to(4, batch_sizes))
+    monkeypatch.setattr(one_run, "train", train_fitting_batches_up_to(4, batch_sizes))
     settings = ["--strategy", "bitfit", "training.batch_size=16", "training.num_epochs=3",
                 "training.early_stopping.enabled=false"]
     config = write_config()

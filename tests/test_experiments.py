@@ -11,7 +11,8 @@ from config import load_config, strategy_settings
 from data import few_shot_rows
 import main
 from experiment import plan_runs
-from report import aggregate, paired_bootstrap, summarize, summary_markdown
+from reporting.summary import aggregate, paired_bootstrap, summarize
+from reporting.tables import summary_markdown
 from tasks import TASKS
 from test_cli import main_py, results
 from utils import ConfigError

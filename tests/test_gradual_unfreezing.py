@@ -5,7 +5,9 @@ import torch
 
 import trainer
 from conftest import prepared
+from config import strategy_settings
 from model import build_model
+from strategies import STRATEGIES
 from trainer import make_accelerator, train
 from utils import set_seed
 
@@ -15,9 +17,11 @@ def test_the_head_trains_alone_then_the_layers_from_the_top(write_config, tmp_pa
                                                    "training.warmup_ratio=0", "training.weight_decay=0"])
     set_seed(0)
     model = build_model(cfg, "gradual_unfreezing", data.label_names)
-    assert model.unfreezing == [{"part": "head", "epoch": 1}, {"part": "layer 1", "epoch": 2},
-                                {"part": "above the layers", "epoch": 2}, {"part": "embeddings", "epoch": 3},
-                                {"part": "layer 0", "epoch": 3}]
+    settings = strategy_settings(cfg, "gradual_unfreezing")
+    strategy = STRATEGIES["gradual_unfreezing"]
+    assert strategy.schedule(model, settings) == [{"part": "head", "epoch": 1}, {"part": "layer 1", "epoch": 2},
+                                                  {"part": "above the layers", "epoch": 2},
+                                                  {"part": "embeddings", "epoch": 3}, {"part": "layer 0", "epoch": 3}]
     snapshots = [{n: p.detach().clone() for n, p in model.named_parameters()}]
     scores = iter([0.9, 0.5, 0.4])  # the first epoch is the best: the run must end with its weights
     real_evaluate = trainer.evaluate
@@ -27,7 +31,8 @@ def test_the_head_trains_alone_then_the_layers_from_the_top(write_config, tmp_pa
         return {**real_evaluate(model, *args, **kwargs), "macro_f1": next(scores)}
 
     monkeypatch.setattr(trainer, "evaluate", snapshot)
-    result = train(model, encoded, cfg, 3e-3, tmp_path / "run", make_accelerator(False), {})
+    result = train(model, encoded, cfg, 3e-3, tmp_path / "run", make_accelerator(False), {},
+                   before_epoch=lambda epoch: strategy.before_epoch(model, settings, epoch))
 
     def moved(epoch: int) -> set[str]:  # the parts whose weights changed in this epoch
         return {n.split(".")[0] if not n.startswith("bert.") else

@@ -12,7 +12,8 @@ from config import load_config
 from conftest import prepared
 from experiment import plan_runs
 from model import build_model
-from tasks import TASKS, class_weights, focal_loss
+from tasks import TASKS
+from tasks.classification import class_weights, focal_loss
 from test_cli import results
 from trainer import evaluate, make_accelerator, train
 from utils import ConfigError, set_seed

@@ -5,7 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from tasks import TASKS, calibration_bins
+from tasks import TASKS
+from tasks.classification import calibration_bins
 
 CLASSIFICATION = TASKS["classification"]
 NAMES = ["a", "b", "c"]

@@ -14,8 +14,8 @@ import main
 from config import load_config
 from conftest import labelled_rows
 from data import load_data
-from model import STRATEGIES
-from predict import Predictor
+from strategies import STRATEGIES
+from serving.predict import Predictor
 
 
 @pytest.fixture(scope="module")

@@ -10,8 +10,10 @@ from transformers import (BertConfig, BertForSequenceClassification, RobertaConf
 
 import main
 from conftest import prepared
+from config import strategy_settings
 from model import build_model, pool
-from probe import C_VALUES, FEATURES, full_weights, head_of, on_cached_features, the_linear_layer
+from strategies import STRATEGIES
+from strategies.probe import C_VALUES, FEATURES, full_weights, head_of, on_cached_features, the_linear_layer
 from tasks import probabilities
 from test_strategies import tiny_distilbert
 from trainer import evaluate, make_accelerator, train
@@ -105,8 +107,9 @@ def test_logistic_regression_is_written_into_the_head_with_c_chosen_on_validatio
                                                    "training.early_stopping.metric=val_loss"])
     model = build_model(cfg, "frozen_encoder", data.label_names)
     accelerator = make_accelerator(False)
-    view, inputs, _ = model.feature_view(model, encoded, cfg, accelerator)
-    result = model.fit(view, inputs, cfg, 0.1, tmp_path / "run", accelerator, run_key={})
+    settings = strategy_settings(cfg, "frozen_encoder")
+    view, inputs, _ = STRATEGIES["frozen_encoder"].feature_view(settings)(model, encoded, cfg, accelerator)
+    result = STRATEGIES["frozen_encoder"].fit(settings)(view, inputs, cfg, 0.1, tmp_path / "run", accelerator, run_key={})
     tried = result["logistic_regression"]["tried"]
     assert [t["C"] for t in tried] == list(C_VALUES) and (tmp_path / "run" / "best.safetensors").exists()
     assert result["best_metric"] == min(t["val_loss"] for t in tried) == result["history"][0]["val_loss"]

@@ -17,9 +17,12 @@ import main
 import visualize
 from config import DataConfig
 from conftest import CLASS_WORDS, SHARED_WORDS
-from data import Encoded, answer_tokens, context_windows, load_data, read_json
-from report import paired_bootstrap
-from tasks import TASKS, answer_scores, best_span, normalized_answer
+from data import Encoded, load_data
+from sources.files import read_json
+from tasks.question_answering import answer_tokens, context_windows
+from reporting.summary import paired_bootstrap
+from tasks import TASKS
+from tasks.question_answering import answer_scores, best_span, normalized_answer
 
 QA = TASKS["question_answering"]
 
@@ -116,7 +119,7 @@ def test_an_answer_cut_by_one_window_is_found_whole_in_the_next(tiny_model_dir):
         if i in whole:
             values[i, labels[i][0], 0], values[i, labels[i][1], 1] = 8.0, 8.0
     encoded = Encoded(ids={"test": ids}, labels={"test": labels}, pad_id=0, label_names=["answer"],
-                      windows={"test": windows}, examples={"test": [{"context": context, "answers": [answer]}]})
+                      layout={"test": {"windows": windows, "questions": [{"context": context, "answers": [answer]}]}})
     truth, predicted = QA.examples(encoded, "test", values)
     assert list(predicted) == [answer] and truth == [[answer]]
 

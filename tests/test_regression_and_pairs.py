@@ -18,9 +18,9 @@ import main
 import visualize
 from config import DataConfig, load_config
 from conftest import CLASS_WORDS, labelled_rows
-from data import collate, load_data, tokenize_texts
+from data import collate, load_data
 from model import build_model
-from report import paired_bootstrap
+from reporting.summary import paired_bootstrap
 from tasks import TASKS
 from utils import ConfigError
 
@@ -87,7 +87,7 @@ def test_pairs_get_the_tokenizers_token_type_ids_also_when_cut_longest_first(tin
     texts = [" ".join(words[:3]), " ".join(words * 2), "refund"]
     pairs = [" ".join(words[3:5]), "money", " ".join(reversed(words * 2))]
     reference = tokenizer(texts, pairs, truncation=True, max_length=12, padding=True, return_tensors="pt")
-    tokens = tokenize_texts(tokenizer, texts, pairs, 12, 4)
+    tokens = TASKS["regression"].tokenize(tokenizer, texts, pairs, 12, 4)
     ids = tokens.ids
     assert max(map(len, ids)) == 12 and min(map(len, ids)) < 12  # cut, and padded once batched
     batch = collate(ids, [0, 1, 2], tokenizer.pad_token_id, 1, tokens.separator)

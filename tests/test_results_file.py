@@ -1,7 +1,7 @@
 import json
 import multiprocessing
 
-from results import save_record
+from records.results import save_record
 
 
 def write_records(path, writer: int, count: int) -> None:
@@ -37,3 +37,24 @@ def test_written_files_are_readable_like_any_other_file(tmp_path):
     atomic_write_json(tmp_path / "shared.json", {"a": 1})
     (tmp_path / "plain.txt").write_text("x")
     assert os.stat(tmp_path / "shared.json").st_mode & 0o777 == os.stat(tmp_path / "plain.txt").st_mode & 0o777
+
+
+def test_a_record_from_before_schema_versions_reads_as_the_current_layout(tmp_path):
+    from records.results import SCHEMA_VERSION, read_results
+    from reporting.summary import summarize
+
+    path = tmp_path / "all_results.json"
+    old = {"run_id": "lora-1", "strategy": "lora", "status": "completed", "seed": 0, "best_epoch": 1,
+           "history": [{"epoch": 1, "val_macro_f1": 0.5}], "test": {"macro_f1": 0.4}, "train_time_s": 1.0,
+           "peak_memory_mb": 10.0, "model": "minilm", "dataset": {"name": "d", "label_names": ["a", "b"]},
+           "hyperparameters": {"learning_rate": 1e-3}, "diagnostics": []}
+    save_record(path, old)
+    save_record(path, {"run_id": "full-2", "status": "failed", "strategy": "full", "schema_version": SCHEMA_VERSION,
+                       "task": "regression", "config_id": "full-c"})
+    upgraded, current = read_results(path)
+    assert upgraded == {**old, "schema_version": SCHEMA_VERSION, "task": "classification", "config_id": "lora-1",
+                        "varied": {}, "few_shot": None, "init_from": None, "export_refused": None, "num_processes": 1,
+                        "peak_memory_measure": "process_peak_rss"}
+    assert current["task"] == "regression" and "peak_memory_measure" not in current  # the current layout is kept
+    assert json.loads(path.read_text())["runs"][0] == old  # the file keeps what it holds
+    assert summarize([upgraded], "val_macro_f1")["rows"][0]["config_id"] == "lora-1"

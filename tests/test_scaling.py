@@ -113,13 +113,13 @@ def test_bf16_excludes_fp16_and_falls_back_to_fp32_with_one_warning_without_a_gp
 
 
 def test_setfit_is_refused_under_several_processes(write_config, monkeypatch, capsys):
-    import experiment
+    import experiment.run as experiment_run
 
     def launched_twice(fp16, bf16):
         accelerator = make_accelerator(fp16, bf16)
         monkeypatch.setattr(type(accelerator), "num_processes", property(lambda self: 2))
         return accelerator
 
-    monkeypatch.setattr(experiment, "make_accelerator", launched_twice)
+    monkeypatch.setattr(experiment_run, "make_accelerator", launched_twice)
     assert main.main(["--config", str(write_config()), "--strategy", "lora", "--strategy", "setfit"]) == 2
     assert "strategy setfit trains on one process, and this launch has 2" in capsys.readouterr().err

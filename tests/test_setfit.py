@@ -4,9 +4,10 @@ head; setfit reads the texts the run's tokenizer kept."""
 import pytest
 import torch
 
-from config import load_config
+from config import load_config, strategy_settings
 from conftest import prepared
 from model import build_model, load_tokenizer
+from strategies import STRATEGIES
 from trainer import make_accelerator
 from utils import ConfigError, set_seed
 
@@ -16,9 +17,10 @@ def test_setfit_tunes_the_whole_encoder_then_fits_a_linear_head_on_mean_pooling(
                                                    "strategies.setfit.learning_rate=1e-3"])
     set_seed(0)
     model = build_model(cfg, "setfit", data.label_names)
-    assert model.head_config.type == "linear" and model.head_config.pooling == "mean"
+    assert isinstance(model.classifier[-1], torch.nn.Linear) and model.text_pooling.how == "mean"
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    result = model.fit(model, encoded, cfg, 1e-3, tmp_path / "run", make_accelerator(False), run_key={})
+    fit = STRATEGIES["setfit"].fit(strategy_settings(cfg, "setfit"))
+    result = fit(model, encoded, cfg, 1e-3, tmp_path / "run", make_accelerator(False), run_key={})
     unchanged = [n for n, p in model.named_parameters() if torch.equal(p.detach().cpu(), before[n])]
     assert unchanged == []  # every encoder weight and the head
     assert result["setfit"]["body_seconds"] > 0 and result["logistic_regression"]["C"] > 0

@@ -9,7 +9,8 @@ from transformers import (AlbertConfig, AlbertForSequenceClassification, DistilB
                           DistilBertForSequenceClassification, ElectraConfig, ElectraForSequenceClassification)
 
 from config import load_config, strategy_settings
-from model import STRATEGIES, build_model, parameter_counts, partial_freezing, resolve_model_path
+from model import build_model, parameter_counts, resolve_model_path
+from strategies import STRATEGIES
 from tasks import TASKS
 from trainer import make_accelerator, train
 from utils import ConfigError, set_seed
@@ -103,7 +104,7 @@ def test_trainable_share_on_the_bundled_minilm():
 
 def test_partial_freezing_finds_the_layers_of_other_architectures():
     config = DistilBertConfig(vocab_size=50, dim=32, hidden_dim=64, n_layers=3, n_heads=2, num_labels=3)
-    model = partial_freezing(DistilBertForSequenceClassification(config), {"trainable_layers": 2}, CLASSIFICATION)
+    model = STRATEGIES["partial_freezing"].wrap(DistilBertForSequenceClassification(config), {"trainable_layers": 2}, CLASSIFICATION)
     trainable = {n.split(".")[0] if "layer" not in n else ".".join(n.split(".")[:4])
                  for n, p in model.named_parameters() if p.requires_grad}
     assert trainable == {"distilbert.transformer.layer.1", "distilbert.transformer.layer.2", "pre_classifier",
@@ -111,7 +112,7 @@ def test_partial_freezing_finds_the_layers_of_other_architectures():
     # ELECTRA projects its smaller embeddings up to the hidden size below the layers: that projection stays frozen
     config = ElectraConfig(vocab_size=50, embedding_size=16, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                            intermediate_size=64, num_labels=3)
-    model = partial_freezing(ElectraForSequenceClassification(config), {"trainable_layers": 1}, CLASSIFICATION)
+    model = STRATEGIES["partial_freezing"].wrap(ElectraForSequenceClassification(config), {"trainable_layers": 1}, CLASSIFICATION)
     frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
     assert any("embeddings_project" in n for n in frozen) and any(".layer.0." in n for n in frozen)
     assert all(".layer.0." in n or ".embeddings" in n for n in frozen)
@@ -122,7 +123,7 @@ def test_partial_freezing_refuses_a_model_whose_layers_it_cannot_tell_apart():
     config = AlbertConfig(vocab_size=50, embedding_size=16, hidden_size=32, num_hidden_layers=3, num_attention_heads=2,
                           intermediate_size=64, num_labels=3)
     with pytest.raises(ConfigError, match="cannot tell the encoder layers"):
-        partial_freezing(AlbertForSequenceClassification(config), {"trainable_layers": 1}, CLASSIFICATION)
+        STRATEGIES["partial_freezing"].wrap(AlbertForSequenceClassification(config), {"trainable_layers": 1}, CLASSIFICATION)
 
 
 def tiny_distilbert() -> DistilBertForSequenceClassification:
@@ -134,12 +135,12 @@ def test_an_adapter_that_cannot_fit_the_model_is_a_config_error_naming_it():
     # DistilBERT names its projections q_lin, k_lin, v_lin: the BERT names are not there
     with pytest.raises(ConfigError, match=r"strategies\.loha\.target_modules: query, value not in .*its linear "
                                           r"layers are: .*q_lin.*v_lin"):
-        STRATEGIES["loha"](tiny_distilbert(), {"rank": 4, "alpha": 8, "target_modules": ["query", "value"]}, CLASSIFICATION)
+        STRATEGIES["loha"].wrap(tiny_distilbert(), {"rank": 4, "alpha": 8, "target_modules": ["query", "value"]}, CLASSIFICATION)
     # PEFT has no IA3 defaults for DistilBERT: the user is told to name the modules
     with pytest.raises(ConfigError, match=r"strategies\.ia3: PEFT cannot apply it to .*; set its target_modules"):
-        STRATEGIES["ia3"](tiny_distilbert(), {"target_modules": None, "feedforward_modules": None}, CLASSIFICATION)
+        STRATEGIES["ia3"].wrap(tiny_distilbert(), {"target_modules": None, "feedforward_modules": None}, CLASSIFICATION)
     # with them named, it applies: rescaling vectors on the named layers, and the head
-    model = STRATEGIES["ia3"](tiny_distilbert(), {"target_modules": ["k_lin", "v_lin", "lin2"],
+    model = STRATEGIES["ia3"].wrap(tiny_distilbert(), {"target_modules": ["k_lin", "v_lin", "lin2"],
                                                   "feedforward_modules": ["lin2"]}, CLASSIFICATION)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert {n.split(".")[-3] for n in trainable if "ia3_l" in n} == {"k_lin", "v_lin", "lin2"}
@@ -162,6 +163,6 @@ def test_bottleneck_adapters_start_as_the_pretrained_model_and_sit_where_placed(
     # 32 -> 2 -> 32 units at reduction factor 16: (32*2 + 2) + (2*32 + 32) parameters an adapter
     assert sum(p.numel() for n, p in adapted.named_parameters() if ".adapter." in n) == adapters * 162
     with pytest.raises(ConfigError, match="has none of the projections adapters follow"):
-        STRATEGIES["bottleneck_adapter"](AlbertForSequenceClassification(AlbertConfig(
+        STRATEGIES["bottleneck_adapter"].wrap(AlbertForSequenceClassification(AlbertConfig(
             vocab_size=50, embedding_size=16, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
             intermediate_size=64, num_labels=3)), cfg.strategies.bottleneck_adapter.__dict__, CLASSIFICATION)

@@ -8,8 +8,9 @@ from sklearn.metrics import accuracy_score, balanced_accuracy_score, cohen_kappa
 import main
 import visualize
 from config import load_config
-from report import validation_score
-from tasks import TASKS, Metric, of_labels
+from reporting.summary import validation_score
+from tasks import TASKS, Metric
+from tasks.classification import of_labels
 from test_cli import results
 from utils import ConfigError
 

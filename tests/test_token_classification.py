@@ -17,8 +17,9 @@ import main
 import visualize
 from config import DataConfig
 from conftest import CLASS_WORDS, SHARED_WORDS
-from data import load_data, read_conll, tags_on_tokens, word_token_ids
-from report import paired_bootstrap
+from data import load_data
+from sources.files import read_conll
+from reporting.summary import paired_bootstrap
 from tasks import PAD_VALUE, TASKS
 from utils import ConfigError
 
@@ -73,13 +74,15 @@ def test_each_words_first_sub_word_carries_its_tag_also_under_truncation(tmp_pat
     (tmp_path / "vocab.txt").write_text("\n".join(vocab) + "\n")
     tokenizer = BertTokenizerFast(vocab=str(tmp_path / "vocab.txt"))
     tags = [3, 0, 0, 1]  # anna: B-PER; parcels, in: O; london: B-LOC
-    ids, firsts = word_token_ids(tokenizer, ["anna parcels in london"], 16)
-    assert tokenizer.convert_ids_to_tokens(ids[0]) == ["[CLS]", "anna", "par", "##cel", "##s", "in", "lon", "##don", "[SEP]"]
-    assert firsts == [[1, 2, 5, 6]]
-    assert tags_on_tokens(tags, firsts[0], len(ids[0])) == [PAD_VALUE, 3, 0, PAD_VALUE, PAD_VALUE, 0, 1, PAD_VALUE, PAD_VALUE]
-    ids, firsts = word_token_ids(tokenizer, ["anna parcels in london"], 6)  # london is cut off
-    assert tokenizer.convert_ids_to_tokens(ids[0]) == ["[CLS]", "anna", "par", "##cel", "##s", "[SEP]"]
-    assert tags_on_tokens(tags, firsts[0], len(ids[0])) == [PAD_VALUE, 3, 0, PAD_VALUE, PAD_VALUE, PAD_VALUE]
+    task = TASKS["token_classification"]
+    tokens = task.tokenize(tokenizer, ["anna parcels in london"], None, 16, 0)
+    assert tokenizer.convert_ids_to_tokens(tokens.ids[0]) == ["[CLS]", "anna", "par", "##cel", "##s", "in", "lon", "##don",
+                                                              "[SEP]"]
+    assert tokens.firsts == [[1, 2, 5, 6]]
+    assert task.align(tokens, [tags], None)[0] == [[PAD_VALUE, 3, 0, PAD_VALUE, PAD_VALUE, 0, 1, PAD_VALUE, PAD_VALUE]]
+    tokens = task.tokenize(tokenizer, ["anna parcels in london"], None, 6, 0)  # london is cut off
+    assert tokenizer.convert_ids_to_tokens(tokens.ids[0]) == ["[CLS]", "anna", "par", "##cel", "##s", "[SEP]"]
+    assert task.align(tokens, [tags], None)[0] == [[PAD_VALUE, 3, 0, PAD_VALUE, PAD_VALUE, PAD_VALUE]]
 
 
 def test_entity_scores_are_seqevals_on_a_known_case():
@@ -131,7 +134,7 @@ def test_integer_tags_take_their_names_from_the_config_and_strings_are_ordered(t
         load_data(DataConfig(task="token_classification", path=str(path), validation_size=0.25, test_size=0.25))
     data = load_data(DataConfig(task="token_classification", path=str(path), validation_size=0.25, test_size=0.25,
                                 tag_names=TAGS))
-    assert data.label_names == TAGS and data.words
+    assert data.label_names == TAGS and data.task == "token_classification"
     assert data.texts["train"][0].split()[1] == "in" and data.labels["train"][0] == [3, 0, 1]
     named = [{"tokens": r["tokens"], "ner_tags": [TAGS[t] for t in r["ner_tags"]]} for r in rows]
     pd.DataFrame(named).to_json(path, orient="records", lines=True)

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 import trainer
-from checkpoints import load_weights
+from records.checkpoints import load_weights
 from conftest import prepared
-from measure import PeakMemory
+from records.measure import PeakMemory
 from model import build_model
 from tasks import TASKS
 from trainer import TrainingFailed, make_accelerator, train

@@ -7,11 +7,12 @@ import json
 import numpy as np
 import pytest
 
-from predict import find_run
-from report import summarize, summary_markdown, terminal_summary, write_summary
+from serving.predict import find_run
+from reporting.summary import summarize
+from reporting.tables import summary_markdown, terminal_summary, write_summary
 from tasks import TASKS
 from utils import atomic_write_json
-from verdict import describe, describe_costs, standing
+from reporting.verdict import describe, describe_costs, standing
 
 TASK = TASKS["classification"]
 LABELS = ["billing", "shipping", "account"]

@@ -9,7 +9,8 @@ import numpy as np
 
 import visualize
 from data import LabelledData
-from data_report import build_report, save_report
+from reporting.data_report import build_report, save_report
+from reporting.plots import caption as plot_caption
 from tasks import TASKS
 from utils import atomic_write_json
 
@@ -77,7 +78,7 @@ def test_every_plot_and_the_report_from_a_results_file(tmp_path, capsys):
     # every plot is embedded exactly once, as the very file it names, with a caption on what to look for
     assert sorted(page.figures) == sorted(f"{name}.png" for name in expected)
     for name, (png, caption) in page.figures.items():
-        assert png == (tmp_path / "plots" / name).read_bytes() and caption == visualize.caption(name), name
+        assert png == (tmp_path / "plots" / name).read_bytes() and caption == plot_caption(name), name
     # a short document: the data, then the verdict, then the evidence, then how to reproduce it
     assert page.headings[:4] == ["Which fine-tuning strategy for tickets?", "Verdict", "Against lora, the best on validation",
                                  "Configurations"]

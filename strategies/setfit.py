@@ -1,6 +1,6 @@
 """SetFit (Tunstall et al. 2022): contrastive fine-tuning of the encoder on pairs of labelled texts, by the setfit
-package, then a logistic-regression head on the tuned encoder's pooled outputs (probe.py), so the run records,
-predicts and compares like every other."""
+package, then a logistic-regression head on the tuned encoder's pooled outputs (strategies/probe.py), so the run
+records, predicts and compares like every other."""
 
 from __future__ import annotations
 
@@ -9,9 +9,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from config import Config, strategy_settings
+import torch
+
+from config import Config, HeadConfig, strategy_settings
 from data import Encoded
-from probe import fit_logistic_regression
+from strategies.base import Settings, Strategy
+from strategies.probe import fit_logistic_regression
+from tasks import Task
+from utils import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -23,7 +28,8 @@ def encodings_per_text(settings: dict) -> int:
 
 
 def fit_setfit(model, encoded: Encoded, cfg: Config, learning_rate: float, run_dir: Path, accelerator, run_key: dict,
-               resume: bool = False, on_epoch=None, rates=None) -> dict:
+               resume: bool = False, on_epoch=None, rates=None,
+               before_epoch=None) -> dict:
     """Tune the model's encoder with SetFit's contrastive pairs (the sentence-transformers body shares the
     encoder's modules, so the model itself is tuned), then fit the head; returns what trainer.train returns."""
     from datasets import Dataset
@@ -31,14 +37,12 @@ def fit_setfit(model, encoded: Encoded, cfg: Config, learning_rate: float, run_d
     from setfit import SetFitModel, Trainer, TrainingArguments
     from transformers import PrinterCallback, ProgressCallback
 
-    from model import load_tokenizer, resolve_model_path
-
     settings = strategy_settings(cfg, "setfit")
+    # the pre-trained model's folder (a bundled model's too), which the sentence-transformers body reads
+    body = SentenceTransformer(model.name_or_path, device=str(accelerator.device))
     # setfit tokenizes text itself: it gets the training texts as this run's tokenizer kept them (truncated,
     # and lower-cased by an uncased model), so both see the same words
-    tokenizer = load_tokenizer(cfg)
-    texts = tokenizer.batch_decode(encoded.ids["train"], skip_special_tokens=True)
-    body = SentenceTransformer(resolve_model_path(cfg.model.name), device=str(accelerator.device))
+    texts = body.tokenizer.batch_decode(encoded.ids["train"], skip_special_tokens=True)
     body[0].model = model.base_model.to(accelerator.device)  # train the run's own encoder (and init_from's weights)
     # setfit wants a folder for checkpoints; this run saves none there (save_strategy no), so a scratch one
     with tempfile.TemporaryDirectory() as scratch:
@@ -63,3 +67,31 @@ def fit_setfit(model, encoded: Encoded, cfg: Config, learning_rate: float, run_d
     result["setfit"] = {"body_seconds": round(body_seconds, 2), "package": "setfit"}
     result["stop_reason"] = f"SetFit: contrastive body training, then {result['stop_reason']}"
     return result
+
+
+def setfit(model, settings: Settings, task: Task) -> torch.nn.Module:
+    """The whole encoder tunes contrastively, then logistic regression fits the head: both in fit_setfit."""
+    for param in model.parameters():
+        param.requires_grad = True
+    return model
+
+
+def refuses(task: Task, cfg) -> str | None:
+    if not task.text_classes:
+        return "setfit learns from pairs of texts of the same and of different classes"
+    if cfg.data.text_pair_column:
+        return "its sentence encoder reads single texts, and data.text_pair_column gives pairs"
+    return None
+
+
+def setfit_head(head: HeadConfig) -> HeadConfig:
+    """SetFit's own head without a model.head: linear on the mean over tokens, the pooling sentence-transformers
+    models use. An mlp head is refused: logistic regression stands in for one linear layer."""
+    if head.type == "mlp":
+        raise ConfigError("strategies.setfit: logistic regression fits its head, one linear layer, so model.head.type "
+                          "mlp cannot be used with it; set model.head.type: linear (or model)")
+    return HeadConfig(type="linear", pooling="mean", dropout=0.0) if head.type == "model" else head
+
+
+SETFIT = Strategy("setfit", setfit, fit=lambda settings: fit_setfit, refuses=refuses, one_process=True,
+                  passes=lambda settings, epochs: encodings_per_text(settings), head=setfit_head)

@@ -10,10 +10,11 @@ from pathlib import Path
 
 import peft
 
-from model import BUNDLED_MODELS, load_tokenizer, resolve_model_path
-from predict import load_run
-from report import aggregate, task_of
-from results import read_results, results_file
+from model import BUNDLED_MODELS, export_refused, load_tokenizer, resolve_model_path
+from serving.predict import load_run
+from reporting.summary import aggregate, task_of
+from records.results import read_results, results_file
+from strategies import STRATEGIES
 from utils import ConfigError
 
 
@@ -23,8 +24,10 @@ def export_run(run: str, output_dir: str | Path, out: Path, force: bool = False)
         raise ConfigError(f"--out: '{out}' exists and is not empty; choose another folder or pass --force to write "
                           "into it")
     _, cfg, record, model = load_run(run, output_dir)
-    if getattr(model, "not_exportable", None):
-        raise ConfigError(f"run {record['run_id']} ({record['strategy']}) cannot be exported: {model.not_exportable}")
+    strategy = STRATEGIES[record["strategy"]]
+    refused = export_refused(strategy, strategy.head(cfg.model.head))
+    if refused:
+        raise ConfigError(f"run {record['run_id']} ({record['strategy']}) cannot be exported: {refused}")
     tokenizer = load_tokenizer(cfg)
     tokenizer.model_max_length = cfg.model.max_length  # texts are truncated where the run truncated them
     out.mkdir(parents=True, exist_ok=True)
@@ -34,7 +37,7 @@ def export_run(run: str, output_dir: str | Path, out: Path, force: bool = False)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     siblings = [r for r in read_results(results_file(output_dir))
-                if r.get("config_id") == record.get("config_id") and r["status"] == "completed"]
+                if r["config_id"] == record["config_id"] and r["status"] == "completed"]
     (out / "README.md").write_text(model_card(record, cfg, siblings or [record], adapter), encoding="utf-8")
     return out
 

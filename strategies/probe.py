@@ -1,4 +1,4 @@
-"""Heads trained on what a frozen encoder gives each text: those features computed once per process and reused
+"""The frozen encoder's two ways around the loop: heads trained on what the frozen encoder gives each text: those features computed once per process and reused
 by every epoch, seed and rate (the cached linear probe), and a logistic regression fitted on them whose C is
 chosen on validation and which is then written into the model's head, so the run predicts and exports as any
 other."""
@@ -16,10 +16,10 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import log_loss
 from transformers.modeling_outputs import SequenceClassifierOutput
 
-from checkpoints import BEST_WEIGHTS, save_weights, trainable_weights
+from records.checkpoints import BEST_WEIGHTS, save_weights, trainable_weights
 from config import Config
 from data import SPLITS, Encoded
-from measure import stopwatch
+from records.measure import stopwatch
 from tasks import TASKS, probabilities
 from trainer import inference
 from utils import ConfigError
@@ -127,7 +127,8 @@ def the_linear_layer(head: torch.nn.Module) -> torch.nn.Linear:
 
 
 def fit_logistic_regression(model, encoded: Encoded, cfg: Config, learning_rate: float, run_dir: Path, accelerator,
-                            run_key: dict, resume: bool = False, on_epoch=None, rates=None) -> dict:
+                            run_key: dict, resume: bool = False, on_epoch=None, rates=None,
+                            before_epoch=None) -> dict:
     """Fit scikit-learn's logistic regression on the head's input features (standardised on the training split)
     at each C of C_VALUES, keep the C the validation metric of early stopping prefers, and write that solution
     into the head's linear layer. Returns what trainer.train returns; the history has one entry."""

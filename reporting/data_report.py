@@ -35,12 +35,7 @@ def auto_max_length(train_lengths: np.ndarray, limit: int | None) -> int:
 
 def build_report(data: LabelledData, lengths: dict[str, np.ndarray], max_length: int, model: str, task: Task) -> dict:
     """The report of one data set, as stored in data_report.json."""
-    labels = {split: task.label_distribution(data.labels[split], data.label_names) for split in SPLITS}
-    if task.has_classes:
-        train = [n for n in labels["train"].values() if n > 0]
-        labels = {"class_counts": labels, "imbalance_ratio": max(train) / min(train)}  # largest / smallest class
-    else:
-        labels = {"label_summary": labels}
+    labels = task.label_report({split: task.label_distribution(data.labels[split], data.label_names) for split in SPLITS})
     top = max(max(lengths[split].max() for split in SPLITS), max_length + 1)
     edges = np.unique(np.linspace(0, top, HISTOGRAM_BINS + 1).round().astype(int))
     return {
@@ -49,7 +44,7 @@ def build_report(data: LabelledData, lengths: dict[str, np.ndarray], max_length:
         "token_lengths": {
             "model": model, "max_length": max_length, "histogram_edges": edges.tolist(),
             # what happens to the tokens beyond max_length: a question's context is read on in further windows
-            "beyond_max_length": "read in further windows" if task.spans else "truncated",
+            "beyond_max_length": task.beyond_max_length,
             **{split: {"min": int(x.min()), "median": float(np.median(x)),
                        f"p{LENGTH_PERCENTILE}": float(np.percentile(x, LENGTH_PERCENTILE)), "max": int(x.max()),
                        "truncated_share": float((x > max_length).mean()),

@@ -131,17 +131,18 @@ def over_confidence(record: dict) -> dict | None:
         mean_confidence=confidence, accuracy=test["accuracy"], ece=test["ece"], log_loss=test["log_loss"])
 
 
-DIAGNOSTICS: dict[str, Callable[[dict], dict | None]] = {
-    "over_fitting": over_fitting, "under_fitting": under_fitting, "instability": instability,
-    "imbalance": imbalance, "collapse": collapse, "over_confidence": over_confidence,
+# Each diagnostic with the tasks it applies to (None: every task); the class-based ones read class scores.
+CLASSES = ("classification",)
+DIAGNOSTICS: dict[str, tuple[Callable[[dict], dict | None], tuple[str, ...] | None]] = {
+    "over_fitting": (over_fitting, None), "instability": (instability, None), "under_fitting": (under_fitting, CLASSES),
+    "imbalance": (imbalance, CLASSES), "collapse": (collapse, CLASSES), "over_confidence": (over_confidence, CLASSES),
 }
-GENERAL = ("over_fitting", "instability")  # every task's; the others are named by the task (Task.diagnostics)
 
 
 def diagnose(record: dict, task) -> list[dict]:
     """The findings on one completed run."""
-    names = [*GENERAL, *task.diagnostics]
-    findings = [found for found in (DIAGNOSTICS[name](record) for name in names) if found is not None]
+    checks = [check for check, tasks in DIAGNOSTICS.values() if tasks is None or task.name in tasks]
+    findings = [found for found in (check(record) for check in checks) if found is not None]
     if any(f["kind"] == "collapse" for f in findings):  # a collapse explains the weak classes: one finding, not two
         findings = [f for f in findings if f["kind"] != "imbalance"]
     return findings

@@ -1,7 +1,7 @@
 """Use a trained run: find it (by id, folder, or the best of the latest experiment) and predict on new text
 with its own model, tokenizer and max_length.
 
-    from predict import Predictor
+    from serving.predict import Predictor
     predictor = Predictor.from_run("best")           # or a run id, or outputs/checkpoints/<strategy>/<run_id>
     predictor.predict(["I was charged twice this month"], top_k=3)
 """
@@ -15,10 +15,11 @@ import numpy as np
 import pandas as pd
 
 from config import Config
-from data import Encoded, read_file, tokenize_texts
+from data import Encoded
+from sources.files import read_file
 from model import load_tokenizer, run_model
-from report import best_run, summarize, task_of
-from results import RUN_RECORD, read_results, results_file, select_runs
+from reporting.summary import best_run, summarize, task_of
+from records.results import RUN_RECORD, read_results, results_file, select_runs
 from trainer import inference, make_accelerator
 from utils import ConfigError
 
@@ -60,7 +61,7 @@ def best_of_latest_experiment(output_dir: Path, which: str) -> dict:
     metric, task = experiment["config"]["training"]["early_stopping"]["metric"], task_of(runs)
     verdict = summarize(runs, metric)["verdict"]
     config_id = verdict["winner"]["config_id"] if which == "best" else verdict["recommended_config_id"]
-    return best_run([r for r in runs if r.get("config_id", r["run_id"]) == config_id], metric, task)
+    return best_run([r for r in runs if r["config_id"] == config_id], metric, task)
 
 
 def load_run(run: str | Path, output_dir: str | Path):
@@ -101,31 +102,24 @@ class Predictor:
         whitespace separates). An empty text gets an empty dict."""
         trained_on_pairs = self.columns.get("pair") is not None
         if trained_on_pairs != (pairs is not None):
-            raise ConfigError(("this run answers questions from a context: give each question (--text) its context "
-                               "(--pair, --pair-column)" if self.task.spans else
-                               "this run was trained on sentence pairs: give each text its second text (--pair, "
-                               "--pair-column)") if trained_on_pairs else
+            raise ConfigError(f"{self.task.pair_request} (--pair, --pair-column)" if trained_on_pairs else
                               "this run was trained on single texts: predict without second texts")
         texts_of = [texts] + ([pairs] if pairs is not None else [])
         kept = [i for i in range(len(texts)) if all(isinstance(x[i], str) and x[i].strip() for x in texts_of)]
         if not kept:
             return [{} for _ in texts]
         chosen = [[x[i] for i in kept] for x in texts_of]
-        if self.task.words:  # words are what whitespace separates
-            chosen[0] = [" ".join(text.split()) for text in chosen[0]]
-        tokens = tokenize_texts(self.tokenizer, chosen[0], chosen[1] if pairs is not None else None,
-                                self.cfg.model.max_length, self.cfg.data.doc_stride, self.task.words, self.task.spans)
+        chosen[0] = [self.task.text_for_prediction(text) for text in chosen[0]]
+        pairs = chosen[1] if pairs is not None else None
+        tokens = self.task.tokenize(self.tokenizer, chosen[0], pairs, self.cfg.model.max_length, self.cfg.data.doc_stride)
+        _, layout = self.task.align(tokens, None, pairs)
         encoded = Encoded(ids={"texts": tokens.ids}, labels=None, pad_id=self.tokenizer.pad_token_id,
                           label_names=self.label_names, pair_separator=tokens.separator,
-                          windows=tokens.windows and {"texts": tokens.windows},
-                          examples=tokens.windows and {"texts": [{"context": context} for context in chosen[-1]]})
+                          layout=None if layout is None else {"texts": layout})
         _, values = inference(self.model, encoded, "texts", self.cfg.training, self.accelerator, self.task)
-        _, values = self.task.examples(encoded, "texts", values)  # a question's windows give one answer
         rows = [{} for _ in texts]
-        for row, (i, row_values) in enumerate(zip(kept, values)):
-            # with words, a word's value is its first sub-word's
-            row_values = np.asarray(row_values) if tokens.firsts is None else np.asarray(row_values)[tokens.firsts[row]]
-            rows[i] = self.task.decode(row_values, self.label_names, top_k, texts[i])
+        for i, row_values in zip(kept, self.task.values_per_text(encoded, "texts", values)):
+            rows[i] = self.task.decode(np.asarray(row_values), self.label_names, top_k, texts[i])
         return rows
 
 

@@ -1,0 +1,201 @@
+"""One run: build its model, train and test it into a record (with the out-of-memory retry), saved whether it
+completes or fails."""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import logging
+import time
+import traceback
+from pathlib import Path
+
+import torch
+import yaml
+
+from config import Config
+from data import Encoded, LabelledData
+from experiment.plan import Run, short_key
+from records.measure import PeakMemory, device_name, library_versions
+from model import build_model, export_refused, new_head_reason, parameter_counts, part_learning_rates
+from records.checkpoints import saved_run_key
+from records.results import RUN_RECORD, SCHEMA_VERSION, results_file, save_record
+from reporting.data_report import DATA_REPORT
+from reporting.diagnostics import diagnose
+from strategies import STRATEGIES
+from tasks import TASKS
+from experiment.trackers import run_trackers
+from trainer import evaluate, train
+from utils import ConfigError, atomic_write_bytes, atomic_write_json, set_seed
+
+logger = logging.getLogger("bertlab")
+
+
+def run_one(run: Run, run_id: str, data: LabelledData, encoded: Encoded, accelerator, baseline: dict,
+            resume: bool) -> dict:
+    """Train and test one run; the record is saved whether the run completes or fails."""
+    cfg, strategy, settings = run.cfg, run.strategy, run.settings
+    task = TASKS[cfg.data.task]
+    output = Path(cfg.output.dir)
+    run_dir = output / "checkpoints" / strategy / run_id
+    atomic_write_bytes(run_dir / "config.yaml", yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False).encode())
+    # the training examples as trained on (few-shot, augmented); questions, not their windows
+    sizes = {**data.sizes(), "train": task.example_count(encoded, "train")}
+    record = {"schema_version": SCHEMA_VERSION, "run_id": run_id, "config_id": run.config_id(data.fingerprint),
+              "strategy": strategy,
+              "status": "running", "varied": {short_key(k): v for k, v in run.varied.items()},
+              "few_shot": {"shots_per_class": run.shots, "draw": run.draw} if run.shots is not None else None,
+              "model": cfg.model.name, "task": cfg.data.task,
+              "dataset": {"name": data.name, "fingerprint": data.fingerprint, "sizes": sizes,
+                          "num_labels": len(data.label_names), "label_names": data.label_names,
+                          "label_distribution": {split: task.label_distribution(labels, data.label_names)
+                                                 for split, labels in encoded.labels.items()},
+                          "majority_baseline": baseline, "augmented_train_rows": encoded.augmented_rows,
+                          "report": f"{DATA_REPORT}#{data.fingerprint}"},  # beside the results file
+              "seed": cfg.training.seed,
+              "hyperparameters": {**dataclasses.asdict(cfg.training), **settings, "max_length": cfg.model.max_length},
+              "device": device_name(accelerator.device), "mixed_precision": accelerator.mixed_precision,
+              "num_processes": accelerator.num_processes,
+              "versions": library_versions(), "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    started = time.perf_counter()
+    attempt = cfg
+    if resume:  # a run interrupted after an out-of-memory retry continues as that retry
+        for _ in range(halvings_before_checkpoint(run, run_dir, data.fingerprint)):
+            attempt = halve_batch(attempt)
+            record_retry(record, attempt)
+        if attempt is not cfg:
+            logger.info("%s: its last checkpoint is from an out-of-memory retry; resuming that retry (batch size %d)",
+                        run_id, attempt.training.batch_size)
+    memory = PeakMemory(accelerator.device)
+    try:
+        while True:
+            try:
+                record.update(fit_and_test(run, attempt, data, encoded, accelerator, run_dir, resume))
+                break
+            except torch.OutOfMemoryError:
+                if accelerator.num_processes > 1:  # the others wait in an exchange: end this process, and the launch
+                    raise SystemExit(f"{run_id}: out of memory in process {accelerator.process_index} of "
+                                     f"{accelerator.num_processes}: lower training.batch_size (the batch of all "
+                                     "processes together) or raise gradient_accumulation_steps, then --resume") from None
+                if attempt.training.batch_size == 1:
+                    raise
+            # outside the except block, so the failed attempt's model and optimizer can be freed; they sit in
+            # reference cycles (accelerate wraps the model's forward), which only a collection after
+            # free_memory() has dropped the accelerator's references releases
+            accelerator.free_memory()
+            gc.collect()
+            torch.cuda.empty_cache()
+            attempt, resume = halve_batch(attempt), False
+            record_retry(record, attempt)
+            logger.warning("%s: out of GPU memory; retrying from the start with batch size %d and %d accumulation "
+                           "steps (the same effective batch)", run_id, attempt.training.batch_size,
+                           attempt.training.gradient_accumulation_steps)
+        record["status"] = "completed"
+        record["diagnostics"] = diagnose(record, task)
+        for found in record["diagnostics"]:
+            logger.warning("%s: %s: %s. Next: %s", run_id, found["kind"], found["message"], found["next_step"])
+    except (ConfigError, KeyboardInterrupt):
+        raise
+    except Exception as err:  # a failing run is recorded with its reason; the others go on
+        logger.error("%s failed: %s: %s", run_id, type(err).__name__, err)
+        record.update(status="failed", error=f"{type(err).__name__}: {err}", traceback=traceback.format_exc())
+    finally:  # also when interrupted, so the memory sampler does not outlive the run
+        record["peak_memory_mb"], record["peak_memory_measure"] = memory.stop()
+        accelerator.free_memory()
+    if cfg.output.keep_checkpoints == "none" and accelerator.is_main_process:
+        for checkpoint in [*run_dir.glob("*.pt"), *run_dir.glob("*.safetensors")]:
+            checkpoint.unlink()
+    record["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    record["run_time_s"] = round(time.perf_counter() - started, 2)  # building, training, validating, testing, saving
+    save_record(results_file(output), record)
+    atomic_write_json(run_dir / RUN_RECORD, record)
+    return record
+
+
+def fit_and_test(run: Run, cfg: Config, data: LabelledData, encoded: Encoded, accelerator, run_dir: Path,
+                 resume: bool) -> dict:
+    """Build the wrapped model, train it and test its best epoch: the record's results."""
+    settings = run.settings
+    task, strategy = TASKS[cfg.data.task], STRATEGIES[run.strategy]
+    set_seed(cfg.training.seed)  # the same head initialisation for every strategy
+    source = run.source
+    model = build_model(cfg, run.strategy, data.label_names, source)
+    reason = source and new_head_reason(source, cfg, data.label_names)
+    init = source and {"run_id": source["record"]["run_id"], "folder": str(source["folder"]),
+                       "head": f"re-initialised: {reason}" if reason else "kept"}
+    if init:
+        logger.info("%s starts from run %s (%s); its head: %s", run_dir.name, init["run_id"], init["folder"], init["head"])
+    if not init or reason:  # a fresh head
+        task.init_head(model, encoded.labels["train"])
+    counts = parameter_counts(model)
+    # a strategy may train on something cheaper than the whole model (its feature_view), or by other means than
+    # the gradient loop (its fit); both leave the trained weights in `model`
+    fit, feature_view = strategy.fit(settings), strategy.feature_view(settings)
+    how = (f"{cfg.training.num_epochs} epochs | effective batch "
+           f"{cfg.training.batch_size * cfg.training.gradient_accumulation_steps} | lr {settings['learning_rate']:.1e}"
+           if fit is None else f"not trained by epoch: {fit.__name__}")
+    logger.info("%s | %d train examples | %s | trainable %d of %d (%.3f%%)", run_dir.name, len(encoded.labels["train"]),
+                how, counts["trainable_params"], counts["total_params"], counts["trainable_pct"])
+    run_key = dataclasses.replace(run, cfg=cfg).key(data.fingerprint)  # after an OOM retry: its batch settings
+    logged = {**dataclasses.asdict(cfg.training), **settings, "strategy": run.strategy, "model": cfg.model.name,
+              "max_length": cfg.model.max_length, "data_fingerprint": data.fingerprint}
+    parts = part_learning_rates(model, settings["learning_rate"], cfg.training.head_learning_rate,
+                                cfg.training.layer_lr_decay)
+    trained, inputs, features = model, encoded, None
+    if feature_view:
+        trained, inputs, features = feature_view(model, encoded, cfg, accelerator)
+    before_epoch = strategy.before_epoch and (lambda epoch: strategy.before_epoch(model, settings, epoch))
+    with run_trackers(cfg.output.trackers, run_dir.name, Path(cfg.output.dir) / "trackers", logged) as trackers:
+        result = (fit or train)(trained, inputs, cfg, settings["learning_rate"], run_dir, accelerator, run_key, resume,
+                                on_epoch=lambda entry: trackers.log(entry, step=entry["epoch"]),
+                                rates={name: rate for name, (_, rate) in parts.items()}, before_epoch=before_epoch)
+        test = evaluate(trained, inputs, "test", cfg.training, accelerator, task)
+        trackers.log({f"test_{name}": test[name] for name in ["loss"] + [m.name for m in task.metrics]},
+                     step=result["best_epoch"])
+    if features and features["cached"]:  # the time to compute them is part of this run's training time
+        result["train_time_s"] = round(result["train_time_s"] + features["seconds"], 2)
+    return {**counts, **result, "parameter_groups": parameter_groups(parts, model), "init_from": init,
+            "features": features, "export_refused": export_refused(strategy, run.head),
+            "unfreezing": strategy.schedule(model, settings),
+            "test": {"loss": test["loss"], **task.test_report(test["truth"], test["values"],
+                                                             data.label_names)},
+            # for paired comparisons between runs and the task's plots
+            "test_predictions": test["predictions"].tolist(), "test_labels": list(test["truth"])}
+
+
+def parameter_groups(parts: dict[str, tuple[str, float]], model: torch.nn.Module) -> list[dict]:
+    """What trains at which rate, by part of the model (the head, each layer, the embeddings), for the record."""
+    sizes = dict(model.named_parameters())
+    groups: dict[str, dict] = {}
+    for name, (part, rate) in parts.items():
+        group = groups.setdefault(part, {"part": part, "learning_rate": rate, "parameters": 0})
+        group["parameters"] += sizes[name].numel()
+    return list(groups.values())
+
+
+def halve_batch(cfg: Config) -> Config:
+    """Half the batch and twice the accumulation: the same effective batch in less memory."""
+    t = cfg.training
+    halved = dataclasses.replace(t, batch_size=t.batch_size // 2, gradient_accumulation_steps=2 * t.gradient_accumulation_steps,
+                                 eval_batch_size=max(1, t.eval_batch_size // 2),
+                                 eval_batch_tokens=t.eval_batch_tokens and max(1, t.eval_batch_tokens // 2))
+    return dataclasses.replace(cfg, training=halved)
+
+
+def record_retry(record: dict, attempt: Config) -> None:
+    t = attempt.training
+    retry = {"batch_size": t.batch_size, "gradient_accumulation_steps": t.gradient_accumulation_steps}
+    record.setdefault("oom_retries", []).append(retry)
+    record["hyperparameters"].update(retry, eval_batch_size=t.eval_batch_size, eval_batch_tokens=t.eval_batch_tokens)
+
+
+def halvings_before_checkpoint(run: Run, run_dir: Path, data_fingerprint: str) -> int:
+    """How many out-of-memory retries the run had made when its last checkpoint was written (0 when none, or
+    when the checkpoint matches no retry: resuming then refuses it, naming what differs)."""
+    saved = saved_run_key(run_dir)
+    cfg, halvings = run.cfg, 0
+    while saved is not None and cfg.training.batch_size > 1:
+        cfg, halvings = halve_batch(cfg), halvings + 1
+        if dataclasses.replace(run, cfg=cfg).key(data_fingerprint) == saved:
+            return halvings
+    return 0

@@ -1,0 +1,101 @@
+"""The plan of an experiment: its runs (strategies x grid x few-shot draws x seeds), each a strategy under a
+config with no lists left in it, with the key that names it."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from config import Config, HeadConfig, TrainingConfig, expand_grid, strategy_settings
+from model import source_run
+from strategies import STRATEGIES
+from utils import stable_hash
+
+# Training keys added after run ids were first handed out: left out of the run key at their defaults, so
+# runs made before them keep their ids (and their cached results).
+ADDED_TRAINING_KEYS = ("loss", "class_weights", "focal_gamma", "label_smoothing", "sampler", "bf16",
+                       "head_learning_rate", "layer_lr_decay")
+
+
+@dataclasses.dataclass
+class Run:
+    """One training run of the experiment: a strategy under a config with no lists left in it."""
+
+    strategy: str
+    cfg: Config  # seed, rates and swept values resolved to single values
+    varied: dict[str, Any]  # the grid values that set this configuration apart from the strategy's others
+    shots: int | None = None  # few-shot: training examples per class
+    draw: int | None = None  # few-shot: which sample of `shots` per class
+    source: dict | None = None  # with model.init_from: the starting run's folder, record and config (source_run)
+    # derived from cfg once, so that running goes down the layers without deriving them again
+    settings: dict[str, Any] = dataclasses.field(init=False)  # the strategy's own, with the rate it uses
+    head: HeadConfig = dataclasses.field(init=False)  # the head the strategy trains under model.head
+
+    def __post_init__(self):
+        self.settings = strategy_settings(self.cfg, self.strategy)
+        self.head = STRATEGIES[self.strategy].head(self.cfg.model.head)
+
+    def key(self, data_fingerprint: str) -> dict:
+        """Everything that changes the result, so a run id never names two different experiments.
+        (How often checkpoints are written changes nothing, so it may differ on --resume; the global
+        learning rate is in `settings` when it is the one used.)"""
+        excluded = ("checkpoint_every_steps", "seeds", "learning_rate")
+        defaults = dataclasses.asdict(TrainingConfig())
+        training = {k: v for k, v in dataclasses.asdict(self.cfg.training).items()
+                    if k not in excluded and not (k in ADDED_TRAINING_KEYS and v == defaults[k])}
+        model = dataclasses.asdict(self.cfg.model)
+        if self.cfg.model.head == HeadConfig():  # added later: runs with the model's own head keep their ids
+            del model["head"]
+        if self.source:  # the run itself, however its folder was named
+            model["init_from"] = self.source["record"]["run_id"]
+        else:  # added later: runs without it keep their ids
+            del model["init_from"]
+        key = {"strategy": self.strategy, "settings": self.settings,
+               "model": model, "training": training, "data_fingerprint": data_fingerprint}
+        if self.shots is not None:
+            key["few_shot"] = {"shots_per_class": self.shots, "draw": self.draw}
+        if self.cfg.data.augment.enabled:  # off, it changes nothing: earlier runs keep their ids
+            key["augment"] = dataclasses.asdict(self.cfg.data.augment)
+        return key
+
+    def run_id(self, data_fingerprint: str) -> str:
+        return f"{self.strategy}-{stable_hash(self.key(data_fingerprint))}"
+
+    def config_id(self, data_fingerprint: str) -> str:
+        """Runs that differ only in seed or few-shot draw share a configuration: they are aggregated."""
+        key = self.key(data_fingerprint)
+        key["training"].pop("seed")
+        key.get("few_shot", {}).pop("draw", None)
+        return f"{self.strategy}-{stable_hash(key)}"
+
+    def describe(self) -> str:
+        parts = [f"{short_key(k)}={v}" for k, v in self.varied.items()]
+        if self.shots is not None:
+            parts.append(f"shots={self.shots} draw={self.draw}")
+        return " ".join(parts + [f"seed={self.cfg.training.seed}"])
+
+
+def short_key(dotted: str) -> str:
+    """`strategies.lora.rank` -> `rank`: the strategy is already in the row. Other keys stay whole."""
+    return dotted.split(".", 2)[2] if dotted.startswith("strategies.") else dotted
+
+
+def plan_runs(cfg: Config, strategies: list[str]) -> list[Run]:
+    """Strategies x their grid (rates, ranks, sweep) x few-shot sizes and draws x seeds, each with its starting
+    run (model.init_from) read once."""
+    seeds = cfg.training.seeds or [cfg.training.seed]
+    few = cfg.few_shot
+    shots_and_draws = [(k, d) for k in few.shots_per_class for d in range(few.repeats)] if few.enabled else [(None, None)]
+    sources: dict[str | None, dict | None] = {}
+    runs = []
+    for strategy in strategies:
+        for varied, point in expand_grid(cfg, strategy):
+            spec = point.model.init_from
+            if spec not in sources:
+                sources[spec] = source_run(point)
+            for shots, draw in shots_and_draws:
+                for seed in seeds:
+                    single = dataclasses.replace(point, training=dataclasses.replace(point.training, seed=seed,
+                                                                                     seeds=None))
+                    runs.append(Run(strategy, single, varied, shots, draw, sources[spec]))
+    return runs

@@ -1,0 +1,136 @@
+"""Running an experiment: the plan, which runs are already done, running the rest (or a shard's share), then
+the summary once the whole plan has finished."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+
+from config import Config
+from experiment.dry_run import print_plan
+from experiment.inputs import Inputs, baseline_of, data_reports, resolve_max_length
+from experiment.one_run import run_one
+from experiment.plan import plan_runs
+from experiment.shards import assign_shards, planned_cost, print_shares
+from model import check_against_model, load_model_config
+from records.results import read_results, results_file, write_experiment
+from reporting.data_report import describe_report, save_report
+from reporting.summary import summarize
+from reporting.tables import describe_baseline, terminal_summary, write_summary
+from strategies import STRATEGIES
+from tasks import TASKS
+from trainer import make_accelerator
+from utils import ConfigError, is_main_process
+
+logger = logging.getLogger("bertlab")
+
+
+def run_experiment(cfg: Config, strategies: list[str], *, resume: bool = False, force: bool = False,
+                   dry_run: bool = False, config_file: str = "", command: str = "",
+                   shard: tuple[int, int] | None = None, summary_only: bool = False) -> int:
+    """Run every planned run that is not already completed (with `shard` (K, N): only the K-th of N shares of
+    the plan), then write and print the summary of the whole plan once all of it has finished; with
+    `summary_only`, train nothing and summarise what has. Returns the exit status: 0 when every run
+    completed, 1 when some failed or (summary only) has not finished."""
+    refuse_strategies(cfg, strategies)
+    runs = plan_runs(cfg, strategies)
+    model_configs = {}
+    for run in runs:
+        if run.cfg.model.name not in model_configs:
+            model_configs[run.cfg.model.name] = load_model_config(run.cfg)
+    inputs = Inputs()
+    runs = resolve_max_length(runs, inputs, model_configs)
+    for run in runs:
+        check_against_model(run.cfg, model_configs[run.cfg.model.name], [run.strategy])
+    data = inputs.data_for(runs[0])
+    reports = data_reports(runs, inputs)
+    for report in reports.values():
+        for line in describe_report(report):
+            logger.info("%s", line)
+    task = TASKS[cfg.data.task]
+    baseline = baseline_of(data, cfg)
+    logger.info("data %s: %s examples (train/validation/test), %d labels; %s", data.name,
+                "/".join(map(str, data.sizes().values())), len(data.label_names), describe_baseline(task, baseline))
+    results_path = results_file(cfg.output.dir)
+    ids = [run.run_id(inputs.data_for(run).fingerprint) for run in runs]
+    completed = {r["run_id"]: r for r in read_results(results_path) if r["status"] == "completed"}
+    outdated = {i for i in ids if i in completed and any(m.name not in completed[i]["test"] for m in task.metrics)}
+    if outdated:
+        logger.info("%d completed run(s) lack metrics the task reports now: they run again", len(outdated))
+        completed = {i: r for i, r in completed.items() if i not in outdated}
+    cached = set() if force else {i for i in ids if i in completed}
+    mine = list(range(len(runs)))
+    if shard is not None:
+        costs = [planned_cost(run, inputs) for run in runs]
+        owners = assign_shards(costs, shard[1])
+        mine = [i for i, owner in enumerate(owners) if owner == shard[0]]
+    if not is_main_process() and (dry_run or summary_only):  # the main process prints them
+        return 0
+    if dry_run:
+        print_plan(runs, ids, cached, inputs, completed, cfg, mine)
+        if shard is not None:
+            print_shares(costs, owners, shard[1])
+        return 0
+    write_experiment(results_path, config_file=config_file, command=command, config=dataclasses.asdict(cfg),
+                     strategies=strategies, run_ids=ids)
+    for report in reports.values():
+        save_report(report, results_path.parent)
+    if summary_only:
+        return finish(cfg, ids, results_path, describe_baseline(task, baseline))
+    share = f" (shard {shard[0]}/{shard[1]}: {len(mine)} of the plan's {len(runs)})" if shard else ""
+    logger.info("%d run(s) planned%s: %d already completed (reused; --force runs them again), %d to run",
+                len(mine), share, sum(ids[i] in cached for i in mine), sum(ids[i] not in cached for i in mine))
+    accelerator = make_accelerator(cfg.training.fp16, cfg.training.bf16)
+    for name in strategies:
+        if accelerator.num_processes > 1 and STRATEGIES[name].one_process:
+            raise ConfigError(f"strategy {name} trains on one process, and this launch has "
+                              f"{accelerator.num_processes}: run it with python main.py --strategy {name}")
+    failed = 0
+    for number, i in enumerate(mine, 1):
+        if ids[i] in cached:
+            continue
+        logger.info("run %d/%d: %s %s", number, len(mine), runs[i].strategy, runs[i].describe())
+        run_data, encoded = inputs.for_run(runs[i])
+        record = run_one(runs[i], ids[i], run_data, encoded, accelerator, baseline_of(run_data, runs[i].cfg), resume)
+        failed += record["status"] != "completed"
+    if not accelerator.is_main_process:  # the main process summarises
+        return 1 if failed else 0
+    if shard is not None:
+        finished = {r["run_id"] for r in read_results(results_path)}
+        if not set(ids) <= finished:
+            print(f"\nshard {shard[0]}/{shard[1]} done ({len(mine)} run(s), {failed} failed); {len(set(ids) - finished)} "
+                  "run(s) of the plan are still to finish in other shards. Once they have: python main.py "
+                  "--summary-only (with the same config), then python visualize.py")
+            return 1 if failed else 0
+    return max(finish(cfg, ids, results_path, describe_baseline(task, baseline)), 1 if failed else 0)
+
+
+def refuse_strategies(cfg: Config, strategies: list[str]) -> None:
+    """Stop before anything runs when a strategy cannot serve the task or the data."""
+    task = TASKS[cfg.data.task]
+    for strategy in strategies:
+        reason = STRATEGIES[strategy].refuses(task, cfg)
+        if reason:
+            raise ConfigError(f"strategy {strategy} does not apply to data.task: {task.name} ({reason}); choose "
+                              "another with --strategy or strategies.<name>.enabled")
+
+
+def finish(cfg: Config, ids: list[str], results_path: Path, baseline: str) -> int:
+    """Write and print the summary of the planned runs' records; 1 when some failed or has not run."""
+    by_id = {r["run_id"]: r for r in read_results(results_path)}
+    records = [by_id[i] for i in ids if i in by_id]
+    missing = len(ids) - len(records)
+    if not records:
+        raise ConfigError(f"no run of this plan has finished in {results_path} yet: run python main.py (or each "
+                          "--shard K/N) first, with the same config")
+    summary = summarize(records, cfg.training.early_stopping.metric)
+    write_summary(summary, results_path.parent)
+    print("\n" + terminal_summary(summary, results_path.parent))
+    print(f"\n{baseline}")
+    failed = [r["run_id"] for r in records if r["status"] != "completed"]
+    if failed:
+        logger.error("%d run(s) failed: %s (see 'error' in their records)", len(failed), ", ".join(failed))
+    if missing:
+        logger.error("%d planned run(s) have not run yet: the summary holds the %d that have", missing, len(records))
+    return 1 if failed or missing else 0

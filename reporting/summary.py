@@ -1,0 +1,238 @@
+"""What the runs say together: mean and spread over seeds, the best setting of each strategy (chosen on
+validation), paired bootstrap tests between strategies, the diagnostics per configuration and the verdict."""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+from records.results import upgrade
+from reporting.diagnostics import diagnose
+from reporting.verdict import best_of, configuration_label, decide
+from tasks import TASKS, Task
+
+BOOTSTRAP_RESAMPLES = 5000
+BOOTSTRAP_CHUNK = 1000  # resamples drawn at a time, which bounds memory on large test splits
+
+COMPARISON_NOTE = (
+    "Δ = A − B on the same test examples, averaged over runs paired by seed (and few-shot draw); 95% interval "
+    f"and p-value from a paired bootstrap over test examples ({BOOTSTRAP_RESAMPLES:,} resamples). They measure how "
+    "much the difference depends on which test examples were drawn, not on the seed: read them beside the standard "
+    "deviations above. Each p-value is for one comparison; among many, some fall below 0.05 by chance.")
+
+
+VARIANTS_TITLE = "Each variant against the first (same strategy, its chosen rate and other settings)"
+
+
+def task_of(runs: list[dict]) -> Task:
+    """The task the records are about (classification when there are none)."""
+    return TASKS[runs[0]["task"]] if runs else TASKS["classification"]
+
+
+def aggregate(values: list[float]) -> dict[str, float | int | None]:
+    """Mean, sample standard deviation and the half-width of a 95% t-interval for the mean."""
+    from scipy import stats
+
+    n = len(values)
+    if n == 0:
+        return {"n": 0, "mean": None, "std": None, "ci95": None}
+    mean = float(np.mean(values))
+    if n == 1:
+        return {"n": 1, "mean": mean, "std": None, "ci95": None}
+    std = float(np.std(values, ddof=1))
+    return {"n": n, "mean": mean, "std": std, "ci95": float(stats.t.ppf(0.975, n - 1) * std / n ** 0.5)}
+
+
+def validation_score(run: dict, metric: str) -> float:
+    """The selection metric at the run's best epoch (what early stopping kept)."""
+    return next(h[metric] for h in run["history"] if h["epoch"] == run["best_epoch"])
+
+
+def best_run(runs: list[dict], metric: str, task: Task) -> dict:
+    """The run with the best validation score."""
+    return best_of(runs, lambda run: validation_score(run, metric), metric, task)
+
+
+def summarize(runs: list[dict], metric: str) -> dict:
+    """One row per configuration (strategy + grid values + shots), the best configuration of each
+    strategy chosen on the validation `metric`, and paired tests between the chosen ones. Records of any
+    layout are read through records.results.upgrade."""
+    runs = [upgrade(run) for run in runs]
+    task = task_of(runs)
+    groups: dict[str, list[dict]] = {}
+    for run in runs:
+        groups.setdefault(run["config_id"], []).append(run)
+    rows = []
+    for config_id, group in groups.items():
+        done = [r for r in group if r["status"] == "completed"]
+        first = group[0]
+        rows.append({
+            "config_id": config_id, "strategy": first["strategy"], "varied": first["varied"],
+            "shots_per_class": (first["few_shot"] or {}).get("shots_per_class"),
+            "learning_rate": first["hyperparameters"]["learning_rate"], "runs": len(group), "failed": len(group) - len(done),
+            "validation": aggregate([validation_score(r, metric) for r in done]),
+            # records made before a metric existed lack it: the mean is over those that have it
+            "test": {m.name: aggregate([r["test"][m.name] for r in done if m.name in r["test"]]) for m in task.metrics},
+            "trainable_params": first.get("trainable_params"), "export_refused": first.get("export_refused"),  # a failed run has none
+            "train_time_s": aggregate([r["train_time_s"] for r in done]),
+            "peak_memory_mb": aggregate([r["peak_memory_mb"] for r in done]),
+            "chosen": False,
+        })
+    chosen = {}
+    for row in rows:
+        if row["validation"]["mean"] is None:
+            continue
+        slot = (row["strategy"], row["shots_per_class"])
+        if slot not in chosen or task.is_better(metric, row["validation"]["mean"], chosen[slot]["validation"]["mean"]):
+            chosen[slot] = row
+    for row in chosen.values():
+        row["chosen"] = True
+        row["test_interval"] = test_interval(groups[row["config_id"]], task)
+    slots = list(chosen)
+    comparisons = []
+    for i, (strategy_a, shots) in enumerate(slots):
+        for strategy_b, shots_b in slots[i + 1:]:
+            if shots_b != shots:
+                continue
+            comparison = compare_configurations(groups[chosen[strategy_a, shots]["config_id"]],
+                                                groups[chosen[strategy_b, shots]["config_id"]], task)
+            if comparison:
+                comparisons.append({"a": strategy_a, "b": strategy_b, "shots_per_class": shots, **comparison})
+    sizes = next((r["dataset"].get("sizes", {}) for r in runs if r["status"] == "completed"), {})
+    summary = {"task": task.name, "metric": metric, "rows": rows, "comparisons": comparisons,
+               "variant_comparisons": variant_comparisons(rows, chosen, groups, task),
+               "diagnostics": diagnostic_rows(groups, task), "memory_note": memory_note(runs),
+               "validation_examples": sizes.get("validation"), "test_examples": sizes.get("test")}
+    return {**summary, "verdict": decide(summary)}
+
+
+def test_interval(runs: list[dict], task: Task) -> dict | None:
+    """The bootstrap interval of a configuration's test scores (None for records without test predictions)."""
+    done = [r for r in runs if r["status"] == "completed" and "test_labels" in r]
+    if not done:
+        return None
+    done = [r for r in done if r["test_labels"] == done[0]["test_labels"]]
+    return score_interval(task, done[0]["test_labels"], [r["test_predictions"] for r in done],
+                          done[0]["dataset"]["label_names"])
+
+
+def variant_comparisons(rows: list[dict], chosen: dict, groups: dict[str, list[dict]], task: Task) -> list[dict]:
+    """Within each strategy, every variant against the first one in the config (the reference, e.g. `plain`),
+    the other grid values held at the strategy's chosen ones: paired like the comparisons between strategies."""
+    comparisons = []
+    for (strategy, shots), best in chosen.items():
+        held = {k: v for k, v in best["varied"].items() if k != "variant"}
+        peers = [r for r in rows if r["strategy"] == strategy and r["shots_per_class"] == shots and "variant" in r["varied"]
+                 and {k: v for k, v in r["varied"].items() if k != "variant"} == held and r["validation"]["mean"] is not None]
+        for row in peers[1:]:
+            comparison = compare_configurations(groups[row["config_id"]], groups[peers[0]["config_id"]], task)
+            if comparison:
+                comparisons.append({"a": f"{strategy}: {row['varied']['variant']}",
+                                    "b": f"{strategy}: {peers[0]['varied']['variant']}", "shots_per_class": shots,
+                                    **comparison})
+    return comparisons
+
+
+def diagnostic_rows(groups: dict[str, list[dict]], task: Task) -> list[dict]:
+    """The diagnostics of each configuration's runs, one row per kind: in how many runs it was found, the
+    first such run's message and the next step. Records made before diagnostics existed are diagnosed here."""
+    rows = []
+    for config_id, group in groups.items():
+        done = [r for r in group if r["status"] == "completed"]
+        found: dict[str, list[dict]] = {}
+        for run in done:
+            for item in run["diagnostics"] if "diagnostics" in run else diagnose(run, task):
+                found.setdefault(item["kind"], []).append(item)
+        for kind, items in found.items():
+            rows.append({"config_id": config_id, "configuration": configuration_label(
+                {"strategy": group[0]["strategy"], "varied": group[0]["varied"]}), "kind": kind,
+                "runs": len(items), "of": len(done), "message": items[0]["message"], "next_step": items[0]["next_step"]})
+    return rows
+
+
+def memory_note(runs: list[dict]) -> str | None:
+    """A warning when the peak memory column mixes measures: records from before per-run measurement on a
+    CPU hold the process's lifetime peak, which is not comparable with a run's own rise."""
+    measures = sorted({r["peak_memory_measure"] for r in runs if r["status"] == "completed"})
+    if len(measures) < 2:
+        return None
+    note = f"Peak memory mixes measures ({', '.join(measures)}), which do not compare"
+    if "process_peak_rss" in measures:
+        note += ("; process_peak_rss is the process's lifetime peak, recorded before runs measured their own memory: "
+                 "rerun those runs with --force to compare memory")
+    return note + "."
+
+
+def _pairing_key(run: dict) -> tuple:
+    return run["seed"], (run["few_shot"] or {}).get("draw")
+
+
+def compare_configurations(runs_a: list[dict], runs_b: list[dict], task: Task) -> dict | None:
+    """Paired bootstrap over test examples, pairing runs of the same seed (and few-shot draw)."""
+    by_key = {_pairing_key(r): r for r in runs_b if r["status"] == "completed" and "test_labels" in r}
+    pairs = [(r, by_key[_pairing_key(r)]) for r in runs_a
+             if r["status"] == "completed" and "test_labels" in r and _pairing_key(r) in by_key
+             and r["test_labels"] == by_key[_pairing_key(r)]["test_labels"]]
+    if not pairs:
+        return None
+    truth = pairs[0][0]["test_labels"]  # as the task reads them: class ids, numbers, or tags per token
+    result = paired_bootstrap(task, truth, [a["test_predictions"] for a, _ in pairs],
+                              [b["test_predictions"] for _, b in pairs], pairs[0][0]["dataset"]["label_names"])
+    return {"paired_runs": len(pairs), **result}
+
+
+@functools.lru_cache(maxsize=2)
+def resample_weights(n: int, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0) -> np.ndarray:
+    """How often each of n test examples is drawn, one row per weighting: the observed data first (all ones),
+    then each bootstrap resample. Kept for the next call: every comparison and interval of a summary resamples
+    the same test split (drawing them takes about a second for 3,000 examples), so the array is read-only."""
+    rng = np.random.default_rng(seed)
+    sizes = [BOOTSTRAP_CHUNK] * (resamples // BOOTSTRAP_CHUNK) + ([resamples % BOOTSTRAP_CHUNK] if resamples % BOOTSTRAP_CHUNK else [])
+    weights = np.concatenate([np.ones((1, n), dtype=np.float32)]
+                             + [rng.multinomial(n, np.full(n, 1 / n), size=size).astype(np.float32) for size in sizes])
+    weights.setflags(write=False)
+    return weights
+
+
+def weighted_scores(task: Task, truth: np.ndarray, predictions: list, label_names: list[str],
+                    weights: np.ndarray) -> dict[str, np.ndarray]:
+    """Each compared metric of each prediction set (rows) under each weighting of the test examples (columns),
+    from the examples' statistics (task.example_statistics), so a resample costs one matrix product."""
+    counts = weights.sum(1)
+    per_run = [task.metrics_from_sums(weights @ task.example_statistics(truth, p, label_names), counts, label_names)
+               for p in predictions]
+    return {name: np.stack([scores[name] for scores in per_run]) for name in task.compared_metrics}
+
+
+def paired_bootstrap(task: Task, truth, predictions_a: list, predictions_b: list, label_names: list[str],
+                     resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0) -> dict[str, dict]:
+    """Difference A - B in each of the task's compared metrics (mean over paired runs), its 95% percentile
+    interval, a two-sided p-value for "no difference" (the bootstrap distribution shifted to zero mean, as in
+    Berg-Kirkpatrick et al. 2012), and the difference in each pair of runs. Test examples are resampled, the
+    same ones for both sides, so the test sees the pairing."""
+    weights = resample_weights(len(truth), resamples, seed)
+    a = weighted_scores(task, truth, predictions_a, label_names, weights)
+    b = weighted_scores(task, truth, predictions_b, label_names, weights)
+    result = {}
+    for name in task.compared_metrics:
+        difference = a[name].mean(0) - b[name].mean(0)
+        observed, resampled = float(difference[0]), difference[1:]
+        extreme = np.sum(np.abs(resampled - resampled.mean()) >= abs(observed) - 1e-12)
+        low, high = np.percentile(resampled, [2.5, 97.5])
+        result[name] = {"difference": observed, "low": float(low), "high": float(high),
+                        "p_value": float((extreme + 1) / (len(resampled) + 1)),
+                        "per_run": [float(d) for d in a[name][:, 0] - b[name][:, 0]]}
+    return result
+
+
+def score_interval(task: Task, truth, predictions: list, label_names: list[str], resamples: int = BOOTSTRAP_RESAMPLES,
+                   seed: int = 0) -> dict[str, dict[str, float]]:
+    """The 95% percentile interval of each compared metric (mean over the runs) over resampled test examples:
+    how far the score could move with another test split drawn from the same data."""
+    scores = weighted_scores(task, truth, predictions, label_names, resample_weights(len(truth), resamples, seed))
+    intervals = {}
+    for name, values in scores.items():
+        low, high = np.percentile(values.mean(0)[1:], [2.5, 97.5])
+        intervals[name] = {"low": float(low), "high": float(high)}
+    return intervals

@@ -1,0 +1,12 @@
+"""The tasks bertlab fine-tunes for, one file each, in one registry: adding a task is a file and a line here."""
+
+from tasks.base import PAD_VALUE, Metric, Task, Tokenized, probabilities, segment_ids
+from tasks.classification import Classification
+from tasks.question_answering import QuestionAnswering
+from tasks.regression import Regression
+from tasks.token_classification import TokenClassification
+
+TASKS: dict[str, Task] = {task.name: task for task in (Classification(), Regression(), TokenClassification(),
+                                                       QuestionAnswering())}
+
+__all__ = ["PAD_VALUE", "TASKS", "Metric", "Task", "Tokenized", "probabilities", "segment_ids"]
