@@ -17,6 +17,7 @@ from typing import Callable
 import numpy as np
 import torch
 from accelerate import Accelerator, DistributedDataParallelKwargs
+from accelerate.state import AcceleratorState
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
@@ -97,6 +98,10 @@ def make_accelerator(fp16: bool, bf16: bool = False, warn: bool = True) -> Accel
     if (fp16 or bf16) and precision == "no" and warn:
         logger.warning("%s: half-precision matmul is far slower elsewhere; training in fp32", reason)
     process_state()  # first, so that a launch without GPUs is set up for gloo
+    # Accelerate keeps one mixed precision per process; a second run (predict after training, a config with
+    # another training.fp16) would be refused, so the state is renewed, the processes' setup kept
+    if AcceleratorState._shared_state.get("_mixed_precision", precision) != precision:
+        AcceleratorState._reset_state()
     # Buffers are constants in these models, and a frozen encoder's cached features are one: broadcasting them
     # before every forward would only cost time.
     return Accelerator(mixed_precision=precision, kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)])

@@ -46,6 +46,7 @@ def head_of(model: torch.nn.Module) -> tuple[str, torch.nn.Module] | None:
 def head_inputs(model: torch.nn.Module, head: torch.nn.Module, encoded: Encoded, split: str, cfg: Config,
                 accelerator) -> torch.Tensor:
     """Per row of the split, in order, what `head` receives from the rest of the model with dropout off."""
+    model.to(accelerator.device)  # the loop has not placed it: features come before (or instead of) training
     captured = []
 
     def one_vector_per_text(outputs, attention_mask) -> torch.Tensor:

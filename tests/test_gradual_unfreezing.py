@@ -22,12 +22,12 @@ def test_the_head_trains_alone_then_the_layers_from_the_top(write_config, tmp_pa
     assert strategy.schedule(model, settings) == [{"part": "head", "epoch": 1}, {"part": "layer 1", "epoch": 2},
                                                   {"part": "above the layers", "epoch": 2},
                                                   {"part": "embeddings", "epoch": 3}, {"part": "layer 0", "epoch": 3}]
-    snapshots = [{n: p.detach().clone() for n, p in model.named_parameters()}]
+    snapshots = [{n: p.detach().cpu().clone() for n, p in model.named_parameters()}]
     scores = iter([0.9, 0.5, 0.4])  # the first epoch is the best: the run must end with its weights
     real_evaluate = trainer.evaluate
 
     def snapshot(model, *args, **kwargs):
-        snapshots.append({n: p.detach().clone() for n, p in model.named_parameters()})
+        snapshots.append({n: p.detach().cpu().clone() for n, p in model.named_parameters()})
         return {**real_evaluate(model, *args, **kwargs), "macro_f1": next(scores)}
 
     monkeypatch.setattr(trainer, "evaluate", snapshot)
@@ -44,4 +44,4 @@ def test_the_head_trains_alone_then_the_layers_from_the_top(write_config, tmp_pa
     assert moved(3) == {"classifier", "layer 1", "pooler", "layer 0", "embeddings"}
     assert result["best_epoch"] == 1
     for name, param in model.named_parameters():  # every part restored to epoch 1, the encoder as pre-trained
-        assert torch.equal(param, snapshots[1][name]), name
+        assert torch.equal(param.detach().cpu(), snapshots[1][name]), name

@@ -64,8 +64,8 @@ def test_features_are_the_pooled_encoder_output_computed_once_per_process(write_
     assert first == {"cached": True, "computed": len(texts), "reused": 0, "seconds": first["seconds"]}
     row = encoded.ids["validation"][3]
     with torch.no_grad():
-        hidden = model.bert(input_ids=torch.tensor([row])).last_hidden_state
-    assert torch.allclose(view.features[inputs.ids["validation"][3][0]], pool(hidden, None, "mean")[0], atol=1e-5)
+        hidden = model.bert(input_ids=torch.tensor([row], device=model.device)).last_hidden_state
+    assert torch.allclose(view.features[inputs.ids["validation"][3][0]], pool(hidden, None, "mean")[0].cpu(), atol=1e-5)
     _, _, second = on_cached_features(model, encoded, cfg, make_accelerator(False))
     assert (second["computed"], second["reused"]) == (0, len(texts))
 
@@ -114,7 +114,7 @@ def test_logistic_regression_is_written_into_the_head_with_c_chosen_on_validatio
     assert [t["C"] for t in tried] == list(C_VALUES) and (tmp_path / "run" / "best.safetensors").exists()
     assert result["best_metric"] == min(t["val_loss"] for t in tried) == result["history"][0]["val_loss"]
     # the full model (the encoder runs again) predicts what scikit-learn fitted at the chosen C
-    features = {s: view.features[[row[0] for row in inputs.ids[s]]].double().numpy() for s in ("train", "test")}
+    features = {s: view.features[[row[0] for row in inputs.ids[s]]].double().cpu().numpy() for s in ("train", "test")}
     mean, std = features["train"].mean(0), features["train"].std(0) + 1e-6
     fitted = LogisticRegression(C=result["logistic_regression"]["C"], max_iter=2000).fit(
         (features["train"] - mean) / std, encoded.labels["train"])

@@ -175,7 +175,8 @@ def test_evaluation_gives_the_same_answers_however_it_is_batched(write_config, t
     model, _ = run(cfg, data, encoded, tmp_path / "r")
     model.eval()
     with torch.no_grad():  # the reference: each row alone, in the split's order, without the batching code
-        logits = torch.cat([model(input_ids=torch.tensor([ids])).logits for ids in encoded.ids["test"]])
+        logits = torch.cat([model(input_ids=torch.tensor([ids], device=model.device)).logits.float().cpu()
+                            for ids in encoded.ids["test"]])
     labels = torch.tensor(encoded.labels["test"])
     expected_loss = torch.nn.functional.cross_entropy(logits, labels).item()
     assert len(set(logits.argmax(-1).tolist())) > 1  # a model that always says one class would prove little
