@@ -2,7 +2,7 @@
 the winner.
 
     python main.py [--config FILE] [--strategy NAME ...] [--resume] [--force] [--dry-run] [--shard K/N] [--summary-only]
-                   [--debug] [section.key=value ...]
+                   [--repair] [--debug] [section.key=value ...]
     python main.py predict [--run RUN] (--text TEXT [--text ...] | --input FILE [--output FILE]) [--top-k K]
     python main.py export [--run RUN] --out DIR [--force]
 
@@ -20,6 +20,7 @@ from pathlib import Path
 
 from config import load_config
 from experiment import run_experiment
+from records.results import repair
 from strategies import STRATEGIES
 from utils import ConfigError, is_main_process
 
@@ -46,6 +47,9 @@ def experiment_parser() -> argparse.ArgumentParser:
                              "or job-array task, all into one output.dir; the last to finish writes the summary")
     parser.add_argument("--summary-only", action="store_true",
                         help="train nothing: write and print the summary of the planned runs that have finished")
+    parser.add_argument("--repair", action="store_true",
+                        help="train nothing: rebuild output.dir's results file from the run folders, setting a "
+                             "damaged results, experiment, data report or verdict file aside")
     add_common(parser)
     return parser
 
@@ -90,6 +94,10 @@ def export_parser() -> argparse.ArgumentParser:
 
 def experiment_command(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
+    if args.repair:
+        for line in repair(cfg.output.dir):
+            print(line)
+        return 0
     strategies = args.strategy or [s for s in STRATEGIES if getattr(cfg.strategies, s).enabled]
     if not strategies:
         raise ConfigError(f"{args.config}: no strategy enabled; set strategies.<name>.enabled: true or pass "

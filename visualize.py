@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from records.results import select_runs
+from records.shared import DamagedFile
 from reporting.data_report import read_report
 from reporting.figures import Figures
 from reporting.page import write_report
@@ -27,11 +28,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output-dir", default="outputs", help="the config's output.dir (default: outputs)")
     parser.add_argument("--dataset", help="plot every run on this data set (default: the latest experiment's runs)")
     args = parser.parse_args(argv)
-    output = Path(args.output_dir)
-    runs, experiment = select_runs(output, args.dataset)
+    try:
+        return visualize(Path(args.output_dir), args.dataset)
+    except DamagedFile as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+def visualize(output: Path, dataset: str | None) -> int:
+    runs, experiment = select_runs(output, dataset)
     if not any(r["status"] == "completed" for r in runs):
         print(f"error: no completed runs to plot in {output / 'results' / 'all_results.json'}"
-              + (f" on data set '{args.dataset}'" if args.dataset else "; run python main.py first"), file=sys.stderr)
+              + (f" on data set '{dataset}'" if dataset else "; run python main.py first"), file=sys.stderr)
         return 2
     completed = [r for r in runs if r["status"] == "completed"]
     metric = experiment["config"]["training"]["early_stopping"]["metric"] if experiment else None

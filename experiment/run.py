@@ -14,7 +14,8 @@ from experiment.one_run import run_one
 from experiment.plan import plan_runs
 from experiment.shards import assign_shards, planned_cost, print_shares
 from model import check_against_model, load_model_config
-from records.results import read_results, results_file, write_experiment
+from records.results import SHARED_FILES, read_results, results_file, write_experiment
+from records.shared import read_json
 from reporting.data_report import describe_report, save_report
 from reporting.summary import summarize
 from reporting.tables import describe_baseline, terminal_summary, write_summary
@@ -72,6 +73,8 @@ def run_experiment(cfg: Config, strategies: list[str], *, resume: bool = False, 
         if shard is not None:
             print_shares(costs, owners, shard[1])
         return 0
+    for name in SHARED_FILES:  # before anything is written: a damaged one stops the experiment, kept as it is
+        read_json(results_path.with_name(name))
     write_experiment(results_path, config_file=config_file, command=command, config=dataclasses.asdict(cfg),
                      strategies=strategies, run_ids=ids)
     for report in reports.values():

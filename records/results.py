@@ -9,7 +9,7 @@ from pathlib import Path
 
 from filelock import FileLock
 
-from utils import atomic_write_json
+from records.shared import DamagedFile, read_json, write_json
 
 
 RUN_RECORD = "record.json"  # a copy of the run's record in its checkpoint folder, so the folder stands alone
@@ -36,7 +36,10 @@ def upgrade(record: dict) -> dict:
 
 def read_record(path: Path) -> dict:
     """One run's record.json, upgraded."""
-    return upgrade(json.loads(path.read_text()))
+    record = read_json(path, remedy="train that run again (python main.py --force with its config)")
+    if not isinstance(record, dict) or "run_id" not in record:
+        raise DamagedFile(path, "holds no run record", "train that run again (python main.py --force with its config)")
+    return upgrade(record)
 
 
 def results_file(output_dir: str | Path) -> Path:
@@ -45,7 +48,13 @@ def results_file(output_dir: str | Path) -> Path:
 
 def stored_records(path: Path) -> list[dict]:
     """The records of a results file as they are stored."""
-    return json.loads(path.read_text())["runs"] if path.is_file() else []
+    contents = read_json(path)
+    if contents is None:
+        return []
+    runs = contents.get("runs") if isinstance(contents, dict) else None
+    if not isinstance(runs, list) or not all(isinstance(r, dict) and "run_id" in r for r in runs):
+        raise DamagedFile(path, "holds no list of run records under 'runs'")
+    return runs
 
 
 def read_results(path: Path) -> list[dict]:
@@ -57,13 +66,12 @@ def save_record(path: Path, record: dict) -> None:
     """Replace this run's record and keep every other as it is stored, even with another process writing too."""
     with FileLock(path.with_name(path.name + ".lock")):
         runs = [r for r in stored_records(path) if r["run_id"] != record["run_id"]]
-        atomic_write_json(path, {"runs": runs + [record]})
+        write_json(path, {"runs": runs + [record]})
 
 
 def write_experiment(results_path: Path, **experiment) -> None:
     """experiment.json beside the results: the config file, command, config, strategies and run ids."""
-    atomic_write_json(results_path.with_name("experiment.json"),
-                      {**experiment, "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    write_json(results_path.with_name("experiment.json"), {**experiment, "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
 
 
 def select_runs(output_dir: Path, dataset: str | None) -> tuple[list[dict], dict | None]:
@@ -71,7 +79,7 @@ def select_runs(output_dir: Path, dataset: str | None) -> tuple[list[dict], dict
     path = results_file(output_dir)
     records = read_results(path)
     experiment_path = path.with_name("experiment.json")
-    experiment = json.loads(experiment_path.read_text()) if experiment_path.is_file() else None
+    experiment = read_json(experiment_path)
     if dataset is None and experiment is not None:
         wanted = set(experiment["run_ids"])
         return [r for r in records if r["run_id"] in wanted], experiment
@@ -79,3 +87,47 @@ def select_runs(output_dir: Path, dataset: str | None) -> tuple[list[dict], dict
     if dataset is None and completed:
         dataset = max(completed, key=lambda r: r["finished_at"])["dataset"]["name"]
     return [r for r in records if r["dataset"]["name"] == dataset], None
+
+
+# The files beside the results that --repair checks: what it cannot rebuild, it sets aside for the next run
+# to write anew.
+SHARED_FILES = ("experiment.json", "data_report.json", "verdict.json")
+
+
+def repair(output_dir: str | Path) -> list[str]:
+    """Rebuild the results file from the run folders' records (each run keeps its own record.json), keeping a
+    readable results file's records and adding those it lacks; a damaged shared file is first set aside
+    beside itself as <name>.damaged-<time>. Returns what was done, a line each."""
+    path = results_file(output_dir)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    done, kept = [], []
+    for shared in (path, *(path.with_name(name) for name in SHARED_FILES)):
+        try:
+            if shared == path:
+                kept = stored_records(path)
+            else:
+                read_json(shared)
+        except DamagedFile:
+            aside = shared.with_name(f"{shared.name}.damaged-{stamp}")
+            shared.rename(aside)
+            done.append(f"{shared} could not be read: set aside as {aside.name}")
+    known = {record["run_id"] for record in kept}
+    recovered, unreadable = [], []
+    for folder_record in sorted(Path(output_dir).glob(f"checkpoints/*/*/{RUN_RECORD}")):
+        try:
+            record = read_record(folder_record)
+        except DamagedFile:
+            unreadable.append(str(folder_record))
+            continue
+        if record["run_id"] not in known:
+            known.add(record["run_id"])
+            recovered.append(json.loads(folder_record.read_text(encoding="utf-8")))  # as stored, not upgraded
+    recovered.sort(key=lambda record: record.get("finished_at") or record.get("started_at") or "")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json(path, {"runs": kept + recovered})
+    done.append(f"{path}: {len(kept) + len(recovered)} run(s): {len(kept)} kept from it, {len(recovered)} recovered "
+                "from the run folders")
+    if unreadable:
+        done.append(f"{len(unreadable)} run folder record(s) could not be read and were left out: "
+                    + ", ".join(unreadable[:5]))
+    return done

@@ -3,7 +3,6 @@ duplicates, leakage between splits, token lengths, the imbalance), printed once 
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -11,7 +10,7 @@ import numpy as np
 
 from data import SPLITS, LabelledData
 from tasks import Task
-from utils import atomic_write_json
+from records.shared import read_json, write_json
 
 DATA_REPORT = "data_report.json"  # in the results folder, one entry per data fingerprint
 LENGTH_PERCENTILE = 95  # model.max_length: auto keeps this share of training texts whole
@@ -91,11 +90,11 @@ def save_report(report: dict, folder: Path) -> None:
     """Add the report to data_report.json (keyed by data fingerprint, so experiments on several data sets
     sharing an output folder keep each one's)."""
     path = folder / DATA_REPORT
-    reports = json.loads(path.read_text()) if path.exists() else {}
+    reports = read_json(path) or {}
     reports[report["fingerprint"]] = report
-    atomic_write_json(path, reports)
+    write_json(path, reports)
 
 
 def read_report(folder: Path, fingerprint: str) -> dict | None:
     path = folder / DATA_REPORT
-    return json.loads(path.read_text()).get(fingerprint) if path.exists() else None
+    return (read_json(path) or {}).get(fingerprint)

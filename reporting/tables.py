@@ -14,7 +14,8 @@ from typing import Any, Callable
 from reporting.summary import COMPARISON_NOTE, VARIANTS_TITLE
 from reporting.verdict import describe, format_share, signed
 from tasks import TASKS, Task
-from utils import atomic_write_bytes, atomic_write_json
+from records.shared import write_json
+from utils import atomic_write_bytes
 
 
 # Each column says once how it reads as text (Markdown, HTML, terminal) and which raw values it puts in the CSV.
@@ -199,7 +200,7 @@ def write_summary(summary: dict, folder: Path) -> None:
         atomic_write_bytes(folder / "variant_comparisons.csv", csv_table(comparison_columns(summary, "variant_comparisons"),
                                                                          summary["variant_comparisons"]))
     atomic_write_bytes(folder / "summary.md", (summary_markdown(summary) + "\n").encode())
-    atomic_write_json(folder / "verdict.json", {**summary["verdict"], "sentences": verdict_lines(summary)})
+    write_json(folder / "verdict.json", {**summary["verdict"], "sentences": verdict_lines(summary)})
 
 
 def diagnostic_columns() -> list[Column]:
