@@ -79,8 +79,8 @@ class DataConfig:
     """token_classification: the column holding each word's tag (a list of strings such as B-PER, or of integers named by the Hub data set's ClassLabel or `tag_names`); null: `ner_tags`."""
     tag_names: list[str] | None = None
     """token_classification: the names of integer tags, in order; null: the Hub data set's, or the tags are strings."""
-    doc_stride: int = 128
-    """question_answering: tokens that consecutive windows of a long context share, so an answer cut by one window is whole in the next."""
+    doc_stride: int | None = None
+    """question_answering: tokens that consecutive windows of a long context share, so an answer cut by one window is whole in the next; null: a third of model.max_length (Hugging Face's QA example reads 384 tokens with 128 shared)."""
     train_size: int | None = None
     """Cap on training rows, sampled per class (regression: at random); null keeps all."""
     validation_size: float = 0.1
@@ -410,3 +410,23 @@ def _grid_problems(cfg: Config) -> list[str]:
             where = " and ".join(name for name, used in (("sweep", cfg.sweep), ("variants", cfg.variants)) if used)
             problems.append(f"{where or 'grid'}: {err}")
     return list(dict.fromkeys(problems))  # the same mistake shows once, not once per strategy
+
+
+def file_settings(path: str | Path) -> dict[str, Any]:
+    """The keys a config file sets, by dotted name, each with its value, where it differs from the default (the
+    grid's lists and maps left out)."""
+    defaults = dataclasses.asdict(Config())
+
+    def leaves(raw: dict, default: dict, prefix: str) -> dict[str, Any]:
+        found = {}
+        for key, value in raw.items():
+            dotted, standard = f"{prefix}{key}", default.get(key) if isinstance(default, dict) else None
+            if isinstance(value, dict) and isinstance(standard, dict) and standard:
+                found.update(leaves(value, standard, dotted + "."))
+            elif value != standard:
+                found[dotted] = value
+        return found
+
+    raw = read_yaml(Path(path))
+    return {key: value for key, value in leaves(raw, defaults, "").items()
+            if key.split(".")[0] not in ("sweep", "variants")}

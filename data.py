@@ -272,7 +272,7 @@ def _perturb(words: list[str], vocabulary: list[str], probability: float, rng: n
     return words
 
 
-def tokenize(data: LabelledData, tokenizer, max_length: int, doc_stride: int = 128) -> Encoded:
+def tokenize(data: LabelledData, tokenizer, max_length: int, doc_stride: int | None = None) -> Encoded:
     """Tokenize every split once, as the data's task reads it; padding happens per batch, to that batch's longest
     row. The task puts the labels on the rows (Task.align)."""
     task = TASKS[data.task]

@@ -18,11 +18,13 @@ import sys
 import warnings
 from pathlib import Path
 
-from config import load_config
-from experiment import run_experiment
+from config import file_settings, load_config
+from experiment import applicable, run_experiment
 from records.results import repair
 from strategies import STRATEGIES
 from utils import ConfigError, is_main_process
+
+logger = logging.getLogger("bertlab")
 
 
 def add_common(parser: argparse.ArgumentParser) -> None:
@@ -92,13 +94,30 @@ def export_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def tell_own_settings(config: str, overrides: list[str], strategies: list[str]) -> None:
+    """With other data than the config file's own (data.path or data.name on the command line), say which of its
+    settings, chosen for its own data, still apply to the strategies that run: learning rates tuned on a demo set
+    should not shape a user's data unnoticed. Settings that adapt to the data (auto) are not listed."""
+    overridden = {override.split("=", 1)[0] for override in overrides}
+    if not overridden & {"data.path", "data.name"}:
+        return
+    runs = lambda key: not key.startswith("strategies.") or key.split(".")[1] in strategies
+    own = {key: value for key, value in file_settings(config).items()
+           if not key.startswith("data.") and key not in overridden and value != "auto" and runs(key)}
+    if own:
+        logger.warning("%s was written for its own data; with yours these of its settings still apply (override them, "
+                       "or write a config of your own): %s", config,
+                       ", ".join(f"{key}={value}" for key, value in own.items()))
+
+
 def experiment_command(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     if args.repair:
         for line in repair(cfg.output.dir):
             print(line)
         return 0
-    strategies = args.strategy or [s for s in STRATEGIES if getattr(cfg.strategies, s).enabled]
+    strategies = args.strategy or applicable(cfg, [s for s in STRATEGIES if getattr(cfg.strategies, s).enabled])
+    tell_own_settings(args.config, args.overrides, strategies)
     if not strategies:
         raise ConfigError(f"{args.config}: no strategy enabled; set strategies.<name>.enabled: true or pass "
                           f"--strategy NAME (known: {', '.join(sorted(STRATEGIES))})")

@@ -54,6 +54,8 @@ class Run:
                "model": model, "training": training, "data_fingerprint": data_fingerprint}
         if self.shots is not None:
             key["few_shot"] = {"shots_per_class": self.shots, "draw": self.draw}
+        if self.cfg.data.doc_stride is not None:  # added later: runs without it keep their ids
+            key["doc_stride"] = self.cfg.data.doc_stride
         if self.cfg.data.augment.enabled:  # off, it changes nothing: earlier runs keep their ids
             key["augment"] = dataclasses.asdict(self.cfg.data.augment)
         return key

@@ -109,6 +109,20 @@ def run_experiment(cfg: Config, strategies: list[str], *, resume: bool = False, 
     return max(finish(cfg, ids, results_path, describe_baseline(task, baseline)), 1 if failed else 0)
 
 
+def applicable(cfg: Config, strategies: list[str]) -> list[str]:
+    """Of the strategies a config enables, those that serve its task; each other is skipped with one warning
+    line (naming one with --strategy still refuses it, in refuse_strategies)."""
+    task, kept = TASKS[cfg.data.task], []
+    for strategy in strategies:
+        reason = STRATEGIES[strategy].refuses(task, cfg)
+        if reason:
+            logger.warning("strategy %s is enabled but does not apply to data.task: %s (%s): skipped", strategy,
+                           task.name, reason)
+        else:
+            kept.append(strategy)
+    return kept
+
+
 def refuse_strategies(cfg: Config, strategies: list[str]) -> None:
     """Stop before anything runs when a strategy cannot serve the task or the data."""
     task = TASKS[cfg.data.task]

@@ -80,7 +80,7 @@ class Task(abc.ABC):
         return None
 
     def tokenize(self, tokenizer, texts: list[str], pairs: list[str] | None, max_length: int,
-                 doc_stride: int) -> Tokenized:
+                 doc_stride: int | None) -> Tokenized:
         """Texts as the task reads them (single texts, or pairs cut longest first); the same for training and
         for predict."""
         if pairs is None:

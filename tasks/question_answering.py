@@ -94,7 +94,7 @@ class QuestionAnswering(Task):
         return frame.assign(label=[answers_text(answers, split, row, key) for row, answers in enumerate(frame["label"])])
 
     def tokenize(self, tokenizer, texts, pairs, max_length, doc_stride):
-        return context_windows(tokenizer, texts, pairs, max_length, doc_stride)
+        return context_windows(tokenizer, texts, pairs, max_length, doc_stride or max_length // 3)
 
     def align(self, tokens, labels, pairs):
         """Each window labelled with its question's first answer's tokens (answer_tokens); the layout: the windows,
@@ -122,7 +122,8 @@ class QuestionAnswering(Task):
     def config_problems(self, cfg):
         settings = [("model.head.type", cfg.model.head.type, "model")] + class_settings(cfg)
         problems = settings_away_from_defaults(settings, "question_answering", "it applies to whole texts")
-        if isinstance(cfg.model.max_length, int) and not 1 <= cfg.data.doc_stride < cfg.model.max_length:
+        stride, length = cfg.data.doc_stride, cfg.model.max_length
+        if stride is not None and isinstance(length, int) and not 1 <= stride < length:
             problems.append(f"data.doc_stride: got {cfg.data.doc_stride}, allowed: 1 <= stride < model.max_length "
                             f"({cfg.model.max_length})")
         return problems

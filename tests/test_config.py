@@ -19,6 +19,17 @@ def test_shipped_config_loads_with_the_six_demo_strategies_enabled():
     assert cfg.data.path == "examples/support_tickets.csv" and cfg.data.name is None
 
 
+def test_the_shipped_config_sets_no_key_to_its_default():
+    from config import file_settings
+    from schema.typed_yaml import read_yaml
+
+    raw = read_yaml(ROOT / "config.yaml")
+    leaves = lambda raw, prefix="": [k for key, value in raw.items() for k in (
+        leaves(value, f"{prefix}{key}.") if isinstance(value, dict) else [f"{prefix}{key}"])]
+    assert sorted(file_settings(ROOT / "config.yaml")) == sorted(leaves(raw))
+    assert file_settings(ROOT / "config.yaml")["model.max_length"] == "auto"
+
+
 def test_strategies_added_later_stay_off_in_configs_written_before_them(write_config):
     cfg = load_config(write_config())  # names only prompt_tuning among the strategies
     enabled = {name for name in STRATEGIES if getattr(cfg.strategies, name).enabled}
@@ -139,12 +150,12 @@ def test_config_reference_is_up_to_date():
 
 def test_the_default_runs_keep_their_ids():
     """Run ids name cached results: a change to the run key or to how the demo data is split would silently
-    retrain every user's runs. These are the ids the shipped config.yaml gives: change one only with a change to
-    what that run computes."""
+    retrain every user's runs. These are the ids the shipped config.yaml gave with max_length 64 (it now picks the
+    length from the data): change one only with a change to what that run computes."""
     from data import load_data
     from experiment import plan_runs
 
-    cfg = load_config(ROOT / "config.yaml")
+    cfg = load_config(ROOT / "config.yaml", ["model.max_length=64"])
     fingerprint = load_data(cfg.data).fingerprint
     enabled = [s for s in STRATEGIES if getattr(cfg.strategies, s).enabled]
     ids = [run.run_id(fingerprint) for run in plan_runs(cfg, enabled)]
