@@ -84,9 +84,10 @@ def _clean(frame: pd.DataFrame, split: str, columns: dict[str, tuple[str, str | 
     words, a question's answers), so that cleaning compares strings."""
     columns = {name: (key, column) for name, (key, column) in columns.items() if column is not None}
     for key, column in columns.values():
-        if column not in frame.columns:
+        if column not in frame.columns and key is not None:  # a column no setting names is read where there
             raise ConfigError(f"{key}: column '{column}' not in the {split} data; columns: {', '.join(map(str, frame.columns))}")
-    frame = task.prepare(pd.DataFrame({name: frame[column] for name, (_, column) in columns.items()}), split, columns)
+    present = {name: frame[column] for name, (_, column) in columns.items() if column in frame.columns}
+    frame = task.prepare(pd.DataFrame(present), split, columns, found)
     if frame["label"].dtype.kind == "f" and (frame["label"].dropna() % 1 == 0).all():
         frame["label"] = frame["label"].astype("Int64")  # integer labels read as floats beside blanks
     texts = {name: frame[name].astype("string").str.strip() for name in ("text", "pair") if name in frame}

@@ -61,18 +61,21 @@ class Task(abc.ABC):
     # how predict asks for the second text a run trained on pairs needs
     pair_request: str = "this run was trained on sentence pairs: give each text its second text"
 
-    def data_columns(self, cfg, known) -> dict[str, tuple[str, str | None]]:
-        """The columns the data config names, as {text, pair, label: (config key, column)}; `known`: the Hub data
-        set's own columns, when it is one bertlab knows."""
+    def data_columns(self, cfg, known) -> dict[str, tuple[str | None, str | None]]:
+        """The columns the data config names, as {text, pair, label: (config key, column)}, and any the task reads
+        where they are there (config key None); `known`: the Hub data set's own columns, when it is one bertlab
+        knows."""
         return {"text": ("data.text_column", cfg.text_column or (known.text_column if known else "text")),
                 "pair": ("data.text_pair_column", cfg.text_pair_column),
                 "label": ("data.label_column", cfg.label_column or (known.label_column if known else "label"))}
 
     # ---- the task's data shape: what data.py, predict and the data report ask of it
 
-    def prepare(self, frame: pd.DataFrame, split: str, columns: dict[str, tuple[str, str]]) -> pd.DataFrame:
+    def prepare(self, frame: pd.DataFrame, split: str, columns: dict[str, tuple[str | None, str]],
+                found: dict) -> pd.DataFrame:
         """One split's columns (text, pair, label) as cleaning compares them: strings where a row holds a list
-        or a mapping. `columns` maps each to (its config key, the column in the data), for error messages."""
+        or a mapping. `columns` maps each to (its config key, the column in the data), for error messages;
+        what the task repairs or drops it counts in `found`, the split's cleaning counts."""
         return frame
 
     def strata(self, labels: pd.Series) -> pd.Series | None:

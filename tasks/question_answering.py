@@ -4,6 +4,7 @@ when it is longer than the model reads, and scored per question by exact match a
 from __future__ import annotations
 
 import json
+import logging
 import re
 import string
 from collections import Counter
@@ -17,6 +18,8 @@ from transformers import AutoModelForQuestionAnswering
 from tasks.base import (PAD_VALUE, Metric, Task, Tokenized, class_settings, pair_separator,
                         settings_away_from_defaults)
 from utils import ConfigError
+
+logger = logging.getLogger(__name__)
 
 def normalized_answer(text: str) -> str:
     """SQuAD's normalisation (its v1.1 evaluation script): lower case, no punctuation, no articles, single spaces."""
@@ -88,10 +91,27 @@ class QuestionAnswering(Task):
     beyond_max_length = "read in further windows"
     pair_request = "this run answers questions from a context: give each question (--text) its context"
 
-    def prepare(self, frame, split, columns):
-        """A question's answers as JSON text, so that cleaning compares them as strings (None without any)."""
+    def prepare(self, frame, split, columns, found):
+        """A question's answers checked against its context (located_answers: moved to where their text stands
+        nearby, or dropped), counted in `found` with a warning naming up to five questions, then as JSON text,
+        so that cleaning compares them as strings (None without any)."""
         key = columns["label"][0]
-        return frame.assign(label=[answers_text(answers, split, row, key) for row, answers in enumerate(frame["label"])])
+        ids = frame["id"].astype(str).tolist() if "id" in frame else [f"row {row}" for row in range(len(frame))]
+        labels, moved, dropped = [], [], []
+        for row, (answers, context) in enumerate(zip(frame["label"], frame["pair"])):
+            located, row_moved, row_dropped = located_answers(answers, context, split, row, key)
+            labels.append(json.dumps(located) if located else None)
+            moved += [ids[row]] * row_moved
+            dropped += [ids[row]] * row_dropped
+        found.update(answers_moved=len(moved), answers_dropped=len(dropped))
+        for questions, what in ((moved, "did not stand at their answer_start and were moved to where their text "
+                                        f"stands within {OFFSET_SLACK} characters"),
+                                (dropped, f"were not in their context within {OFFSET_SLACK} characters of their "
+                                          "answer_start: dropped")):
+            if questions:
+                logger.warning("%s split: %d answer(s) %s, e.g. question(s) %s", split, len(questions), what,
+                               ", ".join(dict.fromkeys(questions[:5])))
+        return frame.assign(label=labels)
 
     def tokenize(self, tokenizer, texts, pairs, max_length, doc_stride):
         return context_windows(tokenizer, texts, pairs, max_length, doc_stride or max_length // 3)
@@ -117,7 +137,8 @@ class QuestionAnswering(Task):
     def data_columns(self, cfg, known):
         return {"text": ("data.text_column", cfg.text_column or "question"),
                 "pair": ("data.text_pair_column", cfg.text_pair_column or "context"),
-                "label": ("data.label_column", cfg.label_column or "answers")}
+                "label": ("data.label_column", cfg.label_column or "answers"),
+                "id": (None, "id")}  # read where there, to name questions in warnings
 
     def config_problems(self, cfg):
         settings = [("model.head.type", cfg.model.head.type, "model")] + class_settings(cfg)
@@ -202,14 +223,35 @@ class QuestionAnswering(Task):
         return {"exact_match": sums[:, 0] / counts, "f1": sums[:, 1] / counts}
 
 
-def answers_text(answers, split: str, row: int, key: str) -> str | None:
+# How far from its answer_start an answer's text may stand and still be moved there: exports that count bytes
+# instead of characters, or lose a few characters of markup, shift offsets by a few characters.
+OFFSET_SLACK = 64
+
+
+def located_answers(answers, context, split: str, row: int, key: str) -> tuple[dict | None, int, int]:
     """A question's answers, as the Hub's squad holds them ({text: [...], answer_start: [...]}, lists or arrays),
-    as JSON text; None for a question without an answer."""
+    each checked against the context: kept where its text stands at answer_start, moved to the nearest place
+    its text stands within OFFSET_SLACK characters, else dropped (also beyond the context's end). Returns the
+    answers (None when none is left), and how many were moved and dropped."""
     if not isinstance(answers, dict) or not {"text", "answer_start"} <= set(answers):
         raise ConfigError(f"{key}: row {row} of the {split} data holds {type(answers).__name__}, allowed: "
                           "{text: [answers], answer_start: [their first characters]} as in SQuAD")
     texts, starts = [str(t) for t in answers["text"]], [int(s) for s in answers["answer_start"]]
-    return json.dumps({"text": texts, "answer_start": starts}) if texts and len(texts) == len(starts) else None
+    if not texts or len(texts) != len(starts):
+        return None, 0, 0
+    if not isinstance(context, str):  # no context: cleaning drops the question
+        return {"text": texts, "answer_start": starts}, 0, 0
+    kept, moved, dropped = {"text": [], "answer_start": []}, 0, 0
+    for text, start in zip(texts, starts):
+        if context[start:start + len(text)] != text:
+            near = [m.start() for m in re.finditer(re.escape(text), context) if abs(m.start() - start) <= OFFSET_SLACK]
+            if not text or not near:
+                dropped += 1
+                continue
+            start, moved = min(near, key=lambda at: abs(at - start)), moved + 1
+        kept["text"].append(text)
+        kept["answer_start"].append(start)
+    return (kept if kept["text"] else None), moved, dropped
 
 
 def context_windows(tokenizer, questions: list[str], contexts: list[str], max_length: int, stride: int) -> Tokenized:

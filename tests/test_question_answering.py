@@ -193,3 +193,51 @@ def test_what_cannot_answer_from_spans_is_refused(squad_path, write_config, caps
         squad_path.with_suffix(".jsonl"), orient="records", lines=True)
     assert main.main([*base[:4], f"data.path={squad_path.with_suffix('.jsonl')}", "--strategy", "full"]) == 2
     assert "data.label_column: row 0 of the train data holds str" in capsys.readouterr().err
+
+
+def test_answers_are_checked_against_their_context(tmp_path, caplog):
+    """An answer_start that misses its text by a few characters (bytes counted, markup lost) is moved to where
+    the text stands; one whose text is not near it, or beyond the context's end, is dropped; both are counted
+    per split in the data report and named in a warning."""
+    from tasks.question_answering import OFFSET_SLACK, located_answers
+
+    context = "Résumé: the reset link is valid for one hour. Links expire after one hour."
+    right = context.index("one hour")
+    assert located_answers({"text": ["one hour"], "answer_start": [right]}, context, "train", 0, "k") == (
+        {"text": ["one hour"], "answer_start": [right]}, 0, 0)
+    # counted in bytes: é is two, so the offset is two characters late; the nearer of the two occurrences wins
+    assert located_answers({"text": ["one hour"], "answer_start": [right + 2]}, context, "train", 0, "k") == (
+        {"text": ["one hour"], "answer_start": [right]}, 1, 0)
+    far = context.rindex("one hour")
+    assert located_answers({"text": ["one hour"], "answer_start": [far - 3]}, context, "train", 0, "k")[0] == {
+        "text": ["one hour"], "answer_start": [far]}
+    assert located_answers({"text": ["two hours"], "answer_start": [right]}, context, "train", 0, "k") == (None, 0, 1)
+    # beyond the context's end: moved when its text stands near, else dropped, each answer on its own
+    assert located_answers({"text": ["one hour", "hour"], "answer_start": [len(context) + 2, right + 4]}, context,
+                           "train", 0, "k") == ({"text": ["one hour", "hour"], "answer_start": [far, right + 4]}, 1, 0)
+    assert located_answers({"text": ["one hour", "hour"], "answer_start": [len(context) + OFFSET_SLACK, right + 4]},
+                           context, "train", 0, "k") == ({"text": ["hour"], "answer_start": [right + 4]}, 0, 1)
+    long_context = "one hour " + "x" * (OFFSET_SLACK + 20)
+    assert located_answers({"text": ["one hour"], "answer_start": [OFFSET_SLACK + 20]}, long_context, "train", 0,
+                           "k") == (None, 0, 1)
+
+    squad = squad_articles(12)
+    qas = [qa for article in squad["data"] for paragraph in article["paragraphs"] for qa in paragraph["qas"]]
+    qas[0]["answers"][0]["answer_start"] += 3  # moved back
+    qas[1]["answers"][0]["text"] = "nowhere"  # dropped, and the question with it
+    (tmp_path / "train.json").write_text(json.dumps(squad))
+    (tmp_path / "dev.json").write_text(json.dumps(squad_articles(4, seed=1)))
+    data = load_data(DataConfig(task="question_answering", path=str(tmp_path), test_size=0.25))
+    found = data.cleaning["train"]
+    assert (found["answers_moved"], found["answers_dropped"], found["missing_label"]) == (1, 1, 1)
+    assert "1 answer(s) did not stand at their answer_start" in caplog.text and qas[0]["id"] in caplog.text
+    assert "were not in their context" in caplog.text and qas[1]["id"] in caplog.text
+    answers = [a for split in data.labels.values() for a in split]
+    assert all(data_context[a["answer_start"][0]:].startswith(a["text"][0])
+               for data_context, a in zip([c for split in data.pairs.values() for c in split], answers))
+    from reporting.data_report import describe_report
+    report = {"dataset": "d", "fingerprint": "f", "sizes": data.sizes(), "label_summary": {}, "cleaning": data.cleaning,
+              "token_lengths": {"max_length": 8, **{s: {"min": 1, "median": 1, "p95": 1, "max": 1, "truncated_share": 0}
+                                                  for s in ("train", "validation", "test")}}}
+    assert any("answers not at their answer_start: 1 moved to where their text stands nearby, 1 dropped" in line
+               for line in describe_report(report))
