@@ -83,6 +83,10 @@ def read_resume_state(path: Path, mmap: bool = False) -> dict:
         raise ConfigError(f"{path} holds objects other than tensors and plain data, which could run code when "
                           f"loaded, so it is refused ({str(err).splitlines()[0][:120]}). Delete the run folder "
                           "and run again, or ask whoever wrote it for a checkpoint written by bertlab") from None
+    except (RuntimeError, EOFError, OSError) as err:  # torch reports a truncated or damaged archive this way
+        raise ConfigError(f"{path}: not readable as a resume state ({str(err).splitlines()[0][:120]}); it is kept "
+                          "as it is. Run without --resume to train the run again from the start (which replaces "
+                          "it)") from None
 
 
 def load_checkpoint(run_dir: Path, model, optimizer, scheduler, accelerator: Accelerator,

@@ -52,11 +52,29 @@ def read_json(path: Path) -> pd.DataFrame:
     articles = raw.get("data") if isinstance(raw, dict) else None
     if not (isinstance(articles, list) and articles and isinstance(articles[0], dict) and "paragraphs" in articles[0]):
         return pd.read_json(io.StringIO(text))
-    return pd.DataFrame([{"id": qa.get("id"), "title": article.get("title"), "context": paragraph["context"],
-                          "question": qa["question"],
-                          "answers": {"text": [a["text"] for a in qa.get("answers", [])],
-                                      "answer_start": [a["answer_start"] for a in qa.get("answers", [])]}}
-                         for article in articles for paragraph in article["paragraphs"] for qa in paragraph["qas"]])
+    rows = []
+    for a, article in enumerate(articles):
+        for p, paragraph in enumerate(squad_part(article, "paragraphs", f"data[{a}]")):
+            where = f"data[{a}].paragraphs[{p}]"
+            context = squad_part(paragraph, "context", where)
+            for q, qa in enumerate(squad_part(paragraph, "qas", where)):
+                answers = qa.get("answers", []) if isinstance(qa, dict) else []  # none: a question without an answer
+                if not all(isinstance(answer, dict) and {"text", "answer_start"} <= set(answer) for answer in answers):
+                    raise ValueError(f"{where}.qas[{q}].answers holds an answer without text and answer_start")
+                rows.append({"id": qa.get("id") if isinstance(qa, dict) else None, "title": article.get("title"),
+                             "context": context, "question": squad_part(qa, "question", f"{where}.qas[{q}]"),
+                             "answers": {"text": [answer["text"] for answer in answers],
+                                         "answer_start": [answer["answer_start"] for answer in answers]}})
+    return pd.DataFrame(rows)
+
+
+def squad_part(node, key: str, where: str):
+    """One part of a SQuAD file (data / paragraphs / context, qas / question), or a one-line error naming where it
+    is missing."""
+    if not isinstance(node, dict) or key not in node:
+        raise ValueError(f"{where} has no '{key}' (SQuAD's layout: data / paragraphs / context and qas / question, "
+                         "answers)")
+    return node[key]
 
 
 READERS = {

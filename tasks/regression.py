@@ -75,9 +75,10 @@ class Regression(Task):
         encoded = {}
         for split, values in labels.items():
             numbers = pd.to_numeric(values, errors="coerce")
-            if numbers.isna().any():
-                raise ConfigError(f"data.label_column: regression needs numbers, and the {split} split's '{column}' "
-                                  f"holds {values[numbers.isna()].iloc[0]!r}")
+            bad = numbers.isna() | ~np.isfinite(numbers.astype(float))
+            if bad.any():
+                raise ConfigError(f"data.label_column: regression needs finite numbers, and the {split} split's "
+                                  f"'{column}' holds '{values[bad].iloc[0]}'")
             encoded[split] = numbers.astype(float).tolist()
         if np.std(encoded["train"]) == 0:
             raise ConfigError(f"data: every training label is {encoded['train'][0]}; regression needs labels that vary")

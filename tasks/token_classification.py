@@ -3,6 +3,7 @@ on its first sub-word, scored on whole entities by seqeval (CoNLL's rules)."""
 
 from __future__ import annotations
 
+import re
 from typing import Callable
 
 import numpy as np
@@ -18,6 +19,9 @@ from transformers import AutoModelForTokenClassification
 from tasks.base import (PAD_VALUE, Metric, Task, Tokenized, class_settings, label_maps,
                         settings_away_from_defaults)
 from utils import ConfigError
+
+# A tag of the IOB scheme (and IOBES's E- and S-): outside any entity, or a position in one of a type.
+IOB_TAG = re.compile(r"^(O|[BIES]-\S+)$")
 
 def tag_sequences(truth, values, label_names: list[str]) -> tuple[list[list[str]], list[list[str]]]:
     """Per sentence, the true and the predicted tag of each word the model saw: the tokens whose truth is not
@@ -150,6 +154,10 @@ class TokenClassification(Task):
             names = list(hub_names)
             to_id = {str(i): i for i in range(len(names))}
         else:  # "O" first, then by entity type, B before I
+            outside = sorted({tag for tag in seen if not IOB_TAG.match(tag)})
+            if outside:
+                raise ConfigError(f"{column}: the train data has tags outside the IOB scheme: {', '.join(outside[:10])}; "
+                                  "allowed: O, or B-, I- (E-, S-) followed by the entity type, e.g. B-PER")
             names = sorted(set(seen), key=lambda tag: (tag != "O", tag[2:], tag))
             to_id = {tag: i for i, tag in enumerate(names)}
         encoded = {}

@@ -141,7 +141,7 @@ def test_regression_refuses_what_applies_to_classes(pairs_path, write_config, tm
         assert message in capsys.readouterr().err
     assert main.main(["--config", config, "--strategy", "setfit", *overrides]) == 2
     assert "strategy setfit does not apply to data.task: regression" in capsys.readouterr().err
-    with pytest.raises(ConfigError, match="regression needs numbers, and the train split's 'same' holds '(yes|no)'"):
+    with pytest.raises(ConfigError, match="regression needs finite numbers, and the train split's 'same' holds '(yes|no)'"):
         load_data(DataConfig(task="regression", path=str(pairs_path), text_column="question", label_column="same"))
 
 
