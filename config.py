@@ -93,6 +93,8 @@ class DataConfig:
     """Keep one copy of a text repeated within a split (case and whitespace ignored); a text repeated with different labels is dropped and reported. false: keep every row (still counted in the data report)."""
     remove_leakage: bool = True
     """Remove from validation the texts also in train, and from test those also in train or validation. false: keep them (still counted in the data report)."""
+    clean_given_test: bool = False
+    """A test split the data gives (a test file, a Hub test split; not carved here) is scored whole, as published results on it are, and its rows that no earlier split holds are scored apart as `test_unseen`; true: drop its repeats and its texts also in train or validation, like a carved split's."""
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     """Word-level augmentation of training texts (random swap, deletion, and insertion of a word from the same class's texts), seeded by the run's seed."""
 

@@ -41,6 +41,8 @@ class LabelledData:
     cleaning: dict = dataclasses.field(default_factory=dict)  # what load_data dropped or found, per split
     pairs: dict[str, list[str]] | None = None
     task: str = "classification"  # the data.task whose shape texts and labels have
+    # a test split the data gave, scored whole: its rows that no earlier split holds (None: test was cleaned)
+    test_unseen: list[int] | None = None
 
     @property
     def fingerprint(self) -> str:
@@ -63,10 +65,12 @@ def load_data(cfg: DataConfig) -> LabelledData:
         frames, hub_names = read_local(Path(cfg.path)), None
         name = Path(cfg.path).stem if Path(cfg.path).is_file() else Path(cfg.path).name
     cleaning = {split: {} for split in SPLITS}
+    whole = {"test"} if "test" in frames and not cfg.clean_given_test else set()  # a given test split, scored whole
     frames = {split: _clean(frame, split, columns, task, cleaning[split]) for split, frame in frames.items()}
-    frames = {split: _drop_duplicates(frame, split, cfg.drop_duplicates, cleaning[split]) for split, frame in frames.items()}
+    frames = {split: _drop_duplicates(frame, split, cfg.drop_duplicates and split not in whole, cleaning[split])
+              for split, frame in frames.items()}
     frames = _carve_missing_splits(frames, cfg, task)
-    frames = _remove_leakage(frames, cfg.remove_leakage, cleaning)
+    frames, unseen = _remove_leakage(frames, cfg.remove_leakage, cleaning, whole)
     if cfg.train_size is not None and cfg.train_size < len(frames["train"]):
         frames["train"] = _split(frames["train"], len(frames["train"]) - cfg.train_size, cfg.seed, "train_size",
                                  task)[0]
@@ -75,7 +79,7 @@ def load_data(cfg: DataConfig) -> LabelledData:
     texts = {split: frame["text"].tolist() for split, frame in frames.items()}
     pairs = {split: frame["pair"].tolist() for split, frame in frames.items()} if "pair" in frames["train"] else None
     return LabelledData(name=name, texts=texts, labels=labels, label_names=label_names, cleaning=cleaning, pairs=pairs,
-                        task=cfg.task)
+                        task=cfg.task, test_unseen=unseen)
 
 
 def _clean(frame: pd.DataFrame, split: str, columns: dict[str, tuple[str, str | None]], task, found: dict) -> pd.DataFrame:
@@ -142,25 +146,32 @@ def _drop_duplicates(frame: pd.DataFrame, split: str, drop: bool, found: dict) -
     return kept
 
 
-def _remove_leakage(frames: dict[str, pd.DataFrame], remove: bool, found: dict) -> dict[str, pd.DataFrame]:
+def _remove_leakage(frames: dict[str, pd.DataFrame], remove: bool, found: dict,
+                    whole: set[str]) -> tuple[dict[str, pd.DataFrame], list[int] | None]:
     """Texts of a later split already in an earlier one (validation in train; test in train or validation):
     counted, and with `remove`, dropped from the later split, so no score is measured on a text trained on
-    or chosen by."""
-    seen = set(row_keys(frames["train"]))
+    or chosen by. A split in `whole` keeps every row; its rows no earlier split holds are returned (test's)."""
+    seen, unseen = set(row_keys(frames["train"])), None
     for split in ("validation", "test"):
         keys = row_keys(frames[split])
         leaked = keys.isin(seen)
-        found[split].update(leaked=int(leaked.sum()), leaked_removed=int(leaked.sum()) if remove else 0)
+        drop = remove and split not in whole
+        found[split].update(leaked=int(leaked.sum()), leaked_removed=int(leaked.sum()) if drop else 0)
+        if split in whole:
+            found[split]["scored_whole"] = True
+            unseen = np.flatnonzero(~leaked.to_numpy()).tolist()
         if leaked.any():
             logger.warning("%s split: %d text(s) also in an earlier split%s", split, int(leaked.sum()),
-                           ", removed" if remove else " (data.remove_leakage: false keeps them)")
-        if remove:
+                           ", removed" if drop else ", kept: the data gives this split, so it is scored whole (and "
+                           "apart without them, as test_unseen)" if split in whole else
+                           " (data.remove_leakage: false keeps them)")
+        if drop:
             if leaked.all():
                 raise ConfigError(f"data: every {split} text is also in an earlier split; nothing is left to "
                                   f"{'choose' if split == 'validation' else 'test'} on")
             frames[split] = frames[split][~leaked].reset_index(drop=True)
         seen |= set(keys)
-    return frames
+    return frames, unseen
 
 
 def _carve_missing_splits(frames: dict[str, pd.DataFrame], cfg: DataConfig, task: Task) -> dict[str, pd.DataFrame]:

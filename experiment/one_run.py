@@ -10,6 +10,7 @@ import time
 import traceback
 from pathlib import Path
 
+import numpy as np
 import torch
 import yaml
 
@@ -159,8 +160,21 @@ def fit_and_test(run: Run, cfg: Config, data: LabelledData, encoded: Encoded, ac
             "unfreezing": strategy.schedule(model, settings),
             "test": {"loss": test["loss"], **task.test_report(test["truth"], test["values"],
                                                              data.label_names)},
+            "test_unseen": unseen_report(task, test, data),
             # for paired comparisons between runs and the task's plots
             "test_predictions": test["predictions"].tolist(), "test_labels": list(test["truth"])}
+
+
+def unseen_report(task, test: dict, data: LabelledData) -> dict | None:
+    """The test report of a test split the data gave, on its rows that no earlier split holds (None when test was
+    cleaned like the other splits, so that all of it is unseen)."""
+    if data.test_unseen is None:
+        return None
+    rows = data.test_unseen
+    if not rows:
+        return {"examples": 0}
+    values = np.asarray(test["values"])[rows]
+    return {"examples": len(rows), **task.test_report([test["truth"][i] for i in rows], values, data.label_names)}
 
 
 def parameter_groups(parts: dict[str, tuple[str, float]], model: torch.nn.Module) -> list[dict]:

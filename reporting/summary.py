@@ -74,6 +74,9 @@ def summarize(runs: list[dict], metric: str) -> dict:
             "validation": aggregate([validation_score(r, metric) for r in done]),
             # records made before a metric existed lack it: the mean is over those that have it
             "test": {m.name: aggregate([r["test"][m.name] for r in done if m.name in r["test"]]) for m in task.metrics},
+            # a test split the data gave, scored whole: the same metrics on its rows no earlier split holds
+            "test_unseen": ({m.name: aggregate([r["test_unseen"][m.name] for r in done if m.name in r["test_unseen"]])
+                             for m in task.metrics} if all(r.get("test_unseen") for r in done) and done else None),
             "trainable_params": first.get("trainable_params"), "export_refused": first.get("export_refused"),  # a failed run has none
             "train_time_s": aggregate([r["train_time_s"] for r in done]),
             "peak_memory_mb": aggregate([r["peak_memory_mb"] for r in done]),

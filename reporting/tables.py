@@ -38,8 +38,12 @@ def _stat_column(title: str, name: str, get: Callable[[dict], dict], digits: int
                   lambda row: _mean_std(get(row), digits))
 
 
+EMPTY = {"mean": None, "std": None, "ci95": None}  # the statistics of a column a row has no value for
+
+
 def configuration_columns(summary: dict) -> list[Column]:
     task, rows = TASKS[summary["task"]], summary["rows"]
+    main = task.metric(task.main_metric)
     varied = list(dict.fromkeys(k for row in rows for k in row["varied"] if k != "learning_rate"))
     columns = [Column(None, lambda r: {"config_id": r["config_id"]}),
                Column("strategy", lambda r: {"strategy": r["strategy"]}, lambda r: r["strategy"]),
@@ -55,6 +59,10 @@ def configuration_columns(summary: dict) -> list[Column]:
         _stat_column(task.label(summary["metric"]), "validation", lambda r: r["validation"]),
         *[_stat_column(f"test {m.label}", f"test_{m.name}", lambda r, name=m.name: r["test"][name])
           for m in task.summary_metrics()],
+        # beside a test split the data gave (scored whole), its main metric on the rows no earlier split holds
+        *([_stat_column(f"test {main.label}, unseen rows", f"test_unseen_{main.name}",
+                        lambda r: (r["test_unseen"] or {}).get(main.name, EMPTY))]
+          if any(r["test_unseen"] for r in rows) else []),
         Column("trainable params", lambda r: {"trainable_params": r["trainable_params"]},
                lambda r: f"{r['trainable_params']:,}" if r["trainable_params"] else "-"),
         _stat_column("train time (s)", "train_time_s", lambda r: r["train_time_s"], 1),

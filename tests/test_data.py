@@ -156,3 +156,39 @@ def test_the_tiny_test_tokenizer_knows_its_words(tiny_model_dir):
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     assert tokenizer.unk_token_id not in tokenizer("refund parcel password")["input_ids"]
+
+
+def test_a_test_split_the_data_gives_is_scored_whole_with_its_unseen_rows_apart(tmp_path):
+    rows = labelled_rows(per_class=20)
+    pd.DataFrame(rows[:45]).to_csv(tmp_path / "train.csv", index=False)
+    test = rows[45:] + [rows[50], rows[0], rows[1]]  # a repeat within test, and two rows also in train
+    pd.DataFrame(test).to_csv(tmp_path / "test.csv", index=False)
+    data = load_data(DataConfig(path=str(tmp_path), validation_size=0.2))
+    assert data.texts["test"] == [r["text"] for r in test]  # every row, in the file's order
+    found = data.cleaning["test"]
+    assert (found["duplicate_rows"], found["duplicates_dropped"], found["leaked"], found["leaked_removed"]) == (1, 0, 2, 0)
+    assert found["scored_whole"] and data.test_unseen == list(range(len(test) - 2))
+    cleaned = load_data(DataConfig(path=str(tmp_path), validation_size=0.2, clean_given_test=True))
+    assert len(cleaned.texts["test"]) == len(test) - 3 and cleaned.test_unseen is None
+    carved = load_data(DataConfig(path=str(tmp_path / "train.csv"), validation_size=0.2))
+    assert carved.test_unseen is None and "scored_whole" not in carved.cleaning["test"]
+
+
+def test_a_run_reports_the_unseen_rows_beside_the_whole_test_split(write_config, tmp_path, capsys):
+    import json
+
+    import main
+
+    rows = labelled_rows(per_class=20)
+    (tmp_path / "given").mkdir()
+    pd.DataFrame(rows[:45]).to_csv(tmp_path / "given" / "train.csv", index=False)
+    pd.DataFrame(rows[45:] + rows[:6]).to_csv(tmp_path / "given" / "test.csv", index=False)
+    config = write_config(data={"path": str(tmp_path / "given"), "validation_size": 0.2})
+    assert main.main(["--config", str(config), "--strategy", "bitfit", "training.num_epochs=1"]) == 0
+    [record] = json.loads((tmp_path / "outputs" / "results" / "all_results.json").read_text())["runs"]
+    unseen = record["test_unseen"]
+    assert record["dataset"]["sizes"]["test"] == 21 and unseen["examples"] == 15
+    assert 0 <= unseen["macro_f1"] <= 1 and set(unseen) >= {"accuracy", "per_class", "confusion_matrix"}
+    assert "test macro-F1, unseen rows" in capsys.readouterr().out  # beside test in the summary
+    summary = pd.read_csv(tmp_path / "outputs" / "results" / "summary.csv")
+    assert summary["test_unseen_macro_f1_mean"].tolist() == [unseen["macro_f1"]]
