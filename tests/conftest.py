@@ -59,25 +59,27 @@ def csv_path(tmp_path) -> Path:
     return path
 
 
+def small_config(folder: Path, model_dir: Path, data_path: Path, **sections) -> Path:
+    """A small, fast config written into `folder` (outputs go to folder/outputs); keyword sections override its
+    values."""
+    config = {
+        "model": {"name": str(model_dir), "max_length": 16},
+        "data": {"path": str(data_path), "validation_size": 0.2, "test_size": 0.2},
+        "training": {"batch_size": 8, "num_epochs": 2, "eval_batch_size": 16},
+        "strategies": {"prompt_tuning": {"num_virtual_tokens": 4}},
+        "output": {"dir": str(folder / "outputs")},
+    }
+    for section, values in sections.items():
+        config.setdefault(section, {}).update(values)
+    path = folder / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
 @pytest.fixture
 def write_config(tmp_path, tiny_model_dir, csv_path):
     """Write a small, fast config into tmp_path; keyword sections override its values."""
-
-    def write(**sections) -> Path:
-        config = {
-            "model": {"name": str(tiny_model_dir), "max_length": 16},
-            "data": {"path": str(csv_path), "validation_size": 0.2, "test_size": 0.2},
-            "training": {"batch_size": 8, "num_epochs": 2, "eval_batch_size": 16},
-            "strategies": {"prompt_tuning": {"num_virtual_tokens": 4}},
-            "output": {"dir": str(tmp_path / "outputs")},
-        }
-        for section, values in sections.items():
-            config.setdefault(section, {}).update(values)
-        path = tmp_path / "config.yaml"
-        path.write_text(yaml.safe_dump(config))
-        return path
-
-    return write
+    return lambda **sections: small_config(tmp_path, tiny_model_dir, csv_path, **sections)
 
 
 def prepared(config_path: Path, overrides: list[str] = ()):

@@ -22,18 +22,12 @@ RUNS = ["--strategy", "bitfit", "--strategy", "frozen_encoder", "training.num_ep
 def trained(tmp_path_factory, tiny_model_dir):
     """An output folder of one finished experiment, copied afresh for each test."""
     import pandas as pd
-    import yaml
 
-    from conftest import labelled_rows
+    from conftest import labelled_rows, small_config
 
     folder = tmp_path_factory.mktemp("shared")
     pd.DataFrame(labelled_rows(per_class=30)).to_csv(folder / "tickets.csv", index=False)
-    config = folder / "config.yaml"
-    config.write_text(yaml.safe_dump({
-        "model": {"name": str(tiny_model_dir), "max_length": 16},
-        "data": {"path": str(folder / "tickets.csv"), "validation_size": 0.2, "test_size": 0.2},
-        "training": {"batch_size": 8, "eval_batch_size": 16},
-        "output": {"dir": str(folder / "outputs")}}))
+    config = small_config(folder, tiny_model_dir, folder / "tickets.csv")
     assert main.main(["--config", str(config), *RUNS]) == 0
     return config
 
