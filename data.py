@@ -65,7 +65,7 @@ def load_data(cfg: DataConfig) -> LabelledData:
         frames, hub_names = read_local(Path(cfg.path)), None
         name = Path(cfg.path).stem if Path(cfg.path).is_file() else Path(cfg.path).name
     cleaning = {split: {} for split in SPLITS}
-    whole = {"test"} if "test" in frames and not cfg.clean_given_test else set()  # a given test split, scored whole
+    whole = {"test"} if "test" in frames and not cfg.clean_given_test else set()  # given by the data: kept whole
     frames = {split: _clean(frame, split, columns, task, cleaning[split]) for split, frame in frames.items()}
     frames = {split: _drop_duplicates(frame, split, cfg.drop_duplicates and split not in whole, cleaning[split])
               for split, frame in frames.items()}
@@ -185,7 +185,8 @@ def _carve_missing_splits(frames: dict[str, pd.DataFrame], cfg: DataConfig, task
     return {split: frames[split] for split in SPLITS}
 
 
-def _split(frame: pd.DataFrame, holdout: int, seed: int, split: str, task: Task) -> tuple[pd.DataFrame, pd.DataFrame]:
+def _split(frame: pd.DataFrame, holdout: int, seed: int, split: str,
+           task: Task) -> tuple[pd.DataFrame, pd.DataFrame]:
     """`holdout` rows held out at random; in proportion to the task's strata (classes) where the counts allow."""
     if holdout < 1 or holdout >= len(frame):
         raise ConfigError(f"data: {len(frame)} rows are too few to hold out a {split} split")
@@ -289,11 +290,13 @@ def tokenize(data: LabelledData, tokenizer, max_length: int, doc_stride: int | N
     row. The task puts the labels on the rows (Task.align)."""
     task = TASKS[data.task]
     pairs = data.pairs or dict.fromkeys(SPLITS)
-    tokens = {split: task.tokenize(tokenizer, data.texts[split], pairs[split], max_length, doc_stride) for split in SPLITS}
-    aligned = {split: task.align(tokens[split], data.labels[split], pairs[split]) for split in SPLITS}
-    layout = {split: aligned[split][1] for split in SPLITS}
-    return Encoded(ids={split: tokens[split].ids for split in SPLITS}, labels={split: aligned[split][0] for split in SPLITS},
-                   pad_id=tokenizer.pad_token_id, label_names=data.label_names, pair_separator=tokens["train"].separator,
+    tokens = {split: task.tokenize(tokenizer, data.texts[split], pairs[split], max_length, doc_stride)
+              for split in SPLITS}
+    labels, layout = {}, {}
+    for split in SPLITS:
+        labels[split], layout[split] = task.align(tokens[split], data.labels[split], pairs[split])
+    return Encoded(ids={split: tokens[split].ids for split in SPLITS}, labels=labels, pad_id=tokenizer.pad_token_id,
+                   label_names=data.label_names, pair_separator=tokens["train"].separator,
                    layout=layout if any(v is not None for v in layout.values()) else None)
 
 
