@@ -52,14 +52,17 @@ def test_texts_leaked_into_a_later_split_are_removed_from_it(tmp_path):
     validation = BASE["validation"] + [("Money back", "refund")]  # in train
     test = BASE["test"] + [("money back", "refund"), ("paid   twice", "refund")]  # in train; in validation
     folder = write_splits(tmp_path, train=BASE["train"], validation=validation, test=test)
-    data = load_data(DataConfig(path=str(folder)))
+    whole = load_data(DataConfig(path=str(folder)))  # a test file is scored whole, its unseen rows apart
+    assert whole.texts["test"] == [text for text, _ in test] and whole.test_unseen == [0, 1]
+    assert whole.cleaning["test"]["leaked"] == 2 and whole.cleaning["test"]["leaked_removed"] == 0
+    data = load_data(DataConfig(path=str(folder), clean_given_test=True))
     assert data.texts["validation"] == ["paid twice", "cannot login"]
     assert data.texts["test"] == ["refund my box", "locked out"]
     assert data.texts["train"] == [text for text, _ in BASE["train"]]  # train never changes
     assert data.cleaning["validation"]["leaked"] == data.cleaning["validation"]["leaked_removed"] == 1
     assert data.cleaning["test"]["leaked"] == data.cleaning["test"]["leaked_removed"] == 2
 
-    kept = load_data(DataConfig(path=str(folder), remove_leakage=False))
+    kept = load_data(DataConfig(path=str(folder), remove_leakage=False, clean_given_test=True))
     assert len(kept.texts["test"]) == 4 and kept.cleaning["test"]["leaked"] == 2
     assert kept.cleaning["test"]["leaked_removed"] == 0
 
@@ -68,7 +71,8 @@ def test_a_split_that_is_all_leakage_is_a_config_error(tmp_path):
     folder = write_splits(tmp_path, train=BASE["train"], validation=BASE["validation"],
                           test=rows(["money back", "login fails"], "refund"))
     with pytest.raises(ConfigError, match="every test text is also in an earlier split"):
-        load_data(DataConfig(path=str(folder)))
+        load_data(DataConfig(path=str(folder), clean_given_test=True))
+    assert load_data(DataConfig(path=str(folder))).test_unseen == []  # scored whole: no row is unseen
 
 
 def test_auto_max_length_is_the_95th_percentile_rounded_up_to_8_within_the_limit():
