@@ -106,10 +106,13 @@ def test_duplicates_and_leakage_are_judged_on_the_whole_pair(tmp_path):
     pd.DataFrame({"a": ["Where is my parcel", "reset my password"], "b": ["it is late", "it is late"],
                   "score": [4.0, 1.0]}).to_csv(tmp_path / "test.csv", index=False)
     data = load_data(DataConfig(task="regression", path=str(tmp_path), text_column="a", text_pair_column="b",
-                                label_column="score", validation_size=0.3))
+                                label_column="score", validation_size=0.3, clean_given_test=True))
     assert data.cleaning["train"]["duplicate_rows"] == 9  # 3 distinct pairs (case and spaces aside), each 4 times
     assert data.cleaning["test"]["leaked"] == 1
     assert list(zip(data.texts["test"], data.pairs["test"], data.labels["test"])) == [("reset my password", "it is late", 1.0)]
+    whole = load_data(DataConfig(task="regression", path=str(tmp_path), text_column="a", text_pair_column="b",
+                                 label_column="score", validation_size=0.3))  # the test file scored whole
+    assert len(whole.texts["test"]) == 2 and whole.test_unseen == [1]
     assert sorted(zip(data.texts["train"] + data.texts["validation"], data.pairs["train"] + data.pairs["validation"])) == \
         [("Where is my parcel", "it is late"), ("Where is my parcel", "it was lost"), ("reset my password", "i forgot it")]
     assert isinstance(data.labels["train"][0], float)
