@@ -56,7 +56,8 @@ def length_distribution(f: Figures) -> list[str]:
     ax.set_ylabel("share of the split's texts")
     ax.set_title(f"Text lengths in tokens: {f.dataset}")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=9)
+    ax.set_ylim(0, ax.get_ylim()[1] * 1.4)  # room above the bars for the legend
+    ax.legend(fontsize=9, loc="upper left")
     return [f.save(fig, "length_distribution.png")]
 
 
