@@ -3,13 +3,13 @@ writers) and experiment.json (which runs the latest experiment planned, and its 
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
 from filelock import FileLock
 
 from records.shared import DamagedFile, read_json, write_json
+from utils import atomic_write_json
 
 
 RUN_RECORD = "record.json"  # a copy of the run's record in its checkpoint folder, so the folder stands alone
@@ -34,12 +34,20 @@ def upgrade(record: dict) -> dict:
     return upgraded
 
 
+RETRAIN = "train that run again (python main.py --force with its config)"
+
+
+def stored_record(path: Path) -> dict:
+    """One run's record.json as it is stored."""
+    record = read_json(path, remedy=RETRAIN)
+    if not isinstance(record, dict) or "run_id" not in record:
+        raise DamagedFile(path, "holds no run record", RETRAIN)
+    return record
+
+
 def read_record(path: Path) -> dict:
     """One run's record.json, upgraded."""
-    record = read_json(path, remedy="train that run again (python main.py --force with its config)")
-    if not isinstance(record, dict) or "run_id" not in record:
-        raise DamagedFile(path, "holds no run record", "train that run again (python main.py --force with its config)")
-    return upgrade(record)
+    return upgrade(stored_record(path))
 
 
 def results_file(output_dir: str | Path) -> Path:
@@ -65,8 +73,8 @@ def read_results(path: Path) -> list[dict]:
 def save_record(path: Path, record: dict) -> None:
     """Replace this run's record and keep every other as it is stored, even with another process writing too."""
     with FileLock(path.with_name(path.name + ".lock")):
-        runs = [r for r in stored_records(path) if r["run_id"] != record["run_id"]]
-        write_json(path, {"runs": runs + [record]})
+        runs = [r for r in stored_records(path) if r["run_id"] != record["run_id"]]  # a damaged file stops here
+        atomic_write_json(path, {"runs": runs + [record]})
 
 
 def write_experiment(results_path: Path, **experiment) -> None:
@@ -115,16 +123,16 @@ def repair(output_dir: str | Path) -> list[str]:
     recovered, unreadable = [], []
     for folder_record in sorted(Path(output_dir).glob(f"checkpoints/*/*/{RUN_RECORD}")):
         try:
-            record = read_record(folder_record)
+            record = stored_record(folder_record)
         except DamagedFile:
             unreadable.append(str(folder_record))
             continue
         if record["run_id"] not in known:
             known.add(record["run_id"])
-            recovered.append(json.loads(folder_record.read_text(encoding="utf-8")))  # as stored, not upgraded
+            recovered.append(record)
     recovered.sort(key=lambda record: record.get("finished_at") or record.get("started_at") or "")
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_json(path, {"runs": kept + recovered})
+    atomic_write_json(path, {"runs": kept + recovered})  # read above: readable, or set aside
     done.append(f"{path}: {len(kept) + len(recovered)} run(s): {len(kept)} kept from it, {len(recovered)} recovered "
                 "from the run folders")
     if unreadable:

@@ -10,7 +10,8 @@ import numpy as np
 
 from data import SPLITS, LabelledData
 from tasks import Task
-from records.shared import read_json, write_json
+from records.shared import read_json
+from utils import atomic_write_json
 
 DATA_REPORT = "data_report.json"  # in the results folder, one entry per data fingerprint
 LENGTH_PERCENTILE = 95  # model.max_length: auto keeps this share of training texts whole
@@ -95,9 +96,9 @@ def save_report(report: dict, folder: Path) -> None:
     """Add the report to data_report.json (keyed by data fingerprint, so experiments on several data sets
     sharing an output folder keep each one's)."""
     path = folder / DATA_REPORT
-    reports = read_json(path) or {}
+    reports = read_json(path) or {}  # a damaged file stops here, kept as it is
     reports[report["fingerprint"]] = report
-    write_json(path, reports)
+    atomic_write_json(path, reports)
 
 
 def read_report(folder: Path, fingerprint: str) -> dict | None:
