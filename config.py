@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from tasks import TASKS
+from schema.search import SearchConfig, range_values
 from schema.strategies import StrategiesConfig
 from schema.checks import list_problem, problem, varied_keys
 from schema.typed_yaml import apply_override, build, read_yaml, set_dotted
@@ -133,6 +134,8 @@ class TrainingConfig:
     """Rows per evaluation batch at most (no gradients, so larger batches fit)."""
     eval_batch_tokens: int | None = None
     """Padded tokens per evaluation batch at most; null: 512 on a CPU (fastest there), no limit on a GPU."""
+    eval_every_steps: int | None = None
+    """Also validate every N optimizer steps inside an epoch (early stopping then counts evaluations, and a search prunes sooner); null: after each epoch only."""
     checkpoint_every_steps: int | None = None
     """Also checkpoint every N optimizer steps inside an epoch (long epochs); null: after each epoch only."""
     compile: bool = False
@@ -203,6 +206,8 @@ class Config:
     """Named settings compared side by side, each a mapping of dotted keys to one value: `{plain: {}, weighted: {training.class_weights: balanced}, focal: {training.loss: focal}}`. Crossed with the sweep; the summary names each run's variant."""
     few_shot: FewShotConfig = field(default_factory=FewShotConfig)
     """Learning curves over examples per class."""
+    search: SearchConfig = field(default_factory=SearchConfig)
+    """How each strategy's settings are chosen: the grid of the lists above, or a pruned Optuna search."""
     output: OutputConfig = field(default_factory=OutputConfig)
     """Where results go and what stays on disk."""
 
@@ -210,6 +215,11 @@ class Config:
 STRATEGY_NAMES = tuple(f.name for f in dataclasses.fields(StrategiesConfig))
 # Keys that shape the experiment (which runs exist), not a single run: they never enter a run's settings.
 GRID_KEYS = ("enabled", "learning_rates", "rank_values")
+
+
+def short_key(dotted: str) -> str:
+    """`strategies.lora.rank` -> `rank`: the strategy is already in the row. Other keys stay whole."""
+    return dotted.split(".", 2)[2] if dotted.startswith("strategies.") else dotted
 
 
 def strategy_settings(cfg: Config, strategy: str) -> dict[str, Any]:
@@ -278,6 +288,8 @@ def _rule_problems(cfg: Config) -> list[str]:
     require(t.eval_batch_size >= 1, "training.eval_batch_size", t.eval_batch_size, "an integer >= 1")
     require(t.eval_batch_tokens is None or t.eval_batch_tokens >= 1, "training.eval_batch_tokens", t.eval_batch_tokens,
             "an integer >= 1, or null")
+    require(t.eval_every_steps is None or t.eval_every_steps >= 1, "training.eval_every_steps", t.eval_every_steps,
+            "an integer >= 1, or null")
     require(t.checkpoint_every_steps is None or t.checkpoint_every_steps >= 1, "training.checkpoint_every_steps",
             t.checkpoint_every_steps, "an integer >= 1, or null")
     require(not (t.fp16 and t.bf16), "training.bf16", t.bf16,
@@ -320,6 +332,7 @@ def _rule_problems(cfg: Config) -> list[str]:
     few = cfg.few_shot
     problems += list_problem(few.shots_per_class, "few_shot.shots_per_class", lambda v: v >= 1, "integers >= 1")
     require(few.repeats >= 1, "few_shot.repeats", few.repeats, "an integer >= 1")
+    problems += cfg.search.problems()
     return problems
 
 
@@ -368,22 +381,30 @@ def expand_grid(cfg: Config, strategy: str) -> list[tuple[dict[str, Any], Config
 
     Each point is rebuilt and validated with the same schema and rules as a config file."""
     axes = grid_axes(cfg, strategy)
-    base = dataclasses.asdict(cfg)
-    base.update(sweep={}, variants={}, ablation={}, few_shot={"enabled": False})
-    for section in base["strategies"].values():
-        section.update(learning_rates=None, **({"rank_values": None} if "rank_values" in section else {}))
     points = []
     for values in itertools.product(*axes.values()):
-        raw = copy.deepcopy(base)
+        settings = {}
         for key, value in zip(axes, values):
-            for dotted, single in (cfg.variants[value].items() if key == "variant" else [(key, value)]):
-                set_dotted(raw, dotted, single)
-        point, problems = _validated(raw)
+            settings.update(cfg.variants[value] if key == "variant" else {key: value})
+        point, problems = single_run_config(cfg, settings)
         if problems:
             setting = ", ".join(f"{k}={v}" for k, v in zip(axes, values))
             raise ConfigError(f"the run with {setting}: " + "; ".join(problems))
         points.append((dict(zip(axes, values)), point))
     return points
+
+
+def single_run_config(cfg: Config, settings: dict[str, Any]) -> tuple[Config, list[str]]:
+    """The config of one run: `cfg` without its lists (grid, search), with `settings` (dotted keys) set, rebuilt
+    and validated with the same schema and rules as a config file; and its problems."""
+    raw = dataclasses.asdict(cfg)
+    raw.update(sweep={}, variants={}, ablation={}, few_shot={"enabled": False}, search={})
+    for section in raw["strategies"].values():
+        section.update(learning_rates=None, **({"rank_values": None} if "rank_values" in section else {}))
+    raw = copy.deepcopy(raw)
+    for dotted, value in settings.items():
+        set_dotted(raw, dotted, value)
+    return _validated(raw)
 
 
 def _grid_problems(cfg: Config) -> list[str]:
@@ -403,6 +424,7 @@ def _grid_problems(cfg: Config) -> list[str]:
                               (f"strategies.{strategy}.rank", "rank_values")):
             if key in cfg.sweep and getattr(own, list_key, None):
                 problems.append(f"sweep.{key}: also given as strategies.{strategy}.{list_key}; keep one")
+    problems += _search_problems(cfg)
     if problems:
         return problems
     for strategy in STRATEGY_NAMES:
@@ -412,6 +434,43 @@ def _grid_problems(cfg: Config) -> list[str]:
             where = " and ".join(name for name, used in (("sweep", cfg.sweep), ("variants", cfg.variants)) if used)
             problems.append(f"{where or 'grid'}: {err}")
     return list(dict.fromkeys(problems))  # the same mistake shows once, not once per strategy
+
+
+# Why a key cannot be searched, beyond those a sweep may not vary.
+NOT_SEARCHABLE = {
+    "training.learning_rate": "each strategy searches its own rate: strategies.<name>.learning_rate (in every "
+                              "strategy's default space already)",
+}
+
+
+def _search_problems(cfg: Config) -> list[str]:
+    """A search that the config's own lists would multiply, and searched keys or ranges that no run accepts."""
+    search = cfg.search
+    if search.method == "grid":
+        return ["search.space: set with search.method: grid, which ignores it; set search.method: optuna"] \
+            if search.space else []
+    problems = []
+    lists = [("sweep", bool(cfg.sweep)), ("variants", bool(cfg.variants)),
+             ("ablation.learning_rates", bool(cfg.ablation.learning_rates)), ("few_shot.enabled", cfg.few_shot.enabled)]
+    lists += [(f"strategies.{name}.{key}", bool(getattr(getattr(cfg.strategies, name), key, None)))
+              for name in STRATEGY_NAMES for key in ("learning_rates", "rank_values")]
+    problems += [f"{key}: set with search.method: optuna, which chooses each strategy's settings itself; put the "
+                 "keys it varies in search.space (ranges or lists of choices), or use search.method: grid"
+                 for key, used in lists if used]
+    for key, spec in search.space.items():
+        why = NOT_SEARCHABLE.get(key) or NOT_SWEEPABLE.get(key)
+        if why is None and (key.split(".")[0] in ("sweep", "variants", "ablation", "few_shot", "search")
+                            or key.rsplit(".", 1)[-1] in GRID_KEYS):
+            why = "it shapes the experiment itself"
+        if why:
+            problems.append(f"search.space.{key}: cannot be searched ({why})")
+            continue
+        for value in range_values(spec):
+            _, found = single_run_config(cfg, {key: value})
+            problems += [f"search.space.{key}: {found[0]}"] if found else []
+            if found:
+                break
+    return problems
 
 
 def file_settings(path: str | Path) -> dict[str, Any]:

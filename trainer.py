@@ -49,7 +49,8 @@ class TrainState:
     epoch: int = 0  # epochs completed
     step: int = 0  # optimizer steps taken
     best_metric: float | None = None
-    best_epoch: int | None = None
+    best_epoch: float | None = None  # an evaluation inside an epoch has a fractional one
+    best_step: int | None = None
     bad_evals: int = 0  # evaluations in a row without improvement
     history: list[dict] = field(default_factory=list)
     stop_reason: str | None = None
@@ -57,6 +58,7 @@ class TrainState:
     batches_done: int = 0
     epoch_loss: float = 0.0
     epoch_seconds: float = 0.0
+    epoch_seconds_logged: float = 0.0  # of those, the seconds already in history entries (evaluations mid-epoch)
 
 
 class StopRequest:
@@ -137,11 +139,12 @@ def make_optimizer(model: torch.nn.Module, learning_rate: float, weight_decay: f
 
 def train(model: torch.nn.Module, encoded: Encoded, cfg: Config, learning_rate: float, run_dir: Path,
           accelerator: Accelerator, run_key: dict, resume: bool = False,
-          on_epoch: Callable[[dict], None] | None = None, rates: dict[str, float] | None = None,
+          on_evaluation: Callable[[dict], None] | None = None, rates: dict[str, float] | None = None,
           before_epoch: Callable[[int], None] | None = None) -> dict:
-    """Train with validation each epoch (each epoch's entry also to `on_epoch`), each parameter at its rate
-    in `rates` (default: `learning_rate`), calling `before_epoch(epoch)` first when a strategy changes what
-    trains from epoch to epoch; return the history and leave the best weights in `model`."""
+    """Train with validation after each epoch, and every `training.eval_every_steps` optimizer steps when set
+    (each evaluation's entry also to `on_evaluation`, which may raise to end the run), each parameter at its
+    rate in `rates` (default: `learning_rate`), calling `before_epoch(epoch)` first when a strategy changes
+    what trains from epoch to epoch; return the history and leave the best weights in `model`."""
     t, task = cfg.training, TASKS[cfg.data.task]
     loss_of = task.training_loss(t, encoded.labels["train"], encoded.label_names)  # validation uses task.loss
     epoch_examples = len(epoch_rows(encoded.labels["train"], t.sampler, t.seed, 0))  # the same in every epoch
@@ -173,30 +176,38 @@ def train(model: torch.nn.Module, encoded: Encoded, cfg: Config, learning_rate: 
         with stopwatch(spent, "checkpoint_time_s"):
             save_checkpoint(run_dir, model, optimizer, scheduler, accelerator, asdict(state), run_key, trained)
 
+    def validate(epoch: float, train_loss: float, seconds: float) -> bool:
+        """Score validation after `seconds` more training, log it, keep the best weights; True: stop training."""
+        nonlocal best_weights
+        with stopwatch(spent, "validation_time_s"):
+            val = evaluate(model, encoded, "validation", t, accelerator, task)
+        scores = {f"val_{name}": val[name] for name in ["loss"] + [m.name for m in task.metrics]}
+        state.history.append({"epoch": epoch, "step": state.step, "train_loss": train_loss, **scores,
+                              "lr": run_rate(), "seconds": seconds})
+        shown = ["val_loss", *(f"val_{m.name}" for m in task.summary_metrics()), t.early_stopping.metric]
+        logger.info("epoch %g/%d | train_loss %.4f | %s | lr %.2e | %.1fs", epoch, t.num_epochs, train_loss,
+                    " | ".join(f"{key} {scores[key]:.4f}" for key in dict.fromkeys(shown)), run_rate(), seconds)
+        with stopwatch(spent, "checkpoint_time_s"):
+            if update_early_stopping(state, t, task):
+                best_weights = trainable_weights(model, accelerator, trained)
+                save_weights(run_dir / BEST_WEIGHTS, best_weights, run_key, state.best_epoch)
+        if on_evaluation:  # after the best is kept: it may end the run (a pruned search trial)
+            on_evaluation(state.history[-1])
+        return state.stop_reason is not None
+
     epochs_left = range(state.epoch, t.num_epochs) if state.stop_reason is None else range(0)
     with StopRequest() as stop:
         for epoch in epochs_left:
             if before_epoch:
                 before_epoch(epoch)
-            train_loss, seconds = train_epoch(model, optimizer, scheduler, accelerator, encoded, t, task, loss_of,
-                                              epoch, state, checkpoint, stop)
-            with stopwatch(spent, "validation_time_s"):
-                val = evaluate(model, encoded, "validation", t, accelerator, task)
+            train_loss, seconds, stopped = train_epoch(model, optimizer, scheduler, accelerator, encoded, t, task,
+                                                       loss_of, epoch, state, checkpoint, stop, validate)
             state.epoch, state.batches_done, state.epoch_loss, state.epoch_seconds = epoch + 1, 0, 0.0, 0.0
-            scores = {f"val_{name}": val[name] for name in ["loss"] + [m.name for m in task.metrics]}
-            state.history.append({"epoch": epoch + 1, "train_loss": train_loss, **scores,
-                                  "lr": run_rate(), "seconds": seconds})
-            shown = ["val_loss", *(f"val_{m.name}" for m in task.summary_metrics()), t.early_stopping.metric]
-            logger.info("epoch %d/%d | train_loss %.4f | %s | lr %.2e | %.1fs", epoch + 1, t.num_epochs, train_loss,
-                        " | ".join(f"{key} {scores[key]:.4f}" for key in dict.fromkeys(shown)),
-                        run_rate(), seconds)
-            if on_epoch:
-                on_epoch(state.history[-1])
-            with stopwatch(spent, "checkpoint_time_s"):
-                if update_early_stopping(state, t, task):
-                    best_weights = trainable_weights(model, accelerator, trained)
-                    save_weights(run_dir / BEST_WEIGHTS, best_weights, run_key, state.epoch)
-                if cfg.output.keep_checkpoints == "all":
+            state.epoch_seconds_logged = 0.0
+            if not stopped:
+                validate(epoch + 1, train_loss, seconds)
+            if cfg.output.keep_checkpoints == "all":
+                with stopwatch(spent, "checkpoint_time_s"):
                     save_weights(run_dir / epoch_weights(state.epoch), trainable_weights(model, accelerator, trained),
                                  run_key, state.epoch)
             if state.stop_reason is None and state.epoch == t.num_epochs:
@@ -209,17 +220,21 @@ def train(model: torch.nn.Module, encoded: Encoded, cfg: Config, learning_rate: 
 
     accelerator.unwrap_model(model).load_state_dict(best_weights, strict=False)
     train_seconds = sum(h["seconds"] for h in state.history)
-    return {"history": state.history, "best_epoch": state.best_epoch, "best_metric": state.best_metric,
-            "stop_reason": state.stop_reason, "optimizer_steps": state.step, "train_time_s": round(train_seconds, 2),
-            "train_samples_per_s": round(epoch_examples * len(state.history) / train_seconds, 2),
+    epochs_trained = state.history[-1]["epoch"] if state.history else 0
+    return {"history": state.history, "best_epoch": state.best_epoch, "best_step": state.best_step,
+            "best_metric": state.best_metric, "stop_reason": state.stop_reason, "optimizer_steps": state.step,
+            "train_time_s": round(train_seconds, 2),
+            "train_samples_per_s": round(epoch_examples * epochs_trained / train_seconds, 2),
             **{key: round(seconds, 2) for key, seconds in spent.items()}}
 
 
 def train_epoch(model, optimizer, scheduler, accelerator: Accelerator, encoded: Encoded, t: TrainingConfig, task: Task,
-                loss_of: Callable, epoch: int, state: TrainState, checkpoint, stop: StopRequest) -> tuple[float, float]:
-    """One pass over the training split (from where a mid-epoch checkpoint left it); returns the mean
-    loss per example and the seconds it took. Under several processes each batch is shared out among them,
-    so the optimizer sees the gradients of the whole batch, as on one."""
+                loss_of: Callable, epoch: int, state: TrainState, checkpoint, stop: StopRequest,
+                validate: Callable[[float, float, float], bool]) -> tuple[float, float, bool]:
+    """One pass over the training split (from where a mid-epoch checkpoint left it), validating every
+    `t.eval_every_steps` optimizer steps when set; returns the mean loss per example, the training seconds
+    since the last evaluation, and whether an evaluation ended training. Under several processes each batch
+    is shared out among them, so the optimizer sees the gradients of the whole batch, as on one."""
     ids, labels = encoded.ids["train"], encoded.labels["train"]
     rows = epoch_rows(labels, t.sampler, t.seed, epoch)
     batches = train_batches([len(x) for x in ids], t.batch_size, t.seed, epoch, rows)
@@ -256,6 +271,18 @@ def train_epoch(model, optimizer, scheduler, accelerator: Accelerator, encoded: 
                 scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             state.step += 1
+            if t.eval_every_steps and state.step % t.eval_every_steps == 0 and i + 1 < len(batches):
+                elapsed = time.perf_counter() - start
+                seen = sum(len(b) for b in batches[:i + 1])
+                paused = time.perf_counter()
+                stopped = validate(round(epoch + (i + 1) / len(batches), 3),
+                                   accelerator.reduce(loss_total, "sum").item() / seen,
+                                   elapsed - state.epoch_seconds_logged)
+                state.epoch_seconds_logged = elapsed
+                start += time.perf_counter() - paused  # the epoch's seconds count training only
+                model.train()  # evaluation left it in eval mode
+                if stopped:
+                    return accelerator.reduce(loss_total, "sum").item() / seen, 0.0, True
             every = t.checkpoint_every_steps
             stopping = in_any_process(stop.requested, accelerator)
             if i + 1 < len(batches) and (stopping or (every and state.step % every == 0)):
@@ -268,7 +295,8 @@ def train_epoch(model, optimizer, scheduler, accelerator: Accelerator, encoded: 
                 start += time.perf_counter() - paused  # the epoch's seconds count training only
                 if stopping:
                     raise KeyboardInterrupt
-    return accelerator.reduce(loss_total, "sum").item() / len(rows), time.perf_counter() - start
+    elapsed = time.perf_counter() - start
+    return accelerator.reduce(loss_total, "sum").item() / len(rows), elapsed - state.epoch_seconds_logged, False
 
 
 def process_share(batch: list[int], process: int, processes: int) -> tuple[list[int], float]:
@@ -385,10 +413,12 @@ def update_early_stopping(state: TrainState, t: TrainingConfig, task: Task) -> b
     value = state.history[-1][metric]
     improved = task.is_better(metric, value, state.best_metric)
     if improved:
-        state.best_metric, state.best_epoch, state.bad_evals = value, state.epoch, 0
+        entry = state.history[-1]
+        state.best_metric, state.best_epoch, state.best_step, state.bad_evals = value, entry["epoch"], entry["step"], 0
     else:
         state.bad_evals += 1
         if t.early_stopping.enabled and state.bad_evals >= t.early_stopping.patience:
-            state.stop_reason = (f"early stopping: {metric} did not improve for {state.bad_evals} epochs "
-                                 f"(best {state.best_metric:.4f} at epoch {state.best_epoch})")
+            unit = "evaluations" if t.eval_every_steps else "epochs"
+            state.stop_reason = (f"early stopping: {metric} did not improve for {state.bad_evals} {unit} "
+                                 f"(best {state.best_metric:.4f} at epoch {state.best_epoch:g})")
     return improved

@@ -14,7 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from records.results import select_runs
+from records.results import search_records, select_runs
 from records.shared import DamagedFile
 from reporting.data_report import read_report
 from reporting.figures import Figures
@@ -43,10 +43,11 @@ def visualize(output: Path, dataset: str | None) -> int:
         return 2
     completed = [r for r in runs if r["status"] == "completed"]
     metric = experiment["config"]["training"]["early_stopping"]["metric"] if experiment else None
-    summary = summarize(runs, metric or task_of(completed).default_metric)
+    trials, grid = search_records(output, experiment)
+    summary = summarize(runs, metric or task_of(completed).default_metric, trials)
     plots = output / "plots"
     plots.mkdir(parents=True, exist_ok=True)
-    figures = Figures(runs, summary, plots, read_report(output / "results", completed[0]["dataset"]["fingerprint"]))
+    figures = Figures(runs, summary, plots, read_report(output / "results", completed[0]["dataset"]["fingerprint"]), grid)
     drawn, skipped = draw(figures)
     write_report(output / "report.html", summary, runs, experiment, [(plots / name, caption(name)) for name in drawn],
                  skipped, figures.data_report)

@@ -1,5 +1,5 @@
-"""Write docs/config.md, the config reference, from the schema in config.py (and the strategies' sections in
-schema/strategies.py): every key with its type, default and the docstring under its field. CI fails when the file is out of date:
+"""Write docs/config.md, the config reference, from the schema in config.py (and the sections in
+schema/strategies.py and schema/search.py): every key with its type, default and the docstring under its field. CI fails when the file is out of date:
 
     python docs/make_config_reference.py
 """
@@ -17,6 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import config  # noqa: E402
+import schema.search  # noqa: E402
 import schema.strategies  # noqa: E402
 from schema.typed_yaml import type_name  # noqa: E402
 
@@ -26,7 +27,7 @@ TARGET = ROOT / "docs" / "config.md"
 def field_docs() -> dict[tuple[str, str], str]:
     """(class name, field name) -> the string literal right under the field in the schema's modules."""
     docs = {}
-    nodes = [node for module in (config, schema.strategies) for node in ast.walk(ast.parse(inspect.getsource(module)))]
+    nodes = [node for module in (config, schema.strategies, schema.search) for node in ast.walk(ast.parse(inspect.getsource(module)))]
     for node in nodes:
         if isinstance(node, ast.ClassDef):
             for statement, following in zip(node.body, node.body[1:]):

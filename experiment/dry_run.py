@@ -7,6 +7,7 @@ import dataclasses
 from config import Config
 from experiment.inputs import Inputs
 from experiment.plan import Run, short_key
+from experiment.search import searched_space
 from experiment.shards import passes
 from model import build_model, parameter_counts
 from records.results import results_file
@@ -15,6 +16,17 @@ from utils import stable_hash
 # The training speed assumed for the time estimate when no earlier run here gives one (MiniLM-L6,
 # max_length 64, 2 CPU cores).
 GUESSED_SAMPLES_PER_S = 100.0
+
+
+def print_search_plan(cfg: Config, strategies: list[str]) -> None:
+    """What a search would do: each strategy's space and trials, then the confirmation runs, training nothing."""
+    seeds = cfg.search.confirm_seeds or cfg.training.seeds or [cfg.training.seed]
+    budget = f", no new trial after {cfg.search.time_budget:g}s" if cfg.search.time_budget else ""
+    print(f"search ({cfg.search.pruner} pruning{budget}): up to {cfg.search.trials} trial(s) per strategy, validated "
+          f"only, then the best {cfg.search.confirm_top_k} of each confirmed with seed(s) {seeds} and tested")
+    for strategy in strategies:
+        ranges = ", ".join(f"{short_key(k)} {v}" for k, v in searched_space(cfg, strategy).items())
+        print(f"  {strategy}: {ranges}")
 
 
 def print_plan(runs: list[Run], ids: list[str], cached: set[str], inputs: Inputs, completed: dict[str, dict],

@@ -19,7 +19,7 @@ from data import Encoded, LabelledData
 from experiment.plan import Run, short_key
 from records.measure import PeakMemory, device_name, library_versions
 from model import build_model, export_refused, new_head_reason, parameter_counts, part_learning_rates
-from records.checkpoints import saved_run_key
+from records.checkpoints import drop_checkpoints, saved_run_key
 from records.results import RUN_RECORD, SCHEMA_VERSION, results_file, save_record
 from reporting.data_report import DATA_REPORT
 from reporting.diagnostics import diagnose
@@ -32,9 +32,18 @@ from utils import ConfigError, atomic_write_bytes, atomic_write_json, set_seed
 logger = logging.getLogger("bertlab")
 
 
+class RunPruned(Exception):
+    """Raised by an evaluation's callback to end a search trial that falls behind; holds the evaluations so far."""
+
+    def __init__(self, history: list[dict]):
+        super().__init__(f"pruned at optimizer step {history[-1]['step']}")
+        self.history = history
+
+
 def run_one(run: Run, run_id: str, data: LabelledData, encoded: Encoded, accelerator, baseline: dict,
-            resume: bool) -> dict:
-    """Train and test one run; the record is saved whether the run completes or fails."""
+            resume: bool, on_evaluation=None) -> dict:
+    """Train and test one run (a search trial: validate only, `on_evaluation` seeing each evaluation and
+    perhaps pruning it); the record is saved whether the run completes, is pruned or fails."""
     cfg, strategy, settings = run.cfg, run.strategy, run.settings
     task = TASKS[cfg.data.task]
     output = Path(cfg.output.dir)
@@ -46,6 +55,7 @@ def run_one(run: Run, run_id: str, data: LabelledData, encoded: Encoded, acceler
               "strategy": strategy,
               "status": "running", "varied": {short_key(k): v for k, v in run.varied.items()},
               "few_shot": {"shots_per_class": run.shots, "draw": run.draw} if run.shots is not None else None,
+              "trial": run.trial,
               "model": cfg.model.name, "task": cfg.data.task,
               "dataset": {"name": data.name, "fingerprint": data.fingerprint, "sizes": sizes,
                           "num_labels": len(data.label_names), "label_names": data.label_names,
@@ -71,7 +81,7 @@ def run_one(run: Run, run_id: str, data: LabelledData, encoded: Encoded, acceler
     try:
         while True:
             try:
-                record.update(fit_and_test(run, attempt, data, encoded, accelerator, run_dir, resume))
+                record.update(fit_and_test(run, attempt, data, encoded, accelerator, run_dir, resume, on_evaluation))
                 break
             except torch.OutOfMemoryError:
                 if accelerator.num_processes > 1:  # the others wait in an exchange: end this process, and the launch
@@ -92,20 +102,27 @@ def run_one(run: Run, run_id: str, data: LabelledData, encoded: Encoded, acceler
                            "steps (the same effective batch)", run_id, attempt.training.batch_size,
                            attempt.training.gradient_accumulation_steps)
         record["status"] = "completed"
-        record["diagnostics"] = diagnose(record, task)
-        for found in record["diagnostics"]:
+        if "test" in record:
+            record["diagnostics"] = diagnose(record, task)
+        for found in record.get("diagnostics", []):
             logger.warning("%s: %s: %s. Next: %s", run_id, found["kind"], found["message"], found["next_step"])
     except (ConfigError, KeyboardInterrupt):
         raise
+    except RunPruned as pruned:  # a search trial behind the others: never chosen, never tested
+        seen, metric = pruned.history, cfg.training.early_stopping.metric
+        best = next(e for e in seen if all(not task.is_better(metric, other[metric], e[metric]) for other in seen))
+        logger.info("%s: %s", run_id, pruned)
+        record.update(status="pruned", history=seen, pruned_at={"step": seen[-1]["step"], "epoch": seen[-1]["epoch"]},
+                      best_epoch=best["epoch"], best_step=best["step"], best_metric=best[metric],
+                      train_time_s=round(sum(e["seconds"] for e in seen), 2), stop_reason=f"search: {pruned}")
     except Exception as err:  # a failing run is recorded with its reason; the others go on
         logger.error("%s failed: %s: %s", run_id, type(err).__name__, err)
         record.update(status="failed", error=f"{type(err).__name__}: {err}", traceback=traceback.format_exc())
     finally:  # also when interrupted, so the memory sampler does not outlive the run
         record["peak_memory_mb"], record["peak_memory_measure"] = memory.stop()
         accelerator.free_memory()
-    if cfg.output.keep_checkpoints == "none" and accelerator.is_main_process:
-        for checkpoint in [*run_dir.glob("*.pt"), *run_dir.glob("*.safetensors")]:
-            checkpoint.unlink()
+    if (cfg.output.keep_checkpoints == "none" or record["status"] == "pruned") and accelerator.is_main_process:
+        drop_checkpoints(run_dir)
     record["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     record["run_time_s"] = round(time.perf_counter() - started, 2)  # building, training, validating, testing, saving
     save_record(results_file(output), record)
@@ -114,8 +131,9 @@ def run_one(run: Run, run_id: str, data: LabelledData, encoded: Encoded, acceler
 
 
 def fit_and_test(run: Run, cfg: Config, data: LabelledData, encoded: Encoded, accelerator, run_dir: Path,
-                 resume: bool) -> dict:
-    """Build the wrapped model, train it and test its best epoch: the record's results."""
+                 resume: bool, on_evaluation=None) -> dict:
+    """Build the wrapped model, train it and test its best evaluation (not a search trial's): the record's
+    results."""
     settings = run.settings
     task, strategy = TASKS[cfg.data.task], STRATEGIES[run.strategy]
     set_seed(cfg.training.seed)  # the same head initialisation for every strategy
@@ -147,19 +165,26 @@ def fit_and_test(run: Run, cfg: Config, data: LabelledData, encoded: Encoded, ac
         trained, inputs, features = feature_view(model, encoded, cfg, accelerator)
     before_epoch = strategy.before_epoch and (lambda epoch: strategy.before_epoch(model, settings, epoch))
     with run_trackers(cfg.output.trackers, run_dir.name, Path(cfg.output.dir) / "trackers", logged) as trackers:
+        def evaluated(entry: dict) -> None:
+            trackers.log(entry, step=entry["step"])
+            if on_evaluation:
+                on_evaluation(entry)
+
         result = (fit or train)(trained, inputs, cfg, settings["learning_rate"], run_dir, accelerator, run_key, resume,
-                                on_epoch=lambda entry: trackers.log(entry, step=entry["epoch"]),
-                                rates={name: rate for name, (_, rate) in parts.items()}, before_epoch=before_epoch)
+                                on_evaluation=evaluated, rates={name: rate for name, (_, rate) in parts.items()},
+                                before_epoch=before_epoch)
+        if features and features["cached"]:  # the time to compute them is part of this run's training time
+            result["train_time_s"] = round(result["train_time_s"] + features["seconds"], 2)
+        fitted = {**counts, **result, "parameter_groups": parameter_groups(parts, model), "init_from": init,
+                  "features": features, "export_refused": export_refused(strategy, run.head),
+                  "unfreezing": strategy.schedule(model, settings)}
+        if run.trial and not run.trial.get("confirms"):  # a search trial: test stays unseen
+            return fitted
         test = evaluate(trained, inputs, "test", cfg.training, accelerator, task)
         trackers.log({f"test_{name}": test[name] for name in ["loss"] + [m.name for m in task.metrics]},
-                     step=result["best_epoch"])
-    if features and features["cached"]:  # the time to compute them is part of this run's training time
-        result["train_time_s"] = round(result["train_time_s"] + features["seconds"], 2)
-    return {**counts, **result, "parameter_groups": parameter_groups(parts, model), "init_from": init,
-            "features": features, "export_refused": export_refused(strategy, run.head),
-            "unfreezing": strategy.schedule(model, settings),
-            "test": {"loss": test["loss"], **task.test_report(test["truth"], test["values"],
-                                                             data.label_names)},
+                     step=result["best_step"])
+    return {**fitted, "test": {"loss": test["loss"], **task.test_report(test["truth"], test["values"],
+                                                                        data.label_names)},
             "test_unseen": unseen_report(task, test, data),
             # for paired comparisons between runs and the task's plots
             "test_predictions": test["predictions"].tolist(), "test_labels": list(test["truth"])}

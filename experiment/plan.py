@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from config import Config, HeadConfig, TrainingConfig, expand_grid, strategy_settings
+from config import Config, HeadConfig, TrainingConfig, expand_grid, short_key, strategy_settings
 from model import source_run
 from strategies import STRATEGIES
 from utils import stable_hash
@@ -14,7 +14,7 @@ from utils import stable_hash
 # Training keys added after run ids were first handed out: left out of the run key at their defaults, so
 # runs made before them keep their ids (and their cached results).
 ADDED_TRAINING_KEYS = ("loss", "class_weights", "focal_gamma", "label_smoothing", "sampler", "bf16",
-                       "head_learning_rate", "layer_lr_decay")
+                       "head_learning_rate", "layer_lr_decay", "eval_every_steps")
 
 
 @dataclasses.dataclass
@@ -27,6 +27,8 @@ class Run:
     shots: int | None = None  # few-shot: training examples per class
     draw: int | None = None  # few-shot: which sample of `shots` per class
     source: dict | None = None  # with model.init_from: the starting run's folder, record and config (source_run)
+    # a search's trial {study, number, space}, or its confirmation (with confirms: the trial's run id); not in the key
+    trial: dict | None = None
     # derived from cfg once, so that running goes down the layers without deriving them again
     settings: dict[str, Any] = dataclasses.field(init=False)  # the strategy's own, with the rate it uses
     head: HeadConfig = dataclasses.field(init=False)  # the head the strategy trains under model.head
@@ -75,11 +77,6 @@ class Run:
         if self.shots is not None:
             parts.append(f"shots={self.shots} draw={self.draw}")
         return " ".join(parts + [f"seed={self.cfg.training.seed}"])
-
-
-def short_key(dotted: str) -> str:
-    """`strategies.lora.rank` -> `rank`: the strategy is already in the row. Other keys stay whole."""
-    return dotted.split(".", 2)[2] if dotted.startswith("strategies.") else dotted
 
 
 def plan_runs(cfg: Config, strategies: list[str]) -> list[Run]:

@@ -8,13 +8,14 @@ import logging
 from pathlib import Path
 
 from config import Config
-from experiment.dry_run import print_plan
+from experiment.dry_run import print_plan, print_search_plan
 from experiment.inputs import Inputs, baseline_of, data_reports, resolve_max_length
 from experiment.one_run import run_one
 from experiment.plan import plan_runs
+from experiment.search import confirmation_runs, open_studies, search, trial_records
 from experiment.shards import assign_shards, planned_cost, print_shares
 from model import check_against_model, load_model_config
-from records.results import SHARED_FILES, read_results, results_file, write_experiment
+from records.results import SHARED_FILES, read_results, results_file, untested_trial, write_experiment
 from records.shared import read_json
 from reporting.data_report import describe_report, save_report
 from reporting.summary import summarize
@@ -54,8 +55,30 @@ def run_experiment(cfg: Config, strategies: list[str], *, resume: bool = False, 
     logger.info("data %s: %s examples (train/validation/test), %d labels; %s", data.name,
                 "/".join(map(str, data.sizes().values())), len(data.label_names), describe_baseline(task, baseline))
     results_path = results_file(cfg.output.dir)
+    studies, accelerator = [], None
+    if cfg.search.method == "optuna":
+        if dry_run:
+            print_search_plan(cfg, strategies)
+            return 0
+        accelerator = make_accelerator(cfg.training.fp16, cfg.training.bf16)
+        if accelerator.num_processes > 1:
+            raise ConfigError(f"search.method: optuna: this launch has {accelerator.num_processes} processes, and a "
+                              "search's workers are one process each: start them with python main.py --shard K/N")
+        for name in SHARED_FILES:  # before anything is written: a damaged one stops the experiment, kept as it is
+            read_json(results_path.with_name(name))
+        templates = list({run.strategy: run for run in reversed(runs)}.values())[::-1]  # each strategy's first
+        studies = open_studies(templates, inputs, cfg)
+        if not summary_only:
+            search(studies, cfg, inputs, accelerator, {r["run_id"]: r for r in read_results(results_path)}, resume)
+        runs = confirmation_runs(studies, cfg)
+        if not runs:
+            raise ConfigError("the search completed no trial of any strategy, so there is nothing to confirm: see the "
+                              f"trials' errors in {results_path}")
     ids = [run.run_id(inputs.data_for(run).fingerprint) for run in runs]
-    completed = {r["run_id"]: r for r in read_results(results_path) if r["status"] == "completed"}
+    stored = read_results(results_path)
+    # a search trial validated without test resumes into its confirmation: its kept weights are tested
+    trials_done = {r["run_id"]: r["trial"] for r in stored if untested_trial(r) and r["status"] == "completed"}
+    completed = {r["run_id"]: r for r in stored if r["status"] == "completed" and not untested_trial(r)}
     outdated = {i for i in ids if i in completed and any(m.name not in completed[i]["test"] for m in task.metrics)}
     if outdated:
         logger.info("%d completed run(s) lack metrics the task reports now: they run again", len(outdated))
@@ -76,15 +99,15 @@ def run_experiment(cfg: Config, strategies: list[str], *, resume: bool = False, 
     for name in SHARED_FILES:  # before anything is written: a damaged one stops the experiment, kept as it is
         read_json(results_path.with_name(name))
     write_experiment(results_path, config_file=config_file, command=command, config=dataclasses.asdict(cfg),
-                     strategies=strategies, run_ids=ids)
+                     strategies=strategies, run_ids=ids, studies=[study.name for study in studies])
     for report in reports.values():
         save_report(report, results_path.parent)
     if summary_only:
-        return finish(cfg, ids, results_path, describe_baseline(task, baseline))
+        return finish(cfg, ids, results_path, describe_baseline(task, baseline), studies)
     share = f" (shard {shard[0]}/{shard[1]}: {len(mine)} of the plan's {len(runs)})" if shard else ""
     logger.info("%d run(s) planned%s: %d already completed (reused; --force runs them again), %d to run",
                 len(mine), share, sum(ids[i] in cached for i in mine), sum(ids[i] not in cached for i in mine))
-    accelerator = make_accelerator(cfg.training.fp16, cfg.training.bf16)
+    accelerator = accelerator or make_accelerator(cfg.training.fp16, cfg.training.bf16)
     for name in strategies:
         if accelerator.num_processes > 1 and STRATEGIES[name].one_process:
             raise ConfigError(f"strategy {name} trains on one process, and this launch has "
@@ -95,7 +118,11 @@ def run_experiment(cfg: Config, strategies: list[str], *, resume: bool = False, 
             continue
         logger.info("run %d/%d: %s %s", number, len(mine), runs[i].strategy, runs[i].describe())
         run_data, encoded = inputs.for_run(runs[i])
-        record = run_one(runs[i], ids[i], run_data, encoded, accelerator, baseline_of(run_data, runs[i].cfg), resume)
+        run = runs[i]
+        if ids[i] in trials_done and run.trial is None:  # the grid's run of a trial's setting: it stays that trial
+            run = dataclasses.replace(run, trial={**trials_done[ids[i]], "confirms": ids[i]})
+        record = run_one(run, ids[i], run_data, encoded, accelerator, baseline_of(run_data, run.cfg),
+                         resume or ids[i] in trials_done)
         failed += record["status"] != "completed"
     if not accelerator.is_main_process:  # the main process summarises
         return 1 if failed else 0
@@ -106,7 +133,7 @@ def run_experiment(cfg: Config, strategies: list[str], *, resume: bool = False, 
                   "run(s) of the plan are still to finish in other shards. Once they have: python main.py "
                   "--summary-only (with the same config), then python visualize.py")
             return 1 if failed else 0
-    return max(finish(cfg, ids, results_path, describe_baseline(task, baseline)), 1 if failed else 0)
+    return max(finish(cfg, ids, results_path, describe_baseline(task, baseline), studies), 1 if failed else 0)
 
 
 def applicable(cfg: Config, strategies: list[str]) -> list[str]:
@@ -133,15 +160,18 @@ def refuse_strategies(cfg: Config, strategies: list[str]) -> None:
                               "another with --strategy or strategies.<name>.enabled")
 
 
-def finish(cfg: Config, ids: list[str], results_path: Path, baseline: str) -> int:
-    """Write and print the summary of the planned runs' records; 1 when some failed or has not run."""
-    by_id = {r["run_id"]: r for r in read_results(results_path)}
-    records = [by_id[i] for i in ids if i in by_id]
+def finish(cfg: Config, ids: list[str], results_path: Path, baseline: str, studies=()) -> int:
+    """Write and print the summary of the planned runs' records (with a search's trials beside them); 1 when
+    some failed or has not run."""
+    stored = read_results(results_path)
+    by_id = {r["run_id"]: r for r in stored}
+    records = [by_id[i] for i in ids if i in by_id and not untested_trial(by_id[i])]
     missing = len(ids) - len(records)
     if not records:
         raise ConfigError(f"no run of this plan has finished in {results_path} yet: run python main.py (or each "
                           "--shard K/N) first, with the same config")
-    summary = summarize(records, cfg.training.early_stopping.metric)
+    summary = summarize(records, cfg.training.early_stopping.metric,
+                        trial_records(stored, [study.name for study in studies]))
     write_summary(summary, results_path.parent)
     print("\n" + terminal_summary(summary, results_path.parent))
     print(f"\n{baseline}")

@@ -34,7 +34,7 @@ def trainable_weights(model, accelerator: Accelerator, names: set[str]) -> dict[
             if name in names}
 
 
-def save_weights(path: Path, weights: dict[str, torch.Tensor], run_key: dict, epoch: int) -> None:
+def save_weights(path: Path, weights: dict[str, torch.Tensor], run_key: dict, epoch: float) -> None:
     """Trainable weights as safetensors, with the run key and epoch in its metadata."""
     metadata = {"run_key": json.dumps(run_key, sort_keys=True, default=str), "epoch": str(epoch)}
     atomic_write_bytes(path, safetensors_bytes({k: v.contiguous() for k, v in weights.items()}, metadata=metadata))
@@ -48,7 +48,15 @@ def load_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
             weights = {name: f.get_tensor(name) for name in f.keys()}
     except (SafetensorError, OSError) as err:
         raise ConfigError(f"{path}: not readable as safetensors weights ({err})") from None
-    return weights, {"run_key": json.loads(metadata.get("run_key", "null")), "epoch": int(metadata.get("epoch", 0))}
+    epoch = float(metadata.get("epoch", 0))  # an evaluation inside an epoch has a fractional one
+    return weights, {"run_key": json.loads(metadata.get("run_key", "null")),
+                     "epoch": int(epoch) if epoch.is_integer() else epoch}
+
+
+def drop_checkpoints(run_dir: Path) -> None:
+    """Delete a run folder's weights and resume state (its config and record stay)."""
+    for checkpoint in [*run_dir.glob("*.pt"), *run_dir.glob("*.safetensors")]:
+        checkpoint.unlink(missing_ok=True)
 
 
 def save_checkpoint(run_dir: Path, model, optimizer, scheduler, accelerator: Accelerator, state: dict,

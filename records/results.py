@@ -70,6 +70,11 @@ def read_results(path: Path) -> list[dict]:
     return [upgrade(record) for record in stored_records(path)]
 
 
+def untested_trial(record: dict) -> bool:
+    """A search trial's record: validated only, so never summarised or compared (its confirmation is)."""
+    return record.get("trial") is not None and "test" not in record
+
+
 def save_record(path: Path, record: dict) -> None:
     """Replace this run's record and keep every other as it is stored, even with another process writing too."""
     with FileLock(path.with_name(path.name + ".lock")):
@@ -91,10 +96,26 @@ def select_runs(output_dir: Path, dataset: str | None) -> tuple[list[dict], dict
     if dataset is None and experiment is not None:
         wanted = set(experiment["run_ids"])
         return [r for r in records if r["run_id"] in wanted], experiment
+    records = [r for r in records if not untested_trial(r)]
     completed = [r for r in records if r["status"] == "completed"]
     if dataset is None and completed:
         dataset = max(completed, key=lambda r: r["finished_at"])["dataset"]["name"]
     return [r for r in records if r["dataset"]["name"] == dataset], None
+
+
+def search_records(output_dir: Path, experiment: dict | None) -> tuple[list[dict], list[dict]]:
+    """The trials of the experiment's search (none without one) and, beside them, the grid's completed runs of
+    the searched strategies on the same data."""
+    studies = set((experiment or {}).get("studies") or [])
+    if not studies:
+        return [], []
+    records = read_results(results_file(output_dir))
+    trials = [r for r in records if (r.get("trial") or {}).get("study") in studies]
+    fingerprints = {r["dataset"]["fingerprint"] for r in trials}
+    strategies = {r["strategy"] for r in trials}
+    grid = [r for r in records if not r.get("trial") and r["status"] == "completed" and r["strategy"] in strategies
+            and r["dataset"]["fingerprint"] in fingerprints]
+    return trials, grid
 
 
 # The files beside the results that --repair checks: what it cannot rebuild, it sets aside for the next run

@@ -51,11 +51,11 @@ def under_fitting(record: dict) -> dict | None:
         return None
     return finding(
         "under-fitting",
-        f"training loss is still {final:.3f} after {len(record['history'])} epoch(s), {final / chance:.0%} of chance "
+        f"training loss is still {final:.3f} after {record['history'][-1]['epoch']:g} epoch(s), {final / chance:.0%} of chance "
         f"level ({chance:.3f}, a uniform guess over {record['dataset']['num_labels']} classes)",
         "train longer (training.num_epochs, patience) or at a higher learning rate; a frozen or small update may "
         "be too weak for this data",
-        final_train_loss=final, chance_loss=chance, epochs=len(record["history"]))
+        final_train_loss=final, chance_loss=chance, epochs=record["history"][-1]["epoch"])
 
 
 def instability(record: dict) -> dict | None:

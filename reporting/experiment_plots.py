@@ -66,16 +66,17 @@ def convergence(f: Figures, key: str, ylabel: str, name: str) -> list[str]:
     fig, ax = plt.subplots(figsize=(8, 5))
     for row in f.headline:
         runs = f.runs_of(row)
-        epochs = range(1, max(len(r["history"]) for r in runs) + 1)
+        # evaluations (after epochs, and inside them with training.eval_every_steps)
+        epochs = sorted({h["epoch"] for r in runs for h in r["history"]})
         # early stopping ends runs at different epochs: each epoch averages the runs that reached it
         values = [[h[key] for r in runs for h in r["history"] if h["epoch"] == e] for e in epochs]
         mean = np.array([np.mean(v) for v in values])
         std = np.array([np.std(v, ddof=1) if len(v) > 1 else 0.0 for v in values])
         fitted = all(r.get("optimizer_steps") == 0 for r in runs)  # a head fitted in one go: one point
-        line, = ax.plot(list(epochs), mean, marker="o", label=f"{configuration_label(row)}, {len(runs)} run(s)"
+        line, = ax.plot(epochs, mean, marker="o", label=f"{configuration_label(row)}, {len(runs)} run(s)"
                         + (", fitted, not trained by epoch" if fitted else ""))
         if len(runs) > 1:
-            ax.fill_between(list(epochs), mean - std, mean + std, color=line.get_color(), alpha=0.2)
+            ax.fill_between(epochs, mean - std, mean + std, color=line.get_color(), alpha=0.2)
     ax.set_xlabel("epoch")
     ax.set_ylabel(ylabel)
     ax.set_title(f"{ylabel[0].upper() + ylabel[1:]} per epoch\n{f.dataset}, {f.model}{f.headline_note}")
@@ -210,3 +211,41 @@ def efficiency(f: Figures) -> list[str]:
     fig.suptitle(f"What each strategy gives for what it costs: {f.dataset}, {f.model}{f.headline_note} "
                  "(up and left is better)")
     return [f.save(fig, "efficiency.png")]
+
+
+def search_progress(f: Figures) -> list[str]:
+    """Per searched strategy, the best validation score so far against the training seconds spent: the search's
+    trials in order (pruned ones cost less), beside the grid's runs of that strategy on the same data."""
+    searched = f.summary.get("search") or []
+    if not searched:
+        raise NothingToDraw("no search in this experiment (search.method: optuna)")
+    fig, ax = plt.subplots(figsize=(8.5, 5.4))
+    better = min if f.task.is_better(f.metric, 0.0, 1.0) else max
+    for study in searched:
+        line = None
+        spent, best, xs, ys = 0.0, None, [0.0], [None]
+        for row in study["trial_rows"]:
+            spent += row["train_time_s"] or 0.0
+            if row["status"] == "completed":  # a pruned trial's best so far was never confirmed
+                best = row["validation"] if best is None else better(best, row["validation"])
+            xs.append(spent)
+            ys.append(best)
+        points = [(x, y) for x, y in zip(xs, ys) if y is not None]
+        if points:
+            line, = ax.step(*zip(*points), where="post", marker="o", markersize=4,
+                            label=f"{study['strategy']}: search, {study['trials']} trials ({study['pruned']} pruned)")
+        grid = sorted((r for r in f.grid_runs if r["strategy"] == study["strategy"]), key=lambda r: r["finished_at"])
+        if grid:
+            spent, best, points = 0.0, None, []
+            for run in grid:
+                spent += run["train_time_s"]
+                best = run["best_metric"] if best is None else better(best, run["best_metric"])
+                points.append((spent, best))
+            ax.step(*zip(*points), where="post", linestyle="--", marker="s", markersize=4,
+                    color=line.get_color() if line else None, label=f"{study['strategy']}: grid, {len(grid)} runs")
+    ax.set_xlabel("training time spent (s, cumulative)")
+    ax.set_ylabel(f"best {f.task.label(f.metric)} so far")
+    ax.set_title(f"Search progress: best validation score against training time\n{f.dataset}, {f.model}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=9, loc="lower right")
+    return [f.save(fig, "search_progress.png")]

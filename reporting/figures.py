@@ -30,6 +30,7 @@ class Figures:
     summary: dict
     folder: Path
     data_report: dict | None = None
+    grid_runs: list[dict] = field(default_factory=list)  # a search's strategies run by the grid on the same data
     task: Task = field(init=False)
 
     def __post_init__(self):

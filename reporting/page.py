@@ -14,6 +14,7 @@ from reporting.data_report import describe_report
 from reporting.summary import COMPARISON_NOTE, VARIANTS_TITLE
 from reporting.tables import (PAIRS_TITLE, WINNER_NOTE, Column, comparison_columns, configuration_columns,
                               describe_baseline, diagnostic_columns, verdict_lines, winner_columns, winner_title)
+from config import short_key
 from tasks import TASKS
 
 REPORT_STYLE = """
@@ -102,6 +103,41 @@ def verdict_section(summary: dict) -> list[str]:
             f"<ul>{items}</ul>" if items else "", "</section>"]
 
 
+def search_section(summary: dict) -> list[str]:
+    """Each searched strategy's trials (settings, validation score, how each ended), folded under the verdict."""
+    searched = summary.get("search") or []
+    if not searched:
+        return []
+    task = TASKS[summary["task"]]
+    parts = [f"<details><summary>The search: every trial of {len(searched)} strateg{'y' if len(searched) == 1 else 'ies'}"
+             "</summary>"]
+    for study in searched:
+        columns = [Column("trial", lambda r: {}, lambda r: str(r["trial"])),
+                   *[Column(short_key(key), lambda r: {}, lambda r, key=key: setting_text(r["settings"][key]))
+                     for key in study["space"]],
+                   Column(task.label(summary["metric"]), lambda r: {},
+                          lambda r: "-" if r["validation"] is None else f"{r['validation']:.4f}"),
+                   Column("ended", lambda r: {}, trial_outcome),
+                   Column("train time (s)", lambda r: {}, lambda r: f"{r['train_time_s'] or 0:.1f}")]
+        best = study["best"] and study["best"]["trial"]
+        parts += [f"<h3>{html.escape(study['strategy'])}</h3>",
+                  html_table(columns, study["trial_rows"], lambda r, best=best: "chosen" if r["trial"] == best else "")]
+    parts.append("<p class='note'>Each trial trains and validates through the same loop as every run (test is never "
+                 "computed); the highlighted one was confirmed. A pruned trial stopped early because its best score so "
+                 "far was behind the other trials' at the same step.</p></details>")
+    return parts
+
+
+def setting_text(value) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def trial_outcome(row: dict) -> str:
+    if row["status"] == "pruned":
+        return f"pruned at step {row['pruned_at']['step']} (epoch {row['pruned_at']['epoch']:g})"
+    return row["status"]
+
+
 def figure(image: Path, caption: str) -> str:
     data = base64.b64encode(image.read_bytes()).decode()
     return (f"<figure><img alt='{html.escape(image.stem)}' src='data:image/png;base64,{data}'>"
@@ -134,7 +170,8 @@ def write_report(path: Path, summary: dict, runs: list[dict], experiment: dict |
     completed = [r for r in runs if r["status"] == "completed"]
     failed = [r for r in runs if r["status"] != "completed"]
     baseline = completed[0]["dataset"].get("majority_baseline")
-    parts = [*header_section(summary, completed, failed, data_report), *verdict_section(summary)]
+    parts = [*header_section(summary, completed, failed, data_report), *verdict_section(summary),
+             *search_section(summary)]
     if summary["verdict"].get("standings"):
         parts += [f"<h2>{html.escape(winner_title(summary))}</h2>",
                   html_table(winner_columns(summary), summary["verdict"]["standings"]),

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Callable
 
 from reporting.experiment_plots import (ablation, class_distribution, convergence, efficiency, few_shot,
-                                        length_distribution, performance)
+                                        length_distribution, performance, search_progress)
 from reporting.figures import Figures, NothingToDraw
 from reporting.task_plots import calibration, confusion_matrices, per_class_f1, predicted_vs_true
 
@@ -46,6 +46,9 @@ PLOTS: dict[str, Plot] = {
                                                   "LoRA rank ablation"),
                                "Whether a larger LoRA rank buys any score: a flat line means the smallest rank is "
                                "enough."),
+    "search_progress": Plot(search_progress, "How fast each strategy's search found its best setting: a line still "
+                            "rising at its last trial means more trials may help; beside a dashed grid line, the "
+                            "search should reach the grid's best for less training time."),
     "efficiency": Plot(efficiency, "Score against cost: strategies towards the top left give the most for the least."),
     "confusion_matrix": Plot(confusion_matrices, "Off-diagonal cells are the mistakes: which classes this strategy "
                              "confuses with which.", ("classification",)),

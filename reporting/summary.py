@@ -7,7 +7,9 @@ import functools
 
 import numpy as np
 
+from config import short_key
 from records.results import upgrade
+from schema.search import edge_of_range
 from reporting.diagnostics import diagnose
 from reporting.verdict import best_of, configuration_label, decide
 from tasks import TASKS, Task
@@ -54,10 +56,11 @@ def best_run(runs: list[dict], metric: str, task: Task) -> dict:
     return best_of(runs, lambda run: validation_score(run, metric), metric, task)
 
 
-def summarize(runs: list[dict], metric: str) -> dict:
+def summarize(runs: list[dict], metric: str, trials: list[dict] = ()) -> dict:
     """One row per configuration (strategy + grid values + shots), the best configuration of each
-    strategy chosen on the validation `metric`, and paired tests between the chosen ones. Records of any
-    layout are read through records.results.upgrade."""
+    strategy chosen on the validation `metric`, and paired tests between the chosen ones; with a search, what
+    each strategy's `trials` (their records) found. Records of any layout are read through
+    records.results.upgrade."""
     runs = [upgrade(run) for run in runs]
     task = task_of(runs)
     groups: dict[str, list[dict]] = {}
@@ -106,8 +109,39 @@ def summarize(runs: list[dict], metric: str) -> dict:
     summary = {"task": task.name, "metric": metric, "rows": rows, "comparisons": comparisons,
                "variant_comparisons": variant_comparisons(rows, chosen, groups, task),
                "diagnostics": diagnostic_rows(groups, task), "memory_note": memory_note(runs),
-               "validation_examples": sizes.get("validation"), "test_examples": sizes.get("test")}
+               "validation_examples": sizes.get("validation"), "test_examples": sizes.get("test"),
+               "search": search_summary([upgrade(t) for t in trials], metric, task)}
     return {**summary, "verdict": decide(summary)}
+
+
+def search_summary(trials: list[dict], metric: str, task: Task) -> list[dict]:
+    """Per searched strategy: its space, how its trials ended, the best setting on validation, the searched
+    keys whose best value sits at the edge of its range, and the training seconds the search spent. A
+    confirmation that reused its trial (same run id) stands for that trial."""
+    own = [t for t in trials if not t["trial"].get("confirms") or t["trial"]["confirms"] == t["run_id"]]
+    studies: dict[str, list[dict]] = {}
+    for record in own:
+        studies.setdefault(record["trial"]["study"], []).append(record)
+    found = []
+    for study, records in studies.items():
+        records = sorted(records, key=lambda r: r["trial"]["number"])
+        space = records[0]["trial"]["space"]
+        done = [r for r in records if r["status"] == "completed"]
+        best = best_of(done, lambda r: r["best_metric"], metric, task) if done else None
+        settings = {key: best["varied"][short_key(key)] for key in space} if best else {}
+        found.append({
+            "strategy": records[0]["strategy"], "study": study, "space": space, "trials": len(records),
+            "completed": len(done), "pruned": sum(r["status"] == "pruned" for r in records),
+            "failed": sum(r["status"] == "failed" for r in records),
+            "train_time_s": round(sum(r.get("train_time_s") or 0 for r in records), 2),
+            "best": {"settings": settings, "validation": best["best_metric"], "trial": best["trial"]["number"]}
+            if best else None,
+            "at_edge": {key: edge for key, value in settings.items() if (edge := edge_of_range(value, space[key]))},
+            "trial_rows": [{"trial": r["trial"]["number"], "settings": {k: r["varied"].get(short_key(k)) for k in space},
+                            "status": r["status"], "validation": r.get("best_metric"),
+                            "pruned_at": r.get("pruned_at"), "train_time_s": r.get("train_time_s")} for r in records],
+        })
+    return found
 
 
 def test_interval(runs: list[dict], task: Task) -> dict | None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import statistics
 from typing import Callable
 
+from config import short_key
 from tasks import TASKS, Task
 
 # A 95% interval wider than ±5 points (on a 0-1 score) can hide a difference most users would act on, so
@@ -107,8 +108,9 @@ def decide(summary: dict) -> dict:
     slot, shots = headline_rows(summary["rows"])
     ran = dict.fromkeys(r["strategy"] for r in summary["rows"] if r["shots_per_class"] == shots)
     not_compared = [s for s in ran if s not in {r["strategy"] for r in slot}]
+    searched = summary.get("search") or []
     if not slot:
-        return {"kind": "none", "metric": name, "not_compared": not_compared}
+        return {"kind": "none", "metric": name, "not_compared": not_compared, "searched": searched}
     best = best_per_slot(summary, task)
     winner = next(r for r in best if r["shots_per_class"] == shots)
     standings = []
@@ -146,6 +148,8 @@ def decide(summary: dict) -> dict:
         "test_examples": summary.get("test_examples"), "validation_examples": summary.get("validation_examples"),
         "other_slots": [{"shots_per_class": r["shots_per_class"], "label": configuration_label(r), "test": r["test"][name]}
                         for r in best if r is not winner],
+        "searched": [{key: s[key] for key in ("strategy", "space", "trials", "completed", "pruned", "failed", "best",
+                                              "at_edge")} for s in searched],
     }
 
 
@@ -208,7 +212,8 @@ def describe_score(winner: dict, task: Task, name: str) -> str:
 def describe(verdict: dict, task: Task) -> list[str]:
     """The verdict in plain sentences, the recommendation first and the numbers behind it after."""
     if verdict["kind"] == "none":
-        return ["No configuration completed, so there is no verdict: see the failed runs."]
+        return ["No configuration completed, so there is no verdict: see the failed runs."] + \
+            describe_search(verdict.get("searched") or [])
     name, winner = verdict["metric"], verdict["winner"]
     best, label = winner["label"], task.metric(name).label
     selection = f"{task.label(verdict['selection_metric'])} {winner['validation']['mean']:.4f}"
@@ -262,7 +267,35 @@ def describe(verdict: dict, task: Task) -> list[str]:
         lines.append("With other amounts of training data, the best on validation (test " + label + "): " + "; ".join(
             ("all examples" if o["shots_per_class"] is None else f"{o['shots_per_class']} per class")
             + f": {o['label']} ({o['test']['mean']:.4f})" for o in verdict["other_slots"]) + ".")
-    return lines + to_know_more(verdict)
+    return lines + describe_search(verdict.get("searched") or []) + to_know_more(verdict)
+
+
+def describe_range(spec: dict | list) -> str:
+    if isinstance(spec, list):
+        return "{" + ", ".join(map(str, spec)) + "}"
+    return f"{spec['low']:.3g}..{spec['high']:.3g}" + (" (log)" if spec.get("log") else "")
+
+
+def describe_search(searched: list[dict]) -> list[str]:
+    """Which strategies were searched, over what, how their trials ended, and which best settings sit at the
+    edge of their range (so that the range should be widened)."""
+    if not searched:
+        return []
+    parts = []
+    for s in searched:
+        ranges = ", ".join(f"{short_key(k)} {describe_range(v)}" for k, v in s["space"].items())
+        ended = ", ".join(f"{s[k]} {k}" for k in ("pruned", "failed") if s[k])
+        best = s["best"] and ", ".join(f"{short_key(k)} {v:.3g}" if isinstance(v, float) else f"{short_key(k)} {v}"
+                                       for k, v in s["best"]["settings"].items())
+        parts.append(f"{s['strategy']} over {ranges} ({s['trials']} trials{'; ' + ended if ended else ''}): "
+                     + (f"best {best}" if best else "no trial completed"))
+    lines = ["Each strategy's settings were searched on validation, then the best confirmed: " + "; ".join(parts) + "."]
+    for s in searched:
+        for key, edge in s["at_edge"].items():
+            lines.append(f"{s['strategy']}'s best {short_key(key)} ({s['best']['settings'][key]:.3g}) sits at the {edge} "
+                         f"edge of its range ({describe_range(s['space'][key])}): the best may lie beyond it; widen "
+                         f"search.space.{key} and search again.")
+    return lines
 
 
 def examples(count: int | None) -> str:

@@ -117,6 +117,8 @@ def _convert(value, tp) -> tuple[bool, Any]:
         ok = isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, args[1]) and (v or args[1] is dict)
                                              for k, v in value.items())
         return ok, value
+    if tp in (dict, list):  # search.space: a range or choices, typed later, key by key
+        return isinstance(value, tp), value
     if origin is dict:
         if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
             return False, value
@@ -154,6 +156,8 @@ def type_name(tp) -> str:
         return "a mapping of dotted keys to non-empty lists, e.g. {training.batch_size: [16, 32]}"
     if origin is dict and args[1] is dict:
         return "a mapping of names to settings, e.g. {plain: {}, weighted: {training.class_weights: balanced}}"
+    if origin is dict and args[1] == dict | list:
+        return "a mapping of dotted keys to {low, high, log} or a list of choices, e.g. {strategies.lora.rank: [4, 8]}"
     if origin is dict:
         return f"a mapping from names to {type_name(args[1]).removeprefix('a ').removeprefix('an ')}s"
     return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}[tp]

@@ -4,7 +4,7 @@ refuses, costs and exports), with the helpers that tell the parts of an encoder 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
@@ -18,6 +18,11 @@ Settings = dict[str, Any]  # a strategy's own config section for one run, with t
 
 def never(*args) -> None:
     return None
+
+
+def rates(low: float, high: float) -> dict[str, dict]:
+    """A search space of the learning rate alone, log-uniform from `low` to `high`."""
+    return {"learning_rate": {"low": low, "high": high, "log": True}}
 
 
 @dataclass(frozen=True)
@@ -53,6 +58,9 @@ class Strategy:
     """What in its settings does not fit the model's own config (a transformers config), or None."""
     head: Callable[[Any], Any] = lambda head: head
     """The head (a HeadConfig) it trains under the configured one: most keep it."""
+    space: dict[str, dict] = field(default_factory=lambda: rates(1e-5, 3e-4))
+    """What a search (search.method: optuna) varies by default: its own keys (strategies.<name>.<key>) to ranges
+    or lists of choices, as search.space writes them; at least the learning rate, over a range that suits it."""
 
 
 def train_only(model: PreTrainedModel, encoder_trains: Callable[[str], bool]) -> PreTrainedModel:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from transformers import PreTrainedModel
 
-from strategies.base import ACTIVATIONS, LAYER_INDEX, Settings, Strategy, train_only
+from strategies.base import ACTIVATIONS, LAYER_INDEX, Settings, Strategy, rates, train_only
 from tasks import Task
 from utils import ConfigError
 
@@ -54,6 +54,6 @@ def bottleneck_adapter(model: PreTrainedModel, settings: Settings, task: Task) -
 
 
 BOTTLENECK_ADAPTER = Strategy(
-    "bottleneck_adapter", bottleneck_adapter,
+    "bottleneck_adapter", bottleneck_adapter, space=rates(1e-4, 3e-2),
     export_refused=("bottleneck adapters are not part of any Hugging Face model class, so the folder would load "
                     "without them; use python main.py predict --run RUN (or Predictor.from_run)"))

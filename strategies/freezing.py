@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from transformers import PreTrainedModel
 
-from strategies.base import Settings, Strategy, encoder_layer_count, model_part, train_only
+from strategies.base import Settings, Strategy, encoder_layer_count, model_part, rates, train_only
 from strategies.probe import fit_logistic_regression, on_cached_features
 from tasks import Task
 
@@ -94,14 +94,14 @@ def too_many_layers(model_config, settings: Settings) -> str | None:
 # Training examples per second relative to full fine-tuning, measured on the demo data with 2 CPU cores (full
 # 80, bitfit 154, partial freezing 219, frozen encoder 321 examples/s). On a GPU they lie closer together,
 # which only makes the shards' shares a little less even.
-FULL = Strategy("full", full)
-BITFIT = Strategy("bitfit", bitfit, relative_cost=0.52)
-PARTIAL_FREEZING = Strategy("partial_freezing", partial_freezing, relative_cost=0.37,
+FULL = Strategy("full", full, space=rates(1e-5, 3e-4))
+BITFIT = Strategy("bitfit", bitfit, relative_cost=0.52, space=rates(1e-4, 3e-2))
+PARTIAL_FREEZING = Strategy("partial_freezing", partial_freezing, relative_cost=0.37, space=rates(1e-5, 1e-3),
                             model_problems=lambda settings, model_config: too_many_layers(model_config, settings))
 GRADUAL_UNFREEZING = Strategy("gradual_unfreezing", gradual_unfreezing, before_epoch=unfreeze_for_epoch,
-                              schedule=unfreezing_schedule)
+                              schedule=unfreezing_schedule, space=rates(1e-5, 3e-4))
 FROZEN_ENCODER = Strategy(
-    "frozen_encoder", frozen_encoder, relative_cost=0.25,
+    "frozen_encoder", frozen_encoder, relative_cost=0.25, space=rates(3e-3, 1.0),
     fit=lambda settings: fit_logistic_regression if settings["classifier"] == "logistic_regression" else None,
     feature_view=lambda settings: on_cached_features if settings["cache_features"] else None,
     passes=lambda settings, epochs: 1 if settings["classifier"] == "logistic_regression" else epochs)

@@ -7,7 +7,7 @@ import peft
 import torch
 from transformers import PreTrainedModel
 
-from strategies.base import Settings, Strategy
+from strategies.base import Settings, Strategy, rates
 from tasks import Task
 from utils import ConfigError
 
@@ -76,10 +76,10 @@ def shifts_positions(task: Task, cfg) -> str | None:
 
 # Training examples per second relative to full fine-tuning, measured on the demo data with 2 CPU cores (full
 # 80, lora 101, prompt tuning 77 examples/s).
-LORA = Strategy("lora", lora, relative_cost=0.8)
-IA3 = Strategy("ia3", ia3)
-LOHA = Strategy("loha", loha)
-LOKR = Strategy("lokr", lokr)
+LORA = Strategy("lora", lora, relative_cost=0.8, space=rates(1e-4, 1e-2))
+IA3 = Strategy("ia3", ia3, space=rates(1e-3, 1e-1))
+LOHA = Strategy("loha", loha, space=rates(3e-4, 3e-2))
+LOKR = Strategy("lokr", lokr, space=rates(3e-4, 3e-2))
 PROMPT_TUNING = Strategy(
-    "prompt_tuning", prompt_tuning, refuses=shifts_positions, relative_cost=1.04,
+    "prompt_tuning", prompt_tuning, refuses=shifts_positions, relative_cost=1.04, space=rates(3e-3, 3e-1),
     extra_positions=lambda settings: ("strategies.prompt_tuning.num_virtual_tokens", settings["num_virtual_tokens"]))

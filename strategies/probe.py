@@ -128,7 +128,7 @@ def the_linear_layer(head: torch.nn.Module) -> torch.nn.Linear:
 
 
 def fit_logistic_regression(model, encoded: Encoded, cfg: Config, learning_rate: float, run_dir: Path, accelerator,
-                            run_key: dict, resume: bool = False, on_epoch=None, rates=None,
+                            run_key: dict, resume: bool = False, on_evaluation=None, rates=None,
                             before_epoch=None) -> dict:
     """Fit scikit-learn's logistic regression on the head's input features (standardised on the training split)
     at each C of C_VALUES, keep the C the validation metric of early stopping prefers, and write that solution
@@ -165,15 +165,15 @@ def fit_logistic_regression(model, encoded: Encoded, cfg: Config, learning_rate:
         linear.weight.copy_(torch.as_tensor(weight, dtype=linear.weight.dtype))
         linear.bias.copy_(torch.as_tensor(bias, dtype=linear.bias.dtype))
     seconds = spent["train"]
-    entry = {"epoch": 1, "train_loss": train_loss, **scores, "lr": None, "seconds": seconds}
-    if on_epoch:
-        on_epoch(entry)
+    entry = {"epoch": 1, "step": 0, "train_loss": train_loss, **scores, "lr": None, "seconds": seconds}
+    if on_evaluation:
+        on_evaluation(entry)
     trained = {name for name, param in model.named_parameters() if param.requires_grad}
     with stopwatch(spent, "checkpoint"):
         save_weights(run_dir / BEST_WEIGHTS, trainable_weights(model, accelerator, trained), run_key, 1)
     logger.info("logistic regression: C=%g chosen on %s (%.4f) from %s | %.1fs", c, metric, scores[metric],
                 ", ".join(f"{t['C']:g}: {t[metric]:.4f}" for t in tried), seconds)
-    return {"history": [entry], "best_epoch": 1, "best_metric": scores[metric],
+    return {"history": [entry], "best_epoch": 1, "best_step": 0, "best_metric": scores[metric],
             "stop_reason": f"logistic regression: C={c:g} chosen on {metric} from {len(C_VALUES)} values",
             "optimizer_steps": 0, "train_time_s": round(seconds, 2),
             "train_samples_per_s": round(len(y["train"]) / seconds, 2),

@@ -13,7 +13,7 @@ import torch
 
 from config import Config, HeadConfig, strategy_settings
 from data import Encoded
-from strategies.base import Settings, Strategy
+from strategies.base import Settings, Strategy, rates
 from strategies.probe import fit_logistic_regression
 from tasks import Task
 from utils import ConfigError
@@ -28,7 +28,7 @@ def encodings_per_text(settings: dict) -> int:
 
 
 def fit_setfit(model, encoded: Encoded, cfg: Config, learning_rate: float, run_dir: Path, accelerator, run_key: dict,
-               resume: bool = False, on_epoch=None, rates=None,
+               resume: bool = False, on_evaluation=None, rates=None,
                before_epoch=None) -> dict:
     """Tune the model's encoder with SetFit's contrastive pairs (the sentence-transformers body shares the
     encoder's modules, so the model itself is tuned), then fit the head; returns what trainer.train returns."""
@@ -60,7 +60,7 @@ def fit_setfit(model, encoded: Encoded, cfg: Config, learning_rate: float, run_d
     body_seconds = time.perf_counter() - started
     logger.info("setfit: contrastive training of the encoder on %d texts took %.1fs", len(texts), body_seconds)
     result = fit_logistic_regression(model, encoded, cfg, learning_rate, run_dir, accelerator, run_key, resume,
-                                     on_epoch, rates)
+                                     on_evaluation, rates)
     result["train_time_s"] = round(result["train_time_s"] + body_seconds, 2)
     # texts encoded per second, as for the loop's epochs: both texts of every pair in every pass
     result["train_samples_per_s"] = round(encodings_per_text(settings) * len(texts) / result["train_time_s"], 2)
@@ -94,4 +94,5 @@ def setfit_head(head: HeadConfig) -> HeadConfig:
 
 
 SETFIT = Strategy("setfit", setfit, fit=lambda settings: fit_setfit, refuses=refuses, one_process=True,
+                  space=rates(5e-6, 1e-4),
                   passes=lambda settings, epochs: encodings_per_text(settings), head=setfit_head)

@@ -14,7 +14,7 @@ RECORD_KEYS = {"run_id", "strategy", "status", "hyperparameters", "model", "data
                "total_params", "trainable_pct", "history", "best_epoch", "stop_reason", "test", "train_time_s",
                "train_samples_per_s", "validation_time_s", "checkpoint_time_s", "run_time_s", "peak_memory_mb",
                "versions"}
-HISTORY_KEYS = {"epoch", "train_loss", "val_loss", "lr", "seconds"} | {f"val_{m.name}" for m in TASKS["classification"].metrics}
+HISTORY_KEYS = {"epoch", "step", "train_loss", "val_loss", "lr", "seconds"} | {f"val_{m.name}" for m in TASKS["classification"].metrics}
 
 
 def main_py(*args, cwd=ROOT):

@@ -87,9 +87,9 @@ def test_a_tensorboard_tracker_logs_each_epoch_and_the_test_scores(write_config,
     events.Reload()
     for key in ("train_loss", "val_loss", "val_macro_f1", "lr"):
         logged = [(e.step, e.value) for e in events.Scalars(key)]
-        assert logged == [(h["epoch"], pytest.approx(h[key], rel=1e-6)) for h in record["history"]], key
+        assert logged == [(h["step"], pytest.approx(h[key], rel=1e-6)) for h in record["history"]], key
     [(step, value)] = [(e.step, e.value) for e in events.Scalars("test_accuracy")]
-    assert step == record["best_epoch"] and value == pytest.approx(record["test"]["accuracy"], rel=1e-6)
+    assert step == record["best_step"] and value == pytest.approx(record["test"]["accuracy"], rel=1e-6)
 
 
 def test_an_unknown_or_missing_tracker_is_a_config_error(write_config, capsys):

@@ -239,3 +239,50 @@ def test_training_time_leaves_out_mid_epoch_checkpoints(write_config, tmp_path, 
     result = run(cfg, data, encoded, tmp_path / "r")[1]
     assert result["checkpoint_time_s"] >= 700  # 6 in the epoch and one at its end
     assert result["train_time_s"] < 1 and result["history"][0]["seconds"] < 1
+
+
+def test_validation_every_n_steps_inside_epochs_and_early_stopping_counts_evaluations(write_config, tmp_path,
+                                                                                        monkeypatch):
+    # 54 training rows in batches of 8: 7 optimizer steps an epoch; validated at every third step and at each end
+    cfg, data, encoded = prepared(write_config(), ["training.num_epochs=2", "training.early_stopping.enabled=false",
+                                                   "training.eval_every_steps=3"])
+    _, result = run(cfg, data, encoded, tmp_path / "every")
+    assert [h["step"] for h in result["history"]] == [3, 6, 7, 9, 12, 14]
+    assert [h["epoch"] for h in result["history"]] == [0.429, 0.857, 1, 1.286, 1.714, 2]
+    assert result["train_time_s"] == pytest.approx(sum(h["seconds"] for h in result["history"]), abs=0.02)
+    best = max(result["history"], key=lambda h: h["val_macro_f1"])
+    assert (result["best_epoch"], result["best_step"]) == (best["epoch"], best["step"])
+
+    cfg, data, encoded = prepared(write_config(), ["training.num_epochs=5", "training.early_stopping.patience=2",
+                                                   "training.eval_every_steps=3"])
+    scores = iter([0.5, 0.7, 0.69, 0.7, 0.9])  # best at the second evaluation, then two without improvement
+    other_metrics = {m.name: 0.5 for m in TASKS["classification"].metrics}
+    monkeypatch.setattr(trainer, "evaluate", lambda *a, **k: {"loss": 1.0, **other_metrics, "macro_f1": next(scores)})
+    _, result = run(cfg, data, encoded, tmp_path / "stops")
+    assert [h["step"] for h in result["history"]] == [3, 6, 7, 9]  # stopped inside epoch 2
+    assert (result["best_epoch"], result["best_step"], result["optimizer_steps"]) == (0.857, 6, 9)
+    assert result["stop_reason"].startswith("early stopping: val_macro_f1 did not improve for 2 evaluations")
+
+
+def test_a_run_resumed_between_evaluations_inside_an_epoch_equals_uninterrupted(write_config, tmp_path, monkeypatch):
+    cfg, data, encoded = prepared(write_config(), ["training.num_epochs=2", "training.early_stopping.enabled=false",
+                                                   "training.eval_every_steps=3", "training.checkpoint_every_steps=3"])
+    straight, expected = run(cfg, data, encoded, tmp_path / "straight")
+    real_evaluate, calls = trainer.evaluate, []
+
+    def evaluate_then_crash(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 5:  # step 12's evaluation: the last checkpoint is step 9's, after four evaluations
+            raise KeyboardInterrupt
+        return real_evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "evaluate", evaluate_then_crash)
+    with pytest.raises(KeyboardInterrupt):
+        run(cfg, data, encoded, tmp_path / "interrupted")
+    monkeypatch.setattr(trainer, "evaluate", real_evaluate)
+    saved = torch.load(tmp_path / "interrupted" / "last.pt", weights_only=True)["state"]
+    assert (saved["step"], saved["batches_done"], len(saved["history"])) == (9, 2, 4)
+    torch.manual_seed(12345)
+    resumed, result = run(cfg, data, encoded, tmp_path / "interrupted", resume=True)
+    assert_same_run(straight, expected, resumed, result)
+    assert (result["best_epoch"], result["best_step"]) == (expected["best_epoch"], expected["best_step"])

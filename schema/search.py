@@ -1,0 +1,84 @@
+"""The `search:` config section (how each strategy's settings are chosen: the config's grid, or an Optuna
+search pruned on validation), with the checks of its own values and of each range in its space."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from schema.checks import list_problem, problem
+
+# Each field's docstring (the string under it) is its help text: docs/config.md is generated from them.
+
+
+@dataclass
+class SearchConfig:
+    method: Literal["grid", "optuna"] = "grid"
+    """`grid`: the runs the config's lists make (rates, ranks, sweep, variants), each to its full budget; `optuna`: per strategy, `trials` settings drawn from its space, each trial pruned on validation when it falls behind, then the best confirmed with `confirm_seeds` (docs/search.md)."""
+    trials: int = 8
+    """Trials per strategy, the config's own setting first (so a search is never worse than the config alone)."""
+    space: dict[str, dict | list] = field(default_factory=dict)
+    """Dotted key -> `{low, high, log}` (a range; integers when both ends are) or a list of choices; a `strategies.<name>.` key searches that strategy only. Replaces the key's range in each strategy's own default space (its learning rate, over a range that suits the method)."""
+    pruner: Literal["none", "median", "successive_halving"] = "successive_halving"
+    """Optuna's pruner, judging each trial's best validation score so far after every evaluation: none, the median of earlier trials at the same step, or successive halving (keeps the best quarter at each rung)."""
+    sampler_seed: int = 0
+    """Seeds Optuna's TPE sampler: the same seed draws the same settings."""
+    time_budget: float | None = None
+    """Seconds after which no new trial starts (strategies take turns, so each gets about its share); the trials done are then confirmed. null: `trials` each."""
+    confirm_top_k: int = 1
+    """The best settings of each strategy (by validation) run again with `confirm_seeds`, tested, and compared by the verdict."""
+    confirm_seeds: list[int] | None = None
+    """Seeds of the confirmation runs; null: training.seeds, else training.seed. A trial with the same seed that ran to its end is reused, tested from its kept weights."""
+    storage: str | None = None
+    """Where the studies live: null, a journal file in output.dir (resumable; workers of --shard K/N on one folder share it); or a database URL (e.g. postgresql://...) for many machines."""
+
+    def __post_init__(self):  # YAML 1.1 reads 1e-5 (no dot) as a string
+        self.space = {key: {k: numeric(v) for k, v in spec.items()} if isinstance(spec, dict) else spec
+                      for key, spec in self.space.items()}
+
+    def problems(self) -> list[str]:
+        return (problem(self.trials >= 1, "search.trials", self.trials, "an integer >= 1")
+                + problem(self.time_budget is None or self.time_budget > 0, "search.time_budget", self.time_budget,
+                          "seconds > 0, or null")
+                + problem(self.confirm_top_k >= 1, "search.confirm_top_k", self.confirm_top_k, "an integer >= 1")
+                + list_problem(self.confirm_seeds, "search.confirm_seeds", lambda v: True, "integers")
+                + [p for key, spec in self.space.items() for p in range_problems(f"search.space.{key}", spec)])
+
+
+def range_problems(key: str, spec: dict | list) -> list[str]:
+    """What is wrong with one searched range: `{low, high, log}` or a non-empty list of distinct choices."""
+    if isinstance(spec, list):
+        return problem(len(spec) > 0 and len({repr(v) for v in spec}) == len(spec), key, spec,
+                       "a non-empty list of distinct choices, or {low, high, log}")
+    allowed = "{low: number, high: number above low, log: true or false} (log needs low > 0)"
+    if set(spec) - {"low", "high", "log"} or not {"low", "high"} <= set(spec):
+        return problem(False, key, spec, allowed)
+    low, high, log = spec["low"], spec["high"], spec.get("log", False)
+    numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (low, high))
+    return problem(numbers and isinstance(log, bool) and low < high and (not log or low > 0), key, spec, allowed)
+
+
+def numeric(value):
+    """A number written as YAML 1.1 leaves it (`1e-5` is a string there) as a float; anything else as it is."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
+def range_values(spec: dict | list) -> list[Any]:
+    """Values a range holds that a config must accept: its ends, or every choice."""
+    return list(spec) if isinstance(spec, list) else [spec["low"], spec["high"]]
+
+
+def edge_of_range(value, spec: dict | list) -> str | None:
+    """"low" or "high" when a value lies in the outer tenth of its range (by log where the range is): a best
+    setting there may lie beyond it. None inside, and for choices."""
+    if isinstance(spec, list):
+        return None
+    scale = math.log if spec.get("log") else float
+    position = (scale(value) - scale(spec["low"])) / (scale(spec["high"]) - scale(spec["low"]))
+    return "low" if position < 0.1 else "high" if position > 0.9 else None

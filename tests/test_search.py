@@ -1,0 +1,231 @@
+"""The pruned search (search.method: optuna): its config checks, trials as validated runs, pruning and failures,
+confirmation, caching, recovery from a killed worker, and two workers on one study."""
+
+import json
+import os
+import subprocess
+import sys
+
+import optuna
+import pytest
+
+import experiment.one_run
+import experiment.search
+import main
+import visualize
+from config import load_config
+from conftest import ROOT
+from records.results import read_results, results_file
+from schema.search import edge_of_range
+from strategies import STRATEGIES
+from trainer import TrainingFailed
+from utils import ConfigError
+
+
+def search_config(write_config, **search):
+    return write_config(search={"method": "optuna", "trials": 3, **search}, training={"num_epochs": 2})
+
+
+def records(tmp_path) -> list[dict]:
+    return read_results(results_file(tmp_path / "outputs"))
+
+
+def own_trials(runs: list[dict]) -> dict[tuple[str, int], dict]:
+    """Each trial's record by (study, number): a confirmation that reused its trial's run stands for it."""
+    return {(r["trial"]["study"], r["trial"]["number"]): r for r in runs
+            if r["trial"] and r["trial"].get("confirms") in (None, r["run_id"])}
+
+
+def journal(tmp_path):
+    return experiment.search.study_journal(tmp_path / "outputs" / "search")
+
+
+@pytest.mark.parametrize("search, message", [
+    ({"space": {"strategies.lora.rnak": [4, 8]}},
+     "search.space.strategies.lora.rnak: unknown key 'strategies.lora.rnak'; did you mean 'strategies.lora.rank'?"),
+    ({"space": {"strategies.lora.rank": {"low": 8, "high": 4}}}, "search.space.strategies.lora.rank: got {'high': 4, 'low': 8}, allowed: {low: number, high: number above low"),
+    ({"space": {"training.learning_rate": {"low": 1e-5, "high": 1e-3, "log": True}}},
+     "search.space.training.learning_rate: cannot be searched (each strategy searches its own rate"),
+    ({"space": {"strategies.lora.rank": [0, 4]}}, "search.space.strategies.lora.rank: strategies.lora.rank: got 0"),
+    ({"pruner": "hyperband"}, "search.pruner: expected one of 'none', 'median', 'successive_halving'"),
+])
+def test_a_mistake_in_the_search_fails_before_anything_runs(write_config, tmp_path, capsys, search, message):
+    config = write_config(search={"method": "optuna", **search})
+    with pytest.raises(ConfigError, match=None) as err:
+        load_config(config)
+    assert message in str(err.value)
+    assert main.main(["--config", str(config)]) == 2
+    assert message in capsys.readouterr().err and not (tmp_path / "outputs").exists()
+
+
+def test_a_search_does_not_mix_with_the_grid(write_config):
+    config = write_config(search={"method": "optuna"}, sweep={"training.batch_size": [4, 8]})
+    with pytest.raises(ConfigError, match="sweep: set with search.method: optuna, which chooses each strategy's "
+                                          "settings itself; put the keys it varies in search.space"):
+        load_config(config)
+    with pytest.raises(ConfigError, match="search.space: set with search.method: grid, which ignores it"):
+        load_config(write_config(search={"space": {"strategies.lora.rank": [4, 8]}}))
+
+
+def test_every_strategy_declares_a_rate_range_that_a_run_accepts(write_config):
+    cfg = load_config(write_config())
+    for name, strategy in STRATEGIES.items():
+        rate = strategy.space["learning_rate"]
+        assert 0 < rate["low"] < rate["high"] and rate["log"], name
+    # full fine-tuning's rates sit far below the adapters'
+    assert STRATEGIES["full"].space["learning_rate"]["high"] < STRATEGIES["prompt_tuning"].space["learning_rate"]["low"]
+    assert experiment.search.searched_space(cfg, "lora") == {"strategies.lora.learning_rate": STRATEGIES["lora"].space[
+        "learning_rate"]}
+
+
+def test_trials_are_validated_runs_and_the_verdict_compares_their_confirmations(write_config, tmp_path, monkeypatch):
+    # rates at which the tiny model learns in two epochs, so that the trials differ
+    config = write_config(search={"method": "optuna", "trials": 3, "confirm_seeds": [42, 7], "space": {
+        "strategies.bitfit.learning_rate": {"low": 1e-2, "high": 1e-1, "log": True},
+        "strategies.lora.learning_rate": {"low": 3e-3, "high": 3e-2, "log": True}}},
+        training={"num_epochs": 2}, strategies={"bitfit": {"learning_rate": 0.03}, "lora": {"learning_rate": 0.01}})
+    assert main.main(["--config", str(config), "--strategy", "bitfit", "--strategy", "lora"]) == 0
+    runs = records(tmp_path)
+    trials = own_trials(runs)
+    assert sorted(number for _, number in trials) == [0, 0, 1, 1, 2, 2]  # three per strategy
+    untested = [r for r in runs if r["trial"] and not r["trial"].get("confirms")]
+    assert untested and all("test" not in r and "test_predictions" not in r for r in untested)
+    # the first trial of each study is the config's own setting
+    firsts = {r["strategy"]: r["varied"]["learning_rate"] for (_, number), r in trials.items() if number == 0}
+    assert firsts == {"bitfit": 0.03, "lora": 0.01}
+    confirmations = [r for r in runs if r["trial"] and r["trial"].get("confirms")]
+    assert len(confirmations) == 4 and all("test" in r for r in confirmations)  # two strategies x two seeds
+    for strategy in ("bitfit", "lora"):
+        done = [r for r in trials.values() if r["strategy"] == strategy and r["status"] == "completed"]
+        best = max(sorted(done, key=lambda r: r["trial"]["number"]), key=lambda r: r["best_metric"])  # ties: first
+        assert {r["trial"]["number"] for r in confirmations if r["strategy"] == strategy} == {best["trial"]["number"]}
+    # seed 42 is the trials' own: its confirmation tested the trial's kept weights instead of training again
+    reused = [r for r in confirmations if r["seed"] == 42]
+    assert all(r["run_id"] == r["trial"]["confirms"] for r in reused)
+    experiment_file = json.loads((tmp_path / "outputs" / "results" / "experiment.json").read_text())
+    assert set(experiment_file["run_ids"]) == {r["run_id"] for r in confirmations}
+    summary = (tmp_path / "outputs" / "results" / "summary.md").read_text()
+    assert "Each strategy's settings were searched on validation, then the best confirmed: bitfit over " \
+           "learning_rate 0.01..0.1 (log) (3 trials" in summary
+    checkpoints = tmp_path / "outputs" / "checkpoints"
+    kept = {p.parent.name for p in checkpoints.glob("*/*/best.safetensors")}
+    assert kept == {r["run_id"] for r in confirmations}  # the other trials' weights are gone
+
+    assert visualize.main(["--output-dir", str(tmp_path / "outputs")]) == 0
+    assert (tmp_path / "outputs" / "plots" / "search_progress.png").is_file()
+    report = (tmp_path / "outputs" / "report.html").read_text()
+    assert "The search: every trial of 2 strategies" in report and "<h3>lora</h3>" in report
+
+    # a second run of the same experiment trains nothing: every trial and confirmation is cached
+    monkeypatch.setattr(experiment.one_run, "fit_and_test", lambda *a, **k: pytest.fail("a run trained again"))
+    assert main.main(["--config", str(config), "--strategy", "bitfit", "--strategy", "lora"]) == 0
+    assert len(records(tmp_path)) == len(runs)
+
+
+def test_pruned_and_failed_trials_are_recorded_and_never_chosen(write_config, tmp_path, monkeypatch):
+    config = search_config(write_config, trials=4)
+    real_fit = experiment.one_run.fit_and_test
+
+    def fit_failing_trial_one(run, *args, **kwargs):
+        if run.trial["number"] == 1 and not run.trial.get("confirms"):
+            raise TrainingFailed("training loss became nan or infinite at optimizer step 3")
+        return real_fit(run, *args, **kwargs)
+
+    monkeypatch.setattr(experiment.one_run, "fit_and_test", fit_failing_trial_one)
+    # trials 2 and 3 are pruned at their first evaluation, however well they do
+    monkeypatch.setattr(optuna.pruners.SuccessiveHalvingPruner, "prune", lambda self, study, trial: trial.number >= 2)
+    assert main.main(["--config", str(config), "--strategy", "bitfit"]) == 0
+    runs = records(tmp_path)
+    trials = {number: r for (_, number), r in own_trials(runs).items()}
+    assert [trials[n]["status"] for n in range(4)] == ["completed", "failed", "pruned", "pruned"]
+    assert trials[1]["error"].startswith("TrainingFailed: training loss became nan")
+    for number in (2, 3):
+        pruned = trials[number]
+        assert pruned["pruned_at"] == {"step": 7, "epoch": 1} and len(pruned["history"]) == 1
+        assert "test" not in pruned
+    [confirmation] = [r for r in runs if r["trial"].get("confirms")]
+    assert confirmation["trial"]["number"] == 0
+    summary = (tmp_path / "outputs" / "results" / "summary.md").read_text()
+    assert "bitfit over learning_rate 0.0001..0.03 (log) (4 trials; 2 pruned, 1 failed): best learning_rate 0.001" \
+        in summary
+
+
+def test_a_trial_left_running_by_a_killed_worker_runs_again_and_counts_once(write_config, tmp_path, monkeypatch):
+    config = search_config(write_config, trials=2)
+
+    def killed(*args, **kwargs):
+        raise SystemExit("killed")  # nothing in the runner catches it: the trial stays running in the study
+
+    monkeypatch.setattr(experiment.search, "run_one", killed)
+    with pytest.raises(SystemExit):
+        main.main(["--config", str(config), "--strategy", "bitfit"])
+    storage = journal(tmp_path)
+    [study] = optuna.get_all_study_summaries(storage)
+    [left] = optuna.load_study(study_name=study.study_name, storage=storage).get_trials()
+    assert left.state == optuna.trial.TrialState.RUNNING
+    # its worker's process is gone (the number of one that has ended)
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    storage.set_trial_user_attr(left._trial_id, "worker", {**left.user_attrs["worker"], "pid": int(gone.stdout)})
+    monkeypatch.undo()
+
+    assert main.main(["--config", str(config), "--strategy", "bitfit"]) == 0
+    trials = optuna.load_study(study_name=study.study_name, storage=journal(tmp_path)).get_trials()
+    counted = [t for t in trials if not t.user_attrs.get("interrupted")]
+    assert [t.state for t in counted] == [optuna.trial.TrialState.COMPLETE] * 2
+    assert counted[0].params == left.params and counted[0].user_attrs["rerun_of"] == left.number
+    assert len(own_trials(records(tmp_path))) == 2
+
+
+def test_a_running_trial_of_a_live_worker_is_left_alone(tmp_path):
+    lease = tmp_path / "lease"
+    assert experiment.search.alive({"host": os.uname().nodename, "pid": os.getppid()}, lease)
+    assert not experiment.search.alive({"host": "elsewhere", "pid": 1}, lease)  # no lease: silent
+    lease.touch()
+    assert experiment.search.alive({"host": "elsewhere", "pid": 1}, lease)
+
+
+def test_two_workers_share_one_study_without_running_a_trial_twice(write_config, tmp_path):
+    config = search_config(write_config, trials=4)
+    workers = [subprocess.Popen([sys.executable, str(ROOT / "main.py"), "--config", str(config), "--strategy", "bitfit",
+                                 "--shard", f"{k}/2"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}) for k in (0, 1)]
+    logs = [worker.communicate(timeout=300)[1] for worker in workers]
+    assert [worker.returncode for worker in workers] in ([0, 1], [1, 0], [0, 0]), logs  # a shard may wait for another
+    started = [line.split("search bitfit: ")[1] for log in logs for line in log.splitlines() if "search bitfit: trial" in line]
+    assert len(started) == 4 and len(set(started)) == 4, started
+    storage = journal(tmp_path)
+    [study] = optuna.get_all_study_summaries(storage)
+    trials = optuna.load_study(study_name=study.study_name, storage=storage).get_trials()
+    assert len(trials) == 4 and len({t.user_attrs["run_id"] for t in trials}) == 4
+    assert {t.user_attrs["worker"]["pid"] for t in trials} <= {w.pid for w in workers}
+
+
+def test_a_best_value_near_the_end_of_its_range_is_at_its_edge():
+    rates = {"low": 1e-4, "high": 1e-2, "log": True}
+    assert edge_of_range(1.1e-4, rates) == "low" and edge_of_range(9e-3, rates) == "high"
+    assert edge_of_range(1e-3, rates) is None and edge_of_range(8, [4, 8]) is None
+    assert edge_of_range(0.095, {"low": 0.0, "high": 0.1}) == "high"
+
+
+def test_the_verdict_names_what_was_searched_and_a_best_rate_at_the_edge_of_its_range():
+    from reporting.summary import search_summary
+    from reporting.verdict import describe_search
+    from tasks import TASKS
+
+    space = {"strategies.lora.learning_rate": {"low": 1e-4, "high": 1e-2, "log": True}}
+
+    def trial(number, rate, status, score):
+        return {"run_id": f"lora-{number}", "strategy": "lora", "status": status, "best_metric": score,
+                "varied": {"learning_rate": rate}, "train_time_s": 10.0, "pruned_at": None,
+                "trial": {"study": "lora-s", "number": number, "space": space}}
+
+    trials = [trial(0, 1e-3, "completed", 0.80), trial(1, 9.5e-3, "completed", 0.90), trial(2, 2e-4, "pruned", 0.95),
+              trial(3, 3e-3, "failed", None)]
+    [found] = search_summary(trials, "val_macro_f1", TASKS["classification"])
+    assert found["best"] == {"settings": {"strategies.lora.learning_rate": 9.5e-3}, "validation": 0.90, "trial": 1}
+    assert (found["completed"], found["pruned"], found["failed"], found["train_time_s"]) == (2, 1, 1, 40.0)
+    assert describe_search([found]) == [
+        "Each strategy's settings were searched on validation, then the best confirmed: lora over learning_rate "
+        "0.0001..0.01 (log) (4 trials; 1 pruned, 1 failed): best learning_rate 0.0095.",
+        "lora's best learning_rate (0.0095) sits at the high edge of its range (0.0001..0.01 (log)): the best may "
+        "lie beyond it; widen search.space.strategies.lora.learning_rate and search again."]
