@@ -146,6 +146,8 @@ class TrainingConfig:
     """Weight of each class in the training loss: `balanced` (n / (classes x count), from the run's own training rows), a list in label order, or {label: weight}; null: all 1."""
     focal_gamma: float = 2.0
     """Focal loss's exponent: how much well-classified examples are down-weighted (0 gives cross-entropy); the class weights act as its alpha."""
+    calibration: Literal["none", "temperature"] = "none"
+    """`temperature`: after training, fit one temperature on the validation logits (the one that minimises their negative log-likelihood) and fold it into the head's last linear layer, so that the run's probabilities, predict's and an export's, mean what they say; test is reported after it and, as `test_uncalibrated`, before. Classification only; its decisions do not change."""
     label_smoothing: float = 0.0
     """Share of each target spread evenly over all classes (cross-entropy only)."""
     sampler: Literal["random", "oversample", "undersample"] = "random"
@@ -319,6 +321,8 @@ def _rule_problems(cfg: Config) -> list[str]:
     require(not (d.augment.enabled and d.text_pair_column), "data.augment.enabled", d.augment.enabled,
             "false with data.text_pair_column (augmentation perturbs single texts)")
     if d.task in TASKS:
+        require(t.calibration == "none" or TASKS[d.task].calibrates, "training.calibration", t.calibration,
+                f"none with data.task: {d.task} (a temperature calibrates the class probabilities of classification)")
         problems += TASKS[d.task].config_problems(cfg)
         choices = TASKS[d.task].selection_metrics()
         require(t.early_stopping.metric in (None, *choices), "training.early_stopping.metric", t.early_stopping.metric,

@@ -1,6 +1,7 @@
 """The model: where its weights come from (Hub, folder or a bundled package), the checks that need its
-config, the task head (the model's own, or a linear or MLP head on pooled hidden states), and building a
-run's model: pre-trained (or an earlier run's) weights, the head, then the strategy's wrapping."""
+config, the task head (the model's own, or a linear or MLP head on pooled hidden states, and its calibration
+by a temperature), and building a run's model: pre-trained (or an earlier run's) weights, the head, then the
+strategy's wrapping."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import importlib
 import logging
 from pathlib import Path
 
+import numpy as np
 import peft
 import torch
 from transformers import AutoConfig, AutoTokenizer, PreTrainedModel
@@ -84,6 +86,53 @@ def with_head(model: PreTrainedModel, head: HeadConfig, num_labels: int) -> PreT
             model._init_weights(layer)
     model.__class__ = type(f"{type(model).__name__}WithPooledHead", (PooledHeadForward, type(model)), {})
     return model
+
+
+def fit_temperature(logits, labels) -> float:
+    """The temperature T that minimises the mean negative log-likelihood of softmax(logits / T) on these
+    examples (LBFGS over log T, so that T stays positive)."""
+    x = torch.as_tensor(np.asarray(logits), dtype=torch.float64)
+    y = torch.as_tensor(np.asarray(labels), dtype=torch.long)
+    log_t = torch.zeros((), dtype=torch.float64, requires_grad=True)
+    optimizer = torch.optim.LBFGS([log_t], lr=0.5, max_iter=100, line_search_fn="strong_wolfe")
+
+    def closure():
+        optimizer.zero_grad()
+        loss = torch.nn.functional.cross_entropy(x / log_t.exp(), y)
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    return float(log_t.exp())
+
+
+def fold_temperature(module: torch.nn.Module, inputs: dict, temperature: float) -> list[str]:
+    """Divide the weights and bias of the linear layer whose output is the model's logits by `temperature`, so
+    that the model itself gives softmax(logits / T); which layer that is, one forward pass over `inputs` (a
+    batch) tells, whatever the head and the strategy's wrapping. Returns the folded parameters' names."""
+    outputs = {}
+    layers = {name: layer for name, layer in module.named_modules() if isinstance(layer, torch.nn.Linear)}
+    hooks = [layer.register_forward_hook(lambda _, args, out, name=name: outputs.__setitem__(name, out))
+             for name, layer in layers.items()]
+    module.eval()
+    try:
+        with torch.no_grad():
+            logits = module(**inputs).logits
+    finally:
+        for hook in hooks:
+            hook.remove()
+    found = [name for name, out in outputs.items() if out.shape == logits.shape and torch.equal(out, logits)]
+    if not found:
+        raise ValueError("training.calibration: no linear layer of this model gives its logits, so a temperature "
+                         "cannot be folded into it")
+    folded = []
+    with torch.no_grad():
+        for name in found:
+            for kind in ("weight", "bias"):
+                if getattr(layers[name], kind) is not None:
+                    getattr(layers[name], kind).div_(temperature)
+                    folded.append(f"{name}.{kind}")
+    return folded
 
 
 def export_refused(strategy: Strategy, head: HeadConfig) -> str | None:

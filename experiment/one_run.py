@@ -18,15 +18,16 @@ from config import Config
 from data import Encoded, LabelledData
 from experiment.plan import Run, short_key
 from records.measure import PeakMemory, device_name, library_versions
-from model import build_model, export_refused, new_head_reason, parameter_counts, part_learning_rates
-from records.checkpoints import drop_checkpoints, saved_run_key
+from model import (build_model, export_refused, fit_temperature, fold_temperature, new_head_reason, parameter_counts,
+                   part_learning_rates)
+from records.checkpoints import BEST_WEIGHTS, drop_checkpoints, load_weights, save_weights, saved_run_key
 from records.results import RUN_RECORD, SCHEMA_VERSION, results_file, save_record
 from reporting.data_report import DATA_REPORT
 from reporting.diagnostics import diagnose
 from strategies import STRATEGIES
 from tasks import TASKS
 from experiment.trackers import run_trackers
-from trainer import evaluate, train
+from trainer import device_batch, evaluate, model_inputs, train
 from utils import ConfigError, atomic_write_bytes, atomic_write_json, set_seed
 
 logger = logging.getLogger("bertlab")
@@ -180,14 +181,49 @@ def fit_and_test(run: Run, cfg: Config, data: LabelledData, encoded: Encoded, ac
                   "unfreezing": strategy.schedule(model, settings)}
         if run.trial and not run.trial.get("confirms"):  # a search trial: test stays unseen
             return fitted
+        uncalibrated = None
+        if cfg.training.calibration == "temperature":
+            fitted["calibration"], uncalibrated = calibrate(trained, inputs, cfg, accelerator, task, run_dir)
         test = evaluate(trained, inputs, "test", cfg.training, accelerator, task)
         trackers.log({f"test_{name}": test[name] for name in ["loss"] + [m.name for m in task.metrics]},
                      step=result["best_step"])
+    if uncalibrated is not None:
+        fitted["test_uncalibrated"] = {"loss": uncalibrated["loss"], **task.test_report(
+            uncalibrated["truth"], uncalibrated["values"], data.label_names)}
     return {**fitted, "test": {"loss": test["loss"], **task.test_report(test["truth"], test["values"],
                                                                         data.label_names)},
             "test_unseen": unseen_report(task, test, data),
             # for paired comparisons between runs and the task's plots
             "test_predictions": test["predictions"].tolist(), "test_labels": list(test["truth"])}
+
+
+def calibrate(module, encoded: Encoded, cfg: Config, accelerator, task, run_dir: Path) -> tuple[dict, dict]:
+    """Fit a temperature on the validation logits, score test once before it (the uncalibrated report), fold
+    it into the head and into the run's best weights (so that predict and export give the calibrated
+    probabilities); returns the calibration's record and the uncalibrated test evaluation."""
+    t = cfg.training
+    before = evaluate(module, encoded, "validation", t, accelerator, task)
+    temperature = fit_temperature(before["values"], before["truth"])
+    uncalibrated = evaluate(module, encoded, "test", t, accelerator, task)
+    model = accelerator.unwrap_model(module)
+    rows = list(range(min(8, len(encoded.ids["validation"]))))
+    folded = fold_temperature(model, model_inputs(device_batch(encoded, "validation", rows, accelerator, task)),
+                              temperature)
+    weights, saved = load_weights(run_dir / BEST_WEIGHTS)
+    missing = [name for name in folded if name not in weights]
+    if missing:
+        raise ValueError(f"training.calibration: the run's saved weights lack {', '.join(missing)}")
+    parameters = dict(model.named_parameters())
+    weights.update({name: parameters[name].detach().cpu().clone() for name in folded})
+    # a run resumed after its calibration is calibrated again on top: the temperatures multiply
+    total = temperature * (saved["temperature"] or 1.0)
+    save_weights(run_dir / BEST_WEIGHTS, weights, saved["run_key"], saved["epoch"], total)
+    after = evaluate(module, encoded, "validation", t, accelerator, task)
+    logger.info("%s: temperature %.3f fitted on validation; validation ECE %.4f -> %.4f, log loss %.4f -> %.4f",
+                run_dir.name, total, before["ece"], after["ece"], before["log_loss"], after["log_loss"])
+    return ({"method": "temperature", "temperature": total, "folded_into": folded,
+             "validation": {"ece": [before["ece"], after["ece"]], "log_loss": [before["log_loss"], after["log_loss"]]}},
+            uncalibrated)
 
 
 def unseen_report(task, test: dict, data: LabelledData) -> dict | None:

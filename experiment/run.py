@@ -127,7 +127,7 @@ def run_experiment(cfg: Config, strategies: list[str], *, resume: bool = False, 
     if not accelerator.is_main_process:  # the main process summarises
         return 1 if failed else 0
     if shard is not None:
-        finished = {r["run_id"] for r in read_results(results_path)}
+        finished = {r["run_id"] for r in read_results(results_path) if not untested_trial(r)}
         if not set(ids) <= finished:
             print(f"\nshard {shard[0]}/{shard[1]} done ({len(mine)} run(s), {failed} failed); {len(set(ids) - finished)} "
                   "run(s) of the plan are still to finish in other shards. Once they have: python main.py "

@@ -34,9 +34,13 @@ def trainable_weights(model, accelerator: Accelerator, names: set[str]) -> dict[
             if name in names}
 
 
-def save_weights(path: Path, weights: dict[str, torch.Tensor], run_key: dict, epoch: float) -> None:
-    """Trainable weights as safetensors, with the run key and epoch in its metadata."""
+def save_weights(path: Path, weights: dict[str, torch.Tensor], run_key: dict, epoch: float,
+                 temperature: float | None = None) -> None:
+    """Trainable weights as safetensors, with the run key, the epoch and any temperature folded into the head
+    (training.calibration) in its metadata."""
     metadata = {"run_key": json.dumps(run_key, sort_keys=True, default=str), "epoch": str(epoch)}
+    if temperature is not None:
+        metadata["temperature"] = repr(temperature)
     atomic_write_bytes(path, safetensors_bytes({k: v.contiguous() for k, v in weights.items()}, metadata=metadata))
 
 
@@ -50,7 +54,8 @@ def load_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
         raise ConfigError(f"{path}: not readable as safetensors weights ({err})") from None
     epoch = float(metadata.get("epoch", 0))  # an evaluation inside an epoch has a fractional one
     return weights, {"run_key": json.loads(metadata.get("run_key", "null")),
-                     "epoch": int(epoch) if epoch.is_integer() else epoch}
+                     "epoch": int(epoch) if epoch.is_integer() else epoch,
+                     "temperature": float(metadata["temperature"]) if "temperature" in metadata else None}
 
 
 def drop_checkpoints(run_dir: Path) -> None:

@@ -80,6 +80,11 @@ def summarize(runs: list[dict], metric: str, trials: list[dict] = ()) -> dict:
             # a test split the data gave, scored whole: the same metrics on its rows no earlier split holds
             "test_unseen": ({m.name: aggregate([r["test_unseen"][m.name] for r in done if m.name in r["test_unseen"]])
                              for m in task.metrics} if all(r.get("test_unseen") for r in done) and done else None),
+            # with training.calibration: the expected calibration error on test before and after it
+            "calibration": ({"ece_uncalibrated": aggregate([r["test_uncalibrated"]["ece"] for r in done]),
+                             "ece": aggregate([r["test"]["ece"] for r in done]),
+                             "temperature": aggregate([r["calibration"]["temperature"] for r in done])}
+                            if done and all(r.get("calibration") for r in done) else None),
             "trainable_params": first.get("trainable_params"), "export_refused": first.get("export_refused"),  # a failed run has none
             "train_time_s": aggregate([r["train_time_s"] for r in done]),
             "peak_memory_mb": aggregate([r["peak_memory_mb"] for r in done]),

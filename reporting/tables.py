@@ -63,6 +63,12 @@ def configuration_columns(summary: dict) -> list[Column]:
         *([_stat_column(f"test {main.label}, unseen rows", f"test_unseen_{main.name}",
                         lambda r: (r["test_unseen"] or {}).get(main.name, EMPTY))]
           if any(r["test_unseen"] for r in rows) else []),
+        # with training.calibration: what the temperature did to the test calibration error
+        *([_stat_column("test ECE, uncalibrated", "test_ece_uncalibrated",
+                        lambda r: (r.get("calibration") or {}).get("ece_uncalibrated", EMPTY)),
+           _stat_column("test ECE, calibrated", "test_ece_calibrated", lambda r: (r.get("calibration") or {}).get("ece", EMPTY)),
+           _stat_column("temperature", "temperature", lambda r: (r.get("calibration") or {}).get("temperature", EMPTY), 2)]
+          if any(r.get("calibration") for r in rows) else []),
         Column("trainable params", lambda r: {"trainable_params": r["trainable_params"]},
                lambda r: f"{r['trainable_params']:,}" if r["trainable_params"] else "-"),
         _stat_column("train time (s)", "train_time_s", lambda r: r["train_time_s"], 1),

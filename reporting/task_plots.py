@@ -128,19 +128,26 @@ def calibration(f: Figures) -> list[str]:
         runs = [r for r in f.runs_of(row) if "calibration" in r["test"]]
         if not runs:
             continue
-        count = np.sum([r["test"]["calibration"]["count"] for r in runs], axis=0)
-        bins = len(count)
-        sums = {key: np.sum([[(v or 0.0) * n for v, n in zip(r["test"]["calibration"][key], r["test"]["calibration"]["count"])]
-                             for r in runs], axis=0) for key in ("confidence", "accuracy")}
-        filled = count > 0
-        confidence, accuracy = sums["confidence"][filled] / count[filled], sums["accuracy"][filled] / count[filled]
-        ece = np.mean([r["test"]["ece"] for r in runs])
-        line, = ax.plot(confidence, accuracy, linewidth=1, alpha=0.6,
-                        label=f"{row['strategy']} (ECE {ece:.3f}, {len(runs)} run(s))")
-        # a bin of one or two predictions says little: the marker's area shows how many the point rests on
-        ax.scatter(confidence, accuracy, s=12 + 300 * count[filled] / count.sum(), color=line.get_color(), zorder=3)
-        centres = (np.arange(bins) + 0.5) / bins
-        counts_ax.plot(centres[filled], count[filled] / count.sum(), marker=".", color=line.get_color())
+        # with training.calibration, the same runs before the temperature, dashed
+        reports = [("test", "", "-")] + ([("test_uncalibrated", ", before calibration", "--")]
+                                         if all(r.get("test_uncalibrated") for r in runs) else [])
+        color = None
+        for key, note, style in reports:
+            count = np.sum([r[key]["calibration"]["count"] for r in runs], axis=0)
+            sums = {part: np.sum([[(v or 0.0) * n for v, n in zip(r[key]["calibration"][part], r[key]["calibration"]["count"])]
+                                  for r in runs], axis=0) for part in ("confidence", "accuracy")}
+            filled = count > 0
+            confidence, accuracy = sums["confidence"][filled] / count[filled], sums["accuracy"][filled] / count[filled]
+            ece = np.mean([r[key]["ece"] for r in runs])
+            line, = ax.plot(confidence, accuracy, linewidth=1, alpha=0.6, linestyle=style, color=color,
+                            label=f"{row['strategy']}{note} (ECE {ece:.3f}, {len(runs)} run(s))")
+            color = line.get_color()
+            # a bin of one or two predictions says little: the marker's area shows how many the point rests on
+            ax.scatter(confidence, accuracy, s=12 + 300 * count[filled] / count.sum(), color=color, zorder=3,
+                       marker="o" if style == "-" else "x")
+            if style == "-":
+                centres = (np.arange(len(count)) + 0.5) / len(count)
+                counts_ax.plot(centres[filled], count[filled] / count.sum(), marker=".", color=color)
         drawn = True
     if not drawn:
         plt.close(fig)

@@ -81,6 +81,10 @@ def model_card(record: dict, cfg, runs: list[dict], adapter: bool) -> str:
               f"- Data: `{dataset['name']}` (fingerprint {dataset['fingerprint']}); split sizes "
               + ", ".join(f"{split} {n}" for split, n in dataset["sizes"].items()) + ".",
               f"- Best epoch {record['best_epoch']} on validation ({record['stop_reason']}); seed {record['seed']}.",
+              *([f"- Calibrated: a temperature of {record['calibration']['temperature']:.3f}, fitted on the validation "
+                 "logits, is folded into the last layer, so the scores are the calibrated probabilities (test ECE "
+                 f"{record['test_uncalibrated']['ece']:.4f} before it, {record['test']['ece']:.4f} after)."]
+                if record.get("calibration") else []),
               f"- Versions: {', '.join(f'{k} {v}' for k, v in record['versions'].items())}.", ""]
     distribution = dataset.get("label_distribution")
     counted = distribution and all(isinstance(n, int) for n in distribution["train"].values())

@@ -56,6 +56,8 @@ class Task(abc.ABC):
     # shift them), and one class per text (what SetFit's pairs of same- and other-class texts need)
     labels_on_positions: str | None = None
     text_classes: bool = False
+    # whether its prediction values are logits of classes, which one temperature can calibrate
+    calibrates: bool = False
     # what the tokens beyond model.max_length become, for the data report
     beyond_max_length: str = "truncated"
     # how predict asks for the second text a run trained on pairs needs

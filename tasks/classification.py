@@ -88,6 +88,7 @@ class Classification(Task):
     main_metric = "macro_f1"
     compared_metrics = ("accuracy", "macro_f1", "balanced_accuracy", "worst_class_f1")
     text_classes = True
+    calibrates = True
 
     def strata(self, labels):
         return labels  # every class in each split in its share, where the counts allow

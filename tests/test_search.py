@@ -2,6 +2,7 @@
 confirmation, caching, recovery from a killed worker, and two workers on one study."""
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -229,3 +230,17 @@ def test_the_verdict_names_what_was_searched_and_a_best_rate_at_the_edge_of_its_
         "0.0001..0.01 (log) (4 trials; 1 pruned, 1 failed): best learning_rate 0.0095.",
         "lora's best learning_rate (0.0095) sits at the high edge of its range (0.0001..0.01 (log)): the best may "
         "lie beyond it; widen search.space.strategies.lora.learning_rate and search again."]
+
+
+def test_no_trial_starts_after_the_time_budget_and_the_trials_done_are_confirmed(write_config, tmp_path,
+                                                                                 monkeypatch, caplog):
+    config = search_config(write_config, trials=4, time_budget=50)
+    caplog.set_level(logging.INFO, logger="bertlab")
+    clock = iter(range(0, 10_000, 30))  # each look at the clock is 30 s later: the second trial would start at 60 s
+    monkeypatch.setattr(experiment.search.time, "monotonic", lambda: next(clock))
+    assert main.main(["--config", str(config), "--strategy", "bitfit", "--strategy", "lora"]) == 0
+    runs = records(tmp_path)
+    assert [(r["strategy"], r["trial"]["number"]) for r in own_trials(runs).values()] == [("bitfit", 0)]
+    assert "the time budget of 50s is spent; no new trial starts" in caplog.text
+    assert "search lora: no trial completed, so there is nothing to confirm" in caplog.text
+    assert {r["strategy"] for r in runs if r["trial"].get("confirms")} == {"bitfit"}
