@@ -21,7 +21,7 @@ class SearchConfig:
     space: dict[str, dict | list] = field(default_factory=dict)
     """Dotted key -> `{low, high, log}` (a range; integers when both ends are) or a list of choices; a `strategies.<name>.` key searches that strategy only. Replaces the key's range in each strategy's own default space (its learning rate, over a range that suits the method)."""
     pruner: Literal["none", "median", "successive_halving"] = "successive_halving"
-    """Optuna's pruner, judging each trial's best validation score so far after every evaluation: none, the median of earlier trials at the same step, or successive halving (keeps the best quarter at each rung)."""
+    """Optuna's pruner, judging each trial's best validation score so far after every evaluation from a quarter of its budget on: none, the median of earlier trials at the same step, or successive halving (rungs at a quarter and three quarters of the budget, the best third going on)."""
     sampler_seed: int = 0
     """Seeds Optuna's TPE sampler: the same seed draws the same settings."""
     time_budget: float | None = None
