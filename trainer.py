@@ -272,17 +272,16 @@ def train_epoch(model, optimizer, scheduler, accelerator: Accelerator, encoded: 
             optimizer.zero_grad(set_to_none=True)
             state.step += 1
             if t.eval_every_steps and state.step % t.eval_every_steps == 0 and i + 1 < len(batches):
-                elapsed = time.perf_counter() - start
-                seen = sum(len(b) for b in batches[:i + 1])
                 paused = time.perf_counter()
-                stopped = validate(round(epoch + (i + 1) / len(batches), 3),
-                                   accelerator.reduce(loss_total, "sum").item() / seen,
+                elapsed = paused - start
+                train_loss = accelerator.reduce(loss_total, "sum").item() / sum(len(b) for b in batches[:i + 1])
+                stopped = validate(round(epoch + (i + 1) / len(batches), 3), train_loss,
                                    elapsed - state.epoch_seconds_logged)
                 state.epoch_seconds_logged = elapsed
                 start += time.perf_counter() - paused  # the epoch's seconds count training only
                 model.train()  # evaluation left it in eval mode
                 if stopped:
-                    return accelerator.reduce(loss_total, "sum").item() / seen, 0.0, True
+                    return train_loss, 0.0, True
             every = t.checkpoint_every_steps
             stopping = in_any_process(stop.requested, accelerator)
             if i + 1 < len(batches) and (stopping or (every and state.step % every == 0)):

@@ -24,6 +24,7 @@ from records.checkpoints import BEST_WEIGHTS, drop_checkpoints, load_weights, sa
 from records.results import RUN_RECORD, SCHEMA_VERSION, results_file, save_record
 from reporting.data_report import DATA_REPORT
 from reporting.diagnostics import diagnose
+from reporting.verdict import best_of
 from strategies import STRATEGIES
 from tasks import TASKS
 from experiment.trackers import run_trackers
@@ -111,7 +112,7 @@ def run_one(run: Run, run_id: str, data: LabelledData, encoded: Encoded, acceler
         raise
     except RunPruned as pruned:  # a search trial behind the others: never chosen, never tested
         seen, metric = pruned.history, cfg.training.early_stopping.metric
-        best = next(e for e in seen if all(not task.is_better(metric, other[metric], e[metric]) for other in seen))
+        best = best_of(seen, lambda e: e[metric], metric, task)
         logger.info("%s: %s", run_id, pruned)
         record.update(status="pruned", history=seen, pruned_at={"step": seen[-1]["step"], "epoch": seen[-1]["epoch"]},
                       best_epoch=best["epoch"], best_step=best["step"], best_metric=best[metric],

@@ -11,7 +11,7 @@ from config import Config
 from experiment.dry_run import print_plan, print_search_plan
 from experiment.inputs import Inputs, baseline_of, data_reports, resolve_max_length
 from experiment.one_run import run_one
-from experiment.plan import plan_runs
+from experiment.plan import Run, plan_runs
 from experiment.search import confirmation_runs, open_studies, search, trial_records
 from experiment.shards import assign_shards, planned_cost, print_shares
 from model import check_against_model, load_model_config
@@ -64,10 +64,11 @@ def run_experiment(cfg: Config, strategies: list[str], *, resume: bool = False, 
         if accelerator.num_processes > 1:
             raise ConfigError(f"search.method: optuna: this launch has {accelerator.num_processes} processes, and a "
                               "search's workers are one process each: start them with python main.py --shard K/N")
-        for name in SHARED_FILES:  # before anything is written: a damaged one stops the experiment, kept as it is
-            read_json(results_path.with_name(name))
-        templates = list({run.strategy: run for run in reversed(runs)}.values())[::-1]  # each strategy's first
-        studies = open_studies(templates, inputs, cfg)
+        check_shared_files(results_path)  # the trials write records
+        templates: dict[str, Run] = {}  # each strategy's first run: the config's own setting
+        for run in runs:
+            templates.setdefault(run.strategy, run)
+        studies = open_studies(list(templates.values()), inputs, cfg)
         if not summary_only:
             search(studies, cfg, inputs, accelerator, {r["run_id"]: r for r in read_results(results_path)}, resume)
         runs = confirmation_runs(studies, cfg)
@@ -96,8 +97,7 @@ def run_experiment(cfg: Config, strategies: list[str], *, resume: bool = False, 
         if shard is not None:
             print_shares(costs, owners, shard[1])
         return 0
-    for name in SHARED_FILES:  # before anything is written: a damaged one stops the experiment, kept as it is
-        read_json(results_path.with_name(name))
+    check_shared_files(results_path)
     write_experiment(results_path, config_file=config_file, command=command, config=dataclasses.asdict(cfg),
                      strategies=strategies, run_ids=ids, studies=[study.name for study in studies])
     for report in reports.values():
@@ -134,6 +134,12 @@ def run_experiment(cfg: Config, strategies: list[str], *, resume: bool = False, 
                   "--summary-only (with the same config), then python visualize.py")
             return 1 if failed else 0
     return max(finish(cfg, ids, results_path, describe_baseline(task, baseline), studies), 1 if failed else 0)
+
+
+def check_shared_files(results_path: Path) -> None:
+    """Before anything is written: a damaged shared file stops the experiment, kept as it is."""
+    for name in SHARED_FILES:
+        read_json(results_path.with_name(name))
 
 
 def applicable(cfg: Config, strategies: list[str]) -> list[str]:

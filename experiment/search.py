@@ -21,6 +21,7 @@ from experiment.one_run import RunPruned, run_one
 from experiment.plan import Run
 from records.checkpoints import drop_checkpoints
 from records.results import results_file, save_record
+from reporting.verdict import best_of
 from strategies import STRATEGIES
 from tasks import TASKS
 from utils import ConfigError, stable_hash
@@ -266,9 +267,7 @@ def run_trial(study: Study, trial, trials: int, inputs: Inputs, accelerator, rec
 
         def report(entry: dict) -> None:
             seen.append(entry)
-            best = min(seen, key=lambda e: e[metric]) if task.is_better(metric, 0.0, 1.0) else \
-                max(seen, key=lambda e: e[metric])
-            trial.report(best[metric], step=entry["step"])
+            trial.report(best_of(seen, lambda e: e[metric], metric, task)[metric], step=entry["step"])
             if trial.should_prune():
                 raise RunPruned(seen)
 

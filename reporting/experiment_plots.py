@@ -213,6 +213,19 @@ def efficiency(f: Figures) -> list[str]:
     return [f.save(fig, "efficiency.png")]
 
 
+def best_so_far(f: Figures, attempts: list[tuple[float, float | None]]) -> list[tuple[float, float]]:
+    """(training seconds spent so far, best validation score so far) after each of `attempts`, (seconds, score or
+    None), in order; none before the first score."""
+    spent, best, points = 0.0, None, []
+    for seconds, score in attempts:
+        spent += seconds
+        if score is not None and (best is None or f.task.is_better(f.metric, score, best)):
+            best = score
+        if best is not None:
+            points.append((spent, best))
+    return points
+
+
 def search_progress(f: Figures) -> list[str]:
     """Per searched strategy, the best validation score so far against the training seconds spent: the search's
     trials in order (pruned ones cost less), beside the grid's runs of that strategy on the same data."""
@@ -220,27 +233,17 @@ def search_progress(f: Figures) -> list[str]:
     if not searched:
         raise NothingToDraw("no search in this experiment (search.method: optuna)")
     fig, ax = plt.subplots(figsize=(8.5, 5.4))
-    better = min if f.task.is_better(f.metric, 0.0, 1.0) else max
     for study in searched:
         line = None
-        spent, best, xs, ys = 0.0, None, [0.0], [None]
-        for row in study["trial_rows"]:
-            spent += row["train_time_s"] or 0.0
-            if row["status"] == "completed":  # a pruned trial's best so far was never confirmed
-                best = row["validation"] if best is None else better(best, row["validation"])
-            xs.append(spent)
-            ys.append(best)
-        points = [(x, y) for x, y in zip(xs, ys) if y is not None]
+        # a pruned trial's best so far was never confirmed: it adds time, not a score
+        points = best_so_far(f, [(row["train_time_s"] or 0.0, row["validation"] if row["status"] == "completed" else None)
+                                 for row in study["trial_rows"]])
         if points:
             line, = ax.step(*zip(*points), where="post", marker="o", markersize=4,
                             label=f"{study['strategy']}: search, {study['trials']} trials ({study['pruned']} pruned)")
         grid = sorted((r for r in f.grid_runs if r["strategy"] == study["strategy"]), key=lambda r: r["finished_at"])
         if grid:
-            spent, best, points = 0.0, None, []
-            for run in grid:
-                spent += run["train_time_s"]
-                best = run["best_metric"] if best is None else better(best, run["best_metric"])
-                points.append((spent, best))
+            points = best_so_far(f, [(run["train_time_s"], run["best_metric"]) for run in grid])
             ax.step(*zip(*points), where="post", linestyle="--", marker="s", markersize=4,
                     color=line.get_color() if line else None, label=f"{study['strategy']}: grid, {len(grid)} runs")
     ax.set_xlabel("training time spent (s, cumulative)")
