@@ -63,7 +63,7 @@ class AugmentConfig:
 @dataclass
 class DataConfig:
     task: str = "classification"
-    """What is predicted: `classification` (one label per text or pair, from a fixed set), `regression` (one number per text or pair, e.g. a similarity score) or `token_classification` (one tag per word, e.g. named entities) or `question_answering` (the span of a context that answers a question)."""
+    """What is predicted: `classification` (one label per text or pair, from a fixed set), `regression` (one number per text or pair, e.g. a similarity score) or `token_classification` (one tag per word, e.g. named entities), `multi_label` (any number of labels per text, from a fixed set: tags) or `question_answering` (the span of a context that answers a question)."""
     name: str | None = None
     """A Hub data set (`ag_news`, `imdb`, `banking77`, `trec`, `emotion` with known columns, or any Hub id); exactly one of `name` and `path`."""
     path: str | None = None
@@ -73,7 +73,11 @@ class DataConfig:
     text_pair_column: str | None = None
     """Column holding each example's second text, for sentence pairs (entailment, paraphrase, similarity): the two are encoded together, with token type ids, cut longest first to max_length; null: single texts."""
     label_column: str | None = None
-    """Column holding the label (classification: strings or integers; regression: numbers); null: the known Hub data set's, else `label`."""
+    """Column holding the label (classification: strings or integers; regression: numbers; multi_label: a list, or a string split on `label_separator`); null: the known Hub data set's, else `label`."""
+    label_separator: str = "|"
+    """multi_label: what separates a text's labels in a string column (CSV, TSV): `billing|account`; an empty cell means no label applies."""
+    label_columns: list[str] | None = None
+    """multi_label: one 0/1 column per label instead of a label column (the column names are the labels)."""
     tokens_column: str | None = None
     """token_classification: the column holding each sentence's words (a list); null: `tokens`. CoNLL column files (.conll, .txt) give `tokens` and `ner_tags`."""
     tags_column: str | None = None
@@ -147,7 +151,9 @@ class TrainingConfig:
     focal_gamma: float = 2.0
     """Focal loss's exponent: how much well-classified examples are down-weighted (0 gives cross-entropy); the class weights act as its alpha."""
     calibration: Literal["none", "temperature"] = "none"
-    """`temperature`: after training, fit one temperature on the validation logits (the one that minimises their negative log-likelihood) and fold it into the head's last linear layer, so that the run's probabilities, predict's and an export's, mean what they say; test is reported after it and, as `test_uncalibrated`, before. Classification only; its decisions do not change."""
+    """`temperature`: after training, fit one temperature on the validation logits (the one that minimises their negative log-likelihood) and fold it into the head's last linear layer, so that the run's probabilities, predict's and an export's, mean what they say; test is reported after it and, as `test_uncalibrated`, before. Classification (its decisions do not change) and multi_label (its thresholds are tuned on the calibrated probabilities)."""
+    decision_threshold: Literal["tuned"] | float = "tuned"
+    """multi_label: the probability from which a label is given. `tuned`: each label's own, chosen on validation to maximise that label's F1 after training (and calibration), then used by test, predict and export; or one number for every label."""
     label_smoothing: float = 0.0
     """Share of each target spread evenly over all classes (cross-entropy only)."""
     sampler: Literal["random", "oversample", "undersample"] = "random"
@@ -276,6 +282,8 @@ def _rule_problems(cfg: Config) -> list[str]:
         require(m.head.type != "model" or m.head.pooling == "cls", "model.head.pooling", m.head.pooling,
                 "cls with model.head.type: model (the model's own head pools as it was built to); set type linear or mlp")
     require(d.task in TASKS, "data.task", d.task, ", ".join(TASKS))
+    require(d.label_columns is None or d.task in TASKS and TASKS[d.task].label_sets, "data.label_columns",
+            d.label_columns, "null unless data.task is multi_label (one 0/1 column per label)")
     if (d.name is None) == (d.path is None):
         problems.append("data: set exactly one of data.name (a Hub data set) and data.path (a local "
                         f"file or folder); got name={d.name!r}, path={d.path!r}")
@@ -309,6 +317,8 @@ def _rule_problems(cfg: Config) -> list[str]:
     require(t.max_grad_norm is None or t.max_grad_norm > 0, "training.max_grad_norm", t.max_grad_norm,
             "a number > 0, or null to turn clipping off")
     require(t.focal_gamma >= 0, "training.focal_gamma", t.focal_gamma, "a number >= 0")
+    require(t.decision_threshold == "tuned" or 0 < t.decision_threshold < 1, "training.decision_threshold",
+            t.decision_threshold, "tuned, or a probability between 0 and 1")
     require(0 <= t.label_smoothing < 1, "training.label_smoothing", t.label_smoothing, "0 <= share < 1")
     require(t.loss == "cross_entropy" or t.label_smoothing == 0, "training.label_smoothing", t.label_smoothing,
             "0 with training.loss: focal (label smoothing applies to cross-entropy)")
@@ -322,7 +332,9 @@ def _rule_problems(cfg: Config) -> list[str]:
             "false with data.text_pair_column (augmentation perturbs single texts)")
     if d.task in TASKS:
         require(t.calibration == "none" or TASKS[d.task].calibrates, "training.calibration", t.calibration,
-                f"none with data.task: {d.task} (a temperature calibrates the class probabilities of classification)")
+                f"none with data.task: {d.task} (a temperature calibrates the probabilities of classification and multi_label)")
+        require(t.decision_threshold == "tuned" or TASKS[d.task].label_sets, "training.decision_threshold",
+                t.decision_threshold, f"tuned with data.task: {d.task} (a threshold decides the labels of multi_label)")
         problems += TASKS[d.task].config_problems(cfg)
         choices = TASKS[d.task].selection_metrics()
         require(t.early_stopping.metric in (None, *choices), "training.early_stopping.metric", t.early_stopping.metric,

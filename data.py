@@ -66,7 +66,7 @@ def load_data(cfg: DataConfig) -> LabelledData:
         name = Path(cfg.path).stem if Path(cfg.path).is_file() else Path(cfg.path).name
     cleaning = {split: {} for split in SPLITS}
     whole = {"test"} if "test" in frames and not cfg.clean_given_test else set()  # given by the data: kept whole
-    frames = {split: _clean(frame, split, columns, task, cleaning[split]) for split, frame in frames.items()}
+    frames = {split: _clean(frame, split, columns, task, cleaning[split], cfg) for split, frame in frames.items()}
     frames = {split: _drop_duplicates(frame, split, cfg.drop_duplicates and split not in whole, cleaning[split])
               for split, frame in frames.items()}
     frames = _carve_missing_splits(frames, cfg, task)
@@ -82,7 +82,8 @@ def load_data(cfg: DataConfig) -> LabelledData:
                         task=cfg.task, test_unseen=unseen)
 
 
-def _clean(frame: pd.DataFrame, split: str, columns: dict[str, tuple[str, str | None]], task, found: dict) -> pd.DataFrame:
+def _clean(frame: pd.DataFrame, split: str, columns: dict[str, tuple[str, str | None]], task, found: dict,
+           cfg: DataConfig) -> pd.DataFrame:
     """The split as columns text (and pair) and label, without the rows that lack a text or a label. `columns`
     maps each to (its config key, the column in the data); the task prepares what is not a string (lists of
     words, a question's answers), so that cleaning compares strings."""
@@ -91,7 +92,7 @@ def _clean(frame: pd.DataFrame, split: str, columns: dict[str, tuple[str, str | 
         if column not in frame.columns and key is not None:  # a column no setting names is read where there
             raise ConfigError(f"{key}: column '{column}' not in the {split} data; columns: {', '.join(map(str, frame.columns))}")
     present = {name: frame[column] for name, (_, column) in columns.items() if column in frame.columns}
-    frame = task.prepare(pd.DataFrame(present), split, columns, found)
+    frame = task.prepare(pd.DataFrame(present), split, columns, found, cfg)
     if frame["label"].dtype.kind == "f" and (frame["label"].dropna() % 1 == 0).all():
         frame["label"] = frame["label"].astype("Int64")  # integer labels read as floats beside blanks
     texts = {name: frame[name].astype("string").str.strip() for name in ("text", "pair") if name in frame}
@@ -187,9 +188,13 @@ def _carve_missing_splits(frames: dict[str, pd.DataFrame], cfg: DataConfig, task
 
 def _split(frame: pd.DataFrame, holdout: int, seed: int, split: str,
            task: Task) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """`holdout` rows held out at random; in proportion to the task's strata (classes) where the counts allow."""
+    """`holdout` rows held out at random; in proportion to the task's strata (classes) where the counts allow, or
+    as the task carves them (label sets)."""
     if holdout < 1 or holdout >= len(frame):
         raise ConfigError(f"data: {len(frame)} rows are too few to hold out a {split} split")
+    rows = task.split_rows(frame["label"], holdout, seed)
+    if rows is not None:
+        return (frame.iloc[rows[0]].reset_index(drop=True), frame.iloc[rows[1]].reset_index(drop=True))
     stratify = task.strata(frame["label"])
     if stratify is not None:
         counts = stratify.value_counts()

@@ -88,22 +88,21 @@ def with_head(model: PreTrainedModel, head: HeadConfig, num_labels: int) -> PreT
     return model
 
 
-def fit_temperature(logits, labels) -> float:
-    """The temperature T that minimises the mean negative log-likelihood of softmax(logits / T) on these
-    examples (LBFGS over log T, so that T stays positive)."""
+def fit_temperature(logits, truth, loss) -> float:
+    """The temperature T that minimises `loss(logits / T, truth)`, the task's mean negative log-likelihood, on
+    these examples (LBFGS over log T, so that T stays positive)."""
     x = torch.as_tensor(np.asarray(logits), dtype=torch.float64)
-    y = torch.as_tensor(np.asarray(labels), dtype=torch.long)
     log_t = torch.zeros((), dtype=torch.float64, requires_grad=True)
     optimizer = torch.optim.LBFGS([log_t], lr=0.5, max_iter=100, line_search_fn="strong_wolfe")
 
     def closure():
         optimizer.zero_grad()
-        loss = torch.nn.functional.cross_entropy(x / log_t.exp(), y)
-        loss.backward()
-        return loss
+        nll = loss(x / log_t.exp(), truth)
+        nll.backward()
+        return nll
 
     optimizer.step(closure)
-    return float(log_t.exp())
+    return float(log_t.detach().exp())
 
 
 def fold_temperature(module: torch.nn.Module, inputs: dict, temperature: float) -> list[str]:

@@ -182,14 +182,22 @@ def fit_and_test(run: Run, cfg: Config, data: LabelledData, encoded: Encoded, ac
                   "unfreezing": strategy.schedule(model, settings)}
         if run.trial and not run.trial.get("confirms"):  # a search trial: test stays unseen
             return fitted
-        uncalibrated = None
+        uncalibrated, validation = None, None
         if cfg.training.calibration == "temperature":
-            fitted["calibration"], uncalibrated = calibrate(trained, inputs, cfg, accelerator, task, run_dir)
+            fitted["calibration"], uncalibrated, validation = calibrate(trained, inputs, cfg, accelerator, task, run_dir)
+        if task.label_sets:  # each label's threshold, chosen on validation (on its calibrated probabilities)
+            validation = validation or evaluate(trained, inputs, "validation", cfg.training, accelerator, task)
+            decision = fitted["decision"] = decision_of(task, validation, cfg, data.label_names)
+            logger.info("%s: label thresholds %s; validation micro-F1 %.4f at 0.5, %.4f at them", run_dir.name,
+                        ", ".join(f"{k} {v:.3f}" for k, v in decision["thresholds"].items()),
+                        *decision["validation"]["micro_f1"])
+        task = task.decided(fitted.get("decision"))
         test = evaluate(trained, inputs, "test", cfg.training, accelerator, task)
         trackers.log({f"test_{name}": test[name] for name in ["loss"] + [m.name for m in task.metrics]},
                      step=result["best_step"])
-    if uncalibrated is not None:
-        fitted["test_uncalibrated"] = {"loss": uncalibrated["loss"], **task.test_report(
+    if uncalibrated is not None:  # under the decision that validation gave before the temperature
+        before = TASKS[cfg.data.task].decided(uncalibrated["decision"])
+        fitted["test_uncalibrated"] = {"loss": uncalibrated["loss"], **before.test_report(
             uncalibrated["truth"], uncalibrated["values"], data.label_names)}
     return {**fitted, "test": {"loss": test["loss"], **task.test_report(test["truth"], test["values"],
                                                                         data.label_names)},
@@ -198,14 +206,21 @@ def fit_and_test(run: Run, cfg: Config, data: LabelledData, encoded: Encoded, ac
             "test_predictions": test["predictions"].tolist(), "test_labels": list(test["truth"])}
 
 
-def calibrate(module, encoded: Encoded, cfg: Config, accelerator, task, run_dir: Path) -> tuple[dict, dict]:
-    """Fit a temperature on the validation logits, score test once before it (the uncalibrated report), fold
-    it into the head and into the run's best weights (so that predict and export give the calibrated
-    probabilities); returns the calibration's record and the uncalibrated test evaluation."""
+def decision_of(task, validation: dict, cfg: Config, label_names: list[str]) -> dict | None:
+    """The task's decision rule (label sets: each label's threshold) fitted on a validation evaluation."""
+    return task.decide(validation["truth"], validation["values"], label_names, cfg.training.decision_threshold)
+
+
+def calibrate(module, encoded: Encoded, cfg: Config, accelerator, task, run_dir: Path) -> tuple[dict, dict, dict]:
+    """Fit a temperature on the validation logits, score test once before it (the uncalibrated report, with the
+    decision validation gives before it), fold it into the head and into the run's best weights (so that
+    predict and export give the calibrated probabilities); returns the calibration's record, the uncalibrated
+    test evaluation and the calibrated validation evaluation."""
     t = cfg.training
     before = evaluate(module, encoded, "validation", t, accelerator, task)
-    temperature = fit_temperature(before["values"], before["truth"])
-    uncalibrated = evaluate(module, encoded, "test", t, accelerator, task)
+    temperature = fit_temperature(before["values"], before["truth"], task.calibration_loss)
+    decision = decision_of(task, before, cfg, encoded.label_names)
+    uncalibrated = {**evaluate(module, encoded, "test", t, accelerator, task.decided(decision)), "decision": decision}
     model = accelerator.unwrap_model(module)
     rows = list(range(min(8, len(encoded.ids["validation"]))))
     folded = fold_temperature(model, model_inputs(device_batch(encoded, "validation", rows, accelerator, task)),
@@ -224,7 +239,7 @@ def calibrate(module, encoded: Encoded, cfg: Config, accelerator, task, run_dir:
                 run_dir.name, total, before["ece"], after["ece"], before["log_loss"], after["log_loss"])
     return ({"method": "temperature", "temperature": total, "folded_into": folded,
              "validation": {"ece": [before["ece"], after["ece"]], "log_loss": [before["log_loss"], after["log_loss"]]}},
-            uncalibrated)
+            uncalibrated, after)
 
 
 def unseen_report(task, test: dict, data: LabelledData) -> dict | None:

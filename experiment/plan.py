@@ -14,7 +14,7 @@ from utils import stable_hash
 # Training keys added after run ids were first handed out: left out of the run key at their defaults, so
 # runs made before them keep their ids (and their cached results).
 ADDED_TRAINING_KEYS = ("loss", "class_weights", "focal_gamma", "label_smoothing", "sampler", "bf16",
-                       "head_learning_rate", "layer_lr_decay", "eval_every_steps", "calibration")
+                       "head_learning_rate", "layer_lr_decay", "eval_every_steps", "calibration", "decision_threshold")
 
 
 @dataclasses.dataclass

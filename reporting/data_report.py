@@ -35,7 +35,8 @@ def auto_max_length(train_lengths: np.ndarray, limit: int | None) -> int:
 
 def build_report(data: LabelledData, lengths: dict[str, np.ndarray], max_length: int, model: str, task: Task) -> dict:
     """The report of one data set, as stored in data_report.json."""
-    labels = task.label_report({split: task.label_distribution(data.labels[split], data.label_names) for split in SPLITS})
+    labels = task.label_report({split: task.label_distribution(data.labels[split], data.label_names) for split in SPLITS},
+                               data.labels, data.label_names)
     top = max(max(lengths[split].max() for split in SPLITS), max_length + 1)
     edges = np.unique(np.linspace(0, top, HISTOGRAM_BINS + 1).round().astype(int))
     return {
@@ -62,6 +63,14 @@ def describe_report(report: dict) -> list[str]:
         lines = [f"data {report['dataset']} ({report['fingerprint']}): {sizes}; imbalance ratio "
                  f"{report['imbalance_ratio']:.1f} (largest / smallest training class)",
                  "  rarest training classes: " + ", ".join(f"{name} {train[name]}" for name in rarest)]
+        if "labels_per_text" in report:  # label sets: how many per text, and which come together most
+            lines.append("  labels per training text: " + ", ".join(
+                f"{k}: {n}" for k, n in report["labels_per_text"]["train"].items()))
+            names, together = report["label_names"], np.array(report["co_occurrence"])
+            pairs = sorted(((together[i, j], names[i], names[j]) for i in range(len(names))
+                            for j in range(i + 1, len(names)) if together[i, j]), reverse=True)[:3]
+            if pairs:
+                lines.append("  most frequent pairs: " + ", ".join(f"{a} + {b} {n}" for n, a, b in pairs))
     else:
         lines = [f"data {report['dataset']} ({report['fingerprint']}): {sizes}"]
         for split, summary in report["label_summary"].items():  # a score's spread, or counts of word tags

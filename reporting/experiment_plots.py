@@ -29,11 +29,12 @@ def class_distribution(f: Figures) -> list[str]:
     else:
         ax.set_xticks([])
         ax.set_xlabel(f"{len(names)} classes, most frequent first")
-    ax.set_ylabel("examples")
-    ax.set_title(f"Examples per class and split: {f.dataset}\n(imbalance ratio {f.data_report['imbalance_ratio']:.1f}: "
-                 "largest / smallest training class)")
+    counted = "texts with the label" if "labels_per_text" in f.data_report else "examples"  # label sets
+    ax.set_ylabel(counted)
+    ax.set_title(f"{counted.capitalize()} per class and split: {f.dataset}\n(imbalance ratio "
+                 f"{f.data_report['imbalance_ratio']:.1f}: largest / smallest training class)")
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(title="split (examples)", fontsize=9, title_fontsize=9)
+    ax.legend(title=f"split ({'labels given' if counted != 'examples' else 'examples'})", fontsize=9, title_fontsize=9)
     return [f.save(fig, "class_distribution.png")]
 
 

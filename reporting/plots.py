@@ -10,7 +10,8 @@ from typing import Callable
 from reporting.experiment_plots import (ablation, class_distribution, convergence, efficiency, few_shot,
                                         length_distribution, performance, search_progress)
 from reporting.figures import Figures, NothingToDraw
-from reporting.task_plots import calibration, confusion_matrices, per_class_f1, predicted_vs_true
+from reporting.task_plots import (calibration, confusion_matrices, label_co_occurrence, per_class_f1,
+                                  predicted_vs_true)
 
 
 @dataclass(frozen=True)
@@ -56,9 +57,12 @@ PLOTS: dict[str, Plot] = {
                               "means predictions pulled towards the mean, a band of points at one height a model that "
                               "says the same for all.", ("regression",)),
     "per_class_f1": Plot(per_class_f1, "A class low under every strategy is hard in the data itself; low under one "
-                         "strategy only, it is that strategy's weakness.", ("classification", "token_classification")),
-    "calibration": Plot(calibration, "Points on the diagonal mean the stated confidence matches the accuracy; below "
-                        "it, the model is over-confident.", ("classification",)),
+                         "strategy only, it is that strategy's weakness.",
+                         ("classification", "multi_label", "token_classification")),
+    "calibration": Plot(calibration, "Points on the diagonal mean the stated probability comes true as often as it "
+                        "says; below it, the model is over-confident.", ("classification", "multi_label")),
+    "label_co_occurrence": Plot(label_co_occurrence, "Labels that often come together are hard to tell apart and "
+                                "learnt together; a label mostly alone is easier to judge by itself.", ("multi_label",)),
 }
 
 

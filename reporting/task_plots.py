@@ -1,5 +1,6 @@
 """The plots that apply to some tasks only (the registry in reporting/plots.py says which): each strategy's
-confusion matrix, predicted against true values, F1 per class or entity type, and the reliability diagram."""
+confusion matrix, predicted against true values, F1 per class or entity type, the reliability diagram, and which
+labels come together."""
 
 from __future__ import annotations
 
@@ -153,14 +154,53 @@ def calibration(f: Figures) -> list[str]:
         plt.close(fig)
         raise NothingToDraw("needs the test calibration bins of a run")
     ax.plot([0, 1], [0, 1], color="gray", linestyle="--", linewidth=1, label="perfect calibration")
-    ax.set_ylabel("accuracy in the bin")
+    stated, outcome = f.task.reliability_axes
+    ax.set_ylabel(outcome)
     ax.set_ylim(0, 1.02)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=9, loc="lower right", title="marker area: share of predictions in the bin", title_fontsize=9)
-    ax.set_title(f"Calibration on test: is a prediction made with confidence p right p of the time?\n"
+    ax.set_title(f"Calibration on test: does what is stated with probability p come true p of the time?\n"
                  f"{f.dataset}, {f.model}{f.headline_note}", fontsize=11)
-    counts_ax.set_xlabel("confidence: the predicted class's probability (bins of 1/15)")
+    counts_ax.set_xlabel(f"{stated} (bins of 1/15)")
     counts_ax.set_ylabel("share of\npredictions")
     counts_ax.set_xlim(0, 1)
     counts_ax.grid(alpha=0.3)
     return [f.save(fig, "calibration.png")]
+
+
+def label_co_occurrence(f: Figures) -> list[str]:
+    """Which labels the training texts hold together (the share of each label's texts that also hold another),
+    and how many labels a text holds, per split: from the data report."""
+    report = f.data_report or {}
+    if "co_occurrence" not in report:
+        raise NothingToDraw("needs the data report of label sets (data.task: multi_label); main.py writes it")
+    names, together = report["label_names"], np.array(report["co_occurrence"])
+    share = together / np.maximum(np.diag(together)[:, None], 1)
+    size = min(4 + 0.5 * len(names), 20)
+    fig, (ax, bars) = plt.subplots(1, 2, figsize=(size + 5.5, size), width_ratios=[size, 4.5])
+    image = ax.imshow(np.where(np.eye(len(names), dtype=bool), np.nan, share), cmap="Purples", vmin=0, vmax=1)
+    if len(names) <= 20:
+        for i in range(len(names)):
+            for j in range(len(names)):
+                ax.text(j, i, str(together[i, j]), ha="center", va="center", fontsize=8,
+                        color="white" if i != j and share[i, j] > 0.6 else "black")
+        ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
+        ax.set_yticks(range(len(names)), names)
+    ax.set_xlabel("also holds this label")
+    ax.set_ylabel("texts with this label")
+    fig.colorbar(image, ax=ax, fraction=0.046, label="share of the row label's training texts")
+    ax.set_title("Labels together in training\n(numbers: texts with both; diagonal: texts with the label)", fontsize=10)
+    per_text = report["labels_per_text"]
+    widest = max(len(counts) for counts in per_text.values())
+    for offset, (split, counts) in enumerate(per_text.items()):
+        total = sum(counts.values())
+        shares = [counts.get(str(k), 0) / total for k in range(widest)]
+        bars.bar(np.arange(widest) + (offset - 1) * 0.27, shares, width=0.27, label=f"{split} ({total:,} texts)")
+    bars.set_xticks(range(widest))
+    bars.set_xlabel("labels per text")
+    bars.set_ylabel("share of the split's texts")
+    bars.legend(fontsize=8)
+    bars.grid(axis="y", alpha=0.3)
+    bars.set_title("Labels per text", fontsize=10)
+    fig.suptitle(f"Label sets: {f.dataset}", fontsize=11)
+    return [f.save(fig, "label_co_occurrence.png")]

@@ -15,7 +15,9 @@ from serving.predict import load_run
 from reporting.summary import aggregate, task_of
 from records.results import read_results, results_file
 from strategies import STRATEGIES
-from utils import ConfigError
+from utils import ConfigError, atomic_write_json
+
+THRESHOLDS = "thresholds.json"  # a multi-label model's threshold per label, beside its weights
 
 
 def export_run(run: str, output_dir: str | Path, out: Path, force: bool = False) -> Path:
@@ -38,6 +40,8 @@ def export_run(run: str, output_dir: str | Path, out: Path, force: bool = False)
     tokenizer.save_pretrained(out)
     siblings = [r for r in read_results(results_file(output_dir))
                 if r["config_id"] == record["config_id"] and r["status"] == "completed"]
+    if record.get("decision"):  # label sets: what the card's usage reads each label's threshold from
+        atomic_write_json(out / THRESHOLDS, record["decision"]["thresholds"])
     (out / "README.md").write_text(model_card(record, cfg, siblings or [record], adapter), encoding="utf-8")
     return out
 
@@ -85,6 +89,11 @@ def model_card(record: dict, cfg, runs: list[dict], adapter: bool) -> str:
                  "logits, is folded into the last layer, so the scores are the calibrated probabilities (test ECE "
                  f"{record['test_uncalibrated']['ece']:.4f} before it, {record['test']['ece']:.4f} after)."]
                 if record.get("calibration") else []),
+              *(["- Decision: a label is given where its probability reaches its threshold ("
+                 + ("each label's own, tuned on validation to maximise its F1" if record["decision"]["setting"] == "tuned"
+                    else "one for every label") + f"; `{THRESHOLDS}` in this folder): "
+                 + ", ".join(f"{name} {t:.3f}" for name, t in record["decision"]["thresholds"].items()) + "."]
+                if record.get("decision") else []),
               f"- Versions: {', '.join(f'{k} {v}' for k, v in record['versions'].items())}.", ""]
     distribution = dataset.get("label_distribution")
     counted = distribution and all(isinstance(n, int) for n in distribution["train"].values())

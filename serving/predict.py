@@ -77,7 +77,7 @@ class Predictor:
 
     def __init__(self, model, tokenizer, cfg: Config, record: dict, accelerator):
         self.model, self.tokenizer, self.cfg, self.record, self.accelerator = model, tokenizer, cfg, record, accelerator
-        self.task = task_of([record])
+        self.task = task_of([record]).decided(record.get("decision"))  # label sets: the run's thresholds
         self.label_names = record["dataset"]["label_names"]
         # the text columns the run read (a second text: sentence pairs, or a question's context)
         self.columns = {name: column for name, (_, column) in self.task.data_columns(cfg.data, None).items()}
@@ -97,7 +97,8 @@ class Predictor:
 
     def predict(self, texts: list[str], top_k: int = 1, pairs: list[str] | None = None) -> list[dict]:
         """One dict of named columns per text, or per pair of texts for a run trained on pairs (classification:
-        predicted_label, probability, and with top_k > 1 the top k labels and their probabilities; regression:
+        predicted_label, probability, and with top_k > 1 the top k labels and their probabilities; multi_label:
+        predicted_labels and their probabilities, each joined by "|", every label at or above its threshold; regression:
         the predicted number; token classification: the entities and each word's tag, words being what
         whitespace separates). An empty text gets an empty dict."""
         trained_on_pairs = self.columns.get("pair") is not None

@@ -58,6 +58,10 @@ class Task(abc.ABC):
     text_classes: bool = False
     # whether its prediction values are logits of classes, which one temperature can calibrate
     calibrates: bool = False
+    # a reliability diagram's axes: what a bin's confidence is, and what is counted against it
+    reliability_axes: tuple[str, str] = ("confidence: the predicted class's probability", "accuracy in the bin")
+    # whether a text holds a set of labels, each given where its probability reaches the label's threshold
+    label_sets: bool = False
     # what the tokens beyond model.max_length become, for the data report
     beyond_max_length: str = "truncated"
     # how predict asks for the second text a run trained on pairs needs
@@ -74,14 +78,19 @@ class Task(abc.ABC):
     # ---- the task's data shape: what data.py, predict and the data report ask of it
 
     def prepare(self, frame: pd.DataFrame, split: str, columns: dict[str, tuple[str | None, str]],
-                found: dict) -> pd.DataFrame:
+                found: dict, data) -> pd.DataFrame:
         """One split's columns (text, pair, label) as cleaning compares them: strings where a row holds a list
         or a mapping. `columns` maps each to (its config key, the column in the data), for error messages;
-        what the task repairs or drops it counts in `found`, the split's cleaning counts."""
+        what the task repairs or drops it counts in `found`, the split's cleaning counts; `data`: the data config."""
         return frame
 
     def strata(self, labels: pd.Series) -> pd.Series | None:
         """What splits are carved and train_size sampled in proportion to (None: at random)."""
+        return None
+
+    def split_rows(self, labels: pd.Series, holdout: int, seed: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """The rows kept and the `holdout` rows held out, for a task that carves splits its own way (None:
+        in proportion to strata())."""
         return None
 
     def tokenize(self, tokenizer, texts: list[str], pairs: list[str] | None, max_length: int,
@@ -117,10 +126,9 @@ class Task(abc.ABC):
         """Per text given to predict, the values decode() reads."""
         return list(self.examples(encoded, split, values)[1])
 
-    def label_report(self, distributions: dict[str, dict]) -> dict:
-        """The data report's entries on the labels, from each split's label_distribution."""
+    def label_report(self, distributions: dict[str, dict], labels: dict[str, list], label_names: list[str]) -> dict:
+        """The data report's entries on the labels, from each split's label_distribution (and its labels)."""
         return {"label_summary": distributions}
-
 
     def config_problems(self, cfg) -> list[str]:
         """Settings of the config that make no sense for this task, each as "key: got value, allowed: ...".
@@ -139,6 +147,19 @@ class Task(abc.ABC):
     def card_limit(self, label_names: list[str], distribution: dict | None) -> str:
         """The model card's sentence on what the model can answer."""
         return f"It knows only these labels: {', '.join(label_names)}. Every text gets one of them."
+
+    def calibration_loss(self, logits: torch.Tensor, truth: np.ndarray) -> torch.Tensor:
+        """The mean negative log-likelihood of the truth under these logits, which a temperature minimises."""
+        raise NotImplementedError(f"{self.name} has no probabilities to calibrate")
+
+    def decide(self, truth: list, values: np.ndarray, label_names: list[str], setting) -> dict | None:
+        """The decision rule fitted on validation (label sets: a threshold per label, under
+        training.decision_threshold), for the record; None for a task whose decision is fixed."""
+        return None
+
+    def decided(self, decision: dict | None) -> Task:
+        """The task deciding by a rule decide() gave (itself when there is none)."""
+        return self
 
     def init_head(self, model: torch.nn.Module, train_labels: list) -> None:
         """Adjust a freshly initialised head to the training labels before training (tasks that need nothing
@@ -236,6 +257,24 @@ class Task(abc.ABC):
         split = "validation" if key.startswith("val_") else "test"
         name = key.removeprefix("val_").removeprefix("test_")
         return f"{split} {'loss' if name == 'loss' else self.metric(name).label}"
+
+
+CALIBRATION_BINS = 15  # equal-width confidence bins of the expected calibration error and the reliability diagram
+
+
+def reliability_bins(confidence: np.ndarray, outcome: np.ndarray, bins: int = CALIBRATION_BINS) -> dict[str, list]:
+    """Per equal-width bin of the stated probabilities: how many fell in it, their mean and the share of them
+    whose outcome came true (a reliability diagram's data; empty bins hold None)."""
+    which = np.minimum((confidence * bins).astype(int), bins - 1)
+    count = np.bincount(which, minlength=bins)
+    mean = lambda x: [float(v) if n else None for v, n in zip(np.bincount(which, x, bins) / np.maximum(count, 1), count)]
+    return {"count": count.tolist(), "confidence": mean(confidence), "accuracy": mean(outcome.astype(float))}
+
+
+def calibration_error(bins: dict[str, list]) -> float:
+    """The gap between stated probability and outcome, averaged over the bins weighted by their size."""
+    pairs = zip(bins["count"], bins["confidence"], bins["accuracy"])
+    return sum(n * abs(c - a) for n, c, a in pairs if n) / sum(bins["count"])
 
 
 def probabilities(logits: np.ndarray) -> np.ndarray:

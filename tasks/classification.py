@@ -13,11 +13,8 @@ from sklearn.metrics import (accuracy_score, confusion_matrix, f1_score, log_los
                              precision_recall_fscore_support, precision_score, recall_score)
 from transformers import AutoModelForSequenceClassification
 
-from tasks.base import Metric, Task, label_maps, probabilities
+from tasks.base import Metric, Task, calibration_error, label_maps, probabilities, reliability_bins
 from utils import ConfigError
-
-CALIBRATION_BINS = 15  # equal-width confidence bins of the expected calibration error and the reliability diagram
-
 
 def of_labels(score: Callable[[np.ndarray, np.ndarray, int], float]) -> Callable[[np.ndarray, np.ndarray, int], float]:
     """A metric of predicted labels as a metric of a classifier's logits (their argmax is the prediction)."""
@@ -36,21 +33,14 @@ def worst_class(truth: np.ndarray, predictions: np.ndarray, num_labels: int) -> 
     return label, float(f1[label])
 
 
-def calibration_bins(truth: np.ndarray, logits: np.ndarray, bins: int = CALIBRATION_BINS) -> dict[str, list]:
-    """Per equal-width bin of the top probability: how many predictions fell in it, their mean confidence and
-    the share of them that were right (a reliability diagram's data; empty bins hold None)."""
+def calibration_bins(truth: np.ndarray, logits: np.ndarray) -> dict[str, list]:
+    """The reliability bins of the top probability, against whether its class was right."""
     p = probabilities(logits)
-    confidence, correct = p.max(-1), (p.argmax(-1) == truth)
-    which = np.minimum((confidence * bins).astype(int), bins - 1)
-    count = np.bincount(which, minlength=bins)
-    mean = lambda x: [float(v) if n else None for v, n in zip(np.bincount(which, x, bins) / np.maximum(count, 1), count)]
-    return {"count": count.tolist(), "confidence": mean(confidence), "accuracy": mean(correct.astype(float))}
+    return reliability_bins(p.max(-1), p.argmax(-1) == truth)
 
 
 def expected_calibration_error(truth: np.ndarray, logits: np.ndarray, label_names: list[str]) -> float:
-    """The gap between confidence and accuracy, averaged over CALIBRATION_BINS bins weighted by their size."""
-    bins = calibration_bins(truth, logits)
-    return sum(n * abs(c - a) for n, c, a in zip(bins["count"], bins["confidence"], bins["accuracy"]) if n) / len(truth)
+    return calibration_error(calibration_bins(truth, logits))
 
 
 CLASSIFICATION_METRICS = (
@@ -93,7 +83,7 @@ class Classification(Task):
     def strata(self, labels):
         return labels  # every class in each split in its share, where the counts allow
 
-    def label_report(self, distributions):
+    def label_report(self, distributions, labels, label_names):
         train = [n for n in distributions["train"].values() if n > 0]
         return {"class_counts": distributions, "imbalance_ratio": max(train) / min(train)}  # largest / smallest
 
@@ -115,6 +105,9 @@ class Classification(Task):
 
     def model_kwargs(self, label_names):
         return label_maps(label_names)
+
+    def calibration_loss(self, logits, truth):
+        return F.cross_entropy(logits, torch.as_tensor(np.asarray(truth), dtype=torch.long))
 
     def collate_labels(self, labels, width):
         return torch.tensor(labels, dtype=torch.long)

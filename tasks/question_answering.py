@@ -91,7 +91,7 @@ class QuestionAnswering(Task):
     beyond_max_length = "read in further windows"
     pair_request = "this run answers questions from a context: give each question (--text) its context"
 
-    def prepare(self, frame, split, columns, found):
+    def prepare(self, frame, split, columns, found, data):
         """A question's answers checked against its context (located_answers: moved to where their text stands
         nearby, or dropped), counted in `found` with a warning naming up to five questions, then as JSON text,
         so that cleaning compares them as strings (None without any)."""

@@ -74,7 +74,7 @@ class TokenClassification(Task):
         return {"text": ("data.tokens_column", cfg.tokens_column or "tokens"),
                 "label": ("data.tags_column", cfg.tags_column or "ner_tags")}
 
-    def prepare(self, frame, split, columns, found):
+    def prepare(self, frame, split, columns, found, data):
         """Each row's words and tags as two strings joined by single spaces (what cleaning, splitting and reports
         take), after checking that every word has one tag and holds no space."""
         texts, tags = [], []

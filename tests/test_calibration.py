@@ -15,14 +15,16 @@ from test_cli import results
 from trainer import device_batch, evaluate, make_accelerator, model_inputs
 from utils import ConfigError
 
+CROSS_ENTROPY = TASKS["classification"].calibration_loss
+
 
 def test_a_temperature_fitted_on_logits_scaled_by_a_known_factor_recovers_it():
     rng = np.random.default_rng(0)
     calibrated = rng.normal(0, 2, size=(5000, 5))
     probabilities = np.exp(calibrated) / np.exp(calibrated).sum(1, keepdims=True)
     labels = [rng.choice(5, p=p) for p in probabilities]  # drawn from the calibrated probabilities themselves
-    assert fit_temperature(calibrated * 3.0, labels) == pytest.approx(3.0, rel=0.05)
-    assert fit_temperature(calibrated / 2.0, labels) == pytest.approx(0.5, rel=0.05)
+    assert fit_temperature(calibrated * 3.0, labels, CROSS_ENTROPY) == pytest.approx(3.0, rel=0.05)
+    assert fit_temperature(calibrated / 2.0, labels, CROSS_ENTROPY) == pytest.approx(0.5, rel=0.05)
 
 
 @pytest.mark.parametrize("strategy, head", [("full", "model"), ("full", "mlp"), ("lora", "model"),

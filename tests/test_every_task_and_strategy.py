@@ -12,6 +12,7 @@ import main
 from config import load_config
 from strategies import STRATEGIES
 from tasks import TASKS
+from test_multi_label import tagged_rows, write_tagged
 from test_question_answering import squad_articles
 from test_regression_and_pairs import write_pairs
 from test_token_classification import tagged_sentences
@@ -22,6 +23,8 @@ def task_data(task: str, folder) -> list[str]:
     if task == "regression":
         return ["data.task=regression", f"data.path={write_pairs(folder / 'pairs.csv')}", "data.text_column=question",
                 "data.text_pair_column=other", "data.label_column=score"]
+    if task == "multi_label":
+        return ["data.task=multi_label", *write_tagged(folder, tagged_rows(60), "separator")]
     if task == "token_classification":
         pd.DataFrame(tagged_sentences(40)).to_json(folder / "tags.jsonl", orient="records", lines=True)
         return ["data.task=token_classification", f"data.path={folder / 'tags.jsonl'}"]
@@ -29,7 +32,7 @@ def task_data(task: str, folder) -> list[str]:
     return ["data.task=question_answering", f"data.path={folder / 'squad.json'}", "data.doc_stride=4"]
 
 
-@pytest.mark.parametrize("task", ["regression", "token_classification", "question_answering"])
+@pytest.mark.parametrize("task", ["multi_label", "regression", "token_classification", "question_answering"])
 def test_every_strategy_that_serves_the_task_completes_it(task, write_config, tmp_path):
     overrides = task_data(task, tmp_path) + [f"output.dir={tmp_path / 'out'}", "training.num_epochs=1",
                                              "model.max_length=16"]

@@ -111,6 +111,12 @@ def exported_labels(folder, texts, adapter: bool, num_labels: int) -> list[str]:
         code = ("import json, sys\nfrom transformers import pipeline\n"
                 "classify = pipeline('text-classification', model=sys.argv[1], device='cpu')\n"
                 "print(json.dumps([r['label'] for r in classify(json.loads(sys.argv[2]), truncation=True)]))\n")
+    return outside_the_project(code, folder, texts)
+
+
+def outside_the_project(code: str, folder, texts: list[str]):
+    """What `code` prints last (JSON), run with the folder and the texts (JSON) as arguments in a fresh process
+    that cannot import this project."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     result = subprocess.run([sys.executable, "-c", code, str(folder), json.dumps(texts)], cwd=folder, env=env,
                             capture_output=True, text=True)
