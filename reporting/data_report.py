@@ -85,6 +85,8 @@ def describe_report(report: dict) -> list[str]:
                 "text with conflicting labels": found.get("conflicting_rows", 0) - found.get("conflicting_rows_dropped", 0),
                 "text also in an earlier split": found.get("leaked", 0) - found.get("leaked_removed", 0)}
         notes = [f"dropped {n} ({why})" for why, n in dropped.items() if n] + [f"kept {n} ({why})" for why, n in kept.items() if n]
+        if found.get("texts_without_label"):  # label sets: a text none of the labels applies to
+            notes.append(f"kept {found['texts_without_label']} (no label applies)")
         if found.get("scored_whole"):
             notes.append("given by the data: scored whole, and apart on the rows no earlier split holds (test_unseen)")
         if found.get("answers_moved") or found.get("answers_dropped"):  # a question's answers checked in its context

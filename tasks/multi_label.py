@@ -26,7 +26,7 @@ SHOWN = "|"
 DEFAULT_THRESHOLD = 0.5  # before thresholds are tuned: validation during training, and a label with no positives
 
 
-def label_sets(rows: pd.Series | list) -> list[list[str]]:
+def parsed(rows: pd.Series | list) -> list[list[str]]:
     """Each prepared row's labels."""
     return [row.split(JOINED) if row else [] for row in rows]
 
@@ -138,7 +138,7 @@ class MultiLabel(Task):
         # iterative stratification (Sechidis et al. 2011): every label, the rare ones too, in each split in its share
         from iterstrat.ml_stratifiers import MultilabelStratifiedShuffleSplit
 
-        rows = label_sets(labels)
+        rows = parsed(labels)
         hot = multi_hot(rows, sorted({label for row in rows for label in row}))
         splitter = MultilabelStratifiedShuffleSplit(n_splits=1, test_size=holdout, random_state=seed)
         kept, held = next(splitter.split(np.zeros(len(rows)), hot))
@@ -164,7 +164,7 @@ class MultiLabel(Task):
         return problems
 
     def encode_labels(self, labels, hub_names, column):
-        rows = {split: label_sets(values) for split, values in labels.items()}
+        rows = {split: parsed(values) for split, values in labels.items()}
         seen = sorted({label for row in rows["train"] for label in row})
         numbered = hub_names is not None and all(label.isdigit() for row in rows["train"] for label in row)
         names = list(hub_names) if numbered else seen
