@@ -180,7 +180,9 @@ def train(model: torch.nn.Module, encoded: Encoded, cfg: Config, learning_rate: 
         """Score validation after `seconds` more training, log it, keep the best weights; True: stop training."""
         nonlocal best_weights
         with stopwatch(spent, "validation_time_s"):
-            val = evaluate(model, encoded, "validation", t, accelerator, task)
+            # a label set's thresholds tuned on it: at a fixed 0.5, a model that still gives every label less
+            # scores 0 for epochs, and early stopping ends it before it learns
+            val = evaluate(model, encoded, "validation", t, accelerator, task, fit_decision=True)
         scores = {f"val_{name}": val[name] for name in ["loss"] + [m.name for m in task.metrics]}
         state.history.append({"epoch": epoch, "step": state.step, "train_loss": train_loss, **scores,
                               "lr": run_rate(), "seconds": seconds})
@@ -397,11 +399,16 @@ def padded_to_widest(values: list[torch.Tensor]) -> list[torch.Tensor]:
             for v in values]
 
 
-def evaluate(model, encoded: Encoded, split: str, t: TrainingConfig, accelerator: Accelerator, task: Task) -> dict:
+def evaluate(model, encoded: Encoded, split: str, t: TrainingConfig, accelerator: Accelerator, task: Task,
+             fit_decision: bool = False) -> dict:
     """The loss, every metric of the task, and the truth, prediction values and predictions of one split, per
-    example (a question answered from several windows is one)."""
+    example (a question answered from several windows is one). With `fit_decision`, the task's decision rule
+    (label sets: each label's threshold) is first fitted on this split itself, as validation during training is
+    scored."""
     loss, values = inference(model, encoded, split, t, accelerator, task)
     truth, values = task.examples(encoded, split, values)
+    if fit_decision:
+        task = task.decided(task.decide(truth, values, encoded.label_names, t.decision_threshold))
     return {"loss": loss, **task.scores(truth, values, encoded.label_names), "truth": truth, "values": values,
             "predictions": task.predict(values)}
 

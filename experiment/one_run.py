@@ -188,9 +188,9 @@ def fit_and_test(run: Run, cfg: Config, data: LabelledData, encoded: Encoded, ac
         if task.label_sets:  # each label's threshold, chosen on validation (on its calibrated probabilities)
             validation = validation or evaluate(trained, inputs, "validation", cfg.training, accelerator, task)
             decision = fitted["decision"] = decision_of(task, validation, cfg, data.label_names)
-            logger.info("%s: label thresholds %s; validation micro-F1 %.4f at 0.5, %.4f at them", run_dir.name,
+            logger.info("%s: label thresholds %s; validation %s %.4f at 0.5, %.4f at them", run_dir.name,
                         ", ".join(f"{k} {v:.3f}" for k, v in decision["thresholds"].items()),
-                        *decision["validation"]["micro_f1"])
+                        task.metric(task.main_metric).label, *decision["validation"][task.main_metric])
         task = task.decided(fitted.get("decision"))
         test = evaluate(trained, inputs, "test", cfg.training, accelerator, task)
         trackers.log({f"test_{name}": test[name] for name in ["loss"] + [m.name for m in task.metrics]},
@@ -207,8 +207,14 @@ def fit_and_test(run: Run, cfg: Config, data: LabelledData, encoded: Encoded, ac
 
 
 def decision_of(task, validation: dict, cfg: Config, label_names: list[str]) -> dict | None:
-    """The task's decision rule (label sets: each label's threshold) fitted on a validation evaluation."""
-    return task.decide(validation["truth"], validation["values"], label_names, cfg.training.decision_threshold)
+    """The task's decision rule (label sets: each label's threshold) fitted on a validation evaluation, with the
+    validation scores the task's own default rule gives and this one's."""
+    truth, values = validation["truth"], validation["values"]
+    decision = task.decide(truth, values, label_names, cfg.training.decision_threshold)
+    if decision is None:
+        return None
+    before, after = task.scores(truth, values, label_names), task.decided(decision).scores(truth, values, label_names)
+    return {**decision, "validation": {name: [before[name], after[name]] for name in task.compared_metrics}}
 
 
 def calibrate(module, encoded: Encoded, cfg: Config, accelerator, task, run_dir: Path) -> tuple[dict, dict, dict]:

@@ -226,10 +226,7 @@ class MultiLabel(Task):
         truth, p = np.asarray(truth), expit(np.asarray(values))
         thresholds = ([best_f1_threshold(p[:, j], truth[:, j]) for j in range(len(label_names))] if setting == "tuned"
                       else [float(setting)] * len(label_names))
-        before, after = self.scores(truth, values, label_names), MultiLabel(thresholds).scores(truth, values, label_names)
-        return {"setting": setting, "thresholds": dict(zip(label_names, thresholds)),
-                # validation at DEFAULT_THRESHOLD (what chose the epoch) and at these thresholds
-                "validation": {name: [before[name], after[name]] for name in ("micro_f1", "macro_f1", "samples_f1")}}
+        return {"setting": setting, "thresholds": dict(zip(label_names, thresholds))}
 
     def decided(self, decision):
         return self if decision is None else MultiLabel(list(decision["thresholds"].values()))

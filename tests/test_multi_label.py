@@ -184,6 +184,8 @@ def test_a_run_tunes_its_thresholds_on_validation_and_tests_with_them(tagged_run
     assert decision["setting"] == "tuned" and list(decision["thresholds"]) == record["dataset"]["label_names"]
     before, after = decision["validation"]["micro_f1"]
     assert after >= before  # the thresholds maximise each label's F1 on validation
+    # validation during training was scored at thresholds tuned on it: the best epoch's score is theirs
+    assert record["best_metric"] == pytest.approx(after)
     predictions = np.array(record["test_predictions"])
     assert predictions.shape == (len(record["test_labels"]), 3) and test["micro_f1"] > 0.6
     assert set(test["per_class"]) == set(decision["thresholds"]) and test["micro_f1"] > record["dataset"][
