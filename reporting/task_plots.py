@@ -96,6 +96,8 @@ def per_class_f1(f: Figures) -> list[str]:
         raise NothingToDraw("needs the test scores per class of every configuration's runs")
     first = f.runs_of(rows[0])[0]
     counts, counted, kind = first["dataset"]["label_distribution"]["train"], "training examples", "class"
+    if "labels_per_text" in first["test"]:  # label sets: texts hold several labels
+        counted, kind = "training texts with the label", "label"
     if not set(first["test"]["per_class"]) <= set(counts):  # entity types, counted in test; tags in training
         counts = {name: c["support"] for name, c in first["test"]["per_class"].items()}
         counted, kind = "test entities", "entity type"
