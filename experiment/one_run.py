@@ -225,7 +225,8 @@ def calibrate(module, encoded: Encoded, cfg: Config, accelerator, task, run_dir:
     t = cfg.training
     before = evaluate(module, encoded, "validation", t, accelerator, task)
     temperature = fit_temperature(before["values"], before["truth"], task.calibration_loss)
-    decision = decision_of(task, before, cfg, encoded.label_names)
+    # only the rule itself: the uncalibrated report's decisions (its validation scores are not kept)
+    decision = task.decide(before["truth"], before["values"], encoded.label_names, t.decision_threshold)
     uncalibrated = {**evaluate(module, encoded, "test", t, accelerator, task.decided(decision)), "decision": decision}
     model = accelerator.unwrap_model(module)
     rows = list(range(min(8, len(encoded.ids["validation"]))))
