@@ -18,6 +18,8 @@ def class_distribution(f: Figures) -> list[str]:
         raise NothingToDraw("the labels are not one class per text: the report's data section gives them per split")
     counts = f.data_report["class_counts"]
     names = sorted(counts["train"], key=lambda name: (-counts["train"][name], name))
+    label_sets = "labels_per_text" in f.data_report  # multi-label: a text counts once for each label it has
+    counted, kind = ("texts with the label", "label") if label_sets else ("examples", "class")
     fig, ax = plt.subplots(figsize=(min(4 + 0.55 * len(names), 24), 5))
     bottom = np.zeros(len(names))
     for split in ("train", "validation", "test"):
@@ -28,13 +30,12 @@ def class_distribution(f: Figures) -> list[str]:
         ax.set_xticks(range(len(names)), names, **slanted_if_long(names))
     else:
         ax.set_xticks([])
-        ax.set_xlabel(f"{len(names)} classes, most frequent first")
-    counted = "texts with the label" if "labels_per_text" in f.data_report else "examples"  # label sets
+        ax.set_xlabel(f"{len(names)} {kind}s, most frequent first")
     ax.set_ylabel(counted)
-    ax.set_title(f"{counted.capitalize()} per class and split: {f.dataset}\n(imbalance ratio "
-                 f"{f.data_report['imbalance_ratio']:.1f}: largest / smallest training class)")
+    ax.set_title(f"{counted.capitalize()} per {kind} and split: {f.dataset}\n(imbalance ratio "
+                 f"{f.data_report['imbalance_ratio']:.1f}: largest / smallest training {kind})")
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(title=f"split ({'labels given' if counted != 'examples' else 'examples'})", fontsize=9, title_fontsize=9)
+    ax.legend(title=f"split ({'labels given' if label_sets else 'examples'})", fontsize=9, title_fontsize=9)
     return [f.save(fig, "class_distribution.png")]
 
 

@@ -58,7 +58,7 @@ class Strategy:
     """What in its settings does not fit the model's own config (a transformers config), or None."""
     head: Callable[[Any], Any] = lambda head: head
     """The head (a HeadConfig) it trains under the configured one: most keep it."""
-    space: dict[str, dict] = field(default_factory=lambda: rates(1e-5, 3e-4))
+    space: dict[str, dict] = field(default_factory=lambda: rates(1e-5, 1e-3))
     """What a search (search.method: optuna) varies by default: its own keys (strategies.<name>.<key>) to ranges
     or lists of choices, as search.space writes them; at least the learning rate, over a range that suits it."""
 

@@ -94,12 +94,12 @@ def too_many_layers(model_config, settings: Settings) -> str | None:
 # Training examples per second relative to full fine-tuning, measured on the demo data with 2 CPU cores (full
 # 80, bitfit 154, partial freezing 219, frozen encoder 321 examples/s). On a GPU they lie closer together,
 # which only makes the shards' shares a little less even.
-FULL = Strategy("full", full, space=rates(1e-5, 3e-4))
+FULL = Strategy("full", full, space=rates(1e-5, 1e-3))
 BITFIT = Strategy("bitfit", bitfit, relative_cost=0.52, space=rates(1e-4, 3e-2))
 PARTIAL_FREEZING = Strategy("partial_freezing", partial_freezing, relative_cost=0.37, space=rates(1e-5, 1e-3),
                             model_problems=lambda settings, model_config: too_many_layers(model_config, settings))
 GRADUAL_UNFREEZING = Strategy("gradual_unfreezing", gradual_unfreezing, before_epoch=unfreeze_for_epoch,
-                              schedule=unfreezing_schedule, space=rates(1e-5, 3e-4))
+                              schedule=unfreezing_schedule, space=rates(1e-5, 1e-3))
 FROZEN_ENCODER = Strategy(
     "frozen_encoder", frozen_encoder, relative_cost=0.25, space=rates(3e-3, 1.0),
     fit=lambda settings: fit_logistic_regression if settings["classifier"] == "logistic_regression" else None,
