@@ -11,6 +11,7 @@ import os
 import socket
 import threading
 import time
+import warnings
 from pathlib import Path
 
 from filelock import FileLock
@@ -22,6 +23,7 @@ from experiment.plan import Run
 from records.checkpoints import drop_checkpoints
 from records.results import results_file, save_record
 from reporting.verdict import best_of
+from schema.search import describe_range, outside_range
 from strategies import STRATEGIES
 from tasks import TASKS
 from utils import ConfigError, stable_hash
@@ -106,6 +108,9 @@ def open_studies(templates: list[Run], inputs: Inputs, cfg) -> list[Study]:
         study = optuna.create_study(study_name=name, storage=storage, direction=direction, load_if_exists=True,
                                     pruner=make_pruner(cfg.search.pruner, budget_steps(template, inputs)))
         own = {key: setting_of(template.cfg, key) for key in space}
+        for key in (key for key, value in own.items() if outside_range(value, space[key])):
+            logger.info("search %s: the config's own %s, %s, lies outside the range searched (%s); it is still "
+                        "the first trial", template.strategy, short_key(key), own[key], describe_range(space[key]))
         study.enqueue_trial(own, skip_if_exists=True)
         studies.append(Study(template, space, study, storage, FileLock(str(folder / f"{name}.lock"))))
     return studies
@@ -174,7 +179,9 @@ def claim_trial(study: Study, trials: int, sampler_seed: int):
         # numpy's generator nearly the same first draws (0.417 and 0.436 for seeds 1 and 2)
         seed = int(stable_hash([sampler_seed, len(taken)]), 16) % 2 ** 32
         study.optuna_study.sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=STARTUP_TRIALS)
-        trial = study.optuna_study.ask({key: distribution(spec) for key, spec in study.space.items()})
+        with warnings.catch_warnings():  # a first trial outside the range: said once, in open_studies
+            warnings.filterwarnings("ignore", message="Fixed parameter .* out of range", category=UserWarning)
+            trial = study.optuna_study.ask({key: distribution(spec) for key, spec in study.space.items()})
         trial.set_user_attr("worker", {"host": socket.gethostname(), "pid": os.getpid()})
         return trial
 

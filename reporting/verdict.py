@@ -8,6 +8,7 @@ import statistics
 from typing import Callable
 
 from config import short_key
+from schema.search import describe_range
 from tasks import TASKS, Task
 
 # A 95% interval wider than ±5 points (on a 0-1 score) can hide a difference most users would act on, so
@@ -268,12 +269,6 @@ def describe(verdict: dict, task: Task) -> list[str]:
             ("all examples" if o["shots_per_class"] is None else f"{o['shots_per_class']} per class")
             + f": {o['label']} ({o['test']['mean']:.4f})" for o in verdict["other_slots"]) + ".")
     return lines + describe_search(verdict.get("searched") or []) + to_know_more(verdict)
-
-
-def describe_range(spec: dict | list) -> str:
-    if isinstance(spec, list):
-        return "{" + ", ".join(map(str, spec)) + "}"
-    return f"{spec['low']:.3g}..{spec['high']:.3g}" + (" (log)" if spec.get("log") else "")
 
 
 def describe_search(searched: list[dict]) -> list[str]:

@@ -82,3 +82,13 @@ def edge_of_range(value, spec: dict | list) -> str | None:
     scale = math.log if spec.get("log") else float
     position = (scale(value) - scale(spec["low"])) / (scale(spec["high"]) - scale(spec["low"]))
     return "low" if position < 0.1 else "high" if position > 0.9 else None
+
+
+def outside_range(value, spec: dict | list) -> bool:
+    return value not in spec if isinstance(spec, list) else not spec["low"] <= value <= spec["high"]
+
+
+def describe_range(spec: dict | list) -> str:
+    if isinstance(spec, list):
+        return "{" + ", ".join(map(str, spec)) + "}"
+    return f"{spec['low']:.3g}..{spec['high']:.3g}" + (" (log)" if spec.get("log") else "")

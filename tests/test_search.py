@@ -244,3 +244,16 @@ def test_no_trial_starts_after_the_time_budget_and_the_trials_done_are_confirmed
     assert "the time budget of 50s is spent; no new trial starts" in caplog.text
     assert "search lora: no trial completed, so there is nothing to confirm" in caplog.text
     assert {r["strategy"] for r in runs if r["trial"].get("confirms")} == {"bitfit"}
+
+
+def test_a_config_rate_outside_the_range_is_still_the_first_trial_and_said_once(write_config, tmp_path, caplog,
+                                                                                recwarn):
+    config = write_config(search={"method": "optuna", "trials": 1}, training={"num_epochs": 1},
+                          strategies={"bitfit": {"learning_rate": 0.5}})
+    caplog.set_level(logging.INFO, logger="bertlab")
+    assert main.main(["--config", str(config), "--strategy", "bitfit"]) == 0
+    [trial] = own_trials(records(tmp_path)).values()
+    assert trial["varied"]["learning_rate"] == 0.5
+    assert "search bitfit: the config's own learning_rate, 0.5, lies outside the range searched (0.0001..0.03 " \
+           "(log)); it is still the first trial" in caplog.text
+    assert not [w for w in recwarn if "out of range" in str(w.message)]  # Optuna's own warning is not repeated
