@@ -32,7 +32,7 @@ def class_distribution(f: Figures) -> list[str]:
         ax.set_xticks([])
         ax.set_xlabel(f"{len(names)} {kind}s, most frequent first")
     ax.set_ylabel(counted)
-    ax.set_title(f"{counted.capitalize()} per {kind} and split: {f.dataset}\n(imbalance ratio "
+    ax.set_title(f"{'Texts' if label_sets else 'Examples'} per {kind} and split: {f.dataset}\n(imbalance ratio "
                  f"{f.data_report['imbalance_ratio']:.1f}: largest / smallest training {kind})")
     ax.grid(axis="y", alpha=0.3)
     ax.legend(title=f"split ({'labels given' if label_sets else 'examples'})", fontsize=9, title_fontsize=9)
