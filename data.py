@@ -7,6 +7,7 @@ import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -67,8 +68,8 @@ def load_data(cfg: DataConfig) -> LabelledData:
     cleaning = {split: {} for split in SPLITS}
     whole = {"test"} if "test" in frames and not cfg.clean_given_test else set()  # given by the data: kept whole
     frames = {split: _clean(frame, split, columns, task, cleaning[split], cfg) for split, frame in frames.items()}
-    frames = {split: _drop_duplicates(frame, split, cfg.drop_duplicates and split not in whole, cleaning[split])
-              for split, frame in frames.items()}
+    frames = {split: _drop_duplicates(frame, split, cfg.drop_duplicates and split not in whole, cleaning[split],
+                                      task.shown_label) for split, frame in frames.items()}
     frames = _carve_missing_splits(frames, cfg, task)
     frames, unseen = _remove_leakage(frames, cfg.remove_leakage, cleaning, whole)
     if cfg.train_size is not None and cfg.train_size < len(frames["train"]):
@@ -123,14 +124,15 @@ def row_keys(frame: pd.DataFrame) -> pd.Series:
 CONFLICT_EXAMPLES = 5
 
 
-def _drop_duplicates(frame: pd.DataFrame, split: str, drop: bool, found: dict) -> pd.DataFrame:
+def _drop_duplicates(frame: pd.DataFrame, split: str, drop: bool, found: dict, shown: Callable[[Any], str]
+                     ) -> pd.DataFrame:
     """Repeated texts: one copy kept when every copy has the same label; every copy dropped when the copies
     disagree (which label is right cannot be known). Counted either way; with `drop` false, all rows stay."""
     key = row_keys(frame)
     labels_per_text = frame.groupby(key)["label"].nunique()
     conflicting = key.isin(labels_per_text.index[labels_per_text > 1])
     repeated = key.duplicated() & ~conflicting
-    examples = [{"text": group["text"].iloc[0], "labels": sorted(map(str, group["label"].unique()))}
+    examples = [{"text": group["text"].iloc[0], "labels": sorted(map(shown, group["label"].unique()))}
                 for _, group in frame[conflicting].groupby(key[conflicting], sort=True)][:CONFLICT_EXAMPLES]
     found.update(duplicates_dropped=int(repeated.sum()) if drop else 0, duplicate_rows=int(repeated.sum()),
                  conflicting_texts=int(labels_per_text.gt(1).sum()), conflicting_rows=int(conflicting.sum()),

@@ -126,6 +126,10 @@ class Task(abc.ABC):
         """Per text given to predict, the values decode() reads."""
         return list(self.examples(encoded, split, values)[1])
 
+    def shown_label(self, label) -> str:
+        """A prepared row's label as the data report and the log show it."""
+        return str(label)
+
     def label_report(self, distributions: dict[str, dict], labels: dict[str, list], label_names: list[str]) -> dict:
         """The data report's entries on the labels, from each split's label_distribution (and its labels)."""
         return {"label_summary": distributions}

@@ -144,6 +144,9 @@ class MultiLabel(Task):
         kept, held = next(splitter.split(np.zeros(len(rows)), hot))
         return np.sort(kept), np.sort(held)
 
+    def shown_label(self, label):
+        return SHOWN.join(parsed([label])[0]) or "(no label)"
+
     def label_report(self, distributions, labels, label_names):
         train = [n for n in distributions["train"].values() if n > 0]
         hot = {split: np.asarray(rows, dtype=np.int64).reshape(len(rows), len(label_names))

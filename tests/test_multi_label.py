@@ -76,6 +76,14 @@ def test_list_separator_and_flag_columns_read_to_the_same_labels(write_config, t
     assert all(set(map(len, split)) == {4} and {x for row in split for x in row} == {0, 1} for split in labels.values())
 
 
+def test_a_text_given_different_label_sets_is_reported_with_its_sets_readable(write_config, tmp_path):
+    rows = tagged_rows(60) + [{"text": "where is my parcel", "tags": tags} for tags in (["delivery", "login"],
+                                                                                      ["delivery"], [])]
+    data = load_data(load_config(write_config(), ["data.task=multi_label", *write_tagged(tmp_path, rows, "list")]).data)
+    assert data.cleaning["train"]["conflicting_examples"] == [
+        {"text": "where is my parcel", "labels": ["(no label)", "delivery", "delivery|login"]}]
+
+
 def test_iterative_stratification_keeps_a_rare_label_in_every_split(write_config, tmp_path):
     overrides = ["data.task=multi_label", *write_tagged(tmp_path, tagged_rows(150, rare=6), "list")]
     for seed in range(5):
