@@ -158,8 +158,9 @@ def make_pruner(name: str, budget: int):
 
 
 def counted(trial) -> bool:
-    """Whether a trial counts against search.trials: all but those a killed process left (they run again)."""
-    return not trial.user_attrs.get("interrupted")
+    """Whether a trial counts against search.trials: all but those a killed process left (they run again) and
+    draws that repeated an earlier trial's setting (another is drawn)."""
+    return not trial.user_attrs.get("interrupted") and "repeats" not in trial.user_attrs
 
 
 def claim_trial(study: Study, trials: int, sampler_seed: int):
@@ -170,19 +171,22 @@ def claim_trial(study: Study, trials: int, sampler_seed: int):
 
     with study.lock:
         release_abandoned(study)
-        taken = [t for t in study.optuna_study.get_trials(deepcopy=False)
-                 if counted(t) and t.state != TrialState.WAITING]
-        if len(taken) >= trials:
+        claimed = [t for t in study.optuna_study.get_trials(deepcopy=False) if t.state != TrialState.WAITING]
+        taken = [t for t in claimed if counted(t)]
+        repeats = sum("repeats" in t.user_attrs for t in claimed)
+        if len(taken) >= trials or repeats >= trials:  # a space of few choices may hold fewer settings than trials
             return None
-        # seeded by the trials so far, not once per process: workers with one seed would draw the same settings,
-        # and the draws stay the same however many workers share the study. Hashed: consecutive seeds give
-        # numpy's generator nearly the same first draws (0.417 and 0.436 for seeds 1 and 2)
-        seed = int(stable_hash([sampler_seed, len(taken)]), 16) % 2 ** 32
+        # seeded by the trials claimed so far (a repeated draw included, so the next draw differs), not once per
+        # process: workers with one seed would draw the same settings, and the draws stay the same however many
+        # workers share the study. Hashed: consecutive seeds give numpy's generator nearly the same first draws
+        # (0.417 and 0.436 for seeds 1 and 2)
+        seed = int(stable_hash([sampler_seed, len(claimed)]), 16) % 2 ** 32
         study.optuna_study.sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=STARTUP_TRIALS)
         with warnings.catch_warnings():  # a first trial outside the range: said once, in open_studies
             warnings.filterwarnings("ignore", message="Fixed parameter .* out of range", category=UserWarning)
             trial = study.optuna_study.ask({key: distribution(spec) for key, spec in study.space.items()})
         trial.set_user_attr("worker", {"host": socket.gethostname(), "pid": os.getpid()})
+        trial.set_user_attr("position", len(taken) + 1)  # its place among the counted trials, for the log
         return trial
 
 
@@ -263,6 +267,11 @@ def run_trial(study: Study, trial, trials: int, inputs: Inputs, accelerator, rec
     record = records.get(run_id)
     if record and record["status"] in ("completed", "pruned"):  # its weights are not this search's to delete
         trial.set_user_attr("earlier_run", True)
+        earlier = record.get("trial") or {}
+        if earlier.get("study") == study.name and earlier.get("number") != trial.number:
+            trial.set_user_attr("repeats", earlier["number"])  # rounded to the same setting: not counted
+            logger.info("search %s: a draw repeats trial %d's setting (%s): its result is reused and another is "
+                        "drawn", template.strategy, earlier["number"] + 1, run.describe())
     if record and record["status"] == "completed" and not record.get("trial"):  # a grid's run: it is this trial too
         record = {**record, "trial": {**run.trial, "confirms": run_id},  # tested already
                   "varied": {short_key(key): value for key, value in settings.items()}}
@@ -278,8 +287,8 @@ def run_trial(study: Study, trial, trials: int, inputs: Inputs, accelerator, rec
             if trial.should_prune():
                 raise RunPruned(seen)
 
-        logger.info("search %s: trial %d/%d: %s", template.strategy, trial.number + 1, trials,
-                    run.describe())
+        logger.info("search %s: trial %d/%d: %s", template.strategy,
+                    trial.user_attrs.get("position", trial.number + 1), trials, run.describe())
         with Lease(lease_path(study, trial.number)):
             try:
                 record = run_one(run, run_id, data, encoded, accelerator, baseline_of(data, run.cfg), resume,

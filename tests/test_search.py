@@ -257,3 +257,25 @@ def test_a_config_rate_outside_the_range_is_still_the_first_trial_and_said_once(
     assert "search bitfit: the config's own learning_rate, 0.5, lies outside the range searched (0.0001..0.03 " \
            "(log)); it is still the first trial" in caplog.text
     assert not [w for w in recwarn if "out of range" in str(w.message)]  # Optuna's own warning is not repeated
+
+
+def test_a_draw_that_repeats_a_trials_setting_reuses_its_result_and_another_is_drawn(write_config, tmp_path,
+                                                                                     monkeypatch, caplog):
+    config = search_config(write_config, trials=2)
+    own_rate, real_readable, repeated = 0.001, experiment.search.readable, []
+
+    def first_draw_rounds_to_the_own_rate(params):  # as two rates do that round to the same three digits
+        [value] = params.values()
+        if not repeated and value != own_rate:
+            repeated.append(value)
+        return {key: own_rate for key in params} if repeated and value == repeated[0] else real_readable(params)
+
+    monkeypatch.setattr(experiment.search, "readable", first_draw_rounds_to_the_own_rate)
+    caplog.set_level(logging.INFO, logger="bertlab")
+    assert main.main(["--config", str(config), "--strategy", "bitfit"]) == 0
+    [study] = optuna.get_all_study_summaries(journal(tmp_path))
+    attrs = [t.user_attrs for t in optuna.load_study(study_name=study.study_name, storage=journal(tmp_path)).trials]
+    assert [a.get("repeats") for a in attrs] == [None, 0, None]  # the repeat did not count: a third draw ran
+    assert len({r["run_id"] for r in own_trials(records(tmp_path)).values()}) == 2
+    assert "search bitfit: a draw repeats trial 1's setting (learning_rate=0.001" in caplog.text
+    assert "trial 2/2" in caplog.text and "trial 3/2" not in caplog.text
