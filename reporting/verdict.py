@@ -243,6 +243,11 @@ def describe(verdict: dict, task: Task) -> list[str]:
                      f"{', '.join(s['label'] for s in by_status['within noise'])} "
                      f"{'is' if len(by_status['within noise']) == 1 else 'are'} within noise of it on test {label}, "
                      f"but none costs less on every measure.")
+    elif by_status["ahead"]:  # test disagrees with validation: the headline must not call the rest behind
+        ahead = [s["label"] for s in by_status["ahead"]]
+        lines.append(f"Use {best}{scope}: it is the best on {selection}, though {', '.join(ahead)} "
+                     f"{'scores' if len(ahead) == 1 else 'score'} higher on test {label} (below)"
+                     + ("; every other strategy is clearly behind it." if by_status["behind"] else "."))
     else:
         lines.append(f"Use {best}{scope}: it is the best on {selection}, and every other strategy is clearly behind "
                      f"it on test {label}.")

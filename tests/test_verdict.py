@@ -120,6 +120,8 @@ def test_test_scores_never_choose_but_a_disagreement_is_reported():
     runs += [run("lora", s, val=0.90, error_rate=0.05, params=3_000) for s in SEEDS]
     verdict, lines = verdict_of(runs)
     assert verdict["winner"]["strategy"] == "full" and statuses(verdict) == {"lora": "ahead"}
+    assert lines[0] == "Use full: it is the best on validation macro-F1 0.9500, though lora scores higher on test " \
+                       "macro-F1 (below)."
     assert any(line.startswith("lora scored higher than full on test macro-F1") and "(400 examples)" in line
                for line in lines)
 
