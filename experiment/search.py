@@ -287,8 +287,8 @@ def run_trial(study: Study, trial, trials: int, inputs: Inputs, accelerator, rec
             if trial.should_prune():
                 raise RunPruned(seen)
 
-        logger.info("search %s: trial %d/%d: %s", template.strategy,
-                    trial.user_attrs.get("position", trial.number + 1), trials, run.describe())
+        logger.info("search %s: trial %d/%d: %s", template.strategy, trial.user_attrs["position"], trials,
+                    run.describe())
         with Lease(lease_path(study, trial.number)):
             try:
                 record = run_one(run, run_id, data, encoded, accelerator, baseline_of(data, run.cfg), resume,

@@ -19,7 +19,8 @@ def class_distribution(f: Figures) -> list[str]:
     counts = f.data_report["class_counts"]
     names = sorted(counts["train"], key=lambda name: (-counts["train"][name], name))
     label_sets = "labels_per_text" in f.data_report  # multi-label: a text counts once for each label it has
-    counted, kind = ("texts with the label", "label") if label_sets else ("examples", "class")
+    noun, counted, kind = (("Texts", "texts with the label", "label") if label_sets
+                           else ("Examples", "examples", "class"))
     fig, ax = plt.subplots(figsize=(min(4 + 0.55 * len(names), 24), 5))
     bottom = np.zeros(len(names))
     for split in ("train", "validation", "test"):
@@ -32,7 +33,7 @@ def class_distribution(f: Figures) -> list[str]:
         ax.set_xticks([])
         ax.set_xlabel(f"{len(names)} {kind}s, most frequent first")
     ax.set_ylabel(counted)
-    ax.set_title(f"{'Texts' if label_sets else 'Examples'} per {kind} and split: {f.dataset}\n(imbalance ratio "
+    ax.set_title(f"{noun} per {kind} and split: {f.dataset}\n(imbalance ratio "
                  f"{f.data_report['imbalance_ratio']:.1f}: largest / smallest training {kind})")
     ax.grid(axis="y", alpha=0.3)
     ax.legend(title=f"split ({'labels given' if label_sets else 'examples'})", fontsize=9, title_fontsize=9)
