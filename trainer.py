@@ -42,6 +42,24 @@ class TrainingFailed(Exception):
     """A run that cannot go on (a loss that is no longer finite): recorded as failed with this reason."""
 
 
+class RunPruned(Exception):
+    """Raised by an evaluation's callback to end a search trial that falls behind; `train` adds the evaluations
+    so far."""
+
+    def __init__(self):
+        super().__init__()
+        self.history: list[dict] = []
+
+    def __str__(self):
+        return f"pruned at optimizer step {self.history[-1]['step']}" if self.history else "pruned"
+
+
+class RunPaused(Exception):
+    """Raised by `train` when an evaluation's callback asked to pause (a search trial waiting at a rung for the
+    others of its round): the checkpoint holds the run just after that evaluation, and resuming hands that
+    evaluation to the callback again before training on."""
+
+
 @dataclass
 class TrainState:
     """Everything besides weights and optimizer that a resumed run needs to continue exactly."""
@@ -54,6 +72,7 @@ class TrainState:
     bad_evals: int = 0  # evaluations in a row without improvement
     history: list[dict] = field(default_factory=list)
     stop_reason: str | None = None
+    paused: bool = False  # at the last evaluation, whose callback is asked again on resuming
     # Progress inside the current epoch, for checkpoints taken mid-epoch
     batches_done: int = 0
     epoch_loss: float = 0.0
@@ -139,10 +158,11 @@ def make_optimizer(model: torch.nn.Module, learning_rate: float, weight_decay: f
 
 def train(model: torch.nn.Module, encoded: Encoded, cfg: Config, learning_rate: float, run_dir: Path,
           accelerator: Accelerator, run_key: dict, resume: bool = False,
-          on_evaluation: Callable[[dict], None] | None = None, rates: dict[str, float] | None = None,
+          on_evaluation: Callable[[list[dict]], bool] | None = None, rates: dict[str, float] | None = None,
           before_epoch: Callable[[int], None] | None = None) -> dict:
     """Train with validation after each epoch, and every `training.eval_every_steps` optimizer steps when set
-    (each evaluation's entry also to `on_evaluation`, which may raise to end the run), each parameter at its
+    (after each evaluation the history so far also goes to `on_evaluation`, which may raise RunPruned to end the
+    run, or return True to pause it: RunPaused, after a checkpoint), each parameter at its
     rate in `rates` (default: `learning_rate`), calling `before_epoch(epoch)` first when a strategy changes
     what trains from epoch to epoch; return the history and leave the best weights in `model`."""
     t, task = cfg.training, TASKS[cfg.data.task]
@@ -165,6 +185,21 @@ def train(model: torch.nn.Module, encoded: Encoded, cfg: Config, learning_rate: 
         state = TrainState(**saved_state)
         logger.info("resumed from %s: %d epochs and %d batches done (step %d)", run_dir / RESUME_STATE, state.epoch,
                     state.batches_done, state.step)
+
+    def hand_over() -> None:
+        """The history to `on_evaluation`, which may prune the run (given its evaluations here) or pause it."""
+        try:
+            state.paused = bool(on_evaluation(state.history))
+        except RunPruned as pruned:
+            pruned.history = list(state.history)
+            raise
+
+    if state.paused:  # the evaluation it paused at is judged now (a run resumed without a judge goes on)
+        state.paused = False
+        if on_evaluation:
+            hand_over()
+        if state.paused:
+            raise RunPaused
 
     spent = {"validation_time_s": 0.0, "checkpoint_time_s": 0.0}  # where the time beside training goes
 
@@ -194,7 +229,7 @@ def train(model: torch.nn.Module, encoded: Encoded, cfg: Config, learning_rate: 
                 best_weights = trainable_weights(model, accelerator, trained)
                 save_weights(run_dir / BEST_WEIGHTS, best_weights, run_key, state.best_epoch)
         if on_evaluation:  # after the best is kept: it may end the run (a pruned search trial)
-            on_evaluation(state.history[-1])
+            hand_over()
         return state.stop_reason is not None
 
     epochs_left = range(state.epoch, t.num_epochs) if state.stop_reason is None else range(0)
@@ -217,6 +252,8 @@ def train(model: torch.nn.Module, encoded: Encoded, cfg: Config, learning_rate: 
             checkpoint()
             if state.stop_reason:
                 break
+            if state.paused:
+                raise RunPaused
             if in_any_process(stop.requested, accelerator):
                 raise KeyboardInterrupt
 
@@ -285,7 +322,7 @@ def train_epoch(model, optimizer, scheduler, accelerator: Accelerator, encoded: 
                 if stopped:
                     return train_loss, 0.0, True
             every = t.checkpoint_every_steps
-            stopping = in_any_process(stop.requested, accelerator)
+            stopping = in_any_process(stop.requested, accelerator) or state.paused
             if i + 1 < len(batches) and (stopping or (every and state.step % every == 0)):
                 # never checkpoint a NaN
                 _fail_if_nonfinite(first_in_any_process(first_nonfinite, accelerator), epoch, len(batches), accum)
@@ -294,6 +331,8 @@ def train_epoch(model, optimizer, scheduler, accelerator: Accelerator, encoded: 
                 state.epoch_seconds = paused - start
                 checkpoint()
                 start += time.perf_counter() - paused  # the epoch's seconds count training only
+                if state.paused:
+                    raise RunPaused
                 if stopping:
                     raise KeyboardInterrupt
     elapsed = time.perf_counter() - start

@@ -22,7 +22,8 @@ def print_search_plan(cfg: Config, strategies: list[str]) -> None:
     """What a search would do: each strategy's space and trials, then the confirmation runs, training nothing."""
     seeds = cfg.search.confirm_seeds or cfg.training.seeds or [cfg.training.seed]
     budget = f", no new trial after {cfg.search.time_budget:g}s" if cfg.search.time_budget else ""
-    print(f"search ({cfg.search.pruner} pruning{budget}): up to {cfg.search.trials} trial(s) per strategy, validated "
+    judged = "" if cfg.search.pruner == "none" else f" on {cfg.search.prune_on}"
+    print(f"search ({cfg.search.pruner} pruning{judged}{budget}): up to {cfg.search.trials} trial(s) per strategy, validated "
           f"only, then the best {cfg.search.confirm_top_k} of each confirmed with seed(s) {seeds} and tested")
     for strategy in strategies:
         ranges = ", ".join(f"{short_key(k)} {v}" for k, v in searched_space(cfg, strategy).items())

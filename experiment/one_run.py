@@ -28,24 +28,17 @@ from reporting.verdict import best_of
 from strategies import STRATEGIES
 from tasks import TASKS
 from experiment.trackers import run_trackers
-from trainer import device_batch, evaluate, model_inputs, train
+from trainer import RunPaused, RunPruned, device_batch, evaluate, model_inputs, train
 from utils import ConfigError, atomic_write_bytes, atomic_write_json, set_seed
 
 logger = logging.getLogger("bertlab")
 
 
-class RunPruned(Exception):
-    """Raised by an evaluation's callback to end a search trial that falls behind; holds the evaluations so far."""
-
-    def __init__(self, history: list[dict]):
-        super().__init__(f"pruned at optimizer step {history[-1]['step']}")
-        self.history = history
-
-
 def run_one(run: Run, run_id: str, data: LabelledData, encoded: Encoded, accelerator, baseline: dict,
             resume: bool, on_evaluation=None) -> dict:
-    """Train and test one run (a search trial: validate only, `on_evaluation` seeing each evaluation and
-    perhaps pruning it); the record is saved whether the run completes, is pruned or fails."""
+    """Train and test one run (a search trial: validate only, `on_evaluation` seeing the history after each
+    evaluation, perhaps pruning or pausing it); the record is saved whether the run completes, is pruned or fails
+    (a paused run has none yet: RunPaused goes to the caller)."""
     cfg, strategy, settings = run.cfg, run.strategy, run.settings
     task = TASKS[cfg.data.task]
     output = Path(cfg.output.dir)
@@ -108,7 +101,7 @@ def run_one(run: Run, run_id: str, data: LabelledData, encoded: Encoded, acceler
             record["diagnostics"] = diagnose(record, task)
         for found in record.get("diagnostics", []):
             logger.warning("%s: %s: %s. Next: %s", run_id, found["kind"], found["message"], found["next_step"])
-    except (ConfigError, KeyboardInterrupt):
+    except (ConfigError, KeyboardInterrupt, RunPaused):
         raise
     except RunPruned as pruned:  # a search trial behind the others: never chosen, never tested
         seen, metric = pruned.history, cfg.training.early_stopping.metric
@@ -167,10 +160,9 @@ def fit_and_test(run: Run, cfg: Config, data: LabelledData, encoded: Encoded, ac
         trained, inputs, features = feature_view(model, encoded, cfg, accelerator)
     before_epoch = strategy.before_epoch and (lambda epoch: strategy.before_epoch(model, settings, epoch))
     with run_trackers(cfg.output.trackers, run_dir.name, Path(cfg.output.dir) / "trackers", logged) as trackers:
-        def evaluated(entry: dict) -> None:
-            trackers.log(entry, step=entry["step"])
-            if on_evaluation:
-                on_evaluation(entry)
+        def evaluated(history: list[dict]) -> bool:
+            trackers.log(history[-1], step=history[-1]["step"])
+            return bool(on_evaluation and on_evaluation(history))
 
         result = (fit or train)(trained, inputs, cfg, settings["learning_rate"], run_dir, accelerator, run_key, resume,
                                 on_evaluation=evaluated, rates={name: rate for name, (_, rate) in parts.items()},

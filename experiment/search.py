@@ -4,6 +4,7 @@ are then confirmed as ordinary runs, which the summary and the verdict compare."
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -18,7 +19,7 @@ from filelock import FileLock
 
 from config import short_key, single_run_config
 from experiment.inputs import Inputs, baseline_of
-from experiment.one_run import RunPruned, run_one
+from experiment.one_run import run_one
 from experiment.plan import Run
 from records.checkpoints import drop_checkpoints
 from records.results import results_file, save_record
@@ -26,6 +27,7 @@ from reporting.verdict import best_of
 from schema.search import describe_range, outside_range
 from strategies import STRATEGIES
 from tasks import TASKS
+from trainer import RunPaused, RunPruned
 from utils import ConfigError, stable_hash
 
 logger = logging.getLogger("bertlab")
@@ -38,6 +40,10 @@ LEASE_GRACE = 300  # a running trial whose worker has been silent this long was 
 # throughout; the config's own setting and three random ones give it its first model.
 STARTUP_TRIALS = 4
 POLL_SECONDS = 5  # how often a worker done with its trials looks whether other workers' trials have ended
+# Trials a worker claims at once and trains to each rung together under successive halving: the config's own
+# setting and the three random draws first, then four of TPE's (a search of 8 trials in two rounds).
+ROUND_SIZE = STARTUP_TRIALS
+REDUCTION = 3  # successive halving: the best third of the trials at a rung go on
 
 
 def searched_space(cfg, strategy: str) -> dict[str, dict | list]:
@@ -80,16 +86,29 @@ class Study:
     optuna_study: object
     storage: object  # the study's Optuna storage, for marking a trial another worker left
     lock: FileLock  # held while trials are counted and one is claimed, so workers never exceed `trials`
+    trials: int  # search.trials: how many it runs
+    rungs: list[int]  # the optimizer steps where successive halving judges trials (none for other pruners)
+    judged_on: str  # what a trial reports after each evaluation, best so far: val_loss or the metric it is chosen by
+    maximizes: bool  # whether the study's metric is better higher
 
     @property
     def name(self) -> str:
         return self.optuna_study.study_name
 
+    def rung_score(self, history: list[dict]) -> float:
+        """What a trial reports after its last evaluation in `history`: the best value so far of what it is judged
+        on, as the study ranks it (a loss negated when the study's metric is better higher)."""
+        values = [entry[self.judged_on] for entry in history]
+        if self.judged_on == "val_loss" and self.judged_on != self.template.cfg.training.early_stopping.metric:
+            return -min(values) if self.maximizes else min(values)
+        return max(values) if self.maximizes else min(values)
+
 
 def open_studies(templates: list[Run], inputs: Inputs, cfg) -> list[Study]:
     """The study of each strategy, created or loaded from the storage, with the config's own setting enqueued
     as its first trial. A study is named by what its trials share (strategy, data, every setting it does not
-    search, the space), so that a changed config starts a new one and an unchanged one continues."""
+    search, the space, what they are judged on), so that a changed config starts a new one and an unchanged one
+    continues."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # this runner logs each trial in its own words
@@ -98,21 +117,27 @@ def open_studies(templates: list[Run], inputs: Inputs, cfg) -> list[Study]:
     storage = optuna.storages.get_storage(cfg.search.storage or study_journal(folder))
     task = TASKS[cfg.data.task]
     metric = cfg.training.early_stopping.metric
-    direction = "minimize" if task.is_better(metric, 0.0, 1.0) else "maximize"
+    maximizes = task.is_better(metric, 1.0, 0.0)
+    judged_on = "val_loss" if cfg.search.prune_on == "val_loss" else metric
     studies = []
     for template in templates:
         space = searched_space(cfg, template.strategy)
         canonical, _ = single_run_config(template.cfg, {key: first_value(spec) for key, spec in space.items()})
         key = dataclasses.replace(template, cfg=canonical).key(inputs.data_for(template).fingerprint)
-        name = f"{template.strategy}-{stable_hash({'run': key, 'space': space, 'metric': metric})}"
-        study = optuna.create_study(study_name=name, storage=storage, direction=direction, load_if_exists=True,
-                                    pruner=make_pruner(cfg.search.pruner, budget_steps(template, inputs)))
+        name = f"{template.strategy}-{stable_hash({'run': key, 'space': space, 'metric': metric, 'judged_on': judged_on})}"
+        budget = budget_steps(template, inputs)
+        study = optuna.create_study(study_name=name, storage=storage, load_if_exists=True,
+                                    direction="maximize" if maximizes else "minimize",
+                                    pruner=make_pruner(cfg.search.pruner, budget))
         own = {key: setting_of(template.cfg, key) for key in space}
         for key in (key for key, value in own.items() if outside_range(value, space[key])):
             logger.info("search %s: the config's own %s, %s, lies outside the range searched (%s); it is still "
                         "the first trial", template.strategy, short_key(key), own[key], describe_range(space[key]))
         study.enqueue_trial(own, skip_if_exists=True)
-        studies.append(Study(template, space, study, storage, FileLock(str(folder / f"{name}.lock"))))
+        rungs = rung_steps(budget) if cfg.search.pruner == "successive_halving" else []
+        studies.append(Study(template, space, study, storage, FileLock(str(folder / f"{name}.lock")),
+                             cfg.search.trials, rungs,
+                             judged_on, maximizes))
     return studies
 
 
@@ -144,16 +169,28 @@ def budget_steps(run: Run, inputs: Inputs) -> int:
     return math.ceil(batches / t.gradient_accumulation_steps) * t.num_epochs
 
 
+def grace_steps(budget: int) -> int:
+    """The optimizer steps before any trial is judged: a quarter of the budget. In its first epochs a good
+    setting often still sits at the majority class (the rate warms up), and pruning there lost the best rates."""
+    return max(1, budget // 4)
+
+
+def rung_steps(budget: int) -> list[int]:
+    """Successive halving's rungs: a quarter of the budget, then REDUCTION times more, while short of its end."""
+    rungs = [grace_steps(budget)]
+    while rungs[-1] * REDUCTION < budget:
+        rungs.append(rungs[-1] * REDUCTION)
+    return rungs
+
+
 def make_pruner(name: str, budget: int):
-    """Optuna's pruner, judging no trial before a quarter of the budget: in its first epochs a good setting
-    often still sits at the majority class (the rate warms up), and pruning there lost the best rates."""
+    """Optuna's pruner, judging no trial before grace_steps."""
     import optuna
 
-    grace = max(1, budget // 4)
     if name == "median":  # two finished trials before it judges: searches here are a few trials each
-        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=grace)
-    if name == "successive_halving":  # rungs at a quarter and three quarters of the budget: the best third goes on
-        return optuna.pruners.SuccessiveHalvingPruner(min_resource=grace, reduction_factor=3)
+        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=grace_steps(budget))
+    if name == "successive_halving":  # at rung_steps, the best third goes on
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=grace_steps(budget), reduction_factor=REDUCTION)
     return optuna.pruners.NopPruner()
 
 
@@ -181,13 +218,27 @@ def claim_trial(study: Study, trials: int, sampler_seed: int):
         # workers share the study. Hashed: consecutive seeds give numpy's generator nearly the same first draws
         # (0.417 and 0.436 for seeds 1 and 2)
         seed = int(stable_hash([sampler_seed, len(claimed)]), 16) % 2 ** 32
-        study.optuna_study.sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=STARTUP_TRIALS)
+        # the constant liar: the trials of a round, drawn before any of them has a score, are drawn apart
+        study.optuna_study.sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=STARTUP_TRIALS,
+                                                                constant_liar=True)
         with warnings.catch_warnings():  # a first trial outside the range: said once, in open_studies
             warnings.filterwarnings("ignore", message="Fixed parameter .* out of range", category=UserWarning)
             trial = study.optuna_study.ask({key: distribution(spec) for key, spec in study.space.items()})
         trial.set_user_attr("worker", {"host": socket.gethostname(), "pid": os.getpid()})
         trial.set_user_attr("position", len(taken) + 1)  # its place among the counted trials, for the log
         return trial
+
+
+def claim_round(study: Study, trials: int, sampler_seed: int) -> list:
+    """The trials this worker trains together next: ROUND_SIZE under successive halving (they wait for each
+    other at its rungs), else one at a time (each draw then knows every earlier trial's score)."""
+    claimed = []
+    while len(claimed) < (ROUND_SIZE if study.rungs else 1):
+        trial = claim_trial(study, trials, sampler_seed)
+        if trial is None:
+            break
+        claimed.append(trial)
+    return claimed
 
 
 def release_abandoned(study: Study) -> None:
@@ -201,9 +252,7 @@ def release_abandoned(study: Study) -> None:
             continue
         logger.warning("search %s: trial %d was left running by a worker that has stopped (%s): it runs again",
                        study.name, trial.number, worker)
-        study.storage.set_trial_user_attr(trial._trial_id, "interrupted", True)
-        study.optuna_study.tell(trial.number, state=TrialState.FAIL)
-        study.optuna_study.enqueue_trial(trial.params, user_attrs={"rerun_of": trial.number})
+        interrupted(study, trial)
 
 
 def alive(worker: dict, lease: Path) -> bool:
@@ -247,71 +296,157 @@ class Lease:
         self.path.unlink(missing_ok=True)
 
 
-def run_trial(study: Study, trial, trials: int, inputs: Inputs, accelerator, records: dict[str, dict],
-              resume: bool, results_path: Path) -> dict:
-    """Train and validate one trial as a run (no test), reporting its best validation score so far after
-    every evaluation so that the pruner can stop it; tell the study how it ended; return its record. A trial
-    whose run id already has a record (an earlier search, or the grid) is told from that record."""
-    from optuna.trial import TrialState
+class TrialRun:
+    """A claimed trial on its way through its round: its run, trained in stretches from rung to rung (paused in
+    between with a checkpoint), reporting after every evaluation."""
 
-    template = study.template
-    settings = readable(trial.params)
-    point, problems = single_run_config(template.cfg, settings)
-    if problems:  # a setting of the space that no run accepts: checked at load, so only a stale storage
-        raise ConfigError(f"search {study.name}, trial {trial.number}: " + "; ".join(problems))
-    run = Run(template.strategy, point, settings, source=template.source,
-              trial={"study": study.name, "number": trial.number, "space": study.space})
-    data, encoded = inputs.for_run(run)
-    run_id = run.run_id(data.fingerprint)
-    trial.set_user_attr("run_id", run_id)
-    record = records.get(run_id)
-    if record and record["status"] in ("completed", "pruned"):  # its weights are not this search's to delete
-        trial.set_user_attr("earlier_run", True)
-        earlier = record.get("trial") or {}
-        if earlier.get("study") == study.name and earlier.get("number") != trial.number:
-            trial.set_user_attr("repeats", earlier["number"])  # rounded to the same setting: not counted
-            logger.info("search %s: a draw repeats trial %d's setting (%s): its result is reused and another is "
-                        "drawn", template.strategy, earlier["number"] + 1, run.describe())
-    if record and record["status"] == "completed" and not record.get("trial"):  # a grid's run: it is this trial too
-        record = {**record, "trial": {**run.trial, "confirms": run_id},  # tested already
-                  "varied": {short_key(key): value for key, value in settings.items()}}
+    def __init__(self, study: Study, trial, inputs: Inputs):
+        settings = readable(trial.params)
+        point, problems = single_run_config(study.template.cfg, settings)
+        if problems:  # a setting of the space that no run accepts: checked at load, so only a stale storage
+            raise ConfigError(f"search {study.name}, trial {trial.number}: " + "; ".join(problems))
+        template = study.template
+        self.study, self.trial = study, trial
+        self.run = Run(template.strategy, point, settings, source=template.source,
+                       trial={"study": study.name, "number": trial.number, "space": study.space})
+        self.data, self.encoded = inputs.for_run(self.run)
+        self.run_id = self.run.run_id(self.data.fingerprint)
+        trial.set_user_attr("run_id", self.run_id)
+        self.reported: set[int] = set()  # the steps reported to the study
+        self.rungs_judged = 0
+        self.waiting_at: int | None = None  # the step it paused at, judged when it resumes
+        self.score: float | None = None  # what it reported there
+        self.stretches = 0
+
+    @property
+    def number(self) -> int:  # among the counted trials, as the log numbers them
+        return self.trial.user_attrs["position"]
+
+    def on_evaluation(self, history: list[dict]) -> bool:
+        """Report the evaluations not yet reported; at the first evaluation past a rung it has not been judged at,
+        pause (True) until the rest of its round is there; at any other, let the pruner judge it (RunPruned)."""
+        for i, entry in enumerate(history):
+            if entry["step"] not in self.reported:
+                self.trial.report(self.study.rung_score(history[:i + 1]), step=entry["step"])
+                self.reported.add(entry["step"])
+        step = history[-1]["step"]
+        passed = sum(rung <= step for rung in self.study.rungs)
+        if passed > self.rungs_judged and step != self.waiting_at:
+            self.waiting_at, self.score = step, self.study.rung_score(history)
+            return True
+        self.rungs_judged = passed
+        if self.trial.should_prune():
+            raise RunPruned
+        return False
+
+    def advance(self, accelerator, resume: bool) -> dict | None:
+        """Train on to its next rung: None when it pauses there, else its record (completed, pruned or failed)."""
+        if not self.stretches:
+            logger.info("search %s: trial %d/%d: %s", self.run.strategy, self.number, self.study.trials,
+                        self.run.describe())
+        self.stretches += 1
+        try:
+            return run_one(self.run, self.run_id, self.data, self.encoded, accelerator,
+                           baseline_of(self.data, self.run.cfg), resume or self.stretches > 1,
+                           on_evaluation=self.on_evaluation)
+        except RunPaused:
+            return None
+
+
+def earlier_result(study: Study, trial: TrialRun, records: dict[str, dict], results_path: Path) -> dict | None:
+    """The record of a run with the trial's id that an earlier search (or the grid) completed or pruned, or None.
+    A draw that rounded to an earlier trial's setting is marked as a repeat: not counted, another is drawn."""
+    record = records.get(trial.run_id)
+    if not record or record["status"] not in ("completed", "pruned"):
+        return None
+    trial.trial.set_user_attr("earlier_run", True)  # its weights are not this search's to delete
+    earlier = record.get("trial") or {}
+    if earlier.get("study") == study.name and earlier.get("number") != trial.trial.number:
+        say_repeat(trial, earlier["number"])
+    if record["status"] == "completed" and not earlier:  # a grid's run: it is this trial too, tested already
+        record = {**record, "trial": {**trial.run.trial, "confirms": trial.run_id},
+                  "varied": {short_key(key): value for key, value in trial.run.settings.items()}}
         save_record(results_path, record)
-    if record is None or record["status"] not in ("completed", "pruned"):
-        metric = run.cfg.training.early_stopping.metric
-        task = TASKS[run.cfg.data.task]
-        seen: list[dict] = []
-
-        def report(entry: dict) -> None:
-            seen.append(entry)
-            trial.report(best_of(seen, lambda e: e[metric], metric, task)[metric], step=entry["step"])
-            if trial.should_prune():
-                raise RunPruned(seen)
-
-        logger.info("search %s: trial %d/%d: %s", template.strategy, trial.user_attrs["position"], trials,
-                    run.describe())
-        with Lease(lease_path(study, trial.number)):
-            try:
-                record = run_one(run, run_id, data, encoded, accelerator, baseline_of(data, run.cfg), resume,
-                                 on_evaluation=report)
-            except KeyboardInterrupt:  # stopped by hand: the trial runs again next time, counted once
-                with study.lock:
-                    trial.set_user_attr("interrupted", True)
-                    study.optuna_study.tell(trial, state=TrialState.FAIL)
-                    study.optuna_study.enqueue_trial(trial.params, user_attrs={"rerun_of": trial.number})
-                raise
-        records[run_id] = record
-    if record["status"] == "completed":
-        study.optuna_study.tell(trial, record["best_metric"])
-    else:
-        trial.set_user_attr("outcome", record.get("error") or record.get("stop_reason") or record["status"])
-        study.optuna_study.tell(trial, state=TrialState.PRUNED if record["status"] == "pruned" else TrialState.FAIL)
     return record
 
 
+def say_repeat(trial: TrialRun, number: int) -> None:
+    trial.trial.set_user_attr("repeats", number)  # rounded to the same setting: not counted
+    logger.info("search %s: a draw repeats trial %d's setting (%s): its result is reused and another is drawn",
+                trial.run.strategy, number + 1, trial.run.describe())
+
+
+def tell(study: Study, trial, record: dict) -> None:
+    """Tell the study how a trial ended, from its record."""
+    from optuna.trial import TrialState
+
+    if record["status"] == "completed":
+        study.optuna_study.tell(trial, record["best_metric"])
+        return
+    trial.set_user_attr("outcome", record.get("error") or record.get("stop_reason") or record["status"])
+    study.optuna_study.tell(trial, state=TrialState.PRUNED if record["status"] == "pruned" else TrialState.FAIL)
+
+
+def run_round(study: Study, claimed: list, inputs: Inputs, accelerator, records: dict[str, dict], resume: bool,
+              results_path: Path) -> None:
+    """Train a round of claimed trials (validated, never tested) together: each to the next rung, where it
+    pauses until the others are there; then each is judged, best first, and the survivors go on to the next
+    rung. Judged in that order, Optuna's successive halving ranks each trial against the better ones of its
+    round and every earlier trial, as if they had reached the rung at once; judged as each arrived, the first
+    trials of a study always went on (nothing to compare with) and cost the search most of its time."""
+    going, twins = [], []
+    for trial in claimed:
+        run = TrialRun(study, trial, inputs)
+        twin = next((other for other in going if other.run_id == run.run_id), None)
+        if twin:  # a draw that rounded to the setting of another trial of this round: told its result after it
+            say_repeat(run, twin.trial.number)
+            twins.append(run)
+        elif (record := earlier_result(study, run, records, results_path)) is not None:
+            tell(study, trial, record)
+        else:
+            going.append(run)
+    unfinished = list(going)
+    with contextlib.ExitStack() as leases:
+        for run in going:
+            leases.enter_context(Lease(lease_path(study, run.trial.number)))
+        try:
+            while going:
+                waiting = []
+                for run in going:
+                    record = run.advance(accelerator, resume)
+                    if record is None:
+                        waiting.append(run)
+                        continue
+                    records[run.run_id] = record
+                    tell(study, run.trial, record)
+                    unfinished.remove(run)
+                going = sorted(waiting, key=lambda run: run.score, reverse=study.maximizes)
+                if going:
+                    logger.info("search %s: at the rung of step %d, judged in this order on %s: %s",
+                                study.template.strategy, min(run.waiting_at for run in going), study.judged_on,
+                                ", ".join(f"trial {run.number} ({abs(run.score):.4g})" for run in going))
+        except KeyboardInterrupt:  # stopped by hand: the unfinished trials run again next time, each counted once
+            with study.lock:
+                for run in unfinished:
+                    interrupted(study, run.trial)
+            raise
+    for run in twins:
+        tell(study, run.trial, records[run.run_id])
+
+
+def interrupted(study: Study, trial) -> None:
+    """Fail a trial that did not end (its process stopped) and queue its setting again."""
+    from optuna.trial import TrialState
+
+    study.storage.set_trial_user_attr(trial._trial_id, "interrupted", True)
+    study.optuna_study.tell(trial.number, state=TrialState.FAIL)
+    study.optuna_study.enqueue_trial(trial.params, user_attrs={"rerun_of": trial.number})
+
+
 def search(studies: list[Study], cfg, inputs: Inputs, accelerator, records: dict[str, dict], resume: bool) -> None:
-    """Run this worker's share of every study's trials, strategies taking turns (so that with a time budget
-    each gets about its share), until no trial is left to claim and none runs in another worker (a trial a
-    killed worker left is claimed again meanwhile)."""
+    """Run this worker's share of every study's trials, a round at a time, strategies taking turns (so that with a
+    time budget each gets about its share), until no trial is left to claim and none runs in another worker (a
+    trial a killed worker left is claimed again meanwhile)."""
     budget = cfg.search.time_budget
     started = time.monotonic()
     told = False
@@ -323,12 +458,11 @@ def search(studies: list[Study], cfg, inputs: Inputs, accelerator, records: dict
                     logger.info("search: the time budget of %gs is spent; no new trial starts", budget)
                     active = []
                     break
-                trial = claim_trial(study, cfg.search.trials, cfg.search.sampler_seed)
-                if trial is None:
+                claimed = claim_round(study, cfg.search.trials, cfg.search.sampler_seed)
+                if not claimed:
                     active.remove(study)
                     continue
-                run_trial(study, trial, cfg.search.trials, inputs, accelerator, records, resume,
-                          results_file(cfg.output.dir))
+                run_round(study, claimed, inputs, accelerator, records, resume, results_file(cfg.output.dir))
                 keep_best_checkpoints(study, cfg)
         running = running_elsewhere(studies)
         if not running:

@@ -166,8 +166,8 @@ def fit_logistic_regression(model, encoded: Encoded, cfg: Config, learning_rate:
         linear.bias.copy_(torch.as_tensor(bias, dtype=linear.bias.dtype))
     seconds = spent["train"]
     entry = {"epoch": 1, "step": 0, "train_loss": train_loss, **scores, "lr": None, "seconds": seconds}
-    if on_evaluation:
-        on_evaluation(entry)
+    if on_evaluation:  # one evaluation, never paused
+        on_evaluation([entry])
     trained = {name for name, param in model.named_parameters() if param.requires_grad}
     with stopwatch(spent, "checkpoint"):
         save_weights(run_dir / BEST_WEIGHTS, trainable_weights(model, accelerator, trained), run_key, 1)

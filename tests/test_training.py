@@ -11,7 +11,7 @@ from conftest import prepared
 from records.measure import PeakMemory
 from model import build_model
 from tasks import TASKS
-from trainer import TrainingFailed, make_accelerator, train
+from trainer import RunPaused, TrainingFailed, make_accelerator, train
 from utils import ConfigError, set_seed
 
 NO_DROPOUT = ["model.dropout=0.0", "training.warmup_ratio=0", "training.num_epochs=1"]
@@ -74,6 +74,34 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(strategy, write_config
 
     assert_same_run(straight, expected, resumed, result)
     assert (result["best_epoch"], result["stop_reason"]) == (expected["best_epoch"], expected["stop_reason"])
+
+
+def test_a_run_paused_at_evaluations_and_resumed_equals_an_uninterrupted_one(write_config, tmp_path):
+    # 7 optimizer steps an epoch, evaluated at steps 3 and 6 inside it and at its end
+    cfg, data, encoded = prepared(write_config(), ["training.num_epochs=2", "training.early_stopping.enabled=false",
+                                                   "training.eval_every_steps=3"])
+    straight, expected = run(cfg, data, encoded, tmp_path / "straight")
+    seen = []
+
+    def pause_once_at_steps_3_and_7(history):  # inside an epoch, and at its end
+        seen.append(history[-1]["step"])
+        return seen.count(seen[-1]) == 1 and seen[-1] in (3, 7)
+
+    pauses = 0
+    while True:
+        torch.manual_seed(pauses)  # a later process would start from other random state
+        set_seed(cfg.training.seed)
+        model = build_model(cfg, "full", data.label_names)
+        try:
+            result = train(model, encoded, cfg, cfg.training.learning_rate, tmp_path / "paused",
+                           make_accelerator(False), {"strategy": "full"}, resume=pauses > 0,
+                           on_evaluation=pause_once_at_steps_3_and_7)
+            break
+        except RunPaused:
+            pauses += 1
+    assert pauses == 2
+    assert seen == [3, 3, 6, 7, 7, 9, 12, 14]  # on resuming, the evaluation it paused at is handed over again
+    assert_same_run(straight, expected, model, result)
 
 
 def test_checkpoint_from_another_config_is_refused(write_config, tmp_path):
