@@ -23,7 +23,6 @@ from experiment.one_run import run_one
 from experiment.plan import Run
 from records.checkpoints import drop_checkpoints
 from records.results import results_file, save_record
-from reporting.verdict import best_of
 from schema.search import describe_range, outside_range
 from strategies import STRATEGIES
 from tasks import TASKS
@@ -99,7 +98,7 @@ class Study:
         """What a trial reports after its last evaluation in `history`: the best value so far of what it is judged
         on, as the study ranks it (a loss negated when the study's metric is better higher)."""
         values = [entry[self.judged_on] for entry in history]
-        if self.judged_on == "val_loss" and self.judged_on != self.template.cfg.training.early_stopping.metric:
+        if self.judged_on == "val_loss":
             return -min(values) if self.maximizes else min(values)
         return max(values) if self.maximizes else min(values)
 
@@ -124,7 +123,8 @@ def open_studies(templates: list[Run], inputs: Inputs, cfg) -> list[Study]:
         space = searched_space(cfg, template.strategy)
         canonical, _ = single_run_config(template.cfg, {key: first_value(spec) for key, spec in space.items()})
         key = dataclasses.replace(template, cfg=canonical).key(inputs.data_for(template).fingerprint)
-        name = f"{template.strategy}-{stable_hash({'run': key, 'space': space, 'metric': metric, 'judged_on': judged_on})}"
+        shared = {"run": key, "space": space, "metric": metric, "judged_on": judged_on}
+        name = f"{template.strategy}-{stable_hash(shared)}"
         budget = budget_steps(template, inputs)
         study = optuna.create_study(study_name=name, storage=storage, load_if_exists=True,
                                     direction="maximize" if maximizes else "minimize",
@@ -136,8 +136,7 @@ def open_studies(templates: list[Run], inputs: Inputs, cfg) -> list[Study]:
         study.enqueue_trial(own, skip_if_exists=True)
         rungs = rung_steps(budget) if cfg.search.pruner == "successive_halving" else []
         studies.append(Study(template, space, study, storage, FileLock(str(folder / f"{name}.lock")),
-                             cfg.search.trials, rungs,
-                             judged_on, maximizes))
+                             cfg.search.trials, rungs, judged_on, maximizes))
     return studies
 
 
@@ -317,6 +316,7 @@ class TrialRun:
         self.waiting_at: int | None = None  # the step it paused at, judged when it resumes
         self.score: float | None = None  # what it reported there
         self.stretches = 0
+        self.waits = True  # whether others of its round may still reach its next rung (else it is judged at once)
 
     @property
     def number(self) -> int:  # among the counted trials, as the log numbers them
@@ -331,7 +331,7 @@ class TrialRun:
                 self.reported.add(entry["step"])
         step = history[-1]["step"]
         passed = sum(rung <= step for rung in self.study.rungs)
-        if passed > self.rungs_judged and step != self.waiting_at:
+        if self.waits and passed > self.rungs_judged and step != self.waiting_at:
             self.waiting_at, self.score = step, self.study.rung_score(history)
             return True
         self.rungs_judged = passed
@@ -413,6 +413,7 @@ def run_round(study: Study, claimed: list, inputs: Inputs, accelerator, records:
             while going:
                 waiting = []
                 for run in going:
+                    run.waits = len(going) > 1
                     record = run.advance(accelerator, resume)
                     if record is None:
                         waiting.append(run)
@@ -427,7 +428,7 @@ def run_round(study: Study, claimed: list, inputs: Inputs, accelerator, records:
                                 ", ".join(f"trial {run.number} ({abs(run.score):.4g})" for run in going))
         except KeyboardInterrupt:  # stopped by hand: the unfinished trials run again next time, each counted once
             with study.lock:
-                for run in unfinished:
+                for run in unfinished + twins:
                     interrupted(study, run.trial)
             raise
     for run in twins:
