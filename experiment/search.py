@@ -35,8 +35,8 @@ logger = logging.getLogger("bertlab")
 SEARCH_FOLDER = "search"  # under output.dir: the journal of the studies, their locks and the trials' leases
 LEASE_SECONDS = 30  # how often a running trial's worker says it is alive
 LEASE_GRACE = 300  # a running trial whose worker has been silent this long was left by a killed process
-# Trials drawn at random before TPE models the scores: Optuna's 10 would leave a search of 8 trials random
-# throughout; the config's own setting and three random ones give it its first model.
+# Trials drawn before TPE models the scores: Optuna's 10 would leave a search of 8 trials unmodelled
+# throughout; the config's own setting and three spread over the space give it its first model.
 STARTUP_TRIALS = 4
 POLL_SECONDS = 5  # how often a worker done with its trials looks whether other workers' trials have ended
 # Trials a worker claims at once and trains to each rung together under successive halving: the config's own
@@ -212,20 +212,33 @@ def claim_trial(study: Study, trials: int, sampler_seed: int):
         repeats = sum("repeats" in t.user_attrs for t in claimed)
         if len(taken) >= trials or repeats >= trials:  # a space of few choices may hold fewer settings than trials
             return None
-        # seeded by the trials claimed so far (a repeated draw included, so the next draw differs), not once per
-        # process: workers with one seed would draw the same settings, and the draws stay the same however many
-        # workers share the study. Hashed: consecutive seeds give numpy's generator nearly the same first draws
-        # (0.417 and 0.436 for seeds 1 and 2)
-        seed = int(stable_hash([sampler_seed, len(claimed)]), 16) % 2 ** 32
-        # the constant liar: the trials of a round, drawn before any of them has a score, are drawn apart
-        study.optuna_study.sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=STARTUP_TRIALS,
-                                                                constant_liar=True)
+        study.optuna_study.sampler = sampler_for(len(claimed), sampler_seed)
         with warnings.catch_warnings():  # a first trial outside the range: said once, in open_studies
             warnings.filterwarnings("ignore", message="Fixed parameter .* out of range", category=UserWarning)
             trial = study.optuna_study.ask({key: distribution(spec) for key, spec in study.space.items()})
         trial.set_user_attr("worker", {"host": socket.gethostname(), "pid": os.getpid()})
         trial.set_user_attr("position", len(taken) + 1)  # its place among the counted trials, for the log
         return trial
+
+
+def sampler_for(claimed: int, sampler_seed: int):
+    """The sampler of a study's next draw, after `claimed` trials. The first STARTUP_TRIALS: Optuna's scrambled
+    Sobol sequence, which spreads them over the space (on banking77, three random draws fell in the upper third
+    of every strategy's log range, and TPE then spent its next draws on the rest). Then TPE, seeded by the
+    trials claimed so far (a repeated draw included, so the next draw differs), not once per process: workers
+    with one seed would draw the same settings, and the draws stay the same however many workers share the
+    study. Hashed: consecutive seeds give numpy's generator nearly the same first draws (0.417 and 0.436 for
+    seeds 1 and 2)."""
+    import optuna
+
+    if claimed < STARTUP_TRIALS:  # the sequence goes on from the study's own count of its draws
+        with warnings.catch_warnings():  # "experimental": its interface may change, which pinning optuna covers
+            warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+            return optuna.samplers.QMCSampler(qmc_type="sobol", scramble=True, seed=sampler_seed,
+                                              warn_independent_sampling=False)
+    seed = int(stable_hash([sampler_seed, claimed]), 16) % 2 ** 32
+    # the constant liar: the trials of a round, drawn before any of them has a score, are drawn apart
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=STARTUP_TRIALS, constant_liar=True)
 
 
 def claim_round(study: Study, trials: int, sampler_seed: int) -> list:

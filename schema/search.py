@@ -25,7 +25,7 @@ class SearchConfig:
     prune_on: Literal["val_loss", "metric"] = "val_loss"
     """What the pruner judges, best so far: the validation loss, or the metric trials are chosen by (training.early_stopping.metric). Early in training the loss already ranks rates as their final scores do, where a metric of argmax decisions does not (on banking77, full fine-tuning's best rate scored lowest at the first rung)."""
     sampler_seed: int = 0
-    """Seeds Optuna's TPE sampler: the same seed draws the same settings."""
+    """Seeds Optuna's samplers (a Sobol sequence for the first draws, then TPE): the same seed draws the same settings."""
     time_budget: float | None = None
     """Seconds after which no new trial starts (strategies take turns, so each gets about its share); the trials done are then confirmed. null: `trials` each."""
     confirm_top_k: int = 1
