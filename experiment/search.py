@@ -405,8 +405,8 @@ def run_round(study: Study, claimed: list, inputs: Inputs, accelerator, records:
     """Train a round of claimed trials (validated, never tested) together: each to the next rung, where it
     pauses until the others are there; then each is judged, best first, and the survivors go on to the next
     rung. Judged in that order, Optuna's successive halving ranks each trial against the better ones of its
-    round and every earlier trial, as if they had reached the rung at once; judged as each arrived, the first
-    trials of a study always went on (nothing to compare with) and cost the search most of its time."""
+    round and every earlier trial; judged as each arrived, the first trials of a study always went on (nothing
+    to compare with) and cost the search most of its time."""
     going, twins = [], []
     for trial in claimed:
         run = TrialRun(study, trial, inputs)
