@@ -23,8 +23,8 @@ def print_search_plan(cfg: Config, strategies: list[str]) -> None:
     seeds = cfg.search.confirm_seeds or cfg.training.seeds or [cfg.training.seed]
     budget = f", no new trial after {cfg.search.time_budget:g}s" if cfg.search.time_budget else ""
     judged = "" if cfg.search.pruner == "none" else f" on {cfg.search.prune_on}"
-    print(f"search ({cfg.search.pruner} pruning{judged}{budget}): up to {cfg.search.trials} trial(s) per strategy, validated "
-          f"only, then the best {cfg.search.confirm_top_k} of each confirmed with seed(s) {seeds} and tested")
+    print(f"search ({cfg.search.pruner} pruning{judged}{budget}): up to {cfg.search.trials} trial(s) per strategy, "
+          f"validated only, then the best {cfg.search.confirm_top_k} of each confirmed with seed(s) {seeds} and tested")
     for strategy in strategies:
         ranges = ", ".join(f"{short_key(k)} {v}" for k, v in searched_space(cfg, strategy).items())
         print(f"  {strategy}: {ranges}")

@@ -322,6 +322,7 @@ class TrialRun:
         self.run = Run(template.strategy, point, settings, source=template.source,
                        trial={"study": study.name, "number": trial.number, "space": study.space})
         self.data, self.encoded = inputs.for_run(self.run)
+        self.baseline = baseline_of(self.data, self.run.cfg)
         self.run_id = self.run.run_id(self.data.fingerprint)
         trial.set_user_attr("run_id", self.run_id)
         self.reported: set[int] = set()  # the steps reported to the study
@@ -359,9 +360,8 @@ class TrialRun:
                         self.run.describe())
         self.stretches += 1
         try:
-            return run_one(self.run, self.run_id, self.data, self.encoded, accelerator,
-                           baseline_of(self.data, self.run.cfg), resume or self.stretches > 1,
-                           on_evaluation=self.on_evaluation)
+            return run_one(self.run, self.run_id, self.data, self.encoded, accelerator, self.baseline,
+                           resume or self.stretches > 1, on_evaluation=self.on_evaluation)
         except RunPaused:
             return None
 
