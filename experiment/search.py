@@ -10,7 +10,6 @@ import logging
 import math
 import os
 import socket
-import threading
 import time
 import warnings
 from pathlib import Path
@@ -21,6 +20,8 @@ from config import short_key, single_run_config
 from experiment.inputs import Inputs, baseline_of
 from experiment.one_run import run_one
 from experiment.plan import Run
+from experiment.search_workers import (Lease, interrupted, lease_path, release_abandoned, running_elsewhere,
+                                       study_journal)
 from records.checkpoints import drop_checkpoints
 from records.results import results_file, save_record
 from schema.search import describe_range, outside_range
@@ -33,8 +34,6 @@ logger = logging.getLogger("bertlab")
 # optuna is imported inside the functions that use it: a grid never loads it (nor its database layer).
 
 SEARCH_FOLDER = "search"  # under output.dir: the journal of the studies, their locks and the trials' leases
-LEASE_SECONDS = 30  # how often a running trial's worker says it is alive
-LEASE_GRACE = 300  # a running trial whose worker has been silent this long was left by a killed process
 # Trials drawn before TPE models the scores: Optuna's 10 would leave a search of 8 trials unmodelled
 # throughout; the config's own setting and three spread over the space give it its first model.
 STARTUP_TRIALS = 4
@@ -140,16 +139,6 @@ def open_studies(templates: list[Run], inputs: Inputs, cfg) -> list[Study]:
     return studies
 
 
-def study_journal(folder: Path):
-    """Optuna's journal file in `folder`: no server, safe for several processes, readable by optuna-dashboard."""
-    from optuna.storages import JournalStorage
-    from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
-
-    path = str(folder / "journal.log")
-    # the open lock also works on network file systems, where symbolic links may not
-    return JournalStorage(JournalFileBackend(path, lock_obj=JournalFileOpenLock(path)))
-
-
 def readable(params: dict) -> dict:
     """A trial's settings with rates and other real numbers to three significant digits: what its run uses and
     its records show (a difference below that changes no result that can be measured)."""
@@ -202,7 +191,6 @@ def counted(trial) -> bool:
 def claim_trial(study: Study, trials: int, sampler_seed: int):
     """A new trial of the study for this worker, or None once `trials` are done or taken. Trials that killed
     processes left running are first failed as interrupted and their settings queued again."""
-    import optuna
     from optuna.trial import TrialState
 
     with study.lock:
@@ -251,61 +239,6 @@ def claim_round(study: Study, trials: int, sampler_seed: int) -> list:
             break
         claimed.append(trial)
     return claimed
-
-
-def release_abandoned(study: Study) -> None:
-    """Fail the running trials whose worker is gone (its process ended on this host, or silent for
-    LEASE_GRACE seconds elsewhere) and queue their settings again: each runs again, counted once."""
-    from optuna.trial import TrialState
-
-    for trial in study.optuna_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        worker = trial.user_attrs.get("worker")  # none: its worker stopped between claiming and naming itself
-        if worker and alive(worker, lease_path(study, trial.number)):
-            continue
-        logger.warning("search %s: trial %d was left running by a worker that has stopped (%s): it runs again",
-                       study.name, trial.number, worker)
-        interrupted(study, trial)
-
-
-def alive(worker: dict, lease: Path) -> bool:
-    if worker["host"] == socket.gethostname():
-        if worker["pid"] == os.getpid():
-            return True
-        try:
-            os.kill(worker["pid"], 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:  # a process of another user holds that number now
-            return False
-        return True
-    return lease.exists() and time.time() - lease.stat().st_mtime < LEASE_GRACE
-
-
-def lease_path(study: Study, number: int) -> Path:
-    return Path(study.lock.lock_file).parent / "leases" / f"{study.name}-{number}"
-
-
-class Lease:
-    """Touches the trial's lease file every LEASE_SECONDS while it runs, so that workers on other machines can
-    tell a running trial from one a killed process left."""
-
-    def __init__(self, path: Path):
-        self.path, self.stopped = path, threading.Event()
-
-    def __enter__(self):
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.path.touch()
-        self.thread = threading.Thread(target=self._beat, daemon=True)
-        self.thread.start()
-        return self
-
-    def _beat(self):
-        while not self.stopped.wait(LEASE_SECONDS):
-            self.path.touch()
-
-    def __exit__(self, *exc):
-        self.stopped.set()
-        self.path.unlink(missing_ok=True)
 
 
 class TrialRun:
@@ -448,15 +381,6 @@ def run_round(study: Study, claimed: list, inputs: Inputs, accelerator, records:
         tell(study, run.trial, records[run.run_id])
 
 
-def interrupted(study: Study, trial) -> None:
-    """Fail a trial that did not end (its process stopped) and queue its setting again."""
-    from optuna.trial import TrialState
-
-    study.storage.set_trial_user_attr(trial._trial_id, "interrupted", True)
-    study.optuna_study.tell(trial.number, state=TrialState.FAIL)
-    study.optuna_study.enqueue_trial(trial.params, user_attrs={"rerun_of": trial.number})
-
-
 def search(studies: list[Study], cfg, inputs: Inputs, accelerator, records: dict[str, dict], resume: bool) -> None:
     """Run this worker's share of every study's trials, a round at a time, strategies taking turns (so that with a
     time budget each gets about its share), until no trial is left to claim and none runs in another worker (a
@@ -485,18 +409,6 @@ def search(studies: list[Study], cfg, inputs: Inputs, accelerator, records: dict
             logger.info("search: waiting for %d trial(s) that other workers are running", running)
             told = True
         time.sleep(POLL_SECONDS)
-
-
-def running_elsewhere(studies: list[Study]) -> int:
-    """How many trials of the studies other workers are running (after failing those a killed worker left)."""
-    from optuna.trial import TrialState
-
-    running = 0
-    for study in studies:
-        with study.lock:
-            release_abandoned(study)
-        running += len(study.optuna_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
-    return running
 
 
 def best_trials(study: Study, k: int) -> list:

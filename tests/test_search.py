@@ -13,6 +13,7 @@ import pytest
 
 import experiment.one_run
 import experiment.search
+import experiment.search_workers
 import main
 import visualize
 from config import load_config
@@ -39,7 +40,7 @@ def own_trials(runs: list[dict]) -> dict[tuple[str, int], dict]:
 
 
 def journal(tmp_path):
-    return experiment.search.study_journal(tmp_path / "outputs" / "search")
+    return experiment.search_workers.study_journal(tmp_path / "outputs" / "search")
 
 
 @pytest.mark.parametrize("search, message", [
@@ -219,10 +220,10 @@ def test_a_trial_left_running_by_a_killed_worker_runs_again_and_counts_once(writ
 
 def test_a_running_trial_of_a_live_worker_is_left_alone(tmp_path):
     lease = tmp_path / "lease"
-    assert experiment.search.alive({"host": os.uname().nodename, "pid": os.getppid()}, lease)
-    assert not experiment.search.alive({"host": "elsewhere", "pid": 1}, lease)  # no lease: silent
+    assert experiment.search_workers.alive({"host": os.uname().nodename, "pid": os.getppid()}, lease)
+    assert not experiment.search_workers.alive({"host": "elsewhere", "pid": 1}, lease)  # no lease: silent
     lease.touch()
-    assert experiment.search.alive({"host": "elsewhere", "pid": 1}, lease)
+    assert experiment.search_workers.alive({"host": "elsewhere", "pid": 1}, lease)
 
 
 def test_two_workers_share_one_study_without_running_a_trial_twice(write_config, tmp_path):
