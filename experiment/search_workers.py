@@ -1,5 +1,6 @@
 """How the workers of a search share its studies: the journal file that holds them, the lease a worker keeps on
-each trial it runs, and the trials that stopped workers left running, which run again."""
+each trial it runs, and the trials that stopped workers left running, which run again. `study` is always a
+search.Study (not imported: the search module builds on this one)."""
 
 from __future__ import annotations
 
@@ -9,10 +10,6 @@ import socket
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:  # for annotations only: the search module builds on this one
-    from experiment.search import Study
 
 logger = logging.getLogger("bertlab")
 
@@ -30,7 +27,7 @@ def study_journal(folder: Path):
     return JournalStorage(JournalFileBackend(path, lock_obj=JournalFileOpenLock(path)))
 
 
-def release_abandoned(study: Study) -> None:
+def release_abandoned(study) -> None:
     """Fail the running trials whose worker is gone (its process ended on this host, or silent for
     LEASE_GRACE seconds elsewhere) and queue their settings again: each runs again, counted once."""
     from optuna.trial import TrialState
@@ -58,7 +55,7 @@ def alive(worker: dict, lease: Path) -> bool:
     return lease.exists() and time.time() - lease.stat().st_mtime < LEASE_GRACE
 
 
-def lease_path(study: Study, number: int) -> Path:
+def lease_path(study, number: int) -> Path:
     return Path(study.lock.lock_file).parent / "leases" / f"{study.name}-{number}"
 
 
@@ -85,7 +82,7 @@ class Lease:
         self.path.unlink(missing_ok=True)
 
 
-def interrupted(study: Study, trial) -> None:
+def interrupted(study, trial) -> None:
     """Fail a trial that did not end (its process stopped) and queue its setting again."""
     from optuna.trial import TrialState
 
@@ -94,7 +91,7 @@ def interrupted(study: Study, trial) -> None:
     study.optuna_study.enqueue_trial(trial.params, user_attrs={"rerun_of": trial.number})
 
 
-def running_elsewhere(studies: list[Study]) -> int:
+def running_elsewhere(studies: list) -> int:
     """How many trials of the studies other workers are running (after failing those a killed worker left)."""
     from optuna.trial import TrialState
 
