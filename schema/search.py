@@ -21,7 +21,7 @@ class SearchConfig:
     space: dict[str, dict | list] = field(default_factory=dict)
     """Dotted key -> `{low, high, log}` (a range; integers when both ends are) or a list of choices; a `strategies.<name>.` key searches that strategy only. Replaces the key's range in each strategy's own default space (its learning rate, over a range that suits the method)."""
     pruner: Literal["none", "median", "successive_halving"] = "successive_halving"
-    """Optuna's pruner, judging each trial after every evaluation from a quarter of its budget on: none, the median of earlier trials at the same step, or successive halving (rungs at a quarter and three quarters of the budget, where the trials of a round wait for each other, then are judged best first: each goes on if in the best third of those judged there before it)."""
+    """How trials are judged, from a quarter of their budget on: none; Optuna's median pruner (after every evaluation, against the median of earlier trials at the same step); or successive halving (rungs at a quarter and three quarters of the budget, where the trials of a round wait for each other, then each goes on if in the best third of all the trials that reached that rung)."""
     prune_on: Literal["val_loss", "metric"] = "val_loss"
     """What the pruner judges, best so far: the validation loss, or the metric trials are chosen by (training.early_stopping.metric). Early in training the loss already ranks rates as their final scores do, where a metric of argmax decisions does not (on banking77, full fine-tuning's best rate scored lowest at the first rung)."""
     sampler_seed: int = 0

@@ -138,7 +138,7 @@ def test_the_first_draws_spread_over_the_range():
     assert len(set(quarters[1:])) == 3, quarters
 
 
-def test_a_round_waits_at_the_rung_and_is_judged_there_best_first_on_validation_loss(write_config, tmp_path):
+def test_a_round_waits_at_the_rung_and_is_judged_there_on_validation_loss(write_config, tmp_path):
     # the config's own rate, the first trial, is far too high for the tiny model: judged alone as it arrived, it
     # would go on
     config = write_config(search={"method": "optuna", "trials": 4, "space": {
@@ -162,8 +162,30 @@ def test_a_round_waits_at_the_rung_and_is_judged_there_best_first_on_validation_
                                              for i, e in enumerate(history)}
 
 
+def test_the_best_third_of_all_trials_at_a_rung_go_on_whichever_round_they_ran_in():
+    study = optuna.create_study(direction="maximize")  # scores are validation losses, negated
+    judged = experiment.search.Study(None, {}, study, None, None, trials=8, rungs=[7, 21], judged_on="val_loss",
+                                     maximizes=True)
+
+    def reached(*reported, **attrs):  # trials and what they reported at each evaluation
+        for values in reported:
+            study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.PRUNED,
+                                                      intermediate_values=values, user_attrs=attrs))
+
+    # the first round: its best went on, evaluated at steps that miss the next rung
+    reached({7: -0.5, 14: -0.45, 22: -0.42}, {7: -0.9}, {7: -1.0}, {7: -1.2})
+    reached({7: -0.3}, {7: -0.35}, interrupted=True)  # left by a killed worker and run again: not counted
+    reached({7: -0.6}, {7: -0.7}, {7: -1.5}, {7: -1.6})  # this round, all waiting at step 7
+    # two of the eight go on; Optuna's pruner, judging best first against those judged before it, stopped -0.6
+    # too (it had to beat -0.5)
+    assert [s for s in (-0.6, -0.7, -1.5, -1.6) if experiment.search.kept_at_rung(judged, s, 7)] == [-0.6]
+    # at the next rung, the first round's best counts with what it reported at step 22
+    assert experiment.search.kept_at_rung(judged, -0.4, 21)
+    assert not experiment.search.kept_at_rung(judged, -0.44, 21)
+
+
 def test_pruned_and_failed_trials_are_recorded_and_never_chosen(write_config, tmp_path, monkeypatch):
-    config = search_config(write_config, trials=4)
+    config = search_config(write_config, trials=4, pruner="median")
     real_fit = experiment.one_run.fit_and_test
 
     def fit_failing_trial_one(run, *args, **kwargs):
@@ -173,7 +195,7 @@ def test_pruned_and_failed_trials_are_recorded_and_never_chosen(write_config, tm
 
     monkeypatch.setattr(experiment.one_run, "fit_and_test", fit_failing_trial_one)
     # trials 2 and 3 are pruned at their first evaluation, however well they do
-    monkeypatch.setattr(optuna.pruners.SuccessiveHalvingPruner, "prune", lambda self, study, trial: trial.number >= 2)
+    monkeypatch.setattr(optuna.pruners.MedianPruner, "prune", lambda self, study, trial: trial.number >= 2)
     assert main.main(["--config", str(config), "--strategy", "bitfit"]) == 0
     runs = records(tmp_path)
     trials = {number: r for (_, number), r in own_trials(runs).items()}
