@@ -20,6 +20,7 @@ from config import short_key, single_run_config
 from experiment.inputs import Inputs, baseline_of
 from experiment.one_run import run_one
 from experiment.plan import Run
+from experiment.pruning import kept_at_rung, make_pruner, rung_steps
 from experiment.search_workers import (Lease, interrupted, lease_path, release_abandoned, running_elsewhere,
                                        study_journal)
 from records.checkpoints import drop_checkpoints
@@ -41,7 +42,6 @@ POLL_SECONDS = 5  # how often a worker done with its trials looks whether other 
 # Trials a worker claims at once and trains to each rung together under successive halving: the config's own
 # setting and the three random draws first, then four of TPE's (a search of 8 trials in two rounds).
 ROUND_SIZE = STARTUP_TRIALS
-REDUCTION = 3  # successive halving: the best third of the trials at a rung go on
 
 
 def searched_space(cfg, strategy: str) -> dict[str, dict | list]:
@@ -157,48 +157,6 @@ def budget_steps(run: Run, inputs: Inputs) -> int:
     return math.ceil(batches / t.gradient_accumulation_steps) * t.num_epochs
 
 
-def grace_steps(budget: int) -> int:
-    """The optimizer steps before any trial is judged: a quarter of the budget. In its first epochs a good
-    setting often still sits at the majority class (the rate warms up), and pruning there lost the best rates."""
-    return max(1, budget // 4)
-
-
-def rung_steps(budget: int) -> list[int]:
-    """Successive halving's rungs: a quarter of the budget, then REDUCTION times more, while short of its end."""
-    rungs = [grace_steps(budget)]
-    while rungs[-1] * REDUCTION < budget:
-        rungs.append(rungs[-1] * REDUCTION)
-    return rungs
-
-
-def make_pruner(name: str, budget: int):
-    """The median pruner of Optuna's, judging no trial before grace_steps; Optuna's none otherwise (successive
-    halving judges its rounds at their rungs: kept_at_rung)."""
-    import optuna
-
-    if name == "median":  # two finished trials before it judges: searches here are a few trials each
-        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=grace_steps(budget))
-    return optuna.pruners.NopPruner()
-
-
-def score_at(trial, rung: int) -> float | None:
-    """What a trial reported at its first evaluation at or past a rung (None if it never got there)."""
-    steps = [step for step in trial.intermediate_values if step >= rung]
-    return trial.intermediate_values[min(steps)] if steps else None
-
-
-def kept_at_rung(study: Study, score: float, rung: int) -> bool:
-    """Successive halving's rule: whether a trial's score at a rung is among the best third (at least one) of
-    the scores there of every trial of the study that reached it, its own round's included. Optuna's pruner
-    judges a trial against those judged before it: in a round the first judged always went on, and judged best
-    first, a later round's trial had to beat the earlier rounds' best (on the demo data that stopped IA3's
-    second-best trial of eight, the rate the grid found best)."""
-    scores = [score_at(trial, rung) for trial in study.optuna_study.get_trials(deepcopy=False) if counted(trial)]
-    scores = sorted((s for s in scores if s is not None), reverse=study.maximizes)
-    bar = scores[max(1, len(scores) // REDUCTION) - 1]
-    return score >= bar if study.maximizes else score <= bar
-
-
 def counted(trial) -> bool:
     """Whether a trial counts against search.trials: all but those a killed process left (they run again) and
     draws that repeated an earlier trial's setting (another is drawn)."""
@@ -301,11 +259,16 @@ class TrialRun:
                 self.waiting_at, self.score = step, self.study.rung_score(history)
                 return True
             self.rungs_judged = passed
-            if not kept_at_rung(self.study, self.study.rung_score(history), self.study.rungs[passed - 1]):
+            if not self.goes_on(self.study.rung_score(history), step):
                 raise RunPruned
         elif self.trial.should_prune():
             raise RunPruned
         return False
+
+    def goes_on(self, score: float, step: int) -> bool:
+        """Whether its score at the last rung `step` passed keeps it going (kept_at_rung)."""
+        rung = max(rung for rung in self.study.rungs if rung <= step)
+        return kept_at_rung(self.study.optuna_study.get_trials(deepcopy=False), score, rung, self.study.maximizes)
 
     def advance(self, accelerator, resume: bool) -> dict | None:
         """Train on to its next rung: None when it pauses there, else its record (completed, pruned or failed)."""
@@ -343,10 +306,15 @@ def say_repeat(trial: TrialRun, number: int) -> None:
                 trial.run.strategy, number + 1, trial.run.describe())
 
 
-def tell(study: Study, trial, record: dict) -> None:
-    """Tell the study how a trial ended, from its record."""
+def tell(study: Study, trial, record: dict, reused: bool = False) -> None:
+    """Tell the study how a trial ended, from its record (`reused`: the record of an earlier run outside the
+    study, a grid's say, whose scores at each evaluation the trial then reports, so that they count when later
+    trials are judged at a rung; a repeat of one of the study's trials reports none, as it is not counted)."""
     from optuna.trial import TrialState
 
+    history = (record.get("history") or []) if reused and "repeats" not in trial.user_attrs else []
+    for i, entry in enumerate(history):
+        trial.report(study.rung_score(history[:i + 1]), step=entry["step"])
     if record["status"] == "completed":
         study.optuna_study.tell(trial, record["best_metric"])
         return
@@ -368,7 +336,7 @@ def run_round(study: Study, claimed: list, inputs: Inputs, accelerator, records:
             say_repeat(run, twin.trial.number)
             twins.append(run)
         elif (record := earlier_result(study, run, records, results_path)) is not None:
-            tell(study, trial, record)
+            tell(study, trial, record, reused=True)
         else:
             going.append(run)
     unfinished = list(going)
@@ -376,10 +344,11 @@ def run_round(study: Study, claimed: list, inputs: Inputs, accelerator, records:
         for run in going:
             leases.enter_context(Lease(lease_path(study, run.trial.number)))
         try:
+            for run in going:
+                run.waits = len(going) > 1
             while going:
                 waiting = []
                 for run in going:
-                    run.waits = len(going) > 1
                     record = run.advance(accelerator, resume)
                     if record is None:
                         waiting.append(run)
@@ -389,9 +358,13 @@ def run_round(study: Study, claimed: list, inputs: Inputs, accelerator, records:
                     unfinished.remove(run)
                 going = sorted(waiting, key=lambda run: run.score, reverse=study.maximizes)
                 if going:
-                    logger.info("search %s: at the rung of step %d, judged on %s: %s",
+                    going_on = [run for run in going if run.goes_on(run.score, run.waiting_at)]
+                    logger.info("search %s: at the rung of step %d, judged on %s: %s; going on: %s",
                                 study.template.strategy, min(run.waiting_at for run in going), study.judged_on,
-                                ", ".join(f"trial {run.number} ({abs(run.score):.4g})" for run in going))
+                                ", ".join(f"trial {run.number} ({abs(run.score):.4g})" for run in going),
+                                ", ".join(f"trial {run.number}" for run in going_on) or "none")
+                    for run in going:  # one going on alone is judged at its next rung at once, without pausing
+                        run.waits = len(going_on) > 1
         except KeyboardInterrupt:  # stopped by hand: the unfinished trials run again next time, each counted once
             with study.lock:
                 for run in unfinished + twins:

@@ -12,6 +12,7 @@ import optuna
 import pytest
 
 import experiment.one_run
+import experiment.pruning
 import experiment.search
 import experiment.search_workers
 import main
@@ -138,12 +139,13 @@ def test_the_first_draws_spread_over_the_range():
     assert len(set(quarters[1:])) == 3, quarters
 
 
-def test_a_round_waits_at_the_rung_and_is_judged_there_on_validation_loss(write_config, tmp_path):
+def test_a_round_waits_at_the_rung_and_is_judged_there_on_validation_loss(write_config, tmp_path, caplog):
     # the config's own rate, the first trial, is far too high for the tiny model: judged alone as it arrived, it
     # would go on
     config = write_config(search={"method": "optuna", "trials": 4, "space": {
         "strategies.bitfit.learning_rate": {"low": 1e-3, "high": 1e-2, "log": True}}},
         training={"num_epochs": 2}, strategies={"bitfit": {"learning_rate": 0.3}})
+    caplog.set_level(logging.INFO, logger="bertlab")
     assert main.main(["--config", str(config), "--strategy", "bitfit"]) == 0
     trials = {number: r for (_, number), r in own_trials(records(tmp_path)).items()}
     # 14 steps: the first rung is judged at the evaluation after epoch 1 (step 7); one of four goes on
@@ -153,6 +155,7 @@ def test_a_round_waits_at_the_rung_and_is_judged_there_on_validation_loss(write_
     at_rung = {number: r["history"][0]["val_loss"] for number, r in trials.items()}
     [going_on] = [number for number, r in trials.items() if r["status"] == "completed"]
     assert at_rung[going_on] == min(at_rung.values())
+    assert f"going on: trial {going_on + 1}\n" in caplog.text  # numbered from 1 in the log
     storage = journal(tmp_path)
     [study] = optuna.get_all_study_summaries(storage)
     for trial in optuna.load_study(study_name=study.study_name, storage=storage).get_trials():
@@ -164,8 +167,9 @@ def test_a_round_waits_at_the_rung_and_is_judged_there_on_validation_loss(write_
 
 def test_the_best_third_of_all_trials_at_a_rung_go_on_whichever_round_they_ran_in():
     study = optuna.create_study(direction="maximize")  # scores are validation losses, negated
-    judged = experiment.search.Study(None, {}, study, None, None, trials=8, rungs=[7, 21], judged_on="val_loss",
-                                     maximizes=True)
+
+    def kept(score, rung):
+        return experiment.pruning.kept_at_rung(study.get_trials(), score, rung, maximizes=True)
 
     def reached(*reported, **attrs):  # trials and what they reported at each evaluation
         for values in reported:
@@ -178,10 +182,10 @@ def test_the_best_third_of_all_trials_at_a_rung_go_on_whichever_round_they_ran_i
     reached({7: -0.6}, {7: -0.7}, {7: -1.5}, {7: -1.6})  # this round, all waiting at step 7
     # two of the eight go on; Optuna's pruner, judging best first against those judged before it, stopped -0.6
     # too (it had to beat -0.5)
-    assert [s for s in (-0.6, -0.7, -1.5, -1.6) if experiment.search.kept_at_rung(judged, s, 7)] == [-0.6]
+    assert [s for s in (-0.6, -0.7, -1.5, -1.6) if kept(s, 7)] == [-0.6]
     # at the next rung, the first round's best counts with what it reported at step 22
-    assert experiment.search.kept_at_rung(judged, -0.4, 21)
-    assert not experiment.search.kept_at_rung(judged, -0.44, 21)
+    assert kept(-0.4, 21)
+    assert not kept(-0.44, 21)
 
 
 def test_pruned_and_failed_trials_are_recorded_and_never_chosen(write_config, tmp_path, monkeypatch):
@@ -322,6 +326,28 @@ def test_a_config_rate_outside_the_range_is_still_the_first_trial_and_said_once(
     assert "search bitfit: the config's own learning_rate, 0.5, lies outside the range searched (0.0001..0.03 " \
            "(log)); it is still the first trial" in caplog.text
     assert not [w for w in recwarn if "out of range" in str(w.message)]  # Optuna's own warning is not repeated
+
+
+def test_a_grid_run_of_a_trials_setting_is_its_result_and_its_scores_count_at_the_rungs(write_config, tmp_path,
+                                                                                        monkeypatch):
+    grid = write_config(training={"num_epochs": 2}, strategies={"bitfit": {"learning_rate": 0.001}})
+    assert main.main(["--config", str(grid), "--strategy", "bitfit"]) == 0
+    [grid_run] = records(tmp_path)
+    trained = []
+    real_fit = experiment.one_run.fit_and_test
+    monkeypatch.setattr(experiment.one_run, "fit_and_test", lambda run, *a, **k: trained.append(run) or
+                        real_fit(run, *a, **k))
+    config = search_config(write_config, trials=2)  # its first trial: the config's own rate, 0.001
+    assert main.main(["--config", str(config), "--strategy", "bitfit"]) == 0
+    # the config's own rate, trial 0, did not train again
+    assert [run.trial["number"] for run in trained if not run.trial.get("confirms")] == [1]
+    [study] = optuna.get_all_study_summaries(journal(tmp_path))
+    first = optuna.load_study(study_name=study.study_name, storage=journal(tmp_path)).trials[0]
+    history = grid_run["history"]
+    assert first.state == optuna.trial.TrialState.COMPLETE and first.value == grid_run["best_metric"]
+    # what the second trial was judged against at its rung
+    assert first.intermediate_values == {e["step"]: -min(h["val_loss"] for h in history[:i + 1])
+                                         for i, e in enumerate(history)}
 
 
 def test_a_draw_that_repeats_a_trials_setting_reuses_its_result_and_another_is_drawn(write_config, tmp_path,
