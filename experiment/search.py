@@ -101,6 +101,14 @@ class Study:
             return -min(values) if self.maximizes else min(values)
         return max(values) if self.maximizes else min(values)
 
+    def report(self, trial, history: list[dict], reported: set[int]) -> None:
+        """Report to the study a trial's score after each evaluation of `history` whose step is not in `reported`
+        (which then holds it)."""
+        for i, entry in enumerate(history):
+            if entry["step"] not in reported:
+                trial.report(self.rung_score(history[:i + 1]), step=entry["step"])
+                reported.add(entry["step"])
+
 
 def open_studies(templates: list[Run], inputs: Inputs, cfg) -> list[Study]:
     """The study of each strategy, created or loaded from the storage, with the config's own setting enqueued
@@ -237,6 +245,7 @@ class TrialRun:
         self.rungs_judged = 0
         self.waiting_at: int | None = None  # the step it paused at, judged when it resumes
         self.score: float | None = None  # what it reported there
+        self.kept: bool | None = None  # whether it goes on from there, judged once the rest of its round is there
         self.stretches = 0
         self.waits = True  # whether others of its round may still reach its next rung (else it is judged at once)
 
@@ -248,10 +257,7 @@ class TrialRun:
         """Report the evaluations not yet reported; at the first evaluation past a rung it has not been judged at,
         pause (True) until the rest of its round is there, then judge it there (RunPruned); at any other, let
         Optuna's pruner judge it (the median pruner: successive halving judges at rungs only)."""
-        for i, entry in enumerate(history):
-            if entry["step"] not in self.reported:
-                self.trial.report(self.study.rung_score(history[:i + 1]), step=entry["step"])
-                self.reported.add(entry["step"])
+        self.study.report(self.trial, history, self.reported)
         step = history[-1]["step"]
         passed = sum(rung <= step for rung in self.study.rungs)
         if passed > self.rungs_judged:
@@ -259,7 +265,7 @@ class TrialRun:
                 self.waiting_at, self.score = step, self.study.rung_score(history)
                 return True
             self.rungs_judged = passed
-            if not self.goes_on(self.study.rung_score(history), step):
+            if not (self.kept if step == self.waiting_at else self.goes_on(self.study.rung_score(history), step)):
                 raise RunPruned
         elif self.trial.should_prune():
             raise RunPruned
@@ -312,9 +318,8 @@ def tell(study: Study, trial, record: dict, reused: bool = False) -> None:
     trials are judged at a rung; a repeat of one of the study's trials reports none, as it is not counted)."""
     from optuna.trial import TrialState
 
-    history = (record.get("history") or []) if reused and "repeats" not in trial.user_attrs else []
-    for i, entry in enumerate(history):
-        trial.report(study.rung_score(history[:i + 1]), step=entry["step"])
+    if reused and "repeats" not in trial.user_attrs:
+        study.report(trial, record.get("history") or [], set())
     if record["status"] == "completed":
         study.optuna_study.tell(trial, record["best_metric"])
         return
@@ -358,7 +363,9 @@ def run_round(study: Study, claimed: list, inputs: Inputs, accelerator, records:
                     unfinished.remove(run)
                 going = sorted(waiting, key=lambda run: run.score, reverse=study.maximizes)
                 if going:
-                    going_on = [run for run in going if run.goes_on(run.score, run.waiting_at)]
+                    for run in going:
+                        run.kept = run.goes_on(run.score, run.waiting_at)
+                    going_on = [run for run in going if run.kept]
                     logger.info("search %s: at the rung of step %d, judged on %s: %s; going on: %s",
                                 study.template.strategy, min(run.waiting_at for run in going), study.judged_on,
                                 ", ".join(f"trial {run.number} ({abs(run.score):.4g})" for run in going),
