@@ -22,10 +22,10 @@ from utils import ConfigError
 
 @dataclass
 class HeadConfig:
-    type: Literal["model", "linear", "mlp"] = "model"
-    """`model`: the model's own classification head (BERT: its pre-trained pooler on the first token, then one linear layer); `linear`: one linear layer on the pooled features; `mlp`: Dense(`hidden_size`), activation, dropout, then the linear layer. `linear` and `mlp` train and are saved under every strategy."""
-    pooling: Literal["cls", "mean"] = "cls"
-    """What a `linear` or `mlp` head reads: the first token's last hidden state (`cls`) or the mean over the text's tokens (`mean`, what sentence-transformers models such as the bundled MiniLM were trained to give)."""
+    type: Literal["auto", "model", "linear", "mlp"] = "auto"
+    """`auto`: the head that reads what the model was trained to give: `linear` for a sentence-transformers model (its folder's pooling config says how it pools; the bundled MiniLM is one), else `model`. `model`: the model's own classification head (BERT: its pre-trained pooler on the first token, then one linear layer); `linear`: one linear layer on the pooled features; `mlp`: Dense(`hidden_size`), activation, dropout, then the linear layer. `linear` and `mlp` train and are saved under every strategy, but export cannot write them as a Hugging Face folder."""
+    pooling: Literal["auto", "cls", "mean"] = "auto"
+    """What a `linear` or `mlp` head reads: the first token's last hidden state (`cls`) or the mean over the text's tokens (`mean`); `auto`: how a sentence-transformers model pools (the bundled MiniLM: `mean`), else `cls`."""
     hidden_size: int = 512
     """Width of the `mlp` head's hidden layer."""
     dropout: float = 0.1
@@ -279,14 +279,17 @@ def _rule_problems(cfg: Config) -> list[str]:
     require(0 <= m.head.dropout < 1, "model.head.dropout", m.head.dropout, "0 <= dropout < 1")
     # rules across keys a grid varies are checked on each run's config (expand_grid), not on the file's
     if not varied_keys(cfg) & {"model.head.type", "model.head.pooling"}:
-        require(m.head.type != "model" or m.head.pooling == "cls", "model.head.pooling", m.head.pooling,
-                "cls with model.head.type: model (the model's own head pools as it was built to); set type linear or mlp")
+        require(m.head.type != "model" or m.head.pooling in ("auto", "cls"), "model.head.pooling", m.head.pooling,
+                "auto or cls with model.head.type: model (the model's own head pools as it was built to); set type "
+                "linear or mlp")
     require(d.task in TASKS, "data.task", d.task, ", ".join(TASKS))
     require(d.label_columns is None or d.task in TASKS and TASKS[d.task].label_sets, "data.label_columns",
             d.label_columns, "null unless data.task is multi_label (one 0/1 column per label)")
     if (d.name is None) == (d.path is None):
         problems.append("data: set exactly one of data.name (a Hub data set) and data.path (a local "
                         f"file or folder); got name={d.name!r}, path={d.path!r}")
+    require(d.label_separator.strip() != "", "data.label_separator", d.label_separator,
+            "a string with a character other than white space (what separates a text's labels)")
     require(d.train_size is None or d.train_size >= 2, "data.train_size", d.train_size, "an integer >= 2, or null")
     require(0 < d.validation_size < 1, "data.validation_size", d.validation_size, "0 < share < 1")
     require(d.augment.copies >= 1, "data.augment.copies", d.augment.copies, "an integer >= 1")

@@ -19,7 +19,7 @@ from sources.files import SPLITS, read_local
 from sources.hub import HUB_DATASETS, read_hub
 from tasks import TASKS, Task
 from tasks.base import segment_ids
-from utils import ConfigError, stable_hash
+from utils import ConfigError, shown, stable_hash
 
 logger = logging.getLogger(__name__)
 
@@ -94,6 +94,7 @@ def _clean(frame: pd.DataFrame, split: str, columns: dict[str, tuple[str, str | 
             raise ConfigError(f"{key}: column '{column}' not in the {split} data; columns: {', '.join(map(str, frame.columns))}")
     present = {name: frame[column] for name, (_, column) in columns.items() if column in frame.columns}
     frame = task.prepare(pd.DataFrame(present), split, columns, found, cfg)
+    check_value_types(frame, split, columns)
     if frame["label"].dtype.kind == "f" and (frame["label"].dropna() % 1 == 0).all():
         frame["label"] = frame["label"].astype("Int64")  # integer labels read as floats beside blanks
     texts = {name: frame[name].astype("string").str.strip() for name in ("text", "pair") if name in frame}
@@ -107,6 +108,29 @@ def _clean(frame: pd.DataFrame, split: str, columns: dict[str, tuple[str, str | 
         raise ConfigError(f"data: the {split} split has no rows with both text and a label")
     return pd.DataFrame({**{name: text[keep].astype(str) for name, text in texts.items()},
                          "label": frame["label"][keep]}).reset_index(drop=True)
+
+
+SCALARS = (str, int, float, np.integer, np.floating, bool, np.bool_)
+
+
+def is_missing(value) -> bool:
+    return value is None or value is pd.NA or (isinstance(value, (float, np.floating)) and np.isnan(value))
+
+
+def check_value_types(frame: pd.DataFrame, split: str, columns: dict[str, tuple[str, str | None]]) -> None:
+    """Refuse, in one line naming the column and its first bad row, a text that is not text (a list, a mapping)
+    and a label that is nested: each would otherwise become its Python repr or a traceback further on. Runs
+    after the task's prepare(), which turns the nested values it reads into strings."""
+    for name, series in frame.items():
+        key, column = columns.get(name, (None, name))
+        where = f"{key or 'data'}: column '{column}' of the {split} data"
+        present = series[[not is_missing(value) for value in series]]
+        wrong = [i for i, v in present.items() if not isinstance(v, SCALARS)
+                 or (name != "label" and isinstance(v, (bool, np.bool_)))]
+        if wrong:
+            value = present[wrong[0]]
+            raise ConfigError(f"{where} holds {type(value).__name__} values (row {wrong[0] + 1}: {shown(value)}), "
+                              f"allowed: {'text' if name != 'label' else 'one label per row, a string or a number'}")
 
 
 def text_key(text: str) -> str:

@@ -127,11 +127,14 @@ def experiment_command(args: argparse.Namespace) -> int:
 
 
 def predict_command(args: argparse.Namespace) -> int:
-    from serving.predict import Predictor, predict_file
+    from serving.predict import Predictor, check_output, predict_file
 
     if args.top_k < 1:
         raise ConfigError(f"--top-k: got {args.top_k}, allowed: an integer >= 1")
-    predictor = Predictor.from_run(args.run, load_config(args.config, args.overrides).output.dir)
+    output_dir = load_config(args.config, args.overrides).output.dir
+    if args.input is not None:
+        check_output(args.output, args.input, output_dir)
+    predictor = Predictor.from_run(args.run, output_dir)
     print(f"using {predictor.describe()}")
     if args.input is not None:
         print(f"wrote {predict_file(predictor, args.input, args.output, args.text_column, args.top_k, args.pair_column)}")

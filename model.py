@@ -5,7 +5,10 @@ strategy's wrapping."""
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import importlib
+import json
 import logging
 from pathlib import Path
 
@@ -13,6 +16,7 @@ import numpy as np
 import peft
 import torch
 from transformers import AutoConfig, AutoTokenizer, PreTrainedModel
+from transformers.utils import cached_file
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 from records.checkpoints import BEST_WEIGHTS, load_weights
@@ -20,7 +24,7 @@ from config import Config, HeadConfig, load_config, strategy_settings
 from records.results import RUN_RECORD, read_record
 from strategies import STRATEGIES, Strategy
 from strategies.base import ACTIVATIONS, encoder_layer_count, model_part
-from tasks import TASKS
+from tasks import TASKS, Task
 from utils import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -151,6 +155,58 @@ def resolve_model_path(name: str) -> str:
     return name
 
 
+# sentence-transformers' pooling modes (1_Pooling/config.json) that a linear or mlp head can read as they are.
+TRAINED_POOLINGS = {"pooling_mode_mean_tokens": "mean", "pooling_mode_cls_token": "cls"}
+# The head `auto` gives a model that was not trained to pool: its own, as its checkpoint was trained with it.
+OWN_HEAD = HeadConfig(type="model", pooling="cls")
+
+
+@functools.lru_cache(maxsize=None)
+def trained_pooling(name: str) -> str | None:
+    """How a sentence-transformers model was trained to give one vector per text ("mean" or "cls"), read from its
+    modules.json and pooling config (a local folder, the bundled model or the Hub); None for a model that was not
+    trained to pool (a plain BERT checkpoint), or one that pools in a way no head here reads (max, several)."""
+    path = resolve_model_path(name)
+
+    def read(filename: str):
+        try:
+            found = cached_file(path, filename, _raise_exceptions_for_missing_entries=False,
+                                _raise_exceptions_for_connection_errors=False)
+        except (OSError, ValueError):  # an unknown Hub id: loading the model names the problem
+            return None
+        return json.loads(Path(found).read_text(encoding="utf-8")) if found else None
+
+    modules = read("modules.json")
+    if not isinstance(modules, list):
+        return None
+    folder = next((m.get("path") for m in modules if isinstance(m, dict)
+                   and str(m.get("type", "")).endswith(".Pooling")), None)
+    pooling = read(f"{folder}/config.json") if folder else None
+    if not isinstance(pooling, dict):
+        return None
+    modes = [mode for key, mode in TRAINED_POOLINGS.items() if pooling.get(key) is True]
+    chosen = [key for key, value in pooling.items() if key.startswith("pooling_mode_") and value is True]
+    return modes[0] if len(modes) == 1 and len(chosen) == 1 else None
+
+
+def resolve_head(head: HeadConfig, model_name: str, task: Task) -> HeadConfig:
+    """`head` with its `auto` settings made concrete for the model and task: a linear head (or the configured one)
+    on the pooling a sentence-transformers model was trained to give, else the model's own head on the first
+    token (always for a task whose head is per token)."""
+    if "auto" not in (head.type, head.pooling):
+        return head
+    pooled = trained_pooling(model_name) if task.pooled_head else None
+    kind = head.type if head.type != "auto" else "linear" if pooled or head.pooling != "auto" else "model"
+    pooling = head.pooling if head.pooling != "auto" else "cls" if kind == "model" else pooled or "cls"
+    return dataclasses.replace(head, type=kind, pooling=pooling)
+
+
+def resolved_config(cfg: Config) -> Config:
+    """The config with its head resolved (resolve_head), as a run records and is rebuilt from."""
+    head = resolve_head(cfg.model.head, cfg.model.name, TASKS[cfg.data.task])
+    return cfg if head is cfg.model.head else dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, head=head))
+
+
 def _hub_error(name: str, err: Exception) -> ConfigError:
     if name.startswith(("/", "./", "../", "~")):  # meant as a folder, not a Hub id
         return ConfigError(f"model.name: folder '{name}' does not exist or holds no model (config.json); use a "
@@ -160,19 +216,43 @@ def _hub_error(name: str, err: Exception) -> ConfigError:
         "If it is a Hub id, the Hub may be unreachable: use a local folder or the bundled model (model.name: minilm)")
 
 
-def load_model_config(cfg: Config):
-    """The model's own config (position limit, dropout attributes), without loading weights."""
+# Files of a model folder whose `auto_map` would name code of the folder's own to run.
+CODE_NAMING_FILES = ("config.json", "tokenizer_config.json")
+
+
+def refuse_custom_code(name: str) -> None:
+    """Refuse, in one line, a model whose folder (local or on the Hub) asks to run code of its own: this runner
+    never executes code from a model, a run folder or an export, and never asks whether to."""
+    path = resolve_model_path(name)
+    for filename in CODE_NAMING_FILES:
+        try:
+            found = cached_file(path, filename, _raise_exceptions_for_missing_entries=False,
+                                _raise_exceptions_for_connection_errors=False)
+            settings = json.loads(Path(found).read_text(encoding="utf-8")) if found else None
+        except (OSError, ValueError):  # unreadable: loading it names the problem
+            continue
+        if isinstance(settings, dict) and settings.get("auto_map"):
+            raise ConfigError(f"model.name: '{name}' asks to run code of its own ({filename} has an auto_map); "
+                              "bertlab never runs code from a model folder: use a model whose architecture "
+                              "transformers ships")
+
+
+def from_pretrained(loader, cfg: Config, **kwargs):
+    """`loader.from_pretrained` on the config's model, never running code the model's folder brings."""
+    refuse_custom_code(cfg.model.name)
     try:
-        return AutoConfig.from_pretrained(resolve_model_path(cfg.model.name))
+        return loader.from_pretrained(resolve_model_path(cfg.model.name), trust_remote_code=False, **kwargs)
     except (OSError, ValueError) as err:
         raise _hub_error(cfg.model.name, err) from None
+
+
+def load_model_config(cfg: Config):
+    """The model's own config (position limit, dropout attributes), without loading weights."""
+    return from_pretrained(AutoConfig, cfg)
 
 
 def load_tokenizer(cfg: Config):
-    try:
-        return AutoTokenizer.from_pretrained(resolve_model_path(cfg.model.name))
-    except (OSError, ValueError) as err:
-        raise _hub_error(cfg.model.name, err) from None
+    return from_pretrained(AutoTokenizer, cfg)
 
 
 def check_against_model(cfg: Config, model_config, strategies: list[str]) -> None:
@@ -222,6 +302,11 @@ def run_model(folder: Path) -> tuple[dict, Config, torch.nn.Module]:
     if unknown:
         raise ConfigError(f"{folder / BEST_WEIGHTS} does not fit the run's model ({len(unknown)} unknown weights, "
                           f"e.g. {sorted(unknown)[0]})")
+    own = model.state_dict()
+    misfit = next((name for name, value in weights.items() if own[name].shape != value.shape), None)
+    if misfit:
+        raise ConfigError(f"{folder / BEST_WEIGHTS} does not fit the run's model ({misfit} has shape "
+                          f"{tuple(weights[misfit].shape)}, the model's {tuple(own[misfit].shape)})")
     model.load_state_dict(weights, strict=False)
     return record, cfg, model
 
@@ -230,7 +315,7 @@ def new_head_reason(source: dict, cfg: Config, label_names: list[str]) -> str | 
     """Why a run starting from `source` (see source_run) trains a fresh head; None when it keeps the source's."""
     if source["record"]["dataset"]["label_names"] != label_names:
         return "the labels differ"
-    if source["config"].model.head != cfg.model.head:
+    if resolved_config(source["config"]).model.head != resolved_config(cfg).model.head:
         return "model.head differs"
     return None
 
@@ -260,7 +345,7 @@ def start_from_run(model: PreTrainedModel, cfg: Config, label_names: list[str], 
 def build_model(cfg: Config, strategy: str, label_names: list[str], source: dict | None = None) -> torch.nn.Module:
     """The pre-trained encoder (or an earlier run's, with model.init_from: `source`, read here when the plan did
     not) with a head for the task, wrapped by the strategy."""
-    task = TASKS[cfg.data.task]
+    task, cfg = TASKS[cfg.data.task], resolved_config(cfg)
     dropout = {}
     if cfg.model.dropout is not None:
         model_config = load_model_config(cfg)
@@ -268,11 +353,7 @@ def build_model(cfg: Config, strategy: str, label_names: list[str], source: dict
         if not dropout:
             raise ConfigError(f"model.dropout: the model '{cfg.model.name}' has no dropout setting this runner knows "
                               f"({', '.join(DROPOUT_ATTRIBUTES)}); set model.dropout: null")
-    try:
-        model = task.model_class.from_pretrained(resolve_model_path(cfg.model.name), **task.model_kwargs(label_names),
-                                                 **dropout)
-    except (OSError, ValueError) as err:
-        raise _hub_error(cfg.model.name, err) from None
+    model = from_pretrained(task.model_class, cfg, **task.model_kwargs(label_names), **dropout)
     head = STRATEGIES[strategy].head(cfg.model.head)
     if head.type != "model":
         with_head(model, head, len(label_names))

@@ -4,6 +4,7 @@ process of a launch this is, and file writes that never leave half a file behind
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -19,6 +20,13 @@ def _current_umask() -> int:
 
 
 _UMASK = _current_umask()
+
+
+def shown(value, limit: int = 60) -> str:
+    """A value as an error line shows it: its repr, cut to `limit` characters (a line never carries a whole
+    file's worth of a value)."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
 
 
 class ConfigError(Exception):
@@ -53,6 +61,29 @@ def is_main_process() -> bool:
     return process_state().is_main_process
 
 
+class WriteError(ConfigError):
+    """A file this program must write cannot be: a full disk, a read-only or missing place, a file where a
+    folder should be. One line naming the path and why."""
+
+    def __init__(self, path: Path, err: OSError):
+        super().__init__(f"cannot write {path}: {err.strerror or type(err).__name__}" + (
+            "; free some space and run the same command again (finished runs are kept)"
+            if err.errno == errno.ENOSPC else ""))
+
+
+def writable_folder(path: Path, key: str) -> Path:
+    """`path` as a folder this program can write into (made if missing), or one line saying why it cannot be."""
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{key}: '{path}' is a file, not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"{key}: cannot make the folder '{path}': {err.strerror or type(err).__name__}") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ConfigError(f"{key}: the folder '{path}' is not writable")
+    return path
+
+
 @contextlib.contextmanager
 def atomic_open(path: Path):
     """A binary file that appears at `path` only once fully written (temporary file, fsync, rename),
@@ -62,8 +93,11 @@ def atomic_open(path: Path):
         with open(os.devnull, "wb") as sink:
             yield sink
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as err:
+        raise WriteError(path, err) from None
     try:
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes files private; results are shared like any file written
         with os.fdopen(fd, "wb") as f:
@@ -71,9 +105,11 @@ def atomic_open(path: Path):
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(err, OSError) and not isinstance(err, ConfigError):
+            raise WriteError(path, err) from None
         raise
 
 

@@ -184,6 +184,9 @@ def fit_and_test(run: Run, cfg: Config, data: LabelledData, encoded: Encoded, ac
                         ", ".join(f"{k} {v:.3f}" for k, v in decision["thresholds"].items()),
                         task.metric(task.main_metric).label, *decision["validation"][task.main_metric])
         task = task.decided(fitted.get("decision"))
+        # whether the kept weights answer the input at all: a collapse is diagnosed, not read as a verdict
+        validation = validation or evaluate(trained, inputs, "validation", cfg.training, accelerator, task)
+        fitted["validation_outputs"] = task.output_check(validation["truth"], validation["values"], data.label_names)
         test = evaluate(trained, inputs, "test", cfg.training, accelerator, task)
         trackers.log({f"test_{name}": test[name] for name in ["loss"] + [m.name for m in task.metrics]},
                      step=result["best_step"])

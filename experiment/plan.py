@@ -7,7 +7,7 @@ import dataclasses
 from typing import Any
 
 from config import Config, HeadConfig, TrainingConfig, expand_grid, short_key, strategy_settings
-from model import source_run
+from model import OWN_HEAD, resolved_config, source_run
 from strategies import STRATEGIES
 from utils import stable_hash
 
@@ -46,7 +46,7 @@ class Run:
         training = {k: v for k, v in dataclasses.asdict(self.cfg.training).items()
                     if k not in excluded and not (k in ADDED_TRAINING_KEYS and v == defaults[k])}
         model = dataclasses.asdict(self.cfg.model)
-        if self.cfg.model.head == HeadConfig():  # added later: runs with the model's own head keep their ids
+        if self.cfg.model.head == OWN_HEAD:  # added later: runs with the model's own head keep their ids
             del model["head"]
         if self.source:  # the run itself, however its folder was named
             model["init_from"] = self.source["record"]["run_id"]
@@ -92,6 +92,7 @@ def plan_runs(cfg: Config, strategies: list[str]) -> list[Run]:
             spec = point.model.init_from
             if spec not in sources:
                 sources[spec] = source_run(point)
+            point = resolved_config(point)  # the head `auto` gives this model, in the run's key and saved config
             for shots, draw in shots_and_draws:
                 for seed in seeds:
                     single = dataclasses.replace(point, training=dataclasses.replace(point.training, seed=seed,

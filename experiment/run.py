@@ -15,6 +15,7 @@ from experiment.plan import Run, plan_runs
 from experiment.search import confirmation_runs, open_studies, search, trial_records
 from experiment.shards import assign_shards, planned_cost, print_shares
 from model import check_against_model, load_model_config
+from records.checkpoints import RESUME_STATE, saved_run_key
 from records.results import SHARED_FILES, read_results, results_file, untested_trial, write_experiment
 from records.shared import read_json
 from reporting.data_report import describe_report, save_report
@@ -23,7 +24,7 @@ from reporting.tables import describe_baseline, terminal_summary, write_summary
 from strategies import STRATEGIES
 from tasks import TASKS
 from trainer import make_accelerator
-from utils import ConfigError, is_main_process
+from utils import ConfigError, is_main_process, writable_folder
 
 logger = logging.getLogger("bertlab")
 
@@ -36,6 +37,8 @@ def run_experiment(cfg: Config, strategies: list[str], *, resume: bool = False, 
     `summary_only`, train nothing and summarise what has. Returns the exit status: 0 when every run
     completed, 1 when some failed or (summary only) has not finished."""
     refuse_strategies(cfg, strategies)
+    if not dry_run:
+        writable_folder(Path(cfg.output.dir), "output.dir")
     runs = plan_runs(cfg, strategies)
     model_configs = {}
     for run in runs:
@@ -97,6 +100,13 @@ def run_experiment(cfg: Config, strategies: list[str], *, resume: bool = False, 
         if shard is not None:
             print_shares(costs, owners, shard[1])
         return 0
+    to_run = [ids[i] for i in mine if ids[i] not in cached]
+    if not resume and not force:
+        refuse_interrupted(cfg, [i for i in to_run if i not in trials_done], runs, ids, stored)
+    if resume:  # a resume state that cannot be read stops the command before it writes anything
+        folders = {run_id: Path(cfg.output.dir) / "checkpoints" / run.strategy / run_id for run, run_id in zip(runs, ids)}
+        for run_id in to_run:
+            saved_run_key(folders[run_id])
     check_shared_files(results_path)
     write_experiment(results_path, config_file=config_file, command=command, config=dataclasses.asdict(cfg),
                      strategies=strategies, run_ids=ids, studies=[study.name for study in studies])
@@ -134,6 +144,19 @@ def run_experiment(cfg: Config, strategies: list[str], *, resume: bool = False, 
                   "--summary-only (with the same config), then python visualize.py")
             return 1 if failed else 0
     return max(finish(cfg, ids, results_path, describe_baseline(task, baseline), studies), 1 if failed else 0)
+
+
+def refuse_interrupted(cfg: Config, to_run: list[str], runs: list[Run], ids: list[str], stored: list[dict]) -> None:
+    """A run to train whose folder holds the checkpoint of an interrupted attempt (killed: no record says it
+    ended) is never silently started over: one line says how to resume or discard it."""
+    ended = {r["run_id"] for r in stored if r["status"] != "running"}
+    strategy_of = dict(zip(ids, (run.strategy for run in runs)))
+    left = [i for i in to_run if i not in ended
+            and (Path(cfg.output.dir) / "checkpoints" / strategy_of[i] / i / RESUME_STATE).is_file()]
+    if left:
+        raise ConfigError(f"{len(left)} run(s) of this plan were interrupted and kept their checkpoint (e.g. {left[0]}): "
+                          "python main.py --resume (with the same config) continues them, --force discards them "
+                          "and trains them anew")
 
 
 def check_shared_files(results_path: Path) -> None:

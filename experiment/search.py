@@ -27,6 +27,7 @@ from records.checkpoints import drop_checkpoints
 from records.results import results_file, save_record
 from schema.search import describe_range, outside_range
 from strategies import STRATEGIES
+from records.shared import SEARCH_FOLDER
 from tasks import TASKS
 from trainer import RunPaused, RunPruned
 from utils import ConfigError, stable_hash
@@ -34,7 +35,6 @@ from utils import ConfigError, stable_hash
 logger = logging.getLogger("bertlab")
 # optuna is imported inside the functions that use it: a grid never loads it (nor its database layer).
 
-SEARCH_FOLDER = "search"  # under output.dir: the journal of the studies, their locks and the trials' leases
 # Trials drawn before TPE models the scores: Optuna's 10 would leave a search of 8 trials unmodelled
 # throughout; the config's own setting and three spread over the space give it its first model.
 STARTUP_TRIALS = 4

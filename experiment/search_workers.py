@@ -11,6 +11,8 @@ import threading
 import time
 from pathlib import Path
 
+from records.shared import JOURNAL, DamagedFile, journal_problem
+
 logger = logging.getLogger("bertlab")
 
 LEASE_SECONDS = 30  # how often a running trial's worker says it is alive
@@ -22,7 +24,11 @@ def study_journal(folder: Path):
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
 
-    path = str(folder / "journal.log")
+    problem = journal_problem(folder / JOURNAL)
+    if problem:  # appending would make it permanent: the next operation would join the broken line
+        raise DamagedFile(folder / JOURNAL, f"the search journal cannot be continued: {problem}",
+                          f"python main.py --repair output.dir={folder.parent} keeps its complete operations")
+    path = str(folder / JOURNAL)
     # the open lock also works on network file systems, where symbolic links may not
     return JournalStorage(JournalFileBackend(path, lock_obj=JournalFileOpenLock(path)))
 

@@ -6,6 +6,7 @@ with torch.load(weights_only=True). Every file is written to a temporary file an
 from __future__ import annotations
 
 import json
+import math
 import pickle
 import random
 from pathlib import Path
@@ -21,6 +22,8 @@ from utils import ConfigError, atomic_open, atomic_write_bytes
 
 BEST_WEIGHTS = "best.safetensors"
 RESUME_STATE = "last.pt"
+# What a resume state holds at least (save_checkpoint writes them).
+RESUME_KEYS = {"run_key", "trainable", "optimizer", "scheduler", "scaler", "state", "rng"}
 
 
 def epoch_weights(epoch: int) -> str:
@@ -51,11 +54,18 @@ def load_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
             metadata = f.metadata() or {}
             weights = {name: f.get_tensor(name) for name in f.keys()}
     except (SafetensorError, OSError) as err:
-        raise ConfigError(f"{path}: not readable as safetensors weights ({err})") from None
-    epoch = float(metadata.get("epoch", 0))  # an evaluation inside an epoch has a fractional one
-    return weights, {"run_key": json.loads(metadata.get("run_key", "null")),
-                     "epoch": int(epoch) if epoch.is_integer() else epoch,
-                     "temperature": float(metadata["temperature"]) if "temperature" in metadata else None}
+        raise ConfigError(f"{path}: not readable as safetensors weights ({str(err)[:120]})") from None
+    try:
+        epoch = float(metadata.get("epoch", 0))  # an evaluation inside an epoch has a fractional one
+        temperature = float(metadata["temperature"]) if "temperature" in metadata else None
+        run_key = json.loads(metadata.get("run_key", "null"))
+    except ValueError:
+        raise ConfigError(f"{path}: its metadata (epoch, temperature, run key) is not what bertlab writes; train "
+                          "the run again (python main.py --force with its config)") from None
+    if not (math.isfinite(epoch) and (temperature is None or math.isfinite(temperature) and temperature > 0)):
+        raise ConfigError(f"{path}: its metadata holds an epoch or temperature that is not a finite number")
+    return weights, {"run_key": run_key, "epoch": int(epoch) if epoch.is_integer() else epoch,
+                     "temperature": temperature}
 
 
 def drop_checkpoints(run_dir: Path) -> None:
@@ -91,7 +101,7 @@ def random_states() -> dict:
 def read_resume_state(path: Path, mmap: bool = False) -> dict:
     """last.pt, refusing anything but tensors and plain data: a pickled object could run code when loaded."""
     try:
-        return torch.load(path, weights_only=True, mmap=mmap)
+        state = torch.load(path, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as err:
         raise ConfigError(f"{path} holds objects other than tensors and plain data, which could run code when "
                           f"loaded, so it is refused ({str(err).splitlines()[0][:120]}). Delete the run folder "
@@ -100,6 +110,11 @@ def read_resume_state(path: Path, mmap: bool = False) -> dict:
         raise ConfigError(f"{path}: not readable as a resume state ({str(err).splitlines()[0][:120]}); it is kept "
                           "as it is. Run without --resume to train the run again from the start (which replaces "
                           "it)") from None
+    if not (isinstance(state, dict) and RESUME_KEYS <= set(state) and isinstance(state["trainable"], dict)
+            and isinstance(state["state"], dict)):
+        raise ConfigError(f"{path}: not a resume state bertlab wrote (a mapping of {', '.join(sorted(RESUME_KEYS))}); "
+                          "it is kept as it is. Run with --force to train the run again from the start")
+    return state
 
 
 def load_checkpoint(run_dir: Path, model, optimizer, scheduler, accelerator: Accelerator,
@@ -111,11 +126,15 @@ def load_checkpoint(run_dir: Path, model, optimizer, scheduler, accelerator: Acc
     if differing:
         raise ConfigError(f"checkpoint {run_dir / RESUME_STATE} was made with a different config "
                           f"({', '.join(differing)}); it cannot be resumed. Run without --resume to start over")
-    accelerator.unwrap_model(model).load_state_dict(checkpoint["trainable"], strict=False)
-    optimizer.load_state_dict(checkpoint["optimizer"])
-    scheduler.load_state_dict(checkpoint["scheduler"])
-    if checkpoint["scaler"] is not None and accelerator.scaler is not None:
-        accelerator.scaler.load_state_dict(checkpoint["scaler"])
+    try:
+        accelerator.unwrap_model(model).load_state_dict(checkpoint["trainable"], strict=False)
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scheduler.load_state_dict(checkpoint["scheduler"])
+        if checkpoint["scaler"] is not None and accelerator.scaler is not None:
+            accelerator.scaler.load_state_dict(checkpoint["scaler"])
+    except (RuntimeError, ValueError, KeyError, TypeError) as err:
+        raise ConfigError(f"{run_dir / RESUME_STATE}: does not fit the run's model or optimizer "
+                          f"({str(err).splitlines()[0][:120]}); run with --force to train it again") from None
     # each process continues its own generators; under another number of processes, the main one's
     by_process = checkpoint.get("rng_by_process")
     same_processes = by_process is not None and len(by_process) == accelerator.num_processes

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from filelock import FileLock
 
-from records.shared import DamagedFile, read_json, write_json
+from records.shared import JOURNAL, SEARCH_FOLDER, DamagedFile, mend_journal, read_json, write_json
 from utils import atomic_write_json
 
 
@@ -40,8 +40,8 @@ RETRAIN = "train that run again (python main.py --force with its config)"
 def stored_record(path: Path) -> dict:
     """One run's record.json as it is stored."""
     record = read_json(path, remedy=RETRAIN)
-    if not isinstance(record, dict) or "run_id" not in record:
-        raise DamagedFile(path, "holds no run record", RETRAIN)
+    if record is None:
+        raise DamagedFile(path, "is missing", RETRAIN)
     return record
 
 
@@ -57,12 +57,7 @@ def results_file(output_dir: str | Path) -> Path:
 def stored_records(path: Path) -> list[dict]:
     """The records of a results file as they are stored."""
     contents = read_json(path)
-    if contents is None:
-        return []
-    runs = contents.get("runs") if isinstance(contents, dict) else None
-    if not isinstance(runs, list) or not all(isinstance(r, dict) and "run_id" in r for r in runs):
-        raise DamagedFile(path, "holds no list of run records under 'runs'")
-    return runs
+    return [] if contents is None else contents["runs"]
 
 
 def read_results(path: Path) -> list[dict]:
@@ -128,7 +123,14 @@ def repair(output_dir: str | Path) -> list[str]:
     readable results file's records and adding those it lacks; a damaged shared file is first set aside
     beside itself as <name>.damaged-<time>. Returns what was done, a line each."""
     path = results_file(output_dir)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(path.with_name(path.name + ".lock")):  # the lock saving a record takes: no record is lost
+        done = repair_locked(Path(output_dir), path, time.strftime("%Y%m%d-%H%M%S"))
+    mended = mend_journal(Path(output_dir) / SEARCH_FOLDER / JOURNAL, time.strftime("%Y%m%d-%H%M%S"))
+    return done + ([mended] if mended else [])
+
+
+def repair_locked(output_dir: Path, path: Path, stamp: str) -> list[str]:
     done, kept = [], []
     for shared in (path, *(path.with_name(name) for name in SHARED_FILES)):
         try:
@@ -152,7 +154,6 @@ def repair(output_dir: str | Path) -> list[str]:
             known.add(record["run_id"])
             recovered.append(record)
     recovered.sort(key=lambda record: record.get("finished_at") or record.get("started_at") or "")
-    path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(path, {"runs": kept + recovered})  # read above: readable, or set aside
     done.append(f"{path}: {len(kept) + len(recovered)} run(s): {len(kept)} kept from it, {len(recovered)} recovered "
                 "from the run folders")

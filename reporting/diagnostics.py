@@ -15,7 +15,8 @@ UNDERFIT_SHARE = 0.5  # final training cross-entropy above this share of chance 
 SPIKE_RATIO = 1.25  # an epoch's training loss this many times the previous epoch's
 IMBALANCE_GAP = 0.10  # accuracy minus macro-F1
 WEAK_CLASS_GAP = 0.30  # a class's F1 this far below the median class's
-COLLAPSE_SHARE = 0.90  # one class takes this share of the test predictions
+COLLAPSE_SHARE = 0.90  # one prediction takes this share of the validation (or test) predictions
+FLAT_SPREAD = 0.02  # the predicted probabilities' standard deviation over texts, averaged over classes
 CONFIDENT_ACCURACY = 0.70  # over-confidence is only diagnosed on runs that are otherwise good
 OVERCONFIDENT_ECE = 0.10
 
@@ -96,22 +97,41 @@ def imbalance(record: dict) -> dict | None:
 
 
 def collapse(record: dict) -> dict | None:
+    """One prediction for (nearly) every input, or outputs that barely move with it: on validation at the best
+    epoch (validation_outputs), or on test for records made before those were kept."""
+    seen = record.get("validation_outputs")
+    if seen is None:
+        seen = test_outputs(record)
+        if seen is None:
+            return None
+    share, truth_share, spread = seen["prediction_share"], seen["truth_share"], seen.get("spread")
+    flat = spread is not None and spread < FLAT_SPREAD
+    if not flat and (share < COLLAPSE_SHARE or truth_share >= COLLAPSE_SHARE):
+        return None
+    where = "validation at the best epoch" if "spread" in seen else "test"
+    said = [f"{share:.0%} of the predictions on {where} are {seen['prediction']}, which is {truth_share:.0%} of "
+            "its labels"]
+    if flat:
+        said.append(f"the predicted probabilities barely vary with the input (their spread over texts is "
+                    f"{spread:.3f}; a model that learned from the text gives 0.1 or more)")
+    return finding(
+        "collapse", "; ".join(said) + ": the run learned little from the text, so its scores say little about the "
+        "strategy",
+        "likely causes, most likely first: the head (model.head.type: auto reads what the encoder was trained to "
+        "give), the learning rate (search it: search.method=optuna), too few steps (more epochs); with rare "
+        "classes, class weights or oversampling",
+        label=seen["prediction"], prediction_share=share, label_share=truth_share, spread=spread)
+
+
+def test_outputs(record: dict) -> dict | None:
+    """The commonest test prediction of a classification record, its share and its labels' share."""
     predictions = np.asarray(record.get("test_predictions", []))
-    if predictions.size == 0:
+    if predictions.size == 0 or predictions.ndim != 1:
         return None
     counts = np.bincount(predictions, minlength=record["dataset"]["num_labels"])
     top = int(counts.argmax())
-    share = counts[top] / counts.sum()
-    truth_share = float(np.mean(np.asarray(record["test_labels"]) == top))
-    if share < COLLAPSE_SHARE or truth_share >= COLLAPSE_SHARE:
-        return None
-    name = record["dataset"]["label_names"][top]
-    return finding(
-        "collapse",
-        f"{share:.0%} of test predictions are {name}, which is {truth_share:.0%} of the test labels",
-        "the model learned little beyond the majority: a higher learning rate, more epochs, or a strategy that "
-        "trains more parameters; with rare classes, class weights or oversampling",
-        label=name, prediction_share=float(share), label_share=truth_share)
+    return {"prediction": record["dataset"]["label_names"][top], "prediction_share": float(counts[top] / counts.sum()),
+            "truth_share": float(np.mean(np.asarray(record["test_labels"]) == top))}
 
 
 def over_confidence(record: dict) -> dict | None:
@@ -135,7 +155,7 @@ def over_confidence(record: dict) -> dict | None:
 CLASSES = ("classification",)
 DIAGNOSTICS: dict[str, tuple[Callable[[dict], dict | None], tuple[str, ...] | None]] = {
     "over_fitting": (over_fitting, None), "instability": (instability, None), "under_fitting": (under_fitting, CLASSES),
-    "imbalance": (imbalance, CLASSES), "collapse": (collapse, CLASSES), "over_confidence": (over_confidence, CLASSES),
+    "imbalance": (imbalance, CLASSES), "collapse": (collapse, CLASSES + ("multi_label",)), "over_confidence": (over_confidence, CLASSES),
 }
 
 

@@ -146,12 +146,21 @@ def decide(summary: dict) -> dict:
         "validation_ties": [configuration_label(r) for r in slot if r is not winner
                             and r["validation"]["mean"] == winner["validation"]["mean"]],
         "seeds": min([winner["runs"] - winner["failed"]] + [s["test"]["paired_runs"] for s in standings]),
+        "collapsed": collapsed_rows(summary, slot),
         "test_examples": summary.get("test_examples"), "validation_examples": summary.get("validation_examples"),
         "other_slots": [{"shots_per_class": r["shots_per_class"], "label": configuration_label(r), "test": r["test"][name]}
                         for r in best if r is not winner],
         "searched": [{key: s[key] for key in ("strategy", "space", "trials", "completed", "pruned", "failed", "best",
                                               "at_edge")} for s in searched],
     }
+
+
+def collapsed_rows(summary: dict, slot: list[dict]) -> list[dict]:
+    """The compared configurations some of whose runs collapsed (one prediction for every text, or outputs that
+    barely vary with it): their standing says little about their strategy."""
+    found = {d["config_id"]: d for d in summary.get("diagnostics", []) if d["kind"] == "collapse"}
+    return [{"label": configuration_label(r), "runs": found[r["config_id"]]["runs"], "of": found[r["config_id"]]["of"]}
+            for r in slot if r["config_id"] in found]
 
 
 def best_per_slot(summary: dict, task: Task) -> list[dict]:
@@ -267,6 +276,11 @@ def describe(verdict: dict, task: Task) -> list[str]:
                      f"{best} was better on validation. Test never chooses here, but the disagreement suggests the "
                      f"validation split{examples(verdict['validation_examples'])} is too small to choose reliably: "
                      "enlarge it (data.validation_size) or run more seeds.")
+    for row in verdict.get("collapsed", []):
+        runs = "its run" if row["of"] == 1 else f"{row['runs']} of its {row['of']} runs"
+        lines.append(f"{row['label']}: {runs} learned little from the text (one prediction for nearly every text, or "
+                     "outputs that barely vary with it), so its place here is no verdict on the strategy: see the "
+                     "diagnostics for the likely causes (the head, the learning rate, too few steps).")
     if verdict["not_compared"]:
         lines.append(f"Not compared: {', '.join(verdict['not_compared'])} (no completed run paired with {best}'s).")
     if verdict["other_slots"]:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from utils import shown
+
 
 def problem(condition: bool, key: str, value, allowed: str) -> list[str]:
     """A config problem as validation words it (none when `condition` holds)."""
-    return [] if condition else [f"{key}: got {value!r}, allowed: {allowed}"]
+    return [] if condition else [f"{key}: got {shown(value)}, allowed: {allowed}"]
 
 
 def list_problem(values, key: str, valid, allowed: str) -> list[str]:

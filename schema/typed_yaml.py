@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from pathlib import Path
@@ -14,19 +15,74 @@ from typing import Any, Literal
 
 import yaml
 
-from utils import ConfigError
+from utils import ConfigError, shown
+
+
+# What a config may hold once its aliases are expanded, and how deep it may nest: far above any real config,
+# far below what takes noticeable time or memory (a few hundred bytes of nested aliases expand to billions).
+MAX_NODES = 100_000
+MAX_DEPTH = 40
+
+
+class StrictLoader(yaml.SafeLoader):
+    """safe_load that refuses a key given twice in one mapping (the last would silently win, or a whole section
+    vanish) and a document that nests too deep or expands past MAX_NODES through its aliases."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, typing.Hashable) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"the key {shown(key)} is given twice in one mapping", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def expanded_size(node, depth: int = 0, sizes: dict | None = None) -> int:
+    """How many nodes the composed document holds with every alias expanded, counted without expanding them
+    (a node reached again through an alias is counted from memory)."""
+    sizes = {} if sizes is None else sizes
+    if depth > MAX_DEPTH:
+        raise yaml.YAMLError(f"nests deeper than {MAX_DEPTH} levels")
+    if id(node) in sizes:
+        return sizes[id(node)]
+    children = ([item for pair in node.value for item in pair] if isinstance(node, yaml.MappingNode)
+                else node.value if isinstance(node, yaml.SequenceNode) else [])
+    size = 1 + sum(expanded_size(child, depth + 1, sizes) for child in children)
+    if size > MAX_NODES:
+        raise yaml.YAMLError(f"expands to more than {MAX_NODES:,} values through its aliases")
+    sizes[id(node)] = size
+    return size
+
+
+def load_yaml_text(text: str):
+    """The YAML value of `text`, read by StrictLoader after checking its expanded size and depth."""
+    loader = StrictLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        expanded_size(node)
+        return loader.construct_document(node)
+    except RecursionError:
+        raise yaml.YAMLError(f"nests deeper than {MAX_DEPTH} levels") from None
+    finally:
+        loader.dispose()
 
 
 def read_yaml(path: Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"config file '{path}' not found")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = load_yaml_text(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-        raise ConfigError(f"{path}: YAML syntax error{where}: {problem}") from None
+        kind = "YAML syntax error" if isinstance(err, yaml.MarkedYAMLError) and not isinstance(
+            err, yaml.constructor.ConstructorError) else "YAML error"
+        raise ConfigError(f"{path}: {kind}{where}: {problem}") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not UTF-8 text") from None
     if raw is None:
@@ -39,11 +95,16 @@ def read_yaml(path: Path) -> dict:
 def apply_override(raw: dict, override: str) -> None:
     key, sep, text = override.partition("=")
     if not sep or not key:
-        raise ConfigError(f"override '{override}' is not of the form section.key=value")
-    try:
-        value = yaml.safe_load(text)
-    except yaml.YAMLError:
+        raise ConfigError(f"override {shown(override)} is not of the form section.key=value")
+    if text.strip().startswith(("|", ">")):  # YAML's block markers: on a command line they mean the characters
         value = text
+    else:
+        try:
+            value = load_yaml_text(text)
+        except yaml.YAMLError as err:
+            if "nests deeper" in str(err) or "expands to more" in str(err):
+                raise ConfigError(f"{key}: the value {err}") from None
+            value = text
     set_dotted(raw, key, value)
 
 
@@ -77,21 +138,23 @@ def build(cls, raw: dict, prefix: str, problems: list[str], defaults=None):
             if isinstance(value, dict):
                 values[name] = build(tp, value, dotted + ".", problems, getattr(defaults, name))
             else:
-                problems.append(f"{dotted}: expected a section (a mapping), got {value!r}")
+                problems.append(f"{dotted}: expected a section (a mapping), got {shown(value)}")
             continue
         ok, converted = _convert(value, tp)
         if ok:
             values[name] = converted
         else:
-            problems.append(f"{dotted}: expected {type_name(tp)}, got {value!r}")
+            problems.append(f"{dotted}: expected {type_name(tp)}, got {shown(value)}")
     return dataclasses.replace(defaults, **values)
 
 
 def _unknown_key_message(prefix: str, key: str, allowed: list[str]) -> str:
     if prefix == "strategies.":
+        key = key if len(key) <= 60 else f"{key[:60]}..."
         return f"unknown strategy '{key}'; known strategies: {', '.join(sorted(allowed))}"
     close = difflib.get_close_matches(key, allowed, n=1)
     hint = f"did you mean '{prefix}{close[0]}'?" if close else f"allowed: {', '.join(allowed)}"
+    key = key if len(key) <= 60 else f"{key[:60]}... ({len(key):,} characters)"
     where = f"'{prefix}{key}'" if prefix else f"section '{key}'"
     return f"unknown key {where}; {hint}"
 
@@ -128,14 +191,15 @@ def _convert(value, tp) -> tuple[bool, Any]:
         return isinstance(value, bool), value
     if tp is int:
         return isinstance(value, int) and not isinstance(value, bool), value
-    if tp is float:
+    if tp is float:  # a finite number: .inf and .nan mean nothing as a rate, a weight or a size
         if isinstance(value, str):  # YAML 1.1 reads 3e-5 (no dot) as a string
             try:
-                return True, float(value)
+                number = float(value)
             except ValueError:
                 return False, value
+            return math.isfinite(number), number
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return True, float(value)
+            return math.isfinite(value), float(value)
         return False, value
     if tp is str:
         return isinstance(value, str), value
@@ -160,4 +224,4 @@ def type_name(tp) -> str:
         return "a mapping of dotted keys to {low, high, log} or a list of choices, e.g. {strategies.lora.rank: [4, 8]}"
     if origin is dict:
         return f"a mapping from names to {type_name(args[1]).removeprefix('a ').removeprefix('an ')}s"
-    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}[tp]
+    return {bool: "true or false", int: "an integer", float: "a finite number", str: "a string"}[tp]

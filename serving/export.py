@@ -5,44 +5,61 @@ is exported as a PEFT adapter folder."""
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import tempfile
 import time
 from pathlib import Path
 
 import peft
 
-from model import BUNDLED_MODELS, export_refused, load_tokenizer, resolve_model_path
+from model import BUNDLED_MODELS, export_refused, load_tokenizer, resolve_model_path, resolved_config
 from serving.predict import load_run
 from reporting.summary import aggregate, task_of
 from records.results import read_results, results_file
 from strategies import STRATEGIES
-from utils import ConfigError, atomic_write_json
+from utils import ConfigError, WriteError, atomic_write_json, writable_folder
 
 THRESHOLDS = "thresholds.json"  # a multi-label model's threshold per label, beside its weights
 
 
 def export_run(run: str, output_dir: str | Path, out: Path, force: bool = False) -> Path:
-    """Write the run's model, tokenizer and model card (README.md) into `out`."""
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
+    """Write the run's model, tokenizer and model card (README.md) into `out`: built whole in a folder beside it,
+    then moved in, so that a failure (a full disk) leaves no half-written export."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out: '{out}' is a file; name a folder (new or empty)")
+    if out.exists() and any(out.iterdir()) and not force:
         raise ConfigError(f"--out: '{out}' exists and is not empty; choose another folder or pass --force to write "
                           "into it")
+    if Path(output_dir).resolve() in (out.resolve(), *out.resolve().parents):
+        raise ConfigError(f"--out: '{out}' is inside the output folder {output_dir}; export elsewhere")
     _, cfg, record, model = load_run(run, output_dir)
     strategy = STRATEGIES[record["strategy"]]
-    refused = export_refused(strategy, strategy.head(cfg.model.head))
+    refused = export_refused(strategy, strategy.head(resolved_config(cfg).model.head))
     if refused:
         raise ConfigError(f"run {record['run_id']} ({record['strategy']}) cannot be exported: {refused}")
     tokenizer = load_tokenizer(cfg)
     tokenizer.model_max_length = cfg.model.max_length  # texts are truncated where the run truncated them
-    out.mkdir(parents=True, exist_ok=True)
-    adapter = isinstance(model, peft.PeftModel) and model.peft_config[model.active_adapter].is_prompt_learning
-    if isinstance(model, peft.PeftModel) and not adapter:
-        model = model.merge_and_unload()
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
     siblings = [r for r in read_results(results_file(output_dir))
                 if r["config_id"] == record["config_id"] and r["status"] == "completed"]
-    if record.get("decision"):  # label sets: what the card's usage reads each label's threshold from
-        atomic_write_json(out / THRESHOLDS, record["decision"]["thresholds"])
-    (out / "README.md").write_text(model_card(record, cfg, siblings or [record], adapter), encoding="utf-8")
+    parent = writable_folder(out.resolve().parent, "--out")
+    building = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=parent))
+    try:
+        adapter = isinstance(model, peft.PeftModel) and model.peft_config[model.active_adapter].is_prompt_learning
+        if isinstance(model, peft.PeftModel) and not adapter:
+            model = model.merge_and_unload()
+        model.save_pretrained(building)
+        tokenizer.save_pretrained(building)
+        if record.get("decision"):  # label sets: what the card's usage reads each label's threshold from
+            atomic_write_json(building / THRESHOLDS, record["decision"]["thresholds"])
+        (building / "README.md").write_text(model_card(record, cfg, siblings or [record], adapter), encoding="utf-8")
+        out.mkdir(exist_ok=True)
+        for file in sorted(building.iterdir()):
+            os.replace(file, out / file.name)
+    except OSError as err:
+        raise WriteError(out, err) from None
+    finally:
+        shutil.rmtree(building, ignore_errors=True)
     return out
 
 

@@ -21,7 +21,10 @@ from model import load_tokenizer, run_model
 from reporting.summary import best_run, summarize, task_of
 from records.results import RUN_RECORD, read_results, results_file, select_runs
 from trainer import inference, make_accelerator
-from utils import ConfigError
+from utils import ConfigError, atomic_write_bytes
+
+# The folders of an output folder that hold what runs keep: nothing else is ever written into them.
+KEPT_FOLDERS = ("results", "checkpoints", "search")
 
 logger = logging.getLogger(__name__)
 
@@ -144,6 +147,24 @@ def predict_file(predictor: Predictor, path: Path, output: Path | None, text_col
         logger.warning("%d of %d rows have an empty text: their predictions are left empty", empty, len(frame))
     predictions = pd.DataFrame(predictor.predict(texts[0], top_k, *texts[1:]), index=frame.index)
     output = output or path.with_name(f"{path.stem}.predictions.csv")
-    pd.concat([frame, predictions], axis=1).to_csv(output, index=False)
+    atomic_write_bytes(output, pd.concat([frame, predictions], axis=1).to_csv(index=False).encode())
     return output
+
+
+def check_output(output: Path | None, path: Path, output_dir: str | Path) -> None:
+    """Refuse, before anything is read or written, an --output that would write over the input or over what an
+    output folder keeps (records, checkpoints, results), or that names a folder or a missing place."""
+    if output is None:
+        return
+    target = output.resolve()
+    if target == path.resolve():
+        raise ConfigError(f"--output: '{output}' is the --input file itself; name another file")
+    kept = [Path(output_dir).resolve() / part for part in KEPT_FOLDERS]
+    if any(target.is_relative_to(folder) for folder in kept):
+        raise ConfigError(f"--output: '{output}' is inside {output_dir}'s {', '.join(KEPT_FOLDERS)} folders, which hold "
+                          "the runs' records, checkpoints and results; write predictions elsewhere")
+    if target.is_dir():
+        raise ConfigError(f"--output: '{output}' is a folder; name a file")
+    if not target.parent.is_dir():
+        raise ConfigError(f"--output: the folder '{output.parent}' does not exist")
 

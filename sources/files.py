@@ -77,10 +77,22 @@ def squad_part(node, key: str, where: str):
     return node[key]
 
 
+def read_delimited(path: Path, sep: str = ",", quoting: int = csv.QUOTE_MINIMAL) -> pd.DataFrame:
+    """A CSV or TSV file, refusing a header that names a column twice (pandas would rename the second and a
+    setting naming it would silently read the first)."""
+    with path.open(encoding="utf-8", newline="") as file:
+        header = next(csv.reader(file, delimiter=sep, quoting=quoting), [])
+    twice = sorted({name for name in header if header.count(name) > 1})
+    if twice:
+        raise ValueError(f"its header names the column {twice[0]!r} {header.count(twice[0])} times; name each "
+                         "column once")
+    return pd.read_csv(path, sep=sep, quoting=quoting, keep_default_na=False, na_values=[""])
+
+
 READERS = {
-    ".csv": lambda p: pd.read_csv(p, keep_default_na=False, na_values=[""]),
+    ".csv": read_delimited,
     # TSV has no quoting (GLUE's files, STS-B's among them, hold unpaired quotes inside sentences)
-    ".tsv": lambda p: pd.read_csv(p, sep="\t", quoting=csv.QUOTE_NONE, keep_default_na=False, na_values=[""]),
+    ".tsv": lambda p: read_delimited(p, sep="\t", quoting=csv.QUOTE_NONE),
     ".json": read_json,
     ".jsonl": lambda p: pd.read_json(p, lines=True),
     ".parquet": pd.read_parquet,
@@ -132,7 +144,7 @@ def read_file(path: Path, key: str = "data.path") -> pd.DataFrame:
         frame = reader(path)
     except UnicodeDecodeError as err:
         raise ConfigError(f"{key}: '{path}' is not UTF-8 text (byte {err.start}); re-save it as UTF-8") from None
-    except (ValueError, OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
+    except (ValueError, OSError, csv.Error, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
         raise ConfigError(f"{key}: could not read '{path}': {str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
     if len(frame) == 0:
         raise ConfigError(f"{key}: '{path}' has no rows")

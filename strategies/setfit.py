@@ -39,7 +39,7 @@ def fit_setfit(model, encoded: Encoded, cfg: Config, learning_rate: float, run_d
 
     settings = strategy_settings(cfg, "setfit")
     # the pre-trained model's folder (a bundled model's too), which the sentence-transformers body reads
-    body = SentenceTransformer(model.name_or_path, device=str(accelerator.device))
+    body = SentenceTransformer(model.name_or_path, device=str(accelerator.device), trust_remote_code=False)
     # setfit tokenizes text itself: it gets the training texts as this run's tokenizer kept them (truncated,
     # and lower-cased by an uncased model), so both see the same words
     texts = body.tokenizer.batch_decode(encoded.ids["train"], skip_special_tokens=True)

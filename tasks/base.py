@@ -56,6 +56,9 @@ class Task(abc.ABC):
     # shift them), and one class per text (what SetFit's pairs of same- and other-class texts need)
     labels_on_positions: str | None = None
     text_classes: bool = False
+    # whether its head reads one vector per text, so a head on pooled states fits it (model.head.type linear,
+    # mlp, or auto's choice for a sentence-transformers model); a task with a head per token keeps the model's own
+    pooled_head: bool = True
     # whether its prediction values are logits of classes, which one temperature can calibrate
     calibrates: bool = False
     # a reliability diagram's axes: what a bin's confidence is, and what is counted against it
@@ -164,6 +167,11 @@ class Task(abc.ABC):
     def decided(self, decision: dict | None) -> Task:
         """The task deciding by a rule decide() gave (itself when there is none)."""
         return self
+
+    def output_check(self, truth: list, values: np.ndarray, label_names: list[str]) -> dict | None:
+        """Whether the outputs on these examples depend on the input: the commonest prediction, its share of the
+        examples and of the truth, and the spread of the outputs (None: a task this is not checked for)."""
+        return None
 
     def init_head(self, model: torch.nn.Module, train_labels: list) -> None:
         """Adjust a freshly initialised head to the training labels before training (tasks that need nothing
@@ -281,6 +289,20 @@ def calibration_error(bins: dict[str, list]) -> float:
     return sum(n * abs(c - a) for n, c, a in pairs if n) / sum(bins["count"])
 
 
+def commonest_prediction(predictions: np.ndarray, truth: list, probabilities: np.ndarray) -> dict:
+    """What Task.output_check gives a task of classes: the commonest prediction (a row of predictions, as an
+    index or a 0/1 vector), the share of examples given it and whose truth it is, and the spread of the outputs:
+    each class's probability's standard deviation over the examples, averaged over the classes."""
+    rows = np.asarray(predictions).reshape(len(predictions), -1)
+    kinds, counts = np.unique(rows, axis=0, return_counts=True)
+    top = kinds[counts.argmax()]
+    truth_rows = np.asarray(truth).reshape(len(rows), -1)
+    return {"examples": len(rows), "prediction": top.tolist(),
+            "prediction_share": float(counts.max() / len(rows)),
+            "truth_share": float((truth_rows == top).all(1).mean()),
+            "spread": float(np.asarray(probabilities).std(0).mean())}
+
+
 def probabilities(logits: np.ndarray) -> np.ndarray:
     shifted = np.exp(logits - logits.max(-1, keepdims=True))
     return shifted / shifted.sum(-1, keepdims=True)
@@ -292,6 +314,12 @@ def class_settings(cfg) -> list[tuple[str, object, object]]:
     return [("training.loss", t.loss, "cross_entropy"), ("training.class_weights", t.class_weights, None),
             ("training.label_smoothing", t.label_smoothing, 0), ("training.sampler", t.sampler, "random"),
             ("few_shot.enabled", cfg.few_shot.enabled, False), ("data.augment.enabled", cfg.data.augment.enabled, False)]
+
+
+def own_head_setting(cfg) -> tuple[str, object, object]:
+    """model.head.type as a task whose head is the model's own checks it: `auto` gives it the model's own."""
+    kind = cfg.model.head.type
+    return ("model.head.type", "model" if kind == "auto" else kind, "model")
 
 
 def settings_away_from_defaults(settings: list[tuple[str, object, object]], task: str, why: str) -> list[str]:

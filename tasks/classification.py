@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Callable
 
 import numpy as np
+import pandas as pd
 import peft
 import torch
 import torch.nn.functional as F
@@ -13,8 +14,12 @@ from sklearn.metrics import (accuracy_score, confusion_matrix, f1_score, log_los
                              precision_recall_fscore_support, precision_score, recall_score)
 from transformers import AutoModelForSequenceClassification
 
-from tasks.base import Metric, Task, calibration_error, label_maps, probabilities, reliability_bins
-from utils import ConfigError
+from tasks.base import (Metric, Task, calibration_error, commonest_prediction, label_maps, probabilities,
+                        reliability_bins)
+from utils import ConfigError, shown
+
+# Labels that spell a missing value (pandas writes NaN so, and spreadsheets and JSON dumps keep it).
+NAN_LABELS = ("NaN", "nan")
 
 def of_labels(score: Callable[[np.ndarray, np.ndarray, int], float]) -> Callable[[np.ndarray, np.ndarray, int], float]:
     """A metric of predicted labels as a metric of a classifier's logits (their argmax is the prediction)."""
@@ -131,6 +136,24 @@ class Classification(Task):
 
     def predict(self, values):
         return values.argmax(-1)
+
+    def prepare(self, frame, split, columns, found, data):
+        labels = frame["label"]
+        kinds = {i: isinstance(v, str) for i, v in labels.items()
+                 if isinstance(v, (str, int, float, np.integer, np.floating)) and not pd.isna(v)}
+        if len(set(kinds.values())) > 1:  # "3" and 3 would be two classes, or the label encoder's traceback
+            first = next(iter(kinds))
+            other = next(i for i, is_text in kinds.items() if is_text != kinds[first])
+            raise ConfigError(f"{columns['label'][0]}: column '{columns['label'][1]}' of the {split} data mixes numbers "
+                              f"and strings (row {first + 1}: {shown(labels[first])}, row {other + 1}: "
+                              f"{shown(labels[other])}), allowed: labels of one kind; quote the numbers or name every "
+                              "label")
+        # a label written as NaN is no label: dropped and counted as missing, never a class named "nan"
+        return frame.assign(label=labels.mask(labels.isin(NAN_LABELS)))
+
+    def output_check(self, truth, values, label_names):
+        found = commonest_prediction(self.predict(values), truth, probabilities(values))
+        return {**found, "prediction": label_names[found["prediction"][0]]}
 
     def label_distribution(self, labels, label_names):
         counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=len(label_names))

@@ -14,8 +14,8 @@ from sklearn.metrics import (accuracy_score, f1_score, hamming_loss, label_ranki
                              precision_recall_curve, precision_recall_fscore_support, precision_score, recall_score)
 from transformers import AutoModelForSequenceClassification
 
-from tasks.base import (Metric, Task, calibration_error, class_settings, label_maps, pipeline_input, reliability_bins,
-                        settings_away_from_defaults)
+from tasks.base import (Metric, Task, calibration_error, class_settings, commonest_prediction, label_maps,
+                        pipeline_input, reliability_bins, settings_away_from_defaults)
 from tasks.classification import class_weights
 from utils import ConfigError
 
@@ -224,6 +224,11 @@ class MultiLabel(Task):
 
     def predict(self, values):
         return (expit(np.asarray(values)) >= self.thresholds).astype(np.int64)
+
+    def output_check(self, truth, values, label_names):
+        found = commonest_prediction(self.predict(values), truth, expit(np.asarray(values)))
+        chosen = [name for name, on in zip(label_names, found["prediction"]) if on]
+        return {**found, "prediction": SHOWN.join(chosen) or "(no label)"}
 
     def decide(self, truth, values, label_names, setting):
         truth, p = np.asarray(truth), expit(np.asarray(values))

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModelForQuestionAnswering
 
-from tasks.base import (PAD_VALUE, Metric, Task, Tokenized, class_settings, pair_separator,
+from tasks.base import (own_head_setting, PAD_VALUE, Metric, Task, Tokenized, class_settings, pair_separator,
                         settings_away_from_defaults)
 from utils import ConfigError
 
@@ -88,6 +88,7 @@ class QuestionAnswering(Task):
     compared_metrics = ("f1", "exact_match")
     pipeline = "question-answering"
     labels_on_positions = "answer's start and end"
+    pooled_head = False
     beyond_max_length = "read in further windows"
     pair_request = "this run answers questions from a context: give each question (--text) its context"
 
@@ -141,7 +142,7 @@ class QuestionAnswering(Task):
                 "id": (None, "id")}  # read where there, to name questions in warnings
 
     def config_problems(self, cfg):
-        settings = [("model.head.type", cfg.model.head.type, "model")] + class_settings(cfg)
+        settings = [own_head_setting(cfg)] + class_settings(cfg)
         problems = settings_away_from_defaults(settings, "question_answering", "it applies to whole texts")
         stride, length = cfg.data.doc_stride, cfg.model.max_length
         if stride is not None and isinstance(length, int) and not 1 <= stride < length:

@@ -16,7 +16,7 @@ from seqeval.metrics import classification_report as entity_report
 from seqeval.metrics.sequence_labeling import get_entities
 from transformers import AutoModelForTokenClassification
 
-from tasks.base import (PAD_VALUE, Metric, Task, Tokenized, class_settings, label_maps,
+from tasks.base import (own_head_setting, PAD_VALUE, Metric, Task, Tokenized, class_settings, label_maps,
                         settings_away_from_defaults)
 from utils import ConfigError
 
@@ -69,6 +69,7 @@ class TokenClassification(Task):
     compared_metrics = ("f1", "precision", "recall", "accuracy")
     pipeline = "token-classification"
     labels_on_positions = "tags"
+    pooled_head = False
 
     def data_columns(self, cfg, known):
         return {"text": ("data.tokens_column", cfg.tokens_column or "tokens"),
@@ -130,7 +131,7 @@ class TokenClassification(Task):
 
     def config_problems(self, cfg):
         text_settings = [("data.text_pair_column", cfg.data.text_pair_column, None),
-                         ("model.head.type", cfg.model.head.type, "model")]
+                         own_head_setting(cfg)]
         return settings_away_from_defaults(text_settings + class_settings(cfg), "token_classification",
                                            "it applies to whole texts")
 

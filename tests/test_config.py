@@ -65,7 +65,7 @@ def test_overrides_are_typed_by_the_schema(write_config):
     ("strategies.partial_freezing.trainable_layers=-1",
      r"strategies\.partial_freezing\.trainable_layers: got -1, allowed: an integer >= 0"),
     ("training.class_weights=[0, 1, 1]", r"training\.class_weights: got \[0\.0, 1\.0, 1\.0\], allowed: balanced"),
-    ("training.class_weights=heavy", r"training\.class_weights: expected one of 'balanced' or a list of a number"),
+    ("training.class_weights=heavy", r"training\.class_weights: expected one of 'balanced' or a list of a finite number"),
     ("training.loss=dice", r"training\.loss: expected one of 'cross_entropy', 'focal'"),
     ("training.focal_gamma=-1", r"training\.focal_gamma: got -1\.0, allowed: a number >= 0"),
     ("training.label_smoothing=1", r"training\.label_smoothing: got 1\.0, allowed: 0 <= share < 1"),
@@ -159,5 +159,11 @@ def test_the_default_runs_keep_their_ids():
     fingerprint = load_data(cfg.data).fingerprint
     enabled = [s for s in STRATEGIES if getattr(cfg.strategies, s).enabled]
     ids = [run.run_id(fingerprint) for run in plan_runs(cfg, enabled)]
-    assert ids == ["full-2a64a74d4222", "lora-e0222a88d682", "bitfit-3d600694f242", "prompt_tuning-f6b0d8450963",
-                   "partial_freezing-61b6ac221034", "frozen_encoder-a0e8f582f2ff"]
+    # model.head.type auto gave the bundled MiniLM a linear head on the mean of its tokens: the ids moved once
+    assert ids == ["full-73538ab89e12", "lora-8de129866a62", "bitfit-ddbd678e7408", "prompt_tuning-f1b47936a348",
+                   "partial_freezing-03d124c12422", "frozen_encoder-7037f014f6f5"]
+    # and the model's own head, named, keeps the ids it had when it was the default
+    own = load_config(ROOT / "config.yaml", ["model.max_length=64", "model.head.type=model", "model.head.pooling=cls"])
+    assert [run.run_id(fingerprint) for run in plan_runs(own, enabled)] == [
+        "full-2a64a74d4222", "lora-e0222a88d682", "bitfit-3d600694f242", "prompt_tuning-f6b0d8450963",
+        "partial_freezing-61b6ac221034", "frozen_encoder-a0e8f582f2ff"]

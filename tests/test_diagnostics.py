@@ -120,3 +120,41 @@ def test_the_summary_groups_findings_by_configuration_and_diagnoses_old_records(
     [row] = summary["diagnostics"]
     assert (row["configuration"], row["kind"], row["runs"], row["of"]) == ("full", "over-fitting", 2, 3)
     assert "| full | over-fitting | 2 of 3 |" in summary_markdown(summary)
+
+
+def test_a_collapse_is_read_on_validation_at_the_best_epoch_one_prediction_or_flat_outputs():
+    record = healthy()  # test looks healthy; validation at the best epoch is what the run chose on
+    record["validation_outputs"] = {"examples": 50, "prediction": "a", "prediction_share": 1.0, "truth_share": 0.4,
+                                    "spread": 0.3}
+    [found] = diagnose(record, CLASSIFICATION)
+    assert found["kind"] == "collapse" and "100% of the predictions on validation at the best epoch are a" in \
+        found["message"]
+    assert "the head" in found["next_step"] and "learning rate" in found["next_step"]
+    # varied predictions, but probabilities that hardly move with the text: the same finding
+    record["validation_outputs"].update(prediction_share=0.5, spread=0.004)
+    [found] = diagnose(record, CLASSIFICATION)
+    assert "barely vary with the input" in found["message"] and found["numbers"]["spread"] == 0.004
+    record["validation_outputs"].update(spread=0.25)
+    assert kinds(record) == []
+    record["validation_outputs"].update(prediction_share=0.95, truth_share=0.94)  # the data is that class
+    assert kinds(record) == []
+
+
+def test_a_collapsed_strategy_is_named_in_the_verdict_as_no_verdict_on_it():
+    from reporting.verdict import describe
+
+    runs = []
+    for strategy, collapsed in (("full", False), ("bitfit", True)):
+        run = copy.deepcopy(healthy())
+        run.update(run_id=f"{strategy}-1", config_id=f"{strategy}-c", strategy=strategy)
+        if collapsed:
+            run["validation_outputs"] = {"examples": 50, "prediction": "a", "prediction_share": 1.0,
+                                         "truth_share": 0.4, "spread": 0.001}
+            run["history"] = [{**e, "val_macro_f1": 0.1} for e in run["history"]]
+        runs.append(run)
+    summary = summarize(runs, "val_macro_f1")
+    assert summary["verdict"]["collapsed"] == [{"label": "bitfit", "runs": 1, "of": 1}]
+    lines = describe(summary["verdict"], CLASSIFICATION)
+    assert any(line.startswith("bitfit: its run learned little from the text") and "no verdict on the strategy" in line
+               for line in lines)
+    assert not any(line.startswith("full: its run learned little") for line in lines)

@@ -42,4 +42,10 @@ def test_every_strategy_that_serves_the_task_completes_it(task, write_config, tm
     records = json.loads((tmp_path / "out" / "results" / "all_results.json").read_text())["runs"]
     assert sorted(r["strategy"] for r in records) == sorted(served)
     assert all(r["status"] == "completed" and r["task"] == task for r in records)
+    # what the collapse diagnostic reads: checked for tasks of classes, on validation at the best epoch
+    checked = [r["validation_outputs"] for r in records]
+    assert all((c is not None) == (task == "multi_label") for c in checked)
+    if task == "multi_label":
+        assert all(0 <= c["prediction_share"] <= 1 and c["spread"] >= 0 and c["examples"] == r["dataset"]["sizes"]
+                   ["validation"] for c, r in zip(checked, records))
     assert len(served) >= len(STRATEGIES) - 2  # SetFit and prompt tuning at most are refused

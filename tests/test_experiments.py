@@ -48,7 +48,7 @@ def test_rates_ranks_sweep_and_seeds_multiply_into_single_run_configs(write_conf
                                   "did you mean 'training.batch_size'?"),
     ({"training.batch_size": [8, 0]}, "the run with training.batch_size=0: training.batch_size: got 0, allowed: "
                                       "an integer >= 1"),
-    ({"training.learning_rate": ["fast"]}, "training.learning_rate: expected a number, got 'fast'"),
+    ({"training.learning_rate": ["fast"]}, "training.learning_rate: expected a finite number, got 'fast'"),
     ({"training.seed": [1, 2]}, "sweep.training.seed: cannot be swept (list seeds in training.seeds)"),
     ({"model.max_length": []}, "sweep: expected a mapping of dotted keys to non-empty lists"),
 ])
