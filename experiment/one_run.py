@@ -15,7 +15,8 @@ import torch
 import yaml
 
 from config import Config
-from data import Encoded, LabelledData
+from data import Encoded, LabelledData, epoch_rows
+from experiment.costs import step_costs, total_costs
 from experiment.plan import Run, short_key
 from records.measure import PeakMemory, device_name, library_versions
 from model import (build_model, export_refused, fit_temperature, fold_temperature, new_head_reason, parameter_counts,
@@ -158,6 +159,7 @@ def fit_and_test(run: Run, cfg: Config, data: LabelledData, encoded: Encoded, ac
     trained, inputs, features = model, encoded, None
     if feature_view:
         trained, inputs, features = feature_view(model, encoded, cfg, accelerator)
+    step = step_costs(model, trained, inputs, encoded, task, accelerator)
     before_epoch = strategy.before_epoch and (lambda epoch: strategy.before_epoch(model, settings, epoch))
     with run_trackers(cfg.output.trackers, run_dir.name, Path(cfg.output.dir) / "trackers", logged) as trackers:
         def evaluated(history: list[dict]) -> bool:
@@ -169,7 +171,8 @@ def fit_and_test(run: Run, cfg: Config, data: LabelledData, encoded: Encoded, ac
                                 before_epoch=before_epoch)
         if features and features["cached"]:  # the time to compute them is part of this run's training time
             result["train_time_s"] = round(result["train_time_s"] + features["seconds"], 2)
-        fitted = {**counts, **result, "parameter_groups": parameter_groups(parts, model), "init_from": init,
+        fitted = {**counts, **result, "costs": run_costs(step, result, cfg, strategy, settings, encoded, features),
+                  "parameter_groups": parameter_groups(parts, model), "init_from": init,
                   "features": features, "export_refused": export_refused(strategy, run.head),
                   "unfreezing": strategy.schedule(model, settings)}
         if run.trial and not run.trial.get("confirms"):  # a search trial: test stays unseen
@@ -199,6 +202,21 @@ def fit_and_test(run: Run, cfg: Config, data: LabelledData, encoded: Encoded, ac
             "test_unseen": unseen_report(task, test, data),
             # for paired comparisons between runs and the task's plots
             "test_predictions": test["predictions"].tolist(), "test_labels": list(test["truth"])}
+
+
+def run_costs(step: dict, result: dict, cfg: Config, strategy, settings: dict, encoded: Encoded,
+              features: dict | None) -> dict:
+    """The run's counted costs (experiment.costs): the examples its training went through, whether by the loop
+    (epochs run times an epoch's examples), a strategy's own fit (as often as it encodes each text) or a head
+    fitted on features computed once."""
+    train = len(encoded.labels["train"])
+    cached = bool(features and features["cached"])
+    if strategy.fit(settings) is not None:
+        examples = 0 if cached else strategy.passes(settings, cfg.training.num_epochs) * train
+    else:
+        t = cfg.training
+        examples = result["history"][-1]["epoch"] * len(epoch_rows(encoded.labels["train"], t.sampler, t.seed, 0))
+    return total_costs(step, cfg.training.batch_size, examples, train if cached else 0)
 
 
 def decision_of(task, validation: dict, cfg: Config, label_names: list[str]) -> dict | None:

@@ -88,6 +88,9 @@ def summarize(runs: list[dict], metric: str, trials: list[dict] = ()) -> dict:
             "trainable_params": first.get("trainable_params"), "export_refused": first.get("export_refused"),  # a failed run has none
             "train_time_s": aggregate([r["train_time_s"] for r in done]),
             "peak_memory_mb": aggregate([r["peak_memory_mb"] for r in done]),
+            # the costs the verdict decides on: counted, so that the machine's load cannot move them
+            "train_flops": aggregate([r["costs"]["train_flops"] for r in done if r.get("costs")]),
+            "memory_mb": aggregate([m for m in map(deciding_memory, done) if m is not None]),
             "chosen": False,
         })
     chosen = {}
@@ -191,6 +194,14 @@ def diagnostic_rows(groups: dict[str, list[dict]], task: Task) -> list[dict]:
                 {"strategy": group[0]["strategy"], "varied": group[0]["varied"]}), "kind": kind,
                 "runs": len(items), "of": len(done), "message": items[0]["message"], "next_step": items[0]["next_step"]})
     return rows
+
+
+def deciding_memory(run: dict) -> float | None:
+    """The memory a run's cost is judged on: the CUDA allocator's peak (the same on every run of the same
+    config), else the memory computed from its model and a step (None for records made before it)."""
+    if run["peak_memory_measure"] == "cuda_max_allocated":
+        return run["peak_memory_mb"]
+    return (run.get("costs") or {}).get("computed_memory_mb")
 
 
 def memory_note(runs: list[dict]) -> str | None:

@@ -41,6 +41,13 @@ def _stat_column(title: str, name: str, get: Callable[[dict], dict], digits: int
 EMPTY = {"mean": None, "std": None, "ci95": None}  # the statistics of a column a row has no value for
 
 
+def scaled(stats: dict | None, factor: float) -> dict:
+    """An aggregate's statistics in other units (EMPTY for a row without them)."""
+    if not stats or stats["mean"] is None:
+        return EMPTY
+    return {k: None if stats[k] is None else stats[k] * factor for k in ("mean", "std", "ci95")}
+
+
 def configuration_columns(summary: dict) -> list[Column]:
     task, rows = TASKS[summary["task"]], summary["rows"]
     main = task.metric(task.main_metric)
@@ -71,8 +78,11 @@ def configuration_columns(summary: dict) -> list[Column]:
           if any(r.get("calibration") for r in rows) else []),
         Column("trainable params", lambda r: {"trainable_params": r["trainable_params"]},
                lambda r: f"{r['trainable_params']:,}" if r["trainable_params"] else "-"),
-        _stat_column("train time (s)", "train_time_s", lambda r: r["train_time_s"], 1),
-        _stat_column("peak memory (MB)", "peak_memory_mb", lambda r: r["peak_memory_mb"], 0),
+        _stat_column("train compute (TFLOP)", "train_tflops", lambda r: scaled(r.get("train_flops"), 1e-12), 1),
+        _stat_column("memory (MB)", "memory_mb", lambda r: r.get("memory_mb") or EMPTY, 0),
+        # measured on this machine under its load: shown, never deciding
+        _stat_column("train time (s, measured)", "train_time_s", lambda r: r["train_time_s"], 1),
+        _stat_column("peak memory (MB, measured)", "peak_memory_mb", lambda r: r["peak_memory_mb"], 0),
         Column("chosen", lambda r: {"chosen": r["chosen"]}, lambda r: "yes" if r["chosen"] else ""),
     ]
     return columns
@@ -133,8 +143,9 @@ def winner_columns(summary: dict) -> list[Column]:
             Column("paired runs", lambda s: {"paired_runs": s["test"]["paired_runs"]}, paired),
             Column(f"trainable params (share of {best}'s)", lambda s: {"params_ratio": s["costs"]["params"]},
                    ratio("params", format_share)),
-            Column(f"train time (× {best}'s)", lambda s: {"time_ratio": s["costs"]["time"]}, ratio("time", lambda r: f"{r:.2f}×")),
-            Column(f"peak memory (× {best}'s)", lambda s: {"memory_ratio": s["costs"]["memory"]},
+            Column(f"train compute (× {best}'s)", lambda s: {"compute_ratio": s["costs"]["compute"]},
+                   ratio("compute", lambda r: f"{r:.2f}×")),
+            Column(f"memory (× {best}'s)", lambda s: {"memory_ratio": s["costs"]["memory"]},
                    ratio("memory", lambda r: f"{r:.2f}×"))]
 
 

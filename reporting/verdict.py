@@ -85,13 +85,18 @@ def standing(test: dict, higher_is_better: bool) -> tuple[str, bool]:
     return ("ahead" if direction > 0 else "behind"), False
 
 
-def cost_ratios(row: dict, winner: dict, memory_comparable: bool) -> dict[str, float | None]:
-    """Trainable parameters, training time and peak memory as multiples of the winner's (None: not measured)."""
+def cost_ratios(row: dict, winner: dict) -> dict[str, float | None]:
+    """Trainable parameters, training compute and memory as multiples of the winner's (None: not counted, as
+    in records made before costs were counted). Only costs that the same data and config always give decide:
+    the measured training time and resident memory move with the machine's load, and are only shown."""
     def ratio(value, reference):
         return value / reference if value is not None and reference else None
+
+    def mean(row: dict, key: str):
+        return (row.get(key) or {}).get("mean")
     return {"params": ratio(row["trainable_params"], winner["trainable_params"]),
-            "time": ratio(row["train_time_s"]["mean"], winner["train_time_s"]["mean"]),
-            "memory": ratio(row["peak_memory_mb"]["mean"], winner["peak_memory_mb"]["mean"]) if memory_comparable else None}
+            "compute": ratio(mean(row, "train_flops"), mean(winner, "train_flops")),
+            "memory": ratio(mean(row, "memory_mb"), mean(winner, "memory_mb"))}
 
 
 def cheaper_everywhere(costs: dict[str, float | None]) -> bool:
@@ -125,7 +130,7 @@ def decide(summary: dict) -> dict:
         status, seed_dependent = standing(test, higher_is_better)
         standings.append({"strategy": row["strategy"], "label": configuration_label(row), "config_id": row["config_id"],
                           "status": status, "seed_dependent": seed_dependent, "test": test,
-                          "costs": cost_ratios(row, winner, summary["memory_note"] is None)})
+                          "costs": cost_ratios(row, winner)})
     tied = [s for s in standings if s["status"] == "within noise"]
     cheaper = sorted((s for s in tied if cheaper_everywhere(s["costs"])),
                      key=lambda s: (s["costs"]["params"] or 1, s["costs"]["memory"] or 1))
@@ -185,15 +190,15 @@ def format_share(ratio: float) -> str:
 
 
 def describe_costs(costs: dict[str, float | None], whose: str = "its") -> str:
-    """"0.33% of its trainable parameters, 0.93× its training time and 0.51× its peak memory"."""
+    """"0.33% of its trainable parameters, 0.62× its training compute and 0.40× its memory"."""
     parts = []
     if costs["params"] is not None:
         share = format_share(costs["params"])
         parts.append(f"{share}{'' if share.endswith('×') else ' of'} {whose} trainable parameters")
-    if costs["time"] is not None:
-        parts.append(f"{costs['time']:.2f}× {whose} training time")
+    if costs["compute"] is not None:
+        parts.append(f"{costs['compute']:.2f}× {whose} training compute")
     if costs["memory"] is not None:
-        parts.append(f"{costs['memory']:.2f}× {whose} peak memory")
+        parts.append(f"{costs['memory']:.2f}× {whose} memory")
     if not parts:
         return "no cost measured"
     return ", ".join(parts[:-1]) + (" and " if len(parts) > 1 else "") + parts[-1]

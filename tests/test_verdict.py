@@ -19,7 +19,8 @@ LABELS = ["billing", "shipping", "account"]
 
 
 def run(strategy: str, seed: int, val: float, error_rate: float, test_size: int = 600, params: int = 1_000_000,
-        time_s: float = 100.0, memory_mb: float = 1000.0, error_seed: int | None = None, varied: dict | None = None) -> dict:
+        flops: float = 1e13, memory_mb: float = 1000.0, error_seed: int | None = None, varied: dict | None = None,
+        time_s: float = 100.0) -> dict:
     """A completed run whose test predictions are wrong on `error_rate` of the examples (which ones: drawn
     from the strategy and seed, so two strategies' errors are independent)."""
     truth = np.arange(test_size) % 3
@@ -34,8 +35,9 @@ def run(strategy: str, seed: int, val: float, error_rate: float, test_size: int 
             "seed": seed, "varied": varied or {}, "hyperparameters": {"learning_rate": 1e-4}, "best_epoch": 1,
             "history": [{"epoch": 1, "train_loss": 0.1, "val_loss": 0.2, "val_macro_f1": val}],
             "test": TASK.test_report(truth.tolist(), logits, LABELS), "test_predictions": predictions.tolist(),
-            "test_labels": truth.tolist(), "trainable_params": params, "train_time_s": time_s, "peak_memory_mb": memory_mb,
+            "test_labels": truth.tolist(), "trainable_params": params, "train_time_s": time_s, "peak_memory_mb": 500.0,
             "peak_memory_measure": "rss_rise_during_run",
+            "costs": {"train_flops": flops, "computed_memory_mb": memory_mb},
             "dataset": {"name": "tickets", "num_labels": 3, "label_names": LABELS,
                         "sizes": {"train": 3000, "validation": 400, "test": test_size}}}
 
@@ -69,28 +71,28 @@ def test_a_clear_winner_is_recommended_and_the_rest_are_behind():
 
 def test_a_tie_recommends_the_cheaper_strategy_with_its_costs():
     runs = [run("full", s, val=0.93, error_rate=0.08) for s in SEEDS]
-    runs += [run("lora", s, val=0.92, error_rate=0.08, params=3_300, time_s=80.0, memory_mb=500) for s in SEEDS]
-    runs += [run("bitfit", s, val=0.90, error_rate=0.20, params=1_000, time_s=60.0, memory_mb=300) for s in SEEDS]
+    runs += [run("lora", s, val=0.92, error_rate=0.08, params=3_300, flops=8e12, memory_mb=500) for s in SEEDS]
+    runs += [run("bitfit", s, val=0.90, error_rate=0.20, params=1_000, flops=6e12, memory_mb=300) for s in SEEDS]
     verdict, lines = verdict_of(runs)
     assert verdict["kind"] == "decided" and verdict["winner"]["strategy"] == "full"
     assert statuses(verdict) == {"lora": "within noise", "bitfit": "behind"}
     assert verdict["recommended"] == "lora"  # bitfit is cheaper still, but clearly behind
     assert lines[0].startswith("Use lora: it is within noise of full, the best on validation, on test macro-F1 (Δ ")
-    assert lines[0].endswith("with 0.33% of its trainable parameters, 0.80× its training time and 0.50× its peak memory.")
+    assert lines[0].endswith("with 0.33% of its trainable parameters, 0.80× its training compute and 0.50× its memory.")
     assert verdict["resolution"] < 0.05
 
 
 def test_a_tie_without_a_cheaper_strategy_keeps_the_winner():
     runs = [run("full", s, val=0.93, error_rate=0.08) for s in SEEDS]
-    # fewer parameters, but twice the time: not cheaper on every measure
-    runs += [run("prompt_tuning", s, val=0.92, error_rate=0.08, params=9_000, time_s=200.0) for s in SEEDS]
-    # the same costs, within the measurements' tolerance: nothing to gain
-    runs += [run("partial_freezing", s, val=0.91, error_rate=0.08, time_s=105.0, memory_mb=950) for s in SEEDS]
+    # fewer parameters, but twice the compute: not cheaper on every measure
+    runs += [run("prompt_tuning", s, val=0.92, error_rate=0.08, params=9_000, flops=2e13) for s in SEEDS]
+    # the same costs, within the tolerance: nothing to gain
+    runs += [run("partial_freezing", s, val=0.91, error_rate=0.08, flops=1.05e13, memory_mb=950) for s in SEEDS]
     verdict, lines = verdict_of(runs)
     assert verdict["recommended"] == "full"
     assert lines[0] == ("Use full: it is the best on validation macro-F1 0.9300; prompt_tuning, partial_freezing are "
                         "within noise of it on test macro-F1, but none costs less on every measure.")
-    assert "2.00× its training time" in lines[2]
+    assert "2.00× its training compute" in lines[2]
 
 
 def test_too_little_data_says_so_and_what_to_run():
@@ -206,7 +208,22 @@ def test_separated_needs_the_interval_and_the_p_value_and_every_seed():
 
 
 def test_costs_read_as_shares_below_ten_times_and_as_multiples_above():
-    assert describe_costs({"params": 0.0033, "time": 0.93, "memory": None}) == \
-        "0.33% of its trainable parameters and 0.93× its training time"
-    assert describe_costs({"params": 300.25, "time": None, "memory": 3.04}) == \
-        "300× its trainable parameters and 3.04× its peak memory"
+    assert describe_costs({"params": 0.0033, "compute": 0.93, "memory": None}) == \
+        "0.33% of its trainable parameters and 0.93× its training compute"
+    assert describe_costs({"params": 300.25, "compute": None, "memory": 3.04}) == \
+        "300× its trainable parameters and 3.04× its memory"
+
+
+def test_the_measured_time_and_resident_memory_never_move_the_verdict():
+    """A busy machine slows one strategy's clock and swells its resident memory: the counted costs decide, so
+    the recommendation, the standings and the cost ratios stay exactly as on a quiet machine."""
+    quiet = [run("full", s, val=0.93, error_rate=0.08) for s in SEEDS]
+    quiet += [run("bitfit", s, val=0.92, error_rate=0.08, params=1_000, flops=6e12, memory_mb=400) for s in SEEDS]
+    busy = [dict(r) for r in quiet]
+    for r in busy:
+        if r["strategy"] == "bitfit":
+            r.update(train_time_s=r["train_time_s"] * 5.81, peak_memory_mb=r["peak_memory_mb"] * 9)
+    (calm, calm_lines), (loaded, loaded_lines) = verdict_of(quiet), verdict_of(busy)
+    assert calm["recommended"] == loaded["recommended"] == "bitfit"
+    assert calm["standings"] == loaded["standings"] and calm_lines[0] == loaded_lines[0]
+    assert calm["standings"][0]["costs"] == {"params": 0.001, "compute": 0.6, "memory": 0.4}
