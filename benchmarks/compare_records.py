@@ -1,13 +1,16 @@
 """Compare the records of two results files run by run, leaving out what differs between any two runs of the
 same code (timings, memory, dates): what a change that should not alter results must leave as it was.
 
-    python benchmarks/compare_records.py OLD/results/all_results.json NEW/results/all_results.json
+    python benchmarks/compare_records.py OLD/results/all_results.json NEW/results/all_results.json [--by config]
 
-Prints every key that differs, every key only one side has, and exits 1 when a value differs.
+Runs are paired by run id, or with `--by config` by strategy, seed, grid values and few-shot draw (for a
+change that moves run ids on purpose, such as a new default). Prints every key that differs (numbers with
+their difference), every key only one side has, and exits 1 when a value differs.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 
@@ -38,13 +41,24 @@ def differences(old, new, path: str = "") -> tuple[list[str], list[str]]:
             changed += c
             one_sided += o
         return changed, one_sided
-    return ([f"{path}: {old!r} -> {new!r}"] if old != new else []), []
+    if old == new:
+        return [], []
+    numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (old, new))
+    return [f"{path}: {old!r} -> {new!r}" + (f" ({new - old:+.4g})" if numbers else "")], []
 
 
-def main(old_path: str, new_path: str) -> int:
-    old = {r["run_id"]: r for r in json.load(open(old_path))["runs"]}
-    new = {r["run_id"]: r for r in json.load(open(new_path))["runs"]}
-    print(f"runs: {len(old)} old, {len(new)} new, {len(set(old) & set(new))} with the same id")
+def pairing_key(record: dict, by: str) -> str:
+    if by == "id":
+        return record["run_id"]
+    shots = (record.get("few_shot") or {})
+    return (f"{record['strategy']} seed={record['seed']} {json.dumps(record.get('varied') or {}, sort_keys=True)}"
+            + (f" shots={shots.get('shots_per_class')} draw={shots.get('draw')}" if shots else ""))
+
+
+def main(old_path: str, new_path: str, by: str = "id") -> int:
+    old = {pairing_key(r, by): r for r in json.load(open(old_path))["runs"]}
+    new = {pairing_key(r, by): r for r in json.load(open(new_path))["runs"]}
+    print(f"runs: {len(old)} old, {len(new)} new, {len(set(old) & set(new))} paired by {by}")
     changed_any = False
     for run_id in sorted(set(old) | set(new)):
         if run_id not in old or run_id not in new:
@@ -60,4 +74,9 @@ def main(old_path: str, new_path: str) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(*sys.argv[1:3]))
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("old")
+    parser.add_argument("new")
+    parser.add_argument("--by", choices=["id", "config"], default="id", help="how runs are paired")
+    args = parser.parse_args()
+    sys.exit(main(args.old, args.new, args.by))

@@ -132,9 +132,10 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "bertlab-heads")
     args = parser.parse_args()
     out = ROOT / "benchmarks" / "results" / "heads.json"
-    results = json.loads(out.read_text()) if out.is_file() else {"data": {}}
     for name in args.data:
-        results["data"][name] = run_data(name, args, args.workdir)
+        measured = run_data(name, args, args.workdir)
+        results = json.loads(out.read_text()) if out.is_file() else {"data": {}}  # other data sets' as they are now
+        results["data"][name] = measured
         results.update(machine={"platform": platform.platform(), "processor": platform.processor(),
                                 "threads": torch.get_num_threads(), "cuda": torch.cuda.is_available()},
                        versions=library_versions(), date=time.strftime("%Y-%m-%d"))

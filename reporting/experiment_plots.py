@@ -194,12 +194,16 @@ def efficiency(f: Figures) -> list[str]:
     if len(rows) < 2:
         raise NothingToDraw("needs two or more strategies")
     main = f.task.main_metric
+    # the verdict's counted compute where every row has it (records made before it: the measured time)
+    counted = all((row.get("train_flops") or {}).get("mean") for row in rows)
+    cost = (("train_flops", "training compute per run (TFLOP, counted)", 1e-12, "training compute") if counted
+            else ("train_time_s", "training time per run (s, measured)", 1.0, "training time"))
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
     for ax, (column, xlabel, log) in zip(axes, [("trainable_params", "trainable parameters (log scale)", True),
-                                                 ("train_time_s", "training time per run (s)", False)]):
+                                                 (cost[0], cost[1], False)]):
         for row in rows:
-            x = row[column] if column == "trainable_params" else row[column]["mean"]
-            xerr = None if column == "trainable_params" else (row[column]["std"] or 0.0)
+            x = row[column] if column == "trainable_params" else row[column]["mean"] * cost[2]
+            xerr = None if column == "trainable_params" else (row[column]["std"] or 0.0) * cost[2]
             score = row["test"][main]
             ax.errorbar([x], [score["mean"]], xerr=xerr, yerr=score["std"] or 0.0,
                         marker="o", markersize=8, capsize=4, linestyle="none", label=row["strategy"])
@@ -209,7 +213,7 @@ def efficiency(f: Figures) -> list[str]:
         ax.set_ylabel(f"{f.task.label('test_' + main)} (0 to 1)")
         ax.grid(alpha=0.3)
     axes[0].set_title("score against size of the update")
-    axes[1].set_title("score against training time")
+    axes[1].set_title(f"score against {cost[3]}")
     axes[1].legend(title="chosen setting per strategy", fontsize=9, title_fontsize=9)
     fig.suptitle(f"What each strategy gives for what it costs: {f.dataset}, {f.model}{f.headline_note} "
                  "(up and left is better)")

@@ -155,7 +155,7 @@ def winner_title(summary: dict) -> str:
 
 WINNER_NOTE = ("Δ = strategy − the best on validation, on the same test examples; within noise: the 95% interval holds "
                "zero, p ≥ 0.05, or the sign differs between paired seeds. The interval and p come from a paired bootstrap over "
-               "test examples; the costs are multiples of the best's (time and memory within 10% count as equal).")
+               "test examples; the costs, counted, are multiples of the best's (within 10% count as equal).")
 
 
 def describe_baseline(task: Task, baseline: dict) -> str:

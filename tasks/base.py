@@ -289,10 +289,10 @@ def calibration_error(bins: dict[str, list]) -> float:
     return sum(n * abs(c - a) for n, c, a in pairs if n) / sum(bins["count"])
 
 
-def commonest_prediction(predictions: np.ndarray, truth: list, probabilities: np.ndarray) -> dict:
+def commonest_prediction(predictions: np.ndarray, truth: list, spread: float) -> dict:
     """What Task.output_check gives a task of classes: the commonest prediction (a row of predictions, as an
-    index or a 0/1 vector), the share of examples given it and whose truth it is, and the spread of the outputs:
-    each class's probability's standard deviation over the examples, averaged over the classes."""
+    index or a 0/1 vector), the share of examples given it and whose truth it is, and `spread`, how far the
+    outputs move with the input (output_spread)."""
     rows = np.asarray(predictions).reshape(len(predictions), -1)
     kinds, counts = np.unique(rows, axis=0, return_counts=True)
     top = kinds[counts.argmax()]
@@ -300,7 +300,17 @@ def commonest_prediction(predictions: np.ndarray, truth: list, probabilities: np
     return {"examples": len(rows), "prediction": top.tolist(),
             "prediction_share": float(counts.max() / len(rows)),
             "truth_share": float((truth_rows == top).all(1).mean()),
-            "spread": float(np.asarray(probabilities).std(0).mean())}
+            "spread": spread}
+
+
+def output_spread(probabilities: np.ndarray, outcomes_per_column: bool = False) -> float:
+    """How far each text's predicted distribution lies from the average one, as a total variation distance
+    averaged over the texts: 0 when the output ignores the input, near 1 for confident, varied predictions,
+    whatever the number of classes. Rows of class probabilities (softmax), or with `outcomes_per_column` one
+    yes/no probability per column (sigmoid labels), averaged over the columns."""
+    p = np.asarray(probabilities, dtype=np.float64)
+    away = np.abs(p - p.mean(0))
+    return float(away.mean() if outcomes_per_column else 0.5 * away.sum(1).mean())
 
 
 def probabilities(logits: np.ndarray) -> np.ndarray:

@@ -14,8 +14,8 @@ from sklearn.metrics import (accuracy_score, confusion_matrix, f1_score, log_los
                              precision_recall_fscore_support, precision_score, recall_score)
 from transformers import AutoModelForSequenceClassification
 
-from tasks.base import (Metric, Task, calibration_error, commonest_prediction, label_maps, probabilities,
-                        reliability_bins)
+from tasks.base import (Metric, Task, calibration_error, commonest_prediction, label_maps, output_spread,
+                        probabilities, reliability_bins)
 from utils import ConfigError, shown
 
 # Labels that spell a missing value (pandas writes NaN so, and spreadsheets and JSON dumps keep it).
@@ -152,7 +152,7 @@ class Classification(Task):
         return frame.assign(label=labels.mask(labels.isin(NAN_LABELS)))
 
     def output_check(self, truth, values, label_names):
-        found = commonest_prediction(self.predict(values), truth, probabilities(values))
+        found = commonest_prediction(self.predict(values), truth, output_spread(probabilities(values)))
         return {**found, "prediction": label_names[found["prediction"][0]]}
 
     def label_distribution(self, labels, label_names):

@@ -15,7 +15,7 @@ from sklearn.metrics import (accuracy_score, f1_score, hamming_loss, label_ranki
 from transformers import AutoModelForSequenceClassification
 
 from tasks.base import (Metric, Task, calibration_error, class_settings, commonest_prediction, label_maps,
-                        pipeline_input, reliability_bins, settings_away_from_defaults)
+                        output_spread, pipeline_input, reliability_bins, settings_away_from_defaults)
 from tasks.classification import class_weights
 from utils import ConfigError
 
@@ -226,7 +226,8 @@ class MultiLabel(Task):
         return (expit(np.asarray(values)) >= self.thresholds).astype(np.int64)
 
     def output_check(self, truth, values, label_names):
-        found = commonest_prediction(self.predict(values), truth, expit(np.asarray(values)))
+        found = commonest_prediction(self.predict(values), truth,
+                                     output_spread(expit(np.asarray(values)), outcomes_per_column=True))
         chosen = [name for name, on in zip(label_names, found["prediction"]) if on]
         return {**found, "prediction": SHOWN.join(chosen) or "(no label)"}
 

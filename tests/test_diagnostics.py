@@ -158,3 +158,15 @@ def test_a_collapsed_strategy_is_named_in_the_verdict_as_no_verdict_on_it():
     assert any(line.startswith("bitfit: its run learned little from the text") and "no verdict on the strategy" in line
                for line in lines)
     assert not any(line.startswith("full: its run learned little") for line in lines)
+
+
+def test_the_spread_of_outputs_is_zero_when_they_ignore_the_input_whatever_the_number_of_classes():
+    from tasks.base import output_spread
+
+    for classes in (2, 77):
+        constant = np.tile(np.linspace(1, 2, classes) / np.linspace(1, 2, classes).sum(), (50, 1))
+        assert output_spread(constant) == pytest.approx(0.0)
+        confident = np.eye(classes)[np.arange(50) % classes] * 0.98 + 0.02 / classes
+        assert output_spread(confident) > 0.45  # two balanced classes: 0.49; 77 classes: near 1
+    labels = np.array([[0.9, 0.1], [0.1, 0.9]])  # multi-label: each label's yes/no, averaged over labels
+    assert output_spread(labels, outcomes_per_column=True) == pytest.approx(0.4)

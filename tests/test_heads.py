@@ -135,3 +135,18 @@ def test_runs_of_a_bert_checkpoint_keep_their_ids_under_the_auto_head(write_conf
     linear = plan_runs(load_config(write_config(), ["model.head.type=linear"]), ["full"])[0]
     assert auto.run_id("data") == own.run_id("data") != linear.run_id("data")
     assert "head" not in auto.key("data")["model"]
+
+
+def test_a_run_of_a_sentence_transformers_model_predicts_and_export_refuses_it_in_one_line(
+        write_config, tiny_model_dir, tmp_path, capsys):
+    import main
+
+    folder = sentence_transformers_folder(tiny_model_dir, tmp_path / "st-model", pooling_mode_mean_tokens=True)
+    args = ["--config", str(write_config()), f"model.name={folder}"]
+    assert main.main([*args, "--strategy", "bitfit", "training.num_epochs=1"]) == 0
+    capsys.readouterr()
+    assert main.main(["predict", *args, "--text", "my parcel is late"]) == 0
+    assert main.main(["export", *args, "--out", str(tmp_path / "exported")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "its model.head (linear) is not part of any Hugging Face model class" in err[0]
+    assert "predict" in err[0] and not (tmp_path / "exported").exists()
