@@ -279,9 +279,9 @@ def _rule_problems(cfg: Config) -> list[str]:
     require(0 <= m.head.dropout < 1, "model.head.dropout", m.head.dropout, "0 <= dropout < 1")
     # rules across keys a grid varies are checked on each run's config (expand_grid), not on the file's
     if not varied_keys(cfg) & {"model.head.type", "model.head.pooling"}:
-        require(m.head.type != "model" or m.head.pooling in ("auto", "cls"), "model.head.pooling", m.head.pooling,
-                "auto or cls with model.head.type: model (the model's own head pools as it was built to); set type "
-                "linear or mlp")
+        require(m.head.type != "model" or m.head.pooling in ("auto", "cls"), "model.head.pooling",
+                m.head.pooling, "auto or cls with model.head.type: model (the model's own head pools as it was "
+                "built to); set type linear or mlp")
     require(d.task in TASKS, "data.task", d.task, ", ".join(TASKS))
     require(d.label_columns is None or d.task in TASKS and TASKS[d.task].label_sets, "data.label_columns",
             d.label_columns, "null unless data.task is multi_label (one 0/1 column per label)")

@@ -129,8 +129,9 @@ def check_value_types(frame: pd.DataFrame, split: str, columns: dict[str, tuple[
                  or (name != "label" and isinstance(v, (bool, np.bool_)))]
         if wrong:
             value = present[wrong[0]]
-            raise ConfigError(f"{where} holds {type(value).__name__} values (row {wrong[0] + 1}: {shown(value)}), "
-                              f"allowed: {'text' if name != 'label' else 'one label per row, a string or a number'}")
+            allowed = "text" if name != "label" else "one label per row, a string or a number"
+            raise ConfigError(f"{where} holds {type(value).__name__} values (row {wrong[0] + 1}: "
+                              f"{shown(value)}), allowed: {allowed}")
 
 
 def text_key(text: str) -> str:

@@ -15,13 +15,15 @@ ADAM_STATES = 2  # AdamW keeps two values per trained weight (the moving average
 MEASURED_ROWS = 8  # the training rows a step is counted on: its cost per example is the same at any batch size
 
 
-def counted_step(module: torch.nn.Module, encoded: Encoded, task, accelerator, backward: bool) -> tuple[int, int, int]:
+def counted_step(module: torch.nn.Module, encoded: Encoded, task, accelerator,
+                 backward: bool) -> tuple[int, int, int]:
     """Floating-point operations of one forward (and backward) pass over the first training rows, those rows'
     count, and the bytes of what the forward pass saved for the backward one. The pass runs without dropout
     and with the random generators put back, so the run that follows is the one that would have run."""
     rows = list(range(min(MEASURED_ROWS, len(encoded.ids["train"]))))
     device = next(module.parameters()).device
-    batch = {k: v.to(device) for k, v in model_inputs(device_batch(encoded, "train", rows, accelerator, task)).items()}
+    batch = model_inputs(device_batch(encoded, "train", rows, accelerator, task))
+    batch = {key: value.to(device) for key, value in batch.items()}
     saved: dict[int, int] = {}
 
     def keep(tensor: torch.Tensor) -> torch.Tensor:
@@ -50,9 +52,9 @@ def counted_step(module: torch.nn.Module, encoded: Encoded, task, accelerator, b
 
 def step_costs(model: torch.nn.Module, trained: torch.nn.Module, inputs: Encoded, encoded: Encoded, task,
                accelerator) -> dict:
-    """Per example: the operations of a training step of what the loop trains (`trained` on `inputs`: the model,
-    or a head on cached features) and of a prediction by the whole model; and the memory training needs on a
-    CPU, computed: every weight, then the gradient and AdamW's two states of each trained one, and the
+    """Per example: the operations of a training step of what the loop trains (`trained` on `inputs`: the
+    model, or a head on cached features) and of a prediction by the whole model; and the memory training needs
+    on a CPU, computed: every weight, then the gradient and AdamW's two states of each trained one, and the
     activations a step saves for its backward pass (scaled from the counted rows to a training batch)."""
     step_flops, rows, activations = counted_step(trained, inputs, task, accelerator, backward=True)
     predict_flops, predict_rows, _ = counted_step(model, encoded, task, accelerator, backward=False)

@@ -171,7 +171,8 @@ def fit_and_test(run: Run, cfg: Config, data: LabelledData, encoded: Encoded, ac
                                 before_epoch=before_epoch)
         if features and features["cached"]:  # the time to compute them is part of this run's training time
             result["train_time_s"] = round(result["train_time_s"] + features["seconds"], 2)
-        fitted = {**counts, **result, "costs": run_costs(step, result, cfg, strategy, settings, encoded, features),
+        costs = run_costs(step, result, cfg, strategy, settings, encoded, features)
+        fitted = {**counts, **result, "costs": costs,
                   "parameter_groups": parameter_groups(parts, model), "init_from": init,
                   "features": features, "export_refused": export_refused(strategy, run.head),
                   "unfreezing": strategy.schedule(model, settings)}
