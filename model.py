@@ -196,7 +196,8 @@ def resolve_head(head: HeadConfig, model_name: str, task: Task) -> HeadConfig:
     if "auto" not in (head.type, head.pooling):
         return head
     pooled = trained_pooling(model_name) if task.pooled_head else None
-    kind = head.type if head.type != "auto" else "linear" if pooled or head.pooling != "auto" else "model"
+    asked = head.pooling != "auto" and task.pooled_head  # a pooling named: a head that reads it
+    kind = head.type if head.type != "auto" else "linear" if pooled or asked else "model"
     pooling = head.pooling if head.pooling != "auto" else "cls" if kind == "model" else pooled or "cls"
     return dataclasses.replace(head, type=kind, pooling=pooling)
 
