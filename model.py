@@ -161,27 +161,28 @@ TRAINED_POOLINGS = {"pooling_mode_mean_tokens": "mean", "pooling_mode_cls_token"
 OWN_HEAD = HeadConfig(type="model", pooling="cls")
 
 
+def model_file(name: str, filename: str):
+    """A JSON file of a model's folder (local, bundled or on the Hub), or None where it has none or it cannot be
+    read: loading the model itself then names the problem."""
+    try:
+        found = cached_file(resolve_model_path(name), filename, _raise_exceptions_for_missing_entries=False,
+                            _raise_exceptions_for_connection_errors=False)
+        return json.loads(Path(found).read_text(encoding="utf-8")) if found else None
+    except (OSError, ValueError):
+        return None
+
+
 @functools.lru_cache(maxsize=None)
 def trained_pooling(name: str) -> str | None:
     """How a sentence-transformers model was trained to give one vector per text ("mean" or "cls"), read from its
     modules.json and pooling config (a local folder, the bundled model or the Hub); None for a model that was not
     trained to pool (a plain BERT checkpoint), or one that pools in a way no head here reads (max, several)."""
-    path = resolve_model_path(name)
-
-    def read(filename: str):
-        try:
-            found = cached_file(path, filename, _raise_exceptions_for_missing_entries=False,
-                                _raise_exceptions_for_connection_errors=False)
-        except (OSError, ValueError):  # an unknown Hub id: loading the model names the problem
-            return None
-        return json.loads(Path(found).read_text(encoding="utf-8")) if found else None
-
-    modules = read("modules.json")
+    modules = model_file(name, "modules.json")
     if not isinstance(modules, list):
         return None
     folder = next((m.get("path") for m in modules if isinstance(m, dict)
                    and str(m.get("type", "")).endswith(".Pooling")), None)
-    pooling = read(f"{folder}/config.json") if folder else None
+    pooling = model_file(name, f"{folder}/config.json") if folder else None
     if not isinstance(pooling, dict):
         return None
     modes = [mode for key, mode in TRAINED_POOLINGS.items() if pooling.get(key) is True]
@@ -224,14 +225,8 @@ CODE_NAMING_FILES = ("config.json", "tokenizer_config.json")
 def refuse_custom_code(name: str) -> None:
     """Refuse, in one line, a model whose folder (local or on the Hub) asks to run code of its own: this runner
     never executes code from a model, a run folder or an export, and never asks whether to."""
-    path = resolve_model_path(name)
     for filename in CODE_NAMING_FILES:
-        try:
-            found = cached_file(path, filename, _raise_exceptions_for_missing_entries=False,
-                                _raise_exceptions_for_connection_errors=False)
-            settings = json.loads(Path(found).read_text(encoding="utf-8")) if found else None
-        except (OSError, ValueError):  # unreadable: loading it names the problem
-            continue
+        settings = model_file(name, filename)
         if isinstance(settings, dict) and settings.get("auto_map"):
             raise ConfigError(f"model.name: '{name}' asks to run code of its own ({filename} has an auto_map); "
                               "bertlab never runs code from a model folder: use a model whose architecture "

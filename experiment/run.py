@@ -101,10 +101,10 @@ def run_experiment(cfg: Config, strategies: list[str], *, resume: bool = False, 
             print_shares(costs, owners, shard[1])
         return 0
     to_run = [ids[i] for i in mine if ids[i] not in cached]
+    folders = {run_id: Path(cfg.output.dir) / "checkpoints" / run.strategy / run_id for run, run_id in zip(runs, ids)}
     if not resume and not force:
-        refuse_interrupted(cfg, [i for i in to_run if i not in trials_done], runs, ids, stored)
+        refuse_interrupted([folders[i] for i in to_run if i not in trials_done], stored)
     if resume:  # a resume state that cannot be read stops the command before it writes anything
-        folders = {run_id: Path(cfg.output.dir) / "checkpoints" / run.strategy / run_id for run, run_id in zip(runs, ids)}
         for run_id in to_run:
             saved_run_key(folders[run_id])
     check_shared_files(results_path)
@@ -146,13 +146,11 @@ def run_experiment(cfg: Config, strategies: list[str], *, resume: bool = False, 
     return max(finish(cfg, ids, results_path, describe_baseline(task, baseline), studies), 1 if failed else 0)
 
 
-def refuse_interrupted(cfg: Config, to_run: list[str], runs: list[Run], ids: list[str], stored: list[dict]) -> None:
-    """A run to train whose folder holds the checkpoint of an interrupted attempt (killed: no record says it
-    ended) is never silently started over: one line says how to resume or discard it."""
+def refuse_interrupted(to_run: list[Path], stored: list[dict]) -> None:
+    """A run to train (its folder) whose folder holds the checkpoint of an interrupted attempt (killed: no
+    record says it ended) is never silently started over: one line says how to resume or discard it."""
     ended = {r["run_id"] for r in stored if r["status"] != "running"}
-    strategy_of = dict(zip(ids, (run.strategy for run in runs)))
-    left = [i for i in to_run if i not in ended
-            and (Path(cfg.output.dir) / "checkpoints" / strategy_of[i] / i / RESUME_STATE).is_file()]
+    left = [folder.name for folder in to_run if folder.name not in ended and (folder / RESUME_STATE).is_file()]
     if left:
         raise ConfigError(f"{len(left)} run(s) of this plan were interrupted and kept their checkpoint (e.g. {left[0]}): "
                           "python main.py --resume (with the same config) continues them, --force discards them "
