@@ -93,7 +93,11 @@ class DataConfig:
     test_size: float = 0.2
     """Share of train held out for test when the source has no test split."""
     seed: int = 42
-    """Seeds the splits and the `train_size` sample: the same seed gives the same splits."""
+    """Seeds the splits, the folds and the `train_size` sample: the same seed gives the same splits."""
+    folds: int | None = None
+    """Cross-validation: the training data (train with the validation split, given or carved) cut into this many folds, stratified by label, a repeated text (a QA context) in one fold; every configuration trains once per fold with that fold held out for early stopping and selection, and is chosen on its mean over folds; test is in no fold. null: one validation split."""
+    fold_repeats: int = 1
+    """With `folds`: cut the folds this many times, each time anew (repeated K-fold: K x repeats runs per configuration and seed)."""
     drop_duplicates: bool = True
     """Keep one copy of a text repeated within a split (case and whitespace ignored); a text repeated with different labels is dropped and reported. false: keep every row (still counted in the data report)."""
     remove_leakage: bool = True
@@ -292,6 +296,11 @@ def _rule_problems(cfg: Config) -> list[str]:
             "a string with a character other than white space (what separates a text's labels)")
     require(d.train_size is None or d.train_size >= 2, "data.train_size", d.train_size, "an integer >= 2, or null")
     require(0 < d.validation_size < 1, "data.validation_size", d.validation_size, "0 < share < 1")
+    require(d.folds is None or d.folds >= 2, "data.folds", d.folds,
+            "an integer >= 2 (each fold held out once), or null for one validation split")
+    require(d.fold_repeats >= 1, "data.fold_repeats", d.fold_repeats, "an integer >= 1")
+    require(d.fold_repeats == 1 or d.folds is not None, "data.fold_repeats", d.fold_repeats,
+            "1 unless data.folds is set (it repeats the folds)")
     require(d.augment.copies >= 1, "data.augment.copies", d.augment.copies, "an integer >= 1")
     require(0 < d.augment.probability <= 0.5, "data.augment.probability", d.augment.probability, "0 < share <= 0.5")
     require(0 < d.test_size < 1, "data.test_size", d.test_size, "0 < share < 1")
@@ -377,6 +386,8 @@ NOT_SWEEPABLE = {
     "training.seeds": "list seeds in training.seeds",
     "output.dir": "one experiment writes into one folder",
     "data.task": "one experiment predicts one thing",
+    "data.folds": "every configuration already trains once per fold",
+    "data.fold_repeats": "every configuration already trains once per fold",
 }
 
 

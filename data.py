@@ -12,7 +12,7 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 import torch
-from sklearn.model_selection import train_test_split
+from sklearn.model_selection import KFold, StratifiedKFold, train_test_split
 
 from config import AugmentConfig, DataConfig
 from sources.files import SPLITS, read_local
@@ -44,9 +44,14 @@ class LabelledData:
     task: str = "classification"  # the data.task whose shape texts and labels have
     # a test split the data gave, scored whole: its rows that no earlier split holds (None: test was cleaned)
     test_unseen: list[int] | None = None
+    # a cross-validation fold of the data: {folds, index, repeat, of: the fingerprint of the data it was cut from}
+    fold: dict | None = None
 
     @property
     def fingerprint(self) -> str:
+        """Names the data as loaded; a fold is named by the data it was cut from (its run key names the fold)."""
+        if self.fold:
+            return self.fold["of"]
         return stable_hash([self.texts, self.labels, self.label_names] + ([self.pairs] if self.pairs else []), length=16)
 
     def sizes(self) -> dict[str, int]:
@@ -230,6 +235,63 @@ def _split(frame: pd.DataFrame, holdout: int, seed: int, split: str,
             logger.warning("%s split carved without stratification: too few rows for every class", split)
     kept, held = train_test_split(frame, test_size=holdout, random_state=seed, stratify=stratify)
     return kept.reset_index(drop=True), held.reset_index(drop=True)
+
+
+def fold_rows(data: LabelledData, folds: int, seed: int, repeat: int = 0) -> list[np.ndarray]:
+    """The rows of train and validation together (train's first) that each of `folds` folds holds out, the
+    repeat-th cut for this seed: a text's repeats (the task's fold_texts) in one fold, and the task's
+    fold_strata (classes, label sets) in proportion in each."""
+    task = TASKS[data.task]
+    texts = data.texts["train"] + data.texts["validation"]
+    pairs = data.pairs and data.pairs["train"] + data.pairs["validation"]
+    keys = [text_key(text) for text in task.fold_texts(texts, pairs)]
+    _, first, groups = np.unique(keys, return_index=True, return_inverse=True)  # each row's group, each group's first row
+    if folds > len(first):
+        raise ConfigError(f"data.folds: {folds} is more than the {len(first)} distinct texts of train and validation "
+                          f"together; at most {len(first)}")
+    strata = task.fold_strata(data.labels["train"] + data.labels["validation"])
+    if strata is not None:
+        if strata.ndim == 1:
+            strata = strata[first]  # a repeated text's label: its first row's (repeats with other labels were dropped)
+            counts = np.bincount(strata, minlength=len(data.label_names))
+        else:  # a repeated text holds every label any of its rows has
+            rows, strata = strata, np.zeros((len(first), strata.shape[1]), dtype=strata.dtype)
+            np.maximum.at(strata, groups, rows)
+            counts = strata.sum(0)
+        rarest = int(np.argmin(np.where(counts > 0, counts, np.iinfo(np.int64).max)))
+        if counts[rarest] < folds:
+            raise ConfigError(f"data.folds: {folds} is more than the {counts[rarest]} examples of "
+                              f"{'label' if task.label_sets else 'class'} '{data.label_names[rarest]}' in train and "
+                              f"validation together, so a fold would lack it; at most {counts[rarest]}")
+    state = int(np.random.default_rng([seed, repeat]).integers(2 ** 31))
+    if strata is None:
+        splitter = KFold(folds, shuffle=True, random_state=state)
+    elif strata.ndim == 1:
+        splitter = StratifiedKFold(folds, shuffle=True, random_state=state)
+    else:
+        from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
+
+        splitter = MultilabelStratifiedKFold(folds, shuffle=True, random_state=state)
+    fold_of_group = np.empty(len(first), dtype=np.int64)
+    for index, (_, held) in enumerate(splitter.split(np.zeros(len(first)), strata)):
+        fold_of_group[held] = index
+    fold_of_row = fold_of_group[groups]
+    return [np.flatnonzero(fold_of_row == index) for index in range(folds)]
+
+
+def fold_of(data: LabelledData, folds: int, index: int, seed: int, repeat: int = 0) -> LabelledData:
+    """The data with its index-th fold as the validation split and the rest of train and validation as the
+    training split; test as it was."""
+    held = np.zeros(len(data.labels["train"]) + len(data.labels["validation"]), dtype=bool)
+    held[fold_rows(data, folds, seed, repeat)[index]] = True
+
+    def cut(values: dict[str, list]) -> dict[str, list]:
+        pooled = values["train"] + values["validation"]
+        return {"train": [v for v, out in zip(pooled, held) if not out],
+                "validation": [v for v, out in zip(pooled, held) if out], "test": values["test"]}
+
+    return dataclasses.replace(data, texts=cut(data.texts), labels=cut(data.labels), pairs=data.pairs and cut(data.pairs),
+                               fold={"folds": folds, "index": index, "repeat": repeat, "of": data.fingerprint})
 
 
 # ----------------------------------------------------------------------------------------------

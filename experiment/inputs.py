@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from config import Config
-from data import SPLITS, Encoded, LabelledData, augment_texts, few_shot_rows, load_data, tokenize
+from data import SPLITS, Encoded, LabelledData, augment_texts, few_shot_rows, fold_of, load_data, tokenize
 from experiment.plan import Run
 from model import load_tokenizer
 from reporting.data_report import LENGTH_PERCENTILE, auto_max_length, build_report, token_lengths
@@ -28,6 +28,7 @@ class Inputs:
 
     def __init__(self):
         self.data: dict[str, LabelledData] = {}
+        self.folds: dict[tuple, LabelledData] = {}
         self.tokenizers: dict[str, Any] = {}
         self.lengths: dict[tuple, dict[str, np.ndarray]] = {}
         self.encoded: dict[tuple, Encoded] = {}
@@ -56,10 +57,22 @@ class Inputs:
             self.data[self.data_key(run)] = load_data(run.cfg.data)
         return self.data[self.data_key(run)]
 
-    def for_run(self, run: Run) -> tuple[LabelledData, Encoded]:
-        """The data, and the token ids the run trains on: its few-shot sample and augmented rows, if any."""
+    def fold_for(self, run: Run) -> LabelledData:
+        """The data as the run splits it: with data.folds, its fold held out for validation."""
         data = self.data_for(run)
-        token_key = (self.data_key(run), run.cfg.model.name, run.cfg.model.max_length)
+        if run.fold is None:
+            return data
+        key = (self.data_key(run), run.fold)
+        if key not in self.folds:
+            repeat, index = run.fold
+            self.folds[key] = fold_of(data, run.cfg.data.folds, index, run.cfg.data.seed, repeat)
+        return self.folds[key]
+
+    def for_run(self, run: Run) -> tuple[LabelledData, Encoded]:
+        """The data as the run splits it, and the token ids it trains on: its few-shot sample and augmented rows,
+        if any."""
+        data = self.fold_for(run)
+        token_key = (self.data_key(run), run.fold, run.cfg.model.name, run.cfg.model.max_length)
         if token_key not in self.encoded:
             self.encoded[token_key] = tokenize(data, self.tokenizer_for(run), run.cfg.model.max_length,
                                                run.cfg.data.doc_stride)

@@ -51,6 +51,8 @@ def run_one(run: Run, run_id: str, data: LabelledData, encoded: Encoded, acceler
               "strategy": strategy,
               "status": "running", "varied": {short_key(k): v for k, v in run.varied.items()},
               "few_shot": {"shots_per_class": run.shots, "draw": run.draw} if run.shots is not None else None,
+              "fold": ({"folds": cfg.data.folds, "repeat": run.fold[0], "index": run.fold[1]}
+                       if run.fold is not None else None),
               "trial": run.trial,
               "model": cfg.model.name, "task": cfg.data.task,
               "dataset": {"name": data.name, "fingerprint": data.fingerprint, "sizes": sizes,

@@ -1,9 +1,10 @@
-"""The plan of an experiment: its runs (strategies x grid x few-shot draws x seeds), each a strategy under a
-config with no lists left in it, with the key that names it."""
+"""The plan of an experiment: its runs (strategies x grid x few-shot draws x folds x seeds), each a strategy
+under a config with no lists left in it, with the key that names it."""
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from typing import Any
 
 from config import Config, HeadConfig, TrainingConfig, expand_grid, short_key, strategy_settings
@@ -26,6 +27,7 @@ class Run:
     varied: dict[str, Any]  # the grid values that set this configuration apart from the strategy's others
     shots: int | None = None  # few-shot: training examples per class
     draw: int | None = None  # few-shot: which sample of `shots` per class
+    fold: tuple[int, int] | None = None  # cross-validation (data.folds): (repeat, index) of the fold held out
     source: dict | None = None  # with model.init_from: the starting run's folder, record and config (source_run)
     # a search's trial {study, number, space}, or its confirmation (with confirms: the trial's run id); not in the key
     trial: dict | None = None
@@ -60,28 +62,43 @@ class Run:
             key["doc_stride"] = self.cfg.data.doc_stride
         if self.cfg.data.augment.enabled:  # off, it changes nothing: earlier runs keep their ids
             key["augment"] = dataclasses.asdict(self.cfg.data.augment)
+        if self.fold is not None:  # the data's seed too: it cuts the folds of a given validation split
+            key["fold"] = {"folds": self.cfg.data.folds, "repeat": self.fold[0], "index": self.fold[1],
+                           "seed": self.cfg.data.seed}
         return key
 
     def run_id(self, data_fingerprint: str) -> str:
         return f"{self.strategy}-{stable_hash(self.key(data_fingerprint))}"
 
     def config_id(self, data_fingerprint: str) -> str:
-        """Runs that differ only in seed or few-shot draw share a configuration: they are aggregated."""
+        """Runs that differ only in seed, few-shot draw or fold share a configuration: they are aggregated."""
         key = self.key(data_fingerprint)
         key["training"].pop("seed")
         key.get("few_shot", {}).pop("draw", None)
+        key.get("fold", {}).pop("repeat", None)
+        key.get("fold", {}).pop("index", None)
         return f"{self.strategy}-{stable_hash(key)}"
 
     def describe(self) -> str:
         parts = [f"{short_key(k)}={v}" for k, v in self.varied.items()]
         if self.shots is not None:
             parts.append(f"shots={self.shots} draw={self.draw}")
+        if self.fold is not None:
+            repeat = f" repeat={self.fold[0] + 1}" if self.cfg.data.fold_repeats > 1 else ""
+            parts.append(f"fold={self.fold[1] + 1}/{self.cfg.data.folds}{repeat}")
         return " ".join(parts + [f"seed={self.cfg.training.seed}"])
 
 
+def folds_of(cfg: Config) -> list[tuple[int, int] | None]:
+    """The (repeat, index) of each cross-validation fold, repeats outermost; [None] without data.folds."""
+    if cfg.data.folds is None:
+        return [None]
+    return [(repeat, index) for repeat in range(cfg.data.fold_repeats) for index in range(cfg.data.folds)]
+
+
 def plan_runs(cfg: Config, strategies: list[str]) -> list[Run]:
-    """Strategies x their grid (rates, ranks, sweep) x few-shot sizes and draws x seeds, each with its starting
-    run (model.init_from) read once."""
+    """Strategies x their grid (rates, ranks, sweep) x few-shot sizes and draws x folds x seeds, each with its
+    starting run (model.init_from) read once."""
     seeds = cfg.training.seeds or [cfg.training.seed]
     few = cfg.few_shot
     shots_and_draws = [(k, d) for k in few.shots_per_class for d in range(few.repeats)] if few.enabled else [(None, None)]
@@ -93,9 +110,7 @@ def plan_runs(cfg: Config, strategies: list[str]) -> list[Run]:
             if spec not in sources:
                 sources[spec] = source_run(point)
             point = resolved_config(point)  # the head `auto` gives this model, in the run's key and saved config
-            for shots, draw in shots_and_draws:
-                for seed in seeds:
-                    single = dataclasses.replace(point, training=dataclasses.replace(point.training, seed=seed,
-                                                                                     seeds=None))
-                    runs.append(Run(strategy, single, varied, shots, draw, sources[spec]))
+            for (shots, draw), fold, seed in itertools.product(shots_and_draws, folds_of(cfg), seeds):
+                single = dataclasses.replace(point, training=dataclasses.replace(point.training, seed=seed, seeds=None))
+                runs.append(Run(strategy, single, varied, shots, draw, fold, sources[spec]))
     return runs

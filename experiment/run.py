@@ -57,6 +57,14 @@ def run_experiment(cfg: Config, strategies: list[str], *, resume: bool = False, 
     baseline = baseline_of(data, cfg)
     logger.info("data %s: %s examples (train/validation/test), %d labels; %s", data.name,
                 "/".join(map(str, data.sizes().values())), len(data.label_names), describe_baseline(task, baseline))
+    if cfg.data.folds:  # every fold cut now, so that folds the data cannot give stop the command before any run
+        held = sorted(len(inputs.fold_for(run).labels["validation"]) for run in runs if run.fold[0] == 0)
+        logger.info("data.folds %d: train and validation together (%d examples) cut into %d folds of %s examples, "
+                    "each held out once as a run's validation split%s; test (%d examples) is in none", cfg.data.folds,
+                    len(data.labels["train"]) + len(data.labels["validation"]), cfg.data.folds,
+                    held[0] if held[0] == held[-1] else f"{held[0]}-{held[-1]}",
+                    f", cut anew {cfg.data.fold_repeats} times" if cfg.data.fold_repeats > 1 else "",
+                    len(data.labels["test"]))
     results_path = results_file(cfg.output.dir)
     studies, accelerator = [], None
     if cfg.search.method == "optuna":

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import logging
 import math
 import os
@@ -19,7 +20,7 @@ from filelock import FileLock
 from config import short_key, single_run_config
 from experiment.inputs import Inputs, baseline_of
 from experiment.one_run import run_one
-from experiment.plan import Run
+from experiment.plan import Run, folds_of
 from experiment.pruning import kept_at_rung, make_pruner, rung_steps
 from experiment.search_workers import (Lease, interrupted, lease_path, release_abandoned, running_elsewhere,
                                        study_journal)
@@ -235,7 +236,7 @@ class TrialRun:
             raise ConfigError(f"search {study.name}, trial {trial.number}: " + "; ".join(problems))
         template = study.template
         self.study, self.trial = study, trial
-        self.run = Run(template.strategy, point, settings, source=template.source,
+        self.run = Run(template.strategy, point, settings, fold=template.fold, source=template.source,
                        trial={"study": study.name, "number": trial.number, "space": study.space})
         self.data, self.encoded = inputs.for_run(self.run)
         self.baseline = baseline_of(self.data, self.run.cfg)
@@ -438,7 +439,8 @@ def keep_best_checkpoints(study: Study, cfg) -> None:
 
 
 def confirmation_runs(studies: list[Study], cfg) -> list[Run]:
-    """The best settings of each strategy, each with every confirmation seed: ordinary runs, tested."""
+    """The best settings of each strategy, each with every confirmation seed on every fold (the trials ran on
+    the first): ordinary runs, tested."""
     seeds = cfg.search.confirm_seeds or cfg.training.seeds or [cfg.training.seed]
     runs = []
     for study in studies:
@@ -449,9 +451,9 @@ def confirmation_runs(studies: list[Study], cfg) -> list[Run]:
         for trial in chosen:
             settings = readable(trial.params)
             point, _ = single_run_config(study.template.cfg, settings)
-            for seed in seeds:
+            for fold, seed in itertools.product(folds_of(cfg), seeds):
                 single = dataclasses.replace(point, training=dataclasses.replace(point.training, seed=seed))
-                runs.append(Run(study.template.strategy, single, settings, source=study.template.source,
+                runs.append(Run(study.template.strategy, single, settings, fold=fold, source=study.template.source,
                                 trial={"study": study.name, "number": trial.number, "space": study.space,
                                        "confirms": trial.user_attrs["run_id"]}))
     return runs

@@ -15,23 +15,26 @@ from utils import atomic_write_json
 RUN_RECORD = "record.json"  # a copy of the run's record in its checkpoint folder, so the folder stands alone
 
 # The version of the record's layout that this code writes; upgrade() brings older records to it.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 def upgrade(record: dict) -> dict:
-    """A record as this code's layout holds it: records from before version 2 (no `schema_version`) lack keys
-    added since, which take the value they stood for then. Every reader of records goes through here."""
-    if record.get("schema_version", 1) >= SCHEMA_VERSION:
+    """A record as this code's layout holds it: older records lack keys added since, which take the value they
+    stood for then (version 1 had no `schema_version`). Every reader of records goes through here."""
+    version = record.get("schema_version", 1)
+    if version >= SCHEMA_VERSION:
         return record
-    upgraded = {"task": "classification",  # before tasks, every run classified
-                "config_id": record["run_id"],  # before configurations, each run was its own
-                "varied": {}, "few_shot": None, "num_processes": 1,  # before several processes, every run had one
-                **record, "schema_version": SCHEMA_VERSION}
-    if upgraded["status"] == "completed":
-        upgraded = {"init_from": None, "export_refused": None,  # a completed run's, when they did not exist
-                    "peak_memory_measure": "process_peak_rss",  # before per-run measures: the lifetime peak
+    upgraded = {**record, "schema_version": SCHEMA_VERSION}
+    if version < 2:
+        upgraded = {"task": "classification",  # before tasks, every run classified
+                    "config_id": record["run_id"],  # before configurations, each run was its own
+                    "varied": {}, "few_shot": None, "num_processes": 1,  # before several processes, every run had one
                     **upgraded}
-    return upgraded
+        if upgraded["status"] == "completed":
+            upgraded = {"init_from": None, "export_refused": None,  # a completed run's, when they did not exist
+                        "peak_memory_measure": "process_peak_rss",  # before per-run measures: the lifetime peak
+                        **upgraded}
+    return {"fold": None, **upgraded}  # before cross-validation, every run had one validation split
 
 
 RETRAIN = "train that run again (python main.py --force with its config)"

@@ -178,7 +178,7 @@ def write_report(path: Path, summary: dict, runs: list[dict], experiment: dict |
                   f"<p class='note'>{html.escape(WINNER_NOTE)}</p>"]
     parts += ["<h2>Configurations</h2>",
               html_table(configuration_columns(summary), summary["rows"], lambda r: "chosen" if r["chosen"] else ""),
-              f"<p class='note'>Mean ± standard deviation over runs (seeds and few-shot draws). The chosen setting of each "
+              f"<p class='note'>Mean ± standard deviation over runs (seeds, folds and few-shot draws). The chosen setting of each "
               f"strategy (highlighted) has the best mean {html.escape(task.label(summary['metric']))}; test scores are only "
               "reported, never used to choose." + (f" The {html.escape(describe_baseline(task, baseline))}." if baseline else "")
               + (f" {html.escape(summary['memory_note'])}" if summary["memory_note"] else "") + "</p>"]

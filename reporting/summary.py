@@ -18,7 +18,7 @@ BOOTSTRAP_RESAMPLES = 5000
 BOOTSTRAP_CHUNK = 1000  # resamples drawn at a time, which bounds memory on large test splits
 
 COMPARISON_NOTE = (
-    "Δ = A − B on the same test examples, averaged over runs paired by seed (and few-shot draw); 95% interval "
+    "Δ = A − B on the same test examples, averaged over runs paired by seed (and fold, few-shot draw); 95% interval "
     f"and p-value from a paired bootstrap over test examples ({BOOTSTRAP_RESAMPLES:,} resamples). They measure how "
     "much the difference depends on which test examples were drawn, not on the seed: read them beside the standard "
     "deviations above. Each p-value is for one comparison; among many, some fall below 0.05 by chance.")
@@ -117,9 +117,26 @@ def summarize(runs: list[dict], metric: str, trials: list[dict] = ()) -> dict:
     summary = {"task": task.name, "metric": metric, "rows": rows, "comparisons": comparisons,
                "variant_comparisons": variant_comparisons(rows, chosen, groups, task),
                "diagnostics": diagnostic_rows(groups, task), "memory_note": memory_note(runs),
-               "validation_examples": sizes.get("validation"), "test_examples": sizes.get("test"),
+               "folds": folds_of_runs(runs), "validation_examples": selection_examples(runs),
+               "test_examples": sizes.get("test"),
                "search": search_summary([upgrade(t) for t in trials], metric, task)}
     return {**summary, "verdict": decide(summary)}
+
+
+def folds_of_runs(runs: list[dict]) -> dict | None:
+    """With cross-validation: {folds, repeats} (data.folds, data.fold_repeats); None with one validation split."""
+    cut = [r["fold"] for r in runs if r.get("fold")]
+    return {"folds": cut[0]["folds"], "repeats": max(f["repeat"] for f in cut) + 1} if cut else None
+
+
+def selection_examples(runs: list[dict]) -> int | None:
+    """The validation examples a configuration was chosen on: its split's, or every fold's (of one repeat)."""
+    done = [r for r in runs if r["status"] == "completed"]
+    per_fold = {r["fold"]["index"]: r["dataset"]["sizes"].get("validation") for r in done
+                if r.get("fold") and r["fold"]["repeat"] == 0}
+    if per_fold:
+        return sum(n or 0 for n in per_fold.values())
+    return done[0]["dataset"].get("sizes", {}).get("validation") if done else None
 
 
 def search_summary(trials: list[dict], metric: str, task: Task) -> list[dict]:
@@ -218,11 +235,12 @@ def memory_note(runs: list[dict]) -> str | None:
 
 
 def _pairing_key(run: dict) -> tuple:
-    return run["seed"], (run["few_shot"] or {}).get("draw")
+    fold = run.get("fold") or {}
+    return run["seed"], (run["few_shot"] or {}).get("draw"), fold.get("repeat"), fold.get("index")
 
 
 def compare_configurations(runs_a: list[dict], runs_b: list[dict], task: Task) -> dict | None:
-    """Paired bootstrap over test examples, pairing runs of the same seed (and few-shot draw)."""
+    """Paired bootstrap over test examples, pairing runs of the same seed (and fold, few-shot draw)."""
     by_key = {_pairing_key(r): r for r in runs_b if r["status"] == "completed" and "test_labels" in r}
     pairs = [(r, by_key[_pairing_key(r)]) for r in runs_a
              if r["status"] == "completed" and "test_labels" in r and _pairing_key(r) in by_key

@@ -136,7 +136,7 @@ def winner_columns(summary: dict) -> list[Column]:
 
     return [Column("strategy", lambda s: {"strategy": s["strategy"], "config_id": s["config_id"]}, lambda s: s["label"]),
             Column(f"against {best}", lambda s: {"status": s["status"], "seed_dependent": s["seed_dependent"]},
-                   lambda s: s["status"] + (" (sign varies by seed)" if s["seed_dependent"] else "")),
+                   lambda s: s["status"] + (" (sign varies between paired runs)" if s["seed_dependent"] else "")),
             Column(f"Δ test {label} [95% CI]", lambda s: {k: s["test"][k] for k in ("difference", "low", "high")},
                    lambda s: f"{signed(s['test']['difference'])} [{signed(s['test']['low'])}, {signed(s['test']['high'])}]"),
             Column("p", lambda s: {"p_value": s["test"]["p_value"]}, lambda s: f"{s['test']['p_value']:.4f}"),
@@ -154,7 +154,7 @@ def winner_title(summary: dict) -> str:
 
 
 WINNER_NOTE = ("Δ = strategy − the best on validation, on the same test examples; within noise: the 95% interval holds "
-               "zero, p ≥ 0.05, or the sign differs between paired seeds. The interval and p come from a paired bootstrap over "
+               "zero, p ≥ 0.05, or the sign differs between paired runs (seeds, folds). The interval and p come from a paired bootstrap over "
                "test examples; the costs, counted, are multiples of the best's (within 10% count as equal).")
 
 
@@ -172,7 +172,7 @@ def summary_markdown(summary: dict, everything: bool = True) -> str:
     pair of strategies, the variants and the diagnostics (the terminal shows the short form)."""
     headline, *reasons = verdict_lines(summary)
     lines = ["## Verdict", "", f"**{headline}**", ""] + [f"- {line}" for line in reasons]
-    lines += ["", "## Configurations (mean ± standard deviation over runs: seeds and few-shot draws)", ""]
+    lines += ["", "## Configurations (mean ± standard deviation over runs: seeds, folds and few-shot draws)", ""]
     lines += markdown_table(configuration_columns(summary), summary["rows"])
     lines += ["", f"The chosen setting of each strategy has the best mean {TASKS[summary['task']].label(summary['metric'])}; "
               "test scores are only reported, never used to choose."]
@@ -210,6 +210,9 @@ def terminal_summary(summary: dict, folder: Path) -> str:
         lines.append('Use the recommended run: python main.py predict --run recommended --text "..." '
                      + ("(or export --run recommended --out DIR)" if not recommended.get("export_refused")
                         else "(export refuses it: its head is in no Hugging Face model class)"))
+        if summary.get("folds"):
+            lines.append("It is the fold's model that did best on its validation fold, trained without that fold: "
+                         "for a model trained on every training example, run the recommended setting without data.folds.")
     return "\n".join(lines)
 
 

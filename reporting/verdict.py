@@ -14,11 +14,15 @@ from tasks import TASKS, Task
 # A 95% interval wider than ±5 points (on a 0-1 score) can hide a difference most users would act on, so
 # "within noise" then means "not measured well enough" rather than "the same".
 RESOLUTION_LIMIT = 0.05
-# Training time and peak memory move by about this share between identical runs, so a ratio within it
-# counts as the same cost.
+# Costs within this share of each other count as the same: a tenth is less than anyone chooses a strategy on.
 COST_TOLERANCE = 0.10
 SEEDS_TO_SUGGEST = "training.seeds: [0, 1, 2]"
 SIGNIFICANCE = 0.05
+# Below this many validation examples the choice rests on few rows: a score near 0.85 measured on 500 examples
+# moves by about ±0.03 (95%) with which examples were drawn, as much as strategies usually differ by, so a
+# strategy a point or two behind can win on luck. Cross-validation then lets every training example serve once.
+SMALL_VALIDATION = 500
+FOLDS_TO_SUGGEST = 5
 
 
 def configuration_label(row: dict) -> str:
@@ -153,6 +157,7 @@ def decide(summary: dict) -> dict:
         "seeds": min([winner["runs"] - winner["failed"]] + [s["test"]["paired_runs"] for s in standings]),
         "collapsed": collapsed_rows(summary, slot),
         "test_examples": summary.get("test_examples"), "validation_examples": summary.get("validation_examples"),
+        "folds": summary.get("folds"),
         "other_slots": [{"shots_per_class": r["shots_per_class"], "label": configuration_label(r), "test": r["test"][name]}
                         for r in best if r is not winner],
         "searched": [{key: s[key] for key in ("strategy", "space", "trials", "completed", "pruned", "failed", "best",
@@ -213,14 +218,26 @@ def describe_difference(test: dict) -> str:
     return f"Δ {signed(test['difference'])} [{signed(test['low'])}, {signed(test['high'])}], {format_p(test['p_value'])}"
 
 
-def describe_score(winner: dict, task: Task, name: str) -> str:
+def runs_named(runs: int, folds: dict | None) -> str:
+    """What a configuration's runs are: "3 seeds", "5 folds", "10 runs (5 folds × 2 seeds)"."""
+    if not folds:
+        return f"{runs} seeds"
+    cut = f"{folds['folds']} folds" + (f" × {folds['repeats']} repeats" if folds["repeats"] > 1 else "")
+    per_seed = folds["folds"] * folds["repeats"]
+    if runs == per_seed:
+        return cut
+    seeds = runs // per_seed
+    return f"{runs} runs ({cut}{f' × {seeds} seeds' if runs == seeds * per_seed else ', some failed'})"
+
+
+def describe_score(winner: dict, task: Task, name: str, folds: dict | None = None) -> str:
     """"test macro-F1 0.9756 (95% interval 0.9520-0.9901 over test examples; ± 0.0040 over 3 seeds)"."""
     text = f"test {task.metric(name).label} {winner['test']['mean']:.4f}"
     spread = []
     if winner["interval"]:
         spread.append(f"95% interval {winner['interval']['low']:.4f}–{winner['interval']['high']:.4f} over test examples")
     if winner["test"]["std"] is not None:
-        spread.append(f"± {winner['test']['std']:.4f} over {winner['runs']} seeds")
+        spread.append(f"± {winner['test']['std']:.4f} over {runs_named(winner['runs'], folds)}")
     return text + (f" ({'; '.join(spread)})" if spread else "")
 
 
@@ -231,7 +248,9 @@ def describe(verdict: dict, task: Task) -> list[str]:
             describe_search(verdict.get("searched") or [])
     name, winner = verdict["metric"], verdict["winner"]
     best, label = winner["label"], task.metric(name).label
-    selection = f"{task.label(verdict['selection_metric'])} {winner['validation']['mean']:.4f}"
+    folds = verdict.get("folds")
+    selection = f"{task.label(verdict['selection_metric'])} {winner['validation']['mean']:.4f}" + (
+        f" (the mean over {folds['folds']} folds)" if folds else "")
     scope = (f" (with {verdict['shots_per_class']} examples per class, the most this experiment trained on)"
              if verdict["shots_per_class"] is not None else "")
     by_status = {status: [s for s in verdict["standings"] if s["status"] == status]
@@ -240,7 +259,7 @@ def describe(verdict: dict, task: Task) -> list[str]:
     lines = []
     if verdict["kind"] == "single":
         lines.append(f"Only {best} completed{scope}, so there is nothing to compare it with: "
-                     f"{describe_score(winner, task, name)}.")
+                     f"{describe_score(winner, task, name, folds)}.")
     elif verdict["kind"] == "undecided":
         lines.append(f"These results cannot tell the strategies apart yet{scope}: every difference from {best}, the best "
                      f"on {selection}, is within noise on test {label}, whose 95% intervals are about "
@@ -266,12 +285,13 @@ def describe(verdict: dict, task: Task) -> list[str]:
         lines.append(f"Use {best}{scope}: it is the best on {selection}, and every other strategy is clearly behind "
                      f"it on test {label}.")
     if verdict["kind"] != "single":
-        lines.append(f"{best}: {selection}, {describe_score(winner, task, name)}.")
+        lines.append(f"{best}: {selection}, {describe_score(winner, task, name, folds)}.")
     also = [s for s in by_status["within noise"] if s is not recommended]
     if also:
         lines.append(f"{'Also w' if recommended else 'W'}ithin noise of {best} on test {label}: " + "; ".join(
             f"{s['label']} ({describe_difference(s['test'])}"
-            + ("; separated on the pooled test split but not in every seed" if s["seed_dependent"] else "")
+            + (f"; separated on the pooled test split but not in every {'paired run' if folds else 'seed'}"
+               if s["seed_dependent"] else "")
             + f"; {describe_costs(s['costs'])})" for s in also) + ".")
     if by_status["behind"]:
         lines.append(f"Clearly behind {best}: "
@@ -280,7 +300,9 @@ def describe(verdict: dict, task: Task) -> list[str]:
         lines.append(f"{s['label']} scored higher than {best} on test {label} ({describe_difference(s['test'])}) although "
                      f"{best} was better on validation. Test never chooses here, but the disagreement suggests the "
                      f"validation split{examples(verdict['validation_examples'])} is too small to choose reliably: "
-                     "enlarge it (data.validation_size) or run more seeds.")
+                     + ("run more seeds or fold repeats (data.fold_repeats)." if folds else
+                        f"cross-validate (data.folds={FOLDS_TO_SUGGEST}), enlarge it (data.validation_size) or run "
+                        "more seeds."))
     for row in verdict.get("collapsed", []):
         runs = "its run" if row["of"] == 1 else f"{row['runs']} of its {row['of']} runs"
         lines.append(f"{row['label']}: {runs} learned little from the text (one prediction for nearly every text, or "
@@ -328,12 +350,27 @@ def to_know_more(verdict: dict) -> list[str]:
         tied = ", ".join([verdict["winner"]["label"], *verdict["validation_ties"]])
         notes.append(f"{tied} tie on validation ({verdict['winner']['validation']['mean']:.4f}); "
                      f"{verdict['winner']['label']} is the reference because it comes first in the config. "
-                     "A larger validation split (data.validation_size) or more seeds would separate them.")
+                     + ("More seeds or fold repeats (data.fold_repeats) would separate them." if verdict.get("folds")
+                        else "A larger validation split (data.validation_size) or more seeds would separate them."))
     if verdict["kind"] != "single" and verdict["seeds"] < 2:
         notes.append("Each configuration ran with one seed, so how far the ranking moves with the seed is unknown: "
                      f"run three or more ({SEEDS_TO_SUGGEST}).")
+    notes += folds_note(verdict)
     if verdict["resolution"] is not None and verdict["resolution"] > RESOLUTION_LIMIT:
         notes.append(f"On this test split{examples(verdict['test_examples'])} the 95% intervals are about "
                      f"±{verdict['resolution']:.3f} wide, so smaller differences cannot be seen: a larger test split "
                      "(data.test_size, or a larger test file) narrows them.")
     return notes
+
+
+def folds_note(verdict: dict) -> list[str]:
+    """Cross-validation, suggested when the choice rested on a small validation split or a tie, with its cost."""
+    count = verdict["validation_examples"]
+    small = bool(count) and count < SMALL_VALIDATION
+    if verdict.get("folds") or verdict["kind"] == "single" or not (small or verdict["validation_ties"]):
+        return []
+    swing = (f", where a score of 0.85 moves by about ±{1.96 * (0.85 * 0.15 / count) ** 0.5:.2f} (95%) with which "
+             "examples were drawn" if small else "")
+    return [f"The choice rests on {f'{count:,}' if count else 'its'} validation examples{swing}: cross-validation "
+            f"lets every training example serve once for the choice. data.folds={FOLDS_TO_SUGGEST} trains every "
+            f"configuration once per fold, {FOLDS_TO_SUGGEST}× this experiment's training (docs/verdict.md)."]

@@ -96,6 +96,15 @@ class Task(abc.ABC):
         in proportion to strata())."""
         return None
 
+    def fold_strata(self, labels: list) -> np.ndarray | None:
+        """What cross-validation folds keep in proportion, from the encoded labels: a class per example, or a 0/1
+        row per example (folded iteratively so that rare labels reach every fold); None: folds at random."""
+        return None
+
+    def fold_texts(self, texts: list[str], pairs: list[str] | None) -> list[str]:
+        """The text whose repeats share a fold, so that no fold validates on a text another trained on."""
+        return texts
+
     def tokenize(self, tokenizer, texts: list[str], pairs: list[str] | None, max_length: int,
                  doc_stride: int | None) -> Tokenized:
         """Texts as the task reads them (single texts, or pairs cut longest first); the same for training and

@@ -88,6 +88,9 @@ class Classification(Task):
     def strata(self, labels):
         return labels  # every class in each split in its share, where the counts allow
 
+    def fold_strata(self, labels):
+        return np.asarray(labels)
+
     def label_report(self, distributions, labels, label_names):
         train = [n for n in distributions["train"].values() if n > 0]
         return {"class_counts": distributions, "imbalance_ratio": max(train) / min(train)}  # largest / smallest

@@ -144,6 +144,9 @@ class MultiLabel(Task):
         kept, held = next(splitter.split(np.zeros(len(rows)), hot))
         return np.sort(kept), np.sort(held)
 
+    def fold_strata(self, labels):
+        return np.asarray(labels, dtype=np.int64)
+
     def shown_label(self, label):
         return SHOWN.join(parsed([label])[0]) or "(no label)"
 

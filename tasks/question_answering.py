@@ -135,6 +135,9 @@ class QuestionAnswering(Task):
     def example_count(self, encoded, split):
         return len(encoded.layout[split]["questions"])
 
+    def fold_texts(self, texts, pairs):
+        return pairs  # a context's questions share a fold: its answers are in it
+
     def data_columns(self, cfg, known):
         return {"text": ("data.text_column", cfg.text_column or "question"),
                 "pair": ("data.text_pair_column", cfg.text_pair_column or "context"),
