@@ -5,6 +5,7 @@ the winner.
                    [--repair] [--debug] [section.key=value ...]
     python main.py predict [--run RUN] (--text TEXT [--text ...] | --input FILE [--output FILE]) [--top-k K]
     python main.py export [--run RUN] --out DIR [--force]
+    python main.py serve [--run RUN] [--host 127.0.0.1] [--port 8000] [--max-batch N] [--max-wait-ms M] [--api-key K]
 
 Exit status: 0 when every run completed, 1 when some run failed (its record says why),
 2 for a mistake in the config, the command line or the data, 130 when interrupted.
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -36,7 +38,7 @@ def add_common(parser: argparse.ArgumentParser) -> None:
 
 def experiment_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Compare fine-tuning strategies for text classification. "
-                                                 "Sub-commands: predict, export (python main.py predict --help).")
+                                                 "Sub-commands: predict, export, serve (python main.py serve --help).")
     parser.add_argument("--strategy", action="append", choices=sorted(STRATEGIES),
                         help="run only this strategy, enabled or not (repeat for several)")
     parser.add_argument("--resume", action="store_true",
@@ -90,6 +92,31 @@ def export_parser() -> argparse.ArgumentParser:
     parser.add_argument("--run", default="best", help=RUN_HELP)
     parser.add_argument("--out", type=Path, required=True, help="the folder to write (new or empty)")
     parser.add_argument("--force", action="store_true", help="write into --out even when it is not empty")
+    add_common(parser)
+    return parser
+
+
+def serve_parser() -> argparse.ArgumentParser:
+    from serving.server import API_KEY_VARIABLE, Limits
+
+    limits = Limits()
+    parser = argparse.ArgumentParser(prog="main.py serve", description="Serve a trained run over HTTP.")
+    parser.add_argument("--run", default="best", help=RUN_HELP)
+    parser.add_argument("--host", default="127.0.0.1", help="the address to listen on (default: this machine only)")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--backend", choices=["torch"], default="torch", help="what runs the model")
+    parser.add_argument("--max-batch", type=int, default=limits.max_batch,
+                        help=f"inputs of concurrent requests run together (default: {limits.max_batch})")
+    parser.add_argument("--max-wait-ms", type=float, default=limits.max_wait_ms,
+                        help=f"how long an input waits for others to join its batch (default: {limits.max_wait_ms})")
+    parser.add_argument("--max-inputs", type=int, default=limits.max_inputs,
+                        help=f"inputs one request may hold, 413 beyond (default: {limits.max_inputs})")
+    parser.add_argument("--max-text-chars", type=int, default=limits.max_text_chars,
+                        help=f"characters one text may hold, 413 beyond (default: {limits.max_text_chars})")
+    parser.add_argument("--max-body-bytes", type=int, default=limits.max_body_bytes,
+                        help=f"bytes a request body may hold, 413 beyond (default: {limits.max_body_bytes})")
+    parser.add_argument("--api-key", help=f"require Authorization: Bearer <key> on every route but /health "
+                                          f"(default: ${API_KEY_VARIABLE}, else none)")
     add_common(parser)
     return parser
 
@@ -155,7 +182,23 @@ def export_command(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"predict": (predict_parser, predict_command), "export": (export_parser, export_command)}
+def serve_command(args: argparse.Namespace) -> int:
+    from serving.predict import Predictor, find_run
+    from serving.server import API_KEY_VARIABLE, Limits, serve
+
+    limits = Limits(max_body_bytes=args.max_body_bytes, max_inputs=args.max_inputs,
+                    max_text_chars=args.max_text_chars, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms)
+    for name, value in vars(args).items():
+        if name.startswith("max_") and value <= 0 or name == "port" and not 0 < value < 65536:
+            raise ConfigError(f"--{name.replace('_', '-')}: got {value}, allowed: a number above 0"
+                              + (" and below 65536" if name == "port" else ""))
+    folder = find_run(args.run, load_config(args.config, args.overrides).output.dir)  # a wrong --run stops here
+    api_key = args.api_key or os.environ.get(API_KEY_VARIABLE) or None
+    return serve(lambda: Predictor.from_run(folder), args.host, args.port, limits, api_key, args.backend)
+
+
+COMMANDS = {"predict": (predict_parser, predict_command), "export": (export_parser, export_command),
+            "serve": (serve_parser, serve_command)}
 
 
 def main(argv: list[str] | None = None) -> int:
