@@ -45,14 +45,18 @@ def pool(hidden: torch.Tensor, attention_mask: torch.Tensor | None, pooling: str
 
 
 class Pooling(torch.nn.Module):
-    """What a linear or MLP head reads: one vector per text, pooled as `how` says (no weights)."""
+    """What a linear or MLP head reads: one vector per text, pooled as `how` says (no weights), from the text's
+    own positions: the first `skip` positions hold what a strategy put before the text (prompt tuning's virtual
+    tokens), which the encoder was never trained to pool."""
 
-    def __init__(self, how: str):
+    def __init__(self, how: str, skip: int = 0):
         super().__init__()
-        self.how = how
+        self.how, self.skip = how, skip
 
     def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
-        return pool(hidden, attention_mask, self.how)
+        if attention_mask is not None:
+            attention_mask = attention_mask[:, self.skip:]
+        return pool(hidden[:, self.skip:], attention_mask, self.how)
 
 
 class PooledHeadForward:
@@ -68,9 +72,10 @@ class PooledHeadForward:
         return SequenceClassifierOutput(logits=self.classifier(self.text_pooling(hidden, attention_mask)))
 
 
-def with_head(model: PreTrainedModel, head: HeadConfig, num_labels: int) -> PreTrainedModel:
-    """The model with its own head (and the pooler it reads) replaced by `head` on the pooled last hidden states.
-    The new head is the model's `classifier`, the name PEFT trains and saves beside adapters."""
+def with_head(model: PreTrainedModel, head: HeadConfig, num_labels: int, skip: int = 0) -> PreTrainedModel:
+    """The model with its own head (and the pooler it reads) replaced by `head` on the pooled last hidden states
+    of the text (past the `skip` positions a strategy puts before it). The new head is the model's
+    `classifier`, the name PEFT trains and saves beside adapters."""
     encoder = model.base_model
     for name, child in list(model.named_children()):
         if child is not encoder:
@@ -83,7 +88,7 @@ def with_head(model: PreTrainedModel, head: HeadConfig, num_labels: int) -> PreT
     else:
         layers = [torch.nn.Linear(size, head.hidden_size), ACTIVATIONS[head.activation](),
                   torch.nn.Dropout(head.dropout), torch.nn.Linear(head.hidden_size, num_labels)]
-    model.text_pooling = Pooling(head.pooling)
+    model.text_pooling = Pooling(head.pooling, skip)
     model.classifier = torch.nn.Sequential(*layers)
     for layer in model.classifier:
         if isinstance(layer, torch.nn.Linear):  # the model's own initialisation, as its own head gets
@@ -350,12 +355,13 @@ def build_model(cfg: Config, strategy: str, label_names: list[str], source: dict
             raise ConfigError(f"model.dropout: the model '{cfg.model.name}' has no dropout setting this runner knows "
                               f"({', '.join(DROPOUT_ATTRIBUTES)}); set model.dropout: null")
     model = from_pretrained(task.model_class, cfg, **task.model_kwargs(label_names), **dropout)
-    head = STRATEGIES[strategy].head(cfg.model.head)
+    head, settings = STRATEGIES[strategy].head(cfg.model.head), strategy_settings(cfg, strategy)
     if head.type != "model":
-        with_head(model, head, len(label_names))
+        extra = STRATEGIES[strategy].extra_positions(settings)
+        with_head(model, head, len(label_names), extra[1] if extra else 0)
     if cfg.model.init_from:
         start_from_run(model, cfg, label_names, source or source_run(cfg))
-    return STRATEGIES[strategy].wrap(model, strategy_settings(cfg, strategy), task)
+    return STRATEGIES[strategy].wrap(model, settings, task)
 
 
 def parameter_counts(model: torch.nn.Module) -> dict[str, float]:

@@ -62,6 +62,8 @@ class Run:
             key["doc_stride"] = self.cfg.data.doc_stride
         if self.cfg.data.augment.enabled:  # off, it changes nothing: earlier runs keep their ids
             key["augment"] = dataclasses.asdict(self.cfg.data.augment)
+        if self.head.type != "model" and STRATEGIES[self.strategy].extra_positions(self.settings):
+            key["head_pools"] = "the text's positions"  # added later: prompt tuning's virtual tokens were pooled too
         if self.fold is not None:  # the data's seed too: it cuts the folds of a given validation split
             key["fold"] = {"folds": self.cfg.data.folds, "repeat": self.fold[0], "index": self.fold[1],
                            "seed": self.cfg.data.seed}

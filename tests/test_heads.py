@@ -41,6 +41,21 @@ def test_a_head_reads_the_pooled_encoder_output_whatever_the_padding(pooling, wr
     assert model.bert.pooler is None
 
 
+@pytest.mark.parametrize("pooling", ["cls", "mean"])
+def test_under_prompt_tuning_a_pooled_head_reads_the_text_and_not_the_virtual_tokens(pooling, write_config):
+    cfg = load_config(write_config(), ["model.head.type=linear", f"model.head.pooling={pooling}"])
+    model = build_model(cfg, "prompt_tuning", ["a", "b", "c"]).eval()
+    seen = {}
+    pooling_module = model.get_base_model().text_pooling
+    pooling_module.register_forward_hook(lambda module, args, out: seen.update(hidden=args[0], mask=args[1], out=out))
+    ids, mask = torch.tensor([[2, 10, 11, 3, 0]]), torch.tensor([[1, 1, 1, 1, 0]])
+    with torch.no_grad():
+        model(input_ids=ids, attention_mask=mask)
+    virtual = cfg.strategies.prompt_tuning.num_virtual_tokens
+    assert seen["hidden"].shape[1] == virtual + 5 and pooling_module.skip == virtual  # PEFT put them first
+    assert torch.equal(seen["out"], pool(seen["hidden"][:, virtual:], seen["mask"][:, virtual:], pooling))
+
+
 def test_a_linear_head_is_dropout_then_one_layer_at_the_models_initialisation(write_config):
     cfg = load_config(write_config(), ["model.head.type=linear", "model.head.dropout=0.3"])
     model = build_model(cfg, "frozen_encoder", ["a", "b", "c"])
