@@ -4,8 +4,10 @@ the winner.
     python main.py [--config FILE] [--strategy NAME ...] [--resume] [--force] [--dry-run] [--shard K/N] [--summary-only]
                    [--repair] [--debug] [section.key=value ...]
     python main.py predict [--run RUN] (--text TEXT [--text ...] | --input FILE [--output FILE]) [--top-k K]
-    python main.py export [--run RUN] --out DIR [--force]
-    python main.py serve [--run RUN] [--host 127.0.0.1] [--port 8000] [--max-batch N] [--max-wait-ms M] [--api-key K]
+                           [--backend torch|onnx|onnx-int8]
+    python main.py export [--run RUN] --out DIR [--force] [--format hf|onnx] [--quantize int8]
+    python main.py serve [--run RUN] [--host 127.0.0.1] [--port 8000] [--backend torch|onnx|onnx-int8]
+                         [--max-batch N] [--max-wait-ms M] [--api-key K]
 
 Exit status: 0 when every run completed, 1 when some run failed (its record says why),
 2 for a mistake in the config, the command line or the data, 130 when interrupted.
@@ -66,6 +68,9 @@ def shard_spec(text: str) -> tuple[int, int]:
     return int(k), int(n)
 
 
+BACKENDS = ["torch", "onnx", "onnx-int8"]
+BACKEND_HELP = ("what runs the model: torch (default), or onnxruntime on the run's ONNX graph (onnx) or its int8 "
+                "graph (onnx-int8); --run may then also be an ONNX export's folder, and a run is exported on first use")
 RUN_HELP = ("a run id, a run folder, best (default: the best run of the latest experiment, chosen on validation) "
             "or recommended (the best run of the strategy the verdict recommends)")
 
@@ -82,15 +87,21 @@ def predict_parser() -> argparse.ArgumentParser:
     parser.add_argument("--text-column", help="the column of --input holding the text (default: the run's)")
     parser.add_argument("--pair-column", help="the column of --input holding each second text (default: the run's)")
     parser.add_argument("--top-k", type=int, default=1, help="also list the k most likely labels (default: 1)")
+    parser.add_argument("--backend", choices=BACKENDS, default="torch", help=BACKEND_HELP)
     add_common(parser)
     return parser
 
 
 def export_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="main.py export",
-                                     description="Write a trained run as a standard Hugging Face model folder.")
+                                     description="Write a trained run as a Hugging Face model folder or as ONNX.")
     parser.add_argument("--run", default="best", help=RUN_HELP)
     parser.add_argument("--out", type=Path, required=True, help="the folder to write (new or empty)")
+    parser.add_argument("--format", choices=["hf", "onnx"], default="hf",
+                        help="hf: a folder transformers loads (default); onnx: one graph for onnxruntime, checked "
+                             "against the run")
+    parser.add_argument("--quantize", choices=["int8"], help="with --format onnx: also an int8 graph, its test score "
+                                                             "measured against the run's")
     parser.add_argument("--force", action="store_true", help="write into --out even when it is not empty")
     add_common(parser)
     return parser
@@ -104,7 +115,7 @@ def serve_parser() -> argparse.ArgumentParser:
     parser.add_argument("--run", default="best", help=RUN_HELP)
     parser.add_argument("--host", default="127.0.0.1", help="the address to listen on (default: this machine only)")
     parser.add_argument("--port", type=int, default=8000)
-    parser.add_argument("--backend", choices=["torch"], default="torch", help="what runs the model")
+    parser.add_argument("--backend", choices=BACKENDS, default="torch", help=BACKEND_HELP)
     parser.add_argument("--max-batch", type=int, default=limits.max_batch,
                         help=f"inputs of concurrent requests run together (default: {limits.max_batch})")
     parser.add_argument("--max-wait-ms", type=float, default=limits.max_wait_ms,
@@ -154,14 +165,14 @@ def experiment_command(args: argparse.Namespace) -> int:
 
 
 def predict_command(args: argparse.Namespace) -> int:
-    from serving.predict import Predictor, check_output, predict_file
+    from serving.predict import check_output, predict_file
 
     if args.top_k < 1:
         raise ConfigError(f"--top-k: got {args.top_k}, allowed: an integer >= 1")
     output_dir = load_config(args.config, args.overrides).output.dir
     if args.input is not None:
         check_output(args.output, args.input, output_dir)
-    predictor = Predictor.from_run(args.run, output_dir)
+    predictor = predictor_of(args.run, output_dir, args.backend)
     print(f"using {predictor.describe()}")
     if args.input is not None:
         print(f"wrote {predict_file(predictor, args.input, args.output, args.text_column, args.top_k, args.pair_column)}")
@@ -175,15 +186,34 @@ def predict_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def predictor_of(run: str, output_dir: str, backend: str):
+    """The run ready to predict, on the backend asked for."""
+    from serving.predict import Predictor
+
+    if backend == "torch":
+        return Predictor.from_run(run, output_dir)
+    from serving.onnx import onnx_predictor
+
+    return onnx_predictor(run, output_dir, int8=backend == "onnx-int8")
+
+
 def export_command(args: argparse.Namespace) -> int:
+    output_dir = load_config(args.config, args.overrides).output.dir
+    if args.format == "onnx":
+        from serving.onnx import export_onnx
+
+        print(f"wrote {export_onnx(args.run, output_dir, args.out, args.force, args.quantize)}")
+        return 0
+    if args.quantize:
+        raise ConfigError("--quantize: int8 is for --format onnx (a Hugging Face folder keeps the run's weights)")
     from serving.export import export_run
 
-    print(f"wrote {export_run(args.run, load_config(args.config, args.overrides).output.dir, args.out, args.force)}")
+    print(f"wrote {export_run(args.run, output_dir, args.out, args.force)}")
     return 0
 
 
 def serve_command(args: argparse.Namespace) -> int:
-    from serving.predict import Predictor, find_run
+    from serving.predict import find_run
     from serving.server import API_KEY_VARIABLE, Limits, serve
 
     limits = Limits(max_body_bytes=args.max_body_bytes, max_inputs=args.max_inputs,
@@ -192,9 +222,12 @@ def serve_command(args: argparse.Namespace) -> int:
         if name.startswith("max_") and value <= 0 or name == "port" and not 0 < value < 65536:
             raise ConfigError(f"--{name.replace('_', '-')}: got {value}, allowed: a number above 0"
                               + (" and below 65536" if name == "port" else ""))
-    folder = find_run(args.run, load_config(args.config, args.overrides).output.dir)  # a wrong --run stops here
+    output_dir = load_config(args.config, args.overrides).output.dir
+    # a wrong --run stops here, before the server starts
+    folder = args.run if Path(args.run, "model.onnx").is_file() else find_run(args.run, output_dir)
     api_key = args.api_key or os.environ.get(API_KEY_VARIABLE) or None
-    return serve(lambda: Predictor.from_run(folder), args.host, args.port, limits, api_key, args.backend)
+    return serve(lambda: predictor_of(str(folder), output_dir, args.backend), args.host, args.port, limits, api_key,
+                 args.backend)
 
 
 COMMANDS = {"predict": (predict_parser, predict_command), "export": (export_parser, export_command),

@@ -15,6 +15,7 @@ from config import load_config
 from conftest import labelled_rows
 from data import load_data
 from strategies import STRATEGIES
+from serving.onnx import onnx_predictor
 from serving.predict import Predictor
 
 
@@ -190,3 +191,48 @@ def test_a_run_with_its_own_head_is_refused_by_export(trained, capsys):
     [record] = [r for r in trained["runs"] if r["seed"] == 3]
     assert cli(trained, "export", "--run", record["run_id"], "--out", trained["folder"] / "export-mlp") == 2
     assert "cannot be exported: its model.head (mlp) is not part of any Hugging Face model class" in capsys.readouterr().err
+
+
+def test_every_strategy_but_prompt_tuning_exports_to_onnx_that_answers_as_the_run(trained, capsys):
+    texts = trained["test_texts"]
+    mlp_head = next(r for r in trained["runs"] if r["seed"] == 3)  # a head of this project's, under LoRA
+    for record in latest(trained) + [mlp_head]:
+        out = trained["folder"] / f"onnx-{record['run_id']}"
+        status = cli(trained, "export", "--format", "onnx", "--run", record["run_id"], "--out", out)
+        if record["strategy"] == "prompt_tuning":
+            assert status == 2 and "cannot be exported to ONNX: PEFT puts its virtual tokens" in capsys.readouterr().err
+            continue
+        assert status == 0, record["strategy"]
+        check = json.loads((out / "onnx.json").read_text())["fp32_check"]
+        assert check["same_prediction"] == check["examples"] > 0 and check["largest_difference"] <= 1e-3
+        expected = Predictor.from_run(record["run_id"], trained["output"]).predict(texts)
+        answered = onnx_predictor(str(out), trained["output"]).predict(texts)
+        assert [row["predicted_label"] for row in answered] == [row["predicted_label"] for row in expected]
+        assert [row["probability"] for row in answered] == pytest.approx([row["probability"] for row in expected],
+                                                                          abs=1e-5)
+
+
+def test_an_int8_onnx_export_is_scored_on_test_and_loads_without_this_project(trained, capsys):
+    [record] = [r for r in latest(trained) if r["strategy"] == "full"]
+    out = trained["folder"] / "onnx-int8"
+    assert cli(trained, "export", "--format", "onnx", "--quantize", "int8", "--run", record["run_id"], "--out",
+               out) == 0
+    int8 = json.loads((out / "onnx.json").read_text())["int8"]
+    assert int8["run_test"] == record["test"]["macro_f1"] and int8["loss"] == pytest.approx(
+        int8["run_test"] - int8["test"])
+    card = (out / "README.md").read_text()
+    assert f"test macro-F1 {int8['test']:.4f} against the run's {int8['run_test']:.4f}" in card
+    code = ("import json, sys, numpy as np, onnxruntime\nfrom transformers import AutoTokenizer\n"
+            "tokenizer = AutoTokenizer.from_pretrained(sys.argv[1])\n"
+            "session = onnxruntime.InferenceSession(sys.argv[1] + '/model.int8.onnx')\n"
+            "names = [i.name for i in session.get_inputs()]\nlabels = json.load(open(sys.argv[1] + '/record.json'))"
+            "['dataset']['label_names']\nanswers = []\n"
+            "for text in json.loads(sys.argv[2]):\n"
+            "    batch = tokenizer([text], return_tensors='np', truncation=True, max_length=16)\n"
+            "    logits = session.run(None, {n: batch[n] for n in names})[0]\n"
+            "    answers.append(labels[int(logits.argmax())])\nprint(json.dumps(answers))\n")
+    texts = trained["test_texts"]
+    expected = onnx_predictor(str(out), trained["output"], int8=True).predict(texts)
+    assert outside_the_project(code, out, texts) == [row["predicted_label"] for row in expected]
+    assert cli(trained, "export", "--quantize", "int8", "--run", record["run_id"], "--out", out / "x") == 2
+    assert "--quantize: int8 is for --format onnx" in capsys.readouterr().err

@@ -22,6 +22,7 @@ import yaml
 
 import main
 from conftest import ROOT, labelled_rows
+from serving.onnx import onnx_predictor
 from serving.predict import Predictor
 from serving.server import Batcher, Limits, build_app
 from test_every_task_and_strategy import task_data
@@ -129,6 +130,22 @@ def test_every_task_answers_as_predict_does(runs, task):
     assert alike(single.json(), listed.json()[1])
     assert info["task"] == task and info["run_id"] == predictor.record["run_id"] and info["backend"] == "torch"
     assert info["reads_pairs"] == (pairs is not None)
+
+
+@pytest.mark.parametrize("task", ["classification", "multi_label", "regression", "token_classification",
+                                  "question_answering"])
+def test_every_task_answers_the_same_on_onnx_and_is_served_on_it(runs, task):
+    inputs = inputs_for(task)
+    texts = [i["text"] if isinstance(i, dict) else i for i in inputs]
+    pairs = [i["pair"] for i in inputs] if isinstance(inputs[0], dict) else None
+    expected = json.loads(json.dumps(Predictor.from_run("best", runs[task]["output"]).predict(texts, 2, pairs)))
+    on_onnx = onnx_predictor("best", runs[task]["output"])  # exported into the run's folder on first use
+    assert alike(json.loads(json.dumps(on_onnx.predict(texts, 2, pairs))), expected)
+    with serving_in_thread(build_app(lambda: on_onnx, backend="onnx")) as url:
+        wait_for(f"{url}/ready")
+        served = httpx.post(f"{url}/predict", json={"inputs": inputs, "top_k": 2}, timeout=WAIT_S).json()
+        assert httpx.get(f"{url}/info").json()["backend"] == "onnx"
+    assert alike(served, expected)
 
 
 def test_batches_never_mix_answers_and_stay_within_max_batch():
