@@ -10,6 +10,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 import peft
 
@@ -24,15 +25,8 @@ THRESHOLDS = "thresholds.json"  # a multi-label model's threshold per label, bes
 
 
 def export_run(run: str, output_dir: str | Path, out: Path, force: bool = False) -> Path:
-    """Write the run's model, tokenizer and model card (README.md) into `out`: built whole in a folder beside it,
-    then moved in, so that a failure (a full disk) leaves no half-written export."""
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out: '{out}' is a file; name a folder (new or empty)")
-    if out.exists() and any(out.iterdir()) and not force:
-        raise ConfigError(f"--out: '{out}' exists and is not empty; choose another folder or pass --force to write "
-                          "into it")
-    if Path(output_dir).resolve() in (out.resolve(), *out.resolve().parents):
-        raise ConfigError(f"--out: '{out}' is inside the output folder {output_dir}; export elsewhere")
+    """Write the run's model, tokenizer and model card (README.md) into `out`, whole (see written_whole)."""
+    check_target(out, output_dir, force)
     _, cfg, record, model = load_run(run, output_dir)
     strategy = STRATEGIES[record["strategy"]]
     refused = export_refused(strategy, strategy.head(resolved_config(cfg).model.head))
@@ -42,9 +36,9 @@ def export_run(run: str, output_dir: str | Path, out: Path, force: bool = False)
     tokenizer.model_max_length = cfg.model.max_length  # texts are truncated where the run truncated them
     siblings = [r for r in read_results(results_file(output_dir))
                 if r["config_id"] == record["config_id"] and r["status"] == "completed"]
-    parent = writable_folder(out.resolve().parent, "--out")
-    building = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=parent))
-    try:
+
+    def write(building: Path) -> None:
+        nonlocal model
         adapter = isinstance(model, peft.PeftModel) and model.peft_config[model.active_adapter].is_prompt_learning
         if isinstance(model, peft.PeftModel) and not adapter:
             model = model.merge_and_unload()
@@ -53,6 +47,28 @@ def export_run(run: str, output_dir: str | Path, out: Path, force: bool = False)
         if record.get("decision"):  # label sets: what the card's usage reads each label's threshold from
             atomic_write_json(building / THRESHOLDS, record["decision"]["thresholds"])
         (building / "README.md").write_text(model_card(record, cfg, siblings or [record], adapter), encoding="utf-8")
+
+    return written_whole(out, write)
+
+
+def check_target(out: Path, output_dir: str | Path, force: bool) -> None:
+    """--out must be a folder, new or empty (or --force), and outside the output folder the runs live in."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out: '{out}' is a file; name a folder (new or empty)")
+    if out.exists() and any(out.iterdir()) and not force:
+        raise ConfigError(f"--out: '{out}' exists and is not empty; choose another folder or pass --force to write "
+                          "into it")
+    if Path(output_dir).resolve() in (out.resolve(), *out.resolve().parents):
+        raise ConfigError(f"--out: '{out}' is inside the output folder {output_dir}; export elsewhere")
+
+
+def written_whole(out: Path, write: Callable[[Path], None]) -> Path:
+    """`write` fills a folder made beside `out`, which is then moved in file by file, so that a failure (a
+    full disk, a check that fails) leaves no half-written export."""
+    parent = writable_folder(out.resolve().parent, "--out")
+    building = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=parent))
+    try:
+        write(building)
         out.mkdir(exist_ok=True)
         for file in sorted(building.iterdir()):
             os.replace(file, out / file.name)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-import os
 import shutil
 import tempfile
 import time
@@ -27,14 +26,16 @@ from model import from_pretrained, load_tokenizer
 from records.measure import library_versions
 from reporting.summary import task_of
 from records.shared import read_json
+from serving.export import check_target, written_whole
 from serving.predict import Predictor, find_run, load_run
 from trainer import device_batch, evaluate, make_accelerator, model_inputs
-from utils import ConfigError, WriteError, atomic_write_json, writable_folder
+from utils import ConfigError, atomic_write_json
 
 logger = logging.getLogger("bertlab")
 
 ONNX_MODEL, INT8_MODEL = "model.onnx", "model.int8.onnx"
-ONNX_RECORD, ONNX_CONFIG = "record.json", "config.yaml"  # the run's record (its summary) and config, beside the graph
+# beside the graph: a summary of the run's record, and its config
+ONNX_RECORD, ONNX_CONFIG = "record.json", "config.yaml"
 ONNX_FACTS = "onnx.json"  # what the export checked and measured
 RUN_EXPORT = "onnx"  # where predict and serve export a run for --backend onnx, inside its run folder
 # The largest difference allowed between any output value (a logit) of the fp32 graph and the run's torch
@@ -42,8 +43,8 @@ RUN_EXPORT = "onnx"  # where predict and serve export a run for --backend onnx, 
 FP32_TOLERANCE = 1e-3
 # Test score (0-1) int8 may lose against the run before the export warns in the log and the card.
 INT8_MAX_LOSS = 0.01
-RECORD_KEPT = ("run_id", "config_id", "strategy", "status", "task", "model", "seed", "dataset", "best_metric", "best_epoch",
-               "test", "decision", "calibration", "versions", "finished_at", "trainable_params")
+RECORD_KEPT = ("run_id", "config_id", "strategy", "status", "task", "model", "seed", "dataset", "best_metric",
+               "best_epoch", "test", "decision", "calibration", "versions", "finished_at", "trainable_params")
 
 
 class OnnxModel:
@@ -137,7 +138,8 @@ def compared(torch_result: dict, onnx_result: dict) -> dict:
     return {"examples": len(torch_result["predictions"]), "same_prediction": same, "largest_difference": gap}
 
 
-def export_onnx(run: str, output_dir: str | Path, out: Path, force: bool = False, quantize: str | None = None) -> Path:
+def export_onnx(run: str, output_dir: str | Path, out: Path, force: bool = False,
+                quantize: str | None = None) -> Path:
     """`python main.py export --format onnx`: the run written into `out` (see write_onnx)."""
     check_target(out, output_dir, force)
     return write_onnx(run, output_dir, out, quantize)
@@ -155,9 +157,8 @@ def write_onnx(run: str | Path, output_dir: str | Path, out: Path, quantize: str
     encoded = tokenize(load_data(cfg.data), tokenizer, cfg.model.max_length, cfg.data.doc_stride)
     accelerator = make_accelerator(False, False, warn=False)
     sample = model_inputs(device_batch(encoded, "validation", [0, 1], accelerator, task))
-    building = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial",
-                                     dir=writable_folder(out.resolve().parent, "--out")))
-    try:
+
+    def write(building: Path) -> None:
         started = time.perf_counter()
         outputs = export_graph(graph, sample, building / ONNX_MODEL)
         exported_s = time.perf_counter() - started
@@ -169,34 +170,18 @@ def write_onnx(run: str | Path, output_dir: str | Path, out: Path, quantize: str
                               f"validation ({check['same_prediction']} of {check['examples']} predictions the same, "
                               f"largest difference {check['largest_difference']}); nothing was written")
         facts = {"run_id": record["run_id"], "inputs": list(sample), "outputs": outputs,
-                 "max_length": cfg.model.max_length,
-                 "exported_in_s": round(exported_s, 1), "fp32_check": {**check, "tolerance": FP32_TOLERANCE},
-                 "versions": library_versions()}
+                 "max_length": cfg.model.max_length, "exported_in_s": round(exported_s, 1),
+                 "fp32_check": {**check, "tolerance": FP32_TOLERANCE}, "versions": library_versions()}
         if quantize:
             facts["int8"] = quantized(building, encoded, cfg, accelerator, task, record)
         atomic_write_json(building / ONNX_FACTS, facts)
         atomic_write_json(building / ONNX_RECORD, {key: record[key] for key in RECORD_KEPT if key in record})
-        (building / ONNX_CONFIG).write_text(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False), encoding="utf-8")
+        (building / ONNX_CONFIG).write_text(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False),
+                                            encoding="utf-8")
         tokenizer.save_pretrained(building)
         (building / "README.md").write_text(onnx_card(record, facts), encoding="utf-8")
-        out.mkdir(exist_ok=True)
-        for file in sorted(building.iterdir()):
-            os.replace(file, out / file.name)
-    except OSError as err:
-        raise WriteError(out, err) from None
-    finally:
-        shutil.rmtree(building, ignore_errors=True)
-    return out
 
-
-def check_target(out: Path, output_dir: str | Path, force: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out: '{out}' is a file; name a folder (new or empty)")
-    if out.exists() and any(out.iterdir()) and not force:
-        raise ConfigError(f"--out: '{out}' exists and is not empty; choose another folder or pass --force to write "
-                          "into it")
-    if Path(output_dir).resolve() in (out.resolve(), *out.resolve().parents):
-        raise ConfigError(f"--out: '{out}' is inside the output folder {output_dir}; export elsewhere")
+    return written_whole(out, write)
 
 
 def quantized(building: Path, encoded, cfg: Config, accelerator, task, record: dict) -> dict:
@@ -210,14 +195,17 @@ def quantized(building: Path, encoded, cfg: Config, accelerator, task, record: d
     del graph.graph.value_info[:]
     with tempfile.TemporaryDirectory() as scratch, quiet_root_logger():
         onnx.save(graph, str(Path(scratch) / ONNX_MODEL))
-        quantize_dynamic(str(Path(scratch) / ONNX_MODEL), str(building / INT8_MODEL), weight_type=QuantType.QInt8)
+        quantize_dynamic(str(Path(scratch) / ONNX_MODEL), str(building / INT8_MODEL),
+                         weight_type=QuantType.QInt8)
     metric = task.main_metric
     scored = evaluate(OnnxModel(building / INT8_MODEL), encoded, "test", cfg.training, accelerator, task)[metric]
     run_score = record["test"][metric]
     loss = run_score - scored if task.metric(metric).higher_is_better else scored - run_score
     result = {"metric": metric, "label": task.metric(metric).label, "test": scored, "run_test": run_score,
-              "loss": loss, "max_loss": INT8_MAX_LOSS, "within": loss <= INT8_MAX_LOSS, "bytes": (building / INT8_MODEL).stat().st_size,
-              "fp32_bytes": sum(f.stat().st_size for f in building.glob(f"{ONNX_MODEL}*"))}  # with its weights' file
+              "loss": loss, "max_loss": INT8_MAX_LOSS, "within": loss <= INT8_MAX_LOSS,
+              "bytes": (building / INT8_MODEL).stat().st_size,
+              # the fp32 graph with the file its exporter keeps the weights in
+              "fp32_bytes": sum(f.stat().st_size for f in building.glob(f"{ONNX_MODEL}*"))}
     if not result["within"]:
         logger.warning("the int8 graph loses %.4f of test %s against the run (%.4f against %.4f), more than %.2f: "
                        "prefer model.onnx, or check the card before using it", loss, metric, scored, run_score,
