@@ -5,9 +5,9 @@ and 32 concurrent HTTP clients against the FastAPI app a user writes by hand (pi
     python benchmarks/serving.py [--repeats 3] [--texts 1000] [--clients 1 8 32] [--requests 320]
         [--workdir DIR] [--name serving]
 
-It trains (once; reused from --workdir) full fine-tuning of the bundled MiniLM on the demo data with the model's
-own head, so that the run exports to a folder pipeline() loads, then exports it as that folder and as ONNX with
-int8. Texts: the demo data's and banking77's test texts (../shared/datasets), the first --texts of each. The
+It trains (once; reused from --workdir) config.yaml's full fine-tuning of the bundled MiniLM on the demo data,
+with the model's own head so that the run exports to a folder pipeline() loads, then exports it as that folder
+and as ONNX with int8. Texts: the demo data's and banking77's test texts (../shared/datasets), the first --texts of each. The
 offline ways alternate --repeats times (median); every server runs alone, loaded by clients that each send one
 text a request until --requests are answered (at most 300 s a level). Writes benchmarks/results/<name>.json and
 <name>.md.
@@ -69,7 +69,7 @@ def predict(body: Body):
 def prepared(work: Path) -> dict:
     """The run, its Hugging Face folder and its ONNX folder (with int8), made once in `work`."""
     output, config = work / "outputs", ["--config", str(ROOT / "config.yaml")]
-    settings = [f"output.dir={output}", "model.head.type=model", "model.head.pooling=cls", "training.num_epochs=4"]
+    settings = [f"output.dir={output}", "model.head.type=model", "model.head.pooling=cls"]
     assert bertlab.main([*config, "--strategy", "full", *settings]) == 0
     if not (work / "hf" / "config.json").is_file():
         assert bertlab.main(["export", *config, "--out", str(work / "hf"), "--force", *settings]) == 0
@@ -178,18 +178,19 @@ async def load(url: str, body_of, texts: list[str], clients: int, requests: int)
 def served(parts: dict, texts: list[str], levels: list[int], requests: int, work: Path) -> dict:
     """Each server alone under each number of clients."""
     (work / "hand_written_app.py").write_text(HAND_WRITTEN_APP.format(folder=str(parts["hf"])))
-    ours = lambda backend, port: [sys.executable, str(ROOT / "main.py"), "serve", "--config",  # noqa: E731
-                                  str(ROOT / "config.yaml"), f"output.dir={parts['output']}", "--port", str(port),
-                                  "--backend", backend]
-    ways = {"bertlab serve, torch": (lambda port: ours("torch", port), lambda text: {"inputs": text}),
-            "bertlab serve, ONNX int8": (lambda port: ours("onnx-int8", port), lambda text: {"inputs": text}),
+    ours = lambda run, backend, port: [  # noqa: E731
+        sys.executable, str(ROOT / "main.py"), "serve", "--config", str(ROOT / "config.yaml"),
+        f"output.dir={parts['output']}", "--run", run, "--port", str(port), "--backend", backend]
+    ways = {"bertlab serve, torch": (lambda port: ours("best", "torch", port), lambda text: {"inputs": text}, ROOT),
+            "bertlab serve, ONNX int8": (lambda port: ours(str(parts["onnx"]), "onnx-int8", port),
+                                         lambda text: {"inputs": text}, ROOT),
             "hand-written FastAPI + pipeline()": (
                 lambda port: [sys.executable, "-m", "uvicorn", "hand_written_app:app", "--port", str(port),
-                              "--log-level", "warning"], lambda text: {"text": text})}
+                              "--log-level", "warning"], lambda text: {"text": text}, work)}
     results = {}
-    for name, (command, body_of) in ways.items():
+    for name, (command, body_of, folder) in ways.items():
         port = free_port()
-        with server(command(port), port, work) as url:
+        with server(command(port), port, folder) as url:
             results[name] = [asyncio.run(load(url, body_of, texts, clients, requests)) for clients in levels]
     return results
 

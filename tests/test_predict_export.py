@@ -234,5 +234,8 @@ def test_an_int8_onnx_export_is_scored_on_test_and_loads_without_this_project(tr
     texts = trained["test_texts"]
     expected = onnx_predictor(str(out), trained["output"], int8=True).predict(texts)
     assert outside_the_project(code, out, texts) == [row["predicted_label"] for row in expected]
+    capsys.readouterr()
+    assert cli(trained, "predict", "--backend", "onnx-int8", "--run", out, "--text", texts[0]) == 0
+    assert f"{texts[0]!r}: {expected[0]['predicted_label']} (probability " in capsys.readouterr().out
     assert cli(trained, "export", "--quantize", "int8", "--run", record["run_id"], "--out", out / "x") == 2
     assert "--quantize: int8 is for --format onnx" in capsys.readouterr().err
