@@ -219,8 +219,9 @@ def serve_command(args: argparse.Namespace) -> int:
     limits = Limits(max_body_bytes=args.max_body_bytes, max_inputs=args.max_inputs,
                     max_text_chars=args.max_text_chars, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms)
     for name, value in vars(args).items():
-        if name.startswith("max_") and value <= 0 or name == "port" and not 0 < value < 65536:
-            raise ConfigError(f"--{name.replace('_', '-')}: got {value}, allowed: a number above 0"
+        least = 0 if name == "max_wait_ms" else 1  # no wait is a choice; no batch, body or port is not
+        if name.startswith("max_") and value < least or name == "port" and not 0 < value < 65536:
+            raise ConfigError(f"--{name.replace('_', '-')}: got {value}, allowed: a number of at least {least}"
                               + (" and below 65536" if name == "port" else ""))
     output_dir = load_config(args.config, args.overrides).output.dir
     # a wrong --run stops here, before the server starts

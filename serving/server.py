@@ -36,7 +36,9 @@ class Limits:
     max_inputs: int = 256  # inputs in one request
     max_text_chars: int = 20_000  # characters in one text (a pair's texts each)
     max_batch: int = 32  # inputs of concurrent requests run together; a larger request runs alone, whole
-    max_wait_ms: float = 5.0  # how long the first queued input waits for others to join its batch
+    # how long the first queued input waits for others to join its batch: none by default, since the requests
+    # that arrive while the model computes form the next batch anyway, and a lone request is not held up
+    max_wait_ms: float = 0.0
 
 
 class Item(BaseModel):
@@ -75,9 +77,10 @@ class Pending:
 
 
 class Batcher:
-    """Runs the inputs of concurrent requests together: up to `max_batch` inputs, the first waiting at most
-    `max_wait_ms` for others; each request's future gets exactly its own answers, in its order. The model runs
-    on one thread beside the event loop, which goes on accepting requests meanwhile."""
+    """Runs the inputs of concurrent requests together: every request queued while the model computed the last
+    batch, up to `max_batch` inputs, the first waiting at most `max_wait_ms` for more; each request's future gets
+    exactly its own answers, in its order. The model runs on one thread beside the event loop, which goes on
+    accepting requests meanwhile."""
 
     def __init__(self, limits: Limits, batch_sizes: Histogram):
         self.limits, self.batch_sizes = limits, batch_sizes
@@ -188,6 +191,34 @@ class BodyLimit:
         await error_response(413, f"the body is over {self.max_bytes:,} bytes (--max-body-bytes)")(scope, receive, send)
 
 
+class GuardAndCount:
+    """Refuses (401) a request without the API key, on every route but OPEN_ROUTES, before its body is read; counts
+    every answer and its time by route and status. Plain ASGI, since Starlette's middleware class starts a task
+    for every request."""
+
+    def __init__(self, app, api_key: str | None, metrics: Metrics, routes: set[str]):
+        self.app, self.api_key, self.metrics, self.routes = app, api_key, metrics, routes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started, path, answered = time.perf_counter(), scope["path"], []
+
+        async def counted(message):
+            if message["type"] == "http.response.start":
+                answered.append(message["status"])
+            await send(message)
+
+        if self.api_key is not None and path not in OPEN_ROUTES and not authorized(scope, self.api_key):
+            await error_response(401, "missing or wrong API key: send the header Authorization: Bearer <key>",
+                                 {"WWW-Authenticate": "Bearer"})(scope, receive, counted)
+        else:
+            await self.app(scope, receive, counted)
+        route = path if path in self.routes else "other"  # unknown paths share one series
+        self.metrics.requests.labels(route, str(answered[0] if answered else 500)).inc()
+        self.metrics.latency.labels(route).observe(time.perf_counter() - started)
+
+
 def error_response(status: int, message: str, headers: dict | None = None) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
@@ -280,19 +311,6 @@ def build_app(load: Callable[[], Predictor], limits: Limits = Limits(), api_key:
 
     app = FastAPI(title="bertlab", description="Predictions of a trained bertlab run.", lifespan=lifespan)
 
-    @app.middleware("http")
-    async def guard_and_count(request: Request, call_next):
-        started, route = time.perf_counter(), request.url.path
-        if api_key is not None and route not in OPEN_ROUTES and not authorized(request, api_key):
-            response = error_response(401, "missing or wrong API key: send the header Authorization: Bearer <key>",
-                                      {"WWW-Authenticate": "Bearer"})
-        else:
-            response = await call_next(request)
-        known = route if route in {r.path for r in app.routes} else "other"  # unknown paths share one series
-        metrics.requests.labels(known, str(response.status_code)).inc()
-        metrics.latency.labels(known).observe(time.perf_counter() - started)
-        return response
-
     @app.exception_handler(RequestValidationError)
     async def malformed(request: Request, err: RequestValidationError):
         return error_response(422, validation_message(err))
@@ -334,12 +352,13 @@ def build_app(load: Callable[[], Predictor], limits: Limits = Limits(), api_key:
         return rows if isinstance(request.inputs, list) else rows[0]
 
     app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)
+    app.add_middleware(GuardAndCount, api_key=api_key, metrics=metrics, routes={r.path for r in app.routes})
     return app
 
 
-def authorized(request: Request, api_key: str) -> bool:
-    given = request.headers.get("authorization", "")
-    return hmac.compare_digest(given.encode(), f"Bearer {api_key}".encode())
+def authorized(scope, api_key: str) -> bool:
+    given = dict(scope["headers"]).get(b"authorization", b"")
+    return hmac.compare_digest(given, f"Bearer {api_key}".encode())
 
 
 def serve(load: Callable[[], Predictor], host: str, port: int, limits: Limits, api_key: str | None,

@@ -284,3 +284,5 @@ def test_serve_refuses_a_run_that_is_not_there_in_one_line(runs, capsys):
     assert main.main(["serve", "--config", str(settings["config"]), "--port", "70000"]) == 2
     errors = capsys.readouterr().err.strip().splitlines()
     assert len(errors) == 2 and "no-such-run" in errors[0] and errors[1].startswith("error: --port: got 70000")
+    assert main.main(["serve", "--config", str(settings["config"]), "--max-batch", "0"]) == 2
+    assert "--max-batch: got 0, allowed: a number of at least 1" in capsys.readouterr().err
