@@ -58,8 +58,11 @@ def header_section(summary: dict, completed: list[dict], failed: list[dict], dat
     dataset = completed[0]["dataset"]
     task = TASKS[summary["task"]]
     counts = (data_report or {}).get("class_counts")
+    folds = summary.get("folds")
+    # with folds, a run's sizes are its fold's: the table shows the data as loaded, which the class counts describe
+    sizes = data_report["sizes"] if folds and data_report else dataset["sizes"]
     split_columns = [Column("split", lambda split: {}, lambda split: split),
-                     Column("examples", lambda split: {}, lambda split: f"{dataset['sizes'][split]:,}")]
+                     Column("examples", lambda split: {}, lambda split: f"{sizes[split]:,}")]
     if counts:
         split_columns += [Column("smallest class", lambda split: {}, lambda split: smallest_and_largest(counts[split])[0]),
                           Column("largest class", lambda split: {}, lambda split: smallest_and_largest(counts[split])[1])]
@@ -69,7 +72,12 @@ def header_section(summary: dict, completed: list[dict], failed: list[dict], dat
              f"<p class='meta'>{html.escape(task.name)} with {html.escape(labels)} · model "
              f"{html.escape(', '.join(sorted({r['model'] for r in completed})))} · {len(completed)} completed run(s)"
              + (f", {len(failed)} failed" if failed else "") + f" · {finished}</p>",
-             html_table(split_columns, [split for split in ("train", "validation", "test") if split in dataset["sizes"]])]
+             html_table(split_columns, [split for split in ("train", "validation", "test") if split in sizes])]
+    if folds:
+        parts.append(f"<p class='note'>Cross-validation: train and validation together "
+                     f"({sizes['train'] + sizes['validation']:,} examples) cut into {folds['folds']} folds"
+                     + (f", {folds['repeats']} times" if folds["repeats"] > 1 else "") + "; each run chose on one "
+                     f"fold (about {dataset['sizes']['validation']:,} examples) and trained on the rest.</p>")
     if counts:
         parts.append(f"<p class='note'>Class balance: the largest training class has {data_report['imbalance_ratio']:.1f}× "
                      "the examples of the smallest.</p>")

@@ -11,6 +11,7 @@ import pytest
 import experiment.run
 import main
 import trainer
+import visualize
 from config import load_config
 from data import LabelledData, fold_of, fold_rows, load_data, text_key
 from experiment.plan import plan_runs
@@ -162,6 +163,10 @@ def test_a_cross_validated_experiment_chooses_on_the_mean_over_folds_and_says_so
     printed = capsys.readouterr().out
     assert "(the mean over 3 folds)" in printed and "over 3 folds)" in printed
     assert "trained without that fold" in printed  # which model predict would use
+    assert visualize.main(["--output-dir", str(tmp_path / "outputs")]) == 0
+    report = (tmp_path / "outputs" / "report.html").read_text()
+    assert "Cross-validation: train and validation together (72 examples) cut into 3 folds" in report
+    assert "<td>train</td><td>54</td>" in report  # the data as loaded, as the class counts beside it
     monkeypatch.setattr(experiment.run, "run_one", lambda *a, **k: pytest.fail("a fold trained again"))
     assert main.main(["--config", str(config), "--strategy", "full", "--strategy", "bitfit"]) == 0
 
