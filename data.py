@@ -279,19 +279,20 @@ def fold_rows(data: LabelledData, folds: int, seed: int, repeat: int = 0) -> lis
     return [np.flatnonzero(fold_of_row == index) for index in range(folds)]
 
 
-def fold_of(data: LabelledData, folds: int, index: int, seed: int, repeat: int = 0) -> LabelledData:
-    """The data with its index-th fold as the validation split and the rest of train and validation as the
-    training split; test as it was."""
+def fold_of(data: LabelledData, cut: list[np.ndarray], index: int, repeat: int = 0) -> LabelledData:
+    """The data with the index-th fold of `cut` (fold_rows' repeat-th cut) as the validation split and the rest
+    of train and validation as the training split; test as it was."""
     held = np.zeros(len(data.labels["train"]) + len(data.labels["validation"]), dtype=bool)
-    held[fold_rows(data, folds, seed, repeat)[index]] = True
+    held[cut[index]] = True
 
-    def cut(values: dict[str, list]) -> dict[str, list]:
+    def resplit(values: dict[str, list]) -> dict[str, list]:
         pooled = values["train"] + values["validation"]
         return {"train": [v for v, out in zip(pooled, held) if not out],
                 "validation": [v for v, out in zip(pooled, held) if out], "test": values["test"]}
 
-    return dataclasses.replace(data, texts=cut(data.texts), labels=cut(data.labels), pairs=data.pairs and cut(data.pairs),
-                               fold={"folds": folds, "index": index, "repeat": repeat, "of": data.fingerprint})
+    return dataclasses.replace(data, texts=resplit(data.texts), labels=resplit(data.labels),
+                               pairs=data.pairs and resplit(data.pairs),
+                               fold={"folds": len(cut), "index": index, "repeat": repeat, "of": data.fingerprint})
 
 
 # ----------------------------------------------------------------------------------------------

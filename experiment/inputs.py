@@ -10,7 +10,8 @@ from typing import Any
 import numpy as np
 
 from config import Config
-from data import SPLITS, Encoded, LabelledData, augment_texts, few_shot_rows, fold_of, load_data, tokenize
+from data import (SPLITS, Encoded, LabelledData, augment_texts, few_shot_rows, fold_of, fold_rows, load_data,
+                  tokenize)
 from experiment.plan import Run
 from model import load_tokenizer
 from reporting.data_report import LENGTH_PERCENTILE, auto_max_length, build_report, token_lengths
@@ -28,6 +29,7 @@ class Inputs:
 
     def __init__(self):
         self.data: dict[str, LabelledData] = {}
+        self.cuts: dict[tuple, list[np.ndarray]] = {}  # each repeat's folds (fold_rows), cut once for all of them
         self.folds: dict[tuple, LabelledData] = {}
         self.tokenizers: dict[str, Any] = {}
         self.lengths: dict[tuple, dict[str, np.ndarray]] = {}
@@ -62,11 +64,13 @@ class Inputs:
         data = self.data_for(run)
         if run.fold is None:
             return data
-        key = (self.data_key(run), run.fold)
-        if key not in self.folds:
-            repeat, index = run.fold
-            self.folds[key] = fold_of(data, run.cfg.data.folds, index, run.cfg.data.seed, repeat)
-        return self.folds[key]
+        repeat, index = run.fold
+        cut_key = (self.data_key(run), repeat)
+        if cut_key not in self.cuts:
+            self.cuts[cut_key] = fold_rows(data, run.cfg.data.folds, run.cfg.data.seed, repeat)
+        if (cut_key, index) not in self.folds:
+            self.folds[cut_key, index] = fold_of(data, self.cuts[cut_key], index, repeat)
+        return self.folds[cut_key, index]
 
     def for_run(self, run: Run) -> tuple[LabelledData, Encoded]:
         """The data as the run splits it, and the token ids it trains on: its few-shot sample and augmented rows,

@@ -72,7 +72,7 @@ def test_a_fold_is_the_validation_split_and_test_stays_out_of_every_fold(imbalan
     data = loaded(imbalanced_csv)
     pooled = data.texts["train"] + data.texts["validation"]
     held = fold_rows(data, 4, seed=42)[2]
-    fold = fold_of(data, 4, 2, seed=42)
+    fold = fold_of(data, fold_rows(data, 4, seed=42), 2)
     assert fold.texts["validation"] == [pooled[i] for i in held]
     assert sorted(fold.texts["train"] + fold.texts["validation"]) == sorted(pooled)
     assert fold.texts["test"] == data.texts["test"] and fold.labels["test"] == data.labels["test"]
