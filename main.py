@@ -213,7 +213,7 @@ def export_command(args: argparse.Namespace) -> int:
 
 
 def serve_command(args: argparse.Namespace) -> int:
-    from serving.predict import find_run
+    from serving.onnx import named_folder
     from serving.server import API_KEY_VARIABLE, Limits, serve
 
     limits = Limits(max_body_bytes=args.max_body_bytes, max_inputs=args.max_inputs,
@@ -224,8 +224,7 @@ def serve_command(args: argparse.Namespace) -> int:
             raise ConfigError(f"--{name.replace('_', '-')}: got {value}, allowed: a number of at least {least}"
                               + (" and below 65536" if name == "port" else ""))
     output_dir = load_config(args.config, args.overrides).output.dir
-    # a wrong --run stops here, before the server starts
-    folder = args.run if Path(args.run, "model.onnx").is_file() else find_run(args.run, output_dir)
+    folder = named_folder(args.run, output_dir)  # a wrong --run stops here, before the server starts
     api_key = args.api_key or os.environ.get(API_KEY_VARIABLE) or None
     return serve(lambda: predictor_of(str(folder), output_dir, args.backend), args.host, args.port, limits, api_key,
                  args.backend)

@@ -243,13 +243,17 @@ def onnx_card(record: dict, facts: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def named_folder(run: str, output_dir: str | Path) -> Path:
+    """The folder `--run` names for predict and serve: an ONNX export's, else a run's (find_run)."""
+    return Path(run) if (Path(run) / ONNX_MODEL).is_file() else find_run(run, output_dir)
+
+
 def onnx_predictor(run: str, output_dir: str | Path, int8: bool = False) -> Predictor:
     """A Predictor on onnxruntime: from an ONNX export's folder, or from a run, exported on the first use into
     its run folder's `onnx/` (and reused while it is the run's)."""
-    folder = Path(run)
+    folder = named_folder(run, output_dir)
     if not (folder / ONNX_MODEL).is_file():
-        run_folder = find_run(run, output_dir)
-        folder = run_folder / RUN_EXPORT
+        run_folder, folder = folder, folder / RUN_EXPORT
         facts = read_json(folder / ONNX_FACTS)
         stale = not facts or facts.get("run_id") != run_folder.name or (int8 and not (folder / INT8_MODEL).is_file())
         if stale:
