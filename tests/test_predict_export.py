@@ -8,11 +8,10 @@ import sys
 
 import pandas as pd
 import pytest
-import yaml
 
 import main
 from config import load_config
-from conftest import labelled_rows
+from conftest import labelled_rows, small_config
 from data import load_data
 from strategies import STRATEGIES
 from serving.onnx import onnx_predictor
@@ -25,16 +24,10 @@ def trained(tmp_path_factory, tiny_model_dir):
     regression on the frozen encoder, then (the latest experiment) one run of every strategy."""
     folder = tmp_path_factory.mktemp("trained")
     pd.DataFrame(labelled_rows(per_class=30)).to_csv(folder / "tickets.csv", index=False)
-    config = folder / "config.yaml"
-    config.write_text(yaml.safe_dump({
-        "model": {"name": str(tiny_model_dir), "max_length": 16},
-        "data": {"path": str(folder / "tickets.csv"), "validation_size": 0.2, "test_size": 0.2},
-        "training": {"batch_size": 8, "num_epochs": 2, "eval_batch_size": 16, "learning_rate": 3e-3},
-        "strategies": {"prompt_tuning": {"num_virtual_tokens": 4}, "partial_freezing": {"enabled": True},
-                       "frozen_encoder": {"enabled": True}, "ia3": {"enabled": True}, "loha": {"enabled": True},
-                       "gradual_unfreezing": {"enabled": True}, "bottleneck_adapter": {"enabled": True},
-                       "lokr": {"enabled": True}, "setfit": {"enabled": True, "num_iterations": 2}},
-        "output": {"dir": str(folder / "outputs")}}))
+    config = small_config(folder, tiny_model_dir, folder / "tickets.csv", training={"learning_rate": 3e-3}, strategies={
+        "partial_freezing": {"enabled": True}, "frozen_encoder": {"enabled": True}, "ia3": {"enabled": True},
+        "loha": {"enabled": True}, "gradual_unfreezing": {"enabled": True}, "bottleneck_adapter": {"enabled": True},
+        "lokr": {"enabled": True}, "setfit": {"enabled": True, "num_iterations": 2}})
     base = ["--config", str(config)]
     assert main.main(base + ["--strategy", "full", "strategies.full.learning_rate=1e30", "training.num_epochs=1"]) == 1
     assert main.main(base + ["--strategy", "bitfit", "training.seed=7", "output.keep_checkpoints=none"]) == 0

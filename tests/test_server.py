@@ -18,10 +18,9 @@ import time
 import httpx
 import pandas as pd
 import pytest
-import yaml
 
 import main
-from conftest import ROOT, labelled_rows
+from conftest import ROOT, labelled_rows, small_config
 from serving.onnx import onnx_predictor
 from serving.predict import Predictor
 from serving.server import Batcher, Limits, build_app
@@ -75,11 +74,8 @@ def runs(tmp_path_factory, tiny_model_dir) -> dict:
     output folder."""
     folder = tmp_path_factory.mktemp("served")
     pd.DataFrame(labelled_rows(per_class=30)).to_csv(folder / "tickets.csv", index=False)
-    config = folder / "config.yaml"
-    config.write_text(yaml.safe_dump({
-        "model": {"name": str(tiny_model_dir), "max_length": 16},
-        "data": {"path": str(folder / "tickets.csv"), "validation_size": 0.2, "test_size": 0.2},
-        "training": {"batch_size": 8, "num_epochs": 3, "eval_batch_size": 16, "learning_rate": 3e-3}}))
+    config = small_config(folder, tiny_model_dir, folder / "tickets.csv",
+                          training={"num_epochs": 3, "learning_rate": 3e-3})
     found = {}
     for task in ("classification", "multi_label", "regression", "token_classification", "question_answering"):
         overrides = [] if task == "classification" else task_data(task, folder)
