@@ -130,11 +130,13 @@ class Batcher:
                 except Exception as err:  # the model's failure is these requests', never the server's
                     logger.exception("prediction failed")
                     for p in group:
-                        p.answer.set_exception(err)
+                        if not p.answer.done():
+                            p.answer.set_exception(err)
                     continue
                 start = 0
                 for p in group:
-                    p.answer.set_result(rows[start:start + len(p.texts)])
+                    if not p.answer.done():  # a request cancelled meanwhile (its client gone) is left as it is
+                        p.answer.set_result(rows[start:start + len(p.texts)])
                     start += len(p.texts)
 
 

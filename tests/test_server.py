@@ -161,6 +161,20 @@ def test_batches_never_mix_answers_and_stay_within_max_batch():
         worker.cancel()
         return requests, answers
 
+    async def one_gone():  # a request whose caller gave up while its batch ran: the others still get theirs
+        batcher = Batcher(Limits(max_batch=8, max_wait_ms=20), type("H", (), {"observe": lambda self, n: None})())
+        batcher.predict = predict
+        worker = asyncio.create_task(batcher.run())
+        gone = asyncio.create_task(batcher.submit(["gone"], None, 1))
+        kept = asyncio.create_task(batcher.submit(["kept"], None, 1))
+        await asyncio.sleep(0.005)
+        gone.cancel()
+        answer = await asyncio.wait_for(kept, WAIT_S)  # bounded: a dead batcher would answer nothing
+        after = await asyncio.wait_for(batcher.submit(["after"], None, 1), WAIT_S)
+        worker.cancel()
+        return answer, after
+
+    assert asyncio.run(one_gone()) == ([{"echo": "kept", "top_k": 1}], [{"echo": "after", "top_k": 1}])
     requests, answers = asyncio.run(clients())
     for c, (texts, answer) in enumerate(zip(requests, answers)):
         assert answer == [{"echo": text, "top_k": 1 + c % 2} for text in texts]
