@@ -250,8 +250,8 @@ def main() -> None:
     summary = "\n".join([
         f"# Serving: {result['machine']['cores']} cores, {result['date']}", "", tables(result), "",
         "ONNX int8 / pipeline at its best batch: " + ", ".join(
-            f"{name} {m['int8_vs_best_pipeline']:.2f}x" for name, m in result["offline"].items()),
-        f"; int8 test {result['int8']['label']} {result['int8']['test']:.4f} against the run's "
+            f"{name} {m['int8_vs_best_pipeline']:.2f}x" for name, m in result["offline"].items())
+        + f"; int8 test {result['int8']['label']} {result['int8']['test']:.4f} against the run's "
         f"{result['int8']['run_test']:.4f}.",
         f"bertlab serve (torch) / the hand-written app at {top} clients: {result['server_vs_hand_written']:.2f}x."])
     out.with_suffix(".md").write_text(summary + "\n")
