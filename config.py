@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from tasks import TASKS
-from schema.search import SearchConfig, range_values
+from schema.search import SearchConfig, range_values, shown_url
 from schema.strategies import StrategiesConfig
 from schema.checks import list_problem, problem, varied_keys
 from schema.typed_yaml import apply_override, build, read_yaml, set_dotted
@@ -222,6 +222,13 @@ class Config:
     """How each strategy's settings are chosen: the grid of the lists above, or a pruned Optuna search."""
     output: OutputConfig = field(default_factory=OutputConfig)
     """Where results go and what stays on disk."""
+
+    def as_saved(self) -> dict[str, Any]:
+        """The config as files keep it: a database URL's password left out."""
+        saved = dataclasses.asdict(self)
+        if self.search.storage:
+            saved["search"]["storage"] = shown_url(self.search.storage)
+        return saved
 
 
 STRATEGY_NAMES = tuple(f.name for f in dataclasses.fields(StrategiesConfig))

@@ -6,6 +6,7 @@ the winner.
     python main.py predict [--run RUN] (--text TEXT [--text ...] | --input FILE [--output FILE]) [--top-k K]
                            [--backend torch|onnx|onnx-int8]
     python main.py export [--run RUN] --out DIR [--force] [--format hf|onnx] [--quantize int8]
+    python main.py gather FOLDER [FOLDER ...] [--config FILE] [--strategy NAME ...] [section.key=value ...]
     python main.py serve [--run RUN] [--host 127.0.0.1] [--port 8000] [--backend torch|onnx|onnx-int8]
                          [--max-batch N] [--max-wait-ms M] [--api-key K]
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -38,11 +40,15 @@ def add_common(parser: argparse.ArgumentParser) -> None:
                         help="override a config value, e.g. training.learning_rate=3e-5 or output.dir=elsewhere")
 
 
+def add_strategy(parser: argparse.ArgumentParser, help: str) -> None:
+    parser.add_argument("--strategy", action="append", choices=sorted(STRATEGIES), help=help)
+
+
 def experiment_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Compare fine-tuning strategies for text classification. "
-                                                 "Sub-commands: predict, export, serve (python main.py serve --help).")
-    parser.add_argument("--strategy", action="append", choices=sorted(STRATEGIES),
-                        help="run only this strategy, enabled or not (repeat for several)")
+                                                 "Sub-commands: predict, export, serve, gather "
+                                                 "(python main.py serve --help).")
+    add_strategy(parser, "run only this strategy, enabled or not (repeat for several)")
     parser.add_argument("--resume", action="store_true",
                         help="continue interrupted runs from their last checkpoint (completed runs are always reused)")
     parser.add_argument("--force", action="store_true", help="run again even the runs already completed")
@@ -132,6 +138,18 @@ def serve_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def gather_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="main.py gather", description=(
+        "Bring the runs other workers of this experiment wrote to their own output folders into output.dir, then "
+        "write the summary and verdict of them all (docs/scaling.md)."))
+    add_strategy(parser, "the strategies the workers ran, when they were named with --strategy")
+    parser.add_argument("--config", default="config.yaml", help="the workers' YAML config (default: config.yaml)")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for config and data errors")
+    parser.add_argument("items", nargs="+", metavar="FOLDER or section.key=value",
+                        help="a worker's output.dir (its results/ and checkpoints/), or a config override")
+    return parser
+
+
 def tell_own_settings(config: str, overrides: list[str], strategies: list[str]) -> None:
     """With other data than the config file's own (data.path or data.name on the command line), say which of its
     settings, chosen for its own data, still apply to the strategies that run: learning rates tuned on a demo set
@@ -154,14 +172,29 @@ def experiment_command(args: argparse.Namespace) -> int:
         for line in repair(cfg.output.dir):
             print(line)
         return 0
-    strategies = args.strategy or applicable(cfg, [s for s in STRATEGIES if getattr(cfg.strategies, s).enabled])
+    strategies = strategies_of(cfg, args)
     tell_own_settings(args.config, args.overrides, strategies)
-    if not strategies:
-        raise ConfigError(f"{args.config}: no strategy enabled; set strategies.<name>.enabled: true or pass "
-                          f"--strategy NAME (known: {', '.join(sorted(STRATEGIES))})")
     return run_experiment(cfg, strategies, resume=args.resume, force=args.force, dry_run=args.dry_run,
                           config_file=str(args.config), command=" ".join(sys.argv), shard=args.shard,
                           summary_only=args.summary_only)
+
+
+def strategies_of(cfg, args: argparse.Namespace) -> list[str]:
+    strategies = args.strategy or applicable(cfg, [s for s in STRATEGIES if getattr(cfg.strategies, s).enabled])
+    if not strategies:
+        raise ConfigError(f"{args.config}: no strategy enabled; set strategies.<name>.enabled: true or pass "
+                          f"--strategy NAME (known: {', '.join(sorted(STRATEGIES))})")
+    return strategies
+
+
+def gather_command(args: argparse.Namespace) -> int:
+    overrides = [item for item in args.items if OVERRIDE.match(item)]
+    folders = tuple(Path(item) for item in args.items if not OVERRIDE.match(item))
+    if not folders:
+        raise ConfigError("gather: name at least one worker's output folder")
+    cfg = load_config(args.config, overrides)
+    return run_experiment(cfg, strategies_of(cfg, args), config_file=str(args.config), command=" ".join(sys.argv),
+                          summary_only=True, gather_from=folders)
 
 
 def predict_command(args: argparse.Namespace) -> int:
@@ -231,7 +264,8 @@ def serve_command(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"predict": (predict_parser, predict_command), "export": (export_parser, export_command),
-            "serve": (serve_parser, serve_command)}
+            "serve": (serve_parser, serve_command), "gather": (gather_parser, gather_command)}
+OVERRIDE = re.compile(r"^[A-Za-z_][\w-]*\.[\w.-]+=")  # section.key=value, where gather takes folders too
 
 
 def main(argv: list[str] | None = None) -> int:

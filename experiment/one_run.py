@@ -44,7 +44,7 @@ def run_one(run: Run, run_id: str, data: LabelledData, encoded: Encoded, acceler
     task = TASKS[cfg.data.task]
     output = Path(cfg.output.dir)
     run_dir = output / "checkpoints" / strategy / run_id
-    atomic_write_bytes(run_dir / "config.yaml", yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False).encode())
+    atomic_write_bytes(run_dir / "config.yaml", yaml.safe_dump(cfg.as_saved(), sort_keys=False).encode())
     # the training examples as trained on (few-shot, augmented); questions, not their windows
     sizes = {**data.sizes(), "train": task.example_count(encoded, "train")}
     record = {"schema_version": SCHEMA_VERSION, "run_id": run_id, "config_id": run.config_id(data.fingerprint),

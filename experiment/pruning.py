@@ -3,6 +3,8 @@ median pruner after every evaluation, or successive halving at its rungs."""
 
 from __future__ import annotations
 
+from experiment.search_workers import left_by_stopped_workers
+
 REDUCTION = 3  # successive halving: the best third of the trials at a rung go on
 
 
@@ -44,7 +46,8 @@ def kept_at_rung(trials: list, score: float, rung: int, maximizes: bool) -> bool
     to beat the earlier rounds' best (on the demo data that stopped IA3's second-best trial of eight, near the
     rate the grid found best)."""
     # a trial a killed worker left runs again: its scores count once, the new trial's
-    scores = [score_at(trial, rung) for trial in trials if not trial.user_attrs.get("interrupted")]
+    left = left_by_stopped_workers(trials)
+    scores = [score_at(trial, rung) for trial in trials if trial.number not in left]
     scores = sorted((s for s in scores if s is not None), reverse=maximizes)
     bar = scores[max(1, len(scores) // REDUCTION) - 1]
     return score >= bar if maximizes else score <= bar

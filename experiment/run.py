@@ -9,6 +9,7 @@ from pathlib import Path
 
 from config import Config
 from experiment.dry_run import print_plan, print_search_plan
+from experiment.gather import gather
 from experiment.inputs import Inputs, baseline_of, data_reports, resolve_max_length
 from experiment.one_run import run_one
 from experiment.plan import Run, plan_runs
@@ -31,11 +32,13 @@ logger = logging.getLogger("bertlab")
 
 def run_experiment(cfg: Config, strategies: list[str], *, resume: bool = False, force: bool = False,
                    dry_run: bool = False, config_file: str = "", command: str = "",
-                   shard: tuple[int, int] | None = None, summary_only: bool = False) -> int:
+                   shard: tuple[int, int] | None = None, summary_only: bool = False,
+                   gather_from: tuple[Path, ...] = ()) -> int:
     """Run every planned run that is not already completed (with `shard` (K, N): only the K-th of N shares of
     the plan), then write and print the summary of the whole plan once all of it has finished; with
-    `summary_only`, train nothing and summarise what has. Returns the exit status: 0 when every run
-    completed, 1 when some failed or (summary only) has not finished."""
+    `summary_only`, train nothing and summarise what has (with `gather_from`, after bringing in the runs other
+    workers wrote to those folders). Returns the exit status: 0 when every run completed, 1 when some failed or
+    (summary only) has not finished."""
     refuse_strategies(cfg, strategies)
     if not dry_run:
         writable_folder(Path(cfg.output.dir), "output.dir")
@@ -87,6 +90,11 @@ def run_experiment(cfg: Config, strategies: list[str], *, resume: bool = False, 
             raise ConfigError("the search completed no trial of any strategy, so there is nothing to confirm: see the "
                               f"trials' errors in {results_path}")
     ids = [run.run_id(inputs.data_for(run).fingerprint) for run in runs]
+    if gather_from:
+        check_shared_files(results_path)
+        for line in gather(list(gather_from), Path(cfg.output.dir), set(ids), {study.name for study in studies},
+                           cfg.as_saved()):
+            logger.info("%s", line)
     stored = read_results(results_path)
     # a search trial validated without test resumes into its confirmation: its kept weights are tested
     trials_done = {r["run_id"]: r["trial"] for r in stored if untested_trial(r) and r["status"] == "completed"}
@@ -116,7 +124,7 @@ def run_experiment(cfg: Config, strategies: list[str], *, resume: bool = False, 
         for run_id in to_run:
             saved_run_key(folders[run_id])
     check_shared_files(results_path)
-    write_experiment(results_path, config_file=config_file, command=command, config=dataclasses.asdict(cfg),
+    write_experiment(results_path, config_file=config_file, command=command, config=cfg.as_saved(),
                      strategies=strategies, run_ids=ids, studies=[study.name for study in studies])
     for report in reports.values():
         save_report(report, results_path.parent)

@@ -15,15 +15,13 @@ import time
 import warnings
 from pathlib import Path
 
-from filelock import FileLock
-
 from config import short_key, single_run_config
 from experiment.inputs import Inputs, baseline_of
 from experiment.one_run import run_one
 from experiment.plan import Run, folds_of
 from experiment.pruning import kept_at_rung, make_pruner, rung_steps
-from experiment.search_workers import (Lease, interrupted, lease_path, release_abandoned, running_elsewhere,
-                                       study_journal)
+from experiment.search_workers import (StudyPlace, interrupted, left_by_stopped_workers, release_abandoned,
+                                       running_elsewhere, storage_url)
 from records.checkpoints import drop_checkpoints
 from records.results import results_file, save_record
 from schema.search import describe_range, outside_range
@@ -83,8 +81,8 @@ class Study:
     template: Run
     space: dict[str, dict | list]
     optuna_study: object
-    storage: object  # the study's Optuna storage, for marking a trial another worker left
-    lock: FileLock  # held while trials are counted and one is claimed, so workers never exceed `trials`
+    place: StudyPlace  # where the study lives, and how its workers share it
+    lock: object  # held while trials are counted and one is claimed, so workers never exceed `trials`
     trials: int  # search.trials: how many it runs
     rungs: list[int]  # the optimizer steps where successive halving judges trials (none for other pruners)
     judged_on: str  # what a trial reports after each evaluation, best so far: val_loss or the metric it is chosen by
@@ -121,7 +119,8 @@ def open_studies(templates: list[Run], inputs: Inputs, cfg) -> list[Study]:
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # this runner logs each trial in its own words
     folder = Path(cfg.output.dir) / SEARCH_FOLDER
     folder.mkdir(parents=True, exist_ok=True)
-    storage = optuna.storages.get_storage(cfg.search.storage or study_journal(folder))
+    place = StudyPlace(folder, storage_url(cfg.search.storage))
+    logger.info("search: the studies live in %s", place.describe())
     task = TASKS[cfg.data.task]
     metric = cfg.training.early_stopping.metric
     maximizes = task.is_better(metric, 1.0, 0.0)
@@ -134,7 +133,7 @@ def open_studies(templates: list[Run], inputs: Inputs, cfg) -> list[Study]:
         shared = {"run": key, "space": space, "metric": metric, "judged_on": judged_on}
         name = f"{template.strategy}-{stable_hash(shared)}"
         budget = budget_steps(template, inputs)
-        study = optuna.create_study(study_name=name, storage=storage, load_if_exists=True,
+        study = optuna.create_study(study_name=name, storage=place.storage, load_if_exists=True,
                                     direction="maximize" if maximizes else "minimize",
                                     pruner=make_pruner(cfg.search.pruner, budget))
         own = {key: setting_of(template.cfg, key) for key in space}
@@ -143,8 +142,8 @@ def open_studies(templates: list[Run], inputs: Inputs, cfg) -> list[Study]:
                         "the first trial", template.strategy, short_key(key), own[key], describe_range(space[key]))
         study.enqueue_trial(own, skip_if_exists=True)
         rungs = rung_steps(budget) if cfg.search.pruner == "successive_halving" else []
-        studies.append(Study(template, space, study, storage, FileLock(str(folder / f"{name}.lock")),
-                             cfg.search.trials, rungs, judged_on, maximizes))
+        studies.append(Study(template, space, study, place, place.lock(name), cfg.search.trials, rungs, judged_on,
+                             maximizes))
     return studies
 
 
@@ -166,31 +165,36 @@ def budget_steps(run: Run, inputs: Inputs) -> int:
     return math.ceil(batches / t.gradient_accumulation_steps) * t.num_epochs
 
 
-def counted(trial) -> bool:
-    """Whether a trial counts against search.trials: all but those a killed process left (they run again) and
-    draws that repeated an earlier trial's setting (another is drawn)."""
-    return not trial.user_attrs.get("interrupted") and "repeats" not in trial.user_attrs
+def counted(trial, left: set[int]) -> bool:
+    """Whether a trial counts against search.trials: all but those a stopped worker `left` (they run again)
+    and draws that repeated an earlier trial's setting (another is drawn)."""
+    return trial.number not in left and "repeats" not in trial.user_attrs
 
 
 def claim_trial(study: Study, trials: int, sampler_seed: int):
-    """A new trial of the study for this worker, or None once `trials` are done or taken. Trials that killed
-    processes left running are first failed as interrupted and their settings queued again."""
+    """A new trial of the study for this worker (which holds the study's lock), or None once `trials` are done
+    or taken, or while its next draw waits for the first trials, which other workers run, to end (so that the
+    draws are those one worker would make)."""
     from optuna.trial import TrialState
 
-    with study.lock:
-        release_abandoned(study)
-        claimed = [t for t in study.optuna_study.get_trials(deepcopy=False) if t.state != TrialState.WAITING]
-        taken = [t for t in claimed if counted(t)]
-        repeats = sum("repeats" in t.user_attrs for t in claimed)
-        if len(taken) >= trials or repeats >= trials:  # a space of few choices may hold fewer settings than trials
-            return None
-        study.optuna_study.sampler = sampler_for(len(claimed), sampler_seed)
-        with warnings.catch_warnings():  # a first trial outside the range: said once, in open_studies
-            warnings.filterwarnings("ignore", message="Fixed parameter .* out of range", category=UserWarning)
-            trial = study.optuna_study.ask({key: distribution(spec) for key, spec in study.space.items()})
-        trial.set_user_attr("worker", {"host": socket.gethostname(), "pid": os.getpid()})
-        trial.set_user_attr("position", len(taken) + 1)  # its place among the counted trials, for the log
-        return trial
+    trials_so_far = study.optuna_study.get_trials(deepcopy=False)
+    left = left_by_stopped_workers(trials_so_far)
+    claimed = [t for t in trials_so_far if t.state != TrialState.WAITING]
+    taken = [t for t in claimed if counted(t, left)]
+    repeats = sum("repeats" in t.user_attrs for t in claimed)
+    if len(taken) >= trials or repeats >= trials:  # a space of few choices may hold fewer settings than trials
+        return None
+    queued = len(claimed) < len(trials_so_far)  # a setting waiting to run (again): taken without a draw
+    if not queued and len(claimed) >= STARTUP_TRIALS and sum(t.state.is_finished() for t in taken) < STARTUP_TRIALS:
+        return None  # TPE draws once the first trials have their scores: drawn sooner, it would draw blind
+    study.optuna_study.sampler = sampler_for(len(claimed), sampler_seed)
+    with warnings.catch_warnings():  # a first trial outside the range: said once, in open_studies
+        warnings.filterwarnings("ignore", message="Fixed parameter .* out of range", category=UserWarning)
+        trial = study.optuna_study.ask({key: distribution(spec) for key, spec in study.space.items()})
+    trial.set_user_attr("worker", {"host": socket.gethostname(), "pid": os.getpid()})
+    trial.set_user_attr("position", len(taken) + 1)  # its place among the counted trials, for the log
+    study.place.lease(study.name, trial).beat()  # alive from the start, before its run is built
+    return trial
 
 
 def sampler_for(claimed: int, sampler_seed: int):
@@ -217,11 +221,13 @@ def claim_round(study: Study, trials: int, sampler_seed: int) -> list:
     """The trials this worker trains together next: ROUND_SIZE under successive halving (they wait for each
     other at its rungs), else one at a time (each draw then knows every earlier trial's score)."""
     claimed = []
-    while len(claimed) < (ROUND_SIZE if study.rungs else 1):
-        trial = claim_trial(study, trials, sampler_seed)
-        if trial is None:
-            break
-        claimed.append(trial)
+    with study.lock:  # a whole round under one hold: rounds are those one worker would form, with their draws
+        release_abandoned(study)  # trials that stopped workers left are failed, their settings queued again
+        while len(claimed) < (ROUND_SIZE if study.rungs else 1):
+            trial = claim_trial(study, trials, sampler_seed)
+            if trial is None:
+                break
+            claimed.append(trial)
     return claimed
 
 
@@ -348,7 +354,7 @@ def run_round(study: Study, claimed: list, inputs: Inputs, accelerator, records:
     unfinished = list(going)
     with contextlib.ExitStack() as leases:
         for run in going:
-            leases.enter_context(Lease(lease_path(study, run.trial.number)))
+            leases.enter_context(study.place.lease(study.name, run.trial))
         try:
             for run in going:
                 run.waits = len(going) > 1

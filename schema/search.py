@@ -33,7 +33,7 @@ class SearchConfig:
     confirm_seeds: list[int] | None = None
     """Seeds of the confirmation runs; null: training.seeds, else training.seed. A trial with the same seed that ran to its end is reused, tested from its kept weights."""
     storage: str | None = None
-    """Where the studies live: null, a journal file in output.dir (resumable; workers of --shard K/N on one folder share it); or a database URL (e.g. postgresql://...) for many machines."""
+    """Where the studies live: null, a journal file in output.dir (resumable; workers of --shard K/N on one folder share it), unless the environment variable BERTLAB_SEARCH_STORAGE names a database; or a database URL, `postgresql://user@host/db` for workers on many machines (docs/scaling.md; a password is better left to PGPASSWORD or ~/.pgpass), `sqlite:///file.db` on one."""
 
     def __post_init__(self):  # YAML 1.1 reads 1e-5 (no dot) as a string
         self.space = {key: {k: numeric(v) for k, v in spec.items()} if isinstance(spec, dict) else spec
@@ -45,7 +45,44 @@ class SearchConfig:
                           "seconds > 0, or null")
                 + problem(self.confirm_top_k >= 1, "search.confirm_top_k", self.confirm_top_k, "an integer >= 1")
                 + list_problem(self.confirm_seeds, "search.confirm_seeds", lambda v: True, "integers")
-                + [p for key, spec in self.space.items() for p in range_problems(f"search.space.{key}", spec)])
+                + [p for key, spec in self.space.items() for p in range_problems(f"search.space.{key}", spec)]
+                + ([] if self.storage is None else storage_problems("search.storage", self.storage)))
+
+
+STORAGE_VARIABLE = "BERTLAB_SEARCH_STORAGE"  # the database URL when search.storage is null
+DATABASES = ("postgresql", "sqlite")  # PostgreSQL for many machines (advisory locks); SQLite on one
+
+
+def storage_problems(key: str, url: str) -> list[str]:
+    import sqlalchemy
+
+    try:
+        backend = sqlalchemy.engine.make_url(url).get_backend_name()
+    except sqlalchemy.exc.ArgumentError:
+        backend = None
+    return problem(backend in DATABASES, key, shown_url(url),
+                   "a database URL such as postgresql://user@host/db or sqlite:///studies.db, or null")
+
+
+def database_url(url: str) -> str:
+    """The URL as SQLAlchemy opens it: PostgreSQL through psycopg (version 3, which the requirements install)
+    unless it names another driver."""
+    import sqlalchemy
+
+    parsed = sqlalchemy.engine.make_url(url)
+    if parsed.drivername == "postgresql":
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed.render_as_string(hide_password=False)
+
+
+def shown_url(url: str) -> str:
+    """A database URL as logs, errors and saved configs show it: its password as ***."""
+    import sqlalchemy
+
+    try:
+        return sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
+    except sqlalchemy.exc.ArgumentError:
+        return "(not a URL)" if "@" in url else url
 
 
 def range_problems(key: str, spec: dict | list) -> list[str]:

@@ -178,7 +178,9 @@ def test_the_best_third_of_all_trials_at_a_rung_go_on_whichever_round_they_ran_i
 
     # the first round: its best went on, evaluated at steps that miss the next rung
     reached({7: -0.5, 14: -0.45, 22: -0.42}, {7: -0.9}, {7: -1.0}, {7: -1.2})
-    reached({7: -0.3}, {7: -0.35}, interrupted=True)  # left by a killed worker and run again: not counted
+    reached({7: -0.3}, {7: -0.35})  # left by a killed worker and run again (below): not counted
+    reached({}, rerun_of=4)
+    reached({}, rerun_of=5)
     reached({7: -0.6}, {7: -0.7}, {7: -1.5}, {7: -1.6})  # this round, all waiting at step 7
     # two of the eight go on; Optuna's pruner, judging best first against those judged before it, stopped -0.6
     # too (it had to beat -0.5)
@@ -237,7 +239,8 @@ def test_a_trial_left_running_by_a_killed_worker_runs_again_and_counts_once(writ
 
     assert main.main(["--config", str(config), "--strategy", "bitfit"]) == 0
     trials = optuna.load_study(study_name=study.study_name, storage=journal(tmp_path)).get_trials()
-    counted = [t for t in trials if not t.user_attrs.get("interrupted")]
+    left_behind = experiment.search_workers.left_by_stopped_workers(trials)
+    counted = [t for t in trials if t.number not in left_behind]
     ended = {optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED}  # the round's worse may be pruned
     assert len(counted) == 2 and {t.state for t in counted} <= ended
     assert [(t.params, t.user_attrs["rerun_of"]) for t in counted] == [(t.params, t.number) for t in left]
@@ -245,11 +248,12 @@ def test_a_trial_left_running_by_a_killed_worker_runs_again_and_counts_once(writ
 
 
 def test_a_running_trial_of_a_live_worker_is_left_alone(tmp_path):
-    lease = tmp_path / "lease"
-    assert experiment.search_workers.alive({"host": os.uname().nodename, "pid": os.getppid()}, lease)
-    assert not experiment.search_workers.alive({"host": "elsewhere", "pid": 1}, lease)  # no lease: silent
-    lease.touch()
-    assert experiment.search_workers.alive({"host": "elsewhere", "pid": 1}, lease)
+    place = experiment.search_workers.StudyPlace(tmp_path, None)
+    assert place.alive({"host": os.uname().nodename, "pid": os.getppid()}, "study", 3)
+    assert not place.alive({"host": "elsewhere", "pid": 1}, "study", 3)  # no lease: silent
+    place.lease_path("study", 3).parent.mkdir()
+    place.lease_path("study", 3).touch()
+    assert place.alive({"host": "elsewhere", "pid": 1}, "study", 3)
 
 
 def test_two_workers_share_one_study_without_running_a_trial_twice(write_config, tmp_path):
