@@ -294,8 +294,6 @@ def _rule_problems(cfg: Config) -> list[str]:
                 m.head.pooling, "auto or cls with model.head.type: model (the model's own head pools as it was "
                 "built to); set type linear or mlp")
     require(d.task in TASKS, "data.task", d.task, ", ".join(TASKS))
-    require(d.label_columns is None or d.task in TASKS and TASKS[d.task].label_sets, "data.label_columns",
-            d.label_columns, "null unless data.task is multi_label (one 0/1 column per label)")
     if (d.name is None) == (d.path is None):
         problems.append("data: set exactly one of data.name (a Hub data set) and data.path (a local "
                         f"file or folder); got name={d.name!r}, path={d.path!r}")
@@ -350,11 +348,7 @@ def _rule_problems(cfg: Config) -> list[str]:
     require(not (d.augment.enabled and d.text_pair_column), "data.augment.enabled", d.augment.enabled,
             "false with data.text_pair_column (augmentation perturbs single texts)")
     if d.task in TASKS:
-        require(t.calibration == "none" or TASKS[d.task].calibrates, "training.calibration", t.calibration,
-                f"none with data.task: {d.task} (a temperature calibrates the probabilities of classification and multi_label)")
-        require(t.decision_threshold == "tuned" or TASKS[d.task].label_sets, "training.decision_threshold",
-                t.decision_threshold, f"tuned with data.task: {d.task} (a threshold decides the labels of multi_label)")
-        problems += TASKS[d.task].config_problems(cfg)
+        problems += TASKS[d.task].problems(cfg)
         choices = TASKS[d.task].selection_metrics()
         require(t.early_stopping.metric in (None, *choices), "training.early_stopping.metric", t.early_stopping.metric,
                 f"{', '.join(choices)} (validation metrics of {d.task}), or null")

@@ -352,7 +352,7 @@ def augment_texts(texts: list[str], labels: list[int], cfg: AugmentConfig, seed:
     if not augmented:
         logger.warning("data.augment: no class has fewer training rows than the mean per class, so minority_only "
                        "adds nothing; set data.augment.minority_only: false to augment every class")
-    vocabulary = {label: sorted({w for ws, l in zip(words, labels) if l == label for w in ws}) for label in augmented}
+    vocabulary = {label: sorted({w for ws, its in zip(words, labels) if its == label for w in ws}) for label in augmented}
     added_texts, added_labels = [], []
     for ws, label in zip(words, labels):
         if label not in augmented:

@@ -4,12 +4,13 @@ checkpoints that resume exactly."""
 
 from __future__ import annotations
 
+import enum
 import logging
 import math
 import signal
 import threading
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -43,8 +44,8 @@ class TrainingFailed(Exception):
 
 
 class RunPruned(Exception):
-    """Raised by an evaluation's callback to end a search trial that falls behind; `train` adds the evaluations
-    so far."""
+    """Raised by `train` when an evaluation's callback judged the run behind (a search trial): it holds the
+    evaluations so far."""
 
     def __init__(self):
         super().__init__()
@@ -156,187 +157,283 @@ def make_optimizer(model: torch.nn.Module, learning_rate: float, weight_decay: f
                               for rate, matrix in keys], lr=learning_rate, fused=True)
 
 
-def train(model: torch.nn.Module, encoded: Encoded, cfg: Config, learning_rate: float, run_dir: Path,
-          accelerator: Accelerator, run_key: dict, resume: bool = False,
-          on_evaluation: Callable[[list[dict]], bool] | None = None, rates: dict[str, float] | None = None,
-          before_epoch: Callable[[int], None] | None = None) -> dict:
+class Decision(enum.Enum):
+    """What an evaluation's callback (a search judging its trial) tells the loop."""
+
+    GO_ON = "go on"
+    PAUSE = "pause"  # checkpoint, then RunPaused; resuming hands that evaluation to the callback again
+    PRUNE = "prune"  # end the run: RunPruned, with the evaluations so far
+
+
+@dataclass
+class TrainJob:
+    """What one training run needs, resolved before it starts."""
+
+    cfg: Config
+    learning_rate: float
+    run_dir: Path  # where its checkpoints go
+    run_key: dict  # what a checkpoint must match to be resumed
+    resume: bool = False
+    rates: dict[str, float] | None = None  # a parameter's own rate, by name (default: learning_rate)
+    before_epoch: Callable[[int], None] | None = None  # a strategy that changes what trains from epoch to epoch
+    on_evaluation: Callable[[list[dict]], Decision] | None = None  # sees the history after each evaluation
+
+
+@dataclass
+class TrainResult:
+    """What every way of training returns (the loop, a probe's fit, SetFit's): the record's part on training."""
+
+    history: list[dict]
+    best_epoch: float | None
+    best_step: int | None
+    best_metric: float | None
+    stop_reason: str | None
+    optimizer_steps: int
+    train_time_s: float
+    train_samples_per_s: float
+    validation_time_s: float = 0.0
+    checkpoint_time_s: float = 0.0
+    extra: dict = field(default_factory=dict)  # what a way of training adds: a probe's C, SetFit's body time
+
+    def as_record(self) -> dict:
+        fields = {key: value for key, value in asdict(self).items() if key != "extra"}
+        return {**fields, **self.extra}
+
+
+def train(model: torch.nn.Module, encoded: Encoded, job: TrainJob, accelerator: Accelerator) -> TrainResult:
     """Train with validation after each epoch, and every `training.eval_every_steps` optimizer steps when set
-    (after each evaluation the history so far also goes to `on_evaluation`, which may raise RunPruned to end the
-    run, or return True to pause it: RunPaused, after a checkpoint), each parameter at its
-    rate in `rates` (default: `learning_rate`), calling `before_epoch(epoch)` first when a strategy changes
-    what trains from epoch to epoch; return the history and leave the best weights in `model`."""
-    t, task = cfg.training, TASKS[cfg.data.task]
-    loss_of = task.training_loss(t, encoded.labels["train"], encoded.label_names)  # validation uses task.loss
-    epoch_examples = len(epoch_rows(encoded.labels["train"], t.sampler, t.seed, 0))  # the same in every epoch
-    num_batches = math.ceil(epoch_examples / t.batch_size)
-    total_steps = math.ceil(num_batches / t.gradient_accumulation_steps) * t.num_epochs
-    trained = {name for name, param in model.named_parameters() if param.requires_grad}  # what checkpoints hold
-    optimizer = make_optimizer(model, learning_rate, t.weight_decay, rates)
-    # parameters that freeze and thaw between epochs give no gradient while frozen, which data parallelism must
-    # be told of (a graph traversal per step, so only then)
-    accelerator.ddp_handler.find_unused_parameters = before_epoch is not None
-    model, optimizer = accelerator.prepare(model, optimizer)
-    if t.compile:
-        compile_layers(accelerator.unwrap_model(model))
-    scheduler = get_linear_schedule_with_warmup(optimizer, round(t.warmup_ratio * total_steps), total_steps)
-    state, best_weights = TrainState(), None
-    if resume and (run_dir / RESUME_STATE).exists():
-        saved_state, best_weights = load_checkpoint(run_dir, model, optimizer, scheduler, accelerator, run_key)
-        state = TrainState(**saved_state)
-        logger.info("resumed from %s: %d epochs and %d batches done (step %d)", run_dir / RESUME_STATE, state.epoch,
-                    state.batches_done, state.step)
+    (after each evaluation `job.on_evaluation` judges the history so far: go on, pause or prune), each parameter
+    at its rate; leave the best weights in `model`."""
+    return Loop(model, encoded, job, accelerator).run()
 
-    def hand_over() -> None:
-        """The history to `on_evaluation`, which may prune the run (given its evaluations here) or pause it."""
-        try:
-            state.paused = bool(on_evaluation(state.history))
-        except RunPruned as pruned:
-            pruned.history = list(state.history)
-            raise
 
-    if state.paused:  # the evaluation it paused at is judged now (a run resumed without a judge goes on)
-        state.paused = False
-        if on_evaluation:
-            hand_over()
-        if state.paused:
-            raise RunPaused
+class Loop:
+    """One run of the loop: its model, optimizer and schedule prepared, its state (resumed from a checkpoint or
+    new), and the time spent beside training."""
 
-    spent = {"validation_time_s": 0.0, "checkpoint_time_s": 0.0}  # where the time beside training goes
+    def __init__(self, model: torch.nn.Module, encoded: Encoded, job: TrainJob, accelerator: Accelerator):
+        self.job, self.encoded, self.accelerator = job, encoded, accelerator
+        self.t, self.task = job.cfg.training, TASKS[job.cfg.data.task]
+        t = self.t
+        self.loss_of = self.task.training_loss(t, encoded.labels["train"], encoded.label_names)  # validation: task.loss
+        self.epoch_examples = len(epoch_rows(encoded.labels["train"], t.sampler, t.seed, 0))  # the same every epoch
+        num_batches = math.ceil(self.epoch_examples / t.batch_size)
+        total_steps = math.ceil(num_batches / t.gradient_accumulation_steps) * t.num_epochs
+        self.trained = {name for name, param in model.named_parameters() if param.requires_grad}  # checkpoints' part
+        optimizer = make_optimizer(model, job.learning_rate, t.weight_decay, job.rates)
+        # parameters that freeze and thaw between epochs give no gradient while frozen, which data parallelism
+        # must be told of (a graph traversal per step, so only then)
+        accelerator.ddp_handler.find_unused_parameters = job.before_epoch is not None
+        self.model, self.optimizer = accelerator.prepare(model, optimizer)
+        if t.compile:
+            compile_layers(accelerator.unwrap_model(self.model))
+        self.scheduler = get_linear_schedule_with_warmup(self.optimizer, round(t.warmup_ratio * total_steps),
+                                                         total_steps)
+        self.state, self.best_weights = TrainState(), None
+        self.spent = {"validation_time_s": 0.0, "checkpoint_time_s": 0.0}  # where the time beside training goes
+        if job.resume and (job.run_dir / RESUME_STATE).exists():
+            saved_state, self.best_weights = load_checkpoint(job.run_dir, self.model, self.optimizer, self.scheduler,
+                                                             accelerator, job.run_key)
+            self.state = TrainState(**saved_state)
+            logger.info("resumed from %s: %d epochs and %d batches done (step %d)", job.run_dir / RESUME_STATE,
+                        self.state.epoch, self.state.batches_done, self.state.step)
 
-    def run_rate() -> float:
-        """The run's rate under the schedule now (parts with rates of their own move in proportion)."""
-        return learning_rate * scheduler.get_last_lr()[0] / optimizer.param_groups[0]["initial_lr"]
-
-    def checkpoint():
-        with stopwatch(spent, "checkpoint_time_s"):
-            save_checkpoint(run_dir, model, optimizer, scheduler, accelerator, asdict(state), run_key, trained)
-
-    def validate(epoch: float, train_loss: float, seconds: float) -> bool:
-        """Score validation after `seconds` more training, log it, keep the best weights; True: stop training."""
-        nonlocal best_weights
-        with stopwatch(spent, "validation_time_s"):
-            # a label set's thresholds tuned on it: at a fixed 0.5, a model that still gives every label less
-            # scores 0 for epochs, and early stopping ends it before it learns
-            val = evaluate(model, encoded, "validation", t, accelerator, task, fit_decision=True)
-        scores = {f"val_{name}": val[name] for name in ["loss"] + [m.name for m in task.metrics]}
-        state.history.append({"epoch": epoch, "step": state.step, "train_loss": train_loss, **scores,
-                              "lr": run_rate(), "seconds": seconds})
-        shown = ["val_loss", *(f"val_{m.name}" for m in task.summary_metrics()), t.early_stopping.metric]
-        logger.info("epoch %g/%d | train_loss %.4f | %s | lr %.2e | %.1fs", epoch, t.num_epochs, train_loss,
-                    " | ".join(f"{key} {scores[key]:.4f}" for key in dict.fromkeys(shown)), run_rate(), seconds)
-        with stopwatch(spent, "checkpoint_time_s"):
-            if update_early_stopping(state, t, task):
-                best_weights = trainable_weights(model, accelerator, trained)
-                save_weights(run_dir / BEST_WEIGHTS, best_weights, run_key, state.best_epoch)
-        if on_evaluation:  # after the best is kept: it may end the run (a pruned search trial)
-            hand_over()
-        return state.stop_reason is not None
-
-    epochs_left = range(state.epoch, t.num_epochs) if state.stop_reason is None else range(0)
-    with StopRequest() as stop:
-        for epoch in epochs_left:
-            if before_epoch:
-                before_epoch(epoch)
-            train_loss, seconds, stopped = train_epoch(model, optimizer, scheduler, accelerator, encoded, t, task,
-                                                       loss_of, epoch, state, checkpoint, stop, validate)
-            state.epoch, state.batches_done, state.epoch_loss, state.epoch_seconds = epoch + 1, 0, 0.0, 0.0
-            state.epoch_seconds_logged = 0.0
-            if not stopped:
-                validate(epoch + 1, train_loss, seconds)
-            if cfg.output.keep_checkpoints == "all":
-                with stopwatch(spent, "checkpoint_time_s"):
-                    save_weights(run_dir / epoch_weights(state.epoch), trainable_weights(model, accelerator, trained),
-                                 run_key, state.epoch)
-            if state.stop_reason is None and state.epoch == t.num_epochs:
-                state.stop_reason = f"completed all {t.num_epochs} epochs"
-            checkpoint()
-            if state.stop_reason:
-                break
+    def run(self) -> TrainResult:
+        state, t = self.state, self.t
+        if state.paused:  # the evaluation it paused at is judged now (a run resumed without a judge goes on)
+            state.paused = False
+            self.judge()
             if state.paused:
                 raise RunPaused
-            if in_any_process(stop.requested, accelerator):
-                raise KeyboardInterrupt
+        epochs_left = range(state.epoch, t.num_epochs) if state.stop_reason is None else range(0)
+        with StopRequest() as stop:
+            for epoch in epochs_left:
+                if self.job.before_epoch:
+                    self.job.before_epoch(epoch)
+                train_loss, seconds, stopped = self.train_epoch(epoch, stop)
+                state.epoch, state.batches_done, state.epoch_loss, state.epoch_seconds = epoch + 1, 0, 0.0, 0.0
+                state.epoch_seconds_logged = 0.0
+                if not stopped:
+                    self.validate(epoch + 1, train_loss, seconds)
+                if self.job.cfg.output.keep_checkpoints == "all":
+                    with stopwatch(self.spent, "checkpoint_time_s"):
+                        save_weights(self.job.run_dir / epoch_weights(state.epoch), self.weights(), self.job.run_key,
+                                     state.epoch)
+                if state.stop_reason is None and state.epoch == t.num_epochs:
+                    state.stop_reason = f"completed all {t.num_epochs} epochs"
+                self.checkpoint()
+                if state.stop_reason:
+                    break
+                if state.paused:
+                    raise RunPaused
+                if in_any_process(stop.requested, self.accelerator):
+                    raise KeyboardInterrupt
+        self.accelerator.unwrap_model(self.model).load_state_dict(self.best_weights, strict=False)
+        return self.result()
 
-    accelerator.unwrap_model(model).load_state_dict(best_weights, strict=False)
-    train_seconds = sum(h["seconds"] for h in state.history)
-    epochs_trained = state.history[-1]["epoch"] if state.history else 0
-    return {"history": state.history, "best_epoch": state.best_epoch, "best_step": state.best_step,
-            "best_metric": state.best_metric, "stop_reason": state.stop_reason, "optimizer_steps": state.step,
-            "train_time_s": round(train_seconds, 2),
-            "train_samples_per_s": round(epoch_examples * epochs_trained / train_seconds, 2),
-            **{key: round(seconds, 2) for key, seconds in spent.items()}}
+    def result(self) -> TrainResult:
+        state = self.state
+        train_seconds = sum(h["seconds"] for h in state.history)
+        epochs_trained = state.history[-1]["epoch"] if state.history else 0
+        return TrainResult(state.history, state.best_epoch, state.best_step, state.best_metric, state.stop_reason,
+                           state.step, round(train_seconds, 2),
+                           round(self.epoch_examples * epochs_trained / train_seconds, 2),
+                           **{key: round(seconds, 2) for key, seconds in self.spent.items()})
 
+    def weights(self) -> dict:
+        return trainable_weights(self.model, self.accelerator, self.trained)
 
-def train_epoch(model, optimizer, scheduler, accelerator: Accelerator, encoded: Encoded, t: TrainingConfig, task: Task,
-                loss_of: Callable, epoch: int, state: TrainState, checkpoint, stop: StopRequest,
-                validate: Callable[[float, float, float], bool]) -> tuple[float, float, bool]:
-    """One pass over the training split (from where a mid-epoch checkpoint left it), validating every
-    `t.eval_every_steps` optimizer steps when set; returns the mean loss per example, the training seconds
-    since the last evaluation, and whether an evaluation ended training. Under several processes each batch
-    is shared out among them, so the optimizer sees the gradients of the whole batch, as on one."""
-    ids, labels = encoded.ids["train"], encoded.labels["train"]
-    rows = epoch_rows(labels, t.sampler, t.seed, epoch)
-    batches = train_batches([len(x) for x in ids], t.batch_size, t.seed, epoch, rows)
-    accum, processes = t.gradient_accumulation_steps, accelerator.num_processes
-    model.train()
-    # summed on the device: no host sync per step; a checkpoint holds the sum over processes
-    loss_total = torch.tensor(state.epoch_loss if accelerator.is_main_process else 0.0, device=accelerator.device)
-    # the first batch whose loss is not finite, also tracked on the device and read every CHECK_FINITE_EVERY batches
-    first_nonfinite = torch.tensor(-1, device=accelerator.device)
-    start = time.perf_counter() - state.epoch_seconds
-    progress = tqdm(range(state.batches_done, len(batches)), initial=state.batches_done, total=len(batches),
-                    desc=f"epoch {epoch + 1}", leave=False, mininterval=1, disable=not accelerator.is_main_process or None)
-    for i in progress:
+    def judge(self) -> None:
+        """The history to the job's callback: the run goes on, pauses at its next checkpoint or ends pruned."""
+        if self.job.on_evaluation is None:
+            return
+        decision = self.job.on_evaluation(self.state.history)
+        if decision is Decision.PRUNE:
+            pruned = RunPruned()
+            pruned.history = list(self.state.history)
+            raise pruned
+        self.state.paused = decision is Decision.PAUSE
+
+    def rate(self) -> float:
+        """The run's rate under the schedule now (parts with rates of their own move in proportion)."""
+        return (self.job.learning_rate * self.scheduler.get_last_lr()[0]
+                / self.optimizer.param_groups[0]["initial_lr"])
+
+    def checkpoint(self) -> None:
+        with stopwatch(self.spent, "checkpoint_time_s"):
+            save_checkpoint(self.job.run_dir, self.model, self.optimizer, self.scheduler, self.accelerator,
+                            asdict(self.state), self.job.run_key, self.trained)
+
+    def validate(self, epoch: float, train_loss: float, seconds: float) -> bool:
+        """Score validation after `seconds` more training, log it, keep the best weights, let the job judge;
+        True: stop training."""
+        state, t, task = self.state, self.t, self.task
+        with stopwatch(self.spent, "validation_time_s"):
+            # a label set's thresholds tuned on it: at a fixed 0.5, a model that still gives every label less
+            # scores 0 for epochs, and early stopping ends it before it learns
+            val = evaluate(self.model, self.encoded, "validation", t, self.accelerator, task, fit_decision=True)
+        scores = {f"val_{name}": val[name] for name in ["loss"] + [m.name for m in task.metrics]}
+        state.history.append({"epoch": epoch, "step": state.step, "train_loss": train_loss, **scores,
+                              "lr": self.rate(), "seconds": seconds})
+        shown = ["val_loss", *(f"val_{m.name}" for m in task.summary_metrics()), t.early_stopping.metric]
+        logger.info("epoch %g/%d | train_loss %.4f | %s | lr %.2e | %.1fs", epoch, t.num_epochs, train_loss,
+                    " | ".join(f"{key} {scores[key]:.4f}" for key in dict.fromkeys(shown)), self.rate(), seconds)
+        with stopwatch(self.spent, "checkpoint_time_s"):
+            if update_early_stopping(state, t, task):
+                self.best_weights = self.weights()
+                save_weights(self.job.run_dir / BEST_WEIGHTS, self.best_weights, self.job.run_key, state.best_epoch)
+        self.judge()  # after the best is kept: it may end the run (a pruned search trial)
+        return state.stop_reason is not None
+
+    def train_epoch(self, epoch: int, stop: StopRequest) -> tuple[float, float, bool]:
+        """One pass over the training split (from where a mid-epoch checkpoint left it), validating every
+        `eval_every_steps` optimizer steps when set; returns the mean loss per example, the training seconds
+        since the last evaluation, and whether an evaluation ended training."""
+        state, t, accelerator = self.state, self.t, self.accelerator
+        rows = epoch_rows(self.encoded.labels["train"], t.sampler, t.seed, epoch)
+        batches = train_batches([len(x) for x in self.encoded.ids["train"]], t.batch_size, t.seed, epoch, rows)
+        self.model.train()
+        # summed on the device: no host sync per step; a checkpoint holds the sum over processes
+        pass_ = EpochPass(epoch, batches, accelerator, state, time.perf_counter() - state.epoch_seconds)
+        progress = tqdm(range(state.batches_done, len(batches)), initial=state.batches_done, total=len(batches),
+                        desc=f"epoch {epoch + 1}", leave=False, mininterval=1,
+                        disable=not accelerator.is_main_process or None)
+        for i in progress:
+            if not self.train_batch(pass_, i):
+                continue
+            state.step += 1
+            if t.eval_every_steps and state.step % t.eval_every_steps == 0 and i + 1 < len(batches):
+                with pass_.paused_clock():
+                    elapsed = pass_.elapsed()
+                    train_loss = pass_.loss_sum() / sum(len(b) for b in batches[:i + 1])
+                    stopped = self.validate(round(epoch + (i + 1) / len(batches), 3), train_loss,
+                                            elapsed - state.epoch_seconds_logged)
+                    state.epoch_seconds_logged = elapsed
+                self.model.train()  # evaluation left it in eval mode
+                if stopped:
+                    return train_loss, 0.0, True
+            self.checkpoint_mid_epoch(pass_, i, stop)
+        return pass_.loss_sum() / len(rows), pass_.elapsed() - state.epoch_seconds_logged, False
+
+    def train_batch(self, pass_: EpochPass, i: int) -> bool:
+        """Forward and backward one batch (this process's share of it); at the last batch of an accumulation
+        window, the optimizer's step. True when it stepped. Under several processes the optimizer sees the
+        gradients of the whole batch, as on one."""
+        accelerator, batches, accum = self.accelerator, pass_.batches, self.t.gradient_accumulation_steps
         window_start = i - i % accum
         # Each window's loss is the mean over its examples, so 2 x 4 accumulates exactly what 8 does.
         window_examples = sum(len(b) for b in batches[window_start:window_start + accum])
         last_of_window = (i + 1) % accum == 0 or i + 1 == len(batches)
-        share, weight = process_share(batches[i], accelerator.process_index, processes)
-        batch = device_batch(encoded, "train", share, accelerator, task)
+        share, weight = process_share(batches[i], accelerator.process_index, accelerator.num_processes)
+        batch = device_batch(self.encoded, "train", share, accelerator, self.task)
         # gradients are exchanged once per window, at its last batch
-        with nullcontext() if last_of_window else accelerator.no_sync(model):
-            loss = weight * loss_of(model(**model_inputs(batch)), batch["labels"])
+        with nullcontext() if last_of_window else accelerator.no_sync(self.model):
+            loss = weight * self.loss_of(self.model(**model_inputs(batch)), batch["labels"])
             # data parallelism averages the processes' gradients; their sum is the batch's
-            accelerator.backward(loss * processes / window_examples)
-        loss_total += loss.detach()
-        first_nonfinite = torch.where((first_nonfinite < 0) & ~torch.isfinite(loss.detach()), i, first_nonfinite)
+            accelerator.backward(loss * accelerator.num_processes / window_examples)
+        pass_.add(loss.detach(), i)
         if (i + 1) % CHECK_FINITE_EVERY == 0 or i + 1 == len(batches):
-            _fail_if_nonfinite(first_in_any_process(first_nonfinite, accelerator), epoch, len(batches), accum)
-        if last_of_window:
-            if t.max_grad_norm is not None:
-                accelerator.clip_grad_norm_(model.parameters(), t.max_grad_norm)  # unscales fp16 grads first
-            optimizer.step()
-            if not accelerator.optimizer_step_was_skipped:
-                scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            state.step += 1
-            if t.eval_every_steps and state.step % t.eval_every_steps == 0 and i + 1 < len(batches):
-                paused = time.perf_counter()
-                elapsed = paused - start
-                train_loss = accelerator.reduce(loss_total, "sum").item() / sum(len(b) for b in batches[:i + 1])
-                stopped = validate(round(epoch + (i + 1) / len(batches), 3), train_loss,
-                                   elapsed - state.epoch_seconds_logged)
-                state.epoch_seconds_logged = elapsed
-                start += time.perf_counter() - paused  # the epoch's seconds count training only
-                model.train()  # evaluation left it in eval mode
-                if stopped:
-                    return train_loss, 0.0, True
-            every = t.checkpoint_every_steps
-            stopping = in_any_process(stop.requested, accelerator) or state.paused
-            if i + 1 < len(batches) and (stopping or (every and state.step % every == 0)):
-                # never checkpoint a NaN
-                _fail_if_nonfinite(first_in_any_process(first_nonfinite, accelerator), epoch, len(batches), accum)
-                state.batches_done, state.epoch_loss = i + 1, accelerator.reduce(loss_total, "sum").item()
-                paused = time.perf_counter()
-                state.epoch_seconds = paused - start
-                checkpoint()
-                start += time.perf_counter() - paused  # the epoch's seconds count training only
-                if state.paused:
-                    raise RunPaused
-                if stopping:
-                    raise KeyboardInterrupt
-    elapsed = time.perf_counter() - start
-    return accelerator.reduce(loss_total, "sum").item() / len(rows), elapsed - state.epoch_seconds_logged, False
+            pass_.fail_if_nonfinite(accum)
+        if not last_of_window:
+            return False
+        if self.t.max_grad_norm is not None:
+            accelerator.clip_grad_norm_(self.model.parameters(), self.t.max_grad_norm)  # unscales fp16 grads first
+        self.optimizer.step()
+        if not accelerator.optimizer_step_was_skipped:
+            self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return True
+
+    def checkpoint_mid_epoch(self, pass_: EpochPass, i: int, stop: StopRequest) -> None:
+        """After an optimizer step inside the epoch: a checkpoint every `checkpoint_every_steps`, or before
+        stopping (Ctrl-C) or pausing."""
+        state, every = self.state, self.t.checkpoint_every_steps
+        stopping = in_any_process(stop.requested, self.accelerator) or state.paused
+        if i + 1 >= len(pass_.batches) or not (stopping or (every and state.step % every == 0)):
+            return
+        pass_.fail_if_nonfinite(self.t.gradient_accumulation_steps)  # never checkpoint a NaN
+        state.batches_done, state.epoch_loss = i + 1, pass_.loss_sum()
+        with pass_.paused_clock():
+            state.epoch_seconds = pass_.elapsed()
+            self.checkpoint()
+        if state.paused:
+            raise RunPaused
+        if stopping:
+            raise KeyboardInterrupt
+
+
+class EpochPass:
+    """An epoch's running sums, kept on the device (no host sync per step): its loss (a checkpoint holds the
+    sum over processes), the first batch whose loss was not finite (read every CHECK_FINITE_EVERY batches), and
+    its training seconds (evaluations and checkpoints inside it do not count)."""
+
+    def __init__(self, epoch: int, batches: list[list[int]], accelerator: Accelerator, state: TrainState,
+                 start: float):
+        self.epoch, self.batches, self.accelerator, self.start = epoch, batches, accelerator, start
+        self.loss_total = torch.tensor(state.epoch_loss if accelerator.is_main_process else 0.0,
+                                       device=accelerator.device)
+        self.first_nonfinite = torch.tensor(-1, device=accelerator.device)
+
+    def add(self, loss: torch.Tensor, i: int) -> None:
+        self.loss_total += loss
+        self.first_nonfinite = torch.where((self.first_nonfinite < 0) & ~torch.isfinite(loss), i,
+                                           self.first_nonfinite)
+
+    def loss_sum(self) -> float:
+        return self.accelerator.reduce(self.loss_total, "sum").item()
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+    @contextmanager
+    def paused_clock(self):
+        paused = time.perf_counter()
+        yield
+        self.start += time.perf_counter() - paused  # the epoch's seconds count training only
+
+    def fail_if_nonfinite(self, accum: int) -> None:
+        _fail_if_nonfinite(first_in_any_process(self.first_nonfinite, self.accelerator), self.epoch,
+                           len(self.batches), accum)
 
 
 def process_share(batch: list[int], process: int, processes: int) -> tuple[list[int], float]:

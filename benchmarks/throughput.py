@@ -37,7 +37,7 @@ from strategies import STRATEGIES  # noqa: E402
 from config import load_config, strategy_settings  # noqa: E402
 from records.measure import PeakMemory, library_versions  # noqa: E402
 from tasks import TASKS  # noqa: E402
-from trainer import eval_batch_tokens, evaluate, make_accelerator, train  # noqa: E402
+from trainer import TrainJob, eval_batch_tokens, evaluate, make_accelerator, train  # noqa: E402
 from utils import atomic_write_json, set_seed  # noqa: E402
 
 BANKING77 = ROOT.parent / "shared" / "datasets" / "banking77"
@@ -58,13 +58,14 @@ def ours(cfg, data, encoded, strategy: str, workdir: Path) -> dict:
     memory = PeakMemory(DEVICE)
     model = build_model(cfg, strategy, data.label_names)
     accelerator = make_accelerator(cfg.training.fp16)
-    result = train(model, encoded, cfg, strategy_settings(cfg, strategy)["learning_rate"], workdir / f"ours-{strategy}",
-                   accelerator, {"strategy": strategy})
+    job = TrainJob(cfg, strategy_settings(cfg, strategy)["learning_rate"], workdir / f"ours-{strategy}",
+                   {"strategy": strategy})
+    result = train(model, encoded, job, accelerator)
     peak_mb = memory.stop()[0]  # training's peak, as for the Trainer
     start = time.perf_counter()
     val = evaluate(model, encoded, "validation", cfg.training, accelerator, TASKS[cfg.data.task])
     eval_seconds = time.perf_counter() - start
-    return {"train_samples_per_s": result["train_samples_per_s"],
+    return {"train_samples_per_s": result.train_samples_per_s,
             "eval_samples_per_s": len(encoded.labels["validation"]) / eval_seconds, "val_accuracy": val["accuracy"],
             "peak_memory_mb": peak_mb}
 

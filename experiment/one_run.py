@@ -29,7 +29,8 @@ from reporting.verdict import best_of
 from strategies import STRATEGIES
 from tasks import TASKS
 from experiment.trackers import run_trackers
-from trainer import RunPaused, RunPruned, device_batch, evaluate, model_inputs, train
+from trainer import (Decision, RunPaused, RunPruned, TrainJob, TrainResult, device_batch, evaluate, model_inputs,
+                     train)
 from utils import ConfigError, atomic_write_bytes, atomic_write_json, set_seed
 
 logger = logging.getLogger("bertlab")
@@ -164,17 +165,18 @@ def fit_and_test(run: Run, cfg: Config, data: LabelledData, encoded: Encoded, ac
     step = step_costs(model, trained, inputs, encoded, task, accelerator)
     before_epoch = strategy.before_epoch and (lambda epoch: strategy.before_epoch(model, settings, epoch))
     with run_trackers(cfg.output.trackers, run_dir.name, Path(cfg.output.dir) / "trackers", logged) as trackers:
-        def evaluated(history: list[dict]) -> bool:
+        def evaluated(history: list[dict]) -> Decision:
             trackers.log(history[-1], step=history[-1]["step"])
-            return bool(on_evaluation and on_evaluation(history))
+            return on_evaluation(history) if on_evaluation else Decision.GO_ON
 
-        result = (fit or train)(trained, inputs, cfg, settings["learning_rate"], run_dir, accelerator, run_key, resume,
-                                on_evaluation=evaluated, rates={name: rate for name, (_, rate) in parts.items()},
-                                before_epoch=before_epoch)
+        job = TrainJob(cfg, settings["learning_rate"], run_dir, run_key, resume,
+                       rates={name: rate for name, (_, rate) in parts.items()}, before_epoch=before_epoch,
+                       on_evaluation=evaluated)
+        result = (fit or train)(trained, inputs, job, accelerator)
         if features and features["cached"]:  # the time to compute them is part of this run's training time
-            result["train_time_s"] = round(result["train_time_s"] + features["seconds"], 2)
+            result.train_time_s = round(result.train_time_s + features["seconds"], 2)
         costs = run_costs(step, result, cfg, strategy, settings, encoded, features)
-        fitted = {**counts, **result, "costs": costs,
+        fitted = {**counts, **result.as_record(), "costs": costs,
                   "parameter_groups": parameter_groups(parts, model), "init_from": init,
                   "features": features, "export_refused": export_refused(strategy, run.head),
                   "unfreezing": strategy.schedule(model, settings)}
@@ -183,19 +185,18 @@ def fit_and_test(run: Run, cfg: Config, data: LabelledData, encoded: Encoded, ac
         uncalibrated, validation = None, None
         if cfg.training.calibration == "temperature":
             fitted["calibration"], uncalibrated, validation = calibrate(trained, inputs, cfg, accelerator, task, run_dir)
-        if task.label_sets:  # each label's threshold, chosen on validation (on its calibrated probabilities)
-            validation = validation or evaluate(trained, inputs, "validation", cfg.training, accelerator, task)
-            decision = fitted["decision"] = decision_of(task, validation, cfg, data.label_names)
-            logger.info("%s: label thresholds %s; validation %s %.4f at 0.5, %.4f at them", run_dir.name,
-                        ", ".join(f"{k} {v:.3f}" for k, v in decision["thresholds"].items()),
-                        task.metric(task.main_metric).label, *decision["validation"][task.main_metric])
-        task = task.decided(fitted.get("decision"))
-        # whether the kept weights answer the input at all: a collapse is diagnosed, not read as a verdict
         validation = validation or evaluate(trained, inputs, "validation", cfg.training, accelerator, task)
+        # the task's decision rule fitted on validation (on its calibrated probabilities): label sets' thresholds
+        decision = decision_of(task, validation, cfg, data.label_names)
+        if decision is not None:
+            fitted["decision"] = decision
+            logger.info("%s: %s", run_dir.name, task.describe_decision(decision))
+        task = task.decided(decision)
+        # whether the kept weights answer the input at all: a collapse is diagnosed, not read as a verdict
         fitted["validation_outputs"] = task.output_check(validation["truth"], validation["values"], data.label_names)
         test = evaluate(trained, inputs, "test", cfg.training, accelerator, task)
         trackers.log({f"test_{name}": test[name] for name in ["loss"] + [m.name for m in task.metrics]},
-                     step=result["best_step"])
+                     step=result.best_step)
     if uncalibrated is not None:  # under the decision that validation gave before the temperature
         before = TASKS[cfg.data.task].decided(uncalibrated["decision"])
         fitted["test_uncalibrated"] = {"loss": uncalibrated["loss"], **before.test_report(
@@ -207,7 +208,7 @@ def fit_and_test(run: Run, cfg: Config, data: LabelledData, encoded: Encoded, ac
             "test_predictions": test["predictions"].tolist(), "test_labels": list(test["truth"])}
 
 
-def run_costs(step: dict, result: dict, cfg: Config, strategy, settings: dict, encoded: Encoded,
+def run_costs(step: dict, result: TrainResult, cfg: Config, strategy, settings: dict, encoded: Encoded,
               features: dict | None) -> dict:
     """The run's counted costs (experiment.costs): the examples its training went through, whether by the loop
     (epochs run times an epoch's examples), a strategy's own fit (as often as it encodes each text) or a head
@@ -218,7 +219,7 @@ def run_costs(step: dict, result: dict, cfg: Config, strategy, settings: dict, e
         examples = 0 if cached else strategy.passes(settings, cfg.training.num_epochs) * train
     else:
         t = cfg.training
-        examples = result["history"][-1]["epoch"] * len(epoch_rows(encoded.labels["train"], t.sampler, t.seed, 0))
+        examples = result.history[-1]["epoch"] * len(epoch_rows(encoded.labels["train"], t.sampler, t.seed, 0))
     return total_costs(step, cfg.training.batch_size, examples, train if cached else 0)
 
 

@@ -28,7 +28,7 @@ from schema.search import describe_range, outside_range
 from strategies import STRATEGIES
 from records.shared import SEARCH_FOLDER
 from tasks import TASKS
-from trainer import RunPaused, RunPruned
+from trainer import Decision, RunPaused
 from utils import ConfigError, stable_hash
 
 logger = logging.getLogger("bertlab")
@@ -260,9 +260,9 @@ class TrialRun:
     def number(self) -> int:  # among the counted trials, as the log numbers them
         return self.trial.user_attrs["position"]
 
-    def on_evaluation(self, history: list[dict]) -> bool:
+    def on_evaluation(self, history: list[dict]) -> Decision:
         """Report the evaluations not yet reported; at the first evaluation past a rung it has not been judged at,
-        pause (True) until the rest of its round is there, then judge it there (RunPruned); at any other, let
+        pause until the rest of its round is there, then judge it there (go on, or prune); at any other, let
         Optuna's pruner judge it (the median pruner: successive halving judges at rungs only)."""
         self.study.report(self.trial, history, self.reported)
         step = history[-1]["step"]
@@ -270,13 +270,11 @@ class TrialRun:
         if passed > self.rungs_judged:
             if self.waits and step != self.waiting_at:
                 self.waiting_at, self.score = step, self.study.rung_score(history)
-                return True
+                return Decision.PAUSE
             self.rungs_judged = passed
-            if not (self.kept if step == self.waiting_at else self.goes_on(self.study.rung_score(history), step)):
-                raise RunPruned
-        elif self.trial.should_prune():
-            raise RunPruned
-        return False
+            kept = self.kept if step == self.waiting_at else self.goes_on(self.study.rung_score(history), step)
+            return Decision.GO_ON if kept else Decision.PRUNE
+        return Decision.PRUNE if self.trial.should_prune() else Decision.GO_ON
 
     def goes_on(self, score: float, step: int) -> bool:
         """Whether its score at the last rung `step` passed keeps it going (kept_at_rung)."""

@@ -153,17 +153,17 @@ def over_confidence(record: dict) -> dict | None:
         mean_confidence=confidence, accuracy=test["accuracy"], ece=test["ece"], log_loss=test["log_loss"])
 
 
-# Each diagnostic with the tasks it applies to (None: every task); the class-based ones read class scores.
-CLASSES = ("classification",)
-DIAGNOSTICS: dict[str, tuple[Callable[[dict], dict | None], tuple[str, ...] | None]] = {
-    "over_fitting": (over_fitting, None), "instability": (instability, None), "under_fitting": (under_fitting, CLASSES),
-    "imbalance": (imbalance, CLASSES), "collapse": (collapse, CLASSES + ("multi_label",)), "over_confidence": (over_confidence, CLASSES),
+# Each diagnostic, and whether only the tasks that name it run it (Task.diagnostics): those read class scores.
+DIAGNOSTICS: dict[str, tuple[Callable[[dict], dict | None], bool]] = {
+    "over_fitting": (over_fitting, False), "instability": (instability, False),
+    "under_fitting": (under_fitting, True), "imbalance": (imbalance, True), "collapse": (collapse, True),
+    "over_confidence": (over_confidence, True),
 }
 
 
 def diagnose(record: dict, task) -> list[dict]:
     """The findings on one completed run."""
-    checks = [check for check, tasks in DIAGNOSTICS.values() if tasks is None or task.name in tasks]
+    checks = [check for name, (check, task_own) in DIAGNOSTICS.items() if not task_own or name in task.diagnostics]
     findings = [found for found in (check(record) for check in checks) if found is not None]
     if any(f["kind"] == "collapse" for f in findings):  # a collapse explains the weak classes: one finding, not two
         findings = [f for f in findings if f["kind"] != "imbalance"]

@@ -1,5 +1,6 @@
 """Every plot in one registry: a plain function (Figures -> the files it wrote), what to look for in it, and
-the tasks it applies to; draw() runs those that apply and says why any were not drawn."""
+whether only the tasks that name it draw it (Task.plots); draw() runs those that apply and says why any were
+not drawn."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from reporting.task_plots import (calibration, confusion_matrices, label_co_occu
 class Plot:
     draw: Callable[[Figures], list[str]]  # writes its files into the plots folder and returns their names
     caption: str  # what to look for in it, under it in the report
-    tasks: tuple[str, ...] | None = None  # the tasks it applies to; None: every task
+    task_own: bool = False  # drawn only for a task that names it among its plots (it reads classes, numbers)
 
 
 def losses(key: str, what: str) -> Callable[[Figures], list[str]]:
@@ -52,17 +53,16 @@ PLOTS: dict[str, Plot] = {
                             "search should reach the grid's best for less training time."),
     "efficiency": Plot(efficiency, "Score against cost: strategies towards the top left give the most for the least."),
     "confusion_matrix": Plot(confusion_matrices, "Off-diagonal cells are the mistakes: which classes this strategy "
-                             "confuses with which.", ("classification",)),
+                             "confuses with which.", task_own=True),
     "predicted_vs_true": Plot(predicted_vs_true, "Points on the diagonal are exact; a cloud flatter than the diagonal "
                               "means predictions pulled towards the mean, a band of points at one height a model that "
-                              "says the same for all.", ("regression",)),
+                              "says the same for all.", task_own=True),
     "per_class_f1": Plot(per_class_f1, "A class low under every strategy is hard in the data itself; low under one "
-                         "strategy only, it is that strategy's weakness.",
-                         ("classification", "multi_label", "token_classification")),
+                         "strategy only, it is that strategy's weakness.", task_own=True),
     "calibration": Plot(calibration, "Points on the diagonal mean the stated probability comes true as often as it "
-                        "says; below it, the model is over-confident.", ("classification", "multi_label")),
+                        "says; below it, the model is over-confident.", task_own=True),
     "label_co_occurrence": Plot(label_co_occurrence, "Labels that often come together are hard to tell apart and "
-                                "learnt together; a label mostly alone is easier to judge by itself.", ("multi_label",)),
+                                "learnt together; a label mostly alone is easier to judge by itself.", task_own=True),
 }
 
 
@@ -76,7 +76,7 @@ def draw(figures: Figures) -> tuple[list[str], dict[str, str]]:
     """Every plot that applies to the experiment's task: the files written, and why the others were not."""
     drawn, skipped = [], {}
     for key, plot in PLOTS.items():
-        if plot.tasks is not None and figures.task.name not in plot.tasks:
+        if plot.task_own and key not in figures.task.plots:
             continue
         try:
             drawn += plot.draw(figures)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -21,7 +20,7 @@ from config import Config
 from data import SPLITS, Encoded
 from records.measure import stopwatch
 from tasks import TASKS, probabilities
-from trainer import inference
+from trainer import TrainJob, TrainResult, inference
 from utils import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -127,12 +126,11 @@ def the_linear_layer(head: torch.nn.Module) -> torch.nn.Linear:
     return layers[0]
 
 
-def fit_logistic_regression(model, encoded: Encoded, cfg: Config, learning_rate: float, run_dir: Path, accelerator,
-                            run_key: dict, resume: bool = False, on_evaluation=None, rates=None,
-                            before_epoch=None) -> dict:
+def fit_logistic_regression(model, encoded: Encoded, job: TrainJob, accelerator) -> TrainResult:
     """Fit scikit-learn's logistic regression on the head's input features (standardised on the training split)
     at each C of C_VALUES, keep the C the validation metric of early stopping prefers, and write that solution
-    into the head's linear layer. Returns what trainer.train returns; the history has one entry."""
+    into the head's linear layer. Its history has one entry."""
+    cfg = job.cfg
     task, metric = TASKS[cfg.data.task], cfg.training.early_stopping.metric
     found = head_of(model)
     if found is None:
@@ -166,19 +164,17 @@ def fit_logistic_regression(model, encoded: Encoded, cfg: Config, learning_rate:
         linear.bias.copy_(torch.as_tensor(bias, dtype=linear.bias.dtype))
     seconds = spent["train"]
     entry = {"epoch": 1, "step": 0, "train_loss": train_loss, **scores, "lr": None, "seconds": seconds}
-    if on_evaluation:  # one evaluation, never paused
-        on_evaluation([entry])
+    if job.on_evaluation:  # one evaluation, which is its end: a search judges it, but cannot pause or prune it
+        job.on_evaluation([entry])
     trained = {name for name, param in model.named_parameters() if param.requires_grad}
     with stopwatch(spent, "checkpoint"):
-        save_weights(run_dir / BEST_WEIGHTS, trainable_weights(model, accelerator, trained), run_key, 1)
+        save_weights(job.run_dir / BEST_WEIGHTS, trainable_weights(model, accelerator, trained), job.run_key, 1)
     logger.info("logistic regression: C=%g chosen on %s (%.4f) from %s | %.1fs", c, metric, scores[metric],
                 ", ".join(f"{t['C']:g}: {t[metric]:.4f}" for t in tried), seconds)
-    return {"history": [entry], "best_epoch": 1, "best_step": 0, "best_metric": scores[metric],
-            "stop_reason": f"logistic regression: C={c:g} chosen on {metric} from {len(C_VALUES)} values",
-            "optimizer_steps": 0, "train_time_s": round(seconds, 2),
-            "train_samples_per_s": round(len(y["train"]) / seconds, 2),
-            "validation_time_s": round(spent["validation"], 2), "checkpoint_time_s": round(spent["checkpoint"], 2),
-            "logistic_regression": {"C": c, "tried": tried}}
+    return TrainResult([entry], 1, 0, scores[metric],
+                       f"logistic regression: C={c:g} chosen on {metric} from {len(C_VALUES)} values", 0,
+                       round(seconds, 2), round(len(y["train"]) / seconds, 2), round(spent["validation"], 2),
+                       round(spent["checkpoint"], 2), {"logistic_regression": {"C": c, "tried": tried}})
 
 
 def full_weights(fitted: LogisticRegression, num_labels: int) -> tuple[np.ndarray, np.ndarray]:

@@ -7,14 +7,14 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
-from pathlib import Path
 
 import torch
 
-from config import Config, HeadConfig, strategy_settings
+from config import HeadConfig, strategy_settings
 from data import Encoded
 from strategies.base import Settings, Strategy, rates
 from strategies.probe import fit_logistic_regression
+from trainer import TrainJob, TrainResult
 from tasks import Task
 from utils import ConfigError
 
@@ -27,11 +27,10 @@ def encodings_per_text(settings: dict) -> int:
     return 4 * settings["num_iterations"] * settings["num_epochs"]
 
 
-def fit_setfit(model, encoded: Encoded, cfg: Config, learning_rate: float, run_dir: Path, accelerator, run_key: dict,
-               resume: bool = False, on_evaluation=None, rates=None,
-               before_epoch=None) -> dict:
+def fit_setfit(model, encoded: Encoded, job: TrainJob, accelerator) -> TrainResult:
     """Tune the model's encoder with SetFit's contrastive pairs (the sentence-transformers body shares the
-    encoder's modules, so the model itself is tuned), then fit the head; returns what trainer.train returns."""
+    encoder's modules, so the model itself is tuned), then fit the head."""
+    cfg = job.cfg
     from datasets import Dataset
     from sentence_transformers import SentenceTransformer
     from setfit import SetFitModel, Trainer, TrainingArguments
@@ -48,7 +47,7 @@ def fit_setfit(model, encoded: Encoded, cfg: Config, learning_rate: float, run_d
     with tempfile.TemporaryDirectory() as scratch:
         args = TrainingArguments(output_dir=scratch, batch_size=settings["batch_size"],
                                  num_epochs=settings["num_epochs"], num_iterations=settings["num_iterations"],
-                                 body_learning_rate=learning_rate, max_length=cfg.model.max_length,
+                                 body_learning_rate=job.learning_rate, max_length=cfg.model.max_length,
                                  seed=cfg.training.seed, report_to="none", save_strategy="no", logging_strategy="no",
                                  show_progress_bar=False)
         trainer = Trainer(model=SetFitModel(model_body=body), args=args,
@@ -59,13 +58,12 @@ def fit_setfit(model, encoded: Encoded, cfg: Config, learning_rate: float, run_d
         trainer.train_embeddings(texts, encoded.labels["train"], args=args)
     body_seconds = time.perf_counter() - started
     logger.info("setfit: contrastive training of the encoder on %d texts took %.1fs", len(texts), body_seconds)
-    result = fit_logistic_regression(model, encoded, cfg, learning_rate, run_dir, accelerator, run_key, resume,
-                                     on_evaluation, rates)
-    result["train_time_s"] = round(result["train_time_s"] + body_seconds, 2)
+    result = fit_logistic_regression(model, encoded, job, accelerator)
+    result.train_time_s = round(result.train_time_s + body_seconds, 2)
     # texts encoded per second, as for the loop's epochs: both texts of every pair in every pass
-    result["train_samples_per_s"] = round(encodings_per_text(settings) * len(texts) / result["train_time_s"], 2)
-    result["setfit"] = {"body_seconds": round(body_seconds, 2), "package": "setfit"}
-    result["stop_reason"] = f"SetFit: contrastive body training, then {result['stop_reason']}"
+    result.train_samples_per_s = round(encodings_per_text(settings) * len(texts) / result.train_time_s, 2)
+    result.extra["setfit"] = {"body_seconds": round(body_seconds, 2), "package": "setfit"}
+    result.stop_reason = f"SetFit: contrastive body training, then {result.stop_reason}"
     return result
 
 

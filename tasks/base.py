@@ -13,7 +13,7 @@ import pandas as pd
 import peft
 import torch
 
-from utils import ConfigError
+from utils import ConfigError, shown
 
 # What pads per-token prediction values beyond a row's tokens (and marks tokens without a label to learn).
 PAD_VALUE = -100
@@ -69,6 +69,10 @@ class Task(abc.ABC):
     beyond_max_length: str = "truncated"
     # how predict asks for the second text a run trained on pairs needs
     pair_request: str = "this run was trained on sentence pairs: give each text its second text"
+    # the task's own plots and diagnostics (keys of reporting.plots.PLOTS and reporting.diagnostics.DIAGNOSTICS
+    # that read what only some tasks have: classes, label sets, numbers); the rest apply to every task
+    plots: tuple[str, ...] = ()
+    diagnostics: tuple[str, ...] = ()
 
     def data_columns(self, cfg, known) -> dict[str, tuple[str | None, str | None]]:
         """The columns the data config names, as {text, pair, label: (config key, column)}, and any the task reads
@@ -146,9 +150,24 @@ class Task(abc.ABC):
         """The data report's entries on the labels, from each split's label_distribution (and its labels)."""
         return {"label_summary": distributions}
 
+    def problems(self, cfg) -> list[str]:
+        """Every setting of the config this task refuses, each as "key: got value, allowed: ...": those of what it
+        cannot do (label columns and thresholds belong to label sets, a temperature to logits of classes), then
+        its own (config_problems). Called by config validation."""
+        d, t, found = cfg.data, cfg.training, []
+        if d.label_columns is not None and not self.label_sets:
+            found.append(f"data.label_columns: got {shown(d.label_columns)}, allowed: null unless data.task is "
+                         "multi_label (one 0/1 column per label)")
+        if t.calibration != "none" and not self.calibrates:
+            found.append(f"training.calibration: got {shown(t.calibration)}, allowed: none with data.task: "
+                         f"{self.name} (a temperature calibrates the probabilities of classification and multi_label)")
+        if t.decision_threshold != "tuned" and not self.label_sets:
+            found.append(f"training.decision_threshold: got {shown(t.decision_threshold)}, allowed: tuned with "
+                         f"data.task: {self.name} (a threshold decides the labels of multi_label)")
+        return found + self.config_problems(cfg)
+
     def config_problems(self, cfg) -> list[str]:
-        """Settings of the config that make no sense for this task, each as "key: got value, allowed: ...".
-        Called by config validation."""
+        """Settings of the config that make no sense for this task in particular."""
         return []
 
     def describe_labels(self, label_names: list[str]) -> str:
@@ -176,6 +195,11 @@ class Task(abc.ABC):
     def decided(self, decision: dict | None) -> Task:
         """The task deciding by a rule decide() gave (itself when there is none)."""
         return self
+
+    def describe_decision(self, decision: dict) -> str:
+        """A decision rule decide() gave, with the validation scores it changed (decision_of adds them), for
+        the log."""
+        raise NotImplementedError(f"{self.name} fits no decision rule")
 
     def output_check(self, truth: list, values: np.ndarray, label_names: list[str]) -> dict | None:
         """Whether the outputs on these examples depend on the input: the commonest prediction, its share of the

@@ -84,6 +84,8 @@ class Classification(Task):
     compared_metrics = ("accuracy", "macro_f1", "balanced_accuracy", "worst_class_f1")
     text_classes = True
     calibrates = True
+    plots = ("confusion_matrix", "per_class_f1", "calibration")
+    diagnostics = ("under_fitting", "imbalance", "collapse", "over_confidence")
 
     def strata(self, labels):
         return labels  # every class in each split in its share, where the counts allow

@@ -68,6 +68,8 @@ class MultiLabel(Task):
     calibrates = True
     label_sets = True
     reliability_axes = ("stated probability of each label", "share of them that apply")
+    plots = ("per_class_f1", "calibration", "label_co_occurrence")
+    diagnostics = ("collapse",)
 
     def __init__(self, thresholds: list[float] | None = None):
         self.thresholds = np.asarray(DEFAULT_THRESHOLD if thresholds is None else thresholds, dtype=np.float64)
@@ -242,6 +244,11 @@ class MultiLabel(Task):
 
     def decided(self, decision):
         return self if decision is None else MultiLabel(list(decision["thresholds"].values()))
+
+    def describe_decision(self, decision):
+        return ("label thresholds " + ", ".join(f"{k} {v:.3f}" for k, v in decision["thresholds"].items())
+                + "; validation {} {:.4f} at 0.5, {:.4f} at them".format(self.metric(self.main_metric).label,
+                                                                         *decision["validation"][self.main_metric]))
 
     # ---- results
 

@@ -14,6 +14,7 @@ from transformers import AutoModelForSequenceClassification
 from tasks.base import Metric, Task, class_settings, label_maps, pipeline_input, settings_away_from_defaults
 from utils import ConfigError
 
+
 def correlation(truth: np.ndarray, predicted: np.ndarray, ranked: bool = False) -> float:
     """Pearson's correlation (Spearman's with `ranked`: Pearson's of the ranks, ties at their mean rank); 0 when
     either side is constant, where correlation is undefined (a model predicting one value relates to nothing)."""
@@ -45,6 +46,7 @@ class Regression(Task):
     default_metric = "val_spearman"
     main_metric = "spearman"
     compared_metrics = ("spearman", "pearson", "rmse", "mae")
+    plots = ("predicted_vs_true",)
 
     def config_problems(self, cfg):
         return settings_away_from_defaults(class_settings(cfg), "regression", "it applies to classes")

@@ -67,6 +67,7 @@ class TokenClassification(Task):
     default_metric = "val_f1"
     main_metric = "f1"
     compared_metrics = ("f1", "precision", "recall", "accuracy")
+    plots = ("per_class_f1",)
     pipeline = "token-classification"
     labels_on_positions = "tags"
     pooled_head = False

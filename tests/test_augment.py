@@ -17,7 +17,7 @@ LABELS = [0, 0, 0, 0, 1, 1, 2]
 def test_minority_classes_get_copies_made_of_their_own_words():
     texts, labels = augment_texts(TEXTS, LABELS, AugmentConfig(enabled=True, copies=3, probability=0.3), seed=0)
     assert Counter(labels) == {1: 6, 2: 3}  # below the mean of 7/3 rows per class: login and delivery
-    words = {label: {w for t, l in zip(TEXTS, LABELS) if l == label for w in t.split()} for label in (1, 2)}
+    words = {label: {w for t, its in zip(TEXTS, LABELS) if its == label for w in t.split()} for label in (1, 2)}
     for text, label in zip(texts, labels):
         assert set(text.split()) <= words[label] and text.strip()
     assert any(text not in TEXTS for text in texts)  # perturbed, not copied

@@ -55,11 +55,11 @@ def train_fitting_batches_up_to(largest: int, batch_sizes: list[int]):
     """one_run.train as on a GPU where batches above `largest` run out of memory; each batch size tried is noted."""
     real_train = one_run.train
 
-    def train(model, encoded, cfg, *args, **kwargs):
-        batch_sizes.append(cfg.training.batch_size)
-        if cfg.training.batch_size > largest:
+    def train(model, encoded, job, accelerator):
+        batch_sizes.append(job.cfg.training.batch_size)
+        if job.cfg.training.batch_size > largest:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return real_train(model, encoded, cfg, *args, **kwargs)
+        return real_train(model, encoded, job, accelerator)
 
     return train
 

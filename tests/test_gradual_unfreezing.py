@@ -8,7 +8,7 @@ from conftest import prepared
 from config import strategy_settings
 from model import build_model
 from strategies import STRATEGIES
-from trainer import make_accelerator, train
+from trainer import TrainJob, make_accelerator, train
 from utils import set_seed
 
 
@@ -31,8 +31,8 @@ def test_the_head_trains_alone_then_the_layers_from_the_top(write_config, tmp_pa
         return {**real_evaluate(model, *args, **kwargs), "macro_f1": next(scores)}
 
     monkeypatch.setattr(trainer, "evaluate", snapshot)
-    result = train(model, encoded, cfg, 3e-3, tmp_path / "run", make_accelerator(False), {},
-                   before_epoch=lambda epoch: strategy.before_epoch(model, settings, epoch))
+    job = TrainJob(cfg, 3e-3, tmp_path / "run", {}, before_epoch=lambda epoch: strategy.before_epoch(model, settings, epoch))
+    result = train(model, encoded, job, make_accelerator(False))
 
     def moved(epoch: int) -> set[str]:  # the parts whose weights changed in this epoch
         return {n.split(".")[0] if not n.startswith("bert.") else
@@ -42,6 +42,6 @@ def test_the_head_trains_alone_then_the_layers_from_the_top(write_config, tmp_pa
     assert moved(1) == {"classifier"}
     assert moved(2) == {"classifier", "layer 1", "pooler"}
     assert moved(3) == {"classifier", "layer 1", "pooler", "layer 0", "embeddings"}
-    assert result["best_epoch"] == 1
+    assert result.best_epoch == 1
     for name, param in model.named_parameters():  # every part restored to epoch 1, the encoder as pre-trained
         assert torch.equal(param.detach().cpu(), snapshots[1][name]), name

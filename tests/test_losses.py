@@ -15,7 +15,7 @@ from model import build_model
 from tasks import TASKS
 from tasks.classification import class_weights, focal_loss
 from test_cli import results
-from trainer import evaluate, make_accelerator, train
+from trainer import TrainJob, evaluate, make_accelerator, train
 from utils import ConfigError, set_seed
 
 CLASSIFICATION = TASKS["classification"]
@@ -66,9 +66,9 @@ def test_weighted_training_leaves_the_validation_loss_plain(write_config, tmp_pa
     cfg, data, encoded = prepared(write_config(), overrides)
     set_seed(0)
     model = build_model(cfg, "full", data.label_names)
-    result = train(model, encoded, cfg, cfg.training.learning_rate, tmp_path / "run", make_accelerator(False), {})
+    result = train(model, encoded, TrainJob(cfg, cfg.training.learning_rate, tmp_path / "run", {}), make_accelerator(False))
     plain = evaluate(model, encoded, "validation", cfg.training, make_accelerator(False), CLASSIFICATION)
-    assert result["history"][0]["val_loss"] == pytest.approx(plain["loss"], rel=1e-6)
+    assert result.history[0]["val_loss"] == pytest.approx(plain["loss"], rel=1e-6)
     weighted = CLASSIFICATION.training_loss(cfg.training, encoded.labels["train"], data.label_names)
     assert weighted is not CLASSIFICATION.loss  # training really minimised the weighted focal loss
 

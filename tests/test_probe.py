@@ -16,7 +16,7 @@ from strategies import STRATEGIES
 from strategies.probe import C_VALUES, FEATURES, full_weights, head_of, on_cached_features, the_linear_layer
 from tasks import probabilities
 from test_strategies import tiny_distilbert
-from trainer import evaluate, make_accelerator, train
+from trainer import TrainJob, evaluate, make_accelerator, train
 from utils import ConfigError, set_seed
 
 # dropout 0: the uncached run's encoder then gives the head what the cache holds, so both runs are the same run
@@ -32,7 +32,7 @@ def trained_probe(write_config, tmp_path, overrides, cached: bool):
     if cached:
         view, inputs, info = on_cached_features(model, encoded, cfg, accelerator)
         assert info["cached"]
-    result = train(view, inputs, cfg, 0.1, tmp_path / f"run-{cached}", accelerator, run_key={})
+    result = train(view, inputs, TrainJob(cfg, 0.1, tmp_path / f"run-{cached}", {}), accelerator)
     return result, evaluate(view, inputs, "test", cfg.training, accelerator, cfg_task(cfg)), model
 
 
@@ -47,7 +47,7 @@ def test_training_on_cached_features_is_training_on_the_frozen_model(head, write
     FEATURES.clear()
     plain, plain_test, plain_model = trained_probe(write_config, tmp_path, head, cached=False)
     cached, cached_test, cached_model = trained_probe(write_config, tmp_path, head, cached=True)
-    for a, b in zip(plain["history"], cached["history"]):
+    for a, b in zip(plain.history, cached.history):
         assert a["train_loss"] == pytest.approx(b["train_loss"], abs=1e-5)
         assert a["val_loss"] == pytest.approx(b["val_loss"], abs=1e-5)
     assert np.allclose(plain_test["values"], cached_test["values"], atol=1e-5)
@@ -109,14 +109,14 @@ def test_logistic_regression_is_written_into_the_head_with_c_chosen_on_validatio
     accelerator = make_accelerator(False)
     settings = strategy_settings(cfg, "frozen_encoder")
     view, inputs, _ = STRATEGIES["frozen_encoder"].feature_view(settings)(model, encoded, cfg, accelerator)
-    result = STRATEGIES["frozen_encoder"].fit(settings)(view, inputs, cfg, 0.1, tmp_path / "run", accelerator, run_key={})
-    tried = result["logistic_regression"]["tried"]
+    result = STRATEGIES["frozen_encoder"].fit(settings)(view, inputs, TrainJob(cfg, 0.1, tmp_path / "run", {}), accelerator)
+    tried = result.extra["logistic_regression"]["tried"]
     assert [t["C"] for t in tried] == list(C_VALUES) and (tmp_path / "run" / "best.safetensors").exists()
-    assert result["best_metric"] == min(t["val_loss"] for t in tried) == result["history"][0]["val_loss"]
+    assert result.best_metric == min(t["val_loss"] for t in tried) == result.history[0]["val_loss"]
     # the full model (the encoder runs again) predicts what scikit-learn fitted at the chosen C
     features = {s: view.features[[row[0] for row in inputs.ids[s]]].double().cpu().numpy() for s in ("train", "test")}
     mean, std = features["train"].mean(0), features["train"].std(0) + 1e-6
-    fitted = LogisticRegression(C=result["logistic_regression"]["C"], max_iter=2000).fit(
+    fitted = LogisticRegression(C=result.extra["logistic_regression"]["C"], max_iter=2000).fit(
         (features["train"] - mean) / std, encoded.labels["train"])
     full = evaluate(model, encoded, "test", cfg.training, accelerator, cfg_task(cfg))
     # the tiny model's features spread by about 3e-4, so standardising them magnifies the encoder's rounding

@@ -8,7 +8,7 @@ from config import load_config, strategy_settings
 from conftest import prepared
 from model import build_model, load_tokenizer
 from strategies import STRATEGIES
-from trainer import make_accelerator
+from trainer import TrainJob, make_accelerator
 from utils import ConfigError, set_seed
 
 
@@ -20,12 +20,12 @@ def test_setfit_tunes_the_whole_encoder_then_fits_a_linear_head_on_mean_pooling(
     assert isinstance(model.classifier[-1], torch.nn.Linear) and model.text_pooling.how == "mean"
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     fit = STRATEGIES["setfit"].fit(strategy_settings(cfg, "setfit"))
-    result = fit(model, encoded, cfg, 1e-3, tmp_path / "run", make_accelerator(False), run_key={})
+    result = fit(model, encoded, TrainJob(cfg, 1e-3, tmp_path / "run", {}), make_accelerator(False))
     unchanged = [n for n, p in model.named_parameters() if torch.equal(p.detach().cpu(), before[n])]
     assert unchanged == []  # every encoder weight and the head
-    assert result["setfit"]["body_seconds"] > 0 and result["logistic_regression"]["C"] > 0
-    assert result["stop_reason"].startswith("SetFit: contrastive body training, then logistic regression: C=")
-    assert len(result["history"]) == 1 and result["best_metric"] == result["history"][0]["val_macro_f1"]
+    assert result.extra["setfit"]["body_seconds"] > 0 and result.extra["logistic_regression"]["C"] > 0
+    assert result.stop_reason.startswith("SetFit: contrastive body training, then logistic regression: C=")
+    assert len(result.history) == 1 and result.best_metric == result.history[0]["val_macro_f1"]
 
 
 def test_the_texts_setfit_reads_tokenize_back_to_the_runs_token_ids(write_config):

@@ -12,7 +12,7 @@ from config import load_config, strategy_settings
 from model import build_model, parameter_counts, resolve_model_path
 from strategies import STRATEGIES
 from tasks import TASKS
-from trainer import make_accelerator, train
+from trainer import TrainJob, make_accelerator, train
 from utils import ConfigError, set_seed
 
 CLASSIFICATION = TASKS["classification"]
@@ -68,10 +68,10 @@ def test_training_changes_trainable_weights_only(strategy, head, write_config, t
     if strategy == "partial_freezing":  # the whole top layer trains, not only some of it
         assert {n for n in before if ".layer.1." in n} <= trainable
 
-    result = train(model, encoded, cfg, strategy_settings(cfg, strategy)["learning_rate"], tmp_path / "run",
-                   make_accelerator(False), run_key={"strategy": strategy})
+    job = TrainJob(cfg, strategy_settings(cfg, strategy)["learning_rate"], tmp_path / "run", {"strategy": strategy})
+    result = train(model, encoded, job, make_accelerator(False))
 
-    assert result["optimizer_steps"] == 2
+    assert result.optimizer_steps == 2
     after = {n: p.detach().cpu() for n, p in model.named_parameters()}  # the loop may have moved it to a GPU
     for name, old in before.items():
         if name in trainable:

@@ -82,3 +82,14 @@ def test_classification_sums_give_the_metrics_of_every_weighting():
         assert scores["balanced_accuracy"][i] == pytest.approx(balanced_accuracy_score(t, p))
         assert scores["worst_class_f1"][i] == pytest.approx(
             f1_score(t, p, labels=np.unique(t), average=None, zero_division=0).min())
+
+
+def test_every_plot_and_diagnostic_a_task_names_exists_and_only_those_of_its_own_apply():
+    from reporting.diagnostics import DIAGNOSTICS
+    from reporting.plots import PLOTS
+
+    for task in TASKS.values():
+        assert set(task.plots) <= {key for key, plot in PLOTS.items() if plot.task_own}, task.name
+        assert set(task.diagnostics) <= {key for key, (_, own) in DIAGNOSTICS.items() if own}, task.name
+    assert "confusion_matrix" in TASKS["classification"].plots and "confusion_matrix" not in TASKS["regression"].plots
+    assert TASKS["question_answering"].plots == () and TASKS["question_answering"].diagnostics == ()

@@ -11,7 +11,7 @@ from conftest import prepared
 from records.measure import PeakMemory
 from model import build_model
 from tasks import TASKS
-from trainer import RunPaused, TrainingFailed, make_accelerator, train
+from trainer import Decision, RunPaused, TrainingFailed, TrainJob, make_accelerator, train
 from utils import ConfigError, set_seed
 
 NO_DROPOUT = ["model.dropout=0.0", "training.warmup_ratio=0", "training.num_epochs=1"]
@@ -20,8 +20,8 @@ NO_DROPOUT = ["model.dropout=0.0", "training.warmup_ratio=0", "training.num_epoc
 def run(cfg, data, encoded, run_dir, strategy="full", resume=False, run_key=None):
     set_seed(cfg.training.seed)
     model = build_model(cfg, strategy, data.label_names)
-    result = train(model, encoded, cfg, cfg.training.learning_rate, run_dir, make_accelerator(False),
-                   run_key or {"strategy": strategy}, resume)
+    job = TrainJob(cfg, cfg.training.learning_rate, run_dir, run_key or {"strategy": strategy}, resume)
+    result = train(model, encoded, job, make_accelerator(False))
     return model, result
 
 
@@ -29,7 +29,7 @@ def assert_same_run(model_a, result_a, model_b, result_b):
     """Bit-identical weights and the same history, timings aside."""
     for (name, a), (_, b) in zip(model_a.named_parameters(), model_b.named_parameters()):
         assert torch.equal(a, b), name
-    without_seconds = [[{k: v for k, v in h.items() if k != "seconds"} for h in r["history"]] for r in (result_a, result_b)]
+    without_seconds = [[{k: v for k, v in h.items() if k != "seconds"} for h in r.history] for r in (result_a, result_b)]
     assert without_seconds[0] == without_seconds[1]
 
 
@@ -39,16 +39,16 @@ def test_accumulating_two_batches_of_four_equals_one_batch_of_eight(write_config
     cfg4, _, _ = prepared(write_config(), overrides + ["training.batch_size=4", "training.gradient_accumulation_steps=2"])
     big, result8 = run(cfg8, data, encoded, tmp_path / "b8")
     small, result4 = run(cfg4, data, encoded, tmp_path / "b4")
-    assert result8["optimizer_steps"] == result4["optimizer_steps"] == 1
+    assert result8.optimizer_steps == result4.optimizer_steps == 1
     for (name, p8), (_, p4) in zip(big.named_parameters(), small.named_parameters()):
         torch.testing.assert_close(p4, p8, rtol=1e-5, atol=1e-6, msg=name)
-    assert result4["history"][0]["train_loss"] == pytest.approx(result8["history"][0]["train_loss"], rel=1e-5)
+    assert result4.history[0]["train_loss"] == pytest.approx(result8.history[0]["train_loss"], rel=1e-5)
 
 
 def test_last_window_of_an_epoch_steps_even_when_incomplete(write_config, tmp_path):
     # 54 rows in batches of 8 = 7 batches; windows of 3 batches: steps after batches 3, 6 and 7
     cfg, data, encoded = prepared(write_config(), ["training.num_epochs=1", "training.gradient_accumulation_steps=3"])
-    assert run(cfg, data, encoded, tmp_path / "r")[1]["optimizer_steps"] == 3
+    assert run(cfg, data, encoded, tmp_path / "r")[1].optimizer_steps == 3
 
 
 @pytest.mark.parametrize("strategy", ["full", "gradual_unfreezing"])
@@ -73,7 +73,7 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(strategy, write_config
     resumed, result = run(cfg, data, encoded, tmp_path / "interrupted", strategy, resume=True)
 
     assert_same_run(straight, expected, resumed, result)
-    assert (result["best_epoch"], result["stop_reason"]) == (expected["best_epoch"], expected["stop_reason"])
+    assert (result.best_epoch, result.stop_reason) == (expected.best_epoch, expected.stop_reason)
 
 
 def test_a_run_paused_at_evaluations_and_resumed_equals_an_uninterrupted_one(write_config, tmp_path):
@@ -85,7 +85,7 @@ def test_a_run_paused_at_evaluations_and_resumed_equals_an_uninterrupted_one(wri
 
     def pause_once_at_steps_3_and_7(history):  # inside an epoch, and at its end
         seen.append(history[-1]["step"])
-        return seen.count(seen[-1]) == 1 and seen[-1] in (3, 7)
+        return Decision.PAUSE if seen.count(seen[-1]) == 1 and seen[-1] in (3, 7) else Decision.GO_ON
 
     pauses = 0
     while True:
@@ -93,9 +93,9 @@ def test_a_run_paused_at_evaluations_and_resumed_equals_an_uninterrupted_one(wri
         set_seed(cfg.training.seed)
         model = build_model(cfg, "full", data.label_names)
         try:
-            result = train(model, encoded, cfg, cfg.training.learning_rate, tmp_path / "paused",
-                           make_accelerator(False), {"strategy": "full"}, resume=pauses > 0,
-                           on_evaluation=pause_once_at_steps_3_and_7)
+            job = TrainJob(cfg, cfg.training.learning_rate, tmp_path / "paused", {"strategy": "full"},
+                           resume=pauses > 0, on_evaluation=pause_once_at_steps_3_and_7)
+            result = train(model, encoded, job, make_accelerator(False))
             break
         except RunPaused:
             pauses += 1
@@ -117,9 +117,9 @@ def test_early_stopping_stops_when_the_metric_stalls(write_config, tmp_path, mon
     other_metrics = {m.name: 0.5 for m in TASKS["classification"].metrics}
     monkeypatch.setattr(trainer, "evaluate", lambda *a, **k: {"loss": 1.0, **other_metrics, "macro_f1": next(scores)})
     _, result = run(cfg, data, encoded, tmp_path / "r")
-    assert len(result["history"]) == 4
-    assert result["best_epoch"] == 2
-    assert result["stop_reason"].startswith("early stopping: val_macro_f1 did not improve for 2 epochs")
+    assert len(result.history) == 4
+    assert result.best_epoch == 2
+    assert result.stop_reason.startswith("early stopping: val_macro_f1 did not improve for 2 epochs")
 
 
 def test_best_epoch_weights_are_restored(write_config, tmp_path, monkeypatch):
@@ -134,7 +134,7 @@ def test_best_epoch_weights_are_restored(write_config, tmp_path, monkeypatch):
 
     monkeypatch.setattr(trainer, "evaluate", record)
     model, result = run(cfg, data, encoded, tmp_path / "r")
-    assert result["best_epoch"] == 2 and len(result["history"]) == 3
+    assert result.best_epoch == 2 and len(result.history) == 3
     for name, param in model.named_parameters():
         assert torch.equal(param, snapshots[1][name]), name
 
@@ -224,7 +224,7 @@ def test_compiled_training_matches_eager_and_keeps_checkpoint_names(write_config
     assert any(type(m).__name__ == "BertLayer" and m._compiled_call_impl is not None for m in compiled.modules())
     for (name, a), (_, b) in zip(eager.named_parameters(), compiled.named_parameters()):
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5, msg=name)
-    for a, b in zip(eager_result["history"], compiled_result["history"]):
+    for a, b in zip(eager_result.history, compiled_result.history):
         assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-4)
         assert b["val_accuracy"] == a["val_accuracy"]
     names = {name for name, _ in eager.named_parameters()}
@@ -265,8 +265,8 @@ def test_training_time_leaves_out_mid_epoch_checkpoints(write_config, tmp_path, 
     # 54 rows in batches of 8: 7 steps per epoch, 6 of them followed by a mid-epoch checkpoint
     cfg, data, encoded = prepared(write_config(), ["training.num_epochs=1", "training.checkpoint_every_steps=1"])
     result = run(cfg, data, encoded, tmp_path / "r")[1]
-    assert result["checkpoint_time_s"] >= 700  # 6 in the epoch and one at its end
-    assert result["train_time_s"] < 1 and result["history"][0]["seconds"] < 1
+    assert result.checkpoint_time_s >= 700  # 6 in the epoch and one at its end
+    assert result.train_time_s < 1 and result.history[0]["seconds"] < 1
 
 
 def test_validation_every_n_steps_inside_epochs_and_early_stopping_counts_evaluations(write_config, tmp_path,
@@ -275,11 +275,11 @@ def test_validation_every_n_steps_inside_epochs_and_early_stopping_counts_evalua
     cfg, data, encoded = prepared(write_config(), ["training.num_epochs=2", "training.early_stopping.enabled=false",
                                                    "training.eval_every_steps=3"])
     _, result = run(cfg, data, encoded, tmp_path / "every")
-    assert [h["step"] for h in result["history"]] == [3, 6, 7, 9, 12, 14]
-    assert [h["epoch"] for h in result["history"]] == [0.429, 0.857, 1, 1.286, 1.714, 2]
-    assert result["train_time_s"] == pytest.approx(sum(h["seconds"] for h in result["history"]), abs=0.02)
-    best = max(result["history"], key=lambda h: h["val_macro_f1"])
-    assert (result["best_epoch"], result["best_step"]) == (best["epoch"], best["step"])
+    assert [h["step"] for h in result.history] == [3, 6, 7, 9, 12, 14]
+    assert [h["epoch"] for h in result.history] == [0.429, 0.857, 1, 1.286, 1.714, 2]
+    assert result.train_time_s == pytest.approx(sum(h["seconds"] for h in result.history), abs=0.02)
+    best = max(result.history, key=lambda h: h["val_macro_f1"])
+    assert (result.best_epoch, result.best_step) == (best["epoch"], best["step"])
 
     cfg, data, encoded = prepared(write_config(), ["training.num_epochs=5", "training.early_stopping.patience=2",
                                                    "training.eval_every_steps=3"])
@@ -287,9 +287,9 @@ def test_validation_every_n_steps_inside_epochs_and_early_stopping_counts_evalua
     other_metrics = {m.name: 0.5 for m in TASKS["classification"].metrics}
     monkeypatch.setattr(trainer, "evaluate", lambda *a, **k: {"loss": 1.0, **other_metrics, "macro_f1": next(scores)})
     _, result = run(cfg, data, encoded, tmp_path / "stops")
-    assert [h["step"] for h in result["history"]] == [3, 6, 7, 9]  # stopped inside epoch 2
-    assert (result["best_epoch"], result["best_step"], result["optimizer_steps"]) == (0.857, 6, 9)
-    assert result["stop_reason"].startswith("early stopping: val_macro_f1 did not improve for 2 evaluations")
+    assert [h["step"] for h in result.history] == [3, 6, 7, 9]  # stopped inside epoch 2
+    assert (result.best_epoch, result.best_step, result.optimizer_steps) == (0.857, 6, 9)
+    assert result.stop_reason.startswith("early stopping: val_macro_f1 did not improve for 2 evaluations")
 
 
 def test_a_run_resumed_between_evaluations_inside_an_epoch_equals_uninterrupted(write_config, tmp_path, monkeypatch):
@@ -313,4 +313,4 @@ def test_a_run_resumed_between_evaluations_inside_an_epoch_equals_uninterrupted(
     torch.manual_seed(12345)
     resumed, result = run(cfg, data, encoded, tmp_path / "interrupted", resume=True)
     assert_same_run(straight, expected, resumed, result)
-    assert (result["best_epoch"], result["best_step"]) == (expected["best_epoch"], expected["best_step"])
+    assert (result.best_epoch, result.best_step) == (expected.best_epoch, expected.best_step)
