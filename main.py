@@ -25,7 +25,7 @@ import warnings
 from pathlib import Path
 
 from config import file_settings, load_config
-from experiment import applicable, run_experiment
+from experiment import Launch, applicable, run_experiment
 from records.results import repair
 from strategies import STRATEGIES
 from utils import ConfigError, is_main_process
@@ -174,9 +174,9 @@ def experiment_command(args: argparse.Namespace) -> int:
         return 0
     strategies = strategies_of(cfg, args)
     tell_own_settings(args.config, args.overrides, strategies)
-    return run_experiment(cfg, strategies, resume=args.resume, force=args.force, dry_run=args.dry_run,
-                          config_file=str(args.config), command=" ".join(sys.argv), shard=args.shard,
-                          summary_only=args.summary_only)
+    return run_experiment(cfg, Launch(strategies, resume=args.resume, force=args.force, dry_run=args.dry_run,
+                                      shard=args.shard, summary_only=args.summary_only,
+                                      config_file=str(args.config), command=" ".join(sys.argv)))
 
 
 def strategies_of(cfg, args: argparse.Namespace) -> list[str]:
@@ -193,8 +193,8 @@ def gather_command(args: argparse.Namespace) -> int:
     if not folders:
         raise ConfigError("gather: name at least one worker's output folder")
     cfg = load_config(args.config, overrides)
-    return run_experiment(cfg, strategies_of(cfg, args), config_file=str(args.config), command=" ".join(sys.argv),
-                          summary_only=True, gather_from=folders)
+    return run_experiment(cfg, Launch(strategies_of(cfg, args), summary_only=True, gather_from=folders,
+                                      config_file=str(args.config), command=" ".join(sys.argv)))
 
 
 def predict_command(args: argparse.Namespace) -> int:

@@ -3,7 +3,7 @@ shards; run_experiment is what main.py calls."""
 
 from experiment.inputs import Inputs
 from experiment.plan import Run, plan_runs
-from experiment.run import applicable, run_experiment
+from experiment.run import Launch, applicable, run_experiment
 from experiment.shards import assign_shards, passes
 
-__all__ = ["Inputs", "Run", "applicable", "assign_shards", "passes", "plan_runs", "run_experiment"]
+__all__ = ["Inputs", "Launch", "Run", "applicable", "assign_shards", "passes", "plan_runs", "run_experiment"]

@@ -30,18 +30,97 @@ from utils import ConfigError, is_main_process, writable_folder
 logger = logging.getLogger("bertlab")
 
 
-def run_experiment(cfg: Config, strategies: list[str], *, resume: bool = False, force: bool = False,
-                   dry_run: bool = False, config_file: str = "", command: str = "",
-                   shard: tuple[int, int] | None = None, summary_only: bool = False,
-                   gather_from: tuple[Path, ...] = ()) -> int:
-    """Run every planned run that is not already completed (with `shard` (K, N): only the K-th of N shares of
-    the plan), then write and print the summary of the whole plan once all of it has finished; with
-    `summary_only`, train nothing and summarise what has (with `gather_from`, after bringing in the runs other
-    workers wrote to those folders). Returns the exit status: 0 when every run completed, 1 when some failed or
-    (summary only) has not finished."""
-    refuse_strategies(cfg, strategies)
-    if not dry_run:
+@dataclasses.dataclass(frozen=True)
+class Launch:
+    """What the command asked of the experiment: its strategies, and what to do with the plan."""
+
+    strategies: list[str]
+    resume: bool = False  # continue interrupted runs from their last checkpoint
+    force: bool = False  # train again what has completed
+    dry_run: bool = False  # print the plan, train nothing
+    shard: tuple[int, int] | None = None  # (K, N): only the K-th of N shares of the plan
+    summary_only: bool = False  # train nothing: summarise what has finished
+    gather_from: tuple[Path, ...] = ()  # other workers' output folders, brought in before the summary
+    config_file: str = ""  # for experiment.json
+    command: str = ""
+
+
+@dataclasses.dataclass
+class Plan:
+    """The experiment's runs, resolved against the models and the data once, with their ids."""
+
+    runs: list[Run]
+    inputs: Inputs
+    reports: dict  # the data report of each data set the runs read
+    baseline: str  # what a model that learned nothing scores, in words
+    studies: list = dataclasses.field(default_factory=list)  # a search's studies (none for a grid)
+
+    def ids(self) -> list[str]:
+        return [run.run_id(self.inputs.data_for(run).fingerprint) for run in self.runs]
+
+
+def run_experiment(cfg: Config, launch: Launch) -> int:
+    """Run every planned run that is not already completed (or a shard's share of them), then write and print
+    the summary of the whole plan once all of it has finished; with `summary_only`, train nothing and summarise
+    what has (after bringing in the runs other workers wrote to `gather_from`). Returns the exit status: 0 when
+    every run completed, 1 when some failed or (summary only) has not finished."""
+    refuse_strategies(cfg, launch.strategies)
+    if not launch.dry_run:
         writable_folder(Path(cfg.output.dir), "output.dir")
+    plan = resolved_plan(cfg, launch.strategies)
+    results_path = results_file(cfg.output.dir)
+    accelerator = None
+    if cfg.search.method == "optuna":
+        if launch.dry_run:
+            print_search_plan(cfg, launch.strategies)
+            return 0
+        accelerator = make_accelerator(cfg.training.fp16, cfg.training.bf16)
+        searched(plan, cfg, launch, accelerator, results_path)
+    ids = plan.ids()
+    if launch.gather_from:
+        check_shared_files(results_path)
+        for line in gather(list(launch.gather_from), Path(cfg.output.dir), set(ids),
+                           {study.name for study in plan.studies}, cfg.as_saved()):
+            logger.info("%s", line)
+    stored = read_results(results_path)
+    completed, trials_done = finished_runs(stored, ids, TASKS[cfg.data.task])
+    cached = set() if launch.force else {i for i in ids if i in completed}
+    mine, shares = shard_of(plan, launch.shard)
+    if not is_main_process() and (launch.dry_run or launch.summary_only):  # the main process prints them
+        return 0
+    if launch.dry_run:
+        print_plan(plan.runs, ids, cached, plan.inputs, completed, cfg, mine)
+        if shares:
+            print_shares(*shares, launch.shard[1])
+        return 0
+    folders = {run_id: Path(cfg.output.dir) / "checkpoints" / run.strategy / run_id
+               for run, run_id in zip(plan.runs, ids)}
+    to_run = [ids[i] for i in mine if ids[i] not in cached]
+    if not launch.resume and not launch.force:
+        refuse_interrupted([folders[i] for i in to_run if i not in trials_done], stored)
+    if launch.resume:  # a resume state that cannot be read stops the command before it writes anything
+        for run_id in to_run:
+            saved_run_key(folders[run_id])
+    check_shared_files(results_path)
+    write_experiment(results_path, config_file=launch.config_file, command=launch.command, config=cfg.as_saved(),
+                     strategies=launch.strategies, run_ids=ids, studies=[study.name for study in plan.studies])
+    for report in plan.reports.values():
+        save_report(report, results_path.parent)
+    if launch.summary_only:
+        return finish(cfg, ids, results_path, plan.baseline, plan.studies)
+    accelerator = accelerator or make_accelerator(cfg.training.fp16, cfg.training.bf16)
+    failed = train_runs(plan, ids, mine, cached, trials_done, accelerator, launch)
+    if not accelerator.is_main_process:  # the main process summarises
+        return 1 if failed else 0
+    if launch.shard is not None and not shard_finished(ids, results_path, launch.shard, len(mine), failed):
+        return 1 if failed else 0
+    return max(finish(cfg, ids, results_path, plan.baseline, plan.studies), 1 if failed else 0)
+
+
+def resolved_plan(cfg: Config, strategies: list[str]) -> Plan:
+    """The planned runs, each checked against its model and given its max_length; the data loaded once (and
+    cut into folds when asked, so that folds the data cannot give stop the command before any run), its
+    report logged."""
     runs = plan_runs(cfg, strategies)
     model_configs = {}
     for run in runs:
@@ -60,81 +139,69 @@ def run_experiment(cfg: Config, strategies: list[str], *, resume: bool = False, 
     baseline = baseline_of(data, cfg)
     logger.info("data %s: %s examples (train/validation/test), %d labels; %s", data.name,
                 "/".join(map(str, data.sizes().values())), len(data.label_names), describe_baseline(task, baseline))
-    if cfg.data.folds:  # every fold cut now, so that folds the data cannot give stop the command before any run
-        held = sorted(len(inputs.fold_for(run).labels["validation"]) for run in runs if run.fold[0] == 0)
-        logger.info("data.folds %d: train and validation together (%d examples) cut into %d folds of %s examples, "
-                    "each held out once as a run's validation split%s; test (%d examples) is in none", cfg.data.folds,
-                    len(data.labels["train"]) + len(data.labels["validation"]), cfg.data.folds,
-                    held[0] if held[0] == held[-1] else f"{held[0]}-{held[-1]}",
-                    f", cut anew {cfg.data.fold_repeats} times" if cfg.data.fold_repeats > 1 else "",
-                    len(data.labels["test"]))
-    results_path = results_file(cfg.output.dir)
-    studies, accelerator = [], None
-    if cfg.search.method == "optuna":
-        if dry_run:
-            print_search_plan(cfg, strategies)
-            return 0
-        accelerator = make_accelerator(cfg.training.fp16, cfg.training.bf16)
-        if accelerator.num_processes > 1:
-            raise ConfigError(f"search.method: optuna: this launch has {accelerator.num_processes} processes, and a "
-                              "search's workers are one process each: start them with python main.py --shard K/N")
-        check_shared_files(results_path)  # the trials write records
-        templates: dict[str, Run] = {}  # each strategy's first run: the config's own setting
-        for run in runs:
-            templates.setdefault(run.strategy, run)
-        studies = open_studies(list(templates.values()), inputs, cfg)
-        if not summary_only:
-            search(studies, cfg, inputs, accelerator, {r["run_id"]: r for r in read_results(results_path)}, resume)
-        runs = confirmation_runs(studies, cfg)
-        if not runs:
-            raise ConfigError("the search completed no trial of any strategy, so there is nothing to confirm: see the "
-                              f"trials' errors in {results_path}")
-    ids = [run.run_id(inputs.data_for(run).fingerprint) for run in runs]
-    if gather_from:
-        check_shared_files(results_path)
-        for line in gather(list(gather_from), Path(cfg.output.dir), set(ids), {study.name for study in studies},
-                           cfg.as_saved()):
-            logger.info("%s", line)
-    stored = read_results(results_path)
-    # a search trial validated without test resumes into its confirmation: its kept weights are tested
+    if cfg.data.folds:
+        log_folds(cfg, runs, inputs, data)
+    return Plan(runs, inputs, reports, describe_baseline(task, baseline))
+
+
+def log_folds(cfg: Config, runs: list[Run], inputs: Inputs, data) -> None:
+    held = sorted(len(inputs.fold_for(run).labels["validation"]) for run in runs if run.fold[0] == 0)
+    logger.info("data.folds %d: train and validation together (%d examples) cut into %d folds of %s examples, "
+                "each held out once as a run's validation split%s; test (%d examples) is in none", cfg.data.folds,
+                len(data.labels["train"]) + len(data.labels["validation"]), cfg.data.folds,
+                held[0] if held[0] == held[-1] else f"{held[0]}-{held[-1]}",
+                f", cut anew {cfg.data.fold_repeats} times" if cfg.data.fold_repeats > 1 else "",
+                len(data.labels["test"]))
+
+
+def searched(plan: Plan, cfg: Config, launch: Launch, accelerator, results_path: Path) -> None:
+    """A search's studies (this worker runs its share of their trials, unless it only summarises), and its
+    plan's runs become their confirmation runs."""
+    if accelerator.num_processes > 1:
+        raise ConfigError(f"search.method: optuna: this launch has {accelerator.num_processes} processes, and a "
+                          "search's workers are one process each: start them with python main.py --shard K/N")
+    check_shared_files(results_path)  # the trials write records
+    templates: dict[str, Run] = {}  # each strategy's first run: the config's own setting
+    for run in plan.runs:
+        templates.setdefault(run.strategy, run)
+    plan.studies = open_studies(list(templates.values()), plan.inputs, cfg)
+    if not launch.summary_only:
+        search(plan.studies, cfg, plan.inputs, accelerator, {r["run_id"]: r for r in read_results(results_path)},
+               launch.resume)
+    plan.runs = confirmation_runs(plan.studies, cfg)
+    if not plan.runs:
+        raise ConfigError("the search completed no trial of any strategy, so there is nothing to confirm: see the "
+                          f"trials' errors in {results_path}")
+
+
+def finished_runs(stored: list[dict], ids: list[str], task) -> tuple[dict[str, dict], dict[str, dict]]:
+    """The planned runs completed and tested (those lacking a metric the task reports now run again), and the
+    search trials validated without test, which resume into their confirmation (their weights are tested)."""
     trials_done = {r["run_id"]: r["trial"] for r in stored if untested_trial(r) and r["status"] == "completed"}
     completed = {r["run_id"]: r for r in stored if r["status"] == "completed" and not untested_trial(r)}
     outdated = {i for i in ids if i in completed and any(m.name not in completed[i]["test"] for m in task.metrics)}
     if outdated:
         logger.info("%d completed run(s) lack metrics the task reports now: they run again", len(outdated))
-        completed = {i: r for i, r in completed.items() if i not in outdated}
-    cached = set() if force else {i for i in ids if i in completed}
-    mine = list(range(len(runs)))
-    if shard is not None:
-        costs = [planned_cost(run, inputs) for run in runs]
-        owners = assign_shards(costs, shard[1])
-        mine = [i for i, owner in enumerate(owners) if owner == shard[0]]
-    if not is_main_process() and (dry_run or summary_only):  # the main process prints them
-        return 0
-    if dry_run:
-        print_plan(runs, ids, cached, inputs, completed, cfg, mine)
-        if shard is not None:
-            print_shares(costs, owners, shard[1])
-        return 0
-    to_run = [ids[i] for i in mine if ids[i] not in cached]
-    folders = {run_id: Path(cfg.output.dir) / "checkpoints" / run.strategy / run_id for run, run_id in zip(runs, ids)}
-    if not resume and not force:
-        refuse_interrupted([folders[i] for i in to_run if i not in trials_done], stored)
-    if resume:  # a resume state that cannot be read stops the command before it writes anything
-        for run_id in to_run:
-            saved_run_key(folders[run_id])
-    check_shared_files(results_path)
-    write_experiment(results_path, config_file=config_file, command=command, config=cfg.as_saved(),
-                     strategies=strategies, run_ids=ids, studies=[study.name for study in studies])
-    for report in reports.values():
-        save_report(report, results_path.parent)
-    if summary_only:
-        return finish(cfg, ids, results_path, describe_baseline(task, baseline), studies)
-    share = f" (shard {shard[0]}/{shard[1]}: {len(mine)} of the plan's {len(runs)})" if shard else ""
+    return {i: r for i, r in completed.items() if i not in outdated}, trials_done
+
+
+def shard_of(plan: Plan, shard: tuple[int, int] | None) -> tuple[list[int], tuple | None]:
+    """The plan's runs this worker runs (their places in it), and with a shard each run's cost and owner."""
+    if shard is None:
+        return list(range(len(plan.runs))), None
+    costs = [planned_cost(run, plan.inputs) for run in plan.runs]
+    owners = assign_shards(costs, shard[1])
+    return [i for i, owner in enumerate(owners) if owner == shard[0]], (costs, owners)
+
+
+def train_runs(plan: Plan, ids: list[str], mine: list[int], cached: set[str], trials_done: dict[str, dict],
+               accelerator, launch: Launch) -> int:
+    """Train this worker's runs (their places in the plan) that have not completed; returns how many failed."""
+    shard = launch.shard
+    share = f" (shard {shard[0]}/{shard[1]}: {len(mine)} of the plan's {len(plan.runs)})" if shard else ""
     logger.info("%d run(s) planned%s: %d already completed (reused; --force runs them again), %d to run",
                 len(mine), share, sum(ids[i] in cached for i in mine), sum(ids[i] not in cached for i in mine))
-    accelerator = accelerator or make_accelerator(cfg.training.fp16, cfg.training.bf16)
-    for name in strategies:
+    for name in launch.strategies:
         if accelerator.num_processes > 1 and STRATEGIES[name].one_process:
             raise ConfigError(f"strategy {name} trains on one process, and this launch has "
                               f"{accelerator.num_processes}: run it with python main.py --strategy {name}")
@@ -142,24 +209,26 @@ def run_experiment(cfg: Config, strategies: list[str], *, resume: bool = False, 
     for number, i in enumerate(mine, 1):
         if ids[i] in cached:
             continue
-        logger.info("run %d/%d: %s %s", number, len(mine), runs[i].strategy, runs[i].describe())
-        run_data, encoded = inputs.for_run(runs[i])
-        run = runs[i]
+        run = plan.runs[i]
+        logger.info("run %d/%d: %s %s", number, len(mine), run.strategy, run.describe())
+        run_data, encoded = plan.inputs.for_run(run)
         if ids[i] in trials_done and run.trial is None:  # the grid's run of a trial's setting: it stays that trial
             run = dataclasses.replace(run, trial={**trials_done[ids[i]], "confirms": ids[i]})
         record = run_one(run, ids[i], run_data, encoded, accelerator, baseline_of(run_data, run.cfg),
-                         resume or ids[i] in trials_done)
+                         launch.resume or ids[i] in trials_done)
         failed += record["status"] != "completed"
-    if not accelerator.is_main_process:  # the main process summarises
-        return 1 if failed else 0
-    if shard is not None:
-        finished = {r["run_id"] for r in read_results(results_path) if not untested_trial(r)}
-        if not set(ids) <= finished:
-            print(f"\nshard {shard[0]}/{shard[1]} done ({len(mine)} run(s), {failed} failed); {len(set(ids) - finished)} "
-                  "run(s) of the plan are still to finish in other shards. Once they have: python main.py "
-                  "--summary-only (with the same config), then python visualize.py")
-            return 1 if failed else 0
-    return max(finish(cfg, ids, results_path, describe_baseline(task, baseline), studies), 1 if failed else 0)
+    return failed
+
+
+def shard_finished(ids: list[str], results_path: Path, shard: tuple[int, int], share: int, failed: int) -> bool:
+    """Whether the whole plan has finished once this shard has; if not, say so and what to run then."""
+    finished = {r["run_id"] for r in read_results(results_path) if not untested_trial(r)}
+    if set(ids) <= finished:
+        return True
+    print(f"\nshard {shard[0]}/{shard[1]} done ({share} run(s), {failed} failed); {len(set(ids) - finished)} "
+          "run(s) of the plan are still to finish in other shards. Once they have: python main.py "
+          "--summary-only (with the same config), then python visualize.py")
+    return False
 
 
 def refuse_interrupted(to_run: list[Path], stored: list[dict]) -> None:
