@@ -277,13 +277,42 @@ def _validated(raw: dict) -> tuple[Config, list[str]]:
 
 
 def _rule_problems(cfg: Config) -> list[str]:
-    """Ranges and cross-field rules, checked once the types are right."""
+    """Ranges and cross-field rules, checked once the types are right: each section's, then the task's, the
+    strategies' and the experiment's."""
+    problems = model_problems(cfg) + data_problems(cfg) + training_problems(cfg)
+
+    def require(condition: bool, key: str, value, allowed: str) -> None:
+        problems.extend(problem(condition, key, value, allowed))
+
+    d, t = cfg.data, cfg.training
+    require(not (d.augment.enabled and d.text_pair_column), "data.augment.enabled", d.augment.enabled,
+            "false with data.text_pair_column (augmentation perturbs single texts)")
+    if d.task in TASKS:
+        problems += TASKS[d.task].problems(cfg)
+        choices = TASKS[d.task].selection_metrics()
+        require(t.early_stopping.metric in (None, *choices), "training.early_stopping.metric", t.early_stopping.metric,
+                f"{', '.join(choices)} (validation metrics of {d.task}), or null")
+    for strategy in STRATEGY_NAMES:
+        problems += getattr(cfg.strategies, strategy).problems(f"strategies.{strategy}", cfg)
+    problems += list_problem(t.seeds, "training.seeds", lambda v: True, "integers")
+    for name in cfg.output.trackers:
+        problems += tracker_problems(name)
+    problems += list_problem(cfg.ablation.learning_rates, "ablation.learning_rates", lambda v: v > 0, "numbers > 0")
+    few = cfg.few_shot
+    problems += list_problem(few.shots_per_class, "few_shot.shots_per_class", lambda v: v >= 1, "integers >= 1")
+    require(few.repeats >= 1, "few_shot.repeats", few.repeats, "an integer >= 1")
+    problems += cfg.search.problems()
+    return problems
+
+
+def model_problems(cfg: Config) -> list[str]:
+    """The model section's ranges."""
     problems = []
 
     def require(condition: bool, key: str, value, allowed: str) -> None:
         problems.extend(problem(condition, key, value, allowed))
 
-    m, d, t = cfg.model, cfg.data, cfg.training
+    m = cfg.model
     require(m.max_length == "auto" or m.max_length >= 8, "model.max_length", m.max_length, "an integer >= 8, or auto")
     require(m.dropout is None or 0 <= m.dropout < 1, "model.dropout", m.dropout, "0 <= dropout < 1, or null")
     require(m.head.hidden_size >= 1, "model.head.hidden_size", m.head.hidden_size, "an integer >= 1")
@@ -293,6 +322,16 @@ def _rule_problems(cfg: Config) -> list[str]:
         require(m.head.type != "model" or m.head.pooling in ("auto", "cls"), "model.head.pooling",
                 m.head.pooling, "auto or cls with model.head.type: model (the model's own head pools as it was "
                 "built to); set type linear or mlp")
+    return problems
+
+def data_problems(cfg: Config) -> list[str]:
+    """The data section's ranges and rules."""
+    problems = []
+
+    def require(condition: bool, key: str, value, allowed: str) -> None:
+        problems.extend(problem(condition, key, value, allowed))
+
+    d = cfg.data
     require(d.task in TASKS, "data.task", d.task, ", ".join(TASKS))
     if (d.name is None) == (d.path is None):
         problems.append("data: set exactly one of data.name (a Hub data set) and data.path (a local "
@@ -311,6 +350,16 @@ def _rule_problems(cfg: Config) -> list[str]:
     require(0 < d.test_size < 1, "data.test_size", d.test_size, "0 < share < 1")
     require(d.validation_size + d.test_size < 1, "data.validation_size + data.test_size",
             d.validation_size + d.test_size, "a sum below 1, so that training rows remain")
+    return problems
+
+def training_problems(cfg: Config) -> list[str]:
+    """The training section's ranges and rules."""
+    problems = []
+
+    def require(condition: bool, key: str, value, allowed: str) -> None:
+        problems.extend(problem(condition, key, value, allowed))
+
+    t = cfg.training
     require(t.batch_size >= 1, "training.batch_size", t.batch_size, "an integer >= 1")
     require(t.eval_batch_size >= 1, "training.eval_batch_size", t.eval_batch_size, "an integer >= 1")
     require(t.eval_batch_tokens is None or t.eval_batch_tokens >= 1, "training.eval_batch_tokens", t.eval_batch_tokens,
@@ -345,25 +394,7 @@ def _rule_problems(cfg: Config) -> list[str]:
             "balanced, a non-empty list of numbers > 0 in label order, {label: number > 0}, or null")
     require(t.early_stopping.patience >= 1, "training.early_stopping.patience",
             t.early_stopping.patience, "an integer >= 1")
-    require(not (d.augment.enabled and d.text_pair_column), "data.augment.enabled", d.augment.enabled,
-            "false with data.text_pair_column (augmentation perturbs single texts)")
-    if d.task in TASKS:
-        problems += TASKS[d.task].problems(cfg)
-        choices = TASKS[d.task].selection_metrics()
-        require(t.early_stopping.metric in (None, *choices), "training.early_stopping.metric", t.early_stopping.metric,
-                f"{', '.join(choices)} (validation metrics of {d.task}), or null")
-    for strategy in STRATEGY_NAMES:
-        problems += getattr(cfg.strategies, strategy).problems(f"strategies.{strategy}", cfg)
-    problems += list_problem(t.seeds, "training.seeds", lambda v: True, "integers")
-    for name in cfg.output.trackers:
-        problems += tracker_problems(name)
-    problems += list_problem(cfg.ablation.learning_rates, "ablation.learning_rates", lambda v: v > 0, "numbers > 0")
-    few = cfg.few_shot
-    problems += list_problem(few.shots_per_class, "few_shot.shots_per_class", lambda v: v >= 1, "integers >= 1")
-    require(few.repeats >= 1, "few_shot.repeats", few.repeats, "an integer >= 1")
-    problems += cfg.search.problems()
     return problems
-
 
 def tracker_problems(name: str) -> list[str]:
     """Why Accelerate cannot log to tracker `name` here (nothing when it can)."""

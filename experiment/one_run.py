@@ -36,86 +36,46 @@ from utils import ConfigError, atomic_write_bytes, atomic_write_json, set_seed
 logger = logging.getLogger("bertlab")
 
 
-def run_one(run: Run, run_id: str, data: LabelledData, encoded: Encoded, accelerator, baseline: dict,
-            resume: bool, on_evaluation=None) -> dict:
-    """Train and test one run (a search trial: validate only, `on_evaluation` seeing the history after each
+@dataclasses.dataclass
+class RunInputs:
+    """One planned run with what it trains and tests on: its id, its data as loaded and as encoded, and the
+    baseline its record notes."""
+
+    run: Run
+    run_id: str
+    data: LabelledData
+    encoded: Encoded
+    baseline: dict
+
+    @property
+    def folder(self) -> Path:
+        """Its checkpoints, its config and its own record."""
+        return Path(self.run.cfg.output.dir) / "checkpoints" / self.run.strategy / self.run_id
+
+
+def run_one(job: RunInputs, accelerator, resume: bool, on_evaluation=None) -> dict:
+    """Train and test one run (a search trial: validate only, `on_evaluation` judging the history after each
     evaluation, perhaps pruning or pausing it); the record is saved whether the run completes, is pruned or fails
     (a paused run has none yet: RunPaused goes to the caller)."""
-    cfg, strategy, settings = run.cfg, run.strategy, run.settings
-    task = TASKS[cfg.data.task]
-    output = Path(cfg.output.dir)
-    run_dir = output / "checkpoints" / strategy / run_id
+    cfg, run_dir = job.run.cfg, job.folder
     atomic_write_bytes(run_dir / "config.yaml", yaml.safe_dump(cfg.as_saved(), sort_keys=False).encode())
-    # the training examples as trained on (few-shot, augmented); questions, not their windows
-    sizes = {**data.sizes(), "train": task.example_count(encoded, "train")}
-    record = {"schema_version": SCHEMA_VERSION, "run_id": run_id, "config_id": run.config_id(data.fingerprint),
-              "strategy": strategy,
-              "status": "running", "varied": {short_key(k): v for k, v in run.varied.items()},
-              "few_shot": {"shots_per_class": run.shots, "draw": run.draw} if run.shots is not None else None,
-              "fold": ({"folds": cfg.data.folds, "repeat": run.fold[0], "index": run.fold[1]}
-                       if run.fold is not None else None),
-              "trial": run.trial,
-              "model": cfg.model.name, "task": cfg.data.task,
-              "dataset": {"name": data.name, "fingerprint": data.fingerprint, "sizes": sizes,
-                          "num_labels": len(data.label_names), "label_names": data.label_names,
-                          "label_distribution": {split: task.label_distribution(labels, data.label_names)
-                                                 for split, labels in encoded.labels.items()},
-                          "majority_baseline": baseline, "augmented_train_rows": encoded.augmented_rows,
-                          "report": f"{DATA_REPORT}#{data.fingerprint}"},  # beside the results file
-              "seed": cfg.training.seed,
-              "hyperparameters": {**dataclasses.asdict(cfg.training), **settings, "max_length": cfg.model.max_length},
-              "device": device_name(accelerator.device), "mixed_precision": accelerator.mixed_precision,
-              "num_processes": accelerator.num_processes,
-              "versions": library_versions(), "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    record = new_record(job, accelerator)
     started = time.perf_counter()
-    attempt = cfg
-    if resume:  # a run interrupted after an out-of-memory retry continues as that retry
-        for _ in range(halvings_before_checkpoint(run, run_dir, data.fingerprint)):
-            attempt = halve_batch(attempt)
-            record_retry(record, attempt)
-        if attempt is not cfg:
-            logger.info("%s: its last checkpoint is from an out-of-memory retry; resuming that retry (batch size %d)",
-                        run_id, attempt.training.batch_size)
     memory = PeakMemory(accelerator.device)
     try:
-        while True:
-            try:
-                record.update(fit_and_test(run, attempt, data, encoded, accelerator, run_dir, resume, on_evaluation))
-                break
-            except torch.OutOfMemoryError:
-                if accelerator.num_processes > 1:  # the others wait in an exchange: end this process, and the launch
-                    raise SystemExit(f"{run_id}: out of memory in process {accelerator.process_index} of "
-                                     f"{accelerator.num_processes}: lower training.batch_size (the batch of all "
-                                     "processes together) or raise gradient_accumulation_steps, then --resume") from None
-                if attempt.training.batch_size == 1:
-                    raise
-            # outside the except block, so the failed attempt's model and optimizer can be freed; they sit in
-            # reference cycles (accelerate wraps the model's forward), which only a collection after
-            # free_memory() has dropped the accelerator's references releases
-            accelerator.free_memory()
-            gc.collect()
-            torch.cuda.empty_cache()
-            attempt, resume = halve_batch(attempt), False
-            record_retry(record, attempt)
-            logger.warning("%s: out of GPU memory; retrying from the start with batch size %d and %d accumulation "
-                           "steps (the same effective batch)", run_id, attempt.training.batch_size,
-                           attempt.training.gradient_accumulation_steps)
+        record.update(fit_with_retries(job, record, accelerator, resume, on_evaluation))
         record["status"] = "completed"
         if "test" in record:
-            record["diagnostics"] = diagnose(record, task)
+            record["diagnostics"] = diagnose(record, TASKS[cfg.data.task])
         for found in record.get("diagnostics", []):
-            logger.warning("%s: %s: %s. Next: %s", run_id, found["kind"], found["message"], found["next_step"])
+            logger.warning("%s: %s: %s. Next: %s", job.run_id, found["kind"], found["message"], found["next_step"])
     except (ConfigError, KeyboardInterrupt, RunPaused):
         raise
     except RunPruned as pruned:  # a search trial behind the others: never chosen, never tested
-        seen, metric = pruned.history, cfg.training.early_stopping.metric
-        best = best_of(seen, lambda e: e[metric], metric, task)
-        logger.info("%s: %s", run_id, pruned)
-        record.update(status="pruned", history=seen, pruned_at={"step": seen[-1]["step"], "epoch": seen[-1]["epoch"]},
-                      best_epoch=best["epoch"], best_step=best["step"], best_metric=best[metric],
-                      train_time_s=round(sum(e["seconds"] for e in seen), 2), stop_reason=f"search: {pruned}")
+        record.update(pruned_outcome(pruned, cfg))
+        logger.info("%s: %s", job.run_id, pruned)
     except Exception as err:  # a failing run is recorded with its reason; the others go on
-        logger.error("%s failed: %s: %s", run_id, type(err).__name__, err)
+        logger.error("%s failed: %s: %s", job.run_id, type(err).__name__, err)
         record.update(status="failed", error=f"{type(err).__name__}: {err}", traceback=traceback.format_exc())
     finally:  # also when interrupted, so the memory sampler does not outlive the run
         record["peak_memory_mb"], record["peak_memory_measure"] = memory.stop()
@@ -124,28 +84,88 @@ def run_one(run: Run, run_id: str, data: LabelledData, encoded: Encoded, acceler
         drop_checkpoints(run_dir)
     record["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     record["run_time_s"] = round(time.perf_counter() - started, 2)  # building, training, validating, testing, saving
-    save_record(results_file(output), record)
+    save_record(results_file(cfg.output.dir), record)
     atomic_write_json(run_dir / RUN_RECORD, record)
     return record
 
 
-def fit_and_test(run: Run, cfg: Config, data: LabelledData, encoded: Encoded, accelerator, run_dir: Path,
-                 resume: bool, on_evaluation=None) -> dict:
-    """Build the wrapped model, train it and test its best evaluation (not a search trial's): the record's
-    results."""
-    settings = run.settings
-    task, strategy = TASKS[cfg.data.task], STRATEGIES[run.strategy]
-    set_seed(cfg.training.seed)  # the same head initialisation for every strategy
-    source = run.source
-    model = build_model(cfg, run.strategy, data.label_names, source)
-    reason = source and new_head_reason(source, cfg, data.label_names)
-    init = source and {"run_id": source["record"]["run_id"], "folder": str(source["folder"]),
-                       "head": f"re-initialised: {reason}" if reason else "kept"}
-    if init:
-        logger.info("%s starts from run %s (%s); its head: %s", run_dir.name, init["run_id"], init["folder"], init["head"])
-    if not init or reason:  # a fresh head
-        task.init_head(model, encoded.labels["train"])
-    counts = parameter_counts(model)
+def new_record(job: RunInputs, accelerator) -> dict:
+    """A run's record before it trains: what it is, on what data, with which settings, where, with what."""
+    run, data, encoded = job.run, job.data, job.encoded
+    cfg, task = run.cfg, TASKS[run.cfg.data.task]
+    # the training examples as trained on (few-shot, augmented); questions, not their windows
+    sizes = {**data.sizes(), "train": task.example_count(encoded, "train")}
+    return {"schema_version": SCHEMA_VERSION, "run_id": job.run_id, "config_id": run.config_id(data.fingerprint),
+            "strategy": run.strategy,
+            "status": "running", "varied": {short_key(k): v for k, v in run.varied.items()},
+            "few_shot": {"shots_per_class": run.shots, "draw": run.draw} if run.shots is not None else None,
+            "fold": ({"folds": cfg.data.folds, "repeat": run.fold[0], "index": run.fold[1]}
+                     if run.fold is not None else None),
+            "trial": run.trial,
+            "model": cfg.model.name, "task": cfg.data.task,
+            "dataset": {"name": data.name, "fingerprint": data.fingerprint, "sizes": sizes,
+                        "num_labels": len(data.label_names), "label_names": data.label_names,
+                        "label_distribution": {split: task.label_distribution(labels, data.label_names)
+                                               for split, labels in encoded.labels.items()},
+                        "majority_baseline": job.baseline, "augmented_train_rows": encoded.augmented_rows,
+                        "report": f"{DATA_REPORT}#{data.fingerprint}"},  # beside the results file
+            "seed": cfg.training.seed,
+            "hyperparameters": {**dataclasses.asdict(cfg.training), **run.settings, "max_length": cfg.model.max_length},
+            "device": device_name(accelerator.device), "mixed_precision": accelerator.mixed_precision,
+            "num_processes": accelerator.num_processes,
+            "versions": library_versions(), "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+
+
+def fit_with_retries(job: RunInputs, record: dict, accelerator, resume: bool, on_evaluation) -> dict:
+    """fit_and_test, retried from the start with half the batch (and twice the accumulation: the same effective
+    batch) while a GPU runs out of memory; a run resumed after such a retry continues as that retry. Each
+    retry is noted in the record."""
+    run, attempt = job.run, job.run.cfg
+    if resume:
+        for _ in range(halvings_before_checkpoint(run, job.folder, job.data.fingerprint)):
+            attempt = halve_batch(attempt)
+            record_retry(record, attempt)
+        if attempt is not run.cfg:
+            logger.info("%s: its last checkpoint is from an out-of-memory retry; resuming that retry (batch size %d)",
+                        job.run_id, attempt.training.batch_size)
+    while True:
+        try:
+            return fit_and_test(job, attempt, accelerator, resume, on_evaluation)
+        except torch.OutOfMemoryError:
+            if accelerator.num_processes > 1:  # the others wait in an exchange: end this process, and the launch
+                raise SystemExit(f"{job.run_id}: out of memory in process {accelerator.process_index} of "
+                                 f"{accelerator.num_processes}: lower training.batch_size (the batch of all "
+                                 "processes together) or raise gradient_accumulation_steps, then --resume") from None
+            if attempt.training.batch_size == 1:
+                raise
+        # outside the except block, so the failed attempt's model and optimizer can be freed; they sit in
+        # reference cycles (accelerate wraps the model's forward), which only a collection after
+        # free_memory() has dropped the accelerator's references releases
+        accelerator.free_memory()
+        gc.collect()
+        torch.cuda.empty_cache()
+        attempt, resume = halve_batch(attempt), False
+        record_retry(record, attempt)
+        logger.warning("%s: out of GPU memory; retrying from the start with batch size %d and %d accumulation "
+                       "steps (the same effective batch)", job.run_id, attempt.training.batch_size,
+                       attempt.training.gradient_accumulation_steps)
+
+
+def pruned_outcome(pruned: RunPruned, cfg: Config) -> dict:
+    """A pruned search trial's part of its record: its evaluations, where it stopped, its best so far."""
+    seen, metric = pruned.history, cfg.training.early_stopping.metric
+    best = best_of(seen, lambda e: e[metric], metric, TASKS[cfg.data.task])
+    return dict(status="pruned", history=seen, pruned_at={"step": seen[-1]["step"], "epoch": seen[-1]["epoch"]},
+                best_epoch=best["epoch"], best_step=best["step"], best_metric=best[metric],
+                train_time_s=round(sum(e["seconds"] for e in seen), 2), stop_reason=f"search: {pruned}")
+
+
+def fit_and_test(job: RunInputs, cfg: Config, accelerator, resume: bool, on_evaluation=None) -> dict:
+    """Build the wrapped model, train it (`cfg`: the run's config, or an out-of-memory retry's) and test its best
+    evaluation (not a search trial's): the record's results."""
+    run, run_dir, encoded = job.run, job.folder, job.encoded
+    settings, strategy = run.settings, STRATEGIES[run.strategy]
+    model, init, counts = built_model(job, cfg)
     # a strategy may train on something cheaper than the whole model (its feature_view), or by other means than
     # the gradient loop (its fit); both leave the trained weights in `model`
     fit, feature_view = strategy.fit(settings), strategy.feature_view(settings)
@@ -154,55 +174,78 @@ def fit_and_test(run: Run, cfg: Config, data: LabelledData, encoded: Encoded, ac
            if fit is None else f"not trained by epoch: {fit.__name__}")
     logger.info("%s | %d train examples | %s | trainable %d of %d (%.3f%%)", run_dir.name, len(encoded.labels["train"]),
                 how, counts["trainable_params"], counts["total_params"], counts["trainable_pct"])
-    run_key = dataclasses.replace(run, cfg=cfg).key(data.fingerprint)  # after an OOM retry: its batch settings
+    run_key = dataclasses.replace(run, cfg=cfg).key(job.data.fingerprint)  # after an OOM retry: its batch settings
     logged = {**dataclasses.asdict(cfg.training), **settings, "strategy": run.strategy, "model": cfg.model.name,
-              "max_length": cfg.model.max_length, "data_fingerprint": data.fingerprint}
+              "max_length": cfg.model.max_length, "data_fingerprint": job.data.fingerprint}
     parts = part_learning_rates(model, settings["learning_rate"], cfg.training.head_learning_rate,
                                 cfg.training.layer_lr_decay)
     trained, inputs, features = model, encoded, None
     if feature_view:
         trained, inputs, features = feature_view(model, encoded, cfg, accelerator)
-    step = step_costs(model, trained, inputs, encoded, task, accelerator)
+    step = step_costs(model, trained, inputs, encoded, TASKS[cfg.data.task], accelerator)
     before_epoch = strategy.before_epoch and (lambda epoch: strategy.before_epoch(model, settings, epoch))
     with run_trackers(cfg.output.trackers, run_dir.name, Path(cfg.output.dir) / "trackers", logged) as trackers:
         def evaluated(history: list[dict]) -> Decision:
             trackers.log(history[-1], step=history[-1]["step"])
             return on_evaluation(history) if on_evaluation else Decision.GO_ON
 
-        job = TrainJob(cfg, settings["learning_rate"], run_dir, run_key, resume,
-                       rates={name: rate for name, (_, rate) in parts.items()}, before_epoch=before_epoch,
-                       on_evaluation=evaluated)
-        result = (fit or train)(trained, inputs, job, accelerator)
+        train_job = TrainJob(cfg, settings["learning_rate"], run_dir, run_key, resume,
+                             rates={name: rate for name, (_, rate) in parts.items()}, before_epoch=before_epoch,
+                             on_evaluation=evaluated)
+        result = (fit or train)(trained, inputs, train_job, accelerator)
         if features and features["cached"]:  # the time to compute them is part of this run's training time
             result.train_time_s = round(result.train_time_s + features["seconds"], 2)
-        costs = run_costs(step, result, cfg, strategy, settings, encoded, features)
-        fitted = {**counts, **result.as_record(), "costs": costs,
+        fitted = {**counts, **result.as_record(), "costs": run_costs(step, result, cfg, strategy, settings, encoded,
+                                                                     features),
                   "parameter_groups": parameter_groups(parts, model), "init_from": init,
                   "features": features, "export_refused": export_refused(strategy, run.head),
                   "unfreezing": strategy.schedule(model, settings)}
         if run.trial and not run.trial.get("confirms"):  # a search trial: test stays unseen
             return fitted
-        uncalibrated, validation = None, None
-        if cfg.training.calibration == "temperature":
-            fitted["calibration"], uncalibrated, validation = calibrate(trained, inputs, cfg, accelerator, task, run_dir)
-        validation = validation or evaluate(trained, inputs, "validation", cfg.training, accelerator, task)
-        # the task's decision rule fitted on validation (on its calibrated probabilities): label sets' thresholds
-        decision = decision_of(task, validation, cfg, data.label_names)
-        if decision is not None:
-            fitted["decision"] = decision
-            logger.info("%s: %s", run_dir.name, task.describe_decision(decision))
-        task = task.decided(decision)
-        # whether the kept weights answer the input at all: a collapse is diagnosed, not read as a verdict
-        fitted["validation_outputs"] = task.output_check(validation["truth"], validation["values"], data.label_names)
-        test = evaluate(trained, inputs, "test", cfg.training, accelerator, task)
-        trackers.log({f"test_{name}": test[name] for name in ["loss"] + [m.name for m in task.metrics]},
-                     step=result.best_step)
+        return {**fitted, **tested(job, cfg, (trained, inputs), accelerator, trackers, result.best_step)}
+
+
+def built_model(job: RunInputs, cfg: Config) -> tuple[torch.nn.Module, dict | None, dict]:
+    """The run's wrapped model, seeded so that every strategy starts from the same head; from an earlier run's
+    weights when it names one (its head kept unless it no longer fits); and its parameter counts."""
+    run, data = job.run, job.data
+    set_seed(cfg.training.seed)  # the same head initialisation for every strategy
+    source = run.source
+    model = build_model(cfg, run.strategy, data.label_names, source)
+    reason = source and new_head_reason(source, cfg, data.label_names)
+    init = source and {"run_id": source["record"]["run_id"], "folder": str(source["folder"]),
+                       "head": f"re-initialised: {reason}" if reason else "kept"}
+    if init:
+        logger.info("%s starts from run %s (%s); its head: %s", job.run_id, init["run_id"], init["folder"],
+                    init["head"])
+    if not init or reason:  # a fresh head
+        TASKS[cfg.data.task].init_head(model, job.encoded.labels["train"])
+    return model, init, parameter_counts(model)
+
+
+def tested(job: RunInputs, cfg: Config, trained_on: tuple, accelerator, trackers, best_step: int) -> dict:
+    """A trained run's calibration, decision rule and test report (what it adds to its record), of the module
+    that trained and the inputs it reads (`trained_on`: the model, or a head and cached features)."""
+    (trained, inputs), task, data, added = trained_on, TASKS[cfg.data.task], job.data, {}
+    uncalibrated, validation = None, None
+    if cfg.training.calibration == "temperature":
+        added["calibration"], uncalibrated, validation = calibrate(trained, inputs, cfg, accelerator, task, job.folder)
+    validation = validation or evaluate(trained, inputs, "validation", cfg.training, accelerator, task)
+    # the task's decision rule fitted on validation (on its calibrated probabilities): label sets' thresholds
+    decision = decision_of(task, validation, cfg, data.label_names)
+    if decision is not None:
+        added["decision"] = decision
+        logger.info("%s: %s", job.run_id, task.describe_decision(decision))
+    task = task.decided(decision)
+    # whether the kept weights answer the input at all: a collapse is diagnosed, not read as a verdict
+    added["validation_outputs"] = task.output_check(validation["truth"], validation["values"], data.label_names)
+    test = evaluate(trained, inputs, "test", cfg.training, accelerator, task)
+    trackers.log({f"test_{name}": test[name] for name in ["loss"] + [m.name for m in task.metrics]}, step=best_step)
     if uncalibrated is not None:  # under the decision that validation gave before the temperature
         before = TASKS[cfg.data.task].decided(uncalibrated["decision"])
-        fitted["test_uncalibrated"] = {"loss": uncalibrated["loss"], **before.test_report(
+        added["test_uncalibrated"] = {"loss": uncalibrated["loss"], **before.test_report(
             uncalibrated["truth"], uncalibrated["values"], data.label_names)}
-    return {**fitted, "test": {"loss": test["loss"], **task.test_report(test["truth"], test["values"],
-                                                                        data.label_names)},
+    return {**added, "test": {"loss": test["loss"], **task.test_report(test["truth"], test["values"], data.label_names)},
             "test_unseen": unseen_report(task, test, data),
             # for paired comparisons between runs and the task's plots
             "test_predictions": test["predictions"].tolist(), "test_labels": list(test["truth"])}

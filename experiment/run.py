@@ -11,7 +11,7 @@ from config import Config
 from experiment.dry_run import print_plan, print_search_plan
 from experiment.gather import gather
 from experiment.inputs import Inputs, baseline_of, data_reports, resolve_max_length
-from experiment.one_run import run_one
+from experiment.one_run import RunInputs, run_one
 from experiment.plan import Run, plan_runs
 from experiment.search import confirmation_runs, open_studies, search, trial_records
 from experiment.shards import assign_shards, planned_cost, print_shares
@@ -214,7 +214,7 @@ def train_runs(plan: Plan, ids: list[str], mine: list[int], cached: set[str], tr
         run_data, encoded = plan.inputs.for_run(run)
         if ids[i] in trials_done and run.trial is None:  # the grid's run of a trial's setting: it stays that trial
             run = dataclasses.replace(run, trial={**trials_done[ids[i]], "confirms": ids[i]})
-        record = run_one(run, ids[i], run_data, encoded, accelerator, baseline_of(run_data, run.cfg),
+        record = run_one(RunInputs(run, ids[i], run_data, encoded, baseline_of(run_data, run.cfg)), accelerator,
                          launch.resume or ids[i] in trials_done)
         failed += record["status"] != "completed"
     return failed

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from config import short_key, single_run_config
 from experiment.inputs import Inputs, baseline_of
-from experiment.one_run import run_one
+from experiment.one_run import RunInputs, run_one
 from experiment.plan import Run, folds_of
 from experiment.pruning import kept_at_rung, make_pruner, rung_steps
 from experiment.search_workers import (StudyPlace, interrupted, left_by_stopped_workers, release_abandoned,
@@ -244,9 +244,9 @@ class TrialRun:
         self.study, self.trial = study, trial
         self.run = Run(template.strategy, point, settings, fold=template.fold, source=template.source,
                        trial={"study": study.name, "number": trial.number, "space": study.space})
-        self.data, self.encoded = inputs.for_run(self.run)
-        self.baseline = baseline_of(self.data, self.run.cfg)
-        self.run_id = self.run.run_id(self.data.fingerprint)
+        data, encoded = inputs.for_run(self.run)
+        self.run_id = self.run.run_id(data.fingerprint)
+        self.inputs = RunInputs(self.run, self.run_id, data, encoded, baseline_of(data, self.run.cfg))
         trial.set_user_attr("run_id", self.run_id)
         self.reported: set[int] = set()  # the steps reported to the study
         self.rungs_judged = 0
@@ -288,8 +288,7 @@ class TrialRun:
                         self.run.describe())
         self.stretches += 1
         try:
-            return run_one(self.run, self.run_id, self.data, self.encoded, accelerator, self.baseline,
-                           resume or self.stretches > 1, on_evaluation=self.on_evaluation)
+            return run_one(self.inputs, accelerator, resume or self.stretches > 1, on_evaluation=self.on_evaluation)
         except RunPaused:
             return None
 

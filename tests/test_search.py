@@ -194,10 +194,10 @@ def test_pruned_and_failed_trials_are_recorded_and_never_chosen(write_config, tm
     config = search_config(write_config, trials=4, pruner="median")
     real_fit = experiment.one_run.fit_and_test
 
-    def fit_failing_trial_one(run, *args, **kwargs):
-        if run.trial["number"] == 1 and not run.trial.get("confirms"):
+    def fit_failing_trial_one(job, *args, **kwargs):
+        if job.run.trial["number"] == 1 and not job.run.trial.get("confirms"):
             raise TrainingFailed("training loss became nan or infinite at optimizer step 3")
-        return real_fit(run, *args, **kwargs)
+        return real_fit(job, *args, **kwargs)
 
     monkeypatch.setattr(experiment.one_run, "fit_and_test", fit_failing_trial_one)
     # trials 2 and 3 are pruned at their first evaluation, however well they do
@@ -339,8 +339,8 @@ def test_a_grid_run_of_a_trials_setting_is_its_result_and_its_scores_count_at_th
     [grid_run] = records(tmp_path)
     trained = []
     real_fit = experiment.one_run.fit_and_test
-    monkeypatch.setattr(experiment.one_run, "fit_and_test", lambda run, *a, **k: trained.append(run) or
-                        real_fit(run, *a, **k))
+    monkeypatch.setattr(experiment.one_run, "fit_and_test", lambda job, *a, **k: trained.append(job.run) or
+                        real_fit(job, *a, **k))
     config = search_config(write_config, trials=2)  # its first trial: the config's own rate, 0.001
     assert main.main(["--config", str(config), "--strategy", "bitfit"]) == 0
     # the config's own rate, trial 0, did not train again
