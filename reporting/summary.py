@@ -66,33 +66,7 @@ def summarize(runs: list[dict], metric: str, trials: list[dict] = ()) -> dict:
     groups: dict[str, list[dict]] = {}
     for run in runs:
         groups.setdefault(run["config_id"], []).append(run)
-    rows = []
-    for config_id, group in groups.items():
-        done = [r for r in group if r["status"] == "completed"]
-        first = group[0]
-        rows.append({
-            "config_id": config_id, "strategy": first["strategy"], "varied": first["varied"],
-            "shots_per_class": (first["few_shot"] or {}).get("shots_per_class"),
-            "learning_rate": first["hyperparameters"]["learning_rate"], "runs": len(group), "failed": len(group) - len(done),
-            "validation": aggregate([validation_score(r, metric) for r in done]),
-            # records made before a metric existed lack it: the mean is over those that have it
-            "test": {m.name: aggregate([r["test"][m.name] for r in done if m.name in r["test"]]) for m in task.metrics},
-            # a test split the data gave, scored whole: the same metrics on its rows no earlier split holds
-            "test_unseen": ({m.name: aggregate([r["test_unseen"][m.name] for r in done if m.name in r["test_unseen"]])
-                             for m in task.metrics} if all(r.get("test_unseen") for r in done) and done else None),
-            # with training.calibration: the expected calibration error on test before and after it
-            "calibration": ({"ece_uncalibrated": aggregate([r["test_uncalibrated"]["ece"] for r in done]),
-                             "ece": aggregate([r["test"]["ece"] for r in done]),
-                             "temperature": aggregate([r["calibration"]["temperature"] for r in done])}
-                            if done and all(r.get("calibration") for r in done) else None),
-            "trainable_params": first.get("trainable_params"), "export_refused": first.get("export_refused"),  # a failed run has none
-            "train_time_s": aggregate([r["train_time_s"] for r in done]),
-            "peak_memory_mb": aggregate([r["peak_memory_mb"] for r in done]),
-            # the costs the verdict decides on: counted, so that the machine's load cannot move them
-            "train_flops": aggregate([r["costs"]["train_flops"] for r in done if r.get("costs")]),
-            "memory_mb": aggregate([m for m in map(deciding_memory, done) if m is not None]),
-            "chosen": False,
-        })
+    rows = [configuration_row(config_id, group, metric, task) for config_id, group in groups.items()]
     chosen = {}
     for row in rows:
         if row["validation"]["mean"] is None:
@@ -103,8 +77,49 @@ def summarize(runs: list[dict], metric: str, trials: list[dict] = ()) -> dict:
     for row in chosen.values():
         row["chosen"] = True
         row["test_interval"] = test_interval(groups[row["config_id"]], task)
-    slots = list(chosen)
-    comparisons = []
+    sizes = next((r["dataset"].get("sizes", {}) for r in runs if r["status"] == "completed"), {})
+    summary = {"task": task.name, "metric": metric, "rows": rows, "comparisons": slot_comparisons(chosen, groups, task),
+               "variant_comparisons": variant_comparisons(rows, chosen, groups, task),
+               "diagnostics": diagnostic_rows(groups, task), "memory_note": memory_note(runs),
+               "folds": folds_of_runs(runs), "validation_examples": selection_examples(runs),
+               "test_examples": sizes.get("test"),
+               "search": search_summary([upgrade(t) for t in trials], metric, task)}
+    return {**summary, "verdict": decide(summary)}
+
+
+def configuration_row(config_id: str, group: list[dict], metric: str, task: Task) -> dict:
+    """A configuration's row: what it is, how many of its runs completed, and the mean (with spread) of each
+    score and cost over them."""
+    done = [r for r in group if r["status"] == "completed"]
+    first = group[0]
+    return {
+        "config_id": config_id, "strategy": first["strategy"], "varied": first["varied"],
+        "shots_per_class": (first["few_shot"] or {}).get("shots_per_class"),
+        "learning_rate": first["hyperparameters"]["learning_rate"], "runs": len(group), "failed": len(group) - len(done),
+        "validation": aggregate([validation_score(r, metric) for r in done]),
+        # records made before a metric existed lack it: the mean is over those that have it
+        "test": {m.name: aggregate([r["test"][m.name] for r in done if m.name in r["test"]]) for m in task.metrics},
+        # a test split the data gave, scored whole: the same metrics on its rows no earlier split holds
+        "test_unseen": ({m.name: aggregate([r["test_unseen"][m.name] for r in done if m.name in r["test_unseen"]])
+                         for m in task.metrics} if all(r.get("test_unseen") for r in done) and done else None),
+        # with training.calibration: the expected calibration error on test before and after it
+        "calibration": ({"ece_uncalibrated": aggregate([r["test_uncalibrated"]["ece"] for r in done]),
+                         "ece": aggregate([r["test"]["ece"] for r in done]),
+                         "temperature": aggregate([r["calibration"]["temperature"] for r in done])}
+                        if done and all(r.get("calibration") for r in done) else None),
+        "trainable_params": first.get("trainable_params"), "export_refused": first.get("export_refused"),  # a failed run has none
+        "train_time_s": aggregate([r["train_time_s"] for r in done]),
+        "peak_memory_mb": aggregate([r["peak_memory_mb"] for r in done]),
+        # the costs the verdict decides on: counted, so that the machine's load cannot move them
+        "train_flops": aggregate([r["costs"]["train_flops"] for r in done if r.get("costs")]),
+        "memory_mb": aggregate([m for m in map(deciding_memory, done) if m is not None]),
+        "chosen": False,
+    }
+
+
+def slot_comparisons(chosen: dict[tuple, dict], groups: dict[str, list[dict]], task: Task) -> list[dict]:
+    """The paired test between each two strategies chosen for the same amount of training data."""
+    slots, comparisons = list(chosen), []
     for i, (strategy_a, shots) in enumerate(slots):
         for strategy_b, shots_b in slots[i + 1:]:
             if shots_b != shots:
@@ -113,14 +128,7 @@ def summarize(runs: list[dict], metric: str, trials: list[dict] = ()) -> dict:
                                                 groups[chosen[strategy_b, shots]["config_id"]], task)
             if comparison:
                 comparisons.append({"a": strategy_a, "b": strategy_b, "shots_per_class": shots, **comparison})
-    sizes = next((r["dataset"].get("sizes", {}) for r in runs if r["status"] == "completed"), {})
-    summary = {"task": task.name, "metric": metric, "rows": rows, "comparisons": comparisons,
-               "variant_comparisons": variant_comparisons(rows, chosen, groups, task),
-               "diagnostics": diagnostic_rows(groups, task), "memory_note": memory_note(runs),
-               "folds": folds_of_runs(runs), "validation_examples": selection_examples(runs),
-               "test_examples": sizes.get("test"),
-               "search": search_summary([upgrade(t) for t in trials], metric, task)}
-    return {**summary, "verdict": decide(summary)}
+    return comparisons
 
 
 def folds_of_runs(runs: list[dict]) -> dict | None:

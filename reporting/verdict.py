@@ -5,7 +5,7 @@ reported and tested, never used to choose."""
 from __future__ import annotations
 
 import statistics
-from typing import Callable
+from typing import Callable, NamedTuple
 
 from config import short_key
 from schema.search import describe_range
@@ -241,11 +241,32 @@ def describe_score(winner: dict, task: Task, name: str, folds: dict | None = Non
     return text + (f" ({'; '.join(spread)})" if spread else "")
 
 
+class Reading(NamedTuple):
+    """What the sentences of a verdict share: the metric, the winner, how it was chosen, the others by status."""
+
+    name: str  # the metric compared on test
+    label: str  # how it is named
+    winner: dict
+    best: str  # the winner's label
+    selection: str  # what chose it, with its value
+    scope: str  # how much training data, when the experiment varies it
+    folds: dict | None
+    by_status: dict[str, list[dict]]
+    recommended: dict | None  # the cheaper strategy within noise of the winner, if one is
+
+
 def describe(verdict: dict, task: Task) -> list[str]:
     """The verdict in plain sentences, the recommendation first and the numbers behind it after."""
     if verdict["kind"] == "none":
         return ["No configuration completed, so there is no verdict: see the failed runs."] + \
             describe_search(verdict.get("searched") or [])
+    reading = read(verdict, task)
+    return (headline(verdict, task, reading) + details(verdict, task, reading)
+            + describe_search(verdict.get("searched") or []) + to_know_more(verdict))
+
+
+def read(verdict: dict, task: Task) -> Reading:
+    """What the verdict's sentences share, read from it once."""
     name, winner = verdict["metric"], verdict["winner"]
     best, label = winner["label"], task.metric(name).label
     folds = verdict.get("folds")
@@ -256,6 +277,12 @@ def describe(verdict: dict, task: Task) -> list[str]:
     by_status = {status: [s for s in verdict["standings"] if s["status"] == status]
                  for status in ("within noise", "behind", "ahead")}
     recommended = next((s for s in by_status["within noise"] if s["strategy"] == verdict["recommended"]), None)
+    return Reading(name, label, winner, best, selection, scope, folds, by_status, recommended)
+
+
+def headline(verdict: dict, task: Task, reading: Reading) -> list[str]:
+    """Which strategy to use, and why, in a sentence or two."""
+    name, label, winner, best, selection, scope, folds, by_status, recommended = reading
     lines = []
     if verdict["kind"] == "single":
         lines.append(f"Only {best} completed{scope}, so there is nothing to compare it with: "
@@ -284,6 +311,14 @@ def describe(verdict: dict, task: Task) -> list[str]:
     else:
         lines.append(f"Use {best}{scope}: it is the best on {selection}, and every other strategy is clearly behind "
                      f"it on test {label}.")
+    return lines
+
+
+def details(verdict: dict, task: Task, reading: Reading) -> list[str]:
+    """The numbers behind the headline: the winner's scores, the others within noise, behind and ahead, the
+    runs that learned little, and what was not compared."""
+    name, label, winner, best, selection, scope, folds, by_status, recommended = reading
+    lines = []
     if verdict["kind"] != "single":
         lines.append(f"{best}: {selection}, {describe_score(winner, task, name, folds)}.")
     also = [s for s in by_status["within noise"] if s is not recommended]
@@ -314,7 +349,7 @@ def describe(verdict: dict, task: Task) -> list[str]:
         lines.append("With other amounts of training data, the best on validation (test " + label + "): " + "; ".join(
             ("all examples" if o["shots_per_class"] is None else f"{o['shots_per_class']} per class")
             + f": {o['label']} ({o['test']['mean']:.4f})" for o in verdict["other_slots"]) + ".")
-    return lines + describe_search(verdict.get("searched") or []) + to_know_more(verdict)
+    return lines
 
 
 def describe_search(searched: list[dict]) -> list[str]:

@@ -87,7 +87,23 @@ def _scores(runs: list[dict], key: str) -> str:
                                       if stats["ci95"] is not None else "")
 
 
+def label_table(distribution: dict | None, labels: list[str]) -> list[str]:
+    """The card's table of the labels in each split: counts of examples (or words, or a question answerer's
+    windows) per label, or a number's spread."""
+    if not distribution:
+        return []
+    if not all(isinstance(n, int) for n in distribution["train"].values()):  # a number's spread per split
+        return ([f"| {labels[0]} | " + " | ".join(distribution["train"]) + " |",
+                 "|---|" + "---|" * len(distribution["train"])]
+                + [f"| {split} | " + " | ".join(f"{v:.3f}" for v in stats.values()) + " |"
+                   for split, stats in distribution.items()] + [""])
+    return (["| label | " + " | ".join(distribution) + " |", "|---|" + "---|" * len(distribution)]
+            + [f"| {name} | " + " | ".join(str(distribution[split].get(name, "")) for split in distribution) + " |"
+               for name in distribution["train"]] + [""])
+
+
 def model_card(record: dict, cfg, runs: list[dict], adapter: bool) -> str:
+    """The exported folder's README: how to use it, how it was trained, on what, how it scored, its limits."""
     task = task_of([record])
     dataset = record["dataset"]
     labels = dataset["label_names"]
@@ -129,16 +145,7 @@ def model_card(record: dict, cfg, runs: list[dict], adapter: bool) -> str:
                 if record.get("decision") else []),
               f"- Versions: {', '.join(f'{k} {v}' for k, v in record['versions'].items())}.", ""]
     distribution = dataset.get("label_distribution")
-    counted = distribution and all(isinstance(n, int) for n in distribution["train"].values())
-    if distribution and not counted:  # a number's spread per split
-        lines += [f"| {labels[0]} | " + " | ".join(distribution["train"]) + " |", "|---|" + "---|" * len(distribution["train"])]
-        lines += [f"| {split} | " + " | ".join(f"{v:.3f}" for v in stats.values()) + " |" for split, stats in distribution.items()]
-        lines.append("")
-    elif distribution:  # counts per split: examples (or words) per label; a question answerer's windows
-        lines += ["| label | " + " | ".join(distribution) + " |", "|---|" + "---|" * len(distribution)]
-        lines += [f"| {name} | " + " | ".join(str(distribution[split].get(name, "")) for split in distribution) + " |"
-                  for name in distribution["train"]]
-        lines.append("")
+    lines += label_table(distribution, labels)
     lines += ["## Results", "",
               f"- Best {task.label(cfg.training.early_stopping.metric)} (chose the epoch): {_scores(runs, 'validation')}"]
     lines += [f"- Test {m.label} (only reported): {_scores(runs, m.name)}" for m in task.metrics

@@ -321,6 +321,16 @@ def build_app(load: Callable[[], Predictor], limits: Limits = Limits(), api_key:
     async def refused(request: Request, err: RequestError):
         return error_response(err.status, str(err))
 
+    add_routes(app, state, batcher, metrics, limits, backend)
+    app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)
+    app.add_middleware(GuardAndCount, api_key=api_key, metrics=metrics, routes={r.path for r in app.routes})
+    return app
+
+
+def add_routes(app: FastAPI, state: ServerState, batcher: Batcher, metrics: Metrics, limits: Limits,
+               backend: str) -> None:
+    """/health, /ready, /info, /metrics and /predict."""
+
     def not_ready() -> JSONResponse:
         return error_response(503, f"the run failed to load: {state.failure}" if state.failure
                               else "the run is still loading")
@@ -352,10 +362,6 @@ def build_app(load: Callable[[], Predictor], limits: Limits = Limits(), api_key:
             metrics.errors.inc()
             return error_response(500, "the prediction failed inside the model; the server log has the details")
         return rows if isinstance(request.inputs, list) else rows[0]
-
-    app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)
-    app.add_middleware(GuardAndCount, api_key=api_key, metrics=metrics, routes={r.path for r in app.routes})
-    return app
 
 
 def authorized(scope, api_key: str) -> bool:
