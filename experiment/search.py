@@ -140,7 +140,8 @@ def open_studies(templates: list[Run], inputs: Inputs, cfg) -> list[Study]:
         for key in (key for key, value in own.items() if outside_range(value, space[key])):
             logger.info("search %s: the config's own %s, %s, lies outside the range searched (%s); it is still "
                         "the first trial", template.strategy, short_key(key), own[key], describe_range(space[key]))
-        study.enqueue_trial(own, skip_if_exists=True)
+        with place.lock(name):  # workers starting together would each queue it
+            study.enqueue_trial(own, skip_if_exists=True)
         rungs = rung_steps(budget) if cfg.search.pruner == "successive_halving" else []
         studies.append(Study(template, space, study, place, place.lock(name), cfg.search.trials, rungs, judged_on,
                              maximizes))
@@ -185,7 +186,8 @@ def claim_trial(study: Study, trials: int, sampler_seed: int):
     if len(taken) >= trials or repeats >= trials:  # a space of few choices may hold fewer settings than trials
         return None
     queued = len(claimed) < len(trials_so_far)  # a setting waiting to run (again): taken without a draw
-    if not queued and len(claimed) >= STARTUP_TRIALS and sum(t.state.is_finished() for t in taken) < STARTUP_TRIALS:
+    first = taken[:STARTUP_TRIALS]  # the counted ones: a repeat or a rerun never holds the draws up
+    if not queued and len(claimed) >= STARTUP_TRIALS and not all(t.state.is_finished() for t in first):
         return None  # TPE draws once the first trials have their scores: drawn sooner, it would draw blind
     study.optuna_study.sampler = sampler_for(len(claimed), sampler_seed)
     with warnings.catch_warnings():  # a first trial outside the range: said once, in open_studies

@@ -67,9 +67,10 @@ def test_postgres_two_workers_with_their_own_folders_search_once_and_gather_to_o
     workers = [worker(config, database, f"{k}/2", tmp_path / f"worker{k}") for k in (0, 1)]
     logs = [process.communicate(timeout=600)[1] for process in workers]
     two_workers = time.monotonic() - started
-    assert all(process.returncode in (0, 1) for process in workers), logs  # 1: a shard waits for the other's runs
+    tails = "\n=====\n".join(log[-4000:] for log in logs)  # what a failure shows
+    assert [process.returncode for process in workers] == [0, 0], tails
     started_trials = [match.groups() for log in logs for match in re.finditer(r"search (\w+): trial (\d+)/6", log)]
-    assert len(started_trials) == 12 and len(set(started_trials)) == 12, started_trials
+    assert len(started_trials) == 12 and len(set(started_trials)) == 12, tails
     assert "the database postgresql://postgres:***@127.0.0.1" in logs[0]
     storage = experiment.search_workers.study_database(database)
     studies = optuna.get_all_study_summaries(storage)

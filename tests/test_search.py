@@ -7,6 +7,7 @@ import math
 import os
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import optuna
 import pytest
@@ -374,3 +375,19 @@ def test_a_draw_that_repeats_a_trials_setting_reuses_its_result_and_another_is_d
     assert len({r["run_id"] for r in own_trials(records(tmp_path)).values()}) == 2
     assert "search bitfit: a draw repeats trial 1's setting (learning_rate=0.001" in caplog.text
     assert "trial 2/2" in caplog.text and "trial 3/2" not in caplog.text
+
+
+def test_a_repeated_first_draw_does_not_hold_up_the_later_draws(tmp_path):
+    """TPE draws once the first (counted) trials have ended: a repeat among the first four is not one of them,
+    so the fifth draw is made rather than waited for forever."""
+    place = experiment.search_workers.StudyPlace(tmp_path, None)
+    key = "strategies.bitfit.learning_rate"
+    space = {key: {"low": 1e-4, "high": 1e-1, "log": True}}
+    study = optuna.create_study(study_name="bitfit-probe", storage=place.storage, direction="maximize")
+    for number in range(4):  # the first four ended; the second rounded to the first's setting
+        study.add_trial(optuna.trial.create_trial(
+            params={key: 1e-3}, distributions={key: experiment.search.distribution(space[key])}, value=0.5,
+            user_attrs={"repeats": 0} if number == 1 else {}))
+    trial = experiment.search.claim_trial(SimpleNamespace(optuna_study=study, space=space, place=place,
+                                                          name="bitfit-probe"), 6, 0)
+    assert trial is not None and trial.number == 4
