@@ -13,7 +13,7 @@ from typing import Any, Literal
 from tasks import TASKS
 from schema.search import SearchConfig, range_values, shown_url
 from schema.strategies import StrategiesConfig
-from schema.checks import list_problem, problem, varied_keys
+from schema.checks import Problems, list_problem, varied_keys
 from schema.typed_yaml import apply_override, build, read_yaml, set_dotted
 from utils import ConfigError
 
@@ -279,10 +279,8 @@ def _validated(raw: dict) -> tuple[Config, list[str]]:
 def _rule_problems(cfg: Config) -> list[str]:
     """Ranges and cross-field rules, checked once the types are right: each section's, then the task's, the
     strategies' and the experiment's."""
-    problems = model_problems(cfg) + data_problems(cfg) + training_problems(cfg)
-
-    def require(condition: bool, key: str, value, allowed: str) -> None:
-        problems.extend(problem(condition, key, value, allowed))
+    problems = Problems(model_problems(cfg) + data_problems(cfg) + training_problems(cfg))
+    require = problems.require
 
     d, t = cfg.data, cfg.training
     require(not (d.augment.enabled and d.text_pair_column), "data.augment.enabled", d.augment.enabled,
@@ -307,10 +305,8 @@ def _rule_problems(cfg: Config) -> list[str]:
 
 def model_problems(cfg: Config) -> list[str]:
     """The model section's ranges."""
-    problems = []
-
-    def require(condition: bool, key: str, value, allowed: str) -> None:
-        problems.extend(problem(condition, key, value, allowed))
+    problems = Problems()
+    require = problems.require
 
     m = cfg.model
     require(m.max_length == "auto" or m.max_length >= 8, "model.max_length", m.max_length, "an integer >= 8, or auto")
@@ -324,12 +320,11 @@ def model_problems(cfg: Config) -> list[str]:
                 "built to); set type linear or mlp")
     return problems
 
+
 def data_problems(cfg: Config) -> list[str]:
     """The data section's ranges and rules."""
-    problems = []
-
-    def require(condition: bool, key: str, value, allowed: str) -> None:
-        problems.extend(problem(condition, key, value, allowed))
+    problems = Problems()
+    require = problems.require
 
     d = cfg.data
     require(d.task in TASKS, "data.task", d.task, ", ".join(TASKS))
@@ -354,10 +349,8 @@ def data_problems(cfg: Config) -> list[str]:
 
 def training_problems(cfg: Config) -> list[str]:
     """The training section's ranges and rules."""
-    problems = []
-
-    def require(condition: bool, key: str, value, allowed: str) -> None:
-        problems.extend(problem(condition, key, value, allowed))
+    problems = Problems()
+    require = problems.require
 
     t = cfg.training
     require(t.batch_size >= 1, "training.batch_size", t.batch_size, "an integer >= 1")

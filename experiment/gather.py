@@ -10,7 +10,7 @@ from pathlib import Path
 from packaging.version import Version
 
 from records.measure import library_versions
-from records.results import read_results, results_file, save_record, untested_trial
+from records.results import read_results, results_file, run_folder, save_record, untested_trial
 from records.shared import read_json
 from utils import ConfigError
 
@@ -35,10 +35,14 @@ def gather(folders: list[Path], output_dir: Path, planned: set[str], studies: se
         if not theirs.is_file():
             raise ConfigError(f"gather {folder}: no results there ({theirs} is missing): name the output.dir of a "
                               "worker of this experiment")
-        experiment = read_json(theirs.with_name("experiment.json")) or {}
+        their_config = (read_json(theirs.with_name("experiment.json")) or {}).get("config")
+        differing = differences(config, their_config) if their_config else []
+        other_plan = "not a run of this config's plan" + (
+            f" (its worker's config differs at {', '.join(differing[:4])})" if differing
+            else " (its data or its settings differ)")
         gathered, present, refused = 0, 0, {}
         for record in read_results(theirs):
-            reason = refusal(record, planned, studies, versions, config, experiment.get("config"))
+            reason = refusal(record, planned, studies, versions, other_plan)
             if reason:
                 refused[reason] = refused.get(reason, 0) + 1
             elif record["run_id"] in ours and kept_here(ours[record["run_id"]], record):
@@ -53,14 +57,13 @@ def gather(folders: list[Path], output_dir: Path, planned: set[str], studies: se
     return lines
 
 
-def refusal(record: dict, planned: set[str], studies: set[str], versions: dict[str, str], config: dict,
-            their_config: dict | None) -> str | None:
-    """Why a record is no run of this experiment (None when it is one)."""
+def refusal(record: dict, planned: set[str], studies: set[str], versions: dict[str, str],
+            other_plan: str) -> str | None:
+    """Why a record is no run of this experiment (None when it is one): `other_plan` when it is not one of its
+    runs, or the library versions that differ."""
     trial = record.get("trial") or {}
     if record["run_id"] not in planned and trial.get("study") not in studies:
-        differing = differences(config, their_config) if their_config else []
-        return ("not a run of this config's plan" + (f" (its worker's config differs at {', '.join(differing[:4])})"
-                                                     if differing else " (its data or its settings differ)"))
+        return other_plan
     theirs = comparable(record["versions"])
     differing = [f"{name} {theirs.get(name)} here {version}" for name, version in versions.items()
                  if theirs.get(name) != version]
@@ -76,8 +79,8 @@ def kept_here(ours: dict, theirs: dict) -> bool:
 
 def copy_run(folder: Path, output_dir: Path, record: dict) -> None:
     """The run's folder (its weights, when kept, and its own record), so that predict and export can use it."""
-    source = folder / "checkpoints" / record["strategy"] / record["run_id"]
-    target = output_dir / "checkpoints" / record["strategy"] / record["run_id"]
+    source = run_folder(folder, record["strategy"], record["run_id"])
+    target = run_folder(output_dir, record["strategy"], record["run_id"])
     if source.is_dir():
         if target.exists():
             shutil.rmtree(target)

@@ -22,7 +22,7 @@ from records.measure import PeakMemory, device_name, library_versions
 from model import (build_model, export_refused, fit_temperature, fold_temperature, new_head_reason, parameter_counts,
                    part_learning_rates)
 from records.checkpoints import BEST_WEIGHTS, drop_checkpoints, load_weights, save_weights, saved_run_key
-from records.results import RUN_RECORD, SCHEMA_VERSION, results_file, save_record
+from records.results import RUN_RECORD, SCHEMA_VERSION, results_file, run_folder, save_record
 from reporting.data_report import DATA_REPORT
 from reporting.diagnostics import diagnose
 from reporting.verdict import best_of
@@ -50,7 +50,7 @@ class RunInputs:
     @property
     def folder(self) -> Path:
         """Its checkpoints, its config and its own record."""
-        return Path(self.run.cfg.output.dir) / "checkpoints" / self.run.strategy / self.run_id
+        return run_folder(self.run.cfg.output.dir, self.run.strategy, self.run_id)
 
 
 def run_one(job: RunInputs, accelerator, resume: bool, on_evaluation=None) -> dict:

@@ -17,7 +17,7 @@ from experiment.search import confirmation_runs, open_studies, search, trial_rec
 from experiment.shards import assign_shards, planned_cost, print_shares
 from model import check_against_model, load_model_config
 from records.checkpoints import RESUME_STATE, saved_run_key
-from records.results import SHARED_FILES, read_results, results_file, untested_trial, write_experiment
+from records.results import SHARED_FILES, read_results, results_file, run_folder, untested_trial, write_experiment
 from records.shared import read_json
 from reporting.data_report import describe_report, save_report
 from reporting.summary import summarize
@@ -93,8 +93,7 @@ def run_experiment(cfg: Config, launch: Launch) -> int:
         if shares:
             print_shares(*shares, launch.shard[1])
         return 0
-    folders = {run_id: Path(cfg.output.dir) / "checkpoints" / run.strategy / run_id
-               for run, run_id in zip(plan.runs, ids)}
+    folders = {run_id: run_folder(cfg.output.dir, run.strategy, run_id) for run, run_id in zip(plan.runs, ids)}
     to_run = [ids[i] for i in mine if ids[i] not in cached]
     if not launch.resume and not launch.force:
         refuse_interrupted([folders[i] for i in to_run if i not in trials_done], stored)

@@ -23,7 +23,7 @@ from experiment.pruning import kept_at_rung, make_pruner, rung_steps
 from experiment.search_workers import (StudyPlace, interrupted, left_by_stopped_workers, release_abandoned,
                                        running_elsewhere, storage_url)
 from records.checkpoints import drop_checkpoints
-from records.results import results_file, save_record
+from records.results import results_file, run_folder, save_record
 from schema.search import describe_range, outside_range
 from strategies import STRATEGIES
 from records.shared import SEARCH_FOLDER
@@ -440,7 +440,7 @@ def keep_best_checkpoints(study: Study, cfg) -> None:
     for trial in study.optuna_study.get_trials(deepcopy=False):
         run_id = trial.user_attrs.get("run_id")
         if run_id and run_id not in keep and trial.state.is_finished() and not trial.user_attrs.get("earlier_run"):
-            drop_checkpoints(Path(cfg.output.dir) / "checkpoints" / study.template.strategy / run_id)
+            drop_checkpoints(run_folder(cfg.output.dir, study.template.strategy, run_id))
 
 
 def confirmation_runs(studies: list[Study], cfg) -> list[Run]:

@@ -156,13 +156,18 @@ def interrupted(study, trial) -> None:
     logger.warning("search %s: trial %d was left running by a worker that has stopped (%s): it runs again",
                    study.name, trial.number, trial.user_attrs.get("worker"))
     study.optuna_study.tell(trial.number, state=TrialState.FAIL)
-    study.optuna_study.enqueue_trial(trial.params, user_attrs={"rerun_of": trial.number})
+    queue_again(study.optuna_study, trial)
 
 
 def run_again(optuna_study, trial) -> None:
     """Optuna's call for a trial it failed because its worker's heartbeats stopped: queue its setting again."""
     logger.warning("search %s: trial %d's worker (%s) has been silent for over %d s: the trial runs again",
                    optuna_study.study_name, trial.number, trial.user_attrs.get("worker"), LEASE_GRACE)
+    queue_again(optuna_study, trial)
+
+
+def queue_again(optuna_study, trial) -> None:
+    """A failed trial's setting, queued to run again; the rerun names the trial it replaces (not counted)."""
     optuna_study.enqueue_trial(trial.params, user_attrs={"rerun_of": trial.number})
 
 

@@ -57,6 +57,11 @@ def results_file(output_dir: str | Path) -> Path:
     return Path(output_dir) / "results" / "all_results.json"
 
 
+def run_folder(output_dir: str | Path, strategy: str, run_id: str) -> Path:
+    """A run's own folder: its checkpoints, its config and its record."""
+    return Path(output_dir) / "checkpoints" / strategy / run_id
+
+
 def stored_records(path: Path) -> list[dict]:
     """The records of a results file as they are stored."""
     contents = read_json(path)

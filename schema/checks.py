@@ -10,6 +10,13 @@ def problem(condition: bool, key: str, value, allowed: str) -> list[str]:
     return [] if condition else [f"{key}: got {shown(value)}, allowed: {allowed}"]
 
 
+class Problems(list):
+    """The problems a validation step finds, gathered as it goes."""
+
+    def require(self, condition: bool, key: str, value, allowed: str) -> None:
+        self.extend(problem(condition, key, value, allowed))
+
+
 def list_problem(values, key: str, valid, allowed: str) -> list[str]:
     """The problem of a list setting whose items are not distinct and valid (none for null)."""
     return [] if values is None else problem(

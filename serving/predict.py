@@ -19,7 +19,7 @@ from data import Encoded
 from sources.files import read_file
 from model import load_tokenizer, run_model
 from reporting.summary import best_run, summarize, task_of
-from records.results import RUN_RECORD, read_results, results_file, select_runs
+from records.results import RUN_RECORD, read_results, results_file, run_folder, select_runs
 from trainer import inference, make_accelerator
 from utils import ConfigError, atomic_write_bytes
 
@@ -49,7 +49,7 @@ def find_run(spec: str, output_dir: str | Path) -> Path:
             recent = sorted(records, key=lambda r: r.get("finished_at", ""), reverse=True)[:5]
             known = ", ".join(f"{r['run_id']} ({r['strategy']})" for r in recent) or "none yet: run python main.py"
             raise ConfigError(f"--run: no run '{spec}' in {results_file(output_dir)}; the most recent: {known}")
-    return output_dir / "checkpoints" / record["strategy"] / record["run_id"]
+    return run_folder(output_dir, record["strategy"], record["run_id"])
 
 
 def best_of_latest_experiment(output_dir: Path, which: str) -> dict:
