@@ -243,7 +243,9 @@ def short_key(dotted: str) -> str:
 
 def strategy_settings(cfg: Config, strategy: str) -> dict[str, Any]:
     """The strategy's own settings for one run, with the learning rate it will really use."""
-    settings = {k: v for k, v in dataclasses.asdict(getattr(cfg.strategies, strategy)).items() if k not in GRID_KEYS}
+    settings = {
+        k: v for k, v in dataclasses.asdict(getattr(cfg.strategies, strategy)).items() if k not in GRID_KEYS
+    }
     settings["learning_rate"] = settings["learning_rate"] or cfg.training.learning_rate
     return settings
 
@@ -283,21 +285,33 @@ def _rule_problems(cfg: Config) -> list[str]:
     require = problems.require
 
     d, t = cfg.data, cfg.training
-    require(not (d.augment.enabled and d.text_pair_column), "data.augment.enabled", d.augment.enabled,
-            "false with data.text_pair_column (augmentation perturbs single texts)")
+    require(
+        not (d.augment.enabled and d.text_pair_column),
+        "data.augment.enabled",
+        d.augment.enabled,
+        "false with data.text_pair_column (augmentation perturbs single texts)",
+    )
     if d.task in TASKS:
         problems += TASKS[d.task].problems(cfg)
         choices = TASKS[d.task].selection_metrics()
-        require(t.early_stopping.metric in (None, *choices), "training.early_stopping.metric", t.early_stopping.metric,
-                f"{', '.join(choices)} (validation metrics of {d.task}), or null")
+        require(
+            t.early_stopping.metric in (None, *choices),
+            "training.early_stopping.metric",
+            t.early_stopping.metric,
+            f"{', '.join(choices)} (validation metrics of {d.task}), or null",
+        )
     for strategy in STRATEGY_NAMES:
         problems += getattr(cfg.strategies, strategy).problems(f"strategies.{strategy}", cfg)
     problems += list_problem(t.seeds, "training.seeds", lambda v: True, "integers")
     for name in cfg.output.trackers:
         problems += tracker_problems(name)
-    problems += list_problem(cfg.ablation.learning_rates, "ablation.learning_rates", lambda v: v > 0, "numbers > 0")
+    problems += list_problem(
+        cfg.ablation.learning_rates, "ablation.learning_rates", lambda v: v > 0, "numbers > 0"
+    )
     few = cfg.few_shot
-    problems += list_problem(few.shots_per_class, "few_shot.shots_per_class", lambda v: v >= 1, "integers >= 1")
+    problems += list_problem(
+        few.shots_per_class, "few_shot.shots_per_class", lambda v: v >= 1, "integers >= 1"
+    )
     require(few.repeats >= 1, "few_shot.repeats", few.repeats, "an integer >= 1")
     problems += cfg.search.problems()
     return problems
@@ -309,15 +323,24 @@ def model_problems(cfg: Config) -> list[str]:
     require = problems.require
 
     m = cfg.model
-    require(m.max_length == "auto" or m.max_length >= 8, "model.max_length", m.max_length, "an integer >= 8, or auto")
+    require(
+        m.max_length == "auto" or m.max_length >= 8,
+        "model.max_length",
+        m.max_length,
+        "an integer >= 8, or auto",
+    )
     require(m.dropout is None or 0 <= m.dropout < 1, "model.dropout", m.dropout, "0 <= dropout < 1, or null")
     require(m.head.hidden_size >= 1, "model.head.hidden_size", m.head.hidden_size, "an integer >= 1")
     require(0 <= m.head.dropout < 1, "model.head.dropout", m.head.dropout, "0 <= dropout < 1")
     # rules across keys a grid varies are checked on each run's config (expand_grid), not on the file's
     if not varied_keys(cfg) & {"model.head.type", "model.head.pooling"}:
-        require(m.head.type != "model" or m.head.pooling in ("auto", "cls"), "model.head.pooling",
-                m.head.pooling, "auto or cls with model.head.type: model (the model's own head pools as it was "
-                "built to); set type linear or mlp")
+        require(
+            m.head.type != "model" or m.head.pooling in ("auto", "cls"),
+            "model.head.pooling",
+            m.head.pooling,
+            "auto or cls with model.head.type: model (the model's own head pools as it was "
+            "built to); set type linear or mlp",
+        )
     return problems
 
 
@@ -329,23 +352,49 @@ def data_problems(cfg: Config) -> list[str]:
     d = cfg.data
     require(d.task in TASKS, "data.task", d.task, ", ".join(TASKS))
     if (d.name is None) == (d.path is None):
-        problems.append("data: set exactly one of data.name (a Hub data set) and data.path (a local "
-                        f"file or folder); got name={d.name!r}, path={d.path!r}")
-    require(d.label_separator.strip() != "", "data.label_separator", d.label_separator,
-            "a string with a character other than white space (what separates a text's labels)")
-    require(d.train_size is None or d.train_size >= 2, "data.train_size", d.train_size, "an integer >= 2, or null")
+        problems.append(
+            "data: set exactly one of data.name (a Hub data set) and data.path (a local "
+            f"file or folder); got name={d.name!r}, path={d.path!r}"
+        )
+    require(
+        d.label_separator.strip() != "",
+        "data.label_separator",
+        d.label_separator,
+        "a string with a character other than white space (what separates a text's labels)",
+    )
+    require(
+        d.train_size is None or d.train_size >= 2, "data.train_size", d.train_size, "an integer >= 2, or null"
+    )
     require(0 < d.validation_size < 1, "data.validation_size", d.validation_size, "0 < share < 1")
-    require(d.folds is None or d.folds >= 2, "data.folds", d.folds,
-            "an integer >= 2 (each fold held out once), or null for one validation split")
+    require(
+        d.folds is None or d.folds >= 2,
+        "data.folds",
+        d.folds,
+        "an integer >= 2 (each fold held out once), or null for one validation split",
+    )
     require(d.fold_repeats >= 1, "data.fold_repeats", d.fold_repeats, "an integer >= 1")
-    require(d.fold_repeats == 1 or d.folds is not None, "data.fold_repeats", d.fold_repeats,
-            "1 unless data.folds is set (it repeats the folds)")
+    require(
+        d.fold_repeats == 1 or d.folds is not None,
+        "data.fold_repeats",
+        d.fold_repeats,
+        "1 unless data.folds is set (it repeats the folds)",
+    )
     require(d.augment.copies >= 1, "data.augment.copies", d.augment.copies, "an integer >= 1")
-    require(0 < d.augment.probability <= 0.5, "data.augment.probability", d.augment.probability, "0 < share <= 0.5")
+    require(
+        0 < d.augment.probability <= 0.5,
+        "data.augment.probability",
+        d.augment.probability,
+        "0 < share <= 0.5",
+    )
     require(0 < d.test_size < 1, "data.test_size", d.test_size, "0 < share < 1")
-    require(d.validation_size + d.test_size < 1, "data.validation_size + data.test_size",
-            d.validation_size + d.test_size, "a sum below 1, so that training rows remain")
+    require(
+        d.validation_size + d.test_size < 1,
+        "data.validation_size + data.test_size",
+        d.validation_size + d.test_size,
+        "a sum below 1, so that training rows remain",
+    )
     return problems
+
 
 def training_problems(cfg: Config) -> list[str]:
     """The training section's ranges and rules."""
@@ -355,39 +404,88 @@ def training_problems(cfg: Config) -> list[str]:
     t = cfg.training
     require(t.batch_size >= 1, "training.batch_size", t.batch_size, "an integer >= 1")
     require(t.eval_batch_size >= 1, "training.eval_batch_size", t.eval_batch_size, "an integer >= 1")
-    require(t.eval_batch_tokens is None or t.eval_batch_tokens >= 1, "training.eval_batch_tokens", t.eval_batch_tokens,
-            "an integer >= 1, or null")
-    require(t.eval_every_steps is None or t.eval_every_steps >= 1, "training.eval_every_steps", t.eval_every_steps,
-            "an integer >= 1, or null")
-    require(t.checkpoint_every_steps is None or t.checkpoint_every_steps >= 1, "training.checkpoint_every_steps",
-            t.checkpoint_every_steps, "an integer >= 1, or null")
-    require(not (t.fp16 and t.bf16), "training.bf16", t.bf16,
-            "false while training.fp16 is true (on by default): set training.fp16: false to use bf16")
+    require(
+        t.eval_batch_tokens is None or t.eval_batch_tokens >= 1,
+        "training.eval_batch_tokens",
+        t.eval_batch_tokens,
+        "an integer >= 1, or null",
+    )
+    require(
+        t.eval_every_steps is None or t.eval_every_steps >= 1,
+        "training.eval_every_steps",
+        t.eval_every_steps,
+        "an integer >= 1, or null",
+    )
+    require(
+        t.checkpoint_every_steps is None or t.checkpoint_every_steps >= 1,
+        "training.checkpoint_every_steps",
+        t.checkpoint_every_steps,
+        "an integer >= 1, or null",
+    )
+    require(
+        not (t.fp16 and t.bf16),
+        "training.bf16",
+        t.bf16,
+        "false while training.fp16 is true (on by default): set training.fp16: false to use bf16",
+    )
     require(t.learning_rate > 0, "training.learning_rate", t.learning_rate, "a number > 0")
-    require(t.head_learning_rate is None or t.head_learning_rate > 0, "training.head_learning_rate",
-            t.head_learning_rate, "a number > 0, or null")
-    require(t.layer_lr_decay is None or 0 < t.layer_lr_decay <= 1, "training.layer_lr_decay", t.layer_lr_decay,
-            "0 < decay <= 1 (e.g. 0.8), or null")
+    require(
+        t.head_learning_rate is None or t.head_learning_rate > 0,
+        "training.head_learning_rate",
+        t.head_learning_rate,
+        "a number > 0, or null",
+    )
+    require(
+        t.layer_lr_decay is None or 0 < t.layer_lr_decay <= 1,
+        "training.layer_lr_decay",
+        t.layer_lr_decay,
+        "0 < decay <= 1 (e.g. 0.8), or null",
+    )
     require(t.num_epochs >= 1, "training.num_epochs", t.num_epochs, "an integer >= 1")
     require(t.weight_decay >= 0, "training.weight_decay", t.weight_decay, "a number >= 0")
     require(0 <= t.warmup_ratio < 1, "training.warmup_ratio", t.warmup_ratio, "0 <= ratio < 1")
-    require(t.gradient_accumulation_steps >= 1, "training.gradient_accumulation_steps",
-            t.gradient_accumulation_steps, "an integer >= 1")
-    require(t.max_grad_norm is None or t.max_grad_norm > 0, "training.max_grad_norm", t.max_grad_norm,
-            "a number > 0, or null to turn clipping off")
+    require(
+        t.gradient_accumulation_steps >= 1,
+        "training.gradient_accumulation_steps",
+        t.gradient_accumulation_steps,
+        "an integer >= 1",
+    )
+    require(
+        t.max_grad_norm is None or t.max_grad_norm > 0,
+        "training.max_grad_norm",
+        t.max_grad_norm,
+        "a number > 0, or null to turn clipping off",
+    )
     require(t.focal_gamma >= 0, "training.focal_gamma", t.focal_gamma, "a number >= 0")
-    require(t.decision_threshold == "tuned" or 0 < t.decision_threshold < 1, "training.decision_threshold",
-            t.decision_threshold, "tuned, or a probability between 0 and 1")
+    require(
+        t.decision_threshold == "tuned" or 0 < t.decision_threshold < 1,
+        "training.decision_threshold",
+        t.decision_threshold,
+        "tuned, or a probability between 0 and 1",
+    )
     require(0 <= t.label_smoothing < 1, "training.label_smoothing", t.label_smoothing, "0 <= share < 1")
-    require(t.loss == "cross_entropy" or t.label_smoothing == 0, "training.label_smoothing", t.label_smoothing,
-            "0 with training.loss: focal (label smoothing applies to cross-entropy)")
+    require(
+        t.loss == "cross_entropy" or t.label_smoothing == 0,
+        "training.label_smoothing",
+        t.label_smoothing,
+        "0 with training.loss: focal (label smoothing applies to cross-entropy)",
+    )
     weights = t.class_weights
     values = weights.values() if isinstance(weights, dict) else weights if isinstance(weights, list) else []
-    require(all(w > 0 for w in values) and weights not in ([], {}), "training.class_weights", weights,
-            "balanced, a non-empty list of numbers > 0 in label order, {label: number > 0}, or null")
-    require(t.early_stopping.patience >= 1, "training.early_stopping.patience",
-            t.early_stopping.patience, "an integer >= 1")
+    require(
+        all(w > 0 for w in values) and weights not in ([], {}),
+        "training.class_weights",
+        weights,
+        "balanced, a non-empty list of numbers > 0 in label order, {label: number > 0}, or null",
+    )
+    require(
+        t.early_stopping.patience >= 1,
+        "training.early_stopping.patience",
+        t.early_stopping.patience,
+        "an integer >= 1",
+    )
     return problems
+
 
 def tracker_problems(name: str) -> list[str]:
     """Why Accelerate cannot log to tracker `name` here (nothing when it can)."""
@@ -467,16 +565,23 @@ def _grid_problems(cfg: Config) -> list[str]:
     varied = [(f"sweep.{key}", key) for key in cfg.sweep]
     varied += [(f"variants.{name}.{key}", key) for name, settings in cfg.variants.items() for key in settings]
     for where, key in varied:
-        if key in NOT_SWEEPABLE or key.split(".")[0] in ("sweep", "variants", "ablation", "few_shot") or \
-                key.rsplit(".", 1)[-1] in GRID_KEYS:
+        if (
+            key in NOT_SWEEPABLE
+            or key.split(".")[0] in ("sweep", "variants", "ablation", "few_shot")
+            or key.rsplit(".", 1)[-1] in GRID_KEYS
+        ):
             why = NOT_SWEEPABLE.get(key, "it shapes the experiment itself")
-            problems.append(f"{where}: cannot be {'swept' if where.startswith('sweep.') else 'set in a variant'} ({why})")
+            problems.append(
+                f"{where}: cannot be {'swept' if where.startswith('sweep.') else 'set in a variant'} ({why})"
+            )
         elif where.startswith("variants.") and key in cfg.sweep:
             problems.append(f"{where}: also swept in sweep.{key}; vary it in one place")
     for strategy in STRATEGY_NAMES:
         own = getattr(cfg.strategies, strategy)
-        for key, list_key in ((f"strategies.{strategy}.learning_rate", "learning_rates"),
-                              (f"strategies.{strategy}.rank", "rank_values")):
+        for key, list_key in (
+            (f"strategies.{strategy}.learning_rate", "learning_rates"),
+            (f"strategies.{strategy}.rank", "rank_values"),
+        ):
             if key in cfg.sweep and getattr(own, list_key, None):
                 problems.append(f"sweep.{key}: also given as strategies.{strategy}.{list_key}; keep one")
     problems += _search_problems(cfg)
@@ -486,7 +591,9 @@ def _grid_problems(cfg: Config) -> list[str]:
         try:
             expand_grid(cfg, strategy)
         except ConfigError as err:
-            where = " and ".join(name for name, used in (("sweep", cfg.sweep), ("variants", cfg.variants)) if used)
+            where = " and ".join(
+                name for name, used in (("sweep", cfg.sweep), ("variants", cfg.variants)) if used
+            )
             problems.append(f"{where or 'grid'}: {err}")
     return list(dict.fromkeys(problems))  # the same mistake shows once, not once per strategy
 
@@ -494,7 +601,7 @@ def _grid_problems(cfg: Config) -> list[str]:
 # Why a key cannot be searched, beyond those a sweep may not vary.
 NOT_SEARCHABLE = {
     "training.learning_rate": "each strategy searches its own rate: strategies.<name>.learning_rate (in every "
-                              "strategy's default space already)",
+    "strategy's default space already)",
 }
 
 
@@ -502,20 +609,35 @@ def _search_problems(cfg: Config) -> list[str]:
     """A search that the config's own lists would multiply, and searched keys or ranges that no run accepts."""
     search = cfg.search
     if search.method == "grid":
-        return ["search.space: set with search.method: grid, which ignores it; set search.method: optuna"] \
-            if search.space else []
+        return (
+            ["search.space: set with search.method: grid, which ignores it; set search.method: optuna"]
+            if search.space
+            else []
+        )
     problems = []
-    lists = [("sweep", bool(cfg.sweep)), ("variants", bool(cfg.variants)),
-             ("ablation.learning_rates", bool(cfg.ablation.learning_rates)), ("few_shot.enabled", cfg.few_shot.enabled)]
-    lists += [(f"strategies.{name}.{key}", bool(getattr(getattr(cfg.strategies, name), key, None)))
-              for name in STRATEGY_NAMES for key in ("learning_rates", "rank_values")]
-    problems += [f"{key}: set with search.method: optuna, which chooses each strategy's settings itself; put the "
-                 "keys it varies in search.space (ranges or lists of choices), or use search.method: grid"
-                 for key, used in lists if used]
+    lists = [
+        ("sweep", bool(cfg.sweep)),
+        ("variants", bool(cfg.variants)),
+        ("ablation.learning_rates", bool(cfg.ablation.learning_rates)),
+        ("few_shot.enabled", cfg.few_shot.enabled),
+    ]
+    lists += [
+        (f"strategies.{name}.{key}", bool(getattr(getattr(cfg.strategies, name), key, None)))
+        for name in STRATEGY_NAMES
+        for key in ("learning_rates", "rank_values")
+    ]
+    problems += [
+        f"{key}: set with search.method: optuna, which chooses each strategy's settings itself; put the "
+        "keys it varies in search.space (ranges or lists of choices), or use search.method: grid"
+        for key, used in lists
+        if used
+    ]
     for key, spec in search.space.items():
         why = NOT_SEARCHABLE.get(key) or NOT_SWEEPABLE.get(key)
-        if why is None and (key.split(".")[0] in ("sweep", "variants", "ablation", "few_shot", "search")
-                            or key.rsplit(".", 1)[-1] in GRID_KEYS):
+        if why is None and (
+            key.split(".")[0] in ("sweep", "variants", "ablation", "few_shot", "search")
+            or key.rsplit(".", 1)[-1] in GRID_KEYS
+        ):
             why = "it shapes the experiment itself"
         if why:
             problems.append(f"search.space.{key}: cannot be searched ({why})")
@@ -544,5 +666,8 @@ def file_settings(path: str | Path) -> dict[str, Any]:
         return found
 
     raw = read_yaml(Path(path))
-    return {key: value for key, value in leaves(raw, defaults, "").items()
-            if key.split(".")[0] not in ("sweep", "variants")}
+    return {
+        key: value
+        for key, value in leaves(raw, defaults, "").items()
+        if key.split(".")[0] not in ("sweep", "variants")
+    }

@@ -52,7 +52,9 @@ class LabelledData:
         """Names the data as loaded; a fold is named by the data it was cut from (its run key names the fold)."""
         if self.fold:
             return self.fold["of"]
-        return stable_hash([self.texts, self.labels, self.label_names] + ([self.pairs] if self.pairs else []), length=16)
+        return stable_hash(
+            [self.texts, self.labels, self.label_names] + ([self.pairs] if self.pairs else []), length=16
+        )
 
     def sizes(self) -> dict[str, int]:
         return {split: len(self.labels[split]) for split in SPLITS}
@@ -71,32 +73,62 @@ def load_data(cfg: DataConfig) -> LabelledData:
         frames, hub_names = read_local(Path(cfg.path)), None
         name = Path(cfg.path).stem if Path(cfg.path).is_file() else Path(cfg.path).name
     cleaning = {split: {} for split in SPLITS}
-    whole = {"test"} if "test" in frames and not cfg.clean_given_test else set()  # given by the data: kept whole
-    frames = {split: _clean(frame, split, columns, task, cleaning[split], cfg) for split, frame in frames.items()}
-    frames = {split: _drop_duplicates(frame, split, cfg.drop_duplicates and split not in whole, cleaning[split],
-                                      task.shown_label) for split, frame in frames.items()}
+    whole = (
+        {"test"} if "test" in frames and not cfg.clean_given_test else set()
+    )  # given by the data: kept whole
+    frames = {
+        split: _clean(frame, split, columns, task, cleaning[split], cfg) for split, frame in frames.items()
+    }
+    frames = {
+        split: _drop_duplicates(
+            frame, split, cfg.drop_duplicates and split not in whole, cleaning[split], task.shown_label
+        )
+        for split, frame in frames.items()
+    }
     frames = _carve_missing_splits(frames, cfg, task)
     frames, unseen = _remove_leakage(frames, cfg.remove_leakage, cleaning, whole)
     if cfg.train_size is not None and cfg.train_size < len(frames["train"]):
-        frames["train"] = _split(frames["train"], len(frames["train"]) - cfg.train_size, cfg.seed, "train_size",
-                                 task)[0]
-    label_names, labels = task.encode_labels({split: frame["label"] for split, frame in frames.items()},
-                                             cfg.tag_names or hub_names, label_column)
+        frames["train"] = _split(
+            frames["train"], len(frames["train"]) - cfg.train_size, cfg.seed, "train_size", task
+        )[0]
+    label_names, labels = task.encode_labels(
+        {split: frame["label"] for split, frame in frames.items()}, cfg.tag_names or hub_names, label_column
+    )
     texts = {split: frame["text"].tolist() for split, frame in frames.items()}
-    pairs = {split: frame["pair"].tolist() for split, frame in frames.items()} if "pair" in frames["train"] else None
-    return LabelledData(name=name, texts=texts, labels=labels, label_names=label_names, cleaning=cleaning, pairs=pairs,
-                        task=cfg.task, test_unseen=unseen)
+    pairs = (
+        {split: frame["pair"].tolist() for split, frame in frames.items()}
+        if "pair" in frames["train"]
+        else None
+    )
+    return LabelledData(
+        name=name,
+        texts=texts,
+        labels=labels,
+        label_names=label_names,
+        cleaning=cleaning,
+        pairs=pairs,
+        task=cfg.task,
+        test_unseen=unseen,
+    )
 
 
-def _clean(frame: pd.DataFrame, split: str, columns: dict[str, tuple[str, str | None]], task, found: dict,
-           cfg: DataConfig) -> pd.DataFrame:
+def _clean(
+    frame: pd.DataFrame,
+    split: str,
+    columns: dict[str, tuple[str, str | None]],
+    task,
+    found: dict,
+    cfg: DataConfig,
+) -> pd.DataFrame:
     """The split as columns text (and pair) and label, without the rows that lack a text or a label. `columns`
     maps each to (its config key, the column in the data); the task prepares what is not a string (lists of
     words, a question's answers), so that cleaning compares strings."""
     columns = {name: (key, column) for name, (key, column) in columns.items() if column is not None}
     for key, column in columns.values():
         if column not in frame.columns and key is not None:  # a column no setting names is read where there
-            raise ConfigError(f"{key}: column '{column}' not in the {split} data; columns: {', '.join(map(str, frame.columns))}")
+            raise ConfigError(
+                f"{key}: column '{column}' not in the {split} data; columns: {', '.join(map(str, frame.columns))}"
+            )
     present = {name: frame[column] for name, (_, column) in columns.items() if column in frame.columns}
     frame = task.prepare(pd.DataFrame(present), split, columns, found, cfg)
     check_value_types(frame, split, columns)
@@ -106,13 +138,20 @@ def _clean(frame: pd.DataFrame, split: str, columns: dict[str, tuple[str, str | 
     has_text = np.logical_and.reduce([text.notna() & (text != "") for text in texts.values()])
     has_label = frame["label"].notna()
     keep = has_text & has_label
-    found.update(rows_read=len(frame), empty_text=int((~has_text).sum()), missing_label=int((has_text & ~has_label).sum()))
+    found.update(
+        rows_read=len(frame),
+        empty_text=int((~has_text).sum()),
+        missing_label=int((has_text & ~has_label).sum()),
+    )
     if not keep.all():
-        logger.warning("%s split: dropped %d rows with empty text or a missing label", split, int((~keep).sum()))
+        logger.warning(
+            "%s split: dropped %d rows with empty text or a missing label", split, int((~keep).sum())
+        )
     if not keep.any():
         raise ConfigError(f"data: the {split} split has no rows with both text and a label")
-    return pd.DataFrame({**{name: text[keep].astype(str) for name, text in texts.items()},
-                         "label": frame["label"][keep]}).reset_index(drop=True)
+    return pd.DataFrame(
+        {**{name: text[keep].astype(str) for name, text in texts.items()}, "label": frame["label"][keep]}
+    ).reset_index(drop=True)
 
 
 SCALARS = (str, int, float, np.integer, np.floating, bool, np.bool_)
@@ -130,13 +169,18 @@ def check_value_types(frame: pd.DataFrame, split: str, columns: dict[str, tuple[
         key, column = columns.get(name, (None, name))
         where = f"{key or 'data'}: column '{column}' of the {split} data"
         present = series[[not is_missing(value) for value in series]]
-        wrong = [i for i, v in present.items() if not isinstance(v, SCALARS)
-                 or (name != "label" and isinstance(v, (bool, np.bool_)))]
+        wrong = [
+            i
+            for i, v in present.items()
+            if not isinstance(v, SCALARS) or (name != "label" and isinstance(v, (bool, np.bool_)))
+        ]
         if wrong:
             value = present[wrong[0]]
             allowed = "text" if name != "label" else "one label per row, a string or a number"
-            raise ConfigError(f"{where} holds {type(value).__name__} values (row {wrong[0] + 1}: "
-                              f"{shown(value)}), allowed: {allowed}")
+            raise ConfigError(
+                f"{where} holds {type(value).__name__} values (row {wrong[0] + 1}: "
+                f"{shown(value)}), allowed: {allowed}"
+            )
 
 
 def text_key(text: str) -> str:
@@ -154,23 +198,37 @@ def row_keys(frame: pd.DataFrame) -> pd.Series:
 CONFLICT_EXAMPLES = 5
 
 
-def _drop_duplicates(frame: pd.DataFrame, split: str, drop: bool, found: dict, shown: Callable[[Any], str]
-                     ) -> pd.DataFrame:
+def _drop_duplicates(
+    frame: pd.DataFrame, split: str, drop: bool, found: dict, shown: Callable[[Any], str]
+) -> pd.DataFrame:
     """Repeated texts: one copy kept when every copy has the same label; every copy dropped when the copies
     disagree (which label is right cannot be known). Counted either way; with `drop` false, all rows stay."""
     key = row_keys(frame)
     labels_per_text = frame.groupby(key)["label"].nunique()
     conflicting = key.isin(labels_per_text.index[labels_per_text > 1])
     repeated = key.duplicated() & ~conflicting
-    examples = [{"text": group["text"].iloc[0], "labels": sorted(map(shown, group["label"].unique()))}
-                for _, group in frame[conflicting].groupby(key[conflicting], sort=True)][:CONFLICT_EXAMPLES]
-    found.update(duplicates_dropped=int(repeated.sum()) if drop else 0, duplicate_rows=int(repeated.sum()),
-                 conflicting_texts=int(labels_per_text.gt(1).sum()), conflicting_rows=int(conflicting.sum()),
-                 conflicting_rows_dropped=int(conflicting.sum()) if drop else 0, conflicting_examples=examples)
+    examples = [
+        {"text": group["text"].iloc[0], "labels": sorted(map(shown, group["label"].unique()))}
+        for _, group in frame[conflicting].groupby(key[conflicting], sort=True)
+    ][:CONFLICT_EXAMPLES]
+    found.update(
+        duplicates_dropped=int(repeated.sum()) if drop else 0,
+        duplicate_rows=int(repeated.sum()),
+        conflicting_texts=int(labels_per_text.gt(1).sum()),
+        conflicting_rows=int(conflicting.sum()),
+        conflicting_rows_dropped=int(conflicting.sum()) if drop else 0,
+        conflicting_examples=examples,
+    )
     if conflicting.any():
-        logger.warning("%s split: %d text(s) appear with different labels (%d rows)%s, e.g. %r labelled %s",
-                       split, found["conflicting_texts"], found["conflicting_rows"], ", dropped" if drop else "",
-                       examples[0]["text"], " and ".join(examples[0]["labels"]))
+        logger.warning(
+            "%s split: %d text(s) appear with different labels (%d rows)%s, e.g. %r labelled %s",
+            split,
+            found["conflicting_texts"],
+            found["conflicting_rows"],
+            ", dropped" if drop else "",
+            examples[0]["text"],
+            " and ".join(examples[0]["labels"]),
+        )
     if not drop:
         return frame
     kept = frame[~(repeated | conflicting)].reset_index(drop=True)
@@ -179,8 +237,9 @@ def _drop_duplicates(frame: pd.DataFrame, split: str, drop: bool, found: dict, s
     return kept
 
 
-def _remove_leakage(frames: dict[str, pd.DataFrame], remove: bool, found: dict,
-                    whole: set[str]) -> tuple[dict[str, pd.DataFrame], list[int] | None]:
+def _remove_leakage(
+    frames: dict[str, pd.DataFrame], remove: bool, found: dict, whole: set[str]
+) -> tuple[dict[str, pd.DataFrame], list[int] | None]:
     """Texts of a later split already in an earlier one (validation in train; test in train or validation):
     counted, and with `remove`, dropped from the later split, so no score is measured on a text trained on
     or chosen by. A split in `whole` keeps every row; its rows no earlier split holds are returned (test's)."""
@@ -194,20 +253,31 @@ def _remove_leakage(frames: dict[str, pd.DataFrame], remove: bool, found: dict,
             found[split]["scored_whole"] = True
             unseen = np.flatnonzero(~leaked.to_numpy()).tolist()
         if leaked.any():
-            logger.warning("%s split: %d text(s) also in an earlier split%s", split, int(leaked.sum()),
-                           ", removed" if drop else ", kept: the data gives this split, so it is scored whole (and "
-                           "apart without them, as test_unseen)" if split in whole else
-                           " (data.remove_leakage: false keeps them)")
+            logger.warning(
+                "%s split: %d text(s) also in an earlier split%s",
+                split,
+                int(leaked.sum()),
+                ", removed"
+                if drop
+                else ", kept: the data gives this split, so it is scored whole (and "
+                "apart without them, as test_unseen)"
+                if split in whole
+                else " (data.remove_leakage: false keeps them)",
+            )
         if drop:
             if leaked.all():
-                raise ConfigError(f"data: every {split} text is also in an earlier split; nothing is left to "
-                                  f"{'choose' if split == 'validation' else 'test'} on")
+                raise ConfigError(
+                    f"data: every {split} text is also in an earlier split; nothing is left to "
+                    f"{'choose' if split == 'validation' else 'test'} on"
+                )
             frames[split] = frames[split][~leaked].reset_index(drop=True)
         seen |= set(keys)
     return frames, unseen
 
 
-def _carve_missing_splits(frames: dict[str, pd.DataFrame], cfg: DataConfig, task: Task) -> dict[str, pd.DataFrame]:
+def _carve_missing_splits(
+    frames: dict[str, pd.DataFrame], cfg: DataConfig, task: Task
+) -> dict[str, pd.DataFrame]:
     """Test first, then validation, both from the full training data, so neither depends on train_size."""
     train = frames["train"]
     total = len(train)
@@ -218,8 +288,9 @@ def _carve_missing_splits(frames: dict[str, pd.DataFrame], cfg: DataConfig, task
     return {split: frames[split] for split in SPLITS}
 
 
-def _split(frame: pd.DataFrame, holdout: int, seed: int, split: str,
-           task: Task) -> tuple[pd.DataFrame, pd.DataFrame]:
+def _split(
+    frame: pd.DataFrame, holdout: int, seed: int, split: str, task: Task
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """`holdout` rows held out at random; in proportion to the task's strata (classes) where the counts allow, or
     as the task carves them (label sets)."""
     if holdout < 1 or holdout >= len(frame):
@@ -245,14 +316,20 @@ def fold_rows(data: LabelledData, folds: int, seed: int, repeat: int = 0) -> lis
     texts = data.texts["train"] + data.texts["validation"]
     pairs = data.pairs and data.pairs["train"] + data.pairs["validation"]
     keys = [text_key(text) for text in task.fold_texts(texts, pairs)]
-    _, first, groups = np.unique(keys, return_index=True, return_inverse=True)  # each row's group, each group's first row
+    _, first, groups = np.unique(
+        keys, return_index=True, return_inverse=True
+    )  # each row's group, each group's first row
     if folds > len(first):
-        raise ConfigError(f"data.folds: {folds} is more than the {len(first)} distinct texts of train and validation "
-                          f"together; at most {len(first)}")
+        raise ConfigError(
+            f"data.folds: {folds} is more than the {len(first)} distinct texts of train and validation "
+            f"together; at most {len(first)}"
+        )
     strata = task.fold_strata(data.labels["train"] + data.labels["validation"])
     if strata is not None:
         if strata.ndim == 1:
-            strata = strata[first]  # a repeated text's label: its first row's (repeats with other labels were dropped)
+            strata = strata[
+                first
+            ]  # a repeated text's label: its first row's (repeats with other labels were dropped)
             counts = np.bincount(strata, minlength=len(data.label_names))
         else:  # a repeated text holds every label any of its rows has
             rows, strata = strata, np.zeros((len(first), strata.shape[1]), dtype=strata.dtype)
@@ -260,10 +337,12 @@ def fold_rows(data: LabelledData, folds: int, seed: int, repeat: int = 0) -> lis
             counts = strata.sum(0)
         rarest = int(np.argmin(np.where(counts > 0, counts, np.iinfo(np.int64).max)))
         if counts[rarest] < folds:
-            raise ConfigError(f"data.folds: {folds} is more than the {counts[rarest]} examples of "
-                              f"{'label' if task.label_sets else 'class'} '{data.label_names[rarest]}' in train and "
-                              f"validation together, so a fold would lack it; at most {counts[rarest]}")
-    state = int(np.random.default_rng([seed, repeat]).integers(2 ** 31))
+            raise ConfigError(
+                f"data.folds: {folds} is more than the {counts[rarest]} examples of "
+                f"{'label' if task.label_sets else 'class'} '{data.label_names[rarest]}' in train and "
+                f"validation together, so a fold would lack it; at most {counts[rarest]}"
+            )
+    state = int(np.random.default_rng([seed, repeat]).integers(2**31))
     if strata is None:
         splitter = KFold(folds, shuffle=True, random_state=state)
     elif strata.ndim == 1:
@@ -287,12 +366,19 @@ def fold_of(data: LabelledData, cut: list[np.ndarray], index: int, repeat: int =
 
     def resplit(values: dict[str, list]) -> dict[str, list]:
         pooled = values["train"] + values["validation"]
-        return {"train": [v for v, out in zip(pooled, held) if not out],
-                "validation": [v for v, out in zip(pooled, held) if out], "test": values["test"]}
+        return {
+            "train": [v for v, out in zip(pooled, held) if not out],
+            "validation": [v for v, out in zip(pooled, held) if out],
+            "test": values["test"],
+        }
 
-    return dataclasses.replace(data, texts=resplit(data.texts), labels=resplit(data.labels),
-                               pairs=data.pairs and resplit(data.pairs),
-                               fold={"folds": len(cut), "index": index, "repeat": repeat, "of": data.fingerprint})
+    return dataclasses.replace(
+        data,
+        texts=resplit(data.texts),
+        labels=resplit(data.labels),
+        pairs=data.pairs and resplit(data.pairs),
+        fold={"folds": len(cut), "index": index, "repeat": repeat, "of": data.fingerprint},
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -319,14 +405,20 @@ class Encoded:
 
     def with_added_train_rows(self, ids: list[list[int]], labels: list[int]) -> Encoded:
         """The same validation and test splits, training on the rows it has and these."""
-        return dataclasses.replace(self, ids={**self.ids, "train": self.ids["train"] + ids},
-                                   labels={**self.labels, "train": self.labels["train"] + labels},
-                                   augmented_rows=self.augmented_rows + len(ids))
+        return dataclasses.replace(
+            self,
+            ids={**self.ids, "train": self.ids["train"] + ids},
+            labels={**self.labels, "train": self.labels["train"] + labels},
+            augmented_rows=self.augmented_rows + len(ids),
+        )
 
     def with_train_rows(self, rows: list[int]) -> Encoded:
         """The same validation and test splits, training on the given rows only."""
-        return dataclasses.replace(self, ids={**self.ids, "train": [self.ids["train"][i] for i in rows]},
-                                   labels={**self.labels, "train": [self.labels["train"][i] for i in rows]})
+        return dataclasses.replace(
+            self,
+            ids={**self.ids, "train": [self.ids["train"][i] for i in rows]},
+            labels={**self.labels, "train": [self.labels["train"][i] for i in rows]},
+        )
 
 
 def few_shot_rows(labels: list[int], shots: int, seed: int, draw: int) -> list[int]:
@@ -341,18 +433,27 @@ def few_shot_rows(labels: list[int], shots: int, seed: int, draw: int) -> list[i
     return sorted(rows)
 
 
-def augment_texts(texts: list[str], labels: list[int], cfg: AugmentConfig, seed: int) -> tuple[list[str], list[int]]:
+def augment_texts(
+    texts: list[str], labels: list[int], cfg: AugmentConfig, seed: int
+) -> tuple[list[str], list[int]]:
     """The added training rows (data.augment): `copies` perturbed versions of each text of the augmented classes,
     each made by one operation drawn at random: swapping two words, deleting each word with the configured
     probability, or inserting a word seen in the same class's texts. They only ever join a training split."""
     rng = np.random.default_rng([seed, 2])  # its own stream, apart from batch order and resampling
     words = [text.split() for text in texts]
     counts = np.bincount(labels)
-    augmented = {label for label in set(labels) if not cfg.minority_only or counts[label] < len(labels) / len(counts)}
+    augmented = {
+        label for label in set(labels) if not cfg.minority_only or counts[label] < len(labels) / len(counts)
+    }
     if not augmented:
-        logger.warning("data.augment: no class has fewer training rows than the mean per class, so minority_only "
-                       "adds nothing; set data.augment.minority_only: false to augment every class")
-    vocabulary = {label: sorted({w for ws, its in zip(words, labels) if its == label for w in ws}) for label in augmented}
+        logger.warning(
+            "data.augment: no class has fewer training rows than the mean per class, so minority_only "
+            "adds nothing; set data.augment.minority_only: false to augment every class"
+        )
+    vocabulary = {
+        label: sorted({w for ws, its in zip(words, labels) if its == label for w in ws})
+        for label in augmented
+    }
     added_texts, added_labels = [], []
     for ws, label in zip(words, labels):
         if label not in augmented:
@@ -363,7 +464,9 @@ def augment_texts(texts: list[str], labels: list[int], cfg: AugmentConfig, seed:
     return added_texts, added_labels
 
 
-def _perturb(words: list[str], vocabulary: list[str], probability: float, rng: np.random.Generator) -> list[str]:
+def _perturb(
+    words: list[str], vocabulary: list[str], probability: float, rng: np.random.Generator
+) -> list[str]:
     words = list(words)
     changes = max(1, round(probability * len(words)))
     operation = rng.integers(3) if len(words) > 1 else 2  # a single word can only gain one
@@ -385,14 +488,21 @@ def tokenize(data: LabelledData, tokenizer, max_length: int, doc_stride: int | N
     row. The task puts the labels on the rows (Task.align)."""
     task = TASKS[data.task]
     pairs = data.pairs or dict.fromkeys(SPLITS)
-    tokens = {split: task.tokenize(tokenizer, data.texts[split], pairs[split], max_length, doc_stride)
-              for split in SPLITS}
+    tokens = {
+        split: task.tokenize(tokenizer, data.texts[split], pairs[split], max_length, doc_stride)
+        for split in SPLITS
+    }
     labels, layout = {}, {}
     for split in SPLITS:
         labels[split], layout[split] = task.align(tokens[split], data.labels[split], pairs[split])
-    return Encoded(ids={split: tokens[split].ids for split in SPLITS}, labels=labels, pad_id=tokenizer.pad_token_id,
-                   label_names=data.label_names, pair_separator=tokens["train"].separator,
-                   layout=layout if any(v is not None for v in layout.values()) else None)
+    return Encoded(
+        ids={split: tokens[split].ids for split in SPLITS},
+        labels=labels,
+        pad_id=tokenizer.pad_token_id,
+        label_names=data.label_names,
+        pair_separator=tokens["train"].separator,
+        layout=layout if any(v is not None for v in layout.values()) else None,
+    )
 
 
 def epoch_rows(labels: list[int], sampler: str, seed: int, epoch: int) -> np.ndarray:
@@ -407,15 +517,18 @@ def epoch_rows(labels: list[int], sampler: str, seed: int, epoch: int) -> np.nda
     classes = [np.flatnonzero(labels == label) for label in np.unique(labels)]
     if sampler == "oversample":
         largest = max(len(rows) for rows in classes)
-        drawn = [np.concatenate([rows, rng.choice(rows, largest - len(rows), replace=True)]) for rows in classes]
+        drawn = [
+            np.concatenate([rows, rng.choice(rows, largest - len(rows), replace=True)]) for rows in classes
+        ]
     else:
         smallest = min(len(rows) for rows in classes)
         drawn = [rng.choice(rows, smallest, replace=False) for rows in classes]
     return np.sort(np.concatenate(drawn))
 
 
-def train_batches(lengths: list[int], batch_size: int, seed: int, epoch: int,
-                  rows: np.ndarray | None = None) -> list[list[int]]:
+def train_batches(
+    lengths: list[int], batch_size: int, seed: int, epoch: int, rows: np.ndarray | None = None
+) -> list[list[int]]:
     """Random batches of similar length over `rows` (default: every row once): shuffle, sort within windows of
     SORT_WINDOW_BATCHES batches, shuffle the batches.
 
@@ -426,8 +539,8 @@ def train_batches(lengths: list[int], batch_size: int, seed: int, epoch: int,
     window = batch_size * SORT_WINDOW_BATCHES
     batches = []
     for start in range(0, len(order), window):
-        chunk = sorted(order[start:start + window].tolist(), key=lambda i: -lengths[i])
-        batches += [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
+        chunk = sorted(order[start : start + window].tolist(), key=lambda i: -lengths[i])
+        batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
     return [batches[i] for i in rng.permutation(len(batches))]
 
 
@@ -439,14 +552,18 @@ def eval_batches(lengths: list[int], max_rows: int, max_tokens: int | None = Non
     batches, batch = [], []
     for i in order:
         # the batch's first row is its longest, so the padded size is rows x that length
-        if batch and (len(batch) == max_rows or (max_tokens and (len(batch) + 1) * lengths[batch[0]] > max_tokens)):
+        if batch and (
+            len(batch) == max_rows or (max_tokens and (len(batch) + 1) * lengths[batch[0]] > max_tokens)
+        ):
             batches.append(batch)
             batch = []
         batch.append(i)
     return batches + [batch] if batch else batches
 
 
-def collate(ids: list[list[int]], batch: list[int], pad_id: int, multiple: int, pair_separator: int | None = None) -> dict:
+def collate(
+    ids: list[list[int]], batch: list[int], pad_id: int, multiple: int, pair_separator: int | None = None
+) -> dict:
     """Pad one batch to its longest row (rounded up to `multiple` for tensor cores); sentence pairs get their
     token type ids."""
     width = max(len(ids[i]) for i in batch)
@@ -454,9 +571,12 @@ def collate(ids: list[list[int]], batch: list[int], pad_id: int, multiple: int, 
     input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
     attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
     for row, i in enumerate(batch):
-        input_ids[row, :len(ids[i])] = torch.tensor(ids[i])
-        attention_mask[row, :len(ids[i])] = 1
+        input_ids[row, : len(ids[i])] = torch.tensor(ids[i])
+        attention_mask[row, : len(ids[i])] = 1
     if pair_separator is None:
         return {"input_ids": input_ids, "attention_mask": attention_mask}
-    return {"input_ids": input_ids, "attention_mask": attention_mask,
-            "token_type_ids": segment_ids(input_ids, attention_mask, pair_separator)}
+    return {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "token_type_ids": segment_ids(input_ids, attention_mask, pair_separator),
+    }

@@ -39,7 +39,7 @@ def pool(hidden: torch.Tensor, attention_mask: torch.Tensor | None, pooling: str
     """One vector per text from the last hidden states: the first token's, or the mean over real tokens."""
     if pooling == "cls":
         return hidden[:, 0]
-    mask = (torch.ones(hidden.shape[:2], device=hidden.device) if attention_mask is None else attention_mask)
+    mask = torch.ones(hidden.shape[:2], device=hidden.device) if attention_mask is None else attention_mask
     mask = mask.unsqueeze(-1).to(hidden.dtype)
     return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
 
@@ -55,20 +55,28 @@ class Pooling(torch.nn.Module):
 
     def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
         if attention_mask is not None:
-            attention_mask = attention_mask[:, self.skip:]
-        return pool(hidden[:, self.skip:], attention_mask, self.how)
+            attention_mask = attention_mask[:, self.skip :]
+        return pool(hidden[:, self.skip :], attention_mask, self.how)
 
 
 class PooledHeadForward:
     """The forward of a model whose head is `classifier` on `text_pooling` of the encoder's last hidden states,
     put before the model's own class (with_head), so the rest of the model is the pre-trained one."""
 
-    def forward(self, input_ids=None, attention_mask=None, inputs_embeds=None, token_type_ids=None, labels=None,
-                **kwargs):
+    def forward(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        inputs_embeds=None,
+        token_type_ids=None,
+        labels=None,
+        **kwargs,
+    ):
         if token_type_ids is not None:  # DistilBERT takes none
             kwargs["token_type_ids"] = token_type_ids
-        hidden = self.base_model(input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds,
-                                 **kwargs).last_hidden_state
+        hidden = self.base_model(
+            input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds, **kwargs
+        ).last_hidden_state
         return SequenceClassifierOutput(logits=self.classifier(self.text_pooling(hidden, attention_mask)))
 
 
@@ -86,8 +94,12 @@ def with_head(model: PreTrainedModel, head: HeadConfig, num_labels: int, skip: i
     if head.type == "linear":
         layers = [torch.nn.Dropout(head.dropout), torch.nn.Linear(size, num_labels)]
     else:
-        layers = [torch.nn.Linear(size, head.hidden_size), ACTIVATIONS[head.activation](),
-                  torch.nn.Dropout(head.dropout), torch.nn.Linear(head.hidden_size, num_labels)]
+        layers = [
+            torch.nn.Linear(size, head.hidden_size),
+            ACTIVATIONS[head.activation](),
+            torch.nn.Dropout(head.dropout),
+            torch.nn.Linear(head.hidden_size, num_labels),
+        ]
     model.text_pooling = Pooling(head.pooling, skip)
     model.classifier = torch.nn.Sequential(*layers)
     for layer in model.classifier:
@@ -120,8 +132,10 @@ def fold_temperature(module: torch.nn.Module, inputs: dict, temperature: float) 
     batch) tells, whatever the head and the strategy's wrapping. Returns the folded parameters' names."""
     outputs = {}
     layers = {name: layer for name, layer in module.named_modules() if isinstance(layer, torch.nn.Linear)}
-    hooks = [layer.register_forward_hook(lambda _, args, out, name=name: outputs.__setitem__(name, out))
-             for name, layer in layers.items()]
+    hooks = [
+        layer.register_forward_hook(lambda _, args, out, name=name: outputs.__setitem__(name, out))
+        for name, layer in layers.items()
+    ]
     module.eval()
     try:
         with torch.no_grad():
@@ -131,8 +145,10 @@ def fold_temperature(module: torch.nn.Module, inputs: dict, temperature: float) 
             hook.remove()
     found = [name for name, out in outputs.items() if out.shape == logits.shape and torch.equal(out, logits)]
     if not found:
-        raise ValueError("training.calibration: no linear layer of this model gives its logits, so a temperature "
-                         "cannot be folded into it")
+        raise ValueError(
+            "training.calibration: no linear layer of this model gives its logits, so a temperature "
+            "cannot be folded into it"
+        )
     folded = []
     with torch.no_grad():
         for name in found:
@@ -149,9 +165,12 @@ def export_refused(strategy: Strategy, head: HeadConfig) -> str | None:
     if strategy.export_refused:
         return strategy.export_refused
     if head.type != "model":
-        return (f"its model.head ({head.type}) is not part of any Hugging Face model class, so the folder would "
-                "load with another head; use python main.py predict --run RUN (or Predictor.from_run)")
+        return (
+            f"its model.head ({head.type}) is not part of any Hugging Face model class, so the folder would "
+            "load with another head; use python main.py predict --run RUN (or Predictor.from_run)"
+        )
     return None
+
 
 def resolve_model_path(name: str) -> str:
     """A bundled alias becomes the folder its package ships; anything else goes to from_pretrained."""
@@ -170,8 +189,12 @@ def model_file(name: str, filename: str):
     """A JSON file of a model's folder (local, bundled or on the Hub), or None where it has none or it cannot be
     read: loading the model itself then names the problem."""
     try:
-        found = cached_file(resolve_model_path(name), filename, _raise_exceptions_for_missing_entries=False,
-                            _raise_exceptions_for_connection_errors=False)
+        found = cached_file(
+            resolve_model_path(name),
+            filename,
+            _raise_exceptions_for_missing_entries=False,
+            _raise_exceptions_for_connection_errors=False,
+        )
         return json.loads(Path(found).read_text(encoding="utf-8")) if found else None
     except (OSError, ValueError):
         return None
@@ -185,8 +208,14 @@ def trained_pooling(name: str) -> str | None:
     modules = model_file(name, "modules.json")
     if not isinstance(modules, list):
         return None
-    folder = next((m.get("path") for m in modules if isinstance(m, dict)
-                   and str(m.get("type", "")).endswith(".Pooling")), None)
+    folder = next(
+        (
+            m.get("path")
+            for m in modules
+            if isinstance(m, dict) and str(m.get("type", "")).endswith(".Pooling")
+        ),
+        None,
+    )
     pooling = model_file(name, f"{folder}/config.json") if folder else None
     if not isinstance(pooling, dict):
         return None
@@ -211,16 +240,23 @@ def resolve_head(head: HeadConfig, model_name: str, task: Task) -> HeadConfig:
 def resolved_config(cfg: Config) -> Config:
     """The config with its head resolved (resolve_head), as a run records and is rebuilt from."""
     head = resolve_head(cfg.model.head, cfg.model.name, TASKS[cfg.data.task])
-    return cfg if head is cfg.model.head else dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, head=head))
+    return (
+        cfg
+        if head is cfg.model.head
+        else dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, head=head))
+    )
 
 
 def _hub_error(name: str, err: Exception) -> ConfigError:
     if name.startswith(("/", "./", "../", "~")):  # meant as a folder, not a Hub id
-        return ConfigError(f"model.name: folder '{name}' does not exist or holds no model (config.json); use a "
-                           "folder written by save_pretrained, a Hub id, or the bundled model (model.name: minilm)")
+        return ConfigError(
+            f"model.name: folder '{name}' does not exist or holds no model (config.json); use a "
+            "folder written by save_pretrained, a Hub id, or the bundled model (model.name: minilm)"
+        )
     return ConfigError(
         f"model.name: could not load '{name}' ({type(err).__name__}: {str(err).splitlines()[0][:200]}). "
-        "If it is a Hub id, the Hub may be unreachable: use a local folder or the bundled model (model.name: minilm)")
+        "If it is a Hub id, the Hub may be unreachable: use a local folder or the bundled model (model.name: minilm)"
+    )
 
 
 # Files of a model folder whose `auto_map` would name code of the folder's own to run.
@@ -233,9 +269,11 @@ def refuse_custom_code(name: str) -> None:
     for filename in CODE_NAMING_FILES:
         settings = model_file(name, filename)
         if isinstance(settings, dict) and settings.get("auto_map"):
-            raise ConfigError(f"model.name: '{name}' asks to run code of its own ({filename} has an auto_map); "
-                              "bertlab never runs code from a model folder: use a model whose architecture "
-                              "transformers ships")
+            raise ConfigError(
+                f"model.name: '{name}' asks to run code of its own ({filename} has an auto_map); "
+                "bertlab never runs code from a model folder: use a model whose architecture "
+                "transformers ships"
+            )
 
 
 def from_pretrained(loader, cfg: Config, **kwargs):
@@ -260,14 +298,18 @@ def check_against_model(cfg: Config, model_config, strategies: list[str]) -> Non
     """Rules that need the model's own config (known only once it is resolved)."""
     max_positions = getattr(model_config, "max_position_embeddings", None)
     if max_positions is not None and cfg.model.max_length > max_positions:
-        raise ConfigError(f"model.max_length: got {cfg.model.max_length}, allowed: at most "
-                          f"{max_positions} (the model's position limit)")
+        raise ConfigError(
+            f"model.max_length: got {cfg.model.max_length}, allowed: at most "
+            f"{max_positions} (the model's position limit)"
+        )
     for name in strategies:
         strategy, settings = STRATEGIES[name], strategy_settings(cfg, name)
         extra = strategy.extra_positions(settings)
         if extra and max_positions is not None and cfg.model.max_length + extra[1] > max_positions:
-            raise ConfigError(f"{extra[0]} + model.max_length: got {extra[1]} + {cfg.model.max_length}, allowed: at "
-                              f"most {max_positions} (the model's position limit)")
+            raise ConfigError(
+                f"{extra[0]} + model.max_length: got {extra[1]} + {cfg.model.max_length}, allowed: at "
+                f"most {max_positions} (the model's position limit)"
+            )
         problem = strategy.model_problems(settings, model_config)
         if problem:
             raise ConfigError(problem)
@@ -279,35 +321,50 @@ def source_run(cfg: Config) -> dict | None:
     spec = cfg.model.init_from
     if spec is None:
         return None
-    folders = [Path(spec)] if Path(spec).is_dir() else sorted(Path(cfg.output.dir).glob(f"checkpoints/*/{spec}"))
+    folders = (
+        [Path(spec)] if Path(spec).is_dir() else sorted(Path(cfg.output.dir).glob(f"checkpoints/*/{spec}"))
+    )
     if not folders or not (folders[0] / RUN_RECORD).is_file():
-        raise ConfigError(f"model.init_from: got {spec!r}, allowed: the id of a run in "
-                          f"{Path(cfg.output.dir) / 'checkpoints'} or a run folder")
-    return {"folder": folders[0], "record": read_record(folders[0] / RUN_RECORD),
-            "config": load_config(folders[0] / "config.yaml")}
+        raise ConfigError(
+            f"model.init_from: got {spec!r}, allowed: the id of a run in "
+            f"{Path(cfg.output.dir) / 'checkpoints'} or a run folder"
+        )
+    return {
+        "folder": folders[0],
+        "record": read_record(folders[0] / RUN_RECORD),
+        "config": load_config(folders[0] / "config.yaml"),
+    }
 
 
 def run_model(folder: Path) -> tuple[dict, Config, torch.nn.Module]:
     """A completed run's record, config and model: its strategy's wrapping with the best epoch's weights."""
     record = read_record(folder / RUN_RECORD)
     if record["status"] != "completed":
-        raise ConfigError(f"run {record['run_id']} failed ({record.get('error', 'no reason recorded')}); "
-                          "it has no weights to use")
+        raise ConfigError(
+            f"run {record['run_id']} failed ({record.get('error', 'no reason recorded')}); "
+            "it has no weights to use"
+        )
     if not (folder / BEST_WEIGHTS).is_file():
-        raise ConfigError(f"run {record['run_id']} kept no weights ({folder} has no {BEST_WEIGHTS}); train it again "
-                          "with python main.py --force output.keep_checkpoints=best_and_last (and its own settings)")
+        raise ConfigError(
+            f"run {record['run_id']} kept no weights ({folder} has no {BEST_WEIGHTS}); train it again "
+            "with python main.py --force output.keep_checkpoints=best_and_last (and its own settings)"
+        )
     cfg = load_config(folder / "config.yaml")
     model = build_model(cfg, record["strategy"], record["dataset"]["label_names"])
     weights = load_weights(folder / BEST_WEIGHTS)[0]
     unknown = set(weights) - {name for name, _ in model.named_parameters()}
     if unknown:
-        raise ConfigError(f"{folder / BEST_WEIGHTS} does not fit the run's model ({len(unknown)} unknown weights, "
-                          f"e.g. {sorted(unknown)[0]})")
+        raise ConfigError(
+            f"{folder / BEST_WEIGHTS} does not fit the run's model ({len(unknown)} unknown weights, "
+            f"e.g. {sorted(unknown)[0]})"
+        )
     own = model.state_dict()
     misfit = next((name for name, value in weights.items() if own[name].shape != value.shape), None)
     if misfit:
-        raise ConfigError(f"{folder / BEST_WEIGHTS} does not fit the run's model ({misfit} has shape "
-                          f"{tuple(weights[misfit].shape)}, the model's {tuple(own[misfit].shape)})")
+        raise ConfigError(
+            f"{folder / BEST_WEIGHTS} does not fit the run's model ({misfit} has shape "
+            f"{tuple(weights[misfit].shape)}, the model's {tuple(own[misfit].shape)})"
+        )
     model.load_state_dict(weights, strict=False)
     return record, cfg, model
 
@@ -327,8 +384,10 @@ def start_from_run(model: PreTrainedModel, cfg: Config, label_names: list[str], 
     record, _, trained = run_model(source["folder"])
     if isinstance(trained, peft.PeftModel):
         if trained.peft_config[trained.active_adapter].is_prompt_learning:
-            raise ConfigError(f"model.init_from: run {record['run_id']} is prompt tuning, whose virtual tokens are not "
-                              "weights of the model: start from a run of another strategy")
+            raise ConfigError(
+                f"model.init_from: run {record['run_id']} is prompt tuning, whose virtual tokens are not "
+                "weights of the model: start from a run of another strategy"
+            )
         trained = trained.merge_and_unload()
     weights = trained.state_dict()
     if new_head_reason(source, cfg, label_names):
@@ -338,12 +397,16 @@ def start_from_run(model: PreTrainedModel, cfg: Config, label_names: list[str], 
     own = model.state_dict()
     misfit = [k for k, v in weights.items() if k not in own or own[k].shape != v.shape]
     if misfit:
-        raise ConfigError(f"model.init_from: run {record['run_id']} fine-tuned '{record['model']}', whose weights do not "
-                          f"fit '{cfg.model.name}' (e.g. {misfit[0]}); use its model.name")
+        raise ConfigError(
+            f"model.init_from: run {record['run_id']} fine-tuned '{record['model']}', whose weights do not "
+            f"fit '{cfg.model.name}' (e.g. {misfit[0]}); use its model.name"
+        )
     model.load_state_dict(weights, strict=False)
 
 
-def build_model(cfg: Config, strategy: str, label_names: list[str], source: dict | None = None) -> torch.nn.Module:
+def build_model(
+    cfg: Config, strategy: str, label_names: list[str], source: dict | None = None
+) -> torch.nn.Module:
     """The pre-trained encoder (or an earlier run's, with model.init_from: `source`, read here when the plan did
     not) with a head for the task, wrapped by the strategy."""
     task, cfg = TASKS[cfg.data.task], resolved_config(cfg)
@@ -352,8 +415,10 @@ def build_model(cfg: Config, strategy: str, label_names: list[str], source: dict
         model_config = load_model_config(cfg)
         dropout = {attr: cfg.model.dropout for attr in DROPOUT_ATTRIBUTES if hasattr(model_config, attr)}
         if not dropout:
-            raise ConfigError(f"model.dropout: the model '{cfg.model.name}' has no dropout setting this runner knows "
-                              f"({', '.join(DROPOUT_ATTRIBUTES)}); set model.dropout: null")
+            raise ConfigError(
+                f"model.dropout: the model '{cfg.model.name}' has no dropout setting this runner knows "
+                f"({', '.join(DROPOUT_ATTRIBUTES)}); set model.dropout: null"
+            )
     model = from_pretrained(task.model_class, cfg, **task.model_kwargs(label_names), **dropout)
     head, settings = STRATEGIES[strategy].head(cfg.model.head), strategy_settings(cfg, strategy)
     if head.type != "model":
@@ -367,11 +432,16 @@ def build_model(cfg: Config, strategy: str, label_names: list[str], source: dict
 def parameter_counts(model: torch.nn.Module) -> dict[str, float]:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
-    return {"trainable_params": trainable, "total_params": total, "trainable_pct": round(100 * trainable / total, 4)}
+    return {
+        "trainable_params": trainable,
+        "total_params": total,
+        "trainable_pct": round(100 * trainable / total, 4),
+    }
 
 
-def part_learning_rates(model: torch.nn.Module, learning_rate: float, head_rate: float | None,
-                        layer_decay: float | None) -> dict[str, tuple[str, float]]:
+def part_learning_rates(
+    model: torch.nn.Module, learning_rate: float, head_rate: float | None, layer_decay: float | None
+) -> dict[str, tuple[str, float]]:
     """Each trainable parameter's part of the model and its learning rate. The head trains at `head_rate`
     (None: `learning_rate`); with `layer_decay`, the top encoder layer (and the pooler above it) at
     `learning_rate`, each layer below at `layer_decay` times the one above, and the embeddings at
@@ -379,7 +449,11 @@ def part_learning_rates(model: torch.nn.Module, learning_rate: float, head_rate:
     base = model.get_base_model() if isinstance(model, peft.PeftModel) else model
     within = next(name for name, module in model.named_modules() if module is base)  # "" unless PEFT wraps it
     encoder = base.base_model_prefix + "."
-    layers = encoder_layer_count(model, "training.layer_lr_decay", "set training.layer_lr_decay: null") if layer_decay else 0
+    layers = (
+        encoder_layer_count(model, "training.layer_lr_decay", "set training.layer_lr_decay: null")
+        if layer_decay
+        else 0
+    )
     rates = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
@@ -394,5 +468,5 @@ def part_learning_rates(model: torch.nn.Module, learning_rate: float, head_rate:
             rates[name] = ("encoder", learning_rate)
         else:  # steps below the top layer: 0 for it and the pooler, one more per layer, the embeddings last
             depth = layers - 1 - layer if layer is not None else layers if part == "embeddings" else 0
-            rates[name] = (part, learning_rate * layer_decay ** depth)
+            rates[name] = (part, learning_rate * layer_decay**depth)
     return rates

@@ -22,8 +22,15 @@ from accelerate.state import AcceleratorState
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
-from records.checkpoints import (BEST_WEIGHTS, RESUME_STATE, epoch_weights, load_checkpoint, save_checkpoint, save_weights,
-                         trainable_weights)
+from records.checkpoints import (
+    BEST_WEIGHTS,
+    RESUME_STATE,
+    epoch_weights,
+    load_checkpoint,
+    save_checkpoint,
+    save_weights,
+    trainable_weights,
+)
 from config import Config, TrainingConfig
 from data import Encoded, collate, epoch_rows, eval_batches, train_batches
 from records.measure import stopwatch
@@ -78,7 +85,9 @@ class TrainState:
     batches_done: int = 0
     epoch_loss: float = 0.0
     epoch_seconds: float = 0.0
-    epoch_seconds_logged: float = 0.0  # of those, the seconds already in history entries (evaluations mid-epoch)
+    epoch_seconds_logged: float = (
+        0.0  # of those, the seconds already in history entries (evaluations mid-epoch)
+    )
 
 
 class StopRequest:
@@ -99,7 +108,9 @@ class StopRequest:
         if self.requested:  # a second Ctrl-C stops at once
             raise KeyboardInterrupt
         self.requested = True
-        logger.warning("stopping after the current step, once a checkpoint is saved (Ctrl-C again to stop at once)")
+        logger.warning(
+            "stopping after the current step, once a checkpoint is saved (Ctrl-C again to stop at once)"
+        )
 
     def __exit__(self, *exc):
         if self.previous is not None:
@@ -126,23 +137,34 @@ def make_accelerator(fp16: bool, bf16: bool = False, warn: bool = True) -> Accel
         AcceleratorState._reset_state()
     # Buffers are constants in these models, and a frozen encoder's cached features are one: broadcasting them
     # before every forward would only cost time.
-    return Accelerator(mixed_precision=precision, kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)])
+    return Accelerator(
+        mixed_precision=precision, kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)]
+    )
 
 
 def compile_layers(model: torch.nn.Module) -> None:
     """torch.compile each of the encoder's repeated layers in place: one compilation serves them all (the
     layers share their code), and parameter names, hence checkpoints, stay as they are. Shapes are
     dynamic because batches differ in length."""
-    layers = [layer for stack in model.modules() if isinstance(stack, torch.nn.ModuleList) and len(stack) > 1
-              and len({type(layer) for layer in stack}) == 1 for layer in stack]
+    layers = [
+        layer
+        for stack in model.modules()
+        if isinstance(stack, torch.nn.ModuleList)
+        and len(stack) > 1
+        and len({type(layer) for layer in stack}) == 1
+        for layer in stack
+    ]
     for module in layers or [model]:
         module.compile(dynamic=True)
-    logger.info("compiling %d layers with torch.compile; the first batches of each shape and mode wait for it",
-                len(layers) or 1)
+    logger.info(
+        "compiling %d layers with torch.compile; the first batches of each shape and mode wait for it",
+        len(layers) or 1,
+    )
 
 
-def make_optimizer(model: torch.nn.Module, learning_rate: float, weight_decay: float,
-                   rates: dict[str, float] | None = None) -> torch.optim.Optimizer:
+def make_optimizer(
+    model: torch.nn.Module, learning_rate: float, weight_decay: float, rates: dict[str, float] | None = None
+) -> torch.optim.Optimizer:
     """AdamW over trainable parameters only, each at its rate in `rates` (by name; default `learning_rate`);
     biases and LayerNorm weights (1-D) are not decayed."""
     groups: dict[tuple[float, bool], list] = {}
@@ -153,8 +175,14 @@ def make_optimizer(model: torch.nn.Module, learning_rate: float, weight_decay: f
     order = list(dict.fromkeys(rate for rate, _ in groups))
     keys = sorted(groups, key=lambda key: (order.index(key[0]), not key[1]))
     # fused: one kernel for all parameters; the per-tensor loop costs a quarter of a CPU step
-    return torch.optim.AdamW([{"params": groups[rate, matrix], "lr": rate, "weight_decay": weight_decay if matrix else 0.0}
-                              for rate, matrix in keys], lr=learning_rate, fused=True)
+    return torch.optim.AdamW(
+        [
+            {"params": groups[rate, matrix], "lr": rate, "weight_decay": weight_decay if matrix else 0.0}
+            for rate, matrix in keys
+        ],
+        lr=learning_rate,
+        fused=True,
+    )
 
 
 class Decision(enum.Enum):
@@ -175,7 +203,9 @@ class TrainJob:
     run_key: dict  # what a checkpoint must match to be resumed
     resume: bool = False
     rates: dict[str, float] | None = None  # a parameter's own rate, by name (default: learning_rate)
-    before_epoch: Callable[[int], None] | None = None  # a strategy that changes what trains from epoch to epoch
+    before_epoch: Callable[[int], None] | None = (
+        None  # a strategy that changes what trains from epoch to epoch
+    )
     on_evaluation: Callable[[list[dict]], Decision] | None = None  # sees the history after each evaluation
 
 
@@ -215,11 +245,17 @@ class Loop:
         self.job, self.encoded, self.accelerator = job, encoded, accelerator
         self.t, self.task = job.cfg.training, TASKS[job.cfg.data.task]
         t = self.t
-        self.loss_of = self.task.training_loss(t, encoded.labels["train"], encoded.label_names)  # validation: task.loss
-        self.epoch_examples = len(epoch_rows(encoded.labels["train"], t.sampler, t.seed, 0))  # the same every epoch
+        self.loss_of = self.task.training_loss(
+            t, encoded.labels["train"], encoded.label_names
+        )  # validation: task.loss
+        self.epoch_examples = len(
+            epoch_rows(encoded.labels["train"], t.sampler, t.seed, 0)
+        )  # the same every epoch
         num_batches = math.ceil(self.epoch_examples / t.batch_size)
         total_steps = math.ceil(num_batches / t.gradient_accumulation_steps) * t.num_epochs
-        self.trained = {name for name, param in model.named_parameters() if param.requires_grad}  # checkpoints' part
+        self.trained = {
+            name for name, param in model.named_parameters() if param.requires_grad
+        }  # checkpoints' part
         optimizer = make_optimizer(model, job.learning_rate, t.weight_decay, job.rates)
         # parameters that freeze and thaw between epochs give no gradient while frozen, which data parallelism
         # must be told of (a graph traversal per step, so only then)
@@ -227,16 +263,26 @@ class Loop:
         self.model, self.optimizer = accelerator.prepare(model, optimizer)
         if t.compile:
             compile_layers(accelerator.unwrap_model(self.model))
-        self.scheduler = get_linear_schedule_with_warmup(self.optimizer, round(t.warmup_ratio * total_steps),
-                                                         total_steps)
+        self.scheduler = get_linear_schedule_with_warmup(
+            self.optimizer, round(t.warmup_ratio * total_steps), total_steps
+        )
         self.state, self.best_weights = TrainState(), None
-        self.spent = {"validation_time_s": 0.0, "checkpoint_time_s": 0.0}  # where the time beside training goes
+        self.spent = {
+            "validation_time_s": 0.0,
+            "checkpoint_time_s": 0.0,
+        }  # where the time beside training goes
         if job.resume and (job.run_dir / RESUME_STATE).exists():
-            saved_state, self.best_weights = load_checkpoint(job.run_dir, self.model, self.optimizer, self.scheduler,
-                                                             accelerator, job.run_key)
+            saved_state, self.best_weights = load_checkpoint(
+                job.run_dir, self.model, self.optimizer, self.scheduler, accelerator, job.run_key
+            )
             self.state = TrainState(**saved_state)
-            logger.info("resumed from %s: %d epochs and %d batches done (step %d)", job.run_dir / RESUME_STATE,
-                        self.state.epoch, self.state.batches_done, self.state.step)
+            logger.info(
+                "resumed from %s: %d epochs and %d batches done (step %d)",
+                job.run_dir / RESUME_STATE,
+                self.state.epoch,
+                self.state.batches_done,
+                self.state.step,
+            )
 
     def run(self) -> TrainResult:
         state, t = self.state, self.t
@@ -251,14 +297,23 @@ class Loop:
                 if self.job.before_epoch:
                     self.job.before_epoch(epoch)
                 train_loss, seconds, stopped = self.train_epoch(epoch, stop)
-                state.epoch, state.batches_done, state.epoch_loss, state.epoch_seconds = epoch + 1, 0, 0.0, 0.0
+                state.epoch, state.batches_done, state.epoch_loss, state.epoch_seconds = (
+                    epoch + 1,
+                    0,
+                    0.0,
+                    0.0,
+                )
                 state.epoch_seconds_logged = 0.0
                 if not stopped:
                     self.validate(epoch + 1, train_loss, seconds)
                 if self.job.cfg.output.keep_checkpoints == "all":
                     with stopwatch(self.spent, "checkpoint_time_s"):
-                        save_weights(self.job.run_dir / epoch_weights(state.epoch), self.weights(), self.job.run_key,
-                                     state.epoch)
+                        save_weights(
+                            self.job.run_dir / epoch_weights(state.epoch),
+                            self.weights(),
+                            self.job.run_key,
+                            state.epoch,
+                        )
                 if state.stop_reason is None and state.epoch == t.num_epochs:
                     state.stop_reason = f"completed all {t.num_epochs} epochs"
                 self.checkpoint()
@@ -275,10 +330,17 @@ class Loop:
         state = self.state
         train_seconds = sum(h["seconds"] for h in state.history)
         epochs_trained = state.history[-1]["epoch"] if state.history else 0
-        return TrainResult(state.history, state.best_epoch, state.best_step, state.best_metric, state.stop_reason,
-                           state.step, round(train_seconds, 2),
-                           round(self.epoch_examples * epochs_trained / train_seconds, 2),
-                           **{key: round(seconds, 2) for key, seconds in self.spent.items()})
+        return TrainResult(
+            state.history,
+            state.best_epoch,
+            state.best_step,
+            state.best_metric,
+            state.stop_reason,
+            state.step,
+            round(train_seconds, 2),
+            round(self.epoch_examples * epochs_trained / train_seconds, 2),
+            **{key: round(seconds, 2) for key, seconds in self.spent.items()},
+        )
 
     def weights(self) -> dict:
         return trainable_weights(self.model, self.accelerator, self.trained)
@@ -296,13 +358,24 @@ class Loop:
 
     def rate(self) -> float:
         """The run's rate under the schedule now (parts with rates of their own move in proportion)."""
-        return (self.job.learning_rate * self.scheduler.get_last_lr()[0]
-                / self.optimizer.param_groups[0]["initial_lr"])
+        return (
+            self.job.learning_rate
+            * self.scheduler.get_last_lr()[0]
+            / self.optimizer.param_groups[0]["initial_lr"]
+        )
 
     def checkpoint(self) -> None:
         with stopwatch(self.spent, "checkpoint_time_s"):
-            save_checkpoint(self.job.run_dir, self.model, self.optimizer, self.scheduler, self.accelerator,
-                            asdict(self.state), self.job.run_key, self.trained)
+            save_checkpoint(
+                self.job.run_dir,
+                self.model,
+                self.optimizer,
+                self.scheduler,
+                self.accelerator,
+                asdict(self.state),
+                self.job.run_key,
+                self.trained,
+            )
 
     def validate(self, epoch: float, train_loss: float, seconds: float) -> bool:
         """Score validation after `seconds` more training, log it, keep the best weights, let the job judge;
@@ -311,17 +384,36 @@ class Loop:
         with stopwatch(self.spent, "validation_time_s"):
             # a label set's thresholds tuned on it: at a fixed 0.5, a model that still gives every label less
             # scores 0 for epochs, and early stopping ends it before it learns
-            val = evaluate(self.model, self.encoded, "validation", t, self.accelerator, task, fit_decision=True)
+            val = evaluate(
+                self.model, self.encoded, "validation", t, self.accelerator, task, fit_decision=True
+            )
         scores = {f"val_{name}": val[name] for name in ["loss"] + [m.name for m in task.metrics]}
-        state.history.append({"epoch": epoch, "step": state.step, "train_loss": train_loss, **scores,
-                              "lr": self.rate(), "seconds": seconds})
+        state.history.append(
+            {
+                "epoch": epoch,
+                "step": state.step,
+                "train_loss": train_loss,
+                **scores,
+                "lr": self.rate(),
+                "seconds": seconds,
+            }
+        )
         shown = ["val_loss", *(f"val_{m.name}" for m in task.summary_metrics()), t.early_stopping.metric]
-        logger.info("epoch %g/%d | train_loss %.4f | %s | lr %.2e | %.1fs", epoch, t.num_epochs, train_loss,
-                    " | ".join(f"{key} {scores[key]:.4f}" for key in dict.fromkeys(shown)), self.rate(), seconds)
+        logger.info(
+            "epoch %g/%d | train_loss %.4f | %s | lr %.2e | %.1fs",
+            epoch,
+            t.num_epochs,
+            train_loss,
+            " | ".join(f"{key} {scores[key]:.4f}" for key in dict.fromkeys(shown)),
+            self.rate(),
+            seconds,
+        )
         with stopwatch(self.spent, "checkpoint_time_s"):
             if update_early_stopping(state, t, task):
                 self.best_weights = self.weights()
-                save_weights(self.job.run_dir / BEST_WEIGHTS, self.best_weights, self.job.run_key, state.best_epoch)
+                save_weights(
+                    self.job.run_dir / BEST_WEIGHTS, self.best_weights, self.job.run_key, state.best_epoch
+                )
         self.judge()  # after the best is kept: it may end the run (a pruned search trial)
         return state.stop_reason is not None
 
@@ -331,13 +423,21 @@ class Loop:
         since the last evaluation, and whether an evaluation ended training."""
         state, t, accelerator = self.state, self.t, self.accelerator
         rows = epoch_rows(self.encoded.labels["train"], t.sampler, t.seed, epoch)
-        batches = train_batches([len(x) for x in self.encoded.ids["train"]], t.batch_size, t.seed, epoch, rows)
+        batches = train_batches(
+            [len(x) for x in self.encoded.ids["train"]], t.batch_size, t.seed, epoch, rows
+        )
         self.model.train()
         # summed on the device: no host sync per step; a checkpoint holds the sum over processes
         pass_ = EpochPass(epoch, batches, accelerator, state, time.perf_counter() - state.epoch_seconds)
-        progress = tqdm(range(state.batches_done, len(batches)), initial=state.batches_done, total=len(batches),
-                        desc=f"epoch {epoch + 1}", leave=False, mininterval=1,
-                        disable=not accelerator.is_main_process or None)
+        progress = tqdm(
+            range(state.batches_done, len(batches)),
+            initial=state.batches_done,
+            total=len(batches),
+            desc=f"epoch {epoch + 1}",
+            leave=False,
+            mininterval=1,
+            disable=not accelerator.is_main_process or None,
+        )
         for i in progress:
             if not self.train_batch(pass_, i):
                 continue
@@ -345,9 +445,12 @@ class Loop:
             if t.eval_every_steps and state.step % t.eval_every_steps == 0 and i + 1 < len(batches):
                 with pass_.paused_clock():
                     elapsed = pass_.elapsed()
-                    train_loss = pass_.loss_sum() / sum(len(b) for b in batches[:i + 1])
-                    stopped = self.validate(round(epoch + (i + 1) / len(batches), 3), train_loss,
-                                            elapsed - state.epoch_seconds_logged)
+                    train_loss = pass_.loss_sum() / sum(len(b) for b in batches[: i + 1])
+                    stopped = self.validate(
+                        round(epoch + (i + 1) / len(batches), 3),
+                        train_loss,
+                        elapsed - state.epoch_seconds_logged,
+                    )
                     state.epoch_seconds_logged = elapsed
                 self.model.train()  # evaluation left it in eval mode
                 if stopped:
@@ -362,7 +465,7 @@ class Loop:
         accelerator, batches, accum = self.accelerator, pass_.batches, self.t.gradient_accumulation_steps
         window_start = i - i % accum
         # Each window's loss is the mean over its examples, so 2 x 4 accumulates exactly what 8 does.
-        window_examples = sum(len(b) for b in batches[window_start:window_start + accum])
+        window_examples = sum(len(b) for b in batches[window_start : window_start + accum])
         last_of_window = (i + 1) % accum == 0 or i + 1 == len(batches)
         share, weight = process_share(batches[i], accelerator.process_index, accelerator.num_processes)
         batch = device_batch(self.encoded, "train", share, accelerator, self.task)
@@ -377,7 +480,9 @@ class Loop:
         if not last_of_window:
             return False
         if self.t.max_grad_norm is not None:
-            accelerator.clip_grad_norm_(self.model.parameters(), self.t.max_grad_norm)  # unscales fp16 grads first
+            accelerator.clip_grad_norm_(
+                self.model.parameters(), self.t.max_grad_norm
+            )  # unscales fp16 grads first
         self.optimizer.step()
         if not accelerator.optimizer_step_was_skipped:
             self.scheduler.step()
@@ -407,17 +512,20 @@ class EpochPass:
     sum over processes), the first batch whose loss was not finite (read every CHECK_FINITE_EVERY batches), and
     its training seconds (evaluations and checkpoints inside it do not count)."""
 
-    def __init__(self, epoch: int, batches: list[list[int]], accelerator: Accelerator, state: TrainState,
-                 start: float):
+    def __init__(
+        self, epoch: int, batches: list[list[int]], accelerator: Accelerator, state: TrainState, start: float
+    ):
         self.epoch, self.batches, self.accelerator, self.start = epoch, batches, accelerator, start
-        self.loss_total = torch.tensor(state.epoch_loss if accelerator.is_main_process else 0.0,
-                                       device=accelerator.device)
+        self.loss_total = torch.tensor(
+            state.epoch_loss if accelerator.is_main_process else 0.0, device=accelerator.device
+        )
         self.first_nonfinite = torch.tensor(-1, device=accelerator.device)
 
     def add(self, loss: torch.Tensor, i: int) -> None:
         self.loss_total += loss
-        self.first_nonfinite = torch.where((self.first_nonfinite < 0) & ~torch.isfinite(loss), i,
-                                           self.first_nonfinite)
+        self.first_nonfinite = torch.where(
+            (self.first_nonfinite < 0) & ~torch.isfinite(loss), i, self.first_nonfinite
+        )
 
     def loss_sum(self) -> float:
         return self.accelerator.reduce(self.loss_total, "sum").item()
@@ -432,8 +540,9 @@ class EpochPass:
         self.start += time.perf_counter() - paused  # the epoch's seconds count training only
 
     def fail_if_nonfinite(self, accum: int) -> None:
-        _fail_if_nonfinite(first_in_any_process(self.first_nonfinite, self.accelerator), self.epoch,
-                           len(self.batches), accum)
+        _fail_if_nonfinite(
+            first_in_any_process(self.first_nonfinite, self.accelerator), self.epoch, len(self.batches), accum
+        )
 
 
 def process_share(batch: list[int], process: int, processes: int) -> tuple[list[int], float]:
@@ -461,8 +570,10 @@ def first_in_any_process(first_nonfinite: torch.Tensor, accelerator: Accelerator
 def _fail_if_nonfinite(batch: int, epoch: int, num_batches: int, accum: int) -> None:
     if batch >= 0:
         step = epoch * math.ceil(num_batches / accum) + batch // accum + 1
-        raise TrainingFailed(f"training loss became nan or infinite at optimizer step {step} (epoch {epoch + 1}, batch "
-                             f"{batch + 1}); try a lower learning rate (or fp16/bf16: false if it happens only in mixed precision)")
+        raise TrainingFailed(
+            f"training loss became nan or infinite at optimizer step {step} (epoch {epoch + 1}, batch "
+            f"{batch + 1}); try a lower learning rate (or fp16/bf16: false if it happens only in mixed precision)"
+        )
 
 
 def device_batch(encoded: Encoded, split: str, rows: list[int], accelerator: Accelerator, task: Task) -> dict:
@@ -470,7 +581,9 @@ def device_batch(encoded: Encoded, split: str, rows: list[int], accelerator: Acc
     pad_multiple = 8 if accelerator.mixed_precision != "no" else 1
     batch = collate(encoded.ids[split], rows, encoded.pad_id, pad_multiple, encoded.pair_separator)
     if encoded.labels is not None:
-        batch["labels"] = task.collate_labels([encoded.labels[split][i] for i in rows], batch["input_ids"].shape[1])
+        batch["labels"] = task.collate_labels(
+            [encoded.labels[split][i] for i in rows], batch["input_ids"].shape[1]
+        )
     if accelerator.device.type != "cuda":
         return batch
     # A copy from pageable memory waits for the GPU to finish its queue; from pinned memory it does not,
@@ -491,27 +604,41 @@ def eval_batch_tokens(t: TrainingConfig, device: torch.device) -> int | None:
 
 
 @torch.inference_mode()
-def inference(model, encoded: Encoded, split: str, t: TrainingConfig, accelerator: Accelerator, task: Task,
-              values: Callable | None = None) -> tuple[float | None, np.ndarray]:
+def inference(
+    model,
+    encoded: Encoded,
+    split: str,
+    t: TrainingConfig,
+    accelerator: Accelerator,
+    task: Task,
+    values: Callable | None = None,
+) -> tuple[float | None, np.ndarray]:
     """The mean loss (None for unlabelled text) and, per example in the split's original order, the task's
     prediction values (or what `values` makes of each batch's outputs). Several processes share the batches
     out and gather what each computed, every example once."""
     ids = encoded.ids[split]
     model.eval()
     batches = eval_batches([len(x) for x in ids], t.eval_batch_size, eval_batch_tokens(t, accelerator.device))
-    mine = batches[accelerator.process_index::accelerator.num_processes]
+    mine = batches[accelerator.process_index :: accelerator.num_processes]
     loss_total = torch.zeros((), device=accelerator.device)
     predicted = []  # kept on the device: one transfer at the end instead of a host sync per batch
     # a process without a batch of its own computes the first and drops it, so that it has values to gather
-    for batch_rows in tqdm(mine or batches[:1], desc=f"eval {split}", leave=False, mininterval=1,
-                           disable=not accelerator.is_main_process or None):
+    for batch_rows in tqdm(
+        mine or batches[:1],
+        desc=f"eval {split}",
+        leave=False,
+        mininterval=1,
+        disable=not accelerator.is_main_process or None,
+    ):
         batch = device_batch(encoded, split, batch_rows, accelerator, task)
         outputs = model(**model_inputs(batch))
         if "labels" in batch and mine:
             loss_total += task.loss(outputs, batch["labels"])
         predicted.append((values or task.prediction_values)(outputs, batch["attention_mask"]))
-    rows = torch.tensor([i for batch_rows in mine for i in batch_rows] if mine else [-1] * len(batches[0]),
-                        device=accelerator.device)
+    rows = torch.tensor(
+        [i for batch_rows in mine for i in batch_rows] if mine else [-1] * len(batches[0]),
+        device=accelerator.device,
+    )
     predictions = torch.cat(padded_to_widest(predicted))
     if predictions.dim() > 1:  # per-token values: as wide as the widest in any process
         predictions = accelerator.pad_across_processes(predictions, dim=1, pad_index=PAD_VALUE)
@@ -531,12 +658,21 @@ def padded_to_widest(values: list[torch.Tensor]) -> list[torch.Tensor]:
         return values
     width = max(v.shape[1] for v in values)
     # torch's pad counts dimensions from the last one
-    return [torch.nn.functional.pad(v, (0, 0) * (v.dim() - 2) + (0, width - v.shape[1]), value=PAD_VALUE)
-            for v in values]
+    return [
+        torch.nn.functional.pad(v, (0, 0) * (v.dim() - 2) + (0, width - v.shape[1]), value=PAD_VALUE)
+        for v in values
+    ]
 
 
-def evaluate(model, encoded: Encoded, split: str, t: TrainingConfig, accelerator: Accelerator, task: Task,
-             fit_decision: bool = False) -> dict:
+def evaluate(
+    model,
+    encoded: Encoded,
+    split: str,
+    t: TrainingConfig,
+    accelerator: Accelerator,
+    task: Task,
+    fit_decision: bool = False,
+) -> dict:
     """The loss, every metric of the task, and the truth, prediction values and predictions of one split, per
     example (a question answered from several windows is one). With `fit_decision`, the task's decision rule
     (label sets: each label's threshold) is first fitted on this split itself, as validation during training is
@@ -545,8 +681,13 @@ def evaluate(model, encoded: Encoded, split: str, t: TrainingConfig, accelerator
     truth, values = task.examples(encoded, split, values)
     if fit_decision:
         task = task.decided(task.decide(truth, values, encoded.label_names, t.decision_threshold))
-    return {"loss": loss, **task.scores(truth, values, encoded.label_names), "truth": truth, "values": values,
-            "predictions": task.predict(values)}
+    return {
+        "loss": loss,
+        **task.scores(truth, values, encoded.label_names),
+        "truth": truth,
+        "values": values,
+        "predictions": task.predict(values),
+    }
 
 
 def update_early_stopping(state: TrainState, t: TrainingConfig, task: Task) -> bool:
@@ -556,11 +697,18 @@ def update_early_stopping(state: TrainState, t: TrainingConfig, task: Task) -> b
     improved = task.is_better(metric, value, state.best_metric)
     if improved:
         entry = state.history[-1]
-        state.best_metric, state.best_epoch, state.best_step, state.bad_evals = value, entry["epoch"], entry["step"], 0
+        state.best_metric, state.best_epoch, state.best_step, state.bad_evals = (
+            value,
+            entry["epoch"],
+            entry["step"],
+            0,
+        )
     else:
         state.bad_evals += 1
         if t.early_stopping.enabled and state.bad_evals >= t.early_stopping.patience:
             unit = "evaluations" if t.eval_every_steps else "epochs"
-            state.stop_reason = (f"early stopping: {metric} did not improve for {state.bad_evals} {unit} "
-                                 f"(best {state.best_metric:.4f} at epoch {state.best_epoch:g})")
+            state.stop_reason = (
+                f"early stopping: {metric} did not improve for {state.bad_evals} {unit} "
+                f"(best {state.best_metric:.4f} at epoch {state.best_epoch:g})"
+            )
     return improved

@@ -66,9 +66,14 @@ class WriteError(ConfigError):
     folder should be. One line naming the path and why."""
 
     def __init__(self, path: Path, err: OSError):
-        super().__init__(f"cannot write {path}: {err.strerror or type(err).__name__}" + (
-            "; free some space and run the same command again (finished runs are kept)"
-            if err.errno == errno.ENOSPC else ""))
+        super().__init__(
+            f"cannot write {path}: {err.strerror or type(err).__name__}"
+            + (
+                "; free some space and run the same command again (finished runs are kept)"
+                if err.errno == errno.ENOSPC
+                else ""
+            )
+        )
 
 
 def writable_folder(path: Path, key: str) -> Path:
@@ -78,7 +83,9 @@ def writable_folder(path: Path, key: str) -> Path:
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise ConfigError(f"{key}: cannot make the folder '{path}': {err.strerror or type(err).__name__}") from None
+        raise ConfigError(
+            f"{key}: cannot make the folder '{path}': {err.strerror or type(err).__name__}"
+        ) from None
     if not os.access(path, os.W_OK | os.X_OK):
         raise ConfigError(f"{key}: the folder '{path}' is not writable")
     return path
@@ -99,7 +106,9 @@ def atomic_open(path: Path):
     except OSError as err:
         raise WriteError(path, err) from None
     try:
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes files private; results are shared like any file written
+        os.chmod(
+            tmp, 0o666 & ~_UMASK
+        )  # mkstemp makes files private; results are shared like any file written
         with os.fdopen(fd, "wb") as f:
             yield f
             f.flush()

@@ -26,7 +26,9 @@ from reporting.summary import summarize, task_of
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Plot the results of main.py and write a report.")
     parser.add_argument("--output-dir", default="outputs", help="the config's output.dir (default: outputs)")
-    parser.add_argument("--dataset", help="plot every run on this data set (default: the latest experiment's runs)")
+    parser.add_argument(
+        "--dataset", help="plot every run on this data set (default: the latest experiment's runs)"
+    )
     args = parser.parse_args(argv)
     try:
         return visualize(Path(args.output_dir), args.dataset)
@@ -38,8 +40,11 @@ def main(argv: list[str] | None = None) -> int:
 def visualize(output: Path, dataset: str | None) -> int:
     runs, experiment = select_runs(output, dataset)
     if not any(r["status"] == "completed" for r in runs):
-        print(f"error: no completed runs to plot in {output / 'results' / 'all_results.json'}"
-              + (f" on data set '{dataset}'" if dataset else "; run python main.py first"), file=sys.stderr)
+        print(
+            f"error: no completed runs to plot in {output / 'results' / 'all_results.json'}"
+            + (f" on data set '{dataset}'" if dataset else "; run python main.py first"),
+            file=sys.stderr,
+        )
         return 2
     completed = [r for r in runs if r["status"] == "completed"]
     metric = experiment["config"]["training"]["early_stopping"]["metric"] if experiment else None
@@ -47,11 +52,22 @@ def visualize(output: Path, dataset: str | None) -> int:
     summary = summarize(runs, metric or task_of(completed).default_metric, trials)
     plots = output / "plots"
     plots.mkdir(parents=True, exist_ok=True)
-    figures = Figures(runs, summary, plots, read_report(output / "results", completed[0]["dataset"]["fingerprint"]), grid)
+    figures = Figures(
+        runs, summary, plots, read_report(output / "results", completed[0]["dataset"]["fingerprint"]), grid
+    )
     drawn, skipped = draw(figures)
-    write_report(output / "report.html", summary, runs, experiment, [(plots / name, caption(name)) for name in drawn],
-                 skipped, figures.data_report)
-    print(f"{len(figures.runs)} run(s) on '{figures.dataset}': wrote {len(drawn)} plot(s) into {plots}/: {', '.join(drawn)}")
+    write_report(
+        output / "report.html",
+        summary,
+        runs,
+        experiment,
+        [(plots / name, caption(name)) for name in drawn],
+        skipped,
+        figures.data_report,
+    )
+    print(
+        f"{len(figures.runs)} run(s) on '{figures.dataset}': wrote {len(drawn)} plot(s) into {plots}/: {', '.join(drawn)}"
+    )
     for name, reason in skipped.items():
         print(f"skipped {name}: {reason}")
     print(f"report: {output / 'report.html'}")

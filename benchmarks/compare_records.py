@@ -15,8 +15,18 @@ import json
 import sys
 
 # Keys whose values differ from one run of the same code to the next.
-VOLATILE = {"train_time_s", "train_samples_per_s", "validation_time_s", "checkpoint_time_s", "run_time_s",
-            "peak_memory_mb", "started_at", "finished_at", "seconds", "traceback"}
+VOLATILE = {
+    "train_time_s",
+    "train_samples_per_s",
+    "validation_time_s",
+    "checkpoint_time_s",
+    "run_time_s",
+    "peak_memory_mb",
+    "started_at",
+    "finished_at",
+    "seconds",
+    "traceback",
+}
 
 
 def differences(old, new, path: str = "") -> tuple[list[str], list[str]]:
@@ -50,9 +60,11 @@ def differences(old, new, path: str = "") -> tuple[list[str], list[str]]:
 def pairing_key(record: dict, by: str) -> str:
     if by == "id":
         return record["run_id"]
-    shots = (record.get("few_shot") or {})
-    return (f"{record['strategy']} seed={record['seed']} {json.dumps(record.get('varied') or {}, sort_keys=True)}"
-            + (f" shots={shots.get('shots_per_class')} draw={shots.get('draw')}" if shots else ""))
+    shots = record.get("few_shot") or {}
+    return (
+        f"{record['strategy']} seed={record['seed']} {json.dumps(record.get('varied') or {}, sort_keys=True)}"
+        + (f" shots={shots.get('shots_per_class')} draw={shots.get('draw')}" if shots else "")
+    )
 
 
 def main(old_path: str, new_path: str, by: str = "id") -> int:
@@ -67,7 +79,9 @@ def main(old_path: str, new_path: str, by: str = "id") -> int:
             continue
         changed, one_sided = differences(old[run_id], new[run_id])
         changed_any |= bool(changed)
-        print(f"{run_id}: {len(changed)} value(s) differ" + (f"; {', '.join(one_sided)}" if one_sided else ""))
+        print(
+            f"{run_id}: {len(changed)} value(s) differ" + (f"; {', '.join(one_sided)}" if one_sided else "")
+        )
         for line in changed:
             print(f"  {line}")
     return 1 if changed_any else 0

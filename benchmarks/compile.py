@@ -36,11 +36,20 @@ def epoch_seconds(cfg, data, encoded, strategy: str, workdir: Path) -> dict:
     set_seed(cfg.training.seed)
     start = time.perf_counter()
     model = build_model(cfg, strategy, data.label_names)
-    result = train(model, encoded, cfg, strategy_settings(cfg, strategy)["learning_rate"], workdir,
-                   make_accelerator(cfg.training.fp16), {"strategy": strategy})
-    return {"epochs": [round(h["seconds"], 2) for h in result["history"]],
-            "val_accuracy": [round(h["val_accuracy"], 4) for h in result["history"]],
-            "total_seconds": round(time.perf_counter() - start, 1)}
+    result = train(
+        model,
+        encoded,
+        cfg,
+        strategy_settings(cfg, strategy)["learning_rate"],
+        workdir,
+        make_accelerator(cfg.training.fp16),
+        {"strategy": strategy},
+    )
+    return {
+        "epochs": [round(h["seconds"], 2) for h in result["history"]],
+        "val_accuracy": [round(h["val_accuracy"], 4) for h in result["history"]],
+        "total_seconds": round(time.perf_counter() - start, 1),
+    }
 
 
 def main() -> None:
@@ -54,9 +63,15 @@ def main() -> None:
     args = parser.parse_args()
     transformers.logging.set_verbosity_error()
     data_path = default_data_path()
-    overrides = [f"data.path={data_path}", f"data.train_size={args.rows}", f"training.num_epochs={args.epochs}",
-                 f"model.name={args.model}", f"model.max_length={args.max_length}",
-                 "training.early_stopping.enabled=false", "output.keep_checkpoints=none"]
+    overrides = [
+        f"data.path={data_path}",
+        f"data.train_size={args.rows}",
+        f"training.num_epochs={args.epochs}",
+        f"model.name={args.model}",
+        f"model.max_length={args.max_length}",
+        "training.early_stopping.enabled=false",
+        "output.keep_checkpoints=none",
+    ]
     runs = {}
     with tempfile.TemporaryDirectory() as tmp:
         for compiled in (False, True):
@@ -64,25 +79,47 @@ def main() -> None:
             if not runs:
                 data = load_data(cfg.data)
                 encoded = tokenize(data, load_tokenizer(cfg), cfg.model.max_length)
-            runs["compiled" if compiled else "eager"] = epoch_seconds(cfg, data, encoded, args.strategy,
-                                                                      Path(tmp) / str(compiled))
+            runs["compiled" if compiled else "eager"] = epoch_seconds(
+                cfg, data, encoded, args.strategy, Path(tmp) / str(compiled)
+            )
             print(runs, flush=True)
-    report = {"machine": {"device": torch.cuda.get_device_name() if CUDA else f"{torch.get_num_threads()} CPU threads",
-                          "platform": platform.platform()},
-              "settings": {"strategy": args.strategy, "model": args.model, "rows": args.rows, "epochs": args.epochs,
-                           "max_length": args.max_length, "data": str(data_path)},
-              "versions": library_versions(), "runs": runs}
+    report = {
+        "machine": {
+            "device": torch.cuda.get_device_name() if CUDA else f"{torch.get_num_threads()} CPU threads",
+            "platform": platform.platform(),
+        },
+        "settings": {
+            "strategy": args.strategy,
+            "model": args.model,
+            "rows": args.rows,
+            "epochs": args.epochs,
+            "max_length": args.max_length,
+            "data": str(data_path),
+        },
+        "versions": library_versions(),
+        "runs": runs,
+    }
     out = ROOT / "benchmarks" / "results"
     atomic_write_json(out / f"{args.name}.json", report)
     eager, compiled = runs["eager"], runs["compiled"]
-    lines = [f"{report['machine']['device']}, {args.model}, {args.strategy}, {args.rows} rows, max_length "
-             f"{args.max_length}, {args.epochs} epochs (seconds of training per epoch; validation excluded):", "",
-             "| | " + " | ".join(f"epoch {i + 1}" for i in range(args.epochs)) + " | whole run |",
-             "|---|" + "---|" * (args.epochs + 1)]
+    lines = [
+        f"{report['machine']['device']}, {args.model}, {args.strategy}, {args.rows} rows, max_length "
+        f"{args.max_length}, {args.epochs} epochs (seconds of training per epoch; validation excluded):",
+        "",
+        "| | " + " | ".join(f"epoch {i + 1}" for i in range(args.epochs)) + " | whole run |",
+        "|---|" + "---|" * (args.epochs + 1),
+    ]
     for name, run in runs.items():
-        lines.append(f"| {name} | " + " | ".join(f"{s:.1f}" for s in run["epochs"]) + f" | {run['total_seconds']:.1f} |")
-    lines.append("| eager / compiled | " + " | ".join(f"{e / c:.2f}" for e, c in zip(eager["epochs"], compiled["epochs"]))
-                 + f" | {eager['total_seconds'] / compiled['total_seconds']:.2f} |")
+        lines.append(
+            f"| {name} | "
+            + " | ".join(f"{s:.1f}" for s in run["epochs"])
+            + f" | {run['total_seconds']:.1f} |"
+        )
+    lines.append(
+        "| eager / compiled | "
+        + " | ".join(f"{e / c:.2f}" for e, c in zip(eager["epochs"], compiled["epochs"]))
+        + f" | {eager['total_seconds'] / compiled['total_seconds']:.2f} |"
+    )
     (out / f"{args.name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -39,10 +39,14 @@ from utils import atomic_write_json, set_seed  # noqa: E402
 
 
 def macro_f1(prediction) -> dict:
-    return {"macro_f1": f1_score(prediction.label_ids, np.argmax(prediction.predictions, -1), average="macro")}
+    return {
+        "macro_f1": f1_score(prediction.label_ids, np.argmax(prediction.predictions, -1), average="macro")
+    }
 
 
-def trainer_experiment(cfg, strategies: list[str], seeds: list[int], workdir: Path) -> tuple[float, list[dict]]:
+def trainer_experiment(
+    cfg, strategies: list[str], seeds: list[int], workdir: Path
+) -> tuple[float, list[dict]]:
     start = time.perf_counter()
     data = load_data(cfg.data)
     tokenizer = load_tokenizer(cfg)
@@ -54,18 +58,38 @@ def trainer_experiment(cfg, strategies: list[str], seeds: list[int], workdir: Pa
             cfg = dataclasses.replace(cfg, training=dataclasses.replace(cfg.training, seed=seed))
             set_seed(seed)
             model = build_model(cfg, strategy, data.label_names)
-            args = trainer_arguments(cfg, strategy, workdir / f"{strategy}-{seed}", num_train_epochs=cfg.training.num_epochs,
-                                     eval_strategy="epoch", save_strategy="epoch", logging_strategy="epoch",
-                                     load_best_model_at_end=True, metric_for_best_model="macro_f1",
-                                     greater_is_better=True, save_total_limit=2)
-            trainer = Trainer(model=model, args=args, train_dataset=examples(encoded, "train"),
-                              eval_dataset=examples(encoded, "validation"), data_collator=collator(cfg, tokenizer),
-                              compute_metrics=macro_f1, callbacks=[EarlyStoppingCallback(patience)])
+            args = trainer_arguments(
+                cfg,
+                strategy,
+                workdir / f"{strategy}-{seed}",
+                num_train_epochs=cfg.training.num_epochs,
+                eval_strategy="epoch",
+                save_strategy="epoch",
+                logging_strategy="epoch",
+                load_best_model_at_end=True,
+                metric_for_best_model="macro_f1",
+                greater_is_better=True,
+                save_total_limit=2,
+            )
+            trainer = Trainer(
+                model=model,
+                args=args,
+                train_dataset=examples(encoded, "train"),
+                eval_dataset=examples(encoded, "validation"),
+                data_collator=collator(cfg, tokenizer),
+                compute_metrics=macro_f1,
+                callbacks=[EarlyStoppingCallback(patience)],
+            )
             trainer.train()
             test = trainer.predict(examples(encoded, "test"))
             # compared with the label_ids the Trainer returns: its evaluation order may group rows by length
-            runs.append({"strategy": strategy, "seed": seed,
-                         "test_accuracy": float((np.argmax(test.predictions, -1) == test.label_ids).mean())})
+            runs.append(
+                {
+                    "strategy": strategy,
+                    "seed": seed,
+                    "test_accuracy": float((np.argmax(test.predictions, -1) == test.label_ids).mean()),
+                }
+            )
     return time.perf_counter() - start, runs
 
 
@@ -79,26 +103,53 @@ def main() -> None:
     args = parser.parse_args()
     transformers.logging.set_verbosity_error()
     strategies, seeds = args.strategy or list(STRATEGIES), list(range(args.seeds))
-    shared = [f"data.path={args.data}", f"training.num_epochs={args.epochs}"]  # the Trainer script loops over seeds itself
+    shared = [
+        f"data.path={args.data}",
+        f"training.num_epochs={args.epochs}",
+    ]  # the Trainer script loops over seeds itself
     timings, accuracies = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         # bertlab first, then the Trainer script: both start from files on disk, neither reuses the other's work
         start = time.perf_counter()
-        status = bertlab.main(["--config", str(ROOT / "config.yaml"), *[f"--strategy={s}" for s in strategies],
-                               *shared, f"training.seeds={seeds}", f"output.dir={tmp}/bertlab"])
+        status = bertlab.main(
+            [
+                "--config",
+                str(ROOT / "config.yaml"),
+                *[f"--strategy={s}" for s in strategies],
+                *shared,
+                f"training.seeds={seeds}",
+                f"output.dir={tmp}/bertlab",
+            ]
+        )
         timings["bertlab"] = time.perf_counter() - start
         records = json.loads((Path(tmp) / "bertlab" / "results" / "all_results.json").read_text())["runs"]
         assert status == 0, [r.get("error") for r in records]
-        accuracies["bertlab"] = {s: [r["test"]["accuracy"] for r in records if r["strategy"] == s] for s in strategies}
+        accuracies["bertlab"] = {
+            s: [r["test"]["accuracy"] for r in records if r["strategy"] == s] for s in strategies
+        }
         cfg = load_config(ROOT / "config.yaml", shared)
         timings["trainer"], runs = trainer_experiment(cfg, strategies, seeds, Path(tmp) / "trainer")
-        accuracies["trainer"] = {s: [r["test_accuracy"] for r in runs if r["strategy"] == s] for s in strategies}
-    report = {"machine": {"cpu_threads": torch.get_num_threads(), "platform": platform.platform(),
-                          "gpu": torch.cuda.get_device_name() if CUDA else None},
-              "settings": {"data": args.data, "strategies": strategies, "seeds": len(seeds), "epochs": args.epochs,
-                           "runs": len(strategies) * len(seeds)},
-              "seconds": timings, "ratio": timings["trainer"] / timings["bertlab"], "test_accuracy": accuracies,
-              "versions": library_versions()}
+        accuracies["trainer"] = {
+            s: [r["test_accuracy"] for r in runs if r["strategy"] == s] for s in strategies
+        }
+    report = {
+        "machine": {
+            "cpu_threads": torch.get_num_threads(),
+            "platform": platform.platform(),
+            "gpu": torch.cuda.get_device_name() if CUDA else None,
+        },
+        "settings": {
+            "data": args.data,
+            "strategies": strategies,
+            "seeds": len(seeds),
+            "epochs": args.epochs,
+            "runs": len(strategies) * len(seeds),
+        },
+        "seconds": timings,
+        "ratio": timings["trainer"] / timings["bertlab"],
+        "test_accuracy": accuracies,
+        "versions": library_versions(),
+    }
     out = ROOT / "benchmarks" / "results"
     atomic_write_json(out / f"{args.name}.json", report)
     (out / f"{args.name}.md").write_text(markdown(report))
@@ -107,15 +158,24 @@ def main() -> None:
 
 def markdown(report: dict) -> str:
     s, machine = report["settings"], report["machine"]
-    lines = [f"Machine: {machine['gpu'] or str(machine['cpu_threads']) + ' CPU threads'}, {machine['platform']}. "
-             f"{s['runs']} runs: {', '.join(s['strategies'])} x {s['seeds']} seeds x up to {s['epochs']} epochs "
-             f"(validation each epoch, best epoch restored, test at the end) on {Path(s['data']).name}.", "",
-             "| | bertlab | Trainer script | Trainer / bertlab |", "|---|---|---|---|",
-             f"| wall-clock seconds | {report['seconds']['bertlab']:.0f} | {report['seconds']['trainer']:.0f} | "
-             f"{report['ratio']:.2f} |", "", "| strategy | test accuracy bertlab (mean over seeds) | Trainer |",
-             "|---|---|---|"]
+    lines = [
+        f"Machine: {machine['gpu'] or str(machine['cpu_threads']) + ' CPU threads'}, {machine['platform']}. "
+        f"{s['runs']} runs: {', '.join(s['strategies'])} x {s['seeds']} seeds x up to {s['epochs']} epochs "
+        f"(validation each epoch, best epoch restored, test at the end) on {Path(s['data']).name}.",
+        "",
+        "| | bertlab | Trainer script | Trainer / bertlab |",
+        "|---|---|---|---|",
+        f"| wall-clock seconds | {report['seconds']['bertlab']:.0f} | {report['seconds']['trainer']:.0f} | "
+        f"{report['ratio']:.2f} |",
+        "",
+        "| strategy | test accuracy bertlab (mean over seeds) | Trainer |",
+        "|---|---|---|",
+    ]
     for strategy in s["strategies"]:
-        ours, theirs = report["test_accuracy"]["bertlab"][strategy], report["test_accuracy"]["trainer"][strategy]
+        ours, theirs = (
+            report["test_accuracy"]["bertlab"][strategy],
+            report["test_accuracy"]["trainer"][strategy],
+        )
         lines.append(f"| {strategy} | {np.mean(ours):.3f} | {np.mean(theirs):.3f} |")
     return "\n".join(lines) + "\n"
 

@@ -38,9 +38,11 @@ from utils import atomic_write_json  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "datasets"
 COMPARED = ["full", "lora", "bitfit", "prompt_tuning", "ia3", "frozen_encoder"]
-HEADS = {"own": ("model's own (pooler on the first token)", ["model.head.type=model", "model.head.pooling=cls"]),
-         "cls": ("linear, first token", ["model.head.type=linear", "model.head.pooling=cls"]),
-         "mean": ("linear, mean of tokens", ["model.head.type=linear", "model.head.pooling=mean"])}
+HEADS = {
+    "own": ("model's own (pooler on the first token)", ["model.head.type=model", "model.head.pooling=cls"]),
+    "cls": ("linear, first token", ["model.head.type=linear", "model.head.pooling=cls"]),
+    "mean": ("linear, mean of tokens", ["model.head.type=linear", "model.head.pooling=mean"]),
+}
 SPAM_MINORITY, SPAM_LABEL = 0.13, "LOC"
 
 
@@ -52,8 +54,12 @@ def spam_folder(workdir: Path, rows: int, seed: int = 0) -> Path:
     train = pd.read_csv(SHARED / "trec" / "train.csv")
     train["label"] = np.where(train["label"] == SPAM_LABEL, "location", "other")
     minority = round(rows * SPAM_MINORITY)
-    picked = pd.concat([train[train.label == "location"].sample(minority, random_state=rng.integers(1 << 31)),
-                        train[train.label == "other"].sample(rows - minority, random_state=rng.integers(1 << 31))])
+    picked = pd.concat(
+        [
+            train[train.label == "location"].sample(minority, random_state=rng.integers(1 << 31)),
+            train[train.label == "other"].sample(rows - minority, random_state=rng.integers(1 << 31)),
+        ]
+    )
     picked.sample(frac=1, random_state=seed)[["text", "label"]].to_csv(folder / "train.csv", index=False)
     test = pd.read_csv(SHARED / "trec" / "test.csv")
     test["label"] = np.where(test["label"] == SPAM_LABEL, "location", "other")
@@ -74,8 +80,14 @@ def data_overrides(name: str, args, workdir: Path) -> list[str]:
 
 def run_data(name: str, args, workdir: Path) -> dict:
     folder = workdir / name
-    common = ["--config", str(ROOT / "config.yaml"), *[a for s in args.strategy for a in ("--strategy", s)],
-              f"output.dir={folder}", f"training.seeds={list(args.seeds)}", *data_overrides(name, args, workdir)]
+    common = [
+        "--config",
+        str(ROOT / "config.yaml"),
+        *[a for s in args.strategy for a in ("--strategy", s)],
+        f"output.dir={folder}",
+        f"training.seeds={list(args.seeds)}",
+        *data_overrides(name, args, workdir),
+    ]
     cells = []
     for head, overrides in (HEADS[h] for h in args.heads):
         started = time.perf_counter()
@@ -85,13 +97,25 @@ def run_data(name: str, args, workdir: Path) -> dict:
         runs = [r for r in read_results(results_file(folder)) if r["run_id"] in planned]
         for strategy in args.strategy:
             done = [r for r in runs if r["strategy"] == strategy and r["status"] == "completed"]
-            cells.append({"head": head, "strategy": strategy, "exit_status": status, "wall_s": round(wall, 1),
-                          "seeds": [r["seed"] for r in done],
-                          "validation": [r["best_metric"] for r in done],
-                          "test": [r["test"]["macro_f1"] for r in done],
-                          "train_s": [r["train_time_s"] for r in done]})
-    return {"data": name, "rows": None if name == "demo" else args.rows,
-            "epochs": None if name == "demo" else args.epochs, "seeds": args.seeds, "cells": cells}
+            cells.append(
+                {
+                    "head": head,
+                    "strategy": strategy,
+                    "exit_status": status,
+                    "wall_s": round(wall, 1),
+                    "seeds": [r["seed"] for r in done],
+                    "validation": [r["best_metric"] for r in done],
+                    "test": [r["test"]["macro_f1"] for r in done],
+                    "train_s": [r["train_time_s"] for r in done],
+                }
+            )
+    return {
+        "data": name,
+        "rows": None if name == "demo" else args.rows,
+        "epochs": None if name == "demo" else args.epochs,
+        "seeds": args.seeds,
+        "cells": cells,
+    }
 
 
 def mean(values: list[float]) -> float:
@@ -134,13 +158,26 @@ def main() -> None:
     out = ROOT / "benchmarks" / "results" / "heads.json"
     for name in args.data:
         measured = run_data(name, args, args.workdir)
-        results = json.loads(out.read_text()) if out.is_file() else {"data": {}}  # other data sets' as they are now
+        results = (
+            json.loads(out.read_text()) if out.is_file() else {"data": {}}
+        )  # other data sets' as they are now
         results["data"][name] = measured
-        results.update(machine={"platform": platform.platform(), "processor": platform.processor(),
-                                "threads": torch.get_num_threads(), "cuda": torch.cuda.is_available()},
-                       versions=library_versions(), date=time.strftime("%Y-%m-%d"))
-        atomic_write_json(out, results)  # after each data set, so an interrupted benchmark keeps what it measured
-        out.with_suffix(".md").write_text(f"# Heads: validation (test) macro-F1, mean over seeds\n\n{table(results)}\n")
+        results.update(
+            machine={
+                "platform": platform.platform(),
+                "processor": platform.processor(),
+                "threads": torch.get_num_threads(),
+                "cuda": torch.cuda.is_available(),
+            },
+            versions=library_versions(),
+            date=time.strftime("%Y-%m-%d"),
+        )
+        atomic_write_json(
+            out, results
+        )  # after each data set, so an interrupted benchmark keeps what it measured
+        out.with_suffix(".md").write_text(
+            f"# Heads: validation (test) macro-F1, mean over seeds\n\n{table(results)}\n"
+        )
     print(table(results))
 
 

@@ -55,8 +55,11 @@ def default_rates() -> list[str]:
     from schema.strategies import StrategiesConfig
 
     defaults = StrategiesConfig()
-    return [f"strategies.{name}.learning_rate={getattr(defaults, name).learning_rate}" for name in STRATEGIES
-            if getattr(defaults, name).learning_rate is not None] + ["training.learning_rate=5e-5"]
+    return [
+        f"strategies.{name}.learning_rate={getattr(defaults, name).learning_rate}"
+        for name in STRATEGIES
+        if getattr(defaults, name).learning_rate is not None
+    ] + ["training.learning_rate=5e-5"]
 
 
 def grid_rates(strategy: str, points: int) -> list[float]:
@@ -65,8 +68,13 @@ def grid_rates(strategy: str, points: int) -> list[float]:
 
 
 def run_side(name: str, folder: Path, overrides: list[str], strategies: list[str]) -> dict:
-    argv = ["--config", str(ROOT / "config.yaml"), *[a for s in strategies for a in ("--strategy", s)],
-            f"output.dir={folder}", *overrides]
+    argv = [
+        "--config",
+        str(ROOT / "config.yaml"),
+        *[a for s in strategies for a in ("--strategy", s)],
+        f"output.dir={folder}",
+        *overrides,
+    ]
     started = time.perf_counter()
     status = bertlab.main(argv)
     wall = time.perf_counter() - started
@@ -75,39 +83,57 @@ def run_side(name: str, folder: Path, overrides: list[str], strategies: list[str
     records = read_results(results_file(folder))
     planned = set(experiment["run_ids"])
     studies = set(experiment.get("studies") or [])
-    if studies:  # each trial once (a confirmation that tested its trial's weights is that trial), then the rest
-        trials = [r for r in records if (r.get("trial") or {}).get("study") in studies
-                  and r["trial"].get("confirms") in (None, r["run_id"])]
+    if (
+        studies
+    ):  # each trial once (a confirmation that tested its trial's weights is that trial), then the rest
+        trials = [
+            r
+            for r in records
+            if (r.get("trial") or {}).get("study") in studies
+            and r["trial"].get("confirms") in (None, r["run_id"])
+        ]
         trained = trials + [r for r in records if r["run_id"] in planned and r not in trials]
     else:
         trained = [r for r in records if r["run_id"] in planned]
     best = {}
     for strategy in strategies:
-        scores = [r["best_metric"] for r in trained if r["strategy"] == strategy and r["status"] == "completed"]
+        scores = [
+            r["best_metric"] for r in trained if r["strategy"] == strategy and r["status"] == "completed"
+        ]
         best[strategy] = max(scores) if scores else None
-    return {"side": name, "exit_status": status, "wall_s": round(wall, 1),
-            "train_s": round(sum(r.get("train_time_s") or 0 for r in trained), 1), "runs": len(trained),
-            "pruned": sum(r["status"] == "pruned" for r in trained),
-            "failed": sum(r["status"] == "failed" for r in trained),
-            "winner": verdict["winner"]["label"] if verdict.get("winner") else None,
-            "verdict": verdict["sentences"][0] if verdict.get("sentences") else None,
-            "best_validation": best}
+    return {
+        "side": name,
+        "exit_status": status,
+        "wall_s": round(wall, 1),
+        "train_s": round(sum(r.get("train_time_s") or 0 for r in trained), 1),
+        "runs": len(trained),
+        "pruned": sum(r["status"] == "pruned" for r in trained),
+        "failed": sum(r["status"] == "failed" for r in trained),
+        "winner": verdict["winner"]["label"] if verdict.get("winner") else None,
+        "verdict": verdict["sentences"][0] if verdict.get("sentences") else None,
+        "best_validation": best,
+    }
 
 
 def table(result: dict) -> str:
     grid, search = result["grid"], result["search"]
-    lines = ["| | grid | search |", "|---|---|---|",
-             f"| runs or trials (pruned, failed) | {grid['runs']} ({grid['pruned']}, {grid['failed']}) | "
-             f"{search['runs']} ({search['pruned']}, {search['failed']}) |",
-             f"| training seconds | {grid['train_s']:.0f} | {search['train_s']:.0f} "
-             f"({search['train_s'] / grid['train_s']:.2f}x the grid's) |",
-             f"| wall seconds (with validation, checkpoints, loading) | {grid['wall_s']:.0f} | {search['wall_s']:.0f} |",
-             f"| winner | {grid['winner']} | {search['winner']} |"]
+    lines = [
+        "| | grid | search |",
+        "|---|---|---|",
+        f"| runs or trials (pruned, failed) | {grid['runs']} ({grid['pruned']}, {grid['failed']}) | "
+        f"{search['runs']} ({search['pruned']}, {search['failed']}) |",
+        f"| training seconds | {grid['train_s']:.0f} | {search['train_s']:.0f} "
+        f"({search['train_s'] / grid['train_s']:.2f}x the grid's) |",
+        f"| wall seconds (with validation, checkpoints, loading) | {grid['wall_s']:.0f} | {search['wall_s']:.0f} |",
+        f"| winner | {grid['winner']} | {search['winner']} |",
+    ]
     for strategy in result["strategies"]:
         g, s = grid["best_validation"][strategy], search["best_validation"][strategy]
         diff = "" if g is None or s is None else f" ({100 * (s - g):+.1f} points)"
-        lines.append(f"| best validation {result['metric']}: {strategy} | "
-                     f"{'-' if g is None else f'{g:.4f}'} | {'-' if s is None else f'{s:.4f}'}{diff} |")
+        lines.append(
+            f"| best validation {result['metric']}: {strategy} | "
+            f"{'-' if g is None else f'{g:.4f}'} | {'-' if s is None else f'{s:.4f}'}{diff} |"
+        )
     return "\n".join(lines)
 
 
@@ -133,19 +159,33 @@ def main() -> None:
     search = ["search.method=optuna", f"search.trials={args.trials}", "search.pruner=successive_halving"]
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bertlab-search-"))
     torch.set_num_threads(torch.get_num_threads())  # both sides in one process, on the same threads
-    result = {"data": args.data, "rows": args.rows if args.data != "demo" else None, "strategies": strategies,
-              "epochs": args.epochs, "grid_points": args.grid_points, "trials": args.trials,
-              "eval_every_steps": args.eval_every_steps, "metric": "macro_f1",
-              "machine": {"platform": platform.platform(), "processor": platform.processor(),
-                          "threads": torch.get_num_threads(), "cuda": torch.cuda.is_available()},
-              "versions": library_versions(), "date": time.strftime("%Y-%m-%d")}
+    result = {
+        "data": args.data,
+        "rows": args.rows if args.data != "demo" else None,
+        "strategies": strategies,
+        "epochs": args.epochs,
+        "grid_points": args.grid_points,
+        "trials": args.trials,
+        "eval_every_steps": args.eval_every_steps,
+        "metric": "macro_f1",
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor(),
+            "threads": torch.get_num_threads(),
+            "cuda": torch.cuda.is_available(),
+        },
+        "versions": library_versions(),
+        "date": time.strftime("%Y-%m-%d"),
+    }
     result["grid"] = run_side("grid", workdir / "grid", common + grid, strategies)
     result["search"] = run_side("search", workdir / "search", common + search, strategies)
     out = ROOT / "benchmarks" / "results"
     atomic_write_json(out / f"{args.name}.json", result)
-    (out / f"{args.name}.md").write_text(f"# Search against the grid: {args.data}\n\n{table(result)}\n\n"
-                                         f"Grid verdict: {result['grid']['verdict']}\n\n"
-                                         f"Search verdict: {result['search']['verdict']}\n")
+    (out / f"{args.name}.md").write_text(
+        f"# Search against the grid: {args.data}\n\n{table(result)}\n\n"
+        f"Grid verdict: {result['grid']['verdict']}\n\n"
+        f"Search verdict: {result['search']['verdict']}\n"
+    )
     print(table(result))
 
 

@@ -48,7 +48,7 @@ SHARED = ROOT.parent / "shared" / "datasets"
 PIPELINE_BATCH_SIZES = (8, 16, 32, 64)
 SINGLE_CALLS = 100  # one-text calls timed for each way's latency
 LEVEL_LIMIT_S = 300  # the longest one level of concurrent clients may run
-HAND_WRITTEN_APP = '''
+HAND_WRITTEN_APP = """
 from fastapi import FastAPI
 from pydantic import BaseModel
 from transformers import pipeline
@@ -64,7 +64,7 @@ class Body(BaseModel):
 @app.post("/predict")
 def predict(body: Body):
     return classify(body.text, truncation=True)[0]
-'''
+"""
 
 
 def prepared(work: Path) -> dict:
@@ -75,8 +75,23 @@ def prepared(work: Path) -> dict:
     if not (work / "hf" / "config.json").is_file():
         assert bertlab.main(["export", *config, "--out", str(work / "hf"), "--force", *settings]) == 0
     if not (work / "onnx" / "model.int8.onnx").is_file():
-        assert bertlab.main(["export", *config, "--format", "onnx", "--quantize", "int8", "--out",
-                             str(work / "onnx"), "--force", *settings]) == 0
+        assert (
+            bertlab.main(
+                [
+                    "export",
+                    *config,
+                    "--format",
+                    "onnx",
+                    "--quantize",
+                    "int8",
+                    "--out",
+                    str(work / "onnx"),
+                    "--force",
+                    *settings,
+                ]
+            )
+            == 0
+        )
     return {"output": output, "hf": work / "hf", "onnx": work / "onnx"}
 
 
@@ -94,7 +109,10 @@ def seconds(work) -> float:
 
 
 def percentiles(values: list[float]) -> dict[str, float]:
-    return {"p50_ms": 1000 * float(np.percentile(values, 50)), "p99_ms": 1000 * float(np.percentile(values, 99))}
+    return {
+        "p50_ms": 1000 * float(np.percentile(values, 50)),
+        "p99_ms": 1000 * float(np.percentile(values, 99)),
+    }
 
 
 def offline(parts: dict, texts: list[str], repeats: int) -> dict:
@@ -103,11 +121,15 @@ def offline(parts: dict, texts: list[str], repeats: int) -> dict:
     from transformers import pipeline
 
     classify = pipeline("text-classification", model=str(parts["hf"]), device="cpu")
-    predictors = {"predict, torch": Predictor.from_run("best", parts["output"]),
-                  "predict, ONNX fp32": onnx_predictor(str(parts["onnx"]), parts["output"]),
-                  "predict, ONNX int8": onnx_predictor(str(parts["onnx"]), parts["output"], int8=True)}
-    batched = {f"pipeline, batch {b}": (lambda b=b: classify(texts, batch_size=b, truncation=True))
-               for b in PIPELINE_BATCH_SIZES}
+    predictors = {
+        "predict, torch": Predictor.from_run("best", parts["output"]),
+        "predict, ONNX fp32": onnx_predictor(str(parts["onnx"]), parts["output"]),
+        "predict, ONNX int8": onnx_predictor(str(parts["onnx"]), parts["output"], int8=True),
+    }
+    batched = {
+        f"pipeline, batch {b}": (lambda b=b: classify(texts, batch_size=b, truncation=True))
+        for b in PIPELINE_BATCH_SIZES
+    }
     batched.update({name: (lambda p=p: p.predict(texts)) for name, p in predictors.items()})
     for work in batched.values():  # warm-up, untimed
         work()
@@ -117,12 +139,19 @@ def offline(parts: dict, texts: list[str], repeats: int) -> dict:
             taken[name].append(seconds(work))
     single = {"pipeline, one text a call": lambda text: classify(text, truncation=True)}
     single.update({name: (lambda text, p=p: p.predict([text])) for name, p in predictors.items()})
-    calls = {name: [seconds(lambda: call(text)) for text in texts[:SINGLE_CALLS]] for name, call in single.items()}
-    one_at_a_time = {"pipeline, one text a call": len(calls["pipeline, one text a call"])
-                     / sum(calls["pipeline, one text a call"])}
+    calls = {
+        name: [seconds(lambda: call(text)) for text in texts[:SINGLE_CALLS]] for name, call in single.items()
+    }
+    one_at_a_time = {
+        "pipeline, one text a call": len(calls["pipeline, one text a call"])
+        / sum(calls["pipeline, one text a call"])
+    }
     rates = {name: len(texts) / statistics.median(values) for name, values in taken.items()}
-    return {"texts": len(texts), "texts_per_s": {**one_at_a_time, **rates},
-            "latency_one_text": {name: percentiles(values) for name, values in calls.items()}}
+    return {
+        "texts": len(texts),
+        "texts_per_s": {**one_at_a_time, **rates},
+        "latency_one_text": {name: percentiles(values) for name, values in calls.items()},
+    }
 
 
 def free_port() -> int:
@@ -175,22 +204,57 @@ async def load(url: str, body_of, texts: list[str], clients: int, requests: int)
         started, deadline = time.perf_counter(), time.monotonic() + LEVEL_LIMIT_S
         await asyncio.gather(*(client(http, deadline) for _ in range(clients)))
         wall = time.perf_counter() - started
-    return {"clients": clients, "requests": len(latencies), "requests_per_s": len(latencies) / wall,
-            **percentiles(latencies)}
+    return {
+        "clients": clients,
+        "requests": len(latencies),
+        "requests_per_s": len(latencies) / wall,
+        **percentiles(latencies),
+    }
 
 
 def served(parts: dict, texts: list[str], levels: list[int], requests: int, work: Path) -> dict:
     """Each server alone under each number of clients."""
     (work / "hand_written_app.py").write_text(HAND_WRITTEN_APP.format(folder=str(parts["hf"])))
     ours = lambda run, backend, port: [  # noqa: E731
-        sys.executable, str(ROOT / "main.py"), "serve", "--config", str(ROOT / "config.yaml"),
-        f"output.dir={parts['output']}", "--run", run, "--port", str(port), "--backend", backend]
-    ways = {"bertlab serve, torch": (lambda port: ours("best", "torch", port), lambda text: {"inputs": text}, ROOT),
-            "bertlab serve, ONNX int8": (lambda port: ours(str(parts["onnx"]), "onnx-int8", port),
-                                         lambda text: {"inputs": text}, ROOT),
-            "hand-written FastAPI + pipeline()": (
-                lambda port: [sys.executable, "-m", "uvicorn", "hand_written_app:app", "--port", str(port),
-                              "--log-level", "warning"], lambda text: {"text": text}, work)}
+        sys.executable,
+        str(ROOT / "main.py"),
+        "serve",
+        "--config",
+        str(ROOT / "config.yaml"),
+        f"output.dir={parts['output']}",
+        "--run",
+        run,
+        "--port",
+        str(port),
+        "--backend",
+        backend,
+    ]
+    ways = {
+        "bertlab serve, torch": (
+            lambda port: ours("best", "torch", port),
+            lambda text: {"inputs": text},
+            ROOT,
+        ),
+        "bertlab serve, ONNX int8": (
+            lambda port: ours(str(parts["onnx"]), "onnx-int8", port),
+            lambda text: {"inputs": text},
+            ROOT,
+        ),
+        "hand-written FastAPI + pipeline()": (
+            lambda port: [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "hand_written_app:app",
+                "--port",
+                str(port),
+                "--log-level",
+                "warning",
+            ],
+            lambda text: {"text": text},
+            work,
+        ),
+    }
     results = {}
     for name, (command, body_of, folder) in ways.items():
         port = free_port()
@@ -202,18 +266,31 @@ def served(parts: dict, texts: list[str], levels: list[int], requests: int, work
 def tables(result: dict) -> str:
     lines = []
     for name, measured in result["offline"].items():
-        lines += [f"### {name}: {measured['texts']} texts", "",
-                  "| way | texts/s | one text a call: p50 ms | p99 ms |", "|---|---|---|---|"]
+        lines += [
+            f"### {name}: {measured['texts']} texts",
+            "",
+            "| way | texts/s | one text a call: p50 ms | p99 ms |",
+            "|---|---|---|---|",
+        ]
         for way, rate in measured["texts_per_s"].items():
             latency = measured["latency_one_text"].get(way)
-            lines.append(f"| {way} | {rate:.0f} | " + (f"{latency['p50_ms']:.1f} | {latency['p99_ms']:.1f} |"
-                                                       if latency else "- | - |"))
+            lines.append(
+                f"| {way} | {rate:.0f} | "
+                + (f"{latency['p50_ms']:.1f} | {latency['p99_ms']:.1f} |" if latency else "- | - |")
+            )
         lines.append("")
-    lines += ["### The server under concurrent clients (one text a request)", "",
-              "| server | clients | requests/s | p50 ms | p99 ms |", "|---|---|---|---|---|"]
+    lines += [
+        "### The server under concurrent clients (one text a request)",
+        "",
+        "| server | clients | requests/s | p50 ms | p99 ms |",
+        "|---|---|---|---|---|",
+    ]
     for name, levels in result["served"].items():
-        lines += [f"| {name} | {level['clients']} | {level['requests_per_s']:.1f} | {level['p50_ms']:.0f} | "
-                  f"{level['p99_ms']:.0f} |" for level in levels]
+        lines += [
+            f"| {name} | {level['clients']} | {level['requests_per_s']:.1f} | {level['p50_ms']:.0f} | "
+            f"{level['p99_ms']:.0f} |"
+            for level in levels
+        ]
     return "\n".join(lines)
 
 
@@ -229,31 +306,49 @@ def main() -> None:
     args.workdir.mkdir(parents=True, exist_ok=True)
     parts = prepared(args.workdir)
     sets = text_sets(args.texts)
-    result = {"offline": {name: offline(parts, texts, args.repeats) for name, texts in sets.items()},
-              "served": served(parts, sets["demo"], args.clients, args.requests, args.workdir),
-              "int8": json.loads((parts["onnx"] / "onnx.json").read_text())["int8"],
-              "machine": {"platform": platform.platform(), "processor": platform.processor(),
-                          "cores": os.cpu_count(), "threads": torch.get_num_threads(),
-                          "cuda": torch.cuda.is_available()},
-              "versions": library_versions(), "date": time.strftime("%Y-%m-%d"), "repeats": args.repeats}
+    result = {
+        "offline": {name: offline(parts, texts, args.repeats) for name, texts in sets.items()},
+        "served": served(parts, sets["demo"], args.clients, args.requests, args.workdir),
+        "int8": json.loads((parts["onnx"] / "onnx.json").read_text())["int8"],
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor(),
+            "cores": os.cpu_count(),
+            "threads": torch.get_num_threads(),
+            "cuda": torch.cuda.is_available(),
+        },
+        "versions": library_versions(),
+        "date": time.strftime("%Y-%m-%d"),
+        "repeats": args.repeats,
+    }
     for measured in result["offline"].values():
         rates = measured["texts_per_s"]
         best = max((f"pipeline, batch {b}" for b in PIPELINE_BATCH_SIZES), key=rates.get)
         measured["int8_vs_best_pipeline"] = rates["predict, ONNX int8"] / rates[best]
     top = max(args.clients)
-    by_clients = {name: next(level for level in levels if level["clients"] == top)
-                  for name, levels in result["served"].items()}
-    result["server_vs_hand_written"] = (by_clients["bertlab serve, torch"]["requests_per_s"]
-                                        / by_clients["hand-written FastAPI + pipeline()"]["requests_per_s"])
+    by_clients = {
+        name: next(level for level in levels if level["clients"] == top)
+        for name, levels in result["served"].items()
+    }
+    result["server_vs_hand_written"] = (
+        by_clients["bertlab serve, torch"]["requests_per_s"]
+        / by_clients["hand-written FastAPI + pipeline()"]["requests_per_s"]
+    )
     out = ROOT / "benchmarks" / "results" / f"{args.name}.json"
     atomic_write_json(out, result)
-    summary = "\n".join([
-        f"# Serving: {result['machine']['cores']} cores, {result['date']}", "", tables(result), "",
-        "ONNX int8 / pipeline at its best batch: " + ", ".join(
-            f"{name} {m['int8_vs_best_pipeline']:.2f}x" for name, m in result["offline"].items())
-        + f"; int8 test {result['int8']['label']} {result['int8']['test']:.4f} against the run's "
-        f"{result['int8']['run_test']:.4f}.",
-        f"bertlab serve (torch) / the hand-written app at {top} clients: {result['server_vs_hand_written']:.2f}x."])
+    summary = "\n".join(
+        [
+            f"# Serving: {result['machine']['cores']} cores, {result['date']}",
+            "",
+            tables(result),
+            "",
+            "ONNX int8 / pipeline at its best batch: "
+            + ", ".join(f"{name} {m['int8_vs_best_pipeline']:.2f}x" for name, m in result["offline"].items())
+            + f"; int8 test {result['int8']['label']} {result['int8']['test']:.4f} against the run's "
+            f"{result['int8']['run_test']:.4f}.",
+            f"bertlab serve (torch) / the hand-written app at {top} clients: {result['server_vs_hand_written']:.2f}x.",
+        ]
+    )
     out.with_suffix(".md").write_text(summary + "\n")
     print(summary)
 

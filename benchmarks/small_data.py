@@ -57,31 +57,51 @@ def run_way(data: Path, output: Path, strategies: list[str], extra: list[str]) -
     """One way of choosing on one draw: every strategy's validation and test scores, the verdict's winner, and
     what it cost."""
     started = time.perf_counter()
-    status = bertlab.main(["--config", str(ROOT / "config.yaml"), *[a for s in strategies for a in ("--strategy", s)],
-                           f"data.path={data}", f"output.dir={output}", *extra])
+    status = bertlab.main(
+        [
+            "--config",
+            str(ROOT / "config.yaml"),
+            *[a for s in strategies for a in ("--strategy", s)],
+            f"data.path={data}",
+            f"output.dir={output}",
+            *extra,
+        ]
+    )
     wall = time.perf_counter() - started
     planned = set(json.loads((output / "results" / "experiment.json").read_text())["run_ids"])
-    runs = [r for r in read_results(results_file(output)) if r["run_id"] in planned and r["status"] == "completed"]
+    runs = [
+        r for r in read_results(results_file(output)) if r["run_id"] in planned and r["status"] == "completed"
+    ]
     verdict = json.loads((output / "results" / "verdict.json").read_text())
     scores = {}
     for strategy in strategies:
         done = [r for r in runs if r["strategy"] == strategy]
         if done:
-            scores[strategy] = {"validation": float(np.mean([r["best_metric"] for r in done])),
-                                "test": float(np.mean([r["test"]["macro_f1"] for r in done])), "runs": len(done)}
+            scores[strategy] = {
+                "validation": float(np.mean([r["best_metric"] for r in done])),
+                "test": float(np.mean([r["test"]["macro_f1"] for r in done])),
+                "runs": len(done),
+            }
     winner = (verdict.get("winner") or {}).get("strategy")
     best = max(s["test"] for s in scores.values())
-    return {"exit_status": status, "winner": winner, "scores": scores,
-            "best": [name for name, s in scores.items() if s["test"] == best],
-            "regret": best - scores[winner]["test"] if winner else None,
-            "train_flops": sum(r["costs"]["train_flops"] for r in runs if r.get("costs")),
-            "runs": len(runs), "wall_s": round(wall, 1)}
+    return {
+        "exit_status": status,
+        "winner": winner,
+        "scores": scores,
+        "best": [name for name, s in scores.items() if s["test"] == best],
+        "regret": best - scores[winner]["test"] if winner else None,
+        "train_flops": sum(r["costs"]["train_flops"] for r in runs if r.get("costs")),
+        "runs": len(runs),
+        "wall_s": round(wall, 1),
+    }
 
 
 def table(results: dict) -> str:
-    lines = ["| data | way of choosing | draws | winner best on test | mean regret (max) | winner's test macro-F1 | "
-             "best strategy's | training compute per draw (TFLOP) | wall time per draw (min) |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| data | way of choosing | draws | winner best on test | mean regret (max) | winner's test macro-F1 | "
+        "best strategy's | training compute per draw (TFLOP) | wall time per draw (min) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for name, measured in results["data"].items():
         for way, label in (("single", "one validation split"), ("folds", f"{measured['folds']}-fold")):
             cells = [d[way] for d in measured["draws"] if d[way]["winner"]]
@@ -93,19 +113,25 @@ def table(results: dict) -> str:
                 f"{np.mean([c['scores'][c['winner']]['test'] for c in cells]):.3f} | "
                 f"{np.mean([max(s['test'] for s in c['scores'].values()) for c in cells]):.3f} | "
                 f"{np.mean([c['train_flops'] for c in cells]) / 1e12:.1f} | "
-                f"{np.mean([c['wall_s'] for c in cells]) / 60:.1f} |")
+                f"{np.mean([c['wall_s'] for c in cells]) / 60:.1f} |"
+            )
     return "\n".join(lines)
 
 
 def draws_table(results: dict) -> str:
     """Each draw: each way's winner, and every strategy's test macro-F1 under it."""
-    lines = ["| data | draw | way | winner | regret | test macro-F1 per strategy |", "|---|---|---|---|---|---|"]
+    lines = [
+        "| data | draw | way | winner | regret | test macro-F1 per strategy |",
+        "|---|---|---|---|---|---|",
+    ]
     for name, measured in results["data"].items():
         for number, draw in enumerate(measured["draws"]):
             for way in ("single", "folds"):
                 cell = draw[way]
                 scores = ", ".join(f"{s} {v['test']:.3f}" for s, v in cell["scores"].items())
-                lines.append(f"| {name} | {number} | {way} | {cell['winner']} | {cell['regret']:.3f} | {scores} |")
+                lines.append(
+                    f"| {name} | {number} | {way} | {cell['winner']} | {cell['regret']:.3f} | {scores} |"
+                )
     return "\n".join(lines)
 
 
@@ -127,17 +153,36 @@ def main() -> None:
         for draw in range(args.draws):
             data = draw_folder(args.workdir, name, draw, args.per_class)
             base = args.workdir / name / f"draw-{draw}"
-            draws.append({"single": run_way(data, base / "single", strategies, []),
-                          "folds": run_way(data, base / "folds", strategies, [f"data.folds={args.folds}"])})
-        results = json.loads(OUT.read_text()) if OUT.is_file() else {"data": {}}  # other data sets' as they are
-        results["data"][name] = {"per_class": args.per_class, "folds": args.folds, "strategies": strategies,
-                                 "draws": draws}
-        results.update(machine={"platform": platform.platform(), "processor": platform.processor(),
-                                "threads": torch.get_num_threads(), "cuda": torch.cuda.is_available()},
-                       versions=library_versions(), date=time.strftime("%Y-%m-%d"))
+            draws.append(
+                {
+                    "single": run_way(data, base / "single", strategies, []),
+                    "folds": run_way(data, base / "folds", strategies, [f"data.folds={args.folds}"]),
+                }
+            )
+        results = (
+            json.loads(OUT.read_text()) if OUT.is_file() else {"data": {}}
+        )  # other data sets' as they are
+        results["data"][name] = {
+            "per_class": args.per_class,
+            "folds": args.folds,
+            "strategies": strategies,
+            "draws": draws,
+        }
+        results.update(
+            machine={
+                "platform": platform.platform(),
+                "processor": platform.processor(),
+                "threads": torch.get_num_threads(),
+                "cuda": torch.cuda.is_available(),
+            },
+            versions=library_versions(),
+            date=time.strftime("%Y-%m-%d"),
+        )
         atomic_write_json(OUT, results)
-        OUT.with_suffix(".md").write_text("# Choosing on little data: one validation split against folds\n\n"
-                                          f"{table(results)}\n\n## Each draw\n\n{draws_table(results)}\n")
+        OUT.with_suffix(".md").write_text(
+            "# Choosing on little data: one validation split against folds\n\n"
+            f"{table(results)}\n\n## Each draw\n\n{draws_table(results)}\n"
+        )
     print(table(results))
 
 

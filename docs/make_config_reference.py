@@ -27,12 +27,20 @@ TARGET = ROOT / "docs" / "config.md"
 def field_docs() -> dict[tuple[str, str], str]:
     """(class name, field name) -> the string literal right under the field in the schema's modules."""
     docs = {}
-    nodes = [node for module in (config, schema.strategies, schema.search) for node in ast.walk(ast.parse(inspect.getsource(module)))]
+    nodes = [
+        node
+        for module in (config, schema.strategies, schema.search)
+        for node in ast.walk(ast.parse(inspect.getsource(module)))
+    ]
     for node in nodes:
         if isinstance(node, ast.ClassDef):
             for statement, following in zip(node.body, node.body[1:]):
-                if (isinstance(statement, ast.AnnAssign) and isinstance(following, ast.Expr)
-                        and isinstance(following.value, ast.Constant) and isinstance(following.value.value, str)):
+                if (
+                    isinstance(statement, ast.AnnAssign)
+                    and isinstance(following, ast.Expr)
+                    and isinstance(following.value, ast.Constant)
+                    and isinstance(following.value.value, str)
+                ):
                     docs[node.name, statement.target.id] = " ".join(following.value.value.split())
     return docs
 
@@ -48,7 +56,11 @@ def default_text(value) -> str:
     if isinstance(value, bool):
         return str(value).lower()
     if isinstance(value, (list, dict)):
-        return "`" + (str(value).replace("'", "") if value else ("[]" if isinstance(value, list) else "{}")) + "`"
+        return (
+            "`"
+            + (str(value).replace("'", "") if value else ("[]" if isinstance(value, list) else "{}"))
+            + "`"
+        )
     return f"`{value}`"
 
 
@@ -62,23 +74,31 @@ def sections(instance, prefix: str, docs: dict, heading: str) -> list[str]:
         if dataclasses.is_dataclass(value):
             nested.append((f.name, value))
             continue
-        rows.append(f"| `{prefix}{f.name}` | {type_name(hints[f.name])} | {default_text(value)} | "
-                    f"{help_text(cls, f.name, docs)} |")
+        rows.append(
+            f"| `{prefix}{f.name}` | {type_name(hints[f.name])} | {default_text(value)} | "
+            f"{help_text(cls, f.name, docs)} |"
+        )
     lines = []
     if rows:
         lines += [heading, "", "| key | type | default | meaning |", "|---|---|---|---|", *rows, ""]
     for name, value in nested:
         about = help_text(cls, name, docs)
-        lines += sections(value, f"{prefix}{name}.", docs, f"## `{prefix}{name}`" + (f": {about}" if about else ""))
+        lines += sections(
+            value, f"{prefix}{name}.", docs, f"## `{prefix}{name}`" + (f": {about}" if about else "")
+        )
     return lines
 
 
 def reference() -> str:
-    lines = ["# Config reference", "",
-             "Generated from the schema in `config.py` by `python docs/make_config_reference.py`; do not edit by hand.",
-             "Every key is optional: a missing key takes the default below. Unknown keys, wrong types and values",
-             "out of range stop the run at load with one line naming the key, the value and what is allowed.",
-             "Any key can be overridden on the command line: `python main.py training.num_epochs=1`.", ""]
+    lines = [
+        "# Config reference",
+        "",
+        "Generated from the schema in `config.py` by `python docs/make_config_reference.py`; do not edit by hand.",
+        "Every key is optional: a missing key takes the default below. Unknown keys, wrong types and values",
+        "out of range stop the run at load with one line naming the key, the value and what is allowed.",
+        "Any key can be overridden on the command line: `python main.py training.num_epochs=1`.",
+        "",
+    ]
     lines += sections(config.Config(), "", field_docs(), "## Top level")
     return "\n".join(lines).rstrip() + "\n"
 

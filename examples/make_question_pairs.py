@@ -26,8 +26,14 @@ def main() -> None:
     for score, pairs in levels.items():
         for a, b in rng.sample(pairs, min(kept, len(pairs))):
             first, second = (a, b) if rng.random() < 0.5 else (b, a)  # the order of a pair carries nothing
-            rows.append({"sentence1": first["text"], "sentence2": second["text"], "score": score,
-                         "same_question": "yes" if score == 5.0 else "no"})
+            rows.append(
+                {
+                    "sentence1": first["text"],
+                    "sentence2": second["text"],
+                    "score": score,
+                    "same_question": "yes" if score == 5.0 else "no",
+                }
+            )
     rng.shuffle(rows)
     pd.DataFrame(rows).to_csv(HERE / "question_pairs.csv", index=False)
 

@@ -12,11 +12,14 @@ from data import Encoded
 from trainer import device_batch, model_inputs
 
 ADAM_STATES = 2  # AdamW keeps two values per trained weight (the moving averages of gradient and its square)
-MEASURED_ROWS = 8  # the training rows a step is counted on: its cost per example is the same at any batch size
+MEASURED_ROWS = (
+    8  # the training rows a step is counted on: its cost per example is the same at any batch size
+)
 
 
-def counted_step(module: torch.nn.Module, encoded: Encoded, task, accelerator,
-                 backward: bool) -> tuple[int, int, int]:
+def counted_step(
+    module: torch.nn.Module, encoded: Encoded, task, accelerator, backward: bool
+) -> tuple[int, int, int]:
     """Floating-point operations of one forward (and backward) pass over the first training rows, those rows'
     count, and the bytes of what the forward pass saved for the backward one. The pass runs without dropout
     and with the random generators put back, so the run that follows is the one that would have run."""
@@ -50,8 +53,9 @@ def counted_step(module: torch.nn.Module, encoded: Encoded, task, accelerator,
     return counter.get_total_flops(), len(rows), sum(saved.values())
 
 
-def step_costs(model: torch.nn.Module, trained: torch.nn.Module, inputs: Encoded, encoded: Encoded, task,
-               accelerator) -> dict:
+def step_costs(
+    model: torch.nn.Module, trained: torch.nn.Module, inputs: Encoded, encoded: Encoded, task, accelerator
+) -> dict:
     """Per example: the operations of a training step of what the loop trains (`trained` on `inputs`: the
     model, or a head on cached features) and of a prediction by the whole model; and the memory training needs
     on a CPU, computed: every weight, then the gradient and AdamW's two states of each trained one, and the
@@ -60,10 +64,16 @@ def step_costs(model: torch.nn.Module, trained: torch.nn.Module, inputs: Encoded
     predict_flops, predict_rows, _ = counted_step(model, encoded, task, accelerator, backward=False)
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
     trains = sum(p.numel() * p.element_size() for p in trained.parameters() if p.requires_grad)
-    return {"train_step_flops_per_example": step_flops / rows,
-            "inference_flops_per_example": predict_flops / predict_rows,
-            "memory_parts_bytes": {"weights": weights, "gradients": trains, "optimizer": ADAM_STATES * trains,
-                                   "activations_per_example": activations / rows}}
+    return {
+        "train_step_flops_per_example": step_flops / rows,
+        "inference_flops_per_example": predict_flops / predict_rows,
+        "memory_parts_bytes": {
+            "weights": weights,
+            "gradients": trains,
+            "optimizer": ADAM_STATES * trains,
+            "activations_per_example": activations / rows,
+        },
+    }
 
 
 def total_costs(step: dict, batch_size: int, examples_trained: float, featurized: int) -> dict:
@@ -71,9 +81,19 @@ def total_costs(step: dict, batch_size: int, examples_trained: float, featurized
     times the examples it trained on, plus a frozen encoder's feature pass over `featurized` training texts
     once (a prediction's operations each)."""
     parts = step["memory_parts_bytes"]
-    memory = (parts["weights"] + parts["gradients"] + parts["optimizer"]
-              + parts["activations_per_example"] * batch_size)
-    return {**step, "examples_trained": examples_trained, "featurized_examples": featurized,
-            "train_flops": round(step["train_step_flops_per_example"] * examples_trained
-                                 + step["inference_flops_per_example"] * featurized),
-            "computed_memory_mb": round(memory / 2**20, 1)}
+    memory = (
+        parts["weights"]
+        + parts["gradients"]
+        + parts["optimizer"]
+        + parts["activations_per_example"] * batch_size
+    )
+    return {
+        **step,
+        "examples_trained": examples_trained,
+        "featurized_examples": featurized,
+        "train_flops": round(
+            step["train_step_flops_per_example"] * examples_trained
+            + step["inference_flops_per_example"] * featurized
+        ),
+        "computed_memory_mb": round(memory / 2**20, 1),
+    }

@@ -23,40 +23,66 @@ def print_search_plan(cfg: Config, strategies: list[str]) -> None:
     seeds = cfg.search.confirm_seeds or cfg.training.seeds or [cfg.training.seed]
     budget = f", no new trial after {cfg.search.time_budget:g}s" if cfg.search.time_budget else ""
     judged = "" if cfg.search.pruner == "none" else f" on {cfg.search.prune_on}"
-    print(f"search ({cfg.search.pruner} pruning{judged}{budget}): up to {cfg.search.trials} trial(s) per strategy, "
-          f"validated only, then the best {cfg.search.confirm_top_k} of each confirmed with seed(s) {seeds} and tested")
+    print(
+        f"search ({cfg.search.pruner} pruning{judged}{budget}): up to {cfg.search.trials} trial(s) per strategy, "
+        f"validated only, then the best {cfg.search.confirm_top_k} of each confirmed with seed(s) {seeds} and tested"
+    )
     for strategy in strategies:
         ranges = ", ".join(f"{short_key(k)} {v}" for k, v in searched_space(cfg, strategy).items())
         print(f"  {strategy}: {ranges}")
 
 
-def print_plan(runs: list[Run], ids: list[str], cached: set[str], inputs: Inputs, completed: dict[str, dict],
-               cfg: Config, mine: list[int]) -> None:
+def print_plan(
+    runs: list[Run],
+    ids: list[str],
+    cached: set[str],
+    inputs: Inputs,
+    completed: dict[str, dict],
+    cfg: Config,
+    mine: list[int],
+) -> None:
     """What a real run would do (the runs numbered `mine`: all, or a shard's), with the wrapped models' sizes
     and a rough time, training nothing."""
     share = "" if len(mine) == len(runs) else f" in this shard, of the plan's {len(runs)}"
     runs, ids = [runs[i] for i in mine], [ids[i] for i in mine]
     cached = cached & set(ids)
-    print(f"{len(runs)} run(s) planned{share}: {len(cached)} already completed in {results_file(cfg.output.dir)} "
-          f"(reused), {len(runs) - len(cached)} to run")
+    print(
+        f"{len(runs)} run(s) planned{share}: {len(cached)} already completed in {results_file(cfg.output.dir)} "
+        f"(reused), {len(runs) - len(cached)} to run"
+    )
     for number, (run, run_id) in enumerate(zip(runs, ids), 1):
-        print(f"  {number:3d}  {run_id}  {'cached' if run_id in cached else 'to run':6}  {run.strategy} {run.describe()}")
+        print(
+            f"  {number:3d}  {run_id}  {'cached' if run_id in cached else 'to run':6}  {run.strategy} {run.describe()}"
+        )
     print("\nparameters of the wrapped models (built, not trained):")
     built = set()
     for run in runs:
         data = inputs.data_for(run)
         settings = {k: v for k, v in run.settings.items() if k != "learning_rate"}
-        shape = stable_hash([run.strategy, settings, run.cfg.model.name, dataclasses.asdict(run.cfg.model.head),
-                             len(data.label_names)])
+        shape = stable_hash(
+            [
+                run.strategy,
+                settings,
+                run.cfg.model.name,
+                dataclasses.asdict(run.cfg.model.head),
+                len(data.label_names),
+            ]
+        )
         if shape not in built:
             built.add(shape)
             counts = parameter_counts(build_model(run.cfg, run.strategy, data.label_names, run.source))
-            label = " ".join([run.strategy] + [f"{short_key(k)}={v}" for k, v in run.varied.items()
-                                               if not k.endswith(".learning_rate")])
-            print(f"  {label:24}  {counts['trainable_params']:>12,} trainable of {counts['total_params']:,} "
-                  f"({counts['trainable_pct']:.3f}%)")
+            label = " ".join(
+                [run.strategy]
+                + [f"{short_key(k)}={v}" for k, v in run.varied.items() if not k.endswith(".learning_rate")]
+            )
+            print(
+                f"  {label:24}  {counts['trainable_params']:>12,} trainable of {counts['total_params']:,} "
+                f"({counts['trainable_pct']:.3f}%)"
+            )
     seconds, source = estimate_seconds([r for r, i in zip(runs, ids) if i not in cached], inputs, completed)
-    print(f"\nrough time for the runs to do: {seconds / 60:.0f} min if every run trains all its epochs ({source})")
+    print(
+        f"\nrough time for the runs to do: {seconds / 60:.0f} min if every run trains all its epochs ({source})"
+    )
 
 
 def estimate_seconds(runs: list[Run], inputs: Inputs, completed: dict[str, dict]) -> tuple[float, str]:
@@ -75,5 +101,7 @@ def estimate_seconds(runs: list[Run], inputs: Inputs, completed: dict[str, dict]
         total += len(encoded.labels["train"]) * passes(run) / speed
     if not runs:
         return 0.0, "nothing to run"
-    return total, (f"{measured} of {len(runs)} run(s) timed from earlier runs here, the rest guessed at "
-                   f"{GUESSED_SAMPLES_PER_S:.0f} examples/s")
+    return total, (
+        f"{measured} of {len(runs)} run(s) timed from earlier runs here, the rest guessed at "
+        f"{GUESSED_SAMPLES_PER_S:.0f} examples/s"
+    )

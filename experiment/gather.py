@@ -20,7 +20,9 @@ logger = logging.getLogger("bertlab")
 WHERE_KEYS = ("output.", "search.storage")
 
 
-def gather(folders: list[Path], output_dir: Path, planned: set[str], studies: set[str], config: dict) -> list[str]:
+def gather(
+    folders: list[Path], output_dir: Path, planned: set[str], studies: set[str], config: dict
+) -> list[str]:
     """Copy into output_dir the records (and run folders) of `folders` that are runs of this plan (`planned`
     ids, or trials of its `studies`), run with the same library versions; a run already completed here keeps
     its copy. Returns a line for each folder: what was gathered, what was already here, what was refused, why."""
@@ -33,13 +35,17 @@ def gather(folders: list[Path], output_dir: Path, planned: set[str], studies: se
         if folder.resolve() == output_dir.resolve():
             raise ConfigError(f"gather {folder}: that is this experiment's own output.dir")
         if not theirs.is_file():
-            raise ConfigError(f"gather {folder}: no results there ({theirs} is missing): name the output.dir of a "
-                              "worker of this experiment")
+            raise ConfigError(
+                f"gather {folder}: no results there ({theirs} is missing): name the output.dir of a "
+                "worker of this experiment"
+            )
         their_config = (read_json(theirs.with_name("experiment.json")) or {}).get("config")
         differing = differences(config, their_config) if their_config else []
         other_plan = "not a run of this config's plan" + (
-            f" (its worker's config differs at {', '.join(differing[:4])})" if differing
-            else " (its data or its settings differ)")
+            f" (its worker's config differs at {', '.join(differing[:4])})"
+            if differing
+            else " (its data or its settings differ)"
+        )
         gathered, present, refused = 0, 0, {}
         for record in read_results(theirs):
             reason = refusal(record, planned, studies, versions, other_plan)
@@ -52,21 +58,27 @@ def gather(folders: list[Path], output_dir: Path, planned: set[str], studies: se
                 save_record(results_path, record)
                 ours[record["run_id"]] = record
                 gathered += 1
-        lines.append(f"gather {folder}: {gathered} run(s) gathered, {present} already here"
-                     + "".join(f"; {count} refused: {reason}" for reason, count in refused.items()))
+        lines.append(
+            f"gather {folder}: {gathered} run(s) gathered, {present} already here"
+            + "".join(f"; {count} refused: {reason}" for reason, count in refused.items())
+        )
     return lines
 
 
-def refusal(record: dict, planned: set[str], studies: set[str], versions: dict[str, str],
-            other_plan: str) -> str | None:
+def refusal(
+    record: dict, planned: set[str], studies: set[str], versions: dict[str, str], other_plan: str
+) -> str | None:
     """Why a record is no run of this experiment (None when it is one): `other_plan` when it is not one of its
     runs, or the library versions that differ."""
     trial = record.get("trial") or {}
     if record["run_id"] not in planned and trial.get("study") not in studies:
         return other_plan
     theirs = comparable(record["versions"])
-    differing = [f"{name} {theirs.get(name)} here {version}" for name, version in versions.items()
-                 if theirs.get(name) != version]
+    differing = [
+        f"{name} {theirs.get(name)} here {version}"
+        for name, version in versions.items()
+        if theirs.get(name) != version
+    ]
     return f"run with other library versions ({', '.join(differing)})" if differing else None
 
 
@@ -109,7 +121,11 @@ def differences(ours: dict, theirs: dict, prefix: str = "") -> list[str]:
         if dotted.startswith(WHERE_KEYS):
             continue
         mine, other = ours.get(key), theirs.get(key)
-        if isinstance(mine, dict) and isinstance(other, dict) and not dotted.startswith(("sweep", "variants")):
+        if (
+            isinstance(mine, dict)
+            and isinstance(other, dict)
+            and not dotted.startswith(("sweep", "variants"))
+        ):
             keys += differences(mine, other, f"{dotted}.")
         elif mine != other:
             keys.append(dotted)

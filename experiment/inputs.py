@@ -10,8 +10,17 @@ from typing import Any
 import numpy as np
 
 from config import Config
-from data import (SPLITS, Encoded, LabelledData, augment_texts, few_shot_rows, fold_of, fold_rows, load_data,
-                  tokenize)
+from data import (
+    SPLITS,
+    Encoded,
+    LabelledData,
+    augment_texts,
+    few_shot_rows,
+    fold_of,
+    fold_rows,
+    load_data,
+    tokenize,
+)
 from experiment.plan import Run
 from model import load_tokenizer
 from reporting.data_report import LENGTH_PERCENTILE, auto_max_length, build_report, token_lengths
@@ -29,7 +38,9 @@ class Inputs:
 
     def __init__(self):
         self.data: dict[str, LabelledData] = {}
-        self.cuts: dict[tuple, list[np.ndarray]] = {}  # each repeat's folds (fold_rows), cut once for all of them
+        self.cuts: dict[
+            tuple, list[np.ndarray]
+        ] = {}  # each repeat's folds (fold_rows), cut once for all of them
         self.folds: dict[tuple, LabelledData] = {}
         self.tokenizers: dict[str, Any] = {}
         self.lengths: dict[tuple, dict[str, np.ndarray]] = {}
@@ -45,8 +56,12 @@ class Inputs:
         key = (self.data_key(run), run.cfg.model.name)
         if key not in self.lengths:
             data = self.data_for(run)
-            self.lengths[key] = {split: token_lengths(self.tokenizer_for(run), data.texts[split],
-                                                      data.pairs and data.pairs[split]) for split in SPLITS}
+            self.lengths[key] = {
+                split: token_lengths(
+                    self.tokenizer_for(run), data.texts[split], data.pairs and data.pairs[split]
+                )
+                for split in SPLITS
+            }
         return self.lengths[key]
 
     @staticmethod
@@ -78,8 +93,9 @@ class Inputs:
         data = self.fold_for(run)
         token_key = (self.data_key(run), run.fold, run.cfg.model.name, run.cfg.model.max_length)
         if token_key not in self.encoded:
-            self.encoded[token_key] = tokenize(data, self.tokenizer_for(run), run.cfg.model.max_length,
-                                               run.cfg.data.doc_stride)
+            self.encoded[token_key] = tokenize(
+                data, self.tokenizer_for(run), run.cfg.model.max_length, run.cfg.data.doc_stride
+            )
         encoded = self.encoded[token_key]
         rows = range(len(data.labels["train"]))
         if run.shots is not None:
@@ -87,10 +103,15 @@ class Inputs:
             encoded = encoded.with_train_rows(rows)
         augment = run.cfg.data.augment
         if augment.enabled:
-            texts, labels = augment_texts([data.texts["train"][i] for i in rows], [data.labels["train"][i] for i in rows],
-                                          augment, run.cfg.training.seed)
-            encoded = encoded.with_added_train_rows(token_ids(self.tokenizer_for(run), texts, run.cfg.model.max_length),
-                                                    labels)
+            texts, labels = augment_texts(
+                [data.texts["train"][i] for i in rows],
+                [data.labels["train"][i] for i in rows],
+                augment,
+                run.cfg.training.seed,
+            )
+            encoded = encoded.with_added_train_rows(
+                token_ids(self.tokenizer_for(run), texts, run.cfg.model.max_length), labels
+            )
         return data, encoded
 
 
@@ -109,12 +130,20 @@ def resolve_max_length(runs: list[Run], inputs: Inputs, model_configs: dict) -> 
             if (length, run.cfg.model.name) not in told:
                 told.add((length, run.cfg.model.name))
                 percentile = np.percentile(train, LENGTH_PERCENTILE)
-                logger.info("model.max_length auto: %d (the %dth percentile of %s's training token lengths is %.0f%s; "
-                            "%.1f%% of training texts are truncated)", length, LENGTH_PERCENTILE, run.cfg.model.name,
-                            percentile, f", above the model's limit of {limit}" if limit and percentile > limit else "",
-                            100 * (train > length).mean())
-            run = dataclasses.replace(run, cfg=dataclasses.replace(
-                run.cfg, model=dataclasses.replace(run.cfg.model, max_length=length)))
+                logger.info(
+                    "model.max_length auto: %d (the %dth percentile of %s's training token lengths is %.0f%s; "
+                    "%.1f%% of training texts are truncated)",
+                    length,
+                    LENGTH_PERCENTILE,
+                    run.cfg.model.name,
+                    percentile,
+                    f", above the model's limit of {limit}" if limit and percentile > limit else "",
+                    100 * (train > length).mean(),
+                )
+            run = dataclasses.replace(
+                run,
+                cfg=dataclasses.replace(run.cfg, model=dataclasses.replace(run.cfg.model, max_length=length)),
+            )
         resolved.append(run)
     return resolved
 
@@ -125,8 +154,13 @@ def data_reports(runs: list[Run], inputs: Inputs) -> dict[str, dict]:
     for run in runs:
         data = inputs.data_for(run)
         if data.fingerprint not in reports:
-            reports[data.fingerprint] = build_report(data, inputs.lengths_for(run), run.cfg.model.max_length,
-                                                     run.cfg.model.name, TASKS[run.cfg.data.task])
+            reports[data.fingerprint] = build_report(
+                data,
+                inputs.lengths_for(run),
+                run.cfg.model.max_length,
+                run.cfg.model.name,
+                TASKS[run.cfg.data.task],
+            )
     return reports
 
 

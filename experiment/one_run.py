@@ -19,8 +19,15 @@ from data import Encoded, LabelledData, epoch_rows
 from experiment.costs import step_costs, total_costs
 from experiment.plan import Run, short_key
 from records.measure import PeakMemory, device_name, library_versions
-from model import (build_model, export_refused, fit_temperature, fold_temperature, new_head_reason, parameter_counts,
-                   part_learning_rates)
+from model import (
+    build_model,
+    export_refused,
+    fit_temperature,
+    fold_temperature,
+    new_head_reason,
+    parameter_counts,
+    part_learning_rates,
+)
 from records.checkpoints import BEST_WEIGHTS, drop_checkpoints, load_weights, save_weights, saved_run_key
 from records.results import RUN_RECORD, SCHEMA_VERSION, results_file, run_folder, save_record
 from reporting.data_report import DATA_REPORT
@@ -29,8 +36,17 @@ from reporting.verdict import best_of
 from strategies import STRATEGIES
 from tasks import TASKS
 from experiment.trackers import run_trackers
-from trainer import (Decision, RunPaused, RunPruned, TrainJob, TrainResult, device_batch, evaluate, model_inputs,
-                     train)
+from trainer import (
+    Decision,
+    RunPaused,
+    RunPruned,
+    TrainJob,
+    TrainResult,
+    device_batch,
+    evaluate,
+    model_inputs,
+    train,
+)
 from utils import ConfigError, atomic_write_bytes, atomic_write_json, set_seed
 
 logger = logging.getLogger("bertlab")
@@ -68,7 +84,9 @@ def run_one(job: RunInputs, accelerator, resume: bool, on_evaluation=None) -> di
         if "test" in record:
             record["diagnostics"] = diagnose(record, TASKS[cfg.data.task])
         for found in record.get("diagnostics", []):
-            logger.warning("%s: %s: %s. Next: %s", job.run_id, found["kind"], found["message"], found["next_step"])
+            logger.warning(
+                "%s: %s: %s. Next: %s", job.run_id, found["kind"], found["message"], found["next_step"]
+            )
     except (ConfigError, KeyboardInterrupt, RunPaused):
         raise
     except RunPruned as pruned:  # a search trial behind the others: never chosen, never tested
@@ -80,10 +98,14 @@ def run_one(job: RunInputs, accelerator, resume: bool, on_evaluation=None) -> di
     finally:  # also when interrupted, so the memory sampler does not outlive the run
         record["peak_memory_mb"], record["peak_memory_measure"] = memory.stop()
         accelerator.free_memory()
-    if (cfg.output.keep_checkpoints == "none" or record["status"] == "pruned") and accelerator.is_main_process:
+    if (
+        cfg.output.keep_checkpoints == "none" or record["status"] == "pruned"
+    ) and accelerator.is_main_process:
         drop_checkpoints(run_dir)
     record["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    record["run_time_s"] = round(time.perf_counter() - started, 2)  # building, training, validating, testing, saving
+    record["run_time_s"] = round(
+        time.perf_counter() - started, 2
+    )  # building, training, validating, testing, saving
     save_record(results_file(cfg.output.dir), record)
     atomic_write_json(run_dir / RUN_RECORD, record)
     return record
@@ -95,25 +117,48 @@ def new_record(job: RunInputs, accelerator) -> dict:
     cfg, task = run.cfg, TASKS[run.cfg.data.task]
     # the training examples as trained on (few-shot, augmented); questions, not their windows
     sizes = {**data.sizes(), "train": task.example_count(encoded, "train")}
-    return {"schema_version": SCHEMA_VERSION, "run_id": job.run_id, "config_id": run.config_id(data.fingerprint),
-            "strategy": run.strategy,
-            "status": "running", "varied": {short_key(k): v for k, v in run.varied.items()},
-            "few_shot": {"shots_per_class": run.shots, "draw": run.draw} if run.shots is not None else None,
-            "fold": ({"folds": cfg.data.folds, "repeat": run.fold[0], "index": run.fold[1]}
-                     if run.fold is not None else None),
-            "trial": run.trial,
-            "model": cfg.model.name, "task": cfg.data.task,
-            "dataset": {"name": data.name, "fingerprint": data.fingerprint, "sizes": sizes,
-                        "num_labels": len(data.label_names), "label_names": data.label_names,
-                        "label_distribution": {split: task.label_distribution(labels, data.label_names)
-                                               for split, labels in encoded.labels.items()},
-                        "majority_baseline": job.baseline, "augmented_train_rows": encoded.augmented_rows,
-                        "report": f"{DATA_REPORT}#{data.fingerprint}"},  # beside the results file
-            "seed": cfg.training.seed,
-            "hyperparameters": {**dataclasses.asdict(cfg.training), **run.settings, "max_length": cfg.model.max_length},
-            "device": device_name(accelerator.device), "mixed_precision": accelerator.mixed_precision,
-            "num_processes": accelerator.num_processes,
-            "versions": library_versions(), "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "run_id": job.run_id,
+        "config_id": run.config_id(data.fingerprint),
+        "strategy": run.strategy,
+        "status": "running",
+        "varied": {short_key(k): v for k, v in run.varied.items()},
+        "few_shot": {"shots_per_class": run.shots, "draw": run.draw} if run.shots is not None else None,
+        "fold": (
+            {"folds": cfg.data.folds, "repeat": run.fold[0], "index": run.fold[1]}
+            if run.fold is not None
+            else None
+        ),
+        "trial": run.trial,
+        "model": cfg.model.name,
+        "task": cfg.data.task,
+        "dataset": {
+            "name": data.name,
+            "fingerprint": data.fingerprint,
+            "sizes": sizes,
+            "num_labels": len(data.label_names),
+            "label_names": data.label_names,
+            "label_distribution": {
+                split: task.label_distribution(labels, data.label_names)
+                for split, labels in encoded.labels.items()
+            },
+            "majority_baseline": job.baseline,
+            "augmented_train_rows": encoded.augmented_rows,
+            "report": f"{DATA_REPORT}#{data.fingerprint}",
+        },  # beside the results file
+        "seed": cfg.training.seed,
+        "hyperparameters": {
+            **dataclasses.asdict(cfg.training),
+            **run.settings,
+            "max_length": cfg.model.max_length,
+        },
+        "device": device_name(accelerator.device),
+        "mixed_precision": accelerator.mixed_precision,
+        "num_processes": accelerator.num_processes,
+        "versions": library_versions(),
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
 
 
 def fit_with_retries(job: RunInputs, record: dict, accelerator, resume: bool, on_evaluation) -> dict:
@@ -126,16 +171,23 @@ def fit_with_retries(job: RunInputs, record: dict, accelerator, resume: bool, on
             attempt = halve_batch(attempt)
             record_retry(record, attempt)
         if attempt is not run.cfg:
-            logger.info("%s: its last checkpoint is from an out-of-memory retry; resuming that retry (batch size %d)",
-                        job.run_id, attempt.training.batch_size)
+            logger.info(
+                "%s: its last checkpoint is from an out-of-memory retry; resuming that retry (batch size %d)",
+                job.run_id,
+                attempt.training.batch_size,
+            )
     while True:
         try:
             return fit_and_test(job, attempt, accelerator, resume, on_evaluation)
         except torch.OutOfMemoryError:
-            if accelerator.num_processes > 1:  # the others wait in an exchange: end this process, and the launch
-                raise SystemExit(f"{job.run_id}: out of memory in process {accelerator.process_index} of "
-                                 f"{accelerator.num_processes}: lower training.batch_size (the batch of all "
-                                 "processes together) or raise gradient_accumulation_steps, then --resume") from None
+            if (
+                accelerator.num_processes > 1
+            ):  # the others wait in an exchange: end this process, and the launch
+                raise SystemExit(
+                    f"{job.run_id}: out of memory in process {accelerator.process_index} of "
+                    f"{accelerator.num_processes}: lower training.batch_size (the batch of all "
+                    "processes together) or raise gradient_accumulation_steps, then --resume"
+                ) from None
             if attempt.training.batch_size == 1:
                 raise
         # outside the except block, so the failed attempt's model and optimizer can be freed; they sit in
@@ -146,18 +198,29 @@ def fit_with_retries(job: RunInputs, record: dict, accelerator, resume: bool, on
         torch.cuda.empty_cache()
         attempt, resume = halve_batch(attempt), False
         record_retry(record, attempt)
-        logger.warning("%s: out of GPU memory; retrying from the start with batch size %d and %d accumulation "
-                       "steps (the same effective batch)", job.run_id, attempt.training.batch_size,
-                       attempt.training.gradient_accumulation_steps)
+        logger.warning(
+            "%s: out of GPU memory; retrying from the start with batch size %d and %d accumulation "
+            "steps (the same effective batch)",
+            job.run_id,
+            attempt.training.batch_size,
+            attempt.training.gradient_accumulation_steps,
+        )
 
 
 def pruned_outcome(pruned: RunPruned, cfg: Config) -> dict:
     """A pruned search trial's part of its record: its evaluations, where it stopped, its best so far."""
     seen, metric = pruned.history, cfg.training.early_stopping.metric
     best = best_of(seen, lambda e: e[metric], metric, TASKS[cfg.data.task])
-    return dict(status="pruned", history=seen, pruned_at={"step": seen[-1]["step"], "epoch": seen[-1]["epoch"]},
-                best_epoch=best["epoch"], best_step=best["step"], best_metric=best[metric],
-                train_time_s=round(sum(e["seconds"] for e in seen), 2), stop_reason=f"search: {pruned}")
+    return dict(
+        status="pruned",
+        history=seen,
+        pruned_at={"step": seen[-1]["step"], "epoch": seen[-1]["epoch"]},
+        best_epoch=best["epoch"],
+        best_step=best["step"],
+        best_metric=best[metric],
+        train_time_s=round(sum(e["seconds"] for e in seen), 2),
+        stop_reason=f"search: {pruned}",
+    )
 
 
 def fit_and_test(job: RunInputs, cfg: Config, accelerator, resume: bool, on_evaluation=None) -> dict:
@@ -169,37 +232,71 @@ def fit_and_test(job: RunInputs, cfg: Config, accelerator, resume: bool, on_eval
     # a strategy may train on something cheaper than the whole model (its feature_view), or by other means than
     # the gradient loop (its fit); both leave the trained weights in `model`
     fit, feature_view = strategy.fit(settings), strategy.feature_view(settings)
-    how = (f"{cfg.training.num_epochs} epochs | effective batch "
-           f"{cfg.training.batch_size * cfg.training.gradient_accumulation_steps} | lr {settings['learning_rate']:.1e}"
-           if fit is None else f"not trained by epoch: {fit.__name__}")
-    logger.info("%s | %d train examples | %s | trainable %d of %d (%.3f%%)", run_dir.name, len(encoded.labels["train"]),
-                how, counts["trainable_params"], counts["total_params"], counts["trainable_pct"])
-    run_key = dataclasses.replace(run, cfg=cfg).key(job.data.fingerprint)  # after an OOM retry: its batch settings
-    logged = {**dataclasses.asdict(cfg.training), **settings, "strategy": run.strategy, "model": cfg.model.name,
-              "max_length": cfg.model.max_length, "data_fingerprint": job.data.fingerprint}
-    parts = part_learning_rates(model, settings["learning_rate"], cfg.training.head_learning_rate,
-                                cfg.training.layer_lr_decay)
+    how = (
+        f"{cfg.training.num_epochs} epochs | effective batch "
+        f"{cfg.training.batch_size * cfg.training.gradient_accumulation_steps} | lr {settings['learning_rate']:.1e}"
+        if fit is None
+        else f"not trained by epoch: {fit.__name__}"
+    )
+    logger.info(
+        "%s | %d train examples | %s | trainable %d of %d (%.3f%%)",
+        run_dir.name,
+        len(encoded.labels["train"]),
+        how,
+        counts["trainable_params"],
+        counts["total_params"],
+        counts["trainable_pct"],
+    )
+    run_key = dataclasses.replace(run, cfg=cfg).key(
+        job.data.fingerprint
+    )  # after an OOM retry: its batch settings
+    logged = {
+        **dataclasses.asdict(cfg.training),
+        **settings,
+        "strategy": run.strategy,
+        "model": cfg.model.name,
+        "max_length": cfg.model.max_length,
+        "data_fingerprint": job.data.fingerprint,
+    }
+    parts = part_learning_rates(
+        model, settings["learning_rate"], cfg.training.head_learning_rate, cfg.training.layer_lr_decay
+    )
     trained, inputs, features = model, encoded, None
     if feature_view:
         trained, inputs, features = feature_view(model, encoded, cfg, accelerator)
     step = step_costs(model, trained, inputs, encoded, TASKS[cfg.data.task], accelerator)
     before_epoch = strategy.before_epoch and (lambda epoch: strategy.before_epoch(model, settings, epoch))
-    with run_trackers(cfg.output.trackers, run_dir.name, Path(cfg.output.dir) / "trackers", logged) as trackers:
+    with run_trackers(
+        cfg.output.trackers, run_dir.name, Path(cfg.output.dir) / "trackers", logged
+    ) as trackers:
+
         def evaluated(history: list[dict]) -> Decision:
             trackers.log(history[-1], step=history[-1]["step"])
             return on_evaluation(history) if on_evaluation else Decision.GO_ON
 
-        train_job = TrainJob(cfg, settings["learning_rate"], run_dir, run_key, resume,
-                             rates={name: rate for name, (_, rate) in parts.items()}, before_epoch=before_epoch,
-                             on_evaluation=evaluated)
+        train_job = TrainJob(
+            cfg,
+            settings["learning_rate"],
+            run_dir,
+            run_key,
+            resume,
+            rates={name: rate for name, (_, rate) in parts.items()},
+            before_epoch=before_epoch,
+            on_evaluation=evaluated,
+        )
         result = (fit or train)(trained, inputs, train_job, accelerator)
         if features and features["cached"]:  # the time to compute them is part of this run's training time
             result.train_time_s = round(result.train_time_s + features["seconds"], 2)
-        fitted = {**counts, **result.as_record(), "costs": run_costs(step, result, cfg, strategy, settings, encoded,
-                                                                     features),
-                  "parameter_groups": parameter_groups(parts, model), "init_from": init,
-                  "features": features, "export_refused": export_refused(strategy, run.head),
-                  "unfreezing": strategy.schedule(model, settings)}
+        fitted = {
+            **counts,
+            **result.as_record(),
+            "costs": run_costs(step, result, cfg, strategy, settings, encoded, features),
+            "parameter_groups": parameter_groups(parts, model),
+            "init_from": init,
+            "features": features,
+            "export_refused": export_refused(strategy, run.head),
+            "unfreezing": strategy.schedule(model, settings),
+        }
         if run.trial and not run.trial.get("confirms"):  # a search trial: test stays unseen
             return fitted
         return {**fitted, **tested(job, cfg, (trained, inputs), accelerator, trackers, result.best_step)}
@@ -213,11 +310,19 @@ def built_model(job: RunInputs, cfg: Config) -> tuple[torch.nn.Module, dict | No
     source = run.source
     model = build_model(cfg, run.strategy, data.label_names, source)
     reason = source and new_head_reason(source, cfg, data.label_names)
-    init = source and {"run_id": source["record"]["run_id"], "folder": str(source["folder"]),
-                       "head": f"re-initialised: {reason}" if reason else "kept"}
+    init = source and {
+        "run_id": source["record"]["run_id"],
+        "folder": str(source["folder"]),
+        "head": f"re-initialised: {reason}" if reason else "kept",
+    }
     if init:
-        logger.info("%s starts from run %s (%s); its head: %s", job.run_id, init["run_id"], init["folder"],
-                    init["head"])
+        logger.info(
+            "%s starts from run %s (%s); its head: %s",
+            job.run_id,
+            init["run_id"],
+            init["folder"],
+            init["head"],
+        )
     if not init or reason:  # a fresh head
         TASKS[cfg.data.task].init_head(model, job.encoded.labels["train"])
     return model, init, parameter_counts(model)
@@ -229,7 +334,9 @@ def tested(job: RunInputs, cfg: Config, trained_on: tuple, accelerator, trackers
     (trained, inputs), task, data, added = trained_on, TASKS[cfg.data.task], job.data, {}
     uncalibrated, validation = None, None
     if cfg.training.calibration == "temperature":
-        added["calibration"], uncalibrated, validation = calibrate(trained, inputs, cfg, accelerator, task, job.folder)
+        added["calibration"], uncalibrated, validation = calibrate(
+            trained, inputs, cfg, accelerator, task, job.folder
+        )
     validation = validation or evaluate(trained, inputs, "validation", cfg.training, accelerator, task)
     # the task's decision rule fitted on validation (on its calibrated probabilities): label sets' thresholds
     decision = decision_of(task, validation, cfg, data.label_names)
@@ -238,21 +345,38 @@ def tested(job: RunInputs, cfg: Config, trained_on: tuple, accelerator, trackers
         logger.info("%s: %s", job.run_id, task.describe_decision(decision))
     task = task.decided(decision)
     # whether the kept weights answer the input at all: a collapse is diagnosed, not read as a verdict
-    added["validation_outputs"] = task.output_check(validation["truth"], validation["values"], data.label_names)
+    added["validation_outputs"] = task.output_check(
+        validation["truth"], validation["values"], data.label_names
+    )
     test = evaluate(trained, inputs, "test", cfg.training, accelerator, task)
-    trackers.log({f"test_{name}": test[name] for name in ["loss"] + [m.name for m in task.metrics]}, step=best_step)
+    trackers.log(
+        {f"test_{name}": test[name] for name in ["loss"] + [m.name for m in task.metrics]}, step=best_step
+    )
     if uncalibrated is not None:  # under the decision that validation gave before the temperature
         before = TASKS[cfg.data.task].decided(uncalibrated["decision"])
-        added["test_uncalibrated"] = {"loss": uncalibrated["loss"], **before.test_report(
-            uncalibrated["truth"], uncalibrated["values"], data.label_names)}
-    return {**added, "test": {"loss": test["loss"], **task.test_report(test["truth"], test["values"], data.label_names)},
-            "test_unseen": unseen_report(task, test, data),
-            # for paired comparisons between runs and the task's plots
-            "test_predictions": test["predictions"].tolist(), "test_labels": list(test["truth"])}
+        added["test_uncalibrated"] = {
+            "loss": uncalibrated["loss"],
+            **before.test_report(uncalibrated["truth"], uncalibrated["values"], data.label_names),
+        }
+    return {
+        **added,
+        "test": {"loss": test["loss"], **task.test_report(test["truth"], test["values"], data.label_names)},
+        "test_unseen": unseen_report(task, test, data),
+        # for paired comparisons between runs and the task's plots
+        "test_predictions": test["predictions"].tolist(),
+        "test_labels": list(test["truth"]),
+    }
 
 
-def run_costs(step: dict, result: TrainResult, cfg: Config, strategy, settings: dict, encoded: Encoded,
-              features: dict | None) -> dict:
+def run_costs(
+    step: dict,
+    result: TrainResult,
+    cfg: Config,
+    strategy,
+    settings: dict,
+    encoded: Encoded,
+    features: dict | None,
+) -> dict:
     """The run's counted costs (experiment.costs): the examples its training went through, whether by the loop
     (epochs run times an epoch's examples), a strategy's own fit (as often as it encodes each text) or a head
     fitted on features computed once."""
@@ -262,7 +386,9 @@ def run_costs(step: dict, result: TrainResult, cfg: Config, strategy, settings: 
         examples = 0 if cached else strategy.passes(settings, cfg.training.num_epochs) * train
     else:
         t = cfg.training
-        examples = result.history[-1]["epoch"] * len(epoch_rows(encoded.labels["train"], t.sampler, t.seed, 0))
+        examples = result.history[-1]["epoch"] * len(
+            epoch_rows(encoded.labels["train"], t.sampler, t.seed, 0)
+        )
     return total_costs(step, cfg.training.batch_size, examples, train if cached else 0)
 
 
@@ -273,11 +399,16 @@ def decision_of(task, validation: dict, cfg: Config, label_names: list[str]) -> 
     decision = task.decide(truth, values, label_names, cfg.training.decision_threshold)
     if decision is None:
         return None
-    before, after = task.scores(truth, values, label_names), task.decided(decision).scores(truth, values, label_names)
+    before, after = (
+        task.scores(truth, values, label_names),
+        task.decided(decision).scores(truth, values, label_names),
+    )
     return {**decision, "validation": {name: [before[name], after[name]] for name in task.compared_metrics}}
 
 
-def calibrate(module, encoded: Encoded, cfg: Config, accelerator, task, run_dir: Path) -> tuple[dict, dict, dict]:
+def calibrate(
+    module, encoded: Encoded, cfg: Config, accelerator, task, run_dir: Path
+) -> tuple[dict, dict, dict]:
     """Fit a temperature on the validation logits, score test once before it (the uncalibrated report, with the
     decision validation gives before it), fold it into the head and into the run's best weights (so that
     predict and export give the calibrated probabilities); returns the calibration's record, the uncalibrated
@@ -287,11 +418,15 @@ def calibrate(module, encoded: Encoded, cfg: Config, accelerator, task, run_dir:
     temperature = fit_temperature(before["values"], before["truth"], task.calibration_loss)
     # only the rule itself: the uncalibrated report's decisions (its validation scores are not kept)
     decision = task.decide(before["truth"], before["values"], encoded.label_names, t.decision_threshold)
-    uncalibrated = {**evaluate(module, encoded, "test", t, accelerator, task.decided(decision)), "decision": decision}
+    uncalibrated = {
+        **evaluate(module, encoded, "test", t, accelerator, task.decided(decision)),
+        "decision": decision,
+    }
     model = accelerator.unwrap_model(module)
     rows = list(range(min(8, len(encoded.ids["validation"]))))
-    folded = fold_temperature(model, model_inputs(device_batch(encoded, "validation", rows, accelerator, task)),
-                              temperature)
+    folded = fold_temperature(
+        model, model_inputs(device_batch(encoded, "validation", rows, accelerator, task)), temperature
+    )
     weights, saved = load_weights(run_dir / BEST_WEIGHTS)
     missing = [name for name in folded if name not in weights]
     if missing:
@@ -302,11 +437,28 @@ def calibrate(module, encoded: Encoded, cfg: Config, accelerator, task, run_dir:
     total = temperature * (saved["temperature"] or 1.0)
     save_weights(run_dir / BEST_WEIGHTS, weights, saved["run_key"], saved["epoch"], total)
     after = evaluate(module, encoded, "validation", t, accelerator, task)
-    logger.info("%s: temperature %.3f fitted on validation; validation ECE %.4f -> %.4f, log loss %.4f -> %.4f",
-                run_dir.name, total, before["ece"], after["ece"], before["log_loss"], after["log_loss"])
-    return ({"method": "temperature", "temperature": total, "folded_into": folded,
-             "validation": {"ece": [before["ece"], after["ece"]], "log_loss": [before["log_loss"], after["log_loss"]]}},
-            uncalibrated, after)
+    logger.info(
+        "%s: temperature %.3f fitted on validation; validation ECE %.4f -> %.4f, log loss %.4f -> %.4f",
+        run_dir.name,
+        total,
+        before["ece"],
+        after["ece"],
+        before["log_loss"],
+        after["log_loss"],
+    )
+    return (
+        {
+            "method": "temperature",
+            "temperature": total,
+            "folded_into": folded,
+            "validation": {
+                "ece": [before["ece"], after["ece"]],
+                "log_loss": [before["log_loss"], after["log_loss"]],
+            },
+        },
+        uncalibrated,
+        after,
+    )
 
 
 def unseen_report(task, test: dict, data: LabelledData) -> dict | None:
@@ -318,7 +470,10 @@ def unseen_report(task, test: dict, data: LabelledData) -> dict | None:
     if not rows:
         return {"examples": 0}
     values = np.asarray(test["values"])[rows]
-    return {"examples": len(rows), **task.test_report([test["truth"][i] for i in rows], values, data.label_names)}
+    return {
+        "examples": len(rows),
+        **task.test_report([test["truth"][i] for i in rows], values, data.label_names),
+    }
 
 
 def parameter_groups(parts: dict[str, tuple[str, float]], model: torch.nn.Module) -> list[dict]:
@@ -334,9 +489,13 @@ def parameter_groups(parts: dict[str, tuple[str, float]], model: torch.nn.Module
 def halve_batch(cfg: Config) -> Config:
     """Half the batch and twice the accumulation: the same effective batch in less memory."""
     t = cfg.training
-    halved = dataclasses.replace(t, batch_size=t.batch_size // 2, gradient_accumulation_steps=2 * t.gradient_accumulation_steps,
-                                 eval_batch_size=max(1, t.eval_batch_size // 2),
-                                 eval_batch_tokens=t.eval_batch_tokens and max(1, t.eval_batch_tokens // 2))
+    halved = dataclasses.replace(
+        t,
+        batch_size=t.batch_size // 2,
+        gradient_accumulation_steps=2 * t.gradient_accumulation_steps,
+        eval_batch_size=max(1, t.eval_batch_size // 2),
+        eval_batch_tokens=t.eval_batch_tokens and max(1, t.eval_batch_tokens // 2),
+    )
     return dataclasses.replace(cfg, training=halved)
 
 
@@ -344,7 +503,9 @@ def record_retry(record: dict, attempt: Config) -> None:
     t = attempt.training
     retry = {"batch_size": t.batch_size, "gradient_accumulation_steps": t.gradient_accumulation_steps}
     record.setdefault("oom_retries", []).append(retry)
-    record["hyperparameters"].update(retry, eval_batch_size=t.eval_batch_size, eval_batch_tokens=t.eval_batch_tokens)
+    record["hyperparameters"].update(
+        retry, eval_batch_size=t.eval_batch_size, eval_batch_tokens=t.eval_batch_tokens
+    )
 
 
 def halvings_before_checkpoint(run: Run, run_dir: Path, data_fingerprint: str) -> int:

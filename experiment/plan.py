@@ -14,8 +14,19 @@ from utils import stable_hash
 
 # Training keys added after run ids were first handed out: left out of the run key at their defaults, so
 # runs made before them keep their ids (and their cached results).
-ADDED_TRAINING_KEYS = ("loss", "class_weights", "focal_gamma", "label_smoothing", "sampler", "bf16",
-                       "head_learning_rate", "layer_lr_decay", "eval_every_steps", "calibration", "decision_threshold")
+ADDED_TRAINING_KEYS = (
+    "loss",
+    "class_weights",
+    "focal_gamma",
+    "label_smoothing",
+    "sampler",
+    "bf16",
+    "head_learning_rate",
+    "layer_lr_decay",
+    "eval_every_steps",
+    "calibration",
+    "decision_threshold",
+)
 
 
 @dataclasses.dataclass
@@ -28,7 +39,9 @@ class Run:
     shots: int | None = None  # few-shot: training examples per class
     draw: int | None = None  # few-shot: which sample of `shots` per class
     fold: tuple[int, int] | None = None  # cross-validation (data.folds): (repeat, index) of the fold held out
-    source: dict | None = None  # with model.init_from: the starting run's folder, record and config (source_run)
+    source: dict | None = (
+        None  # with model.init_from: the starting run's folder, record and config (source_run)
+    )
     # a search's trial {study, number, space}, or its confirmation (with confirms: the trial's run id); not in the key
     trial: dict | None = None
     # derived from cfg once, so that running goes down the layers without deriving them again
@@ -45,8 +58,11 @@ class Run:
         learning rate is in `settings` when it is the one used.)"""
         excluded = ("checkpoint_every_steps", "seeds", "learning_rate")
         defaults = dataclasses.asdict(TrainingConfig())
-        training = {k: v for k, v in dataclasses.asdict(self.cfg.training).items()
-                    if k not in excluded and not (k in ADDED_TRAINING_KEYS and v == defaults[k])}
+        training = {
+            k: v
+            for k, v in dataclasses.asdict(self.cfg.training).items()
+            if k not in excluded and not (k in ADDED_TRAINING_KEYS and v == defaults[k])
+        }
         model = dataclasses.asdict(self.cfg.model)
         if self.cfg.model.head == OWN_HEAD:  # added later: runs with the model's own head keep their ids
             del model["head"]
@@ -54,8 +70,13 @@ class Run:
             model["init_from"] = self.source["record"]["run_id"]
         else:  # added later: runs without it keep their ids
             del model["init_from"]
-        key = {"strategy": self.strategy, "settings": self.settings,
-               "model": model, "training": training, "data_fingerprint": data_fingerprint}
+        key = {
+            "strategy": self.strategy,
+            "settings": self.settings,
+            "model": model,
+            "training": training,
+            "data_fingerprint": data_fingerprint,
+        }
         if self.shots is not None:
             key["few_shot"] = {"shots_per_class": self.shots, "draw": self.draw}
         if self.cfg.data.doc_stride is not None:  # added later: runs without it keep their ids
@@ -63,10 +84,16 @@ class Run:
         if self.cfg.data.augment.enabled:  # off, it changes nothing: earlier runs keep their ids
             key["augment"] = dataclasses.asdict(self.cfg.data.augment)
         if self.head.type != "model" and STRATEGIES[self.strategy].extra_positions(self.settings):
-            key["head_pools"] = "the text's positions"  # added later: prompt tuning's virtual tokens were pooled too
+            key["head_pools"] = (
+                "the text's positions"  # added later: prompt tuning's virtual tokens were pooled too
+            )
         if self.fold is not None:  # the data's seed too: it cuts the folds of a given validation split
-            key["fold"] = {"folds": self.cfg.data.folds, "repeat": self.fold[0], "index": self.fold[1],
-                           "seed": self.cfg.data.seed}
+            key["fold"] = {
+                "folds": self.cfg.data.folds,
+                "repeat": self.fold[0],
+                "index": self.fold[1],
+                "seed": self.cfg.data.seed,
+            }
         return key
 
     def run_id(self, data_fingerprint: str) -> str:
@@ -103,7 +130,9 @@ def plan_runs(cfg: Config, strategies: list[str]) -> list[Run]:
     starting run (model.init_from) read once."""
     seeds = cfg.training.seeds or [cfg.training.seed]
     few = cfg.few_shot
-    shots_and_draws = [(k, d) for k in few.shots_per_class for d in range(few.repeats)] if few.enabled else [(None, None)]
+    shots_and_draws = (
+        [(k, d) for k in few.shots_per_class for d in range(few.repeats)] if few.enabled else [(None, None)]
+    )
     sources: dict[str | None, dict | None] = {}
     runs = []
     for strategy in strategies:
@@ -111,8 +140,12 @@ def plan_runs(cfg: Config, strategies: list[str]) -> list[Run]:
             spec = point.model.init_from
             if spec not in sources:
                 sources[spec] = source_run(point)
-            point = resolved_config(point)  # the head `auto` gives this model, in the run's key and saved config
+            point = resolved_config(
+                point
+            )  # the head `auto` gives this model, in the run's key and saved config
             for (shots, draw), fold, seed in itertools.product(shots_and_draws, folds_of(cfg), seeds):
-                single = dataclasses.replace(point, training=dataclasses.replace(point.training, seed=seed, seeds=None))
+                single = dataclasses.replace(
+                    point, training=dataclasses.replace(point.training, seed=seed, seeds=None)
+                )
                 runs.append(Run(strategy, single, varied, shots, draw, fold, sources[spec]))
     return runs

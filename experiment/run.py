@@ -17,7 +17,14 @@ from experiment.search import confirmation_runs, open_studies, search, trial_rec
 from experiment.shards import assign_shards, planned_cost, print_shares
 from model import check_against_model, load_model_config
 from records.checkpoints import RESUME_STATE, saved_run_key
-from records.results import SHARED_FILES, read_results, results_file, run_folder, untested_trial, write_experiment
+from records.results import (
+    SHARED_FILES,
+    read_results,
+    results_file,
+    run_folder,
+    untested_trial,
+    write_experiment,
+)
 from records.shared import read_json
 from reporting.data_report import describe_report, save_report
 from reporting.summary import summarize
@@ -79,8 +86,13 @@ def run_experiment(cfg: Config, launch: Launch) -> int:
     ids = plan.ids()
     if launch.gather_from:
         check_shared_files(results_path)
-        for line in gather(list(launch.gather_from), Path(cfg.output.dir), set(ids),
-                           {study.name for study in plan.studies}, cfg.as_saved()):
+        for line in gather(
+            list(launch.gather_from),
+            Path(cfg.output.dir),
+            set(ids),
+            {study.name for study in plan.studies},
+            cfg.as_saved(),
+        ):
             logger.info("%s", line)
     stored = read_results(results_path)
     completed, trials_done = finished_runs(stored, ids, TASKS[cfg.data.task])
@@ -93,7 +105,9 @@ def run_experiment(cfg: Config, launch: Launch) -> int:
         if shares:
             print_shares(*shares, launch.shard[1])
         return 0
-    folders = {run_id: run_folder(cfg.output.dir, run.strategy, run_id) for run, run_id in zip(plan.runs, ids)}
+    folders = {
+        run_id: run_folder(cfg.output.dir, run.strategy, run_id) for run, run_id in zip(plan.runs, ids)
+    }
     to_run = [ids[i] for i in mine if ids[i] not in cached]
     if not launch.resume and not launch.force:
         refuse_interrupted([folders[i] for i in to_run if i not in trials_done], stored)
@@ -101,8 +115,15 @@ def run_experiment(cfg: Config, launch: Launch) -> int:
         for run_id in to_run:
             saved_run_key(folders[run_id])
     check_shared_files(results_path)
-    write_experiment(results_path, config_file=launch.config_file, command=launch.command, config=cfg.as_saved(),
-                     strategies=launch.strategies, run_ids=ids, studies=[study.name for study in plan.studies])
+    write_experiment(
+        results_path,
+        config_file=launch.config_file,
+        command=launch.command,
+        config=cfg.as_saved(),
+        strategies=launch.strategies,
+        run_ids=ids,
+        studies=[study.name for study in plan.studies],
+    )
     for report in plan.reports.values():
         save_report(report, results_path.parent)
     if launch.summary_only:
@@ -136,8 +157,13 @@ def resolved_plan(cfg: Config, strategies: list[str]) -> Plan:
             logger.info("%s", line)
     task = TASKS[cfg.data.task]
     baseline = baseline_of(data, cfg)
-    logger.info("data %s: %s examples (train/validation/test), %d labels; %s", data.name,
-                "/".join(map(str, data.sizes().values())), len(data.label_names), describe_baseline(task, baseline))
+    logger.info(
+        "data %s: %s examples (train/validation/test), %d labels; %s",
+        data.name,
+        "/".join(map(str, data.sizes().values())),
+        len(data.label_names),
+        describe_baseline(task, baseline),
+    )
     if cfg.data.folds:
         log_folds(cfg, runs, inputs, data)
     return Plan(runs, inputs, reports, describe_baseline(task, baseline))
@@ -145,40 +171,58 @@ def resolved_plan(cfg: Config, strategies: list[str]) -> Plan:
 
 def log_folds(cfg: Config, runs: list[Run], inputs: Inputs, data) -> None:
     held = sorted(len(inputs.fold_for(run).labels["validation"]) for run in runs if run.fold[0] == 0)
-    logger.info("data.folds %d: train and validation together (%d examples) cut into %d folds of %s examples, "
-                "each held out once as a run's validation split%s; test (%d examples) is in none", cfg.data.folds,
-                len(data.labels["train"]) + len(data.labels["validation"]), cfg.data.folds,
-                held[0] if held[0] == held[-1] else f"{held[0]}-{held[-1]}",
-                f", cut anew {cfg.data.fold_repeats} times" if cfg.data.fold_repeats > 1 else "",
-                len(data.labels["test"]))
+    logger.info(
+        "data.folds %d: train and validation together (%d examples) cut into %d folds of %s examples, "
+        "each held out once as a run's validation split%s; test (%d examples) is in none",
+        cfg.data.folds,
+        len(data.labels["train"]) + len(data.labels["validation"]),
+        cfg.data.folds,
+        held[0] if held[0] == held[-1] else f"{held[0]}-{held[-1]}",
+        f", cut anew {cfg.data.fold_repeats} times" if cfg.data.fold_repeats > 1 else "",
+        len(data.labels["test"]),
+    )
 
 
 def searched(plan: Plan, cfg: Config, launch: Launch, accelerator, results_path: Path) -> None:
     """A search's studies (this worker runs its share of their trials, unless it only summarises), and its
     plan's runs become their confirmation runs."""
     if accelerator.num_processes > 1:
-        raise ConfigError(f"search.method: optuna: this launch has {accelerator.num_processes} processes, and a "
-                          "search's workers are one process each: start them with python main.py --shard K/N")
+        raise ConfigError(
+            f"search.method: optuna: this launch has {accelerator.num_processes} processes, and a "
+            "search's workers are one process each: start them with python main.py --shard K/N"
+        )
     check_shared_files(results_path)  # the trials write records
     templates: dict[str, Run] = {}  # each strategy's first run: the config's own setting
     for run in plan.runs:
         templates.setdefault(run.strategy, run)
     plan.studies = open_studies(list(templates.values()), plan.inputs, cfg)
     if not launch.summary_only:
-        search(plan.studies, cfg, plan.inputs, accelerator, {r["run_id"]: r for r in read_results(results_path)},
-               launch.resume)
+        search(
+            plan.studies,
+            cfg,
+            plan.inputs,
+            accelerator,
+            {r["run_id"]: r for r in read_results(results_path)},
+            launch.resume,
+        )
     plan.runs = confirmation_runs(plan.studies, cfg)
     if not plan.runs:
-        raise ConfigError("the search completed no trial of any strategy, so there is nothing to confirm: see the "
-                          f"trials' errors in {results_path}")
+        raise ConfigError(
+            "the search completed no trial of any strategy, so there is nothing to confirm: see the "
+            f"trials' errors in {results_path}"
+        )
 
 
 def finished_runs(stored: list[dict], ids: list[str], task) -> tuple[dict[str, dict], dict[str, dict]]:
     """The planned runs completed and tested (those lacking a metric the task reports now run again), and the
     search trials validated without test, which resume into their confirmation (their weights are tested)."""
-    trials_done = {r["run_id"]: r["trial"] for r in stored if untested_trial(r) and r["status"] == "completed"}
+    trials_done = {
+        r["run_id"]: r["trial"] for r in stored if untested_trial(r) and r["status"] == "completed"
+    }
     completed = {r["run_id"]: r for r in stored if r["status"] == "completed" and not untested_trial(r)}
-    outdated = {i for i in ids if i in completed and any(m.name not in completed[i]["test"] for m in task.metrics)}
+    outdated = {
+        i for i in ids if i in completed and any(m.name not in completed[i]["test"] for m in task.metrics)
+    }
     if outdated:
         logger.info("%d completed run(s) lack metrics the task reports now: they run again", len(outdated))
     return {i: r for i, r in completed.items() if i not in outdated}, trials_done
@@ -193,17 +237,31 @@ def shard_of(plan: Plan, shard: tuple[int, int] | None) -> tuple[list[int], tupl
     return [i for i, owner in enumerate(owners) if owner == shard[0]], (costs, owners)
 
 
-def train_runs(plan: Plan, ids: list[str], mine: list[int], cached: set[str], trials_done: dict[str, dict],
-               accelerator, launch: Launch) -> int:
+def train_runs(
+    plan: Plan,
+    ids: list[str],
+    mine: list[int],
+    cached: set[str],
+    trials_done: dict[str, dict],
+    accelerator,
+    launch: Launch,
+) -> int:
     """Train this worker's runs (their places in the plan) that have not completed; returns how many failed."""
     shard = launch.shard
     share = f" (shard {shard[0]}/{shard[1]}: {len(mine)} of the plan's {len(plan.runs)})" if shard else ""
-    logger.info("%d run(s) planned%s: %d already completed (reused; --force runs them again), %d to run",
-                len(mine), share, sum(ids[i] in cached for i in mine), sum(ids[i] not in cached for i in mine))
+    logger.info(
+        "%d run(s) planned%s: %d already completed (reused; --force runs them again), %d to run",
+        len(mine),
+        share,
+        sum(ids[i] in cached for i in mine),
+        sum(ids[i] not in cached for i in mine),
+    )
     for name in launch.strategies:
         if accelerator.num_processes > 1 and STRATEGIES[name].one_process:
-            raise ConfigError(f"strategy {name} trains on one process, and this launch has "
-                              f"{accelerator.num_processes}: run it with python main.py --strategy {name}")
+            raise ConfigError(
+                f"strategy {name} trains on one process, and this launch has "
+                f"{accelerator.num_processes}: run it with python main.py --strategy {name}"
+            )
     failed = 0
     for number, i in enumerate(mine, 1):
         if ids[i] in cached:
@@ -211,22 +269,31 @@ def train_runs(plan: Plan, ids: list[str], mine: list[int], cached: set[str], tr
         run = plan.runs[i]
         logger.info("run %d/%d: %s %s", number, len(mine), run.strategy, run.describe())
         run_data, encoded = plan.inputs.for_run(run)
-        if ids[i] in trials_done and run.trial is None:  # the grid's run of a trial's setting: it stays that trial
+        if (
+            ids[i] in trials_done and run.trial is None
+        ):  # the grid's run of a trial's setting: it stays that trial
             run = dataclasses.replace(run, trial={**trials_done[ids[i]], "confirms": ids[i]})
-        record = run_one(RunInputs(run, ids[i], run_data, encoded, baseline_of(run_data, run.cfg)), accelerator,
-                         launch.resume or ids[i] in trials_done)
+        record = run_one(
+            RunInputs(run, ids[i], run_data, encoded, baseline_of(run_data, run.cfg)),
+            accelerator,
+            launch.resume or ids[i] in trials_done,
+        )
         failed += record["status"] != "completed"
     return failed
 
 
-def shard_finished(ids: list[str], results_path: Path, shard: tuple[int, int], share: int, failed: int) -> bool:
+def shard_finished(
+    ids: list[str], results_path: Path, shard: tuple[int, int], share: int, failed: int
+) -> bool:
     """Whether the whole plan has finished once this shard has; if not, say so and what to run then."""
     finished = {r["run_id"] for r in read_results(results_path) if not untested_trial(r)}
     if set(ids) <= finished:
         return True
-    print(f"\nshard {shard[0]}/{shard[1]} done ({share} run(s), {failed} failed); {len(set(ids) - finished)} "
-          "run(s) of the plan are still to finish in other shards. Once they have: python main.py "
-          "--summary-only (with the same config), then python visualize.py")
+    print(
+        f"\nshard {shard[0]}/{shard[1]} done ({share} run(s), {failed} failed); {len(set(ids) - finished)} "
+        "run(s) of the plan are still to finish in other shards. Once they have: python main.py "
+        "--summary-only (with the same config), then python visualize.py"
+    )
     return False
 
 
@@ -234,11 +301,15 @@ def refuse_interrupted(to_run: list[Path], stored: list[dict]) -> None:
     """A run to train (its folder) whose folder holds the checkpoint of an interrupted attempt (killed: no
     record says it ended) is never silently started over: one line says how to resume or discard it."""
     ended = {r["run_id"] for r in stored if r["status"] != "running"}
-    left = [folder.name for folder in to_run if folder.name not in ended and (folder / RESUME_STATE).is_file()]
+    left = [
+        folder.name for folder in to_run if folder.name not in ended and (folder / RESUME_STATE).is_file()
+    ]
     if left:
-        raise ConfigError(f"{len(left)} run(s) of this plan were interrupted and kept their checkpoint (e.g. {left[0]}): "
-                          "python main.py --resume (with the same config) continues them, --force discards them "
-                          "and trains them anew")
+        raise ConfigError(
+            f"{len(left)} run(s) of this plan were interrupted and kept their checkpoint (e.g. {left[0]}): "
+            "python main.py --resume (with the same config) continues them, --force discards them "
+            "and trains them anew"
+        )
 
 
 def check_shared_files(results_path: Path) -> None:
@@ -254,8 +325,12 @@ def applicable(cfg: Config, strategies: list[str]) -> list[str]:
     for strategy in strategies:
         reason = STRATEGIES[strategy].refuses(task, cfg)
         if reason:
-            logger.warning("strategy %s is enabled but does not apply to data.task: %s (%s): skipped", strategy,
-                           task.name, reason)
+            logger.warning(
+                "strategy %s is enabled but does not apply to data.task: %s (%s): skipped",
+                strategy,
+                task.name,
+                reason,
+            )
         else:
             kept.append(strategy)
     return kept
@@ -267,8 +342,10 @@ def refuse_strategies(cfg: Config, strategies: list[str]) -> None:
     for strategy in strategies:
         reason = STRATEGIES[strategy].refuses(task, cfg)
         if reason:
-            raise ConfigError(f"strategy {strategy} does not apply to data.task: {task.name} ({reason}); choose "
-                              "another with --strategy or strategies.<name>.enabled")
+            raise ConfigError(
+                f"strategy {strategy} does not apply to data.task: {task.name} ({reason}); choose "
+                "another with --strategy or strategies.<name>.enabled"
+            )
 
 
 def finish(cfg: Config, ids: list[str], results_path: Path, baseline: str, studies=()) -> int:
@@ -279,10 +356,13 @@ def finish(cfg: Config, ids: list[str], results_path: Path, baseline: str, studi
     records = [by_id[i] for i in ids if i in by_id and not untested_trial(by_id[i])]
     missing = len(ids) - len(records)
     if not records:
-        raise ConfigError(f"no run of this plan has finished in {results_path} yet: run python main.py (or each "
-                          "--shard K/N) first, with the same config")
-    summary = summarize(records, cfg.training.early_stopping.metric,
-                        trial_records(stored, [study.name for study in studies]))
+        raise ConfigError(
+            f"no run of this plan has finished in {results_path} yet: run python main.py (or each "
+            "--shard K/N) first, with the same config"
+        )
+    summary = summarize(
+        records, cfg.training.early_stopping.metric, trial_records(stored, [study.name for study in studies])
+    )
     write_summary(summary, results_path.parent)
     print("\n" + terminal_summary(summary, results_path.parent))
     print(f"\n{baseline}")
@@ -290,5 +370,7 @@ def finish(cfg: Config, ids: list[str], results_path: Path, baseline: str, studi
     if failed:
         logger.error("%d run(s) failed: %s (see 'error' in their records)", len(failed), ", ".join(failed))
     if missing:
-        logger.error("%d planned run(s) have not run yet: the summary holds the %d that have", missing, len(records))
+        logger.error(
+            "%d planned run(s) have not run yet: the summary holds the %d that have", missing, len(records)
+        )
     return 1 if failed or missing else 0

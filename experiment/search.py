@@ -20,8 +20,14 @@ from experiment.inputs import Inputs, baseline_of
 from experiment.one_run import RunInputs, run_one
 from experiment.plan import Run, folds_of
 from experiment.pruning import kept_at_rung, make_pruner, rung_steps
-from experiment.search_workers import (StudyPlace, interrupted, left_by_stopped_workers, release_abandoned,
-                                       running_elsewhere, storage_url)
+from experiment.search_workers import (
+    StudyPlace,
+    interrupted,
+    left_by_stopped_workers,
+    release_abandoned,
+    running_elsewhere,
+    storage_url,
+)
 from records.checkpoints import drop_checkpoints
 from records.results import results_file, run_folder, save_record
 from schema.search import describe_range, outside_range
@@ -85,7 +91,9 @@ class Study:
     lock: object  # held while trials are counted and one is claimed, so workers never exceed `trials`
     trials: int  # search.trials: how many it runs
     rungs: list[int]  # the optimizer steps where successive halving judges trials (none for other pruners)
-    judged_on: str  # what a trial reports after each evaluation, best so far: val_loss or the metric it is chosen by
+    judged_on: (
+        str  # what a trial reports after each evaluation, best so far: val_loss or the metric it is chosen by
+    )
     maximizes: bool  # whether the study's metric is better higher
 
     @property
@@ -105,7 +113,7 @@ class Study:
         (which then holds it)."""
         for i, entry in enumerate(history):
             if entry["step"] not in reported:
-                trial.report(self.rung_score(history[:i + 1]), step=entry["step"])
+                trial.report(self.rung_score(history[: i + 1]), step=entry["step"])
                 reported.add(entry["step"])
 
 
@@ -128,30 +136,55 @@ def open_studies(templates: list[Run], inputs: Inputs, cfg) -> list[Study]:
     studies = []
     for template in templates:
         space = searched_space(cfg, template.strategy)
-        canonical, _ = single_run_config(template.cfg, {key: first_value(spec) for key, spec in space.items()})
+        canonical, _ = single_run_config(
+            template.cfg, {key: first_value(spec) for key, spec in space.items()}
+        )
         key = dataclasses.replace(template, cfg=canonical).key(inputs.data_for(template).fingerprint)
         shared = {"run": key, "space": space, "metric": metric, "judged_on": judged_on}
         name = f"{template.strategy}-{stable_hash(shared)}"
         budget = budget_steps(template, inputs)
-        study = optuna.create_study(study_name=name, storage=place.storage, load_if_exists=True,
-                                    direction="maximize" if maximizes else "minimize",
-                                    pruner=make_pruner(cfg.search.pruner, budget))
+        study = optuna.create_study(
+            study_name=name,
+            storage=place.storage,
+            load_if_exists=True,
+            direction="maximize" if maximizes else "minimize",
+            pruner=make_pruner(cfg.search.pruner, budget),
+        )
         own = {key: setting_of(template.cfg, key) for key in space}
         for key in (key for key, value in own.items() if outside_range(value, space[key])):
-            logger.info("search %s: the config's own %s, %s, lies outside the range searched (%s); it is still "
-                        "the first trial", template.strategy, short_key(key), own[key], describe_range(space[key]))
+            logger.info(
+                "search %s: the config's own %s, %s, lies outside the range searched (%s); it is still "
+                "the first trial",
+                template.strategy,
+                short_key(key),
+                own[key],
+                describe_range(space[key]),
+            )
         with place.lock(name):  # workers starting together would each queue it
             study.enqueue_trial(own, skip_if_exists=True)
         rungs = rung_steps(budget) if cfg.search.pruner == "successive_halving" else []
-        studies.append(Study(template, space, study, place, place.lock(name), cfg.search.trials, rungs, judged_on,
-                             maximizes))
+        studies.append(
+            Study(
+                template,
+                space,
+                study,
+                place,
+                place.lock(name),
+                cfg.search.trials,
+                rungs,
+                judged_on,
+                maximizes,
+            )
+        )
     return studies
 
 
 def readable(params: dict) -> dict:
     """A trial's settings with rates and other real numbers to three significant digits: what its run uses and
     its records show (a difference below that changes no result that can be measured)."""
-    return {key: float(f"{value:.3g}") if isinstance(value, float) else value for key, value in params.items()}
+    return {
+        key: float(f"{value:.3g}") if isinstance(value, float) else value for key, value in params.items()
+    }
 
 
 def first_value(spec: dict | list):
@@ -183,7 +216,9 @@ def claim_trial(study: Study, trials: int, sampler_seed: int):
     claimed = [t for t in trials_so_far if t.state != TrialState.WAITING]
     taken = [t for t in claimed if counted(t, left)]
     repeats = sum("repeats" in t.user_attrs for t in claimed)
-    if len(taken) >= trials or repeats >= trials:  # a space of few choices may hold fewer settings than trials
+    if (
+        len(taken) >= trials or repeats >= trials
+    ):  # a space of few choices may hold fewer settings than trials
         return None
     queued = len(claimed) < len(trials_so_far)  # a setting waiting to run (again): taken without a draw
     first = taken[:STARTUP_TRIALS]  # the counted ones: a repeat or a rerun never holds the draws up
@@ -210,11 +245,14 @@ def sampler_for(claimed: int, sampler_seed: int):
     import optuna
 
     if claimed < STARTUP_TRIALS:  # the sequence goes on from the study's own count of its draws
-        with warnings.catch_warnings():  # "experimental": its interface may change, which pinning optuna covers
+        with (
+            warnings.catch_warnings()
+        ):  # "experimental": its interface may change, which pinning optuna covers
             warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-            return optuna.samplers.QMCSampler(qmc_type="sobol", scramble=True, seed=sampler_seed,
-                                              warn_independent_sampling=False)
-    seed = int(stable_hash([sampler_seed, claimed]), 16) % 2 ** 32
+            return optuna.samplers.QMCSampler(
+                qmc_type="sobol", scramble=True, seed=sampler_seed, warn_independent_sampling=False
+            )
+    seed = int(stable_hash([sampler_seed, claimed]), 16) % 2**32
     # the constant liar: the trials of a round, drawn before any of them has a score, are drawn apart
     return optuna.samplers.TPESampler(seed=seed, n_startup_trials=STARTUP_TRIALS, constant_liar=True)
 
@@ -244,8 +282,14 @@ class TrialRun:
             raise ConfigError(f"search {study.name}, trial {trial.number}: " + "; ".join(problems))
         template = study.template
         self.study, self.trial = study, trial
-        self.run = Run(template.strategy, point, settings, fold=template.fold, source=template.source,
-                       trial={"study": study.name, "number": trial.number, "space": study.space})
+        self.run = Run(
+            template.strategy,
+            point,
+            settings,
+            fold=template.fold,
+            source=template.source,
+            trial={"study": study.name, "number": trial.number, "space": study.space},
+        )
         data, encoded = inputs.for_run(self.run)
         self.run_id = self.run.run_id(data.fingerprint)
         self.inputs = RunInputs(self.run, self.run_id, data, encoded, baseline_of(data, self.run.cfg))
@@ -254,9 +298,13 @@ class TrialRun:
         self.rungs_judged = 0
         self.waiting_at: int | None = None  # the step it paused at, judged when it resumes
         self.score: float | None = None  # what it reported there
-        self.kept: bool | None = None  # whether it goes on from there, judged once the rest of its round is there
+        self.kept: bool | None = (
+            None  # whether it goes on from there, judged once the rest of its round is there
+        )
         self.stretches = 0
-        self.waits = True  # whether others of its round may still reach its next rung (else it is judged at once)
+        self.waits = (
+            True  # whether others of its round may still reach its next rung (else it is judged at once)
+        )
 
     @property
     def number(self) -> int:  # among the counted trials, as the log numbers them
@@ -274,28 +322,41 @@ class TrialRun:
                 self.waiting_at, self.score = step, self.study.rung_score(history)
                 return Decision.PAUSE
             self.rungs_judged = passed
-            kept = self.kept if step == self.waiting_at else self.goes_on(self.study.rung_score(history), step)
+            kept = (
+                self.kept if step == self.waiting_at else self.goes_on(self.study.rung_score(history), step)
+            )
             return Decision.GO_ON if kept else Decision.PRUNE
         return Decision.PRUNE if self.trial.should_prune() else Decision.GO_ON
 
     def goes_on(self, score: float, step: int) -> bool:
         """Whether its score at the last rung `step` passed keeps it going (kept_at_rung)."""
         rung = max(rung for rung in self.study.rungs if rung <= step)
-        return kept_at_rung(self.study.optuna_study.get_trials(deepcopy=False), score, rung, self.study.maximizes)
+        return kept_at_rung(
+            self.study.optuna_study.get_trials(deepcopy=False), score, rung, self.study.maximizes
+        )
 
     def advance(self, accelerator, resume: bool) -> dict | None:
         """Train on to its next rung: None when it pauses there, else its record (completed, pruned or failed)."""
         if not self.stretches:
-            logger.info("search %s: trial %d/%d: %s", self.run.strategy, self.number, self.study.trials,
-                        self.run.describe())
+            logger.info(
+                "search %s: trial %d/%d: %s",
+                self.run.strategy,
+                self.number,
+                self.study.trials,
+                self.run.describe(),
+            )
         self.stretches += 1
         try:
-            return run_one(self.inputs, accelerator, resume or self.stretches > 1, on_evaluation=self.on_evaluation)
+            return run_one(
+                self.inputs, accelerator, resume or self.stretches > 1, on_evaluation=self.on_evaluation
+            )
         except RunPaused:
             return None
 
 
-def earlier_result(study: Study, trial: TrialRun, records: dict[str, dict], results_path: Path) -> dict | None:
+def earlier_result(
+    study: Study, trial: TrialRun, records: dict[str, dict], results_path: Path
+) -> dict | None:
     """The record of a run with the trial's id that an earlier search (or the grid) completed or pruned, or None.
     A draw that rounded to an earlier trial's setting is marked as a repeat: not counted, another is drawn."""
     record = records.get(trial.run_id)
@@ -306,16 +367,23 @@ def earlier_result(study: Study, trial: TrialRun, records: dict[str, dict], resu
     if earlier.get("study") == study.name and earlier.get("number") != trial.trial.number:
         say_repeat(trial, earlier["number"])
     if record["status"] == "completed" and not earlier:  # a grid's run: it is this trial too, tested already
-        record = {**record, "trial": {**trial.run.trial, "confirms": trial.run_id},
-                  "varied": {short_key(key): value for key, value in trial.run.settings.items()}}
+        record = {
+            **record,
+            "trial": {**trial.run.trial, "confirms": trial.run_id},
+            "varied": {short_key(key): value for key, value in trial.run.settings.items()},
+        }
         save_record(results_path, record)
     return record
 
 
 def say_repeat(trial: TrialRun, number: int) -> None:
     trial.trial.set_user_attr("repeats", number)  # rounded to the same setting: not counted
-    logger.info("search %s: a draw repeats trial %d's setting (%s): its result is reused and another is drawn",
-                trial.run.strategy, number + 1, trial.run.describe())
+    logger.info(
+        "search %s: a draw repeats trial %d's setting (%s): its result is reused and another is drawn",
+        trial.run.strategy,
+        number + 1,
+        trial.run.describe(),
+    )
 
 
 def tell(study: Study, trial, record: dict, reused: bool = False) -> None:
@@ -330,11 +398,20 @@ def tell(study: Study, trial, record: dict, reused: bool = False) -> None:
         study.optuna_study.tell(trial, record["best_metric"])
         return
     trial.set_user_attr("outcome", record.get("error") or record.get("stop_reason") or record["status"])
-    study.optuna_study.tell(trial, state=TrialState.PRUNED if record["status"] == "pruned" else TrialState.FAIL)
+    study.optuna_study.tell(
+        trial, state=TrialState.PRUNED if record["status"] == "pruned" else TrialState.FAIL
+    )
 
 
-def run_round(study: Study, claimed: list, inputs: Inputs, accelerator, records: dict[str, dict], resume: bool,
-              results_path: Path) -> None:
+def run_round(
+    study: Study,
+    claimed: list,
+    inputs: Inputs,
+    accelerator,
+    records: dict[str, dict],
+    resume: bool,
+    results_path: Path,
+) -> None:
     """Train a round of claimed trials (validated, never tested) together: each to the next rung, where it
     pauses until the others are there; then each is judged against all the scores at that rung (kept_at_rung)
     and the survivors go on to the next rung. Judged as each arrived, the first trials of a study always went on
@@ -343,7 +420,9 @@ def run_round(study: Study, claimed: list, inputs: Inputs, accelerator, records:
     for trial in claimed:
         run = TrialRun(study, trial, inputs)
         twin = next((other for other in going if other.run_id == run.run_id), None)
-        if twin:  # a draw that rounded to the setting of another trial of this round: told its result after it
+        if (
+            twin
+        ):  # a draw that rounded to the setting of another trial of this round: told its result after it
             say_repeat(run, twin.trial.number)
             twins.append(run)
         elif (record := earlier_result(study, run, records, results_path)) is not None:
@@ -372,13 +451,21 @@ def run_round(study: Study, claimed: list, inputs: Inputs, accelerator, records:
                     for run in going:
                         run.kept = run.goes_on(run.score, run.waiting_at)
                     going_on = [run for run in going if run.kept]
-                    logger.info("search %s: at the rung of step %d, judged on %s: %s; going on: %s",
-                                study.template.strategy, min(run.waiting_at for run in going), study.judged_on,
-                                ", ".join(f"trial {run.number} ({abs(run.score):.4g})" for run in going),
-                                ", ".join(f"trial {run.number}" for run in going_on) or "none")
-                    for run in going:  # one going on alone is judged at its next rung at once, without pausing
+                    logger.info(
+                        "search %s: at the rung of step %d, judged on %s: %s; going on: %s",
+                        study.template.strategy,
+                        min(run.waiting_at for run in going),
+                        study.judged_on,
+                        ", ".join(f"trial {run.number} ({abs(run.score):.4g})" for run in going),
+                        ", ".join(f"trial {run.number}" for run in going_on) or "none",
+                    )
+                    for (
+                        run
+                    ) in going:  # one going on alone is judged at its next rung at once, without pausing
                         run.waits = len(going_on) > 1
-        except KeyboardInterrupt:  # stopped by hand: the unfinished trials run again next time, each counted once
+        except (
+            KeyboardInterrupt
+        ):  # stopped by hand: the unfinished trials run again next time, each counted once
             with study.lock:
                 for run in unfinished + twins:
                     interrupted(study, run.trial)
@@ -387,7 +474,9 @@ def run_round(study: Study, claimed: list, inputs: Inputs, accelerator, records:
         tell(study, run.trial, records[run.run_id])
 
 
-def search(studies: list[Study], cfg, inputs: Inputs, accelerator, records: dict[str, dict], resume: bool) -> None:
+def search(
+    studies: list[Study], cfg, inputs: Inputs, accelerator, records: dict[str, dict], resume: bool
+) -> None:
     """Run this worker's share of every study's trials, a round at a time, strategies taking turns (so that with a
     time budget each gets about its share), until no trial is left to claim and none runs in another worker (a
     trial a killed worker left is claimed again meanwhile)."""
@@ -439,7 +528,12 @@ def keep_best_checkpoints(study: Study, cfg) -> None:
     keep = {t.user_attrs.get("run_id") for t in best_trials(study, cfg.search.confirm_top_k)}
     for trial in study.optuna_study.get_trials(deepcopy=False):
         run_id = trial.user_attrs.get("run_id")
-        if run_id and run_id not in keep and trial.state.is_finished() and not trial.user_attrs.get("earlier_run"):
+        if (
+            run_id
+            and run_id not in keep
+            and trial.state.is_finished()
+            and not trial.user_attrs.get("earlier_run")
+        ):
             drop_checkpoints(run_folder(cfg.output.dir, study.template.strategy, run_id))
 
 
@@ -451,16 +545,30 @@ def confirmation_runs(studies: list[Study], cfg) -> list[Run]:
     for study in studies:
         chosen = best_trials(study, cfg.search.confirm_top_k)
         if not chosen:
-            logger.error("search %s: no trial completed, so there is nothing to confirm (see the trials' records)",
-                         study.template.strategy)
+            logger.error(
+                "search %s: no trial completed, so there is nothing to confirm (see the trials' records)",
+                study.template.strategy,
+            )
         for trial in chosen:
             settings = readable(trial.params)
             point, _ = single_run_config(study.template.cfg, settings)
             for fold, seed in itertools.product(folds_of(cfg), seeds):
                 single = dataclasses.replace(point, training=dataclasses.replace(point.training, seed=seed))
-                runs.append(Run(study.template.strategy, single, settings, fold=fold, source=study.template.source,
-                                trial={"study": study.name, "number": trial.number, "space": study.space,
-                                       "confirms": trial.user_attrs["run_id"]}))
+                runs.append(
+                    Run(
+                        study.template.strategy,
+                        single,
+                        settings,
+                        fold=fold,
+                        source=study.template.source,
+                        trial={
+                            "study": study.name,
+                            "number": trial.number,
+                            "space": study.space,
+                            "confirms": trial.user_attrs["run_id"],
+                        },
+                    )
+                )
     return runs
 
 
@@ -468,4 +576,3 @@ def trial_records(records: list[dict], studies: list[str]) -> list[dict]:
     """The records of the named studies' trials (those tested as confirmations too)."""
     wanted = set(studies)
     return [r for r in records if (r.get("trial") or {}).get("study") in wanted]
-

@@ -36,7 +36,11 @@ class StudyPlace:
         self.dialect = None if url is None else self.storage.engine.dialect.name
 
     def describe(self) -> str:
-        return f"the journal {self.folder / JOURNAL}" if self.url is None else f"the database {shown_url(self.url)}"
+        return (
+            f"the journal {self.folder / JOURNAL}"
+            if self.url is None
+            else f"the database {shown_url(self.url)}"
+        )
 
     def lock(self, study_name: str):
         """Held while a worker counts a study's trials and claims one, so that workers never exceed `trials`."""
@@ -79,8 +83,11 @@ def study_journal(folder: Path):
 
     problem = journal_problem(folder / JOURNAL)
     if problem:  # appending would make it permanent: the next operation would join the broken line
-        raise DamagedFile(folder / JOURNAL, f"the search journal cannot be continued: {problem}",
-                          f"python main.py --repair output.dir={folder.parent} keeps its complete operations")
+        raise DamagedFile(
+            folder / JOURNAL,
+            f"the search journal cannot be continued: {problem}",
+            f"python main.py --repair output.dir={folder.parent} keeps its complete operations",
+        )
     path = str(folder / JOURNAL)
     # the open lock also works on network file systems, where symbolic links may not
     return JournalStorage(JournalFileBackend(path, lock_obj=JournalFileOpenLock(path)))
@@ -94,8 +101,12 @@ def study_database(url: str):
 
     for attempt in range(3):
         try:
-            return optuna.storages.RDBStorage(database_url(url), heartbeat_interval=LEASE_SECONDS,
-                                              grace_period=LEASE_GRACE, heartbeat_stale_trial_callback=run_again)
+            return optuna.storages.RDBStorage(
+                database_url(url),
+                heartbeat_interval=LEASE_SECONDS,
+                grace_period=LEASE_GRACE,
+                heartbeat_stale_trial_callback=run_again,
+            )
         except sqlalchemy.exc.SQLAlchemyError as error:
             failure = error
             time.sleep(1 + attempt)  # workers starting together race to create Optuna's tables: one wins
@@ -108,7 +119,7 @@ class DatabaseLock:
     wait for it, and the database lets it go if the worker holding it dies."""
 
     def __init__(self, engine, name: str):
-        self.engine, self.key = engine, int(stable_hash(name), 16) % 2 ** 62
+        self.engine, self.key = engine, int(stable_hash(name), 16) % 2**62
 
     def __enter__(self):
         import sqlalchemy
@@ -153,16 +164,25 @@ def interrupted(study, trial) -> None:
     """Fail a trial that did not end (its process stopped) and queue its setting again."""
     from optuna.trial import TrialState
 
-    logger.warning("search %s: trial %d was left running by a worker that has stopped (%s): it runs again",
-                   study.name, trial.number, trial.user_attrs.get("worker"))
+    logger.warning(
+        "search %s: trial %d was left running by a worker that has stopped (%s): it runs again",
+        study.name,
+        trial.number,
+        trial.user_attrs.get("worker"),
+    )
     study.optuna_study.tell(trial.number, state=TrialState.FAIL)
     queue_again(study.optuna_study, trial)
 
 
 def run_again(optuna_study, trial) -> None:
     """Optuna's call for a trial it failed because its worker's heartbeats stopped: queue its setting again."""
-    logger.warning("search %s: trial %d's worker (%s) has been silent for over %d s: the trial runs again",
-                   optuna_study.study_name, trial.number, trial.user_attrs.get("worker"), LEASE_GRACE)
+    logger.warning(
+        "search %s: trial %d's worker (%s) has been silent for over %d s: the trial runs again",
+        optuna_study.study_name,
+        trial.number,
+        trial.user_attrs.get("worker"),
+        LEASE_GRACE,
+    )
     queue_again(optuna_study, trial)
 
 

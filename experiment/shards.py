@@ -35,5 +35,7 @@ def print_shares(costs: list[float], owners: list[int], shards: int) -> None:
     loads = [0.0] * shards
     for cost, owner in zip(costs, owners):
         loads[owner] += cost
-    print("\nestimated share of the training in each shard: "
-          + ", ".join(f"{k}/{shards}: {load / sum(costs):.0%}" for k, load in enumerate(loads)))
+    print(
+        "\nestimated share of the training in each shard: "
+        + ", ".join(f"{k}/{shards}: {load / sum(costs):.0%}" for k, load in enumerate(loads))
+    )

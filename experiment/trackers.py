@@ -24,7 +24,9 @@ class RunTrackers:
             self.trackers.append(tracker)
 
     def log(self, values: dict, step: int) -> None:
-        numbers = {k: float(v) for k, v in values.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        numbers = {
+            k: float(v) for k, v in values.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+        }
         for tracker in self.trackers:
             tracker.log(numbers, step=step)
 
@@ -35,7 +37,10 @@ class RunTrackers:
 
 def loggable(settings: dict) -> dict:
     """Settings as trackers take them: bool, str, int, float or None; lists and dicts as JSON text."""
-    return {k: v if v is None or isinstance(v, (bool, str, int, float)) else json.dumps(v) for k, v in settings.items()}
+    return {
+        k: v if v is None or isinstance(v, (bool, str, int, float)) else json.dumps(v)
+        for k, v in settings.items()
+    }
 
 
 @contextmanager

@@ -33,18 +33,28 @@ def epoch_weights(epoch: int) -> str:
 def trainable_weights(model, accelerator: Accelerator, names: set[str]) -> dict[str, torch.Tensor]:
     """The weights named: those the strategy trains at some point. Frozen weights are not saved: they are
     reloaded from the pre-trained model."""
-    return {name: p.detach().cpu().clone() for name, p in accelerator.unwrap_model(model).named_parameters()
-            if name in names}
+    return {
+        name: p.detach().cpu().clone()
+        for name, p in accelerator.unwrap_model(model).named_parameters()
+        if name in names
+    }
 
 
-def save_weights(path: Path, weights: dict[str, torch.Tensor], run_key: dict, epoch: float,
-                 temperature: float | None = None) -> None:
+def save_weights(
+    path: Path,
+    weights: dict[str, torch.Tensor],
+    run_key: dict,
+    epoch: float,
+    temperature: float | None = None,
+) -> None:
     """Trainable weights as safetensors, with the run key, the epoch and any temperature folded into the head
     (training.calibration) in its metadata."""
     metadata = {"run_key": json.dumps(run_key, sort_keys=True, default=str), "epoch": str(epoch)}
     if temperature is not None:
         metadata["temperature"] = repr(temperature)
-    atomic_write_bytes(path, safetensors_bytes({k: v.contiguous() for k, v in weights.items()}, metadata=metadata))
+    atomic_write_bytes(
+        path, safetensors_bytes({k: v.contiguous() for k, v in weights.items()}, metadata=metadata)
+    )
 
 
 def load_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
@@ -60,12 +70,17 @@ def load_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
         temperature = float(metadata["temperature"]) if "temperature" in metadata else None
         run_key = json.loads(metadata.get("run_key", "null"))
     except ValueError:
-        raise ConfigError(f"{path}: its metadata (epoch, temperature, run key) is not what bertlab writes; train "
-                          "the run again (python main.py --force with its config)") from None
+        raise ConfigError(
+            f"{path}: its metadata (epoch, temperature, run key) is not what bertlab writes; train "
+            "the run again (python main.py --force with its config)"
+        ) from None
     if not (math.isfinite(epoch) and (temperature is None or math.isfinite(temperature) and temperature > 0)):
         raise ConfigError(f"{path}: its metadata holds an epoch or temperature that is not a finite number")
-    return weights, {"run_key": run_key, "epoch": int(epoch) if epoch.is_integer() else epoch,
-                     "temperature": temperature}
+    return weights, {
+        "run_key": run_key,
+        "epoch": int(epoch) if epoch.is_integer() else epoch,
+        "temperature": temperature,
+    }
 
 
 def drop_checkpoints(run_dir: Path) -> None:
@@ -74,28 +89,46 @@ def drop_checkpoints(run_dir: Path) -> None:
         checkpoint.unlink(missing_ok=True)
 
 
-def save_checkpoint(run_dir: Path, model, optimizer, scheduler, accelerator: Accelerator, state: dict,
-                    run_key: dict, trained: set[str]) -> None:
+def save_checkpoint(
+    run_dir: Path,
+    model,
+    optimizer,
+    scheduler,
+    accelerator: Accelerator,
+    state: dict,
+    run_key: dict,
+    trained: set[str],
+) -> None:
     """Everything a resumed run needs: trainable weights, optimizer, scheduler, grad scaler, the loop's state
     and the random number generators (of every process, under several), as tensors and plain data only.
     Every process calls it; the main process writes."""
     rng = random_states()
     every_process = gather_object([rng]) if accelerator.num_processes > 1 else None
     with atomic_open(run_dir / RESUME_STATE) as f:  # straight into the file: no second copy in memory
-        torch.save({
-            "run_key": run_key, "trainable": trainable_weights(model, accelerator, trained),
-            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
-            "state": state, "rng": rng, "rng_by_process": every_process,
-        }, f)
+        torch.save(
+            {
+                "run_key": run_key,
+                "trainable": trainable_weights(model, accelerator, trained),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
+                "state": state,
+                "rng": rng,
+                "rng_by_process": every_process,
+            },
+            f,
+        )
 
 
 def random_states() -> dict:
     numpy_state = np.random.get_state()
     python_state = random.getstate()
-    return {"torch": torch.get_rng_state(), "numpy": [numpy_state[0], numpy_state[1].tolist(), *numpy_state[2:]],
-            "python": [python_state[0], list(python_state[1]), python_state[2]],
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": [numpy_state[0], numpy_state[1].tolist(), *numpy_state[2:]],
+        "python": [python_state[0], list(python_state[1]), python_state[2]],
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+    }
 
 
 def read_resume_state(path: Path, mmap: bool = False) -> dict:
@@ -103,29 +136,42 @@ def read_resume_state(path: Path, mmap: bool = False) -> dict:
     try:
         state = torch.load(path, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as err:
-        raise ConfigError(f"{path} holds objects other than tensors and plain data, which could run code when "
-                          f"loaded, so it is refused ({str(err).splitlines()[0][:120]}). Delete the run folder "
-                          "and run again, or ask whoever wrote it for a checkpoint written by bertlab") from None
+        raise ConfigError(
+            f"{path} holds objects other than tensors and plain data, which could run code when "
+            f"loaded, so it is refused ({str(err).splitlines()[0][:120]}). Delete the run folder "
+            "and run again, or ask whoever wrote it for a checkpoint written by bertlab"
+        ) from None
     except (RuntimeError, EOFError, OSError) as err:  # torch reports a truncated or damaged archive this way
-        raise ConfigError(f"{path}: not readable as a resume state ({str(err).splitlines()[0][:120]}); it is kept "
-                          "as it is. Run without --resume to train the run again from the start (which replaces "
-                          "it)") from None
-    if not (isinstance(state, dict) and RESUME_KEYS <= set(state) and isinstance(state["trainable"], dict)
-            and isinstance(state["state"], dict)):
-        raise ConfigError(f"{path}: not a resume state bertlab wrote (a mapping of {', '.join(sorted(RESUME_KEYS))}); "
-                          "it is kept as it is. Run with --force to train the run again from the start")
+        raise ConfigError(
+            f"{path}: not readable as a resume state ({str(err).splitlines()[0][:120]}); it is kept "
+            "as it is. Run without --resume to train the run again from the start (which replaces "
+            "it)"
+        ) from None
+    if not (
+        isinstance(state, dict)
+        and RESUME_KEYS <= set(state)
+        and isinstance(state["trainable"], dict)
+        and isinstance(state["state"], dict)
+    ):
+        raise ConfigError(
+            f"{path}: not a resume state bertlab wrote (a mapping of {', '.join(sorted(RESUME_KEYS))}); "
+            "it is kept as it is. Run with --force to train the run again from the start"
+        )
     return state
 
 
-def load_checkpoint(run_dir: Path, model, optimizer, scheduler, accelerator: Accelerator,
-                    run_key: dict) -> tuple[dict, dict | None]:
+def load_checkpoint(
+    run_dir: Path, model, optimizer, scheduler, accelerator: Accelerator, run_key: dict
+) -> tuple[dict, dict | None]:
     """Restore everything save_checkpoint wrote, returning the loop's state and the best weights so far;
     refuse a checkpoint made under another config."""
     checkpoint = read_resume_state(run_dir / RESUME_STATE)
     differing = _differing_keys(checkpoint["run_key"], run_key)
     if differing:
-        raise ConfigError(f"checkpoint {run_dir / RESUME_STATE} was made with a different config "
-                          f"({', '.join(differing)}); it cannot be resumed. Run without --resume to start over")
+        raise ConfigError(
+            f"checkpoint {run_dir / RESUME_STATE} was made with a different config "
+            f"({', '.join(differing)}); it cannot be resumed. Run without --resume to start over"
+        )
     try:
         accelerator.unwrap_model(model).load_state_dict(checkpoint["trainable"], strict=False)
         optimizer.load_state_dict(checkpoint["optimizer"])
@@ -133,8 +179,10 @@ def load_checkpoint(run_dir: Path, model, optimizer, scheduler, accelerator: Acc
         if checkpoint["scaler"] is not None and accelerator.scaler is not None:
             accelerator.scaler.load_state_dict(checkpoint["scaler"])
     except (RuntimeError, ValueError, KeyError, TypeError) as err:
-        raise ConfigError(f"{run_dir / RESUME_STATE}: does not fit the run's model or optimizer "
-                          f"({str(err).splitlines()[0][:120]}); run with --force to train it again") from None
+        raise ConfigError(
+            f"{run_dir / RESUME_STATE}: does not fit the run's model or optimizer "
+            f"({str(err).splitlines()[0][:120]}); run with --force to train it again"
+        ) from None
     # each process continues its own generators; under another number of processes, the main one's
     by_process = checkpoint.get("rng_by_process")
     same_processes = by_process is not None and len(by_process) == accelerator.num_processes
@@ -159,6 +207,9 @@ def saved_run_key(run_dir: Path) -> dict | None:
 
 def _differing_keys(old, new, prefix: str = "") -> list[str]:
     if isinstance(old, dict) and isinstance(new, dict):
-        return [k for key in sorted(set(old) | set(new))
-                for k in _differing_keys(old.get(key), new.get(key), f"{prefix}{key}.")]
+        return [
+            k
+            for key in sorted(set(old) | set(new))
+            for k in _differing_keys(old.get(key), new.get(key), f"{prefix}{key}.")
+        ]
     return [prefix.rstrip(".")] if old != new else []

@@ -13,7 +13,9 @@ from contextlib import contextmanager, suppress
 import psutil
 import torch
 
-MEMORY_SAMPLE_SECONDS = 0.01  # resident memory is read this often on a CPU: a peak shorter than this can slip by
+MEMORY_SAMPLE_SECONDS = (
+    0.01  # resident memory is read this often on a CPU: a peak shorter than this can slip by
+)
 
 
 class PeakMemory:

@@ -26,14 +26,21 @@ def upgrade(record: dict) -> dict:
         return record
     upgraded = {**record, "schema_version": SCHEMA_VERSION}
     if version < 2:
-        upgraded = {"task": "classification",  # before tasks, every run classified
-                    "config_id": record["run_id"],  # before configurations, each run was its own
-                    "varied": {}, "few_shot": None, "num_processes": 1,  # before several processes, every run had one
-                    **upgraded}
+        upgraded = {
+            "task": "classification",  # before tasks, every run classified
+            "config_id": record["run_id"],  # before configurations, each run was its own
+            "varied": {},
+            "few_shot": None,
+            "num_processes": 1,  # before several processes, every run had one
+            **upgraded,
+        }
         if upgraded["status"] == "completed":
-            upgraded = {"init_from": None, "export_refused": None,  # a completed run's, when they did not exist
-                        "peak_memory_measure": "process_peak_rss",  # before per-run measures: the lifetime peak
-                        **upgraded}
+            upgraded = {
+                "init_from": None,
+                "export_refused": None,  # a completed run's, when they did not exist
+                "peak_memory_measure": "process_peak_rss",  # before per-run measures: the lifetime peak
+                **upgraded,
+            }
     return {"fold": None, **upgraded}  # before cross-validation, every run had one validation split
 
 
@@ -81,13 +88,18 @@ def untested_trial(record: dict) -> bool:
 def save_record(path: Path, record: dict) -> None:
     """Replace this run's record and keep every other as it is stored, even with another process writing too."""
     with FileLock(path.with_name(path.name + ".lock")):
-        runs = [r for r in stored_records(path) if r["run_id"] != record["run_id"]]  # a damaged file stops here
+        runs = [
+            r for r in stored_records(path) if r["run_id"] != record["run_id"]
+        ]  # a damaged file stops here
         atomic_write_json(path, {"runs": runs + [record]})
 
 
 def write_experiment(results_path: Path, **experiment) -> None:
     """experiment.json beside the results: the config file, command, config, strategies and run ids."""
-    write_json(results_path.with_name("experiment.json"), {**experiment, "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    write_json(
+        results_path.with_name("experiment.json"),
+        {**experiment, "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
+    )
 
 
 def select_runs(output_dir: Path, dataset: str | None) -> tuple[list[dict], dict | None]:
@@ -116,8 +128,14 @@ def search_records(output_dir: Path, experiment: dict | None) -> tuple[list[dict
     trials = [r for r in records if (r.get("trial") or {}).get("study") in studies]
     fingerprints = {r["dataset"]["fingerprint"] for r in trials}
     strategies = {r["strategy"] for r in trials}
-    grid = [r for r in records if not r.get("trial") and r["status"] == "completed" and r["strategy"] in strategies
-            and r["dataset"]["fingerprint"] in fingerprints]
+    grid = [
+        r
+        for r in records
+        if not r.get("trial")
+        and r["status"] == "completed"
+        and r["strategy"] in strategies
+        and r["dataset"]["fingerprint"] in fingerprints
+    ]
     return trials, grid
 
 
@@ -163,9 +181,13 @@ def repair_locked(output_dir: Path, path: Path, stamp: str) -> list[str]:
             recovered.append(record)
     recovered.sort(key=lambda record: record.get("finished_at") or record.get("started_at") or "")
     atomic_write_json(path, {"runs": kept + recovered})  # read above: readable, or set aside
-    done.append(f"{path}: {len(kept) + len(recovered)} run(s): {len(kept)} kept from it, {len(recovered)} recovered "
-                "from the run folders")
+    done.append(
+        f"{path}: {len(kept) + len(recovered)} run(s): {len(kept)} kept from it, {len(recovered)} recovered "
+        "from the run folders"
+    )
     if unreadable:
-        done.append(f"{len(unreadable)} run folder record(s) could not be read and were left out: "
-                    + ", ".join(unreadable[:5]))
+        done.append(
+            f"{len(unreadable)} run folder record(s) could not be read and were left out: "
+            + ", ".join(unreadable[:5])
+        )
     return done

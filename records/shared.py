@@ -16,13 +16,17 @@ class DamagedFile(ConfigError):
 
     def __init__(self, path: Path, what: str, remedy: str | None = None):
         output = path.parent.parent if path.parent.name == "results" else path.parent
-        remedy = remedy or (f"python main.py --repair output.dir={output} rebuilds the results from the run folders "
-                            "and sets damaged files aside")
+        remedy = remedy or (
+            f"python main.py --repair output.dir={output} rebuilds the results from the run folders "
+            "and sets damaged files aside"
+        )
         super().__init__(f"{path}: {what}; it is kept as it is. {remedy}")
 
 
 STATUSES = ("running", "completed", "failed", "pruned")
-SEARCH_FOLDER = "search"  # under output.dir: the journal of a search's studies, their locks and the trials' leases
+SEARCH_FOLDER = (
+    "search"  # under output.dir: the journal of a search's studies, their locks and the trials' leases
+)
 JOURNAL = "journal.log"  # the studies' Optuna journal in it
 
 
@@ -74,8 +78,9 @@ def read_json(path: Path, remedy: str | None = None) -> Any | None:
     except UnicodeDecodeError as err:
         raise DamagedFile(path, f"not UTF-8 text (byte {err.start})", remedy) from None
     except json.JSONDecodeError as err:
-        raise DamagedFile(path, f"cannot be read as JSON ({err.msg} at line {err.lineno}, column {err.colno})",
-                          remedy) from None
+        raise DamagedFile(
+            path, f"cannot be read as JSON ({err.msg} at line {err.lineno}, column {err.colno})", remedy
+        ) from None
     except OSError as err:
         raise DamagedFile(path, f"cannot be read ({err.strerror or type(err).__name__})", remedy) from None
     problem = SHAPES.get(path.name, lambda _: None)(contents)
@@ -98,9 +103,9 @@ def journal_lines(path: Path) -> tuple[list[bytes], int | None, bool]:
     for number, line in enumerate(lines, 1):
         try:
             if not isinstance(json.loads(line), dict):
-                return lines[:number - 1], number, partial
+                return lines[: number - 1], number, partial
         except ValueError:
-            return lines[:number - 1], number, partial
+            return lines[: number - 1], number, partial
     return lines, None, partial
 
 
@@ -128,5 +133,7 @@ def mend_journal(path: Path, stamp: str) -> str | None:
     path.rename(aside)
     atomic_write_bytes(path, b"".join(line + b"\n" for line in complete))
     lost = total - len(complete)
-    return (f"{path}: {problem}; kept its {len(complete)} complete operation(s), dropped {lost} line(s) from line "
-            f"{bad or len(complete) + 1} on (the original is set aside as {aside.name})")
+    return (
+        f"{path}: {problem}; kept its {len(complete)} complete operation(s), dropped {lost} line(s) from line "
+        f"{bad or len(complete) + 1} on (the original is set aside as {aside.name})"
+    )

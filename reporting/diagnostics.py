@@ -31,7 +31,11 @@ def over_fitting(record: dict) -> dict | None:
     history = record["history"]
     run = 0
     for before, after in zip(history, history[1:]):
-        run = run + 1 if after["val_loss"] > before["val_loss"] and after["train_loss"] < before["train_loss"] else 0
+        run = (
+            run + 1
+            if after["val_loss"] > before["val_loss"] and after["train_loss"] < before["train_loss"]
+            else 0
+        )
         if run >= OVERFIT_EPOCHS:
             start = history[history.index(after) - run]
             return finding(
@@ -41,8 +45,11 @@ def over_fitting(record: dict) -> dict | None:
                 f"{after['train_loss']:.3f}; the best epoch ({record['best_epoch']}) was kept",
                 "fewer epochs are enough (early stopping already keeps the best); for more from the data, try a smaller "
                 "learning rate, more dropout (model.dropout) or label smoothing",
-                epochs=[start["epoch"], after["epoch"]], val_loss=[start["val_loss"], after["val_loss"]],
-                train_loss=[start["train_loss"], after["train_loss"]], best_epoch=record["best_epoch"])
+                epochs=[start["epoch"], after["epoch"]],
+                val_loss=[start["val_loss"], after["val_loss"]],
+                train_loss=[start["train_loss"], after["train_loss"]],
+                best_epoch=record["best_epoch"],
+            )
     return None
 
 
@@ -58,13 +65,19 @@ def under_fitting(record: dict) -> dict | None:
         f"level ({chance:.3f}, a uniform guess over {record['dataset']['num_labels']} classes)",
         "train longer (training.num_epochs, patience) or at a higher learning rate; a frozen or small update may "
         "be too weak for this data",
-        final_train_loss=final, chance_loss=chance, epochs=record["history"][-1]["epoch"])
+        final_train_loss=final,
+        chance_loss=chance,
+        epochs=record["history"][-1]["epoch"],
+    )
 
 
 def instability(record: dict) -> dict | None:
     history = record["history"]
-    spikes = [(before, after) for before, after in zip(history, history[1:])
-              if after["train_loss"] > SPIKE_RATIO * before["train_loss"]]
+    spikes = [
+        (before, after)
+        for before, after in zip(history, history[1:])
+        if after["train_loss"] > SPIKE_RATIO * before["train_loss"]
+    ]
     if not spikes:
         return None
     before, after = spikes[0]
@@ -73,7 +86,8 @@ def instability(record: dict) -> dict | None:
         f"training loss jumped from {before['train_loss']:.3f} (epoch {before['epoch']}) to {after['train_loss']:.3f} "
         f"(epoch {after['epoch']})" + (f", and {len(spikes) - 1} more time(s)" if len(spikes) > 1 else ""),
         "lower the learning rate or raise training.warmup_ratio",
-        spikes=[[b["epoch"], a["epoch"], b["train_loss"], a["train_loss"]] for b, a in spikes])
+        spikes=[[b["epoch"], a["epoch"], b["train_loss"], a["train_loss"]] for b, a in spikes],
+    )
 
 
 def imbalance(record: dict) -> dict | None:
@@ -83,19 +97,27 @@ def imbalance(record: dict) -> dict | None:
     if not present:
         return None
     median = float(np.median([c["f1"] for c in present.values()]))
-    weak = sorted((name for name, c in present.items() if c["f1"] < median - WEAK_CLASS_GAP), key=lambda n: present[n]["f1"])
+    weak = sorted(
+        (name for name, c in present.items() if c["f1"] < median - WEAK_CLASS_GAP),
+        key=lambda n: present[n]["f1"],
+    )
     gap = test["accuracy"] - test["macro_f1"]
     if gap < IMBALANCE_GAP and not weak:
         return None
     weakest = weak or [min(present, key=lambda n: present[n]["f1"])]
-    named = ", ".join(f"{n} (F1 {present[n]['f1']:.2f}, {present[n]['support']} test examples)" for n in weakest[:3])
+    named = ", ".join(
+        f"{n} (F1 {present[n]['f1']:.2f}, {present[n]['support']} test examples)" for n in weakest[:3]
+    )
     return finding(
         "imbalance",
         f"accuracy {test['accuracy']:.3f} against macro-F1 {test['macro_f1']:.3f}; weakest: {named}",
         "compare training.class_weights: balanced, training.sampler: oversample or data.augment against plain "
         "training with several seeds (configs/imbalanced.yaml)",
-        accuracy=test["accuracy"], macro_f1=test["macro_f1"], median_class_f1=median,
-        weakest={n: present[n] for n in weakest})
+        accuracy=test["accuracy"],
+        macro_f1=test["macro_f1"],
+        median_class_f1=median,
+        weakest={n: present[n] for n in weakest},
+    )
 
 
 def collapse(record: dict) -> dict | None:
@@ -111,18 +133,27 @@ def collapse(record: dict) -> dict | None:
     if not flat and (share < COLLAPSE_SHARE or truth_share >= COLLAPSE_SHARE):
         return None
     where = "validation at the best epoch" if "spread" in seen else "test"
-    said = [f"{share:.0%} of the predictions on {where} are {seen['prediction']}, which is {truth_share:.0%} of "
-            "its labels"]
+    said = [
+        f"{share:.0%} of the predictions on {where} are {seen['prediction']}, which is {truth_share:.0%} of "
+        "its labels"
+    ]
     if flat:
-        said.append(f"the predicted probabilities barely vary with the input (each text's distribution lies "
-                    f"{spread:.4f} from the average one; models that learned from the text give 0.2 or more)")
+        said.append(
+            f"the predicted probabilities barely vary with the input (each text's distribution lies "
+            f"{spread:.4f} from the average one; models that learned from the text give 0.2 or more)"
+        )
     return finding(
-        "collapse", "; ".join(said) + ": the run learned little from the text, so its scores say little about the "
+        "collapse",
+        "; ".join(said) + ": the run learned little from the text, so its scores say little about the "
         "strategy",
         "likely causes, most likely first: the head (model.head.type: auto reads what the encoder was trained to "
         "give), the learning rate (search it: search.method=optuna), too few steps (more epochs); with rare "
         "classes, class weights or oversampling",
-        label=seen["prediction"], prediction_share=share, label_share=truth_share, spread=spread)
+        label=seen["prediction"],
+        prediction_share=share,
+        label_share=truth_share,
+        spread=spread,
+    )
 
 
 def test_outputs(record: dict) -> dict | None:
@@ -132,8 +163,11 @@ def test_outputs(record: dict) -> dict | None:
         return None
     counts = np.bincount(predictions, minlength=record["dataset"]["num_labels"])
     top = int(counts.argmax())
-    return {"prediction": record["dataset"]["label_names"][top], "prediction_share": float(counts[top] / counts.sum()),
-            "truth_share": float(np.mean(np.asarray(record["test_labels"]) == top))}
+    return {
+        "prediction": record["dataset"]["label_names"][top],
+        "prediction_share": float(counts[top] / counts.sum()),
+        "truth_share": float(np.mean(np.asarray(record["test_labels"]) == top)),
+    }
 
 
 def over_confidence(record: dict) -> dict | None:
@@ -150,21 +184,32 @@ def over_confidence(record: dict) -> dict | None:
         f"mean confidence {confidence:.3f} against accuracy {test['accuracy']:.3f}: expected calibration error "
         f"{test['ece']:.3f}, log loss {test['log_loss']:.3f}",
         "if the probabilities are used (thresholds, abstaining), try training.label_smoothing: 0.1",
-        mean_confidence=confidence, accuracy=test["accuracy"], ece=test["ece"], log_loss=test["log_loss"])
+        mean_confidence=confidence,
+        accuracy=test["accuracy"],
+        ece=test["ece"],
+        log_loss=test["log_loss"],
+    )
 
 
 # Each diagnostic, and whether only the tasks that name it run it (Task.diagnostics): those read class scores.
 DIAGNOSTICS: dict[str, tuple[Callable[[dict], dict | None], bool]] = {
-    "over_fitting": (over_fitting, False), "instability": (instability, False),
-    "under_fitting": (under_fitting, True), "imbalance": (imbalance, True), "collapse": (collapse, True),
+    "over_fitting": (over_fitting, False),
+    "instability": (instability, False),
+    "under_fitting": (under_fitting, True),
+    "imbalance": (imbalance, True),
+    "collapse": (collapse, True),
     "over_confidence": (over_confidence, True),
 }
 
 
 def diagnose(record: dict, task) -> list[dict]:
     """The findings on one completed run."""
-    checks = [check for name, (check, task_own) in DIAGNOSTICS.items() if not task_own or name in task.diagnostics]
+    checks = [
+        check for name, (check, task_own) in DIAGNOSTICS.items() if not task_own or name in task.diagnostics
+    ]
     findings = [found for found in (check(record) for check in checks) if found is not None]
-    if any(f["kind"] == "collapse" for f in findings):  # a collapse explains the weak classes: one finding, not two
+    if any(
+        f["kind"] == "collapse" for f in findings
+    ):  # a collapse explains the weak classes: one finding, not two
         findings = [f for f in findings if f["kind"] != "imbalance"]
     return findings

@@ -30,7 +30,9 @@ class Figures:
     summary: dict
     folder: Path
     data_report: dict | None = None
-    grid_runs: list[dict] = field(default_factory=list)  # a search's strategies run by the grid on the same data
+    grid_runs: list[dict] = field(
+        default_factory=list
+    )  # a search's strategies run by the grid on the same data
     task: Task = field(init=False)
 
     def __post_init__(self):
@@ -44,7 +46,9 @@ class Figures:
 
     def metrics_of(self, rows: list[dict]) -> list[Metric]:
         """The summary metrics every row has (records made before a metric existed lack it)."""
-        return [m for m in self.task.summary_metrics() if all(r["test"][m.name]["mean"] is not None for r in rows)]
+        return [
+            m for m in self.task.summary_metrics() if all(r["test"][m.name]["mean"] is not None for r in rows)
+        ]
 
     def runs_of(self, row: dict) -> list[dict]:
         return [r for r in self.runs if r["config_id"] == row["config_id"]]

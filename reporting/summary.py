@@ -21,7 +21,8 @@ COMPARISON_NOTE = (
     "Δ = A − B on the same test examples, averaged over runs paired by seed (and fold, few-shot draw); 95% interval "
     f"and p-value from a paired bootstrap over test examples ({BOOTSTRAP_RESAMPLES:,} resamples). They measure how "
     "much the difference depends on which test examples were drawn, not on the seed: read them beside the standard "
-    "deviations above. Each p-value is for one comparison; among many, some fall below 0.05 by chance.")
+    "deviations above. Each p-value is for one comparison; among many, some fall below 0.05 by chance."
+)
 
 
 VARIANTS_TITLE = "Each variant against the first (same strategy, its chosen rate and other settings)"
@@ -43,7 +44,7 @@ def aggregate(values: list[float]) -> dict[str, float | int | None]:
     if n == 1:
         return {"n": 1, "mean": mean, "std": None, "ci95": None}
     std = float(np.std(values, ddof=1))
-    return {"n": n, "mean": mean, "std": std, "ci95": float(stats.t.ppf(0.975, n - 1) * std / n ** 0.5)}
+    return {"n": n, "mean": mean, "std": std, "ci95": float(stats.t.ppf(0.975, n - 1) * std / n**0.5)}
 
 
 def validation_score(run: dict, metric: str) -> float:
@@ -72,18 +73,27 @@ def summarize(runs: list[dict], metric: str, trials: list[dict] = ()) -> dict:
         if row["validation"]["mean"] is None:
             continue
         slot = (row["strategy"], row["shots_per_class"])
-        if slot not in chosen or task.is_better(metric, row["validation"]["mean"], chosen[slot]["validation"]["mean"]):
+        if slot not in chosen or task.is_better(
+            metric, row["validation"]["mean"], chosen[slot]["validation"]["mean"]
+        ):
             chosen[slot] = row
     for row in chosen.values():
         row["chosen"] = True
         row["test_interval"] = test_interval(groups[row["config_id"]], task)
     sizes = next((r["dataset"].get("sizes", {}) for r in runs if r["status"] == "completed"), {})
-    summary = {"task": task.name, "metric": metric, "rows": rows, "comparisons": slot_comparisons(chosen, groups, task),
-               "variant_comparisons": variant_comparisons(rows, chosen, groups, task),
-               "diagnostics": diagnostic_rows(groups, task), "memory_note": memory_note(runs),
-               "folds": folds_of_runs(runs), "validation_examples": selection_examples(runs),
-               "test_examples": sizes.get("test"),
-               "search": search_summary([upgrade(t) for t in trials], metric, task)}
+    summary = {
+        "task": task.name,
+        "metric": metric,
+        "rows": rows,
+        "comparisons": slot_comparisons(chosen, groups, task),
+        "variant_comparisons": variant_comparisons(rows, chosen, groups, task),
+        "diagnostics": diagnostic_rows(groups, task),
+        "memory_note": memory_note(runs),
+        "folds": folds_of_runs(runs),
+        "validation_examples": selection_examples(runs),
+        "test_examples": sizes.get("test"),
+        "search": search_summary([upgrade(t) for t in trials], metric, task),
+    }
     return {**summary, "verdict": decide(summary)}
 
 
@@ -93,21 +103,39 @@ def configuration_row(config_id: str, group: list[dict], metric: str, task: Task
     done = [r for r in group if r["status"] == "completed"]
     first = group[0]
     return {
-        "config_id": config_id, "strategy": first["strategy"], "varied": first["varied"],
+        "config_id": config_id,
+        "strategy": first["strategy"],
+        "varied": first["varied"],
         "shots_per_class": (first["few_shot"] or {}).get("shots_per_class"),
-        "learning_rate": first["hyperparameters"]["learning_rate"], "runs": len(group), "failed": len(group) - len(done),
+        "learning_rate": first["hyperparameters"]["learning_rate"],
+        "runs": len(group),
+        "failed": len(group) - len(done),
         "validation": aggregate([validation_score(r, metric) for r in done]),
         # records made before a metric existed lack it: the mean is over those that have it
-        "test": {m.name: aggregate([r["test"][m.name] for r in done if m.name in r["test"]]) for m in task.metrics},
+        "test": {
+            m.name: aggregate([r["test"][m.name] for r in done if m.name in r["test"]]) for m in task.metrics
+        },
         # a test split the data gave, scored whole: the same metrics on its rows no earlier split holds
-        "test_unseen": ({m.name: aggregate([r["test_unseen"][m.name] for r in done if m.name in r["test_unseen"]])
-                         for m in task.metrics} if all(r.get("test_unseen") for r in done) and done else None),
+        "test_unseen": (
+            {
+                m.name: aggregate([r["test_unseen"][m.name] for r in done if m.name in r["test_unseen"]])
+                for m in task.metrics
+            }
+            if all(r.get("test_unseen") for r in done) and done
+            else None
+        ),
         # with training.calibration: the expected calibration error on test before and after it
-        "calibration": ({"ece_uncalibrated": aggregate([r["test_uncalibrated"]["ece"] for r in done]),
-                         "ece": aggregate([r["test"]["ece"] for r in done]),
-                         "temperature": aggregate([r["calibration"]["temperature"] for r in done])}
-                        if done and all(r.get("calibration") for r in done) else None),
-        "trainable_params": first.get("trainable_params"), "export_refused": first.get("export_refused"),  # a failed run has none
+        "calibration": (
+            {
+                "ece_uncalibrated": aggregate([r["test_uncalibrated"]["ece"] for r in done]),
+                "ece": aggregate([r["test"]["ece"] for r in done]),
+                "temperature": aggregate([r["calibration"]["temperature"] for r in done]),
+            }
+            if done and all(r.get("calibration") for r in done)
+            else None
+        ),
+        "trainable_params": first.get("trainable_params"),
+        "export_refused": first.get("export_refused"),  # a failed run has none
         "train_time_s": aggregate([r["train_time_s"] for r in done]),
         "peak_memory_mb": aggregate([r["peak_memory_mb"] for r in done]),
         # the costs the verdict decides on: counted, so that the machine's load cannot move them
@@ -121,11 +149,14 @@ def slot_comparisons(chosen: dict[tuple, dict], groups: dict[str, list[dict]], t
     """The paired test between each two strategies chosen for the same amount of training data."""
     slots, comparisons = list(chosen), []
     for i, (strategy_a, shots) in enumerate(slots):
-        for strategy_b, shots_b in slots[i + 1:]:
+        for strategy_b, shots_b in slots[i + 1 :]:
             if shots_b != shots:
                 continue
-            comparison = compare_configurations(groups[chosen[strategy_a, shots]["config_id"]],
-                                                groups[chosen[strategy_b, shots]["config_id"]], task)
+            comparison = compare_configurations(
+                groups[chosen[strategy_a, shots]["config_id"]],
+                groups[chosen[strategy_b, shots]["config_id"]],
+                task,
+            )
             if comparison:
                 comparisons.append({"a": strategy_a, "b": strategy_b, "shots_per_class": shots, **comparison})
     return comparisons
@@ -140,8 +171,11 @@ def folds_of_runs(runs: list[dict]) -> dict | None:
 def selection_examples(runs: list[dict]) -> int | None:
     """The validation examples a configuration was chosen on: its split's, or every fold's (of one repeat)."""
     done = [r for r in runs if r["status"] == "completed"]
-    per_fold = {r["fold"]["index"]: r["dataset"]["sizes"].get("validation") for r in done
-                if r.get("fold") and r["fold"]["repeat"] == 0}
+    per_fold = {
+        r["fold"]["index"]: r["dataset"]["sizes"].get("validation")
+        for r in done
+        if r.get("fold") and r["fold"]["repeat"] == 0
+    }
     if per_fold:
         return sum(n or 0 for n in per_fold.values())
     return done[0]["dataset"].get("sizes", {}).get("validation") if done else None
@@ -162,18 +196,39 @@ def search_summary(trials: list[dict], metric: str, task: Task) -> list[dict]:
         done = [r for r in records if r["status"] == "completed"]
         best = best_of(done, lambda r: r["best_metric"], metric, task) if done else None
         settings = {key: best["varied"][short_key(key)] for key in space} if best else {}
-        found.append({
-            "strategy": records[0]["strategy"], "study": study, "space": space, "trials": len(records),
-            "completed": len(done), "pruned": sum(r["status"] == "pruned" for r in records),
-            "failed": sum(r["status"] == "failed" for r in records),
-            "train_time_s": round(sum(r.get("train_time_s") or 0 for r in records), 2),
-            "best": {"settings": settings, "validation": best["best_metric"], "trial": best["trial"]["number"]}
-            if best else None,
-            "at_edge": {key: edge for key, value in settings.items() if (edge := edge_of_range(value, space[key]))},
-            "trial_rows": [{"trial": r["trial"]["number"], "settings": {k: r["varied"].get(short_key(k)) for k in space},
-                            "status": r["status"], "validation": r.get("best_metric"),
-                            "pruned_at": r.get("pruned_at"), "train_time_s": r.get("train_time_s")} for r in records],
-        })
+        found.append(
+            {
+                "strategy": records[0]["strategy"],
+                "study": study,
+                "space": space,
+                "trials": len(records),
+                "completed": len(done),
+                "pruned": sum(r["status"] == "pruned" for r in records),
+                "failed": sum(r["status"] == "failed" for r in records),
+                "train_time_s": round(sum(r.get("train_time_s") or 0 for r in records), 2),
+                "best": {
+                    "settings": settings,
+                    "validation": best["best_metric"],
+                    "trial": best["trial"]["number"],
+                }
+                if best
+                else None,
+                "at_edge": {
+                    key: edge for key, value in settings.items() if (edge := edge_of_range(value, space[key]))
+                },
+                "trial_rows": [
+                    {
+                        "trial": r["trial"]["number"],
+                        "settings": {k: r["varied"].get(short_key(k)) for k in space},
+                        "status": r["status"],
+                        "validation": r.get("best_metric"),
+                        "pruned_at": r.get("pruned_at"),
+                        "train_time_s": r.get("train_time_s"),
+                    }
+                    for r in records
+                ],
+            }
+        )
     return found
 
 
@@ -183,24 +238,39 @@ def test_interval(runs: list[dict], task: Task) -> dict | None:
     if not done:
         return None
     done = [r for r in done if r["test_labels"] == done[0]["test_labels"]]
-    return score_interval(task, done[0]["test_labels"], [r["test_predictions"] for r in done],
-                          done[0]["dataset"]["label_names"])
+    return score_interval(
+        task, done[0]["test_labels"], [r["test_predictions"] for r in done], done[0]["dataset"]["label_names"]
+    )
 
 
-def variant_comparisons(rows: list[dict], chosen: dict, groups: dict[str, list[dict]], task: Task) -> list[dict]:
+def variant_comparisons(
+    rows: list[dict], chosen: dict, groups: dict[str, list[dict]], task: Task
+) -> list[dict]:
     """Within each strategy, every variant against the first one in the config (the reference, e.g. `plain`),
     the other grid values held at the strategy's chosen ones: paired like the comparisons between strategies."""
     comparisons = []
     for (strategy, shots), best in chosen.items():
         held = {k: v for k, v in best["varied"].items() if k != "variant"}
-        peers = [r for r in rows if r["strategy"] == strategy and r["shots_per_class"] == shots and "variant" in r["varied"]
-                 and {k: v for k, v in r["varied"].items() if k != "variant"} == held and r["validation"]["mean"] is not None]
+        peers = [
+            r
+            for r in rows
+            if r["strategy"] == strategy
+            and r["shots_per_class"] == shots
+            and "variant" in r["varied"]
+            and {k: v for k, v in r["varied"].items() if k != "variant"} == held
+            and r["validation"]["mean"] is not None
+        ]
         for row in peers[1:]:
             comparison = compare_configurations(groups[row["config_id"]], groups[peers[0]["config_id"]], task)
             if comparison:
-                comparisons.append({"a": f"{strategy}: {row['varied']['variant']}",
-                                    "b": f"{strategy}: {peers[0]['varied']['variant']}", "shots_per_class": shots,
-                                    **comparison})
+                comparisons.append(
+                    {
+                        "a": f"{strategy}: {row['varied']['variant']}",
+                        "b": f"{strategy}: {peers[0]['varied']['variant']}",
+                        "shots_per_class": shots,
+                        **comparison,
+                    }
+                )
     return comparisons
 
 
@@ -215,9 +285,19 @@ def diagnostic_rows(groups: dict[str, list[dict]], task: Task) -> list[dict]:
             for item in run["diagnostics"] if "diagnostics" in run else diagnose(run, task):
                 found.setdefault(item["kind"], []).append(item)
         for kind, items in found.items():
-            rows.append({"config_id": config_id, "configuration": configuration_label(
-                {"strategy": group[0]["strategy"], "varied": group[0]["varied"]}), "kind": kind,
-                "runs": len(items), "of": len(done), "message": items[0]["message"], "next_step": items[0]["next_step"]})
+            rows.append(
+                {
+                    "config_id": config_id,
+                    "configuration": configuration_label(
+                        {"strategy": group[0]["strategy"], "varied": group[0]["varied"]}
+                    ),
+                    "kind": kind,
+                    "runs": len(items),
+                    "of": len(done),
+                    "message": items[0]["message"],
+                    "next_step": items[0]["next_step"],
+                }
+            )
     return rows
 
 
@@ -237,8 +317,10 @@ def memory_note(runs: list[dict]) -> str | None:
         return None
     note = f"Peak memory mixes measures ({', '.join(measures)}), which do not compare"
     if "process_peak_rss" in measures:
-        note += ("; process_peak_rss is the process's lifetime peak, recorded before runs measured their own memory: "
-                 "rerun those runs with --force to compare memory")
+        note += (
+            "; process_peak_rss is the process's lifetime peak, recorded before runs measured their own memory: "
+            "rerun those runs with --force to compare memory"
+        )
     return note + "."
 
 
@@ -250,14 +332,24 @@ def _pairing_key(run: dict) -> tuple:
 def compare_configurations(runs_a: list[dict], runs_b: list[dict], task: Task) -> dict | None:
     """Paired bootstrap over test examples, pairing runs of the same seed (and fold, few-shot draw)."""
     by_key = {_pairing_key(r): r for r in runs_b if r["status"] == "completed" and "test_labels" in r}
-    pairs = [(r, by_key[_pairing_key(r)]) for r in runs_a
-             if r["status"] == "completed" and "test_labels" in r and _pairing_key(r) in by_key
-             and r["test_labels"] == by_key[_pairing_key(r)]["test_labels"]]
+    pairs = [
+        (r, by_key[_pairing_key(r)])
+        for r in runs_a
+        if r["status"] == "completed"
+        and "test_labels" in r
+        and _pairing_key(r) in by_key
+        and r["test_labels"] == by_key[_pairing_key(r)]["test_labels"]
+    ]
     if not pairs:
         return None
     truth = pairs[0][0]["test_labels"]  # as the task reads them: class ids, numbers, or tags per token
-    result = paired_bootstrap(task, truth, [a["test_predictions"] for a, _ in pairs],
-                              [b["test_predictions"] for _, b in pairs], pairs[0][0]["dataset"]["label_names"])
+    result = paired_bootstrap(
+        task,
+        truth,
+        [a["test_predictions"] for a, _ in pairs],
+        [b["test_predictions"] for _, b in pairs],
+        pairs[0][0]["dataset"]["label_names"],
+    )
     return {"paired_runs": len(pairs), **result}
 
 
@@ -267,25 +359,39 @@ def resample_weights(n: int, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0
     then each bootstrap resample. Kept for the next call: every comparison and interval of a summary resamples
     the same test split (drawing them takes about a second for 3,000 examples), so the array is read-only."""
     rng = np.random.default_rng(seed)
-    sizes = [BOOTSTRAP_CHUNK] * (resamples // BOOTSTRAP_CHUNK) + ([resamples % BOOTSTRAP_CHUNK] if resamples % BOOTSTRAP_CHUNK else [])
-    weights = np.concatenate([np.ones((1, n), dtype=np.float32)]
-                             + [rng.multinomial(n, np.full(n, 1 / n), size=size).astype(np.float32) for size in sizes])
+    sizes = [BOOTSTRAP_CHUNK] * (resamples // BOOTSTRAP_CHUNK) + (
+        [resamples % BOOTSTRAP_CHUNK] if resamples % BOOTSTRAP_CHUNK else []
+    )
+    weights = np.concatenate(
+        [np.ones((1, n), dtype=np.float32)]
+        + [rng.multinomial(n, np.full(n, 1 / n), size=size).astype(np.float32) for size in sizes]
+    )
     weights.setflags(write=False)
     return weights
 
 
-def weighted_scores(task: Task, truth: np.ndarray, predictions: list, label_names: list[str],
-                    weights: np.ndarray) -> dict[str, np.ndarray]:
+def weighted_scores(
+    task: Task, truth: np.ndarray, predictions: list, label_names: list[str], weights: np.ndarray
+) -> dict[str, np.ndarray]:
     """Each compared metric of each prediction set (rows) under each weighting of the test examples (columns),
     from the examples' statistics (task.example_statistics), so a resample costs one matrix product."""
     counts = weights.sum(1)
-    per_run = [task.metrics_from_sums(weights @ task.example_statistics(truth, p, label_names), counts, label_names)
-               for p in predictions]
+    per_run = [
+        task.metrics_from_sums(weights @ task.example_statistics(truth, p, label_names), counts, label_names)
+        for p in predictions
+    ]
     return {name: np.stack([scores[name] for scores in per_run]) for name in task.compared_metrics}
 
 
-def paired_bootstrap(task: Task, truth, predictions_a: list, predictions_b: list, label_names: list[str],
-                     resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0) -> dict[str, dict]:
+def paired_bootstrap(
+    task: Task,
+    truth,
+    predictions_a: list,
+    predictions_b: list,
+    label_names: list[str],
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = 0,
+) -> dict[str, dict]:
     """Difference A - B in each of the task's compared metrics (mean over paired runs), its 95% percentile
     interval, a two-sided p-value for "no difference" (the bootstrap distribution shifted to zero mean, as in
     Berg-Kirkpatrick et al. 2012), and the difference in each pair of runs. Test examples are resampled, the
@@ -299,17 +405,29 @@ def paired_bootstrap(task: Task, truth, predictions_a: list, predictions_b: list
         observed, resampled = float(difference[0]), difference[1:]
         extreme = np.sum(np.abs(resampled - resampled.mean()) >= abs(observed) - 1e-12)
         low, high = np.percentile(resampled, [2.5, 97.5])
-        result[name] = {"difference": observed, "low": float(low), "high": float(high),
-                        "p_value": float((extreme + 1) / (len(resampled) + 1)),
-                        "per_run": [float(d) for d in a[name][:, 0] - b[name][:, 0]]}
+        result[name] = {
+            "difference": observed,
+            "low": float(low),
+            "high": float(high),
+            "p_value": float((extreme + 1) / (len(resampled) + 1)),
+            "per_run": [float(d) for d in a[name][:, 0] - b[name][:, 0]],
+        }
     return result
 
 
-def score_interval(task: Task, truth, predictions: list, label_names: list[str], resamples: int = BOOTSTRAP_RESAMPLES,
-                   seed: int = 0) -> dict[str, dict[str, float]]:
+def score_interval(
+    task: Task,
+    truth,
+    predictions: list,
+    label_names: list[str],
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = 0,
+) -> dict[str, dict[str, float]]:
     """The 95% percentile interval of each compared metric (mean over the runs) over resampled test examples:
     how far the score could move with another test split drawn from the same data."""
-    scores = weighted_scores(task, truth, predictions, label_names, resample_weights(len(truth), resamples, seed))
+    scores = weighted_scores(
+        task, truth, predictions, label_names, resample_weights(len(truth), resamples, seed)
+    )
     intervals = {}
     for name, values in scores.items():
         low, high = np.percentile(values.mean(0)[1:], [2.5, 97.5])

@@ -34,8 +34,11 @@ def _mean_std(stats: dict, digits: int = 4) -> str:
 
 
 def _stat_column(title: str, name: str, get: Callable[[dict], dict], digits: int = 4) -> Column:
-    return Column(title, lambda row: {f"{name}_{k}": get(row)[k] for k in ("mean", "std", "ci95")},
-                  lambda row: _mean_std(get(row), digits))
+    return Column(
+        title,
+        lambda row: {f"{name}_{k}": get(row)[k] for k in ("mean", "std", "ci95")},
+        lambda row: _mean_std(get(row), digits),
+    )
 
 
 EMPTY = {"mean": None, "std": None, "ci95": None}  # the statistics of a column a row has no value for
@@ -52,33 +55,79 @@ def configuration_columns(summary: dict) -> list[Column]:
     task, rows = TASKS[summary["task"]], summary["rows"]
     main = task.metric(task.main_metric)
     varied = list(dict.fromkeys(k for row in rows for k in row["varied"] if k != "learning_rate"))
-    columns = [Column(None, lambda r: {"config_id": r["config_id"]}),
-               Column("strategy", lambda r: {"strategy": r["strategy"]}, lambda r: r["strategy"]),
-               Column("learning rate", lambda r: {"learning_rate": r["learning_rate"]}, lambda r: f"{r['learning_rate']:.1e}"),
-               Column(None, lambda r: {"varied": json.dumps(r["varied"])})]
+    columns = [
+        Column(None, lambda r: {"config_id": r["config_id"]}),
+        Column("strategy", lambda r: {"strategy": r["strategy"]}, lambda r: r["strategy"]),
+        Column(
+            "learning rate",
+            lambda r: {"learning_rate": r["learning_rate"]},
+            lambda r: f"{r['learning_rate']:.1e}",
+        ),
+        Column(None, lambda r: {"varied": json.dumps(r["varied"])}),
+    ]
     columns += [Column(k, lambda r: {}, lambda r, k=k: str(r["varied"].get(k, ""))) for k in varied]
     if any(row["shots_per_class"] is not None for row in rows):
-        columns.append(Column("shots per class", lambda r: {"shots_per_class": r["shots_per_class"]},
-                              lambda r: "all" if r["shots_per_class"] is None else str(r["shots_per_class"])))
+        columns.append(
+            Column(
+                "shots per class",
+                lambda r: {"shots_per_class": r["shots_per_class"]},
+                lambda r: "all" if r["shots_per_class"] is None else str(r["shots_per_class"]),
+            )
+        )
     columns += [
-        Column("runs", lambda r: {"runs": r["runs"], "failed": r["failed"]},
-               lambda r: str(r["runs"]) + (f" ({r['failed']} failed)" if r["failed"] else "")),
+        Column(
+            "runs",
+            lambda r: {"runs": r["runs"], "failed": r["failed"]},
+            lambda r: str(r["runs"]) + (f" ({r['failed']} failed)" if r["failed"] else ""),
+        ),
         _stat_column(task.label(summary["metric"]), "validation", lambda r: r["validation"]),
-        *[_stat_column(f"test {m.label}", f"test_{m.name}", lambda r, name=m.name: r["test"][name])
-          for m in task.summary_metrics()],
+        *[
+            _stat_column(f"test {m.label}", f"test_{m.name}", lambda r, name=m.name: r["test"][name])
+            for m in task.summary_metrics()
+        ],
         # beside a test split the data gave (scored whole), its main metric on the rows no earlier split holds
-        *([_stat_column(f"test {main.label}, unseen rows", f"test_unseen_{main.name}",
-                        lambda r: (r["test_unseen"] or {}).get(main.name, EMPTY))]
-          if any(r["test_unseen"] for r in rows) else []),
+        *(
+            [
+                _stat_column(
+                    f"test {main.label}, unseen rows",
+                    f"test_unseen_{main.name}",
+                    lambda r: (r["test_unseen"] or {}).get(main.name, EMPTY),
+                )
+            ]
+            if any(r["test_unseen"] for r in rows)
+            else []
+        ),
         # with training.calibration: what the temperature did to the test calibration error
-        *([_stat_column("test ECE, uncalibrated", "test_ece_uncalibrated",
-                        lambda r: (r.get("calibration") or {}).get("ece_uncalibrated", EMPTY)),
-           _stat_column("test ECE, calibrated", "test_ece_calibrated", lambda r: (r.get("calibration") or {}).get("ece", EMPTY)),
-           _stat_column("temperature", "temperature", lambda r: (r.get("calibration") or {}).get("temperature", EMPTY), 2)]
-          if any(r.get("calibration") for r in rows) else []),
-        Column("trainable params", lambda r: {"trainable_params": r["trainable_params"]},
-               lambda r: f"{r['trainable_params']:,}" if r["trainable_params"] else "-"),
-        _stat_column("train compute (TFLOP)", "train_tflops", lambda r: scaled(r.get("train_flops"), 1e-12), 1),
+        *(
+            [
+                _stat_column(
+                    "test ECE, uncalibrated",
+                    "test_ece_uncalibrated",
+                    lambda r: (r.get("calibration") or {}).get("ece_uncalibrated", EMPTY),
+                ),
+                _stat_column(
+                    "test ECE, calibrated",
+                    "test_ece_calibrated",
+                    lambda r: (r.get("calibration") or {}).get("ece", EMPTY),
+                ),
+                _stat_column(
+                    "temperature",
+                    "temperature",
+                    lambda r: (r.get("calibration") or {}).get("temperature", EMPTY),
+                    2,
+                ),
+            ]
+            if any(r.get("calibration") for r in rows)
+            else []
+        ),
+        Column(
+            "trainable params",
+            lambda r: {"trainable_params": r["trainable_params"]},
+            lambda r: f"{r['trainable_params']:,}" if r["trainable_params"] else "-",
+        ),
+        _stat_column(
+            "train compute (TFLOP)", "train_tflops", lambda r: scaled(r.get("train_flops"), 1e-12), 1
+        ),
         _stat_column("memory (MB)", "memory_mb", lambda r: r.get("memory_mb") or EMPTY, 0),
         # measured on this machine under its load: shown, never deciding
         _stat_column("train time (s, measured)", "train_time_s", lambda r: r["train_time_s"], 1),
@@ -92,22 +141,39 @@ def comparison_columns(summary: dict, key: str = "comparisons") -> list[Column]:
     task = TASKS[summary["task"]]
     columns = [Column("A vs B", lambda c: {"a": c["a"], "b": c["b"]}, lambda c: f"{c['a']} vs {c['b']}")]
     if any(c["shots_per_class"] is not None for c in summary[key]):
-        columns.append(Column("shots per class", lambda c: {"shots_per_class": c["shots_per_class"]},
-                              lambda c: "all" if c["shots_per_class"] is None else str(c["shots_per_class"])))
-    columns.append(Column("paired runs", lambda c: {"paired_runs": c["paired_runs"]}, lambda c: str(c["paired_runs"])))
+        columns.append(
+            Column(
+                "shots per class",
+                lambda c: {"shots_per_class": c["shots_per_class"]},
+                lambda c: "all" if c["shots_per_class"] is None else str(c["shots_per_class"]),
+            )
+        )
+    columns.append(
+        Column("paired runs", lambda c: {"paired_runs": c["paired_runs"]}, lambda c: str(c["paired_runs"]))
+    )
     for name in task.compared_metrics:
-        columns += [Column(f"Δ {task.metric(name).label} [95% CI]",
-                           lambda c, name=name: {f"{name}_{k}": c[name][k] for k in ("difference", "low", "high")},
-                           lambda c, name=name: f"{signed(c[name]['difference'])} [{signed(c[name]['low'])}, {signed(c[name]['high'])}]"),
-                    Column("p", lambda c, name=name: {f"{name}_p_value": c[name]["p_value"]},
-                           lambda c, name=name: f"{c[name]['p_value']:.4f}")]
+        columns += [
+            Column(
+                f"Δ {task.metric(name).label} [95% CI]",
+                lambda c, name=name: {f"{name}_{k}": c[name][k] for k in ("difference", "low", "high")},
+                lambda c, name=name: (
+                    f"{signed(c[name]['difference'])} [{signed(c[name]['low'])}, {signed(c[name]['high'])}]"
+                ),
+            ),
+            Column(
+                "p",
+                lambda c, name=name: {f"{name}_p_value": c[name]["p_value"]},
+                lambda c, name=name: f"{c[name]['p_value']:.4f}",
+            ),
+        ]
     return columns
 
 
 def markdown_table(columns: list[Column], items: list[dict]) -> list[str]:
     shown = [c for c in columns if c.title is not None]
-    return (["| " + " | ".join(c.title for c in shown) + " |", "|" + "---|" * len(shown)]
-            + ["| " + " | ".join(c.text(item) for c in shown) + " |" for item in items])
+    return ["| " + " | ".join(c.title for c in shown) + " |", "|" + "---|" * len(shown)] + [
+        "| " + " | ".join(c.text(item) for c in shown) + " |" for item in items
+    ]
 
 
 def csv_table(columns: list[Column], items: list[dict]) -> bytes:
@@ -134,32 +200,59 @@ def winner_columns(summary: dict) -> list[Column]:
     def ratio(key: str, text: Callable[[float], str]) -> Callable[[dict], str]:
         return lambda s: "-" if s["costs"][key] is None else text(s["costs"][key])
 
-    return [Column("strategy", lambda s: {"strategy": s["strategy"], "config_id": s["config_id"]}, lambda s: s["label"]),
-            Column(f"against {best}", lambda s: {"status": s["status"], "seed_dependent": s["seed_dependent"]},
-                   lambda s: s["status"] + (" (sign varies between paired runs)" if s["seed_dependent"] else "")),
-            Column(f"Δ test {label} [95% CI]", lambda s: {k: s["test"][k] for k in ("difference", "low", "high")},
-                   lambda s: f"{signed(s['test']['difference'])} [{signed(s['test']['low'])}, {signed(s['test']['high'])}]"),
-            Column("p", lambda s: {"p_value": s["test"]["p_value"]}, lambda s: f"{s['test']['p_value']:.4f}"),
-            Column("paired runs", lambda s: {"paired_runs": s["test"]["paired_runs"]}, paired),
-            Column(f"trainable params (share of {best}'s)", lambda s: {"params_ratio": s["costs"]["params"]},
-                   ratio("params", format_share)),
-            Column(f"train compute (× {best}'s)", lambda s: {"compute_ratio": s["costs"]["compute"]},
-                   ratio("compute", lambda r: f"{r:.2f}×")),
-            Column(f"memory (× {best}'s)", lambda s: {"memory_ratio": s["costs"]["memory"]},
-                   ratio("memory", lambda r: f"{r:.2f}×"))]
+    return [
+        Column(
+            "strategy",
+            lambda s: {"strategy": s["strategy"], "config_id": s["config_id"]},
+            lambda s: s["label"],
+        ),
+        Column(
+            f"against {best}",
+            lambda s: {"status": s["status"], "seed_dependent": s["seed_dependent"]},
+            lambda s: s["status"] + (" (sign varies between paired runs)" if s["seed_dependent"] else ""),
+        ),
+        Column(
+            f"Δ test {label} [95% CI]",
+            lambda s: {k: s["test"][k] for k in ("difference", "low", "high")},
+            lambda s: (
+                f"{signed(s['test']['difference'])} [{signed(s['test']['low'])}, {signed(s['test']['high'])}]"
+            ),
+        ),
+        Column("p", lambda s: {"p_value": s["test"]["p_value"]}, lambda s: f"{s['test']['p_value']:.4f}"),
+        Column("paired runs", lambda s: {"paired_runs": s["test"]["paired_runs"]}, paired),
+        Column(
+            f"trainable params (share of {best}'s)",
+            lambda s: {"params_ratio": s["costs"]["params"]},
+            ratio("params", format_share),
+        ),
+        Column(
+            f"train compute (× {best}'s)",
+            lambda s: {"compute_ratio": s["costs"]["compute"]},
+            ratio("compute", lambda r: f"{r:.2f}×"),
+        ),
+        Column(
+            f"memory (× {best}'s)",
+            lambda s: {"memory_ratio": s["costs"]["memory"]},
+            ratio("memory", lambda r: f"{r:.2f}×"),
+        ),
+    ]
 
 
 def winner_title(summary: dict) -> str:
     return f"Against {summary['verdict']['winner']['strategy']}, the best on validation"
 
 
-WINNER_NOTE = ("Δ = strategy − the best on validation, on the same test examples; within noise: the 95% interval holds "
-               "zero, p ≥ 0.05, or the sign differs between paired runs (seeds, folds). The interval and p come from a paired bootstrap over "
-               "test examples; the costs, counted, are multiples of the best's (within 10% count as equal).")
+WINNER_NOTE = (
+    "Δ = strategy − the best on validation, on the same test examples; within noise: the 95% interval holds "
+    "zero, p ≥ 0.05, or the sign differs between paired runs (seeds, folds). The interval and p come from a paired bootstrap over "
+    "test examples; the costs, counted, are multiples of the best's (within 10% count as equal)."
+)
 
 
 def describe_baseline(task: Task, baseline: dict) -> str:
-    scores = ", ".join(f"{m.label} {baseline[m.name]:.4f}" for m in task.summary_metrics() if m.name in baseline)
+    scores = ", ".join(
+        f"{m.label} {baseline[m.name]:.4f}" for m in task.summary_metrics() if m.name in baseline
+    )
     return f"{task.baseline_label} baseline on test: {scores}"
 
 
@@ -172,10 +265,17 @@ def summary_markdown(summary: dict, everything: bool = True) -> str:
     pair of strategies, the variants and the diagnostics (the terminal shows the short form)."""
     headline, *reasons = verdict_lines(summary)
     lines = ["## Verdict", "", f"**{headline}**", ""] + [f"- {line}" for line in reasons]
-    lines += ["", "## Configurations (mean ± standard deviation over runs: seeds, folds and few-shot draws)", ""]
+    lines += [
+        "",
+        "## Configurations (mean ± standard deviation over runs: seeds, folds and few-shot draws)",
+        "",
+    ]
     lines += markdown_table(configuration_columns(summary), summary["rows"])
-    lines += ["", f"The chosen setting of each strategy has the best mean {TASKS[summary['task']].label(summary['metric'])}; "
-              "test scores are only reported, never used to choose."]
+    lines += [
+        "",
+        f"The chosen setting of each strategy has the best mean {TASKS[summary['task']].label(summary['metric'])}; "
+        "test scores are only reported, never used to choose.",
+    ]
     if summary["memory_note"]:
         lines += ["", summary["memory_note"]]
     if summary["verdict"].get("standings"):
@@ -188,7 +288,9 @@ def summary_markdown(summary: dict, everything: bool = True) -> str:
         lines += markdown_table(comparison_columns(summary), summary["comparisons"]) + ["", COMPARISON_NOTE]
     if summary["variant_comparisons"]:
         lines += ["", f"## {VARIANTS_TITLE}", ""]
-        lines += markdown_table(comparison_columns(summary, "variant_comparisons"), summary["variant_comparisons"])
+        lines += markdown_table(
+            comparison_columns(summary, "variant_comparisons"), summary["variant_comparisons"]
+        )
     if summary["diagnostics"]:
         lines += ["", "## Diagnostics", ""] + markdown_table(diagnostic_columns(), summary["diagnostics"])
     return "\n".join(lines)
@@ -202,17 +304,30 @@ def terminal_summary(summary: dict, folder: Path) -> str:
     rest = [f"all {len(summary['comparisons'])} pairs of strategies"] if summary["comparisons"] else []
     rest += ["the variants"] if summary["variant_comparisons"] else []
     rest += [f"{len(summary['diagnostics'])} diagnostic finding(s)"] if summary["diagnostics"] else []
-    lines = [summary_markdown(summary, everything=False), "",
-             f"Files: {folder / 'summary.md'}" + (f" adds {', '.join(rest)}" if rest else "")
-             + "; summary.csv and comparisons.csv beside it; plots and report.html: python visualize.py"]
+    lines = [
+        summary_markdown(summary, everything=False),
+        "",
+        f"Files: {folder / 'summary.md'}"
+        + (f" adds {', '.join(rest)}" if rest else "")
+        + "; summary.csv and comparisons.csv beside it; plots and report.html: python visualize.py",
+    ]
     if summary["verdict"]["kind"] != "none":
-        recommended = next(r for r in summary["rows"] if r["config_id"] == summary["verdict"]["recommended_config_id"])
-        lines.append('Use the recommended run: python main.py predict --run recommended --text "..." '
-                     + ("(or export --run recommended --out DIR)" if not recommended.get("export_refused")
-                        else "(export refuses it: its head is in no Hugging Face model class)"))
+        recommended = next(
+            r for r in summary["rows"] if r["config_id"] == summary["verdict"]["recommended_config_id"]
+        )
+        lines.append(
+            'Use the recommended run: python main.py predict --run recommended --text "..." '
+            + (
+                "(or export --run recommended --out DIR)"
+                if not recommended.get("export_refused")
+                else "(export refuses it: its head is in no Hugging Face model class)"
+            )
+        )
         if summary.get("folds"):
-            lines.append("It is the fold's model that did best on its validation fold, trained without that fold: "
-                         "for a model trained on every training example, run the recommended setting without data.folds.")
+            lines.append(
+                "It is the fold's model that did best on its validation fold, trained without that fold: "
+                "for a model trained on every training example, run the recommended setting without data.folds."
+            )
     return "\n".join(lines)
 
 
@@ -220,20 +335,28 @@ def write_summary(summary: dict, folder: Path) -> None:
     """summary.md, summary.csv (one row per configuration), comparisons.csv (every pair),
     winner_comparisons.csv (each strategy against the best) and verdict.json (the verdict, numbers and words)."""
     atomic_write_bytes(folder / "summary.csv", csv_table(configuration_columns(summary), summary["rows"]))
-    atomic_write_bytes(folder / "comparisons.csv", csv_table(comparison_columns(summary), summary["comparisons"]))
+    atomic_write_bytes(
+        folder / "comparisons.csv", csv_table(comparison_columns(summary), summary["comparisons"])
+    )
     if summary["verdict"].get("standings"):
-        atomic_write_bytes(folder / "winner_comparisons.csv",
-                           csv_table(winner_columns(summary), summary["verdict"]["standings"]))
+        atomic_write_bytes(
+            folder / "winner_comparisons.csv",
+            csv_table(winner_columns(summary), summary["verdict"]["standings"]),
+        )
     if summary["variant_comparisons"]:
-        atomic_write_bytes(folder / "variant_comparisons.csv", csv_table(comparison_columns(summary, "variant_comparisons"),
-                                                                         summary["variant_comparisons"]))
+        atomic_write_bytes(
+            folder / "variant_comparisons.csv",
+            csv_table(comparison_columns(summary, "variant_comparisons"), summary["variant_comparisons"]),
+        )
     atomic_write_bytes(folder / "summary.md", (summary_markdown(summary) + "\n").encode())
     write_json(folder / "verdict.json", {**summary["verdict"], "sentences": verdict_lines(summary)})
 
 
 def diagnostic_columns() -> list[Column]:
-    return [Column("configuration", lambda d: {"config_id": d["config_id"]}, lambda d: d["configuration"]),
-            Column("finding", lambda d: {"kind": d["kind"]}, lambda d: d["kind"]),
-            Column("runs", lambda d: {"runs": d["runs"], "of": d["of"]}, lambda d: f"{d['runs']} of {d['of']}"),
-            Column("what was seen (first such run)", lambda d: {"message": d["message"]}, lambda d: d["message"]),
-            Column("next step", lambda d: {"next_step": d["next_step"]}, lambda d: d["next_step"])]
+    return [
+        Column("configuration", lambda d: {"config_id": d["config_id"]}, lambda d: d["configuration"]),
+        Column("finding", lambda d: {"kind": d["kind"]}, lambda d: d["kind"]),
+        Column("runs", lambda d: {"runs": d["runs"], "of": d["of"]}, lambda d: f"{d['runs']} of {d['of']}"),
+        Column("what was seen (first such run)", lambda d: {"message": d["message"]}, lambda d: d["message"]),
+        Column("next step", lambda d: {"next_step": d["next_step"]}, lambda d: d["next_step"]),
+    ]

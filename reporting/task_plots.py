@@ -32,16 +32,26 @@ def confusion_matrices(f: Figures) -> list[str]:
         if len(names) <= 20:
             for i in range(len(names)):
                 for j in range(len(names)):
-                    ax.text(j, i, str(counts[i, j]), ha="center", va="center", fontsize=9,
-                            color="white" if share[i, j] > 0.6 else "black")
+                    ax.text(
+                        j,
+                        i,
+                        str(counts[i, j]),
+                        ha="center",
+                        va="center",
+                        fontsize=9,
+                        color="white" if share[i, j] > 0.6 else "black",
+                    )
             ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
             ax.set_yticks(range(len(names)), names)
         ax.set_xlabel("predicted class")
         ax.set_ylabel("true class")
         fig.colorbar(image, ax=ax, fraction=0.046, label="share of the true class's test examples")
         main = f.task.metric(f.task.main_metric)
-        ax.set_title(f"Confusion on test: {row['strategy']}, best run {run['run_id']}\n"
-                     f"(numbers: test examples; {main.label} {run['test'][main.name]:.3f})", fontsize=11)
+        ax.set_title(
+            f"Confusion on test: {row['strategy']}, best run {run['run_id']}\n"
+            f"(numbers: test examples; {main.label} {run['test'][main.name]:.3f})",
+            fontsize=11,
+        )
         name = f"confusion_matrix_{row['strategy']}.png"
         written.append(f.save(fig, name))
     if not written:
@@ -49,11 +59,13 @@ def confusion_matrices(f: Figures) -> list[str]:
     return written
 
 
-
 def predicted_vs_true(f: Figures) -> list[str]:
     """One panel per strategy: the test predictions of its best run (highest validation score) against the truth."""
-    rows = [(row, best_run(runs, f.metric, f.task)) for row in f.headline
-            if (runs := [r for r in f.runs_of(row) if "test_labels" in r])]
+    rows = [
+        (row, best_run(runs, f.metric, f.task))
+        for row in f.headline
+        if (runs := [r for r in f.runs_of(row) if "test_labels" in r])
+    ]
     if not rows:
         raise NothingToDraw(NO_PREDICTIONS)
     columns = min(len(rows), 3)
@@ -74,24 +86,29 @@ def predicted_vs_true(f: Figures) -> list[str]:
         ax.set_ylim(low - margin, high + margin)
         ax.set_aspect("equal")
         test = run["test"]
-        ax.set_title(f"{row['strategy']}: " + ", ".join(f"{m.label} {test[m.name]:.3f}" for m in (main, error)),
-                     fontsize=10)
+        ax.set_title(
+            f"{row['strategy']}: " + ", ".join(f"{m.label} {test[m.name]:.3f}" for m in (main, error)),
+            fontsize=10,
+        )
         ax.set_xlabel(f"true {name}")
         ax.set_ylabel(f"predicted {name}")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="upper left")
-    for ax in list(axes.flat)[len(rows):]:
+    for ax in list(axes.flat)[len(rows) :]:
         ax.axis("off")
-    fig.suptitle(f"Predicted against true on test (each strategy's best run)\n{f.dataset}, {f.model}"
-                 f"{f.headline_note}")
+    fig.suptitle(
+        f"Predicted against true on test (each strategy's best run)\n{f.dataset}, {f.model}{f.headline_note}"
+    )
     return [f.save(fig, "predicted_vs_true.png")]
-
 
 
 def per_class_f1(f: Figures) -> list[str]:
     """Mean test F1 of every class (or entity type) under every configuration, rarest first."""
-    rows = [r for r in f.rows if r["shots_per_class"] == f.headline[0]["shots_per_class"]
-            and r["validation"]["mean"] is not None]
+    rows = [
+        r
+        for r in f.rows
+        if r["shots_per_class"] == f.headline[0]["shots_per_class"] and r["validation"]["mean"] is not None
+    ]
     if not rows or not all("per_class" in r["test"] for run in rows for r in f.runs_of(run)):
         raise NothingToDraw("needs the test scores per class of every configuration's runs")
     first = f.runs_of(rows[0])[0]
@@ -102,24 +119,36 @@ def per_class_f1(f: Figures) -> list[str]:
         counts = {name: c["support"] for name, c in first["test"]["per_class"].items()}
         counted, kind = "test entities", "entity type"
     names = sorted(counts, key=lambda name: (counts[name], name))
-    f1 = np.array([[np.mean([r["test"]["per_class"][name]["f1"] for r in f.runs_of(row)]) for name in names]
-                   for row in rows])
+    f1 = np.array(
+        [
+            [np.mean([r["test"]["per_class"][name]["f1"] for r in f.runs_of(row)]) for name in names]
+            for row in rows
+        ]
+    )
     fig, ax = plt.subplots(figsize=(min(5 + 0.8 * len(names), 24), 2.2 + 0.45 * len(rows)))
     image = ax.imshow(f1, cmap="RdYlGn", vmin=0, vmax=1, aspect="auto")
     if len(names) <= 20:
         for i in range(len(rows)):
             for j in range(len(names)):
                 ax.text(j, i, f"{f1[i, j]:.2f}", ha="center", va="center", fontsize=9)
-        ax.set_xticks(range(len(names)), [f"{name}\n({counts[name]})" for name in names], fontsize=9,
-                      **slanted_if_long(names))
+        ax.set_xticks(
+            range(len(names)),
+            [f"{name}\n({counts[name]})" for name in names],
+            fontsize=9,
+            **slanted_if_long(names),
+        )
     else:
         ax.set_xlabel(f"{kind}s, rarest first")
-    ax.set_yticks(range(len(rows)), [f"{configuration_label(r)}{' *' if r['chosen'] else ''}" for r in rows], fontsize=9)
+    ax.set_yticks(
+        range(len(rows)), [f"{configuration_label(r)}{' *' if r['chosen'] else ''}" for r in rows], fontsize=9
+    )
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.02, label="test F1")
-    ax.set_title(f"Test F1 per {kind}, rarest first: {f.dataset}, {f.model}{f.headline_note}\n"
-                 f"(mean over runs; in brackets: {counted}; * chosen setting)", fontsize=10)
+    ax.set_title(
+        f"Test F1 per {kind}, rarest first: {f.dataset}, {f.model}{f.headline_note}\n"
+        f"(mean over runs; in brackets: {counted}; * chosen setting)",
+        fontsize=10,
+    )
     return [f.save(fig, "per_class_f1.png")]
-
 
 
 def calibration(f: Figures) -> list[str]:
@@ -132,22 +161,52 @@ def calibration(f: Figures) -> list[str]:
         if not runs:
             continue
         # with training.calibration, the same runs before the temperature, dashed
-        reports = [("test", "", "-")] + ([("test_uncalibrated", ", before calibration", "--")]
-                                         if all(r.get("test_uncalibrated") for r in runs) else [])
+        reports = [("test", "", "-")] + (
+            [("test_uncalibrated", ", before calibration", "--")]
+            if all(r.get("test_uncalibrated") for r in runs)
+            else []
+        )
         color = None
         for key, note, style in reports:
             count = np.sum([r[key]["calibration"]["count"] for r in runs], axis=0)
-            sums = {part: np.sum([[(v or 0.0) * n for v, n in zip(r[key]["calibration"][part], r[key]["calibration"]["count"])]
-                                  for r in runs], axis=0) for part in ("confidence", "accuracy")}
+            sums = {
+                part: np.sum(
+                    [
+                        [
+                            (v or 0.0) * n
+                            for v, n in zip(r[key]["calibration"][part], r[key]["calibration"]["count"])
+                        ]
+                        for r in runs
+                    ],
+                    axis=0,
+                )
+                for part in ("confidence", "accuracy")
+            }
             filled = count > 0
-            confidence, accuracy = sums["confidence"][filled] / count[filled], sums["accuracy"][filled] / count[filled]
+            confidence, accuracy = (
+                sums["confidence"][filled] / count[filled],
+                sums["accuracy"][filled] / count[filled],
+            )
             ece = np.mean([r[key]["ece"] for r in runs])
-            line, = ax.plot(confidence, accuracy, linewidth=1, alpha=0.6, linestyle=style, color=color,
-                            label=f"{row['strategy']}{note} (ECE {ece:.3f}, {len(runs)} run(s))")
+            (line,) = ax.plot(
+                confidence,
+                accuracy,
+                linewidth=1,
+                alpha=0.6,
+                linestyle=style,
+                color=color,
+                label=f"{row['strategy']}{note} (ECE {ece:.3f}, {len(runs)} run(s))",
+            )
             color = line.get_color()
             # a bin of one or two predictions says little: the marker's area shows how many the point rests on
-            ax.scatter(confidence, accuracy, s=12 + 300 * count[filled] / count.sum(), color=color, zorder=3,
-                       marker="o" if style == "-" else "x")
+            ax.scatter(
+                confidence,
+                accuracy,
+                s=12 + 300 * count[filled] / count.sum(),
+                color=color,
+                zorder=3,
+                marker="o" if style == "-" else "x",
+            )
             if style == "-":
                 centres = (np.arange(len(count)) + 0.5) / len(count)
                 counts_ax.plot(centres[filled], count[filled] / count.sum(), marker=".", color=color)
@@ -160,9 +219,14 @@ def calibration(f: Figures) -> list[str]:
     ax.set_ylabel(outcome)
     ax.set_ylim(0, 1.02)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=9, loc="lower right", title="marker area: share of predictions in the bin", title_fontsize=9)
-    ax.set_title(f"Calibration on test: does what is stated with probability p come true p of the time?\n"
-                 f"{f.dataset}, {f.model}{f.headline_note}", fontsize=11)
+    ax.legend(
+        fontsize=9, loc="lower right", title="marker area: share of predictions in the bin", title_fontsize=9
+    )
+    ax.set_title(
+        f"Calibration on test: does what is stated with probability p come true p of the time?\n"
+        f"{f.dataset}, {f.model}{f.headline_note}",
+        fontsize=11,
+    )
     counts_ax.set_xlabel(f"{stated} (bins of 1/15)")
     counts_ax.set_ylabel("share of\npredictions")
     counts_ax.set_xlim(0, 1)
@@ -184,20 +248,31 @@ def label_co_occurrence(f: Figures) -> list[str]:
     if len(names) <= 20:
         for i in range(len(names)):
             for j in range(len(names)):
-                ax.text(j, i, str(together[i, j]), ha="center", va="center", fontsize=8,
-                        color="white" if i != j and share[i, j] > 0.6 else "black")
+                ax.text(
+                    j,
+                    i,
+                    str(together[i, j]),
+                    ha="center",
+                    va="center",
+                    fontsize=8,
+                    color="white" if i != j and share[i, j] > 0.6 else "black",
+                )
         ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
         ax.set_yticks(range(len(names)), names)
     ax.set_xlabel("also holds this label")
     ax.set_ylabel("texts with this label")
     fig.colorbar(image, ax=ax, fraction=0.046, label="share of the row label's training texts")
-    ax.set_title("Labels together in training\n(numbers: texts with both; diagonal: texts with the label)", fontsize=10)
+    ax.set_title(
+        "Labels together in training\n(numbers: texts with both; diagonal: texts with the label)", fontsize=10
+    )
     per_text = report["labels_per_text"]
     widest = max(len(counts) for counts in per_text.values())
     for offset, (split, counts) in enumerate(per_text.items()):
         total = sum(counts.values())
         shares = [counts.get(str(k), 0) / total for k in range(widest)]
-        bars.bar(np.arange(widest) + (offset - 1) * 0.27, shares, width=0.27, label=f"{split} ({total:,} texts)")
+        bars.bar(
+            np.arange(widest) + (offset - 1) * 0.27, shares, width=0.27, label=f"{split} ({total:,} texts)"
+        )
     bars.set_xticks(range(widest))
     bars.set_xlabel("labels per text")
     bars.set_ylabel("share of the split's texts")

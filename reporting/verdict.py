@@ -61,7 +61,9 @@ def headline_rows(rows: list[dict]) -> tuple[list[dict], int | None]:
     return [r for r in chosen if r["shots_per_class"] == largest], largest
 
 
-def against_winner(comparisons: list[dict], winner: str, other: str, shots: int | None, name: str) -> dict | None:
+def against_winner(
+    comparisons: list[dict], winner: str, other: str, shots: int | None, name: str
+) -> dict | None:
     """The paired comparison of `other` with `winner` on metric `name`, as other - winner."""
     for comparison in comparisons:
         if comparison["shots_per_class"] != shots or {comparison["a"], comparison["b"]} != {winner, other}:
@@ -69,13 +71,19 @@ def against_winner(comparisons: list[dict], winner: str, other: str, shots: int 
         sign = 1 if comparison["a"] == other else -1
         result = comparison[name]
         low, high = sorted((sign * result["low"], sign * result["high"]))
-        return {"difference": sign * result["difference"], "low": low, "high": high, "p_value": result["p_value"],
-                "per_run": [sign * d for d in result.get("per_run", [])], "paired_runs": comparison["paired_runs"]}
+        return {
+            "difference": sign * result["difference"],
+            "low": low,
+            "high": high,
+            "p_value": result["p_value"],
+            "per_run": [sign * d for d in result.get("per_run", [])],
+            "paired_runs": comparison["paired_runs"],
+        }
     return None
 
 
 def standing(test: dict, higher_is_better: bool) -> tuple[str, bool]:
-    """"behind", "ahead" or "within noise" of the winner, and whether a separation on the pooled test split
+    """ "behind", "ahead" or "within noise" of the winner, and whether a separation on the pooled test split
     failed to hold in every paired seed (then it counts as within noise: another seed could reverse it).
     Separated means the 95% interval excludes zero and p < 0.05: the percentile interval and the p-value can
     disagree near the edge, and a verdict should not call "clearly behind" what its own p calls noise."""
@@ -93,20 +101,28 @@ def cost_ratios(row: dict, winner: dict) -> dict[str, float | None]:
     """Trainable parameters, training compute and memory as multiples of the winner's (None: not counted, as
     in records made before costs were counted). Only costs that the same data and config always give decide:
     the measured training time and resident memory move with the machine's load, and are only shown."""
+
     def ratio(value, reference):
         return value / reference if value is not None and reference else None
 
     def mean(row: dict, key: str):
         return (row.get(key) or {}).get("mean")
-    return {"params": ratio(row["trainable_params"], winner["trainable_params"]),
-            "compute": ratio(mean(row, "train_flops"), mean(winner, "train_flops")),
-            "memory": ratio(mean(row, "memory_mb"), mean(winner, "memory_mb"))}
+
+    return {
+        "params": ratio(row["trainable_params"], winner["trainable_params"]),
+        "compute": ratio(mean(row, "train_flops"), mean(winner, "train_flops")),
+        "memory": ratio(mean(row, "memory_mb"), mean(winner, "memory_mb")),
+    }
 
 
 def cheaper_everywhere(costs: dict[str, float | None]) -> bool:
     """No measured cost above the winner's (within COST_TOLERANCE), and one clearly below it."""
     measured = [c for c in costs.values() if c is not None]
-    return bool(measured) and all(c <= 1 + COST_TOLERANCE for c in measured) and any(c < 1 - COST_TOLERANCE for c in measured)
+    return (
+        bool(measured)
+        and all(c <= 1 + COST_TOLERANCE for c in measured)
+        and any(c < 1 - COST_TOLERANCE for c in measured)
+    )
 
 
 def decide(summary: dict) -> dict:
@@ -132,36 +148,77 @@ def decide(summary: dict) -> dict:
             not_compared.append(row["strategy"])
             continue
         status, seed_dependent = standing(test, higher_is_better)
-        standings.append({"strategy": row["strategy"], "label": configuration_label(row), "config_id": row["config_id"],
-                          "status": status, "seed_dependent": seed_dependent, "test": test,
-                          "costs": cost_ratios(row, winner)})
+        standings.append(
+            {
+                "strategy": row["strategy"],
+                "label": configuration_label(row),
+                "config_id": row["config_id"],
+                "status": status,
+                "seed_dependent": seed_dependent,
+                "test": test,
+                "costs": cost_ratios(row, winner),
+            }
+        )
     tied = [s for s in standings if s["status"] == "within noise"]
-    cheaper = sorted((s for s in tied if cheaper_everywhere(s["costs"])),
-                     key=lambda s: (s["costs"]["params"] or 1, s["costs"]["memory"] or 1))
+    cheaper = sorted(
+        (s for s in tied if cheaper_everywhere(s["costs"])),
+        key=lambda s: (s["costs"]["params"] or 1, s["costs"]["memory"] or 1),
+    )
     widths = [(s["test"]["high"] - s["test"]["low"]) / 2 for s in standings]
     resolution = statistics.median(widths) if widths else None
     separated = any(s["status"] != "within noise" for s in standings)
-    kind = ("single" if not standings else
-            "undecided" if not separated and resolution > RESOLUTION_LIMIT else "decided")
+    kind = (
+        "single"
+        if not standings
+        else "undecided"
+        if not separated and resolution > RESOLUTION_LIMIT
+        else "decided"
+    )
     return {
-        "kind": kind, "metric": name, "selection_metric": summary["metric"], "shots_per_class": shots,
-        "winner": {"strategy": winner["strategy"], "label": configuration_label(winner), "config_id": winner["config_id"],
-                   "validation": winner["validation"],
-                   "test": winner["test"][name], "interval": (winner.get("test_interval") or {}).get(name),
-                   "runs": winner["runs"] - winner["failed"]},
+        "kind": kind,
+        "metric": name,
+        "selection_metric": summary["metric"],
+        "shots_per_class": shots,
+        "winner": {
+            "strategy": winner["strategy"],
+            "label": configuration_label(winner),
+            "config_id": winner["config_id"],
+            "validation": winner["validation"],
+            "test": winner["test"][name],
+            "interval": (winner.get("test_interval") or {}).get(name),
+            "runs": winner["runs"] - winner["failed"],
+        },
         "recommended": cheaper[0]["strategy"] if cheaper else winner["strategy"],
         "recommended_config_id": cheaper[0]["config_id"] if cheaper else winner["config_id"],
-        "standings": standings, "not_compared": not_compared, "resolution": resolution,
-        "validation_ties": [configuration_label(r) for r in slot if r is not winner
-                            and r["validation"]["mean"] == winner["validation"]["mean"]],
+        "standings": standings,
+        "not_compared": not_compared,
+        "resolution": resolution,
+        "validation_ties": [
+            configuration_label(r)
+            for r in slot
+            if r is not winner and r["validation"]["mean"] == winner["validation"]["mean"]
+        ],
         "seeds": min([winner["runs"] - winner["failed"]] + [s["test"]["paired_runs"] for s in standings]),
         "collapsed": collapsed_rows(summary, slot),
-        "test_examples": summary.get("test_examples"), "validation_examples": summary.get("validation_examples"),
+        "test_examples": summary.get("test_examples"),
+        "validation_examples": summary.get("validation_examples"),
         "folds": summary.get("folds"),
-        "other_slots": [{"shots_per_class": r["shots_per_class"], "label": configuration_label(r), "test": r["test"][name]}
-                        for r in best if r is not winner],
-        "searched": [{key: s[key] for key in ("strategy", "space", "trials", "completed", "pruned", "failed", "best",
-                                              "at_edge")} for s in searched],
+        "other_slots": [
+            {
+                "shots_per_class": r["shots_per_class"],
+                "label": configuration_label(r),
+                "test": r["test"][name],
+            }
+            for r in best
+            if r is not winner
+        ],
+        "searched": [
+            {
+                key: s[key]
+                for key in ("strategy", "space", "trials", "completed", "pruned", "failed", "best", "at_edge")
+            }
+            for s in searched
+        ],
     }
 
 
@@ -169,8 +226,15 @@ def collapsed_rows(summary: dict, slot: list[dict]) -> list[dict]:
     """The compared configurations some of whose runs collapsed (one prediction for every text, or outputs that
     barely vary with it): their standing says little about their strategy."""
     found = {d["config_id"]: d for d in summary.get("diagnostics", []) if d["kind"] == "collapse"}
-    return [{"label": configuration_label(r), "runs": found[r["config_id"]]["runs"], "of": found[r["config_id"]]["of"]}
-            for r in slot if r["config_id"] in found]
+    return [
+        {
+            "label": configuration_label(r),
+            "runs": found[r["config_id"]]["runs"],
+            "of": found[r["config_id"]]["of"],
+        }
+        for r in slot
+        if r["config_id"] in found
+    ]
 
 
 def best_per_slot(summary: dict, task: Task) -> list[dict]:
@@ -178,8 +242,15 @@ def best_per_slot(summary: dict, task: Task) -> list[dict]:
     the config among equals."""
     chosen = [r for r in summary["rows"] if r["chosen"]]
     slots = sorted({r["shots_per_class"] for r in chosen}, key=lambda s: (s is None, s or 0))
-    return [best_of([r for r in chosen if r["shots_per_class"] == slot], lambda r: r["validation"]["mean"],
-                    summary["metric"], task) for slot in slots]
+    return [
+        best_of(
+            [r for r in chosen if r["shots_per_class"] == slot],
+            lambda r: r["validation"]["mean"],
+            summary["metric"],
+            task,
+        )
+        for slot in slots
+    ]
 
 
 def format_p(p: float) -> str:
@@ -195,7 +266,7 @@ def format_share(ratio: float) -> str:
 
 
 def describe_costs(costs: dict[str, float | None], whose: str = "its") -> str:
-    """"0.33% of its trainable parameters, 0.62× its training compute and 0.40× its memory"."""
+    """ "0.33% of its trainable parameters, 0.62× its training compute and 0.40× its memory"."""
     parts = []
     if costs["params"] is not None:
         share = format_share(costs["params"])
@@ -231,11 +302,13 @@ def runs_named(runs: int, folds: dict | None) -> str:
 
 
 def describe_score(winner: dict, task: Task, name: str, folds: dict | None = None) -> str:
-    """"test macro-F1 0.9756 (95% interval 0.9520-0.9901 over test examples; ± 0.0040 over 3 seeds)"."""
+    """ "test macro-F1 0.9756 (95% interval 0.9520-0.9901 over test examples; ± 0.0040 over 3 seeds)"."""
     text = f"test {task.metric(name).label} {winner['test']['mean']:.4f}"
     spread = []
     if winner["interval"]:
-        spread.append(f"95% interval {winner['interval']['low']:.4f}–{winner['interval']['high']:.4f} over test examples")
+        spread.append(
+            f"95% interval {winner['interval']['low']:.4f}–{winner['interval']['high']:.4f} over test examples"
+        )
     if winner["test"]["std"] is not None:
         spread.append(f"± {winner['test']['std']:.4f} over {runs_named(winner['runs'], folds)}")
     return text + (f" ({'; '.join(spread)})" if spread else "")
@@ -258,11 +331,16 @@ class Reading(NamedTuple):
 def describe(verdict: dict, task: Task) -> list[str]:
     """The verdict in plain sentences, the recommendation first and the numbers behind it after."""
     if verdict["kind"] == "none":
-        return ["No configuration completed, so there is no verdict: see the failed runs."] + \
-            describe_search(verdict.get("searched") or [])
+        return ["No configuration completed, so there is no verdict: see the failed runs."] + describe_search(
+            verdict.get("searched") or []
+        )
     reading = read(verdict, task)
-    return (headline(verdict, task, reading) + details(verdict, task, reading)
-            + describe_search(verdict.get("searched") or []) + to_know_more(verdict))
+    return (
+        headline(verdict, task, reading)
+        + details(verdict, task, reading)
+        + describe_search(verdict.get("searched") or [])
+        + to_know_more(verdict)
+    )
 
 
 def read(verdict: dict, task: Task) -> Reading:
@@ -271,12 +349,20 @@ def read(verdict: dict, task: Task) -> Reading:
     best, label = winner["label"], task.metric(name).label
     folds = verdict.get("folds")
     selection = f"{task.label(verdict['selection_metric'])} {winner['validation']['mean']:.4f}" + (
-        f" (the mean over {folds['folds']} folds)" if folds else "")
-    scope = (f" (with {verdict['shots_per_class']} examples per class, the most this experiment trained on)"
-             if verdict["shots_per_class"] is not None else "")
-    by_status = {status: [s for s in verdict["standings"] if s["status"] == status]
-                 for status in ("within noise", "behind", "ahead")}
-    recommended = next((s for s in by_status["within noise"] if s["strategy"] == verdict["recommended"]), None)
+        f" (the mean over {folds['folds']} folds)" if folds else ""
+    )
+    scope = (
+        f" (with {verdict['shots_per_class']} examples per class, the most this experiment trained on)"
+        if verdict["shots_per_class"] is not None
+        else ""
+    )
+    by_status = {
+        status: [s for s in verdict["standings"] if s["status"] == status]
+        for status in ("within noise", "behind", "ahead")
+    }
+    recommended = next(
+        (s for s in by_status["within noise"] if s["strategy"] == verdict["recommended"]), None
+    )
     return Reading(name, label, winner, best, selection, scope, folds, by_status, recommended)
 
 
@@ -285,32 +371,46 @@ def headline(verdict: dict, task: Task, reading: Reading) -> list[str]:
     name, label, winner, best, selection, scope, folds, by_status, recommended = reading
     lines = []
     if verdict["kind"] == "single":
-        lines.append(f"Only {best} completed{scope}, so there is nothing to compare it with: "
-                     f"{describe_score(winner, task, name, folds)}.")
+        lines.append(
+            f"Only {best} completed{scope}, so there is nothing to compare it with: "
+            f"{describe_score(winner, task, name, folds)}."
+        )
     elif verdict["kind"] == "undecided":
-        lines.append(f"These results cannot tell the strategies apart yet{scope}: every difference from {best}, the best "
-                     f"on {selection}, is within noise on test {label}, whose 95% intervals are about "
-                     f"±{verdict['resolution']:.3f} wide.")
+        lines.append(
+            f"These results cannot tell the strategies apart yet{scope}: every difference from {best}, the best "
+            f"on {selection}, is within noise on test {label}, whose 95% intervals are about "
+            f"±{verdict['resolution']:.3f} wide."
+        )
         if recommended:
             whose = f"{best}'s"
-            lines.append(f"If you must choose now, {recommended['label']} costs least among them, with "
-                         f"{describe_costs(recommended['costs'], whose)}.")
+            lines.append(
+                f"If you must choose now, {recommended['label']} costs least among them, with "
+                f"{describe_costs(recommended['costs'], whose)}."
+            )
     elif recommended:
-        lines.append(f"Use {recommended['label']}{scope}: it is within noise of {best}, the best on validation, on test "
-                     f"{label} ({describe_difference(recommended['test'])}) with {describe_costs(recommended['costs'])}.")
+        lines.append(
+            f"Use {recommended['label']}{scope}: it is within noise of {best}, the best on validation, on test "
+            f"{label} ({describe_difference(recommended['test'])}) with {describe_costs(recommended['costs'])}."
+        )
     elif by_status["within noise"]:
-        lines.append(f"Use {best}{scope}: it is the best on {selection}; "
-                     f"{', '.join(s['label'] for s in by_status['within noise'])} "
-                     f"{'is' if len(by_status['within noise']) == 1 else 'are'} within noise of it on test {label}, "
-                     f"but none costs less on every measure.")
+        lines.append(
+            f"Use {best}{scope}: it is the best on {selection}; "
+            f"{', '.join(s['label'] for s in by_status['within noise'])} "
+            f"{'is' if len(by_status['within noise']) == 1 else 'are'} within noise of it on test {label}, "
+            f"but none costs less on every measure."
+        )
     elif by_status["ahead"]:  # test disagrees with validation: the headline must not call the rest behind
         ahead = [s["label"] for s in by_status["ahead"]]
-        lines.append(f"Use {best}{scope}: it is the best on {selection}, though {', '.join(ahead)} "
-                     f"{'scores' if len(ahead) == 1 else 'score'} higher on test {label} (below)"
-                     + ("; every other strategy is clearly behind it." if by_status["behind"] else "."))
+        lines.append(
+            f"Use {best}{scope}: it is the best on {selection}, though {', '.join(ahead)} "
+            f"{'scores' if len(ahead) == 1 else 'score'} higher on test {label} (below)"
+            + ("; every other strategy is clearly behind it." if by_status["behind"] else ".")
+        )
     else:
-        lines.append(f"Use {best}{scope}: it is the best on {selection}, and every other strategy is clearly behind "
-                     f"it on test {label}.")
+        lines.append(
+            f"Use {best}{scope}: it is the best on {selection}, and every other strategy is clearly behind "
+            f"it on test {label}."
+        )
     return lines
 
 
@@ -323,32 +423,61 @@ def details(verdict: dict, task: Task, reading: Reading) -> list[str]:
         lines.append(f"{best}: {selection}, {describe_score(winner, task, name, folds)}.")
     also = [s for s in by_status["within noise"] if s is not recommended]
     if also:
-        lines.append(f"{'Also w' if recommended else 'W'}ithin noise of {best} on test {label}: " + "; ".join(
-            f"{s['label']} ({describe_difference(s['test'])}"
-            + (f"; separated on the pooled test split but not in every {'paired run' if folds else 'seed'}"
-               if s["seed_dependent"] else "")
-            + f"; {describe_costs(s['costs'])})" for s in also) + ".")
+        lines.append(
+            f"{'Also w' if recommended else 'W'}ithin noise of {best} on test {label}: "
+            + "; ".join(
+                f"{s['label']} ({describe_difference(s['test'])}"
+                + (
+                    f"; separated on the pooled test split but not in every {'paired run' if folds else 'seed'}"
+                    if s["seed_dependent"]
+                    else ""
+                )
+                + f"; {describe_costs(s['costs'])})"
+                for s in also
+            )
+            + "."
+        )
     if by_status["behind"]:
-        lines.append(f"Clearly behind {best}: "
-                     + "; ".join(f"{s['label']} ({describe_difference(s['test'])})" for s in by_status["behind"]) + ".")
+        lines.append(
+            f"Clearly behind {best}: "
+            + "; ".join(f"{s['label']} ({describe_difference(s['test'])})" for s in by_status["behind"])
+            + "."
+        )
     for s in by_status["ahead"]:
-        lines.append(f"{s['label']} scored higher than {best} on test {label} ({describe_difference(s['test'])}) although "
-                     f"{best} was better on validation. Test never chooses here, but the disagreement suggests the "
-                     f"validation split{examples(verdict['validation_examples'])} is too small to choose reliably: "
-                     + ("run more seeds or fold repeats (data.fold_repeats)." if folds else
-                        f"cross-validate (data.folds={FOLDS_TO_SUGGEST}), enlarge it (data.validation_size) or run "
-                        "more seeds."))
+        lines.append(
+            f"{s['label']} scored higher than {best} on test {label} ({describe_difference(s['test'])}) although "
+            f"{best} was better on validation. Test never chooses here, but the disagreement suggests the "
+            f"validation split{examples(verdict['validation_examples'])} is too small to choose reliably: "
+            + (
+                "run more seeds or fold repeats (data.fold_repeats)."
+                if folds
+                else f"cross-validate (data.folds={FOLDS_TO_SUGGEST}), enlarge it (data.validation_size) or run "
+                "more seeds."
+            )
+        )
     for row in verdict.get("collapsed", []):
         runs = "its run" if row["of"] == 1 else f"{row['runs']} of its {row['of']} runs"
-        lines.append(f"{row['label']}: {runs} learned little from the text (one prediction for nearly every text, or "
-                     "outputs that barely vary with it), so its place here is no verdict on the strategy: see the "
-                     "diagnostics for the likely causes (the head, the learning rate, too few steps).")
+        lines.append(
+            f"{row['label']}: {runs} learned little from the text (one prediction for nearly every text, or "
+            "outputs that barely vary with it), so its place here is no verdict on the strategy: see the "
+            "diagnostics for the likely causes (the head, the learning rate, too few steps)."
+        )
     if verdict["not_compared"]:
-        lines.append(f"Not compared: {', '.join(verdict['not_compared'])} (no completed run paired with {best}'s).")
+        lines.append(
+            f"Not compared: {', '.join(verdict['not_compared'])} (no completed run paired with {best}'s)."
+        )
     if verdict["other_slots"]:
-        lines.append("With other amounts of training data, the best on validation (test " + label + "): " + "; ".join(
-            ("all examples" if o["shots_per_class"] is None else f"{o['shots_per_class']} per class")
-            + f": {o['label']} ({o['test']['mean']:.4f})" for o in verdict["other_slots"]) + ".")
+        lines.append(
+            "With other amounts of training data, the best on validation (test "
+            + label
+            + "): "
+            + "; ".join(
+                ("all examples" if o["shots_per_class"] is None else f"{o['shots_per_class']} per class")
+                + f": {o['label']} ({o['test']['mean']:.4f})"
+                for o in verdict["other_slots"]
+            )
+            + "."
+        )
     return lines
 
 
@@ -361,16 +490,26 @@ def describe_search(searched: list[dict]) -> list[str]:
     for s in searched:
         ranges = ", ".join(f"{short_key(k)} {describe_range(v)}" for k, v in s["space"].items())
         ended = ", ".join(f"{s[k]} {k}" for k in ("pruned", "failed") if s[k])
-        best = s["best"] and ", ".join(f"{short_key(k)} {v:.3g}" if isinstance(v, float) else f"{short_key(k)} {v}"
-                                       for k, v in s["best"]["settings"].items())
-        parts.append(f"{s['strategy']} over {ranges} ({s['trials']} trials{'; ' + ended if ended else ''}): "
-                     + (f"best {best}" if best else "no trial completed"))
-    lines = ["Each strategy's settings were searched on validation, then the best confirmed: " + "; ".join(parts) + "."]
+        best = s["best"] and ", ".join(
+            f"{short_key(k)} {v:.3g}" if isinstance(v, float) else f"{short_key(k)} {v}"
+            for k, v in s["best"]["settings"].items()
+        )
+        parts.append(
+            f"{s['strategy']} over {ranges} ({s['trials']} trials{'; ' + ended if ended else ''}): "
+            + (f"best {best}" if best else "no trial completed")
+        )
+    lines = [
+        "Each strategy's settings were searched on validation, then the best confirmed: "
+        + "; ".join(parts)
+        + "."
+    ]
     for s in searched:
         for key, edge in s["at_edge"].items():
-            lines.append(f"{s['strategy']}'s best {short_key(key)} ({s['best']['settings'][key]:.3g}) sits at the {edge} "
-                         f"edge of its range ({describe_range(s['space'][key])}): the best may lie beyond it; widen "
-                         f"search.space.{key} and search again.")
+            lines.append(
+                f"{s['strategy']}'s best {short_key(key)} ({s['best']['settings'][key]:.3g}) sits at the {edge} "
+                f"edge of its range ({describe_range(s['space'][key])}): the best may lie beyond it; widen "
+                f"search.space.{key} and search again."
+            )
     return lines
 
 
@@ -383,18 +522,27 @@ def to_know_more(verdict: dict) -> list[str]:
     notes = []
     if verdict["validation_ties"]:
         tied = ", ".join([verdict["winner"]["label"], *verdict["validation_ties"]])
-        notes.append(f"{tied} tie on validation ({verdict['winner']['validation']['mean']:.4f}); "
-                     f"{verdict['winner']['label']} is the reference because it comes first in the config. "
-                     + ("More seeds or fold repeats (data.fold_repeats) would separate them." if verdict.get("folds")
-                        else "A larger validation split (data.validation_size) or more seeds would separate them."))
+        notes.append(
+            f"{tied} tie on validation ({verdict['winner']['validation']['mean']:.4f}); "
+            f"{verdict['winner']['label']} is the reference because it comes first in the config. "
+            + (
+                "More seeds or fold repeats (data.fold_repeats) would separate them."
+                if verdict.get("folds")
+                else "A larger validation split (data.validation_size) or more seeds would separate them."
+            )
+        )
     if verdict["kind"] != "single" and verdict["seeds"] < 2:
-        notes.append("Each configuration ran with one seed, so how far the ranking moves with the seed is unknown: "
-                     f"run three or more ({SEEDS_TO_SUGGEST}).")
+        notes.append(
+            "Each configuration ran with one seed, so how far the ranking moves with the seed is unknown: "
+            f"run three or more ({SEEDS_TO_SUGGEST})."
+        )
     notes += folds_note(verdict)
     if verdict["resolution"] is not None and verdict["resolution"] > RESOLUTION_LIMIT:
-        notes.append(f"On this test split{examples(verdict['test_examples'])} the 95% intervals are about "
-                     f"±{verdict['resolution']:.3f} wide, so smaller differences cannot be seen: a larger test split "
-                     "(data.test_size, or a larger test file) narrows them.")
+        notes.append(
+            f"On this test split{examples(verdict['test_examples'])} the 95% intervals are about "
+            f"±{verdict['resolution']:.3f} wide, so smaller differences cannot be seen: a larger test split "
+            "(data.test_size, or a larger test file) narrows them."
+        )
     return notes
 
 
@@ -404,8 +552,14 @@ def folds_note(verdict: dict) -> list[str]:
     small = bool(count) and count < SMALL_VALIDATION
     if verdict.get("folds") or verdict["kind"] == "single" or not (small or verdict["validation_ties"]):
         return []
-    swing = (f", where a score of 0.85 moves by about ±{1.96 * (0.85 * 0.15 / count) ** 0.5:.2f} (95%) with which "
-             "examples were drawn" if small else "")
-    return [f"The choice rests on {f'{count:,}' if count else 'its'} validation examples{swing}: cross-validation "
-            f"lets every training example serve once for the choice. data.folds={FOLDS_TO_SUGGEST} trains every "
-            f"configuration once per fold, {FOLDS_TO_SUGGEST}× this experiment's training (docs/verdict.md)."]
+    swing = (
+        f", where a score of 0.85 moves by about ±{1.96 * (0.85 * 0.15 / count) ** 0.5:.2f} (95%) with which "
+        "examples were drawn"
+        if small
+        else ""
+    )
+    return [
+        f"The choice rests on {f'{count:,}' if count else 'its'} validation examples{swing}: cross-validation "
+        f"lets every training example serve once for the choice. data.folds={FOLDS_TO_SUGGEST} trains every "
+        f"configuration once per fold, {FOLDS_TO_SUGGEST}× this experiment's training (docs/verdict.md)."
+    ]

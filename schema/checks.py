@@ -19,9 +19,16 @@ class Problems(list):
 
 def list_problem(values, key: str, valid, allowed: str) -> list[str]:
     """The problem of a list setting whose items are not distinct and valid (none for null)."""
-    return [] if values is None else problem(
-        len(values) > 0 and all(valid(v) for v in values) and len(set(values)) == len(values),
-        key, values, f"a non-empty list of distinct {allowed}")
+    return (
+        []
+        if values is None
+        else problem(
+            len(values) > 0 and all(valid(v) for v in values) and len(set(values)) == len(values),
+            key,
+            values,
+            f"a non-empty list of distinct {allowed}",
+        )
+    )
 
 
 def varied_keys(cfg) -> set[str]:

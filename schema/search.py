@@ -36,17 +36,25 @@ class SearchConfig:
     """Where the studies live: null, a journal file in output.dir (resumable; workers of --shard K/N on one folder share it), unless the environment variable BERTLAB_SEARCH_STORAGE names a database; or a database URL, `postgresql://user@host/db` for workers on many machines (docs/scaling.md; a password is better left to PGPASSWORD or ~/.pgpass), `sqlite:///file.db` on one."""
 
     def __post_init__(self):  # YAML 1.1 reads 1e-5 (no dot) as a string
-        self.space = {key: {k: numeric(v) for k, v in spec.items()} if isinstance(spec, dict) else spec
-                      for key, spec in self.space.items()}
+        self.space = {
+            key: {k: numeric(v) for k, v in spec.items()} if isinstance(spec, dict) else spec
+            for key, spec in self.space.items()
+        }
 
     def problems(self) -> list[str]:
-        return (problem(self.trials >= 1, "search.trials", self.trials, "an integer >= 1")
-                + problem(self.time_budget is None or self.time_budget > 0, "search.time_budget", self.time_budget,
-                          "seconds > 0, or null")
-                + problem(self.confirm_top_k >= 1, "search.confirm_top_k", self.confirm_top_k, "an integer >= 1")
-                + list_problem(self.confirm_seeds, "search.confirm_seeds", lambda v: True, "integers")
-                + [p for key, spec in self.space.items() for p in range_problems(f"search.space.{key}", spec)]
-                + ([] if self.storage is None else storage_problems("search.storage", self.storage)))
+        return (
+            problem(self.trials >= 1, "search.trials", self.trials, "an integer >= 1")
+            + problem(
+                self.time_budget is None or self.time_budget > 0,
+                "search.time_budget",
+                self.time_budget,
+                "seconds > 0, or null",
+            )
+            + problem(self.confirm_top_k >= 1, "search.confirm_top_k", self.confirm_top_k, "an integer >= 1")
+            + list_problem(self.confirm_seeds, "search.confirm_seeds", lambda v: True, "integers")
+            + [p for key, spec in self.space.items() for p in range_problems(f"search.space.{key}", spec)]
+            + ([] if self.storage is None else storage_problems("search.storage", self.storage))
+        )
 
 
 STORAGE_VARIABLE = "BERTLAB_SEARCH_STORAGE"  # the database URL when search.storage is null
@@ -60,8 +68,12 @@ def storage_problems(key: str, url: str) -> list[str]:
         backend = sqlalchemy.engine.make_url(url).get_backend_name()
     except sqlalchemy.exc.ArgumentError:
         backend = None
-    return problem(backend in DATABASES, key, shown_url(url),
-                   "a database URL such as postgresql://user@host/db or sqlite:///studies.db, or null")
+    return problem(
+        backend in DATABASES,
+        key,
+        shown_url(url),
+        "a database URL such as postgresql://user@host/db or sqlite:///studies.db, or null",
+    )
 
 
 def database_url(url: str) -> str:
@@ -88,14 +100,20 @@ def shown_url(url: str) -> str:
 def range_problems(key: str, spec: dict | list) -> list[str]:
     """What is wrong with one searched range: `{low, high, log}` or a non-empty list of distinct choices."""
     if isinstance(spec, list):
-        return problem(len(spec) > 0 and len({repr(v) for v in spec}) == len(spec), key, spec,
-                       "a non-empty list of distinct choices, or {low, high, log}")
+        return problem(
+            len(spec) > 0 and len({repr(v) for v in spec}) == len(spec),
+            key,
+            spec,
+            "a non-empty list of distinct choices, or {low, high, log}",
+        )
     allowed = "{low: number, high: number above low, log: true or false} (log needs low > 0)"
     if set(spec) - {"low", "high", "log"} or not {"low", "high"} <= set(spec):
         return problem(False, key, spec, allowed)
     low, high, log = spec["low"], spec["high"], spec.get("log", False)
     numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (low, high))
-    return problem(numbers and isinstance(log, bool) and low < high and (not log or low > 0), key, spec, allowed)
+    return problem(
+        numbers and isinstance(log, bool) and low < high and (not log or low > 0), key, spec, allowed
+    )
 
 
 def numeric(value):
@@ -114,7 +132,7 @@ def range_values(spec: dict | list) -> list[Any]:
 
 
 def edge_of_range(value, spec: dict | list) -> str | None:
-    """"low" or "high" when a value lies in the outer tenth of its range (by log where the range is): a best
+    """ "low" or "high" when a value lies in the outer tenth of its range (by log where the range is): a best
     setting there may lie beyond it. None inside, and for choices."""
     if isinstance(spec, list):
         return None

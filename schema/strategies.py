@@ -23,17 +23,26 @@ class StrategyConfig:
 
     def problems(self, key: str, cfg) -> list[str]:
         """The strategy's own settings that are out of range (`key`: its section, strategies.<name>)."""
-        return (problem(self.learning_rate is None or self.learning_rate > 0, f"{key}.learning_rate", self.learning_rate,
-                        "a number > 0, or null")
-                + list_problem(self.learning_rates, f"{key}.learning_rates", lambda v: v > 0, "numbers > 0"))
+        return problem(
+            self.learning_rate is None or self.learning_rate > 0,
+            f"{key}.learning_rate",
+            self.learning_rate,
+            "a number > 0, or null",
+        ) + list_problem(self.learning_rates, f"{key}.learning_rates", lambda v: v > 0, "numbers > 0")
 
 
 def adapter_problems(adapter, key: str) -> list[str]:
     """Rank, alpha and target modules of a low-rank adapter (LoRA, LoHa, LoKr)."""
-    return (problem(adapter.rank >= 1, f"{key}.rank", adapter.rank, "an integer >= 1")
-            + problem(adapter.alpha >= 1, f"{key}.alpha", adapter.alpha, "an integer >= 1")
-            + problem(len(adapter.target_modules) > 0, f"{key}.target_modules", adapter.target_modules,
-                      "a non-empty list of module names, e.g. [query, value]"))
+    return (
+        problem(adapter.rank >= 1, f"{key}.rank", adapter.rank, "an integer >= 1")
+        + problem(adapter.alpha >= 1, f"{key}.alpha", adapter.alpha, "an integer >= 1")
+        + problem(
+            len(adapter.target_modules) > 0,
+            f"{key}.target_modules",
+            adapter.target_modules,
+            "a non-empty list of module names, e.g. [query, value]",
+        )
+    )
 
 
 @dataclass
@@ -51,9 +60,12 @@ class LoraConfig(StrategyConfig):
     """Names of the linear layers that get adapters."""
 
     def problems(self, key, cfg):
-        return (super().problems(key, cfg) + adapter_problems(self, key)
-                + problem(0 <= self.dropout < 1, f"{key}.dropout", self.dropout, "0 <= dropout < 1")
-                + list_problem(self.rank_values, f"{key}.rank_values", lambda v: v >= 1, "integers >= 1"))
+        return (
+            super().problems(key, cfg)
+            + adapter_problems(self, key)
+            + problem(0 <= self.dropout < 1, f"{key}.dropout", self.dropout, "0 <= dropout < 1")
+            + list_problem(self.rank_values, f"{key}.rank_values", lambda v: v >= 1, "integers >= 1")
+        )
 
 
 @dataclass
@@ -65,8 +77,12 @@ class PromptTuningConfig(StrategyConfig):
     """Text to initialise the virtual tokens from (e.g. "Classify the customer question:"); null: random."""
 
     def problems(self, key, cfg):
-        return super().problems(key, cfg) + problem(self.num_virtual_tokens >= 1, f"{key}.num_virtual_tokens",
-                                                    self.num_virtual_tokens, "an integer >= 1")
+        return super().problems(key, cfg) + problem(
+            self.num_virtual_tokens >= 1,
+            f"{key}.num_virtual_tokens",
+            self.num_virtual_tokens,
+            "an integer >= 1",
+        )
 
 
 @dataclass
@@ -77,8 +93,9 @@ class PartialFreezingConfig(StrategyConfig):
     """How many of the top encoder layers train (with the pooler and head); 0 to the model's layer count."""
 
     def problems(self, key, cfg):
-        return super().problems(key, cfg) + problem(self.trainable_layers >= 0, f"{key}.trainable_layers",
-                                                    self.trainable_layers, "an integer >= 0")
+        return super().problems(key, cfg) + problem(
+            self.trainable_layers >= 0, f"{key}.trainable_layers", self.trainable_layers, "an integer >= 0"
+        )
 
 
 @dataclass
@@ -91,10 +108,16 @@ class GradualUnfreezingConfig(StrategyConfig):
     """Encoder layers unfrozen per epoch after those, from the top; 0: all at once."""
 
     def problems(self, key, cfg):
-        return (super().problems(key, cfg)
-                + problem(self.head_epochs >= 0, f"{key}.head_epochs", self.head_epochs, "an integer >= 0")
-                + problem(self.layers_per_epoch >= 0, f"{key}.layers_per_epoch", self.layers_per_epoch,
-                          "an integer >= 0 (0: all layers at once)"))
+        return (
+            super().problems(key, cfg)
+            + problem(self.head_epochs >= 0, f"{key}.head_epochs", self.head_epochs, "an integer >= 0")
+            + problem(
+                self.layers_per_epoch >= 0,
+                f"{key}.layers_per_epoch",
+                self.layers_per_epoch,
+                "an integer >= 0 (0: all layers at once)",
+            )
+        )
 
 
 @dataclass
@@ -110,8 +133,9 @@ class BottleneckAdapterConfig(StrategyConfig):
     """Between the down- and up-projection."""
 
     def problems(self, key, cfg):
-        return super().problems(key, cfg) + problem(self.reduction_factor >= 1, f"{key}.reduction_factor",
-                                                    self.reduction_factor, "an integer >= 1")
+        return super().problems(key, cfg) + problem(
+            self.reduction_factor >= 1, f"{key}.reduction_factor", self.reduction_factor, "an integer >= 1"
+        )
 
 
 @dataclass
@@ -125,13 +149,22 @@ class IA3Config(StrategyConfig):
     """Which of them are feed-forward layers (rescaled on their input); null: PEFT's choice."""
 
     def problems(self, key, cfg):
-        return (super().problems(key, cfg)
-                + problem(self.target_modules is None or len(self.target_modules) > 0, f"{key}.target_modules",
-                          self.target_modules, "a non-empty list of module names, or null")
-                + problem(self.feedforward_modules is None
-                          or set(self.feedforward_modules) <= set(self.target_modules or []),
-                          f"{key}.feedforward_modules", self.feedforward_modules,
-                          f"null, or some of {key}.target_modules (which must then be set)"))
+        return (
+            super().problems(key, cfg)
+            + problem(
+                self.target_modules is None or len(self.target_modules) > 0,
+                f"{key}.target_modules",
+                self.target_modules,
+                "a non-empty list of module names, or null",
+            )
+            + problem(
+                self.feedforward_modules is None
+                or set(self.feedforward_modules) <= set(self.target_modules or []),
+                f"{key}.feedforward_modules",
+                self.feedforward_modules,
+                f"null, or some of {key}.target_modules (which must then be set)",
+            )
+        )
 
 
 @dataclass
@@ -161,13 +194,24 @@ class FrozenEncoderConfig(StrategyConfig):
 
     def problems(self, key, cfg):
         found = super().problems(key, cfg)
-        if self.classifier == "logistic_regression" and cfg.data.task in TASKS and not TASKS[cfg.data.task].text_classes:
-            found += problem(False, f"{key}.classifier", self.classifier,
-                             f"head with data.task: {cfg.data.task} (it applies to classes)")
+        if (
+            self.classifier == "logistic_regression"
+            and cfg.data.task in TASKS
+            and not TASKS[cfg.data.task].text_classes
+        ):
+            found += problem(
+                False,
+                f"{key}.classifier",
+                self.classifier,
+                f"head with data.task: {cfg.data.task} (it applies to classes)",
+            )
         if not varied_keys(cfg) & {"model.head.type", f"{key}.classifier"}:
-            found += problem(self.classifier == "head" or cfg.model.head.type != "mlp", f"{key}.classifier",
-                             self.classifier, "head with model.head.type: mlp (logistic regression stands in for "
-                             "one linear layer)")
+            found += problem(
+                self.classifier == "head" or cfg.model.head.type != "mlp",
+                f"{key}.classifier",
+                self.classifier,
+                "head with model.head.type: mlp (logistic regression stands in for one linear layer)",
+            )
         return found
 
 
@@ -184,9 +228,13 @@ class SetFitConfig(StrategyConfig):
     """Pairs per step of contrastive training."""
 
     def problems(self, key, cfg):
-        return super().problems(key, cfg) + [p for name in ("num_iterations", "num_epochs", "batch_size")
-                                             for p in problem(getattr(self, name) >= 1, f"{key}.{name}",
-                                                              getattr(self, name), "an integer >= 1")]
+        return super().problems(key, cfg) + [
+            p
+            for name in ("num_iterations", "num_epochs", "batch_size")
+            for p in problem(
+                getattr(self, name) >= 1, f"{key}.{name}", getattr(self, name), "an integer >= 1"
+            )
+        ]
 
 
 @dataclass

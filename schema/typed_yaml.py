@@ -34,7 +34,8 @@ class StrictLoader(yaml.SafeLoader):
             key = self.construct_object(key_node, deep=True)
             if isinstance(key, typing.Hashable) and key in seen:
                 raise yaml.constructor.ConstructorError(
-                    None, None, f"the key {shown(key)} is given twice in one mapping", key_node.start_mark)
+                    None, None, f"the key {shown(key)} is given twice in one mapping", key_node.start_mark
+                )
             seen.add(key)
         return super().construct_mapping(node, deep)
 
@@ -47,8 +48,13 @@ def expanded_size(node, depth: int = 0, sizes: dict | None = None) -> int:
         raise yaml.YAMLError(f"nests deeper than {MAX_DEPTH} levels")
     if id(node) in sizes:
         return sizes[id(node)]
-    children = ([item for pair in node.value for item in pair] if isinstance(node, yaml.MappingNode)
-                else node.value if isinstance(node, yaml.SequenceNode) else [])
+    children = (
+        [item for pair in node.value for item in pair]
+        if isinstance(node, yaml.MappingNode)
+        else node.value
+        if isinstance(node, yaml.SequenceNode)
+        else []
+    )
     size = 1 + sum(expanded_size(child, depth + 1, sizes) for child in children)
     if size > MAX_NODES:
         raise yaml.YAMLError(f"expands to more than {MAX_NODES:,} values through its aliases")
@@ -80,8 +86,12 @@ def read_yaml(path: Path) -> dict:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-        kind = "YAML syntax error" if isinstance(err, yaml.MarkedYAMLError) and not isinstance(
-            err, yaml.constructor.ConstructorError) else "YAML error"
+        kind = (
+            "YAML syntax error"
+            if isinstance(err, yaml.MarkedYAMLError)
+            and not isinstance(err, yaml.constructor.ConstructorError)
+            else "YAML error"
+        )
         raise ConfigError(f"{path}: {kind}{where}: {problem}") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not UTF-8 text") from None
@@ -96,7 +106,9 @@ def apply_override(raw: dict, override: str) -> None:
     key, sep, text = override.partition("=")
     if not sep or not key:
         raise ConfigError(f"override {shown(override)} is not of the form section.key=value")
-    if text.strip().startswith(("|", ">")):  # YAML's block markers: on a command line they mean the characters
+    if text.strip().startswith(
+        ("|", ">")
+    ):  # YAML's block markers: on a command line they mean the characters
         value = text
     else:
         try:
@@ -176,9 +188,13 @@ def _convert(value, tp) -> tuple[bool, Any]:
             return False, value
         items = [_convert(item, args[0]) for item in value] if args else [(True, item) for item in value]
         return all(ok for ok, _ in items), [item for _, item in items]
-    if origin is dict and args[1] in (list, dict):  # sweep and variants: typed later, key by key, with the grid
-        ok = isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, args[1]) and (v or args[1] is dict)
-                                             for k, v in value.items())
+    if origin is dict and args[1] in (
+        list,
+        dict,
+    ):  # sweep and variants: typed later, key by key, with the grid
+        ok = isinstance(value, dict) and all(
+            isinstance(k, str) and isinstance(v, args[1]) and (v or args[1] is dict) for k, v in value.items()
+        )
         return ok, value
     if tp in (dict, list):  # search.space: a range or choices, typed later, key by key
         return isinstance(value, tp), value
@@ -219,7 +235,9 @@ def type_name(tp) -> str:
     if origin is dict and args[1] is list:
         return "a mapping of dotted keys to non-empty lists, e.g. {training.batch_size: [16, 32]}"
     if origin is dict and args[1] is dict:
-        return "a mapping of names to settings, e.g. {plain: {}, weighted: {training.class_weights: balanced}}"
+        return (
+            "a mapping of names to settings, e.g. {plain: {}, weighted: {training.class_weights: balanced}}"
+        )
     if origin is dict and args[1] == dict | list:
         return "a mapping of dotted keys to {low, high, log} or a list of choices, e.g. {strategies.lora.rank: [4, 8]}"
     if origin is dict:

@@ -34,19 +34,26 @@ def export_run(run: str, output_dir: str | Path, out: Path, force: bool = False)
         raise ConfigError(f"run {record['run_id']} ({record['strategy']}) cannot be exported: {refused}")
     tokenizer = load_tokenizer(cfg)
     tokenizer.model_max_length = cfg.model.max_length  # texts are truncated where the run truncated them
-    siblings = [r for r in read_results(results_file(output_dir))
-                if r["config_id"] == record["config_id"] and r["status"] == "completed"]
+    siblings = [
+        r
+        for r in read_results(results_file(output_dir))
+        if r["config_id"] == record["config_id"] and r["status"] == "completed"
+    ]
 
     def write(building: Path) -> None:
         nonlocal model
-        adapter = isinstance(model, peft.PeftModel) and model.peft_config[model.active_adapter].is_prompt_learning
+        adapter = (
+            isinstance(model, peft.PeftModel) and model.peft_config[model.active_adapter].is_prompt_learning
+        )
         if isinstance(model, peft.PeftModel) and not adapter:
             model = model.merge_and_unload()
         model.save_pretrained(building)
         tokenizer.save_pretrained(building)
         if record.get("decision"):  # label sets: what the card's usage reads each label's threshold from
             atomic_write_json(building / THRESHOLDS, record["decision"]["thresholds"])
-        (building / "README.md").write_text(model_card(record, cfg, siblings or [record], adapter), encoding="utf-8")
+        (building / "README.md").write_text(
+            model_card(record, cfg, siblings or [record], adapter), encoding="utf-8"
+        )
 
     return written_whole(out, write)
 
@@ -56,8 +63,9 @@ def check_target(out: Path, output_dir: str | Path, force: bool) -> None:
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out: '{out}' is a file; name a folder (new or empty)")
     if out.exists() and any(out.iterdir()) and not force:
-        raise ConfigError(f"--out: '{out}' exists and is not empty; choose another folder or pass --force to write "
-                          "into it")
+        raise ConfigError(
+            f"--out: '{out}' exists and is not empty; choose another folder or pass --force to write into it"
+        )
     if Path(output_dir).resolve() in (out.resolve(), *out.resolve().parents):
         raise ConfigError(f"--out: '{out}' is inside the output folder {output_dir}; export elsewhere")
 
@@ -83,8 +91,9 @@ def _scores(runs: list[dict], key: str) -> str:
     """A metric over the runs of one configuration: the value, or mean ± 95% interval with several seeds."""
     values = [r["best_metric"] if key == "validation" else r["test"][key] for r in runs]
     stats = aggregate(values)
-    return f"{stats['mean']:.4f}" + (f" ± {stats['ci95']:.4f} (95% interval over {stats['n']} runs)"
-                                      if stats["ci95"] is not None else "")
+    return f"{stats['mean']:.4f}" + (
+        f" ± {stats['ci95']:.4f} (95% interval over {stats['n']} runs)" if stats["ci95"] is not None else ""
+    )
 
 
 def label_table(distribution: dict | None, labels: list[str]) -> list[str]:
@@ -93,13 +102,27 @@ def label_table(distribution: dict | None, labels: list[str]) -> list[str]:
     if not distribution:
         return []
     if not all(isinstance(n, int) for n in distribution["train"].values()):  # a number's spread per split
-        return ([f"| {labels[0]} | " + " | ".join(distribution["train"]) + " |",
-                 "|---|" + "---|" * len(distribution["train"])]
-                + [f"| {split} | " + " | ".join(f"{v:.3f}" for v in stats.values()) + " |"
-                   for split, stats in distribution.items()] + [""])
-    return (["| label | " + " | ".join(distribution) + " |", "|---|" + "---|" * len(distribution)]
-            + [f"| {name} | " + " | ".join(str(distribution[split].get(name, "")) for split in distribution) + " |"
-               for name in distribution["train"]] + [""])
+        return (
+            [
+                f"| {labels[0]} | " + " | ".join(distribution["train"]) + " |",
+                "|---|" + "---|" * len(distribution["train"]),
+            ]
+            + [
+                f"| {split} | " + " | ".join(f"{v:.3f}" for v in stats.values()) + " |"
+                for split, stats in distribution.items()
+            ]
+            + [""]
+        )
+    return (
+        ["| label | " + " | ".join(distribution) + " |", "|---|" + "---|" * len(distribution)]
+        + [
+            f"| {name} | "
+            + " | ".join(str(distribution[split].get(name, "")) for split in distribution)
+            + " |"
+            for name in distribution["train"]
+        ]
+        + [""]
+    )
 
 
 def model_card(record: dict, cfg, runs: list[dict], adapter: bool) -> str:
@@ -107,55 +130,130 @@ def model_card(record: dict, cfg, runs: list[dict], adapter: bool) -> str:
     task = task_of([record])
     dataset = record["dataset"]
     labels = dataset["label_names"]
-    settings = {k: v for k, v in record["hyperparameters"].items()
-                if k in ("learning_rate", "rank", "alpha", "dropout", "target_modules", "num_virtual_tokens",
-                         "init_text", "trainable_layers", "batch_size", "num_epochs", "max_length")}
-    lines = [f"# {dataset['name']}: {record['strategy']} fine-tuning of {record['model']}", "",
-             f"A {task.name} model trained with bertlab (run `{record['run_id']}`, finished "
-             f"{record['finished_at'][:10]}; exported {time.strftime('%Y-%m-%d')}).", "",
-             "## How to use", ""]
+    settings = {
+        k: v
+        for k, v in record["hyperparameters"].items()
+        if k
+        in (
+            "learning_rate",
+            "rank",
+            "alpha",
+            "dropout",
+            "target_modules",
+            "num_virtual_tokens",
+            "init_text",
+            "trainable_layers",
+            "batch_size",
+            "num_epochs",
+            "max_length",
+        )
+    }
+    lines = [
+        f"# {dataset['name']}: {record['strategy']} fine-tuning of {record['model']}",
+        "",
+        f"A {task.name} model trained with bertlab (run `{record['run_id']}`, finished "
+        f"{record['finished_at'][:10]}; exported {time.strftime('%Y-%m-%d')}).",
+        "",
+        "## How to use",
+        "",
+    ]
     label_maps = f"num_labels={len(labels)}, id2label={dict(enumerate(labels))}, label2id={ {n: i for i, n in enumerate(labels)} }"
     if adapter:
-        lines += ["A PEFT prompt-tuning adapter (virtual tokens cannot be merged into the weights); its base model is "
-                  f"`{resolve_model_path(cfg.model.name)}` (`base_model_name_or_path` in adapter_config.json: point it "
-                  "at that model where you load it):", "", "```python",
-                  "from peft import AutoPeftModelForSequenceClassification", "from transformers import AutoTokenizer", "",
-                  f"model = AutoPeftModelForSequenceClassification.from_pretrained(FOLDER, {label_maps})",
-                  "tokenizer = AutoTokenizer.from_pretrained(FOLDER)", "```"]
+        lines += [
+            "A PEFT prompt-tuning adapter (virtual tokens cannot be merged into the weights); its base model is "
+            f"`{resolve_model_path(cfg.model.name)}` (`base_model_name_or_path` in adapter_config.json: point it "
+            "at that model where you load it):",
+            "",
+            "```python",
+            "from peft import AutoPeftModelForSequenceClassification",
+            "from transformers import AutoTokenizer",
+            "",
+            f"model = AutoPeftModelForSequenceClassification.from_pretrained(FOLDER, {label_maps})",
+            "tokenizer = AutoTokenizer.from_pretrained(FOLDER)",
+            "```",
+        ]
     else:
-        lines += ["```python", "from transformers import pipeline", "", *task.card_usage(cfg.data.text_pair_column is not None),
-                  "```"]
-    lines += ["", "## Training", "",
-              f"- Base model: `{record['model']}`"
-              + (f" (bundled by the pip package `{BUNDLED_MODELS[record['model']]}`)" if record["model"] in BUNDLED_MODELS else "")
-              + f"; strategy `{record['strategy']}`, "
-              f"{record['trainable_params']:,} of {record['total_params']:,} weights trained ({record['trainable_pct']}%).",
-              f"- Settings: {json.dumps(settings)}.",
-              f"- Data: `{dataset['name']}` (fingerprint {dataset['fingerprint']}); split sizes "
-              + ", ".join(f"{split} {n}" for split, n in dataset["sizes"].items()) + ".",
-              f"- Best epoch {record['best_epoch']} on validation ({record['stop_reason']}); seed {record['seed']}.",
-              *([f"- Calibrated: a temperature of {record['calibration']['temperature']:.3f}, fitted on the validation "
-                 "logits, is folded into the last layer, so the scores are the calibrated probabilities (test ECE "
-                 f"{record['test_uncalibrated']['ece']:.4f} before it, {record['test']['ece']:.4f} after)."]
-                if record.get("calibration") else []),
-              *(["- Decision: a label is given where its probability reaches its threshold ("
-                 + ("each label's own, tuned on validation to maximise its F1" if record["decision"]["setting"] == "tuned"
-                    else "one for every label") + f"; `{THRESHOLDS}` in this folder): "
-                 + ", ".join(f"{name} {t:.3f}" for name, t in record["decision"]["thresholds"].items()) + "."]
-                if record.get("decision") else []),
-              f"- Versions: {', '.join(f'{k} {v}' for k, v in record['versions'].items())}.", ""]
+        lines += [
+            "```python",
+            "from transformers import pipeline",
+            "",
+            *task.card_usage(cfg.data.text_pair_column is not None),
+            "```",
+        ]
+    lines += [
+        "",
+        "## Training",
+        "",
+        f"- Base model: `{record['model']}`"
+        + (
+            f" (bundled by the pip package `{BUNDLED_MODELS[record['model']]}`)"
+            if record["model"] in BUNDLED_MODELS
+            else ""
+        )
+        + f"; strategy `{record['strategy']}`, "
+        f"{record['trainable_params']:,} of {record['total_params']:,} weights trained ({record['trainable_pct']}%).",
+        f"- Settings: {json.dumps(settings)}.",
+        f"- Data: `{dataset['name']}` (fingerprint {dataset['fingerprint']}); split sizes "
+        + ", ".join(f"{split} {n}" for split, n in dataset["sizes"].items())
+        + ".",
+        f"- Best epoch {record['best_epoch']} on validation ({record['stop_reason']}); seed {record['seed']}.",
+        *(
+            [
+                f"- Calibrated: a temperature of {record['calibration']['temperature']:.3f}, fitted on the validation "
+                "logits, is folded into the last layer, so the scores are the calibrated probabilities (test ECE "
+                f"{record['test_uncalibrated']['ece']:.4f} before it, {record['test']['ece']:.4f} after)."
+            ]
+            if record.get("calibration")
+            else []
+        ),
+        *(
+            [
+                "- Decision: a label is given where its probability reaches its threshold ("
+                + (
+                    "each label's own, tuned on validation to maximise its F1"
+                    if record["decision"]["setting"] == "tuned"
+                    else "one for every label"
+                )
+                + f"; `{THRESHOLDS}` in this folder): "
+                + ", ".join(f"{name} {t:.3f}" for name, t in record["decision"]["thresholds"].items())
+                + "."
+            ]
+            if record.get("decision")
+            else []
+        ),
+        f"- Versions: {', '.join(f'{k} {v}' for k, v in record['versions'].items())}.",
+        "",
+    ]
     distribution = dataset.get("label_distribution")
     lines += label_table(distribution, labels)
-    lines += ["## Results", "",
-              f"- Best {task.label(cfg.training.early_stopping.metric)} (chose the epoch): {_scores(runs, 'validation')}"]
-    lines += [f"- Test {m.label} (only reported): {_scores(runs, m.name)}" for m in task.metrics
-              if all(m.name in r["test"] for r in runs)]  # records made before a metric existed lack it
+    lines += [
+        "## Results",
+        "",
+        f"- Best {task.label(cfg.training.early_stopping.metric)} (chose the epoch): {_scores(runs, 'validation')}",
+    ]
+    lines += [
+        f"- Test {m.label} (only reported): {_scores(runs, m.name)}"
+        for m in task.metrics
+        if all(m.name in r["test"] for r in runs)
+    ]  # records made before a metric existed lack it
     per_class = record["test"].get("per_class")
     if per_class:
-        lines += ["", "| label | test precision | test recall | test F1 | test support |", "|---|---|---|---|---|"]
-        lines += [f"| {name} | {c['precision']:.3f} | {c['recall']:.3f} | {c['f1']:.3f} | {c['support']} |"
-                  for name, c in per_class.items()]
-    lines += ["", "## Limits", "", f"- {task.card_limit(labels, distribution)}",
-              f"- Texts longer than {cfg.model.max_length} tokens are truncated; the rest is not read.",
-              "- Scores were measured on a test split of the same data; other text may score lower.", ""]
+        lines += [
+            "",
+            "| label | test precision | test recall | test F1 | test support |",
+            "|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {name} | {c['precision']:.3f} | {c['recall']:.3f} | {c['f1']:.3f} | {c['support']} |"
+            for name, c in per_class.items()
+        ]
+    lines += [
+        "",
+        "## Limits",
+        "",
+        f"- {task.card_limit(labels, distribution)}",
+        f"- Texts longer than {cfg.model.max_length} tokens are truncated; the rest is not read.",
+        "- Scores were measured on a test split of the same data; other text may score lower.",
+        "",
+    ]
     return "\n".join(lines)

@@ -43,8 +43,24 @@ RUN_EXPORT = "onnx"  # where predict and serve export a run for --backend onnx, 
 FP32_TOLERANCE = 1e-3
 # Test score (0-1) int8 may lose against the run before the export warns in the log and the card.
 INT8_MAX_LOSS = 0.01
-RECORD_KEPT = ("run_id", "config_id", "strategy", "status", "task", "model", "seed", "dataset", "best_metric",
-               "best_epoch", "test", "decision", "calibration", "versions", "finished_at", "trainable_params")
+RECORD_KEPT = (
+    "run_id",
+    "config_id",
+    "strategy",
+    "status",
+    "task",
+    "model",
+    "seed",
+    "dataset",
+    "best_metric",
+    "best_epoch",
+    "test",
+    "decision",
+    "calibration",
+    "versions",
+    "finished_at",
+    "trainable_params",
+)
 
 
 class OnnxModel:
@@ -85,9 +101,11 @@ def one_graph(model: torch.nn.Module, record: dict) -> torch.nn.Module:
     """The run's model as plain weights: PEFT adapters merged in; prompt tuning refused, with why."""
     if isinstance(model, peft.PeftModel):
         if model.peft_config[model.active_adapter].is_prompt_learning:
-            raise ConfigError(f"run {record['run_id']} ({record['strategy']}) cannot be exported to ONNX: PEFT puts "
-                              "its virtual tokens before the text's embeddings outside the model, so no graph of the "
-                              "model holds them; predict and serve it with --backend torch")
+            raise ConfigError(
+                f"run {record['run_id']} ({record['strategy']}) cannot be exported to ONNX: PEFT puts "
+                "its virtual tokens before the text's embeddings outside the model, so no graph of the "
+                "model holds them; predict and serve it with --backend torch"
+            )
         model = model.merge_and_unload()
     return model.eval()
 
@@ -114,9 +132,17 @@ def export_graph(model: torch.nn.Module, sample: dict, path: Path) -> list[str]:
     shapes = {name: {0: batch, 1: sequence} for name in sample}
     with warnings.catch_warnings(), quiet_root_logger():  # the exporter's notes on its own internals
         warnings.simplefilter("ignore")
-        torch.onnx.export(TensorsInOut(model, outputs).eval(), args=(), kwargs=sample, f=str(path),
-                          input_names=list(sample), output_names=outputs, dynamic_shapes=shapes, dynamo=True,
-                          verbose=False)
+        torch.onnx.export(
+            TensorsInOut(model, outputs).eval(),
+            args=(),
+            kwargs=sample,
+            f=str(path),
+            input_names=list(sample),
+            output_names=outputs,
+            dynamic_shapes=shapes,
+            dynamo=True,
+            verbose=False,
+        )
     return outputs
 
 
@@ -131,15 +157,22 @@ def compared(torch_result: dict, onnx_result: dict) -> dict:
     """How far the graph's validation answers are from the run's: labels that differ, the largest difference."""
     same = sum(same_prediction(a, b) for a, b in zip(torch_result["predictions"], onnx_result["predictions"]))
     try:
-        gap = float(np.nanmax(np.abs(np.asarray(torch_result["values"], dtype=np.float64)
-                                     - np.asarray(onnx_result["values"], dtype=np.float64))))
+        gap = float(
+            np.nanmax(
+                np.abs(
+                    np.asarray(torch_result["values"], dtype=np.float64)
+                    - np.asarray(onnx_result["values"], dtype=np.float64)
+                )
+            )
+        )
     except (TypeError, ValueError):  # values per example of different widths (QA windows): labels only
         gap = None
     return {"examples": len(torch_result["predictions"]), "same_prediction": same, "largest_difference": gap}
 
 
-def export_onnx(run: str, output_dir: str | Path, out: Path, force: bool = False,
-                quantize: str | None = None) -> Path:
+def export_onnx(
+    run: str, output_dir: str | Path, out: Path, force: bool = False, quantize: str | None = None
+) -> Path:
     """`python main.py export --format onnx`: the run written into `out` (see write_onnx)."""
     check_target(out, output_dir, force)
     return write_onnx(run, output_dir, out, quantize)
@@ -163,21 +196,37 @@ def write_onnx(run: str | Path, output_dir: str | Path, out: Path, quantize: str
         outputs = export_graph(graph, sample, building / ONNX_MODEL)
         exported_s = time.perf_counter() - started
         reference = evaluate(graph, encoded, "validation", cfg.training, accelerator, task)
-        check = compared(reference, evaluate(OnnxModel(building / ONNX_MODEL), encoded, "validation", cfg.training,
-                                             accelerator, task))
-        if check["same_prediction"] < check["examples"] or (check["largest_difference"] or 0) > FP32_TOLERANCE:
-            raise ConfigError(f"run {record['run_id']}: the exported graph does not answer as the run does on "
-                              f"validation ({check['same_prediction']} of {check['examples']} predictions the same, "
-                              f"largest difference {check['largest_difference']}); nothing was written")
-        facts = {"run_id": record["run_id"], "inputs": list(sample), "outputs": outputs,
-                 "max_length": cfg.model.max_length, "exported_in_s": round(exported_s, 1),
-                 "fp32_check": {**check, "tolerance": FP32_TOLERANCE}, "versions": library_versions()}
+        check = compared(
+            reference,
+            evaluate(
+                OnnxModel(building / ONNX_MODEL), encoded, "validation", cfg.training, accelerator, task
+            ),
+        )
+        if (
+            check["same_prediction"] < check["examples"]
+            or (check["largest_difference"] or 0) > FP32_TOLERANCE
+        ):
+            raise ConfigError(
+                f"run {record['run_id']}: the exported graph does not answer as the run does on "
+                f"validation ({check['same_prediction']} of {check['examples']} predictions the same, "
+                f"largest difference {check['largest_difference']}); nothing was written"
+            )
+        facts = {
+            "run_id": record["run_id"],
+            "inputs": list(sample),
+            "outputs": outputs,
+            "max_length": cfg.model.max_length,
+            "exported_in_s": round(exported_s, 1),
+            "fp32_check": {**check, "tolerance": FP32_TOLERANCE},
+            "versions": library_versions(),
+        }
         if quantize:
             facts["int8"] = quantized(building, encoded, cfg, accelerator, task, record)
         atomic_write_json(building / ONNX_FACTS, facts)
         atomic_write_json(building / ONNX_RECORD, {key: record[key] for key in RECORD_KEPT if key in record})
-        (building / ONNX_CONFIG).write_text(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False),
-                                            encoding="utf-8")
+        (building / ONNX_CONFIG).write_text(
+            yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False), encoding="utf-8"
+        )
         tokenizer.save_pretrained(building)
         (building / "README.md").write_text(onnx_card(record, facts), encoding="utf-8")
 
@@ -195,50 +244,83 @@ def quantized(building: Path, encoded, cfg: Config, accelerator, task, record: d
     del graph.graph.value_info[:]
     with tempfile.TemporaryDirectory() as scratch, quiet_root_logger():
         onnx.save(graph, str(Path(scratch) / ONNX_MODEL))
-        quantize_dynamic(str(Path(scratch) / ONNX_MODEL), str(building / INT8_MODEL),
-                         weight_type=QuantType.QInt8)
+        quantize_dynamic(
+            str(Path(scratch) / ONNX_MODEL), str(building / INT8_MODEL), weight_type=QuantType.QInt8
+        )
     metric = task.main_metric
-    scored = evaluate(OnnxModel(building / INT8_MODEL), encoded, "test", cfg.training, accelerator, task)[metric]
+    scored = evaluate(OnnxModel(building / INT8_MODEL), encoded, "test", cfg.training, accelerator, task)[
+        metric
+    ]
     run_score = record["test"][metric]
     loss = run_score - scored if task.metric(metric).higher_is_better else scored - run_score
-    result = {"metric": metric, "label": task.metric(metric).label, "test": scored, "run_test": run_score,
-              "loss": loss, "max_loss": INT8_MAX_LOSS, "within": loss <= INT8_MAX_LOSS,
-              "bytes": (building / INT8_MODEL).stat().st_size,
-              # the fp32 graph with the file its exporter keeps the weights in
-              "fp32_bytes": sum(f.stat().st_size for f in building.glob(f"{ONNX_MODEL}*"))}
+    result = {
+        "metric": metric,
+        "label": task.metric(metric).label,
+        "test": scored,
+        "run_test": run_score,
+        "loss": loss,
+        "max_loss": INT8_MAX_LOSS,
+        "within": loss <= INT8_MAX_LOSS,
+        "bytes": (building / INT8_MODEL).stat().st_size,
+        # the fp32 graph with the file its exporter keeps the weights in
+        "fp32_bytes": sum(f.stat().st_size for f in building.glob(f"{ONNX_MODEL}*")),
+    }
     if not result["within"]:
-        logger.warning("the int8 graph loses %.4f of test %s against the run (%.4f against %.4f), more than %.2f: "
-                       "prefer model.onnx, or check the card before using it", loss, metric, scored, run_score,
-                       INT8_MAX_LOSS)
+        logger.warning(
+            "the int8 graph loses %.4f of test %s against the run (%.4f against %.4f), more than %.2f: "
+            "prefer model.onnx, or check the card before using it",
+            loss,
+            metric,
+            scored,
+            run_score,
+            INT8_MAX_LOSS,
+        )
     return result
 
 
 def onnx_card(record: dict, facts: dict) -> str:
     check = facts["fp32_check"]
-    lines = [f"# {record['dataset']['name']}: {record['strategy']} fine-tuning of {record['model']}, as ONNX", "",
-             f"Run `{record['run_id']}` exported by bertlab on {time.strftime('%Y-%m-%d')}: `{ONNX_MODEL}` takes "
-             f"{', '.join(f'`{name}`' for name in facts['inputs'])} (int64, batch x tokens, from the tokenizer in this "
-             f"folder, truncated at {facts['max_length']} tokens) and gives "
-             f"{', '.join(f'`{name}`' for name in facts['outputs'])}; the labels, in order, are in `{ONNX_RECORD}` "
-             "(`dataset.label_names`).", "",
-             "```python", "import onnxruntime, numpy as np", "from transformers import AutoTokenizer", "",
-             "tokenizer = AutoTokenizer.from_pretrained(FOLDER)",
-             f"session = onnxruntime.InferenceSession(FOLDER + '/{ONNX_MODEL}')",
-             "batch = tokenizer(['a text'], return_tensors='np', padding=True)",
-             f"outputs = session.run(None, {{name: batch[name] for name in {facts['inputs']}}})", "```", "",
-             "Or with bertlab: `python main.py predict --backend onnx --run FOLDER --text ...` (or onnx-int8), "
-             "`python main.py serve --backend onnx --run FOLDER`.", "",
-             "## Checked", "",
-             f"- On the run's {check['examples']} validation examples the graph gave the run's prediction "
-             f"{check['same_prediction']} times"
-             + (f", every output value within {check['largest_difference']:.1e} of the run's (tolerance "
-                f"{check['tolerance']:.0e})." if check["largest_difference"] is not None else ".")]
+    lines = [
+        f"# {record['dataset']['name']}: {record['strategy']} fine-tuning of {record['model']}, as ONNX",
+        "",
+        f"Run `{record['run_id']}` exported by bertlab on {time.strftime('%Y-%m-%d')}: `{ONNX_MODEL}` takes "
+        f"{', '.join(f'`{name}`' for name in facts['inputs'])} (int64, batch x tokens, from the tokenizer in this "
+        f"folder, truncated at {facts['max_length']} tokens) and gives "
+        f"{', '.join(f'`{name}`' for name in facts['outputs'])}; the labels, in order, are in `{ONNX_RECORD}` "
+        "(`dataset.label_names`).",
+        "",
+        "```python",
+        "import onnxruntime, numpy as np",
+        "from transformers import AutoTokenizer",
+        "",
+        "tokenizer = AutoTokenizer.from_pretrained(FOLDER)",
+        f"session = onnxruntime.InferenceSession(FOLDER + '/{ONNX_MODEL}')",
+        "batch = tokenizer(['a text'], return_tensors='np', padding=True)",
+        f"outputs = session.run(None, {{name: batch[name] for name in {facts['inputs']}}})",
+        "```",
+        "",
+        "Or with bertlab: `python main.py predict --backend onnx --run FOLDER --text ...` (or onnx-int8), "
+        "`python main.py serve --backend onnx --run FOLDER`.",
+        "",
+        "## Checked",
+        "",
+        f"- On the run's {check['examples']} validation examples the graph gave the run's prediction "
+        f"{check['same_prediction']} times"
+        + (
+            f", every output value within {check['largest_difference']:.1e} of the run's (tolerance "
+            f"{check['tolerance']:.0e})."
+            if check["largest_difference"] is not None
+            else "."
+        ),
+    ]
     int8 = facts.get("int8")
     if int8:
-        lines.append(f"- `{INT8_MODEL}` (dynamic int8 quantization, {int8['bytes'] / 1e6:.1f} MB against "
-                     f"{int8['fp32_bytes'] / 1e6:.1f} MB): test {int8['label']} {int8['test']:.4f} against the run's "
-                     f"{int8['run_test']:.4f} (a loss of {int8['loss']:+.4f}; allowed {int8['max_loss']})"
-                     + ("." if int8["within"] else ": **more than allowed; prefer model.onnx**."))
+        lines.append(
+            f"- `{INT8_MODEL}` (dynamic int8 quantization, {int8['bytes'] / 1e6:.1f} MB against "
+            f"{int8['fp32_bytes'] / 1e6:.1f} MB): test {int8['label']} {int8['test']:.4f} against the run's "
+            f"{int8['run_test']:.4f} (a loss of {int8['loss']:+.4f}; allowed {int8['max_loss']})"
+            + ("." if int8["within"] else ": **more than allowed; prefer model.onnx**.")
+        )
     lines += ["", f"Versions: {', '.join(f'{k} {v}' for k, v in facts['versions'].items())}."]
     return "\n".join(lines) + "\n"
 
@@ -255,19 +337,26 @@ def onnx_predictor(run: str, output_dir: str | Path, int8: bool = False) -> Pred
     if not (folder / ONNX_MODEL).is_file():
         run_folder, folder = folder, folder / RUN_EXPORT
         facts = read_json(folder / ONNX_FACTS)
-        stale = not facts or facts.get("run_id") != run_folder.name or (int8 and not (folder / INT8_MODEL).is_file())
+        stale = (
+            not facts
+            or facts.get("run_id") != run_folder.name
+            or (int8 and not (folder / INT8_MODEL).is_file())
+        )
         if stale:
             logger.info("exporting %s to ONNX (once) in %s", run_folder.name, folder)
             shutil.rmtree(folder, ignore_errors=True)
             write_onnx(run_folder, output_dir, folder, "int8" if int8 else None)
     path = folder / (INT8_MODEL if int8 else ONNX_MODEL)
     if not path.is_file():
-        raise ConfigError(f"{folder} has no {path.name}: export the run with python main.py export --format onnx"
-                          + (" --quantize int8" if int8 else ""))
+        raise ConfigError(
+            f"{folder} has no {path.name}: export the run with python main.py export --format onnx"
+            + (" --quantize int8" if int8 else "")
+        )
     record = read_json(folder / ONNX_RECORD)
     if not isinstance(record, dict) or "run_id" not in record:
         raise ConfigError(f"{folder / ONNX_RECORD} is not the record an ONNX export writes")
     cfg = load_config(folder / ONNX_CONFIG)
-    tokenizer = from_pretrained(AutoTokenizer, dataclasses.replace(cfg, model=dataclasses.replace(cfg.model,
-                                                                                                 name=str(folder))))
+    tokenizer = from_pretrained(
+        AutoTokenizer, dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, name=str(folder)))
+    )
     return Predictor(OnnxModel(path), tokenizer, cfg, record, make_accelerator(False, False, warn=False))

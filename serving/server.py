@@ -24,7 +24,9 @@ from serving.predict import Predictor
 
 logger = logging.getLogger("bertlab")
 
-API_KEY_VARIABLE = "BERTLAB_API_KEY"  # read when --api-key is not given, so the key stays out of process lists
+API_KEY_VARIABLE = (
+    "BERTLAB_API_KEY"  # read when --api-key is not given, so the key stays out of process lists
+)
 OPEN_ROUTES = ("/health",)  # answered without the API key: a liveness probe carries none
 
 
@@ -52,7 +54,8 @@ class Item(BaseModel):
 class PredictRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     inputs: str | Item | list[str | Item] = Field(
-        description="a text, {text, pair}, or a list of them; a list is answered with a list in its order")
+        description="a text, {text, pair}, or a list of them; a list is answered with a list in its order"
+    )
     top_k: int = Field(1, ge=1, le=1000, description="classification: also list the k most likely labels")
 
 
@@ -135,8 +138,10 @@ class Batcher:
                     continue
                 start = 0
                 for p in group:
-                    if not p.answer.done():  # a request cancelled meanwhile (its client gone) is left as it is
-                        p.answer.set_result(rows[start:start + len(p.texts)])
+                    if (
+                        not p.answer.done()
+                    ):  # a request cancelled meanwhile (its client gone) is left as it is
+                        p.answer.set_result(rows[start : start + len(p.texts)])
                     start += len(p.texts)
 
 
@@ -145,15 +150,28 @@ class Metrics:
 
     def __init__(self):
         self.registry = CollectorRegistry()
-        self.requests = Counter("bertlab_requests", "HTTP requests answered, by route and status",
-                                ["route", "status"], registry=self.registry)
-        self.errors = Counter("bertlab_prediction_errors", "predictions that failed inside the model",
-                              registry=self.registry)
-        self.latency = Histogram("bertlab_request_seconds", "time from a request's arrival to its answer",
-                                 ["route"], registry=self.registry,
-                                 buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
-        self.batch_inputs = Histogram("bertlab_batch_inputs", "inputs the model ran together",
-                                      registry=self.registry, buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512))
+        self.requests = Counter(
+            "bertlab_requests",
+            "HTTP requests answered, by route and status",
+            ["route", "status"],
+            registry=self.registry,
+        )
+        self.errors = Counter(
+            "bertlab_prediction_errors", "predictions that failed inside the model", registry=self.registry
+        )
+        self.latency = Histogram(
+            "bertlab_request_seconds",
+            "time from a request's arrival to its answer",
+            ["route"],
+            registry=self.registry,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+        )
+        self.batch_inputs = Histogram(
+            "bertlab_batch_inputs",
+            "inputs the model ran together",
+            registry=self.registry,
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
+        )
 
 
 class BodyLimit:
@@ -190,7 +208,9 @@ class BodyLimit:
         await self.app(scope, replay, send)
 
     async def too_large(self, scope, receive, send):
-        await error_response(413, f"the body is over {self.max_bytes:,} bytes (--max-body-bytes)")(scope, receive, send)
+        await error_response(413, f"the body is over {self.max_bytes:,} bytes (--max-body-bytes)")(
+            scope, receive, send
+        )
 
 
 class GuardAndCount:
@@ -212,8 +232,11 @@ class GuardAndCount:
             await send(message)
 
         if self.api_key is not None and path not in OPEN_ROUTES and not authorized(scope, self.api_key):
-            await error_response(401, "missing or wrong API key: send the header Authorization: Bearer <key>",
-                                 {"WWW-Authenticate": "Bearer"})(scope, receive, counted)
+            await error_response(
+                401,
+                "missing or wrong API key: send the header Authorization: Bearer <key>",
+                {"WWW-Authenticate": "Bearer"},
+            )(scope, receive, counted)
         else:
             await self.app(scope, receive, counted)
         route = path if path in self.routes else "other"  # unknown paths share one series
@@ -241,41 +264,62 @@ def validation_message(err: RequestValidationError) -> str:
     return f"{'.'.join(where(deepest)) or 'body'}: {deepest['msg']}"
 
 
-def inputs_of(request: PredictRequest, trained_on_pairs: bool, limits: Limits) -> tuple[list[str], list[str] | None]:
+def inputs_of(
+    request: PredictRequest, trained_on_pairs: bool, limits: Limits
+) -> tuple[list[str], list[str] | None]:
     """The request's texts (and pairs), checked against the run and the limits."""
     items = request.inputs if isinstance(request.inputs, list) else [request.inputs]
     items = [Item(text=item) if isinstance(item, str) else item for item in items]
     if not items:
         raise RequestError(422, "inputs: the list is empty")
     if len(items) > limits.max_inputs:
-        raise RequestError(413, f"inputs: {len(items)} inputs, more than the {limits.max_inputs} a request may hold "
-                                "(--max-inputs)")
+        raise RequestError(
+            413,
+            f"inputs: {len(items)} inputs, more than the {limits.max_inputs} a request may hold "
+            "(--max-inputs)",
+        )
     for i, item in enumerate(items):
         where = f"inputs.{i}" if isinstance(request.inputs, list) else "inputs"
         if (item.pair is not None) != trained_on_pairs:
-            raise RequestError(422, f"{where}: this run reads pairs of texts: give {{\"text\": ..., \"pair\": ...}}"
-                               if trained_on_pairs else f"{where}: this run reads single texts: give no pair")
+            raise RequestError(
+                422,
+                f'{where}: this run reads pairs of texts: give {{"text": ..., "pair": ...}}'
+                if trained_on_pairs
+                else f"{where}: this run reads single texts: give no pair",
+            )
         for name, text in (("text", item.text), ("pair", item.pair)):
             if text is None:
                 continue
             if not text.strip():
                 raise RequestError(422, f"{where}.{name}: the text is empty")
             if len(text) > limits.max_text_chars:
-                raise RequestError(413, f"{where}.{name}: {len(text):,} characters, more than the "
-                                        f"{limits.max_text_chars:,} a text may hold (--max-text-chars)")
+                raise RequestError(
+                    413,
+                    f"{where}.{name}: {len(text):,} characters, more than the "
+                    f"{limits.max_text_chars:,} a text may hold (--max-text-chars)",
+                )
     return [item.text for item in items], ([item.pair for item in items] if trained_on_pairs else None)
 
 
 def run_info(predictor: Predictor, backend: str) -> dict:
     record = predictor.record
-    return {"run_id": record["run_id"], "strategy": record["strategy"], "model": record["model"],
-            "task": record["task"], "labels": predictor.label_names,
-            "thresholds": (record.get("decision") or {}).get("thresholds"),
-            "temperature": (record.get("calibration") or {}).get("temperature"),
-            "max_length": predictor.cfg.model.max_length, "reads_pairs": predictor.columns.get("pair") is not None,
-            "backend": backend, "scores": {"validation": record["best_metric"], "test": record.get("test", {}).get(
-                predictor.task.main_metric)},
-            "versions": {"trained": record["versions"], "serving": library_versions()}}
+    return {
+        "run_id": record["run_id"],
+        "strategy": record["strategy"],
+        "model": record["model"],
+        "task": record["task"],
+        "labels": predictor.label_names,
+        "thresholds": (record.get("decision") or {}).get("thresholds"),
+        "temperature": (record.get("calibration") or {}).get("temperature"),
+        "max_length": predictor.cfg.model.max_length,
+        "reads_pairs": predictor.columns.get("pair") is not None,
+        "backend": backend,
+        "scores": {
+            "validation": record["best_metric"],
+            "test": record.get("test", {}).get(predictor.task.main_metric),
+        },
+        "versions": {"trained": record["versions"], "serving": library_versions()},
+    }
 
 
 @dataclass
@@ -284,8 +328,13 @@ class ServerState:
     failure: str | None = None
 
 
-def build_app(load: Callable[[], Predictor], limits: Limits = Limits(), api_key: str | None = None,
-              backend: str = "torch", on_load_failure: Callable[[], None] = lambda: None) -> FastAPI:
+def build_app(
+    load: Callable[[], Predictor],
+    limits: Limits = Limits(),
+    api_key: str | None = None,
+    backend: str = "torch",
+    on_load_failure: Callable[[], None] = lambda: None,
+) -> FastAPI:
     """The app: it starts answering at once and loads the run (`load`) on a thread meanwhile; /ready and
     /predict say 503 until it has."""
     metrics, state = Metrics(), ServerState()
@@ -327,13 +376,15 @@ def build_app(load: Callable[[], Predictor], limits: Limits = Limits(), api_key:
     return app
 
 
-def add_routes(app: FastAPI, state: ServerState, batcher: Batcher, metrics: Metrics, limits: Limits,
-               backend: str) -> None:
+def add_routes(
+    app: FastAPI, state: ServerState, batcher: Batcher, metrics: Metrics, limits: Limits, backend: str
+) -> None:
     """/health, /ready, /info, /metrics and /predict."""
 
     def not_ready() -> JSONResponse:
-        return error_response(503, f"the run failed to load: {state.failure}" if state.failure
-                              else "the run is still loading")
+        return error_response(
+            503, f"the run failed to load: {state.failure}" if state.failure else "the run is still loading"
+        )
 
     @app.get("/health", summary="The server is alive (no API key needed)")
     async def health():
@@ -343,7 +394,9 @@ def add_routes(app: FastAPI, state: ServerState, batcher: Batcher, metrics: Metr
     async def ready():
         return {"status": "ready"} if state.predictor else not_ready()
 
-    @app.get("/info", summary="The run served: its id, strategy, task, labels, thresholds, temperature, versions")
+    @app.get(
+        "/info", summary="The run served: its id, strategy, task, labels, thresholds, temperature, versions"
+    )
     async def info():
         return run_info(state.predictor, backend) if state.predictor else not_ready()
 
@@ -360,7 +413,9 @@ def add_routes(app: FastAPI, state: ServerState, batcher: Batcher, metrics: Metr
             rows = await batcher.submit(texts, pairs, request.top_k)
         except Exception:
             metrics.errors.inc()
-            return error_response(500, "the prediction failed inside the model; the server log has the details")
+            return error_response(
+                500, "the prediction failed inside the model; the server log has the details"
+            )
         return rows if isinstance(request.inputs, list) else rows[0]
 
 
@@ -369,8 +424,14 @@ def authorized(scope, api_key: str) -> bool:
     return hmac.compare_digest(given, f"Bearer {api_key}".encode())
 
 
-def serve(load: Callable[[], Predictor], host: str, port: int, limits: Limits, api_key: str | None,
-          backend: str = "torch") -> int:
+def serve(
+    load: Callable[[], Predictor],
+    host: str,
+    port: int,
+    limits: Limits,
+    api_key: str | None,
+    backend: str = "torch",
+) -> int:
     """Serve until SIGTERM or Ctrl-C, which finish the requests in flight first; 0 then, 1 when the run could not
     be loaded."""
     import uvicorn
@@ -386,6 +447,8 @@ def serve(load: Callable[[], Predictor], host: str, port: int, limits: Limits, a
     # uvicorn raises the signal again once it has drained; a handler of our own keeps that from killing the
     # process, so a drained SIGTERM ends with status 0
     signal.signal(signal.SIGTERM, lambda *_: None)
-    logger.info("serving on http://%s:%d (docs at /docs)%s", host, port, "; API key required" if api_key else "")
+    logger.info(
+        "serving on http://%s:%d (docs at /docs)%s", host, port, "; API key required" if api_key else ""
+    )
     server.run()
     return 1 if failed else 0

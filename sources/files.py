@@ -16,7 +16,11 @@ from utils import ConfigError
 SPLITS = ("train", "validation", "test")
 
 # File names accepted for each split inside a data folder.
-SPLIT_FILE_STEMS = {"train": ("train",), "validation": ("validation", "valid", "val", "dev"), "test": ("test",)}
+SPLIT_FILE_STEMS = {
+    "train": ("train",),
+    "validation": ("validation", "valid", "val", "dev"),
+    "test": ("test",),
+}
 
 
 def read_conll(path: Path) -> pd.DataFrame:
@@ -33,7 +37,9 @@ def read_conll(path: Path) -> pd.DataFrame:
             words, tags = [], []
             continue
         if len(fields) < 2:
-            raise ValueError(f"line {number} holds one field ({line.strip()!r}); a CoNLL line is a word, then its tag last")
+            raise ValueError(
+                f"line {number} holds one field ({line.strip()!r}); a CoNLL line is a word, then its tag last"
+            )
         words.append(fields[0])
         tags.append(fields[-1])
     if words:
@@ -50,7 +56,12 @@ def read_json(path: Path) -> pd.DataFrame:
     except json.JSONDecodeError:
         raw = None
     articles = raw.get("data") if isinstance(raw, dict) else None
-    if not (isinstance(articles, list) and articles and isinstance(articles[0], dict) and "paragraphs" in articles[0]):
+    if not (
+        isinstance(articles, list)
+        and articles
+        and isinstance(articles[0], dict)
+        and "paragraphs" in articles[0]
+    ):
         return pd.read_json(io.StringIO(text))
     rows = []
     for a, article in enumerate(articles):
@@ -58,13 +69,27 @@ def read_json(path: Path) -> pd.DataFrame:
             where = f"data[{a}].paragraphs[{p}]"
             context = squad_part(paragraph, "context", where)
             for q, qa in enumerate(squad_part(paragraph, "qas", where)):
-                answers = qa.get("answers", []) if isinstance(qa, dict) else []  # none: a question without an answer
-                if not all(isinstance(answer, dict) and {"text", "answer_start"} <= set(answer) for answer in answers):
-                    raise ValueError(f"{where}.qas[{q}].answers holds an answer without text and answer_start")
-                rows.append({"id": qa.get("id") if isinstance(qa, dict) else None, "title": article.get("title"),
-                             "context": context, "question": squad_part(qa, "question", f"{where}.qas[{q}]"),
-                             "answers": {"text": [answer["text"] for answer in answers],
-                                         "answer_start": [answer["answer_start"] for answer in answers]}})
+                answers = (
+                    qa.get("answers", []) if isinstance(qa, dict) else []
+                )  # none: a question without an answer
+                if not all(
+                    isinstance(answer, dict) and {"text", "answer_start"} <= set(answer) for answer in answers
+                ):
+                    raise ValueError(
+                        f"{where}.qas[{q}].answers holds an answer without text and answer_start"
+                    )
+                rows.append(
+                    {
+                        "id": qa.get("id") if isinstance(qa, dict) else None,
+                        "title": article.get("title"),
+                        "context": context,
+                        "question": squad_part(qa, "question", f"{where}.qas[{q}]"),
+                        "answers": {
+                            "text": [answer["text"] for answer in answers],
+                            "answer_start": [answer["answer_start"] for answer in answers],
+                        },
+                    }
+                )
     return pd.DataFrame(rows)
 
 
@@ -72,8 +97,10 @@ def squad_part(node, key: str, where: str):
     """One part of a SQuAD file (data / paragraphs / context, qas / question), or a one-line error naming where it
     is missing."""
     if not isinstance(node, dict) or key not in node:
-        raise ValueError(f"{where} has no '{key}' (SQuAD's layout: data / paragraphs / context and qas / question, "
-                         "answers)")
+        raise ValueError(
+            f"{where} has no '{key}' (SQuAD's layout: data / paragraphs / context and qas / question, "
+            "answers)"
+        )
     return node[key]
 
 
@@ -84,8 +111,9 @@ def read_delimited(path: Path, sep: str = ",", quoting: int = csv.QUOTE_MINIMAL)
         header = next(csv.reader(file, delimiter=sep, quoting=quoting), [])
     twice = sorted({name for name in header if header.count(name) > 1})
     if twice:
-        raise ValueError(f"its header names the column {twice[0]!r} {header.count(twice[0])} times; name each "
-                         "column once")
+        raise ValueError(
+            f"its header names the column {twice[0]!r} {header.count(twice[0])} times; name each column once"
+        )
     return pd.read_csv(path, sep=sep, quoting=quoting, keep_default_na=False, na_values=[""])
 
 
@@ -112,8 +140,15 @@ def split_of(file: Path) -> str | None:
         return SPLIT_SUFFIXES[suffix]
     if suffix not in READERS:
         return None
-    return next((split for split, stems in SPLIT_FILE_STEMS.items() for name in stems
-                 if stem == name or re.match(rf"{name}[-_.]", stem)), None)
+    return next(
+        (
+            split
+            for split, stems in SPLIT_FILE_STEMS.items()
+            for name in stems
+            if stem == name or re.match(rf"{name}[-_.]", stem)
+        ),
+        None,
+    )
 
 
 def read_local(path: Path) -> dict[str, pd.DataFrame]:
@@ -124,7 +159,9 @@ def read_local(path: Path) -> dict[str, pd.DataFrame]:
             if candidates:
                 frames[split] = read_file(candidates[0])
         if "train" not in frames:
-            raise ConfigError(f"data.path: folder '{path}' has no train file (expected train.csv, train.jsonl, ...)")
+            raise ConfigError(
+                f"data.path: folder '{path}' has no train file (expected train.csv, train.jsonl, ...)"
+            )
         return frames
     if not path.exists():
         raise ConfigError(f"data.path: '{path}' does not exist")
@@ -143,9 +180,13 @@ def read_file(path: Path, key: str = "data.path") -> pd.DataFrame:
     try:
         frame = reader(path)
     except UnicodeDecodeError as err:
-        raise ConfigError(f"{key}: '{path}' is not UTF-8 text (byte {err.start}); re-save it as UTF-8") from None
+        raise ConfigError(
+            f"{key}: '{path}' is not UTF-8 text (byte {err.start}); re-save it as UTF-8"
+        ) from None
     except (ValueError, OSError, csv.Error, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
-        raise ConfigError(f"{key}: could not read '{path}': {str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
+        raise ConfigError(
+            f"{key}: could not read '{path}': {str(err).splitlines()[0] if str(err) else type(err).__name__}"
+        ) from None
     if len(frame) == 0:
         raise ConfigError(f"{key}: '{path}' has no rows")
     return frame

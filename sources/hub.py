@@ -10,6 +10,7 @@ import pandas as pd
 from sources.files import SPLIT_FILE_STEMS, SPLITS
 from utils import ConfigError
 
+
 @dataclass(frozen=True)
 class HubDataset:
     hub_id: str
@@ -43,7 +44,9 @@ def read_hub(hub_id: str, label_column: str) -> tuple[dict[str, pd.DataFrame], l
         if source is not None:
             frames[split] = dataset[source].to_pandas()
     if "train" not in frames:
-        raise ConfigError(f"data.name: Hub data set '{hub_id}' has no train split (it has {', '.join(dataset)})")
+        raise ConfigError(
+            f"data.name: Hub data set '{hub_id}' has no train split (it has {', '.join(dataset)})"
+        )
     feature = dataset["train"].features.get(label_column)
     feature = getattr(feature, "feature", feature)  # a list of tags: its items' feature
     label_names = list(feature.names) if hasattr(feature, "names") else None  # a ClassLabel: keep its names

@@ -8,8 +8,22 @@ from strategies.peft_methods import IA3, LOHA, LOKR, LORA, PROMPT_TUNING
 from strategies.setfit import SETFIT
 
 # In the order the summary and the plots list them.
-STRATEGIES: dict[str, Strategy] = {s.name: s for s in (
-    FULL, LORA, BITFIT, PROMPT_TUNING, PARTIAL_FREEZING, FROZEN_ENCODER, GRADUAL_UNFREEZING, BOTTLENECK_ADAPTER, IA3,
-    LOHA, LOKR, SETFIT)}
+STRATEGIES: dict[str, Strategy] = {
+    s.name: s
+    for s in (
+        FULL,
+        LORA,
+        BITFIT,
+        PROMPT_TUNING,
+        PARTIAL_FREEZING,
+        FROZEN_ENCODER,
+        GRADUAL_UNFREEZING,
+        BOTTLENECK_ADAPTER,
+        IA3,
+        LOHA,
+        LOKR,
+        SETFIT,
+    )
+}
 
 __all__ = ["STRATEGIES", "Strategy"]

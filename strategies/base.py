@@ -90,14 +90,19 @@ def model_part(name: str, encoder_prefix: str) -> tuple[str, int | None]:
     return ("embeddings" if ".embeddings" in name else "above the layers"), None
 
 
-def encoder_layer_count(model: PreTrainedModel, key: str = "strategies.partial_freezing",
-                        instead: str = "use frozen_encoder, bitfit or a PEFT strategy with it") -> int:
+def encoder_layer_count(
+    model: PreTrainedModel,
+    key: str = "strategies.partial_freezing",
+    instead: str = "use frozen_encoder, bitfit or a PEFT strategy with it",
+) -> int:
     """The number of encoder layers, found in the parameter names and checked against the model's config, so a
     model laid out differently fails here (naming the config `key` that needed them) rather than freezing or
     scaling the wrong weights."""
     found = {int(m.group(1)) for name, _ in model.named_parameters() if (m := LAYER_INDEX.search(name))}
     expected = getattr(model.config, "num_hidden_layers", None)
     if not found or found != set(range(len(found))) or (expected is not None and len(found) != expected):
-        raise ConfigError(f"{key}: cannot tell the encoder layers of '{model.name_or_path}' apart by their "
-                          f"parameter names; {instead}")
+        raise ConfigError(
+            f"{key}: cannot tell the encoder layers of '{model.name_or_path}' apart by their "
+            f"parameter names; {instead}"
+        )
     return len(found)

@@ -38,22 +38,39 @@ def bottleneck_adapter(model: PreTrainedModel, settings: Settings, task: Task) -
     feed-forward output only (pfeiffer); the adapters, the LayerNorms and the head train, the rest of the
     encoder stays frozen. Each adapter hangs under its projection (`...output.dense.adapter`) and runs as a
     forward hook on it, so the pre-trained weights keep their names."""
-    wanted = FEED_FORWARD_OUTPUTS if settings["placement"] == "pfeiffer" else ATTENTION_OUTPUTS + FEED_FORWARD_OUTPUTS
-    targets = [(name, module) for name, module in model.named_modules()
-               if isinstance(module, torch.nn.Linear) and LAYER_INDEX.search(name + ".")
-               and any(name.endswith(t) for t in wanted)
-               and not (settings["placement"] == "pfeiffer" and any(name.endswith(t) for t in ATTENTION_OUTPUTS))]
+    wanted = (
+        FEED_FORWARD_OUTPUTS
+        if settings["placement"] == "pfeiffer"
+        else ATTENTION_OUTPUTS + FEED_FORWARD_OUTPUTS
+    )
+    targets = [
+        (name, module)
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear)
+        and LAYER_INDEX.search(name + ".")
+        and any(name.endswith(t) for t in wanted)
+        and not (settings["placement"] == "pfeiffer" and any(name.endswith(t) for t in ATTENTION_OUTPUTS))
+    ]
     if not targets:
-        raise ConfigError(f"strategies.bottleneck_adapter: '{model.name_or_path}' has none of the projections adapters "
-                          f"follow ({', '.join(ATTENTION_OUTPUTS + FEED_FORWARD_OUTPUTS)}); use lora or ia3 with it")
+        raise ConfigError(
+            f"strategies.bottleneck_adapter: '{model.name_or_path}' has none of the projections adapters "
+            f"follow ({', '.join(ATTENTION_OUTPUTS + FEED_FORWARD_OUTPUTS)}); use lora or ia3 with it"
+        )
     train_only(model, lambda name: "LayerNorm" in name or "layer_norm" in name)
     for _, projection in targets:
-        projection.adapter = Bottleneck(projection.out_features, settings["reduction_factor"], settings["activation"])
+        projection.adapter = Bottleneck(
+            projection.out_features, settings["reduction_factor"], settings["activation"]
+        )
         projection.register_forward_hook(lambda module, inputs, output: module.adapter(output))
     return model
 
 
 BOTTLENECK_ADAPTER = Strategy(
-    "bottleneck_adapter", bottleneck_adapter, space=rates(1e-4, 3e-2),
-    export_refused=("bottleneck adapters are not part of any Hugging Face model class, so the folder would load "
-                    "without them; use python main.py predict --run RUN (or Predictor.from_run)"))
+    "bottleneck_adapter",
+    bottleneck_adapter,
+    space=rates(1e-4, 3e-2),
+    export_refused=(
+        "bottleneck adapters are not part of any Hugging Face model class, so the folder would load "
+        "without them; use python main.py predict --run RUN (or Predictor.from_run)"
+    ),
+)

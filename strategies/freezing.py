@@ -46,7 +46,9 @@ def unfreezing_starts(model: torch.nn.Module, settings: Settings) -> dict[str, t
     """Each parameter's part of the model and the epoch (from 0) it starts to train in under gradual unfreezing:
     the head at once, then the encoder from the top, `layers_per_epoch` layers an epoch after `head_epochs`
     (0: all at once), the pooler with the top layer and the embeddings with the lowest."""
-    layers = encoder_layer_count(model, "strategies.gradual_unfreezing", "use full, or another strategy, with it")
+    layers = encoder_layer_count(
+        model, "strategies.gradual_unfreezing", "use full, or another strategy, with it"
+    )
     head_epochs, step = settings["head_epochs"], settings["layers_per_epoch"] or layers
     encoder = model.base_model_prefix + "."
 
@@ -64,7 +66,9 @@ def gradual_unfreezing(model: PreTrainedModel, settings: Settings, task: Task) -
     """The head alone for `head_epochs` epochs, then the encoder from the top (after ULMFiT, Howard and Ruder
     2018). Every weight is trainable for the optimizer and the checkpoints; before each epoch, what has not
     started yet is frozen (unfreeze_for_epoch)."""
-    unfreezing_starts(model, settings)  # a model whose layers cannot be told apart fails here, before training
+    unfreezing_starts(
+        model, settings
+    )  # a model whose layers cannot be told apart fails here, before training
     for param in model.parameters():
         param.requires_grad = True
     return model
@@ -86,8 +90,10 @@ def too_many_layers(model_config, settings: Settings) -> str | None:
     """partial_freezing.trainable_layers beyond the layers the model has."""
     layers, trainable = getattr(model_config, "num_hidden_layers", None), settings["trainable_layers"]
     if layers is not None and trainable > layers:
-        return (f"strategies.partial_freezing.trainable_layers: got {trainable}, allowed: 0 to {layers} "
-                "(the model's encoder layers)")
+        return (
+            f"strategies.partial_freezing.trainable_layers: got {trainable}, allowed: 0 to {layers} "
+            "(the model's encoder layers)"
+        )
     return None
 
 
@@ -96,12 +102,26 @@ def too_many_layers(model_config, settings: Settings) -> str | None:
 # which only makes the shards' shares a little less even.
 FULL = Strategy("full", full, space=rates(1e-5, 1e-3))
 BITFIT = Strategy("bitfit", bitfit, relative_cost=0.52, space=rates(1e-4, 3e-2))
-PARTIAL_FREEZING = Strategy("partial_freezing", partial_freezing, relative_cost=0.37, space=rates(1e-5, 1e-3),
-                            model_problems=lambda settings, model_config: too_many_layers(model_config, settings))
-GRADUAL_UNFREEZING = Strategy("gradual_unfreezing", gradual_unfreezing, before_epoch=unfreeze_for_epoch,
-                              schedule=unfreezing_schedule, space=rates(1e-5, 1e-3))
+PARTIAL_FREEZING = Strategy(
+    "partial_freezing",
+    partial_freezing,
+    relative_cost=0.37,
+    space=rates(1e-5, 1e-3),
+    model_problems=lambda settings, model_config: too_many_layers(model_config, settings),
+)
+GRADUAL_UNFREEZING = Strategy(
+    "gradual_unfreezing",
+    gradual_unfreezing,
+    before_epoch=unfreeze_for_epoch,
+    schedule=unfreezing_schedule,
+    space=rates(1e-5, 1e-3),
+)
 FROZEN_ENCODER = Strategy(
-    "frozen_encoder", frozen_encoder, relative_cost=0.25, space=rates(3e-3, 1.0),
+    "frozen_encoder",
+    frozen_encoder,
+    relative_cost=0.25,
+    space=rates(3e-3, 1.0),
     fit=lambda settings: fit_logistic_regression if settings["classifier"] == "logistic_regression" else None,
     feature_view=lambda settings: on_cached_features if settings["cache_features"] else None,
-    passes=lambda settings, epochs: 1 if settings["classifier"] == "logistic_regression" else epochs)
+    passes=lambda settings, epochs: 1 if settings["classifier"] == "logistic_regression" else epochs,
+)

@@ -37,13 +37,17 @@ def head_of(model: torch.nn.Module) -> tuple[str, torch.nn.Module] | None:
     (DistilBERT's pre_classifier and classifier)."""
     if isinstance(model, CachedFeatures):
         return model.head_name, getattr(model, model.head_name)
-    beside = [(name, child) for name, child in model.named_children()
-              if child is not getattr(model, "base_model", None) and next(child.parameters(), None) is not None]
+    beside = [
+        (name, child)
+        for name, child in model.named_children()
+        if child is not getattr(model, "base_model", None) and next(child.parameters(), None) is not None
+    ]
     return beside[0] if len(beside) == 1 else None
 
 
-def head_inputs(model: torch.nn.Module, head: torch.nn.Module, encoded: Encoded, split: str, cfg: Config,
-                accelerator) -> torch.Tensor:
+def head_inputs(
+    model: torch.nn.Module, head: torch.nn.Module, encoded: Encoded, split: str, cfg: Config, accelerator
+) -> torch.Tensor:
     """Per row of the split, in order, what `head` receives from the rest of the model with dropout off."""
     model.to(accelerator.device)  # the loop has not placed it: features come before (or instead of) training
     captured = []
@@ -51,13 +55,16 @@ def head_inputs(model: torch.nn.Module, head: torch.nn.Module, encoded: Encoded,
     def one_vector_per_text(outputs, attention_mask) -> torch.Tensor:
         features = captured.pop()
         if features.ndim != 2:  # RoBERTa's and ELECTRA's heads read every token's hidden state
-            raise ValueError(f"the head reads {features.ndim - 1}-dimensional inputs per text, not one vector")
+            raise ValueError(
+                f"the head reads {features.ndim - 1}-dimensional inputs per text, not one vector"
+            )
         return features
 
     hook = head.register_forward_pre_hook(lambda module, args: captured.append(args[0].float()))
     try:
-        _, features = inference(model, encoded, split, cfg.training, accelerator, TASKS[cfg.data.task],
-                                values=one_vector_per_text)
+        _, features = inference(
+            model, encoded, split, cfg.training, accelerator, TASKS[cfg.data.task], values=one_vector_per_text
+        )
     finally:
         hook.remove()
     return torch.from_numpy(features)
@@ -77,14 +84,19 @@ class CachedFeatures(torch.nn.Module):
         return SequenceClassifierOutput(logits=getattr(self, self.head_name)(self.features[input_ids[:, 0]]))
 
 
-def on_cached_features(model: torch.nn.Module, encoded: Encoded, cfg: Config, accelerator) -> tuple[torch.nn.Module, Encoded, dict]:
+def on_cached_features(
+    model: torch.nn.Module, encoded: Encoded, cfg: Config, accelerator
+) -> tuple[torch.nn.Module, Encoded, dict]:
     """The model's head on its features, and the splits as rows of those features, computing only the features of
     texts this process has not seen under the same encoder; with what it computed and reused, for the record.
     A model whose head is not one module reading one vector per text trains as it is."""
     found = head_of(model)
     if found is None:  # the strategy trains the head alone, so the head is all that is not cached
-        logger.info("cache_features: the head of '%s' is not one module beside the encoder; the encoder runs "
-                    "every epoch", model.name_or_path)
+        logger.info(
+            "cache_features: the head of '%s' is not one module beside the encoder; the encoder runs "
+            "every epoch",
+            model.name_or_path,
+        )
         return model, encoded, {"cached": False}
     name, head = found
     m = cfg.model
@@ -93,8 +105,12 @@ def on_cached_features(model: torch.nn.Module, encoded: Encoded, cfg: Config, ac
     texts = {tuple(ids) for split in SPLITS for ids in encoded.ids[split]}
     missing = sorted(texts - store.keys())
     if missing:
-        unlabelled = Encoded(ids={"rows": [list(ids) for ids in missing]}, labels=None, pad_id=encoded.pad_id,
-                             label_names=encoded.label_names)
+        unlabelled = Encoded(
+            ids={"rows": [list(ids) for ids in missing]},
+            labels=None,
+            pad_id=encoded.pad_id,
+            label_names=encoded.label_names,
+        )
         try:
             computed = head_inputs(model, head, unlabelled, "rows", cfg, accelerator)
         except ValueError as err:
@@ -106,23 +122,39 @@ def on_cached_features(model: torch.nn.Module, encoded: Encoded, cfg: Config, ac
         ids[split] = [[len(rows) + i] + [0] * (len(x) - 1) for i, x in enumerate(encoded.ids[split])]
         rows += [store[tuple(x)] for x in encoded.ids[split]]
     seconds = time.perf_counter() - started
-    logger.info("cache_features: %d texts' features computed, %d reused (%.1fs)", len(missing), len(texts) - len(missing),
-                seconds)
+    logger.info(
+        "cache_features: %d texts' features computed, %d reused (%.1fs)",
+        len(missing),
+        len(texts) - len(missing),
+        seconds,
+    )
     view = CachedFeatures(name, head, torch.stack(rows))
-    return view, dataclasses.replace(encoded, ids=ids), {"cached": True, "computed": len(missing),
-                                                         "reused": len(texts) - len(missing),
-                                                         "seconds": round(seconds, 2)}
+    return (
+        view,
+        dataclasses.replace(encoded, ids=ids),
+        {
+            "cached": True,
+            "computed": len(missing),
+            "reused": len(texts) - len(missing),
+            "seconds": round(seconds, 2),
+        },
+    )
 
 
 def the_linear_layer(head: torch.nn.Module) -> torch.nn.Linear:
     """The single linear layer of a head that logistic regression can stand in for."""
     layers = [m for m in head.modules() if isinstance(m, torch.nn.Linear)]
-    others = [m for m in head.modules() if next(m.parameters(recurse=False), None) is not None
-              and not isinstance(m, torch.nn.Linear)]
+    others = [
+        m
+        for m in head.modules()
+        if next(m.parameters(recurse=False), None) is not None and not isinstance(m, torch.nn.Linear)
+    ]
     if len(layers) != 1 or others:
-        raise ConfigError("classifier: logistic_regression fits one linear layer, and this head has "
-                          f"{len(layers)} linear layers{' and other weights' if others else ''}: "
-                          "use classifier: head, or model.head.type linear")
+        raise ConfigError(
+            "classifier: logistic_regression fits one linear layer, and this head has "
+            f"{len(layers)} linear layers{' and other weights' if others else ''}: "
+            "use classifier: head, or model.head.type linear"
+        )
     return layers[0]
 
 
@@ -134,8 +166,10 @@ def fit_logistic_regression(model, encoded: Encoded, job: TrainJob, accelerator)
     task, metric = TASKS[cfg.data.task], cfg.training.early_stopping.metric
     found = head_of(model)
     if found is None:
-        raise ConfigError(f"classifier: logistic_regression needs the head of '{cfg.model.name}' to be one module "
-                          "beside the encoder; use classifier: head")
+        raise ConfigError(
+            f"classifier: logistic_regression needs the head of '{cfg.model.name}' to be one module "
+            "beside the encoder; use classifier: head"
+        )
     linear = the_linear_layer(found[1])
     spent = {"train": 0.0, "validation": 0.0, "checkpoint": 0.0}  # as the loop splits its time
     x = {}
@@ -149,12 +183,21 @@ def fit_logistic_regression(model, encoded: Encoded, job: TrainJob, accelerator)
         with stopwatch(spent, "train"):
             fitted = LogisticRegression(C=c, max_iter=2000).fit((x["train"] - mean) / std, y["train"])
             weight, bias = full_weights(fitted, encoded.num_labels)
-            weight, bias = weight / std, bias - (weight / std) @ mean  # the same logits on unstandardised features
+            weight, bias = (
+                weight / std,
+                bias - (weight / std) @ mean,
+            )  # the same logits on unstandardised features
         with stopwatch(spent, "validation"):
             logits = {split: x[split] @ weight.T + bias for split in x}
-            scores = {"val_loss": mean_log_loss(logits["validation"], y["validation"], encoded.num_labels),
-                      **{f"val_{name}": value for name, value in
-                         task.scores(y["validation"], logits["validation"], encoded.label_names).items()}}
+            scores = {
+                "val_loss": mean_log_loss(logits["validation"], y["validation"], encoded.num_labels),
+                **{
+                    f"val_{name}": value
+                    for name, value in task.scores(
+                        y["validation"], logits["validation"], encoded.label_names
+                    ).items()
+                },
+            }
         tried.append({"C": c, metric: scores[metric]})
         if best is None or task.is_better(metric, scores[metric], best[0][metric]):
             best = (scores, weight, bias, c, mean_log_loss(logits["train"], y["train"], encoded.num_labels))
@@ -164,23 +207,45 @@ def fit_logistic_regression(model, encoded: Encoded, job: TrainJob, accelerator)
         linear.bias.copy_(torch.as_tensor(bias, dtype=linear.bias.dtype))
     seconds = spent["train"]
     entry = {"epoch": 1, "step": 0, "train_loss": train_loss, **scores, "lr": None, "seconds": seconds}
-    if job.on_evaluation:  # one evaluation, which is its end: a search judges it, but cannot pause or prune it
+    if (
+        job.on_evaluation
+    ):  # one evaluation, which is its end: a search judges it, but cannot pause or prune it
         job.on_evaluation([entry])
     trained = {name for name, param in model.named_parameters() if param.requires_grad}
     with stopwatch(spent, "checkpoint"):
-        save_weights(job.run_dir / BEST_WEIGHTS, trainable_weights(model, accelerator, trained), job.run_key, 1)
-    logger.info("logistic regression: C=%g chosen on %s (%.4f) from %s | %.1fs", c, metric, scores[metric],
-                ", ".join(f"{t['C']:g}: {t[metric]:.4f}" for t in tried), seconds)
-    return TrainResult([entry], 1, 0, scores[metric],
-                       f"logistic regression: C={c:g} chosen on {metric} from {len(C_VALUES)} values", 0,
-                       round(seconds, 2), round(len(y["train"]) / seconds, 2), round(spent["validation"], 2),
-                       round(spent["checkpoint"], 2), {"logistic_regression": {"C": c, "tried": tried}})
+        save_weights(
+            job.run_dir / BEST_WEIGHTS, trainable_weights(model, accelerator, trained), job.run_key, 1
+        )
+    logger.info(
+        "logistic regression: C=%g chosen on %s (%.4f) from %s | %.1fs",
+        c,
+        metric,
+        scores[metric],
+        ", ".join(f"{t['C']:g}: {t[metric]:.4f}" for t in tried),
+        seconds,
+    )
+    return TrainResult(
+        [entry],
+        1,
+        0,
+        scores[metric],
+        f"logistic regression: C={c:g} chosen on {metric} from {len(C_VALUES)} values",
+        0,
+        round(seconds, 2),
+        round(len(y["train"]) / seconds, 2),
+        round(spent["validation"], 2),
+        round(spent["checkpoint"], 2),
+        {"logistic_regression": {"C": c, "tried": tried}},
+    )
 
 
 def full_weights(fitted: LogisticRegression, num_labels: int) -> tuple[np.ndarray, np.ndarray]:
     """One row of weights and one bias per label, in label order, whose softmax is the fitted probabilities.
     scikit-learn keeps one row for two classes (the second's log-odds) and none for a label absent from training."""
-    weight, bias = np.zeros((num_labels, fitted.coef_.shape[1])), np.full(num_labels, -1e4)  # absent: never predicted
+    weight, bias = (
+        np.zeros((num_labels, fitted.coef_.shape[1])),
+        np.full(num_labels, -1e4),
+    )  # absent: never predicted
     if len(fitted.classes_) == 2:
         weight[fitted.classes_] = np.stack([-fitted.coef_[0] / 2, fitted.coef_[0] / 2])
         bias[fitted.classes_] = [-fitted.intercept_[0] / 2, fitted.intercept_[0] / 2]

@@ -42,22 +42,40 @@ def fit_setfit(model, encoded: Encoded, job: TrainJob, accelerator) -> TrainResu
     # setfit tokenizes text itself: it gets the training texts as this run's tokenizer kept them (truncated,
     # and lower-cased by an uncased model), so both see the same words
     texts = body.tokenizer.batch_decode(encoded.ids["train"], skip_special_tokens=True)
-    body[0].model = model.base_model.to(accelerator.device)  # train the run's own encoder (and init_from's weights)
+    body[0].model = model.base_model.to(
+        accelerator.device
+    )  # train the run's own encoder (and init_from's weights)
     # setfit wants a folder for checkpoints; this run saves none there (save_strategy no), so a scratch one
     with tempfile.TemporaryDirectory() as scratch:
-        args = TrainingArguments(output_dir=scratch, batch_size=settings["batch_size"],
-                                 num_epochs=settings["num_epochs"], num_iterations=settings["num_iterations"],
-                                 body_learning_rate=job.learning_rate, max_length=cfg.model.max_length,
-                                 seed=cfg.training.seed, report_to="none", save_strategy="no", logging_strategy="no",
-                                 show_progress_bar=False)
-        trainer = Trainer(model=SetFitModel(model_body=body), args=args,
-                          train_dataset=Dataset.from_dict({"text": texts, "label": encoded.labels["train"]}))
-        for printer in (PrinterCallback, ProgressCallback):  # this runner logs the stage itself, in its own format
+        args = TrainingArguments(
+            output_dir=scratch,
+            batch_size=settings["batch_size"],
+            num_epochs=settings["num_epochs"],
+            num_iterations=settings["num_iterations"],
+            body_learning_rate=job.learning_rate,
+            max_length=cfg.model.max_length,
+            seed=cfg.training.seed,
+            report_to="none",
+            save_strategy="no",
+            logging_strategy="no",
+            show_progress_bar=False,
+        )
+        trainer = Trainer(
+            model=SetFitModel(model_body=body),
+            args=args,
+            train_dataset=Dataset.from_dict({"text": texts, "label": encoded.labels["train"]}),
+        )
+        for printer in (
+            PrinterCallback,
+            ProgressCallback,
+        ):  # this runner logs the stage itself, in its own format
             trainer.remove_callback(printer)
         started = time.perf_counter()
         trainer.train_embeddings(texts, encoded.labels["train"], args=args)
     body_seconds = time.perf_counter() - started
-    logger.info("setfit: contrastive training of the encoder on %d texts took %.1fs", len(texts), body_seconds)
+    logger.info(
+        "setfit: contrastive training of the encoder on %d texts took %.1fs", len(texts), body_seconds
+    )
     result = fit_logistic_regression(model, encoded, job, accelerator)
     result.train_time_s = round(result.train_time_s + body_seconds, 2)
     # texts encoded per second, as for the loop's epochs: both texts of every pair in every pass
@@ -86,11 +104,20 @@ def setfit_head(head: HeadConfig) -> HeadConfig:
     """SetFit's own head without a model.head: linear on the mean over tokens, the pooling sentence-transformers
     models use. An mlp head is refused: logistic regression stands in for one linear layer."""
     if head.type == "mlp":
-        raise ConfigError("strategies.setfit: logistic regression fits its head, one linear layer, so model.head.type "
-                          "mlp cannot be used with it; set model.head.type: linear (or model)")
+        raise ConfigError(
+            "strategies.setfit: logistic regression fits its head, one linear layer, so model.head.type "
+            "mlp cannot be used with it; set model.head.type: linear (or model)"
+        )
     return HeadConfig(type="linear", pooling="mean", dropout=0.0) if head.type == "model" else head
 
 
-SETFIT = Strategy("setfit", setfit, fit=lambda settings: fit_setfit, refuses=refuses, one_process=True,
-                  space=rates(5e-6, 1e-4),
-                  passes=lambda settings, epochs: encodings_per_text(settings), head=setfit_head)
+SETFIT = Strategy(
+    "setfit",
+    setfit,
+    fit=lambda settings: fit_setfit,
+    refuses=refuses,
+    one_process=True,
+    space=rates(5e-6, 1e-4),
+    passes=lambda settings, epochs: encodings_per_text(settings),
+    head=setfit_head,
+)

@@ -7,7 +7,9 @@ from tasks.question_answering import QuestionAnswering
 from tasks.regression import Regression
 from tasks.token_classification import TokenClassification
 
-TASKS: dict[str, Task] = {task.name: task for task in (Classification(), MultiLabel(), Regression(),
-                                                       TokenClassification(), QuestionAnswering())}
+TASKS: dict[str, Task] = {
+    task.name: task
+    for task in (Classification(), MultiLabel(), Regression(), TokenClassification(), QuestionAnswering())
+}
 
 __all__ = ["PAD_VALUE", "TASKS", "Metric", "Task", "Tokenized", "probabilities", "segment_ids"]

@@ -37,8 +37,11 @@ def pipeline_input(pairs: bool) -> str:
 
 def label_maps(label_names: list[str]) -> dict:
     """A head's size and label names, as transformers' config holds them."""
-    return {"num_labels": len(label_names), "id2label": dict(enumerate(label_names)),
-            "label2id": {name: i for i, name in enumerate(label_names)}}
+    return {
+        "num_labels": len(label_names),
+        "id2label": dict(enumerate(label_names)),
+        "label2id": {name: i for i, name in enumerate(label_names)},
+    }
 
 
 class Task(abc.ABC):
@@ -62,7 +65,10 @@ class Task(abc.ABC):
     # whether its prediction values are logits of classes, which one temperature can calibrate
     calibrates: bool = False
     # a reliability diagram's axes: what a bin's confidence is, and what is counted against it
-    reliability_axes: tuple[str, str] = ("confidence: the predicted class's probability", "accuracy in the bin")
+    reliability_axes: tuple[str, str] = (
+        "confidence: the predicted class's probability",
+        "accuracy in the bin",
+    )
     # whether a text holds a set of labels, each given where its probability reaches the label's threshold
     label_sets: bool = False
     # what the tokens beyond model.max_length become, for the data report
@@ -78,14 +84,17 @@ class Task(abc.ABC):
         """The columns the data config names, as {text, pair, label: (config key, column)}, and any the task reads
         where they are there (config key None); `known`: the Hub data set's own columns, when it is one bertlab
         knows."""
-        return {"text": ("data.text_column", cfg.text_column or (known.text_column if known else "text")),
-                "pair": ("data.text_pair_column", cfg.text_pair_column),
-                "label": ("data.label_column", cfg.label_column or (known.label_column if known else "label"))}
+        return {
+            "text": ("data.text_column", cfg.text_column or (known.text_column if known else "text")),
+            "pair": ("data.text_pair_column", cfg.text_pair_column),
+            "label": ("data.label_column", cfg.label_column or (known.label_column if known else "label")),
+        }
 
     # ---- the task's data shape: what data.py, predict and the data report ask of it
 
-    def prepare(self, frame: pd.DataFrame, split: str, columns: dict[str, tuple[str | None, str]],
-                found: dict, data) -> pd.DataFrame:
+    def prepare(
+        self, frame: pd.DataFrame, split: str, columns: dict[str, tuple[str | None, str]], found: dict, data
+    ) -> pd.DataFrame:
         """One split's columns (text, pair, label) as cleaning compares them: strings where a row holds a list
         or a mapping. `columns` maps each to (its config key, the column in the data), for error messages;
         what the task repairs or drops it counts in `found`, the split's cleaning counts; `data`: the data config."""
@@ -109,18 +118,28 @@ class Task(abc.ABC):
         """The text whose repeats share a fold, so that no fold validates on a text another trained on."""
         return texts
 
-    def tokenize(self, tokenizer, texts: list[str], pairs: list[str] | None, max_length: int,
-                 doc_stride: int | None) -> Tokenized:
+    def tokenize(
+        self, tokenizer, texts: list[str], pairs: list[str] | None, max_length: int, doc_stride: int | None
+    ) -> Tokenized:
         """Texts as the task reads them (single texts, or pairs cut longest first); the same for training and
         for predict."""
         if pairs is None:
             return Tokenized(token_ids(tokenizer, texts, max_length))
-        encoded = tokenizer(texts, pairs, truncation=True, max_length=max_length, return_attention_mask=False,
-                            return_token_type_ids=True)
-        return Tokenized(encoded["input_ids"], pair_separator(tokenizer, encoded["input_ids"],
-                                                              encoded["token_type_ids"]))
+        encoded = tokenizer(
+            texts,
+            pairs,
+            truncation=True,
+            max_length=max_length,
+            return_attention_mask=False,
+            return_token_type_ids=True,
+        )
+        return Tokenized(
+            encoded["input_ids"], pair_separator(tokenizer, encoded["input_ids"], encoded["token_type_ids"])
+        )
 
-    def align(self, tokens: Tokenized, labels: list | None, pairs: list[str] | None) -> tuple[list | None, object]:
+    def align(
+        self, tokens: Tokenized, labels: list | None, pairs: list[str] | None
+    ) -> tuple[list | None, object]:
         """One split's labels per row of token ids (None: text to predict on), and the layout that leads from
         rows back to examples (None when each row is one example), kept opaque to the code outside tasks."""
         return labels, None
@@ -146,7 +165,9 @@ class Task(abc.ABC):
         """A prepared row's label as the data report and the log show it."""
         return str(label)
 
-    def label_report(self, distributions: dict[str, dict], labels: dict[str, list], label_names: list[str]) -> dict:
+    def label_report(
+        self, distributions: dict[str, dict], labels: dict[str, list], label_names: list[str]
+    ) -> dict:
         """The data report's entries on the labels, from each split's label_distribution (and its labels)."""
         return {"label_summary": distributions}
 
@@ -156,14 +177,20 @@ class Task(abc.ABC):
         its own (config_problems). Called by config validation."""
         d, t, found = cfg.data, cfg.training, []
         if d.label_columns is not None and not self.label_sets:
-            found.append(f"data.label_columns: got {shown(d.label_columns)}, allowed: null unless data.task is "
-                         "multi_label (one 0/1 column per label)")
+            found.append(
+                f"data.label_columns: got {shown(d.label_columns)}, allowed: null unless data.task is "
+                "multi_label (one 0/1 column per label)"
+            )
         if t.calibration != "none" and not self.calibrates:
-            found.append(f"training.calibration: got {shown(t.calibration)}, allowed: none with data.task: "
-                         f"{self.name} (a temperature calibrates the probabilities of classification and multi_label)")
+            found.append(
+                f"training.calibration: got {shown(t.calibration)}, allowed: none with data.task: "
+                f"{self.name} (a temperature calibrates the probabilities of classification and multi_label)"
+            )
         if t.decision_threshold != "tuned" and not self.label_sets:
-            found.append(f"training.decision_threshold: got {shown(t.decision_threshold)}, allowed: tuned with "
-                         f"data.task: {self.name} (a threshold decides the labels of multi_label)")
+            found.append(
+                f"training.decision_threshold: got {shown(t.decision_threshold)}, allowed: tuned with "
+                f"data.task: {self.name} (a threshold decides the labels of multi_label)"
+            )
         return found + self.config_problems(cfg)
 
     def config_problems(self, cfg) -> list[str]:
@@ -176,8 +203,10 @@ class Task(abc.ABC):
 
     def card_usage(self, pairs: bool) -> list[str]:
         """Python lines for an exported model's card: the pipeline and one call (after the import)."""
-        return ['classify = pipeline("text-classification", model=FOLDER)',
-                f"classify([{pipeline_input(pairs)}], truncation=True, top_k=3)"]
+        return [
+            'classify = pipeline("text-classification", model=FOLDER)',
+            f"classify([{pipeline_input(pairs)}], truncation=True, top_k=3)",
+        ]
 
     def card_limit(self, label_names: list[str], distribution: dict | None) -> str:
         """The model card's sentence on what the model can answer."""
@@ -211,8 +240,9 @@ class Task(abc.ABC):
         leave it)."""
 
     @abc.abstractmethod
-    def encode_labels(self, labels: dict[str, pd.Series], hub_names: list[str] | None,
-                      column: str) -> tuple[list[str], dict[str, list]]:
+    def encode_labels(
+        self, labels: dict[str, pd.Series], hub_names: list[str] | None, column: str
+    ) -> tuple[list[str], dict[str, list]]:
         """The label names and each split's labels as the loop takes them, from the raw label column (`hub_names`:
         a Hub ClassLabel's names, when the data set has one)."""
 
@@ -265,17 +295,23 @@ class Task(abc.ABC):
         """The test results of a run: every metric and whatever detail the task adds."""
 
     @abc.abstractmethod
-    def example_statistics(self, truth: np.ndarray, predictions: np.ndarray, label_names: list[str]) -> np.ndarray:
+    def example_statistics(
+        self, truth: np.ndarray, predictions: np.ndarray, label_names: list[str]
+    ) -> np.ndarray:
         """Per test example, numbers whose sums give the compared metrics (shape: examples x statistics).
         The paired bootstrap resamples examples by weighting these rows."""
 
     @abc.abstractmethod
-    def metrics_from_sums(self, sums: np.ndarray, counts: np.ndarray, label_names: list[str]) -> dict[str, np.ndarray]:
+    def metrics_from_sums(
+        self, sums: np.ndarray, counts: np.ndarray, label_names: list[str]
+    ) -> dict[str, np.ndarray]:
         """The compared metrics from weighted sums of example_statistics (one row per weighting) and the
         total weight of each weighting."""
 
     def scores(self, truth, values, label_names: list[str]) -> dict[str, float]:
-        return {m.name: float(m.compute(np.asarray(truth), np.asarray(values), label_names)) for m in self.metrics}
+        return {
+            m.name: float(m.compute(np.asarray(truth), np.asarray(values), label_names)) for m in self.metrics
+        }
 
     def summary_metrics(self) -> list[Metric]:
         """The metrics the summary table, the report and the score plots show."""
@@ -304,15 +340,21 @@ class Task(abc.ABC):
         return f"{split} {'loss' if name == 'loss' else self.metric(name).label}"
 
 
-CALIBRATION_BINS = 15  # equal-width confidence bins of the expected calibration error and the reliability diagram
+CALIBRATION_BINS = (
+    15  # equal-width confidence bins of the expected calibration error and the reliability diagram
+)
 
 
-def reliability_bins(confidence: np.ndarray, outcome: np.ndarray, bins: int = CALIBRATION_BINS) -> dict[str, list]:
+def reliability_bins(
+    confidence: np.ndarray, outcome: np.ndarray, bins: int = CALIBRATION_BINS
+) -> dict[str, list]:
     """Per equal-width bin of the stated probabilities: how many fell in it, their mean and the share of them
     whose outcome came true (a reliability diagram's data; empty bins hold None)."""
     which = np.minimum((confidence * bins).astype(int), bins - 1)
     count = np.bincount(which, minlength=bins)
-    mean = lambda x: [float(v) if n else None for v, n in zip(np.bincount(which, x, bins) / np.maximum(count, 1), count)]
+    mean = lambda x: [
+        float(v) if n else None for v, n in zip(np.bincount(which, x, bins) / np.maximum(count, 1), count)
+    ]
     return {"count": count.tolist(), "confidence": mean(confidence), "accuracy": mean(outcome.astype(float))}
 
 
@@ -330,10 +372,13 @@ def commonest_prediction(predictions: np.ndarray, truth: list, spread: float) ->
     kinds, counts = np.unique(rows, axis=0, return_counts=True)
     top = kinds[counts.argmax()]
     truth_rows = np.asarray(truth).reshape(len(rows), -1)
-    return {"examples": len(rows), "prediction": top.tolist(),
-            "prediction_share": float(counts.max() / len(rows)),
-            "truth_share": float((truth_rows == top).all(1).mean()),
-            "spread": spread}
+    return {
+        "examples": len(rows),
+        "prediction": top.tolist(),
+        "prediction_share": float(counts.max() / len(rows)),
+        "truth_share": float((truth_rows == top).all(1).mean()),
+        "spread": spread,
+    }
 
 
 def output_spread(probabilities: np.ndarray, outcomes_per_column: bool = False) -> float:
@@ -354,9 +399,14 @@ def probabilities(logits: np.ndarray) -> np.ndarray:
 def class_settings(cfg) -> list[tuple[str, object, object]]:
     """The settings that act on classes of whole texts, each as (key, value, the value that leaves it off)."""
     t = cfg.training
-    return [("training.loss", t.loss, "cross_entropy"), ("training.class_weights", t.class_weights, None),
-            ("training.label_smoothing", t.label_smoothing, 0), ("training.sampler", t.sampler, "random"),
-            ("few_shot.enabled", cfg.few_shot.enabled, False), ("data.augment.enabled", cfg.data.augment.enabled, False)]
+    return [
+        ("training.loss", t.loss, "cross_entropy"),
+        ("training.class_weights", t.class_weights, None),
+        ("training.label_smoothing", t.label_smoothing, 0),
+        ("training.sampler", t.sampler, "random"),
+        ("few_shot.enabled", cfg.few_shot.enabled, False),
+        ("data.augment.enabled", cfg.data.augment.enabled, False),
+    ]
 
 
 def own_head_setting(cfg) -> tuple[str, object, object]:
@@ -370,7 +420,9 @@ def settings_away_from_defaults(settings: list[tuple[str, object, object]], task
     problems = []
     for key, value, default in settings:
         if value != default:
-            allowed = "null" if default is None else str(default).lower() if isinstance(default, bool) else default
+            allowed = (
+                "null" if default is None else str(default).lower() if isinstance(default, bool) else default
+            )
             problems.append(f"{key}: got {value!r}, allowed: {allowed} with data.task: {task} ({why})")
     return problems
 
@@ -391,8 +443,13 @@ class Tokenized:
 
 def token_ids(tokenizer, texts: list[str], max_length: int) -> list[list[int]]:
     """Texts as token ids, truncated at max_length and unpadded: the same for training and for predict."""
-    return tokenizer(texts, truncation=True, max_length=max_length, return_attention_mask=False,
-                     return_token_type_ids=False)["input_ids"]
+    return tokenizer(
+        texts,
+        truncation=True,
+        max_length=max_length,
+        return_attention_mask=False,
+        return_token_type_ids=False,
+    )["input_ids"]
 
 
 def pair_separator(tokenizer, ids: list[list[int]], types: list[list[int]]) -> int | None:
@@ -405,8 +462,10 @@ def pair_separator(tokenizer, ids: list[list[int]], types: list[list[int]]) -> i
     ids = torch.nn.utils.rnn.pad_sequence([torch.tensor(x) for x in ids], batch_first=True, padding_value=-1)
     types = torch.nn.utils.rnn.pad_sequence([torch.tensor(x) for x in types], batch_first=True)
     if separator is None or not torch.equal(segment_ids(ids, ids >= 0, separator), types):
-        raise ConfigError("data.text_pair_column: the tokenizer of this model marks the two texts of a pair in a way "
-                          "bertlab does not know (token type ids other than 0 up to the first separator, 1 after it)")
+        raise ConfigError(
+            "data.text_pair_column: the tokenizer of this model marks the two texts of a pair in a way "
+            "bertlab does not know (token type ids other than 0 up to the first separator, 1 after it)"
+        )
     return separator
 
 

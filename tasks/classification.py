@@ -10,18 +10,37 @@ import pandas as pd
 import peft
 import torch
 import torch.nn.functional as F
-from sklearn.metrics import (accuracy_score, confusion_matrix, f1_score, log_loss, matthews_corrcoef,
-                             precision_recall_fscore_support, precision_score, recall_score)
+from sklearn.metrics import (
+    accuracy_score,
+    confusion_matrix,
+    f1_score,
+    log_loss,
+    matthews_corrcoef,
+    precision_recall_fscore_support,
+    precision_score,
+    recall_score,
+)
 from transformers import AutoModelForSequenceClassification
 
-from tasks.base import (Metric, Task, calibration_error, commonest_prediction, label_maps, output_spread,
-                        probabilities, reliability_bins)
+from tasks.base import (
+    Metric,
+    Task,
+    calibration_error,
+    commonest_prediction,
+    label_maps,
+    output_spread,
+    probabilities,
+    reliability_bins,
+)
 from utils import ConfigError, shown
 
 # Labels that spell a missing value (pandas writes NaN so, and spreadsheets and JSON dumps keep it).
 NAN_LABELS = ("NaN", "nan")
 
-def of_labels(score: Callable[[np.ndarray, np.ndarray, int], float]) -> Callable[[np.ndarray, np.ndarray, int], float]:
+
+def of_labels(
+    score: Callable[[np.ndarray, np.ndarray, int], float],
+) -> Callable[[np.ndarray, np.ndarray, int], float]:
     """A metric of predicted labels as a metric of a classifier's logits (their argmax is the prediction)."""
     return lambda truth, logits, label_names: score(truth, logits.argmax(-1), len(label_names))
 
@@ -51,22 +70,58 @@ def expected_calibration_error(truth: np.ndarray, logits: np.ndarray, label_name
 CLASSIFICATION_METRICS = (
     Metric("accuracy", "accuracy", of_labels(lambda t, p, _: accuracy_score(t, p))),
     # every class the model knows counts in the macro averages, also one absent from this split (its F1 is then 0)
-    Metric("macro_f1", "macro-F1", of_labels(lambda t, p, k: f1_score(t, p, labels=range(k), average="macro", zero_division=0))),
-    Metric("balanced_accuracy", "balanced accuracy",  # mean recall over the classes present
-           of_labels(lambda t, p, _: recall_score(t, p, labels=np.unique(t), average="macro", zero_division=0))),
+    Metric(
+        "macro_f1",
+        "macro-F1",
+        of_labels(lambda t, p, k: f1_score(t, p, labels=range(k), average="macro", zero_division=0)),
+    ),
+    Metric(
+        "balanced_accuracy",
+        "balanced accuracy",  # mean recall over the classes present
+        of_labels(lambda t, p, _: recall_score(t, p, labels=np.unique(t), average="macro", zero_division=0)),
+    ),
     Metric("worst_class_f1", "worst-class F1", of_labels(lambda t, p, k: worst_class(t, p, k)[1])),
-    Metric("weighted_f1", "weighted F1", of_labels(lambda t, p, k: f1_score(t, p, labels=range(k), average="weighted",
-                                                                              zero_division=0)), in_summary=False),
-    Metric("micro_f1", "micro-F1", of_labels(lambda t, p, k: f1_score(t, p, labels=range(k), average="micro",
-                                                                        zero_division=0)), in_summary=False),
-    Metric("macro_precision", "macro precision", of_labels(lambda t, p, k: precision_score(
-        t, p, labels=range(k), average="macro", zero_division=0)), in_summary=False),
-    Metric("macro_recall", "macro recall", of_labels(lambda t, p, k: recall_score(
-        t, p, labels=range(k), average="macro", zero_division=0)), in_summary=False),
-    Metric("mcc", "Matthews correlation", of_labels(lambda t, p, _: matthews_corrcoef(t, p)), in_summary=False),
-    Metric("log_loss", "log loss", lambda t, logits, names: log_loss(t, probabilities(logits), labels=range(len(names))),
-           higher_is_better=False, in_summary=False),
-    Metric("ece", "expected calibration error", expected_calibration_error, higher_is_better=False, in_summary=False),
+    Metric(
+        "weighted_f1",
+        "weighted F1",
+        of_labels(lambda t, p, k: f1_score(t, p, labels=range(k), average="weighted", zero_division=0)),
+        in_summary=False,
+    ),
+    Metric(
+        "micro_f1",
+        "micro-F1",
+        of_labels(lambda t, p, k: f1_score(t, p, labels=range(k), average="micro", zero_division=0)),
+        in_summary=False,
+    ),
+    Metric(
+        "macro_precision",
+        "macro precision",
+        of_labels(lambda t, p, k: precision_score(t, p, labels=range(k), average="macro", zero_division=0)),
+        in_summary=False,
+    ),
+    Metric(
+        "macro_recall",
+        "macro recall",
+        of_labels(lambda t, p, k: recall_score(t, p, labels=range(k), average="macro", zero_division=0)),
+        in_summary=False,
+    ),
+    Metric(
+        "mcc", "Matthews correlation", of_labels(lambda t, p, _: matthews_corrcoef(t, p)), in_summary=False
+    ),
+    Metric(
+        "log_loss",
+        "log loss",
+        lambda t, logits, names: log_loss(t, probabilities(logits), labels=range(len(names))),
+        higher_is_better=False,
+        in_summary=False,
+    ),
+    Metric(
+        "ece",
+        "expected calibration error",
+        expected_calibration_error,
+        higher_is_better=False,
+        in_summary=False,
+    ),
 )
 
 
@@ -95,12 +150,17 @@ class Classification(Task):
 
     def label_report(self, distributions, labels, label_names):
         train = [n for n in distributions["train"].values() if n > 0]
-        return {"class_counts": distributions, "imbalance_ratio": max(train) / min(train)}  # largest / smallest
+        return {
+            "class_counts": distributions,
+            "imbalance_ratio": max(train) / min(train),
+        }  # largest / smallest
 
     def encode_labels(self, labels, hub_names, column):
         values = sorted(set(labels["train"].tolist()), key=lambda v: (isinstance(v, str), v))
         if len(values) < 2:
-            raise ConfigError(f"data: training data has a single class ({values[0]!r}); classification needs at least 2")
+            raise ConfigError(
+                f"data: training data has a single class ({values[0]!r}); classification needs at least 2"
+            )
         if hub_names is not None:
             names, to_id = hub_names, {i: i for i in range(len(hub_names))}
         else:
@@ -109,7 +169,9 @@ class Classification(Task):
         for split, values in labels.items():
             unseen = sorted({str(v) for v in values if v not in to_id})
             if unseen:
-                raise ConfigError(f"data: the {split} split has labels that training never saw: {', '.join(unseen[:10])}")
+                raise ConfigError(
+                    f"data: the {split} split has labels that training never saw: {', '.join(unseen[:10])}"
+                )
             encoded[split] = [to_id[v] for v in values]
         return names, encoded
 
@@ -134,7 +196,9 @@ class Classification(Task):
             logits = outputs.logits.float()
             weight = None if weights is None else weights.to(logits.device)
             if t.loss == "cross_entropy":
-                return F.cross_entropy(logits, labels, weight=weight, label_smoothing=t.label_smoothing, reduction="sum")
+                return F.cross_entropy(
+                    logits, labels, weight=weight, label_smoothing=t.label_smoothing, reduction="sum"
+                )
             return focal_loss(logits, labels, t.focal_gamma, weight)
 
         return loss
@@ -144,15 +208,20 @@ class Classification(Task):
 
     def prepare(self, frame, split, columns, found, data):
         labels = frame["label"]
-        kinds = {i: isinstance(v, str) for i, v in labels.items()
-                 if isinstance(v, (str, int, float, np.integer, np.floating)) and not pd.isna(v)}
+        kinds = {
+            i: isinstance(v, str)
+            for i, v in labels.items()
+            if isinstance(v, (str, int, float, np.integer, np.floating)) and not pd.isna(v)
+        }
         if len(set(kinds.values())) > 1:  # "3" and 3 would be two classes, or the label encoder's traceback
             first = next(iter(kinds))
             other = next(i for i, is_text in kinds.items() if is_text != kinds[first])
-            raise ConfigError(f"{columns['label'][0]}: column '{columns['label'][1]}' of the {split} data mixes numbers "
-                              f"and strings (row {first + 1}: {shown(labels[first])}, row {other + 1}: "
-                              f"{shown(labels[other])}), allowed: labels of one kind; quote the numbers or name every "
-                              "label")
+            raise ConfigError(
+                f"{columns['label'][0]}: column '{columns['label'][1]}' of the {split} data mixes numbers "
+                f"and strings (row {first + 1}: {shown(labels[first])}, row {other + 1}: "
+                f"{shown(labels[other])}), allowed: labels of one kind; quote the numbers or name every "
+                "label"
+            )
         # a label written as NaN is no label: dropped and counted as missing, never a class named "nan"
         return frame.assign(label=labels.mask(labels.isin(NAN_LABELS)))
 
@@ -169,7 +238,7 @@ class Classification(Task):
 
     def decode(self, values, label_names, top_k, text):
         # ranked on the logits themselves, so the first label is exactly predict()'s argmax
-        ranked = np.argsort(-values, kind="stable")[:max(top_k, 1)]
+        ranked = np.argsort(-values, kind="stable")[: max(top_k, 1)]
         p = probabilities(values)
         row = {"predicted_label": label_names[ranked[0]], "probability": float(p[ranked[0]])}
         if top_k > 1:
@@ -188,19 +257,32 @@ class Classification(Task):
         counts = np.bincount(train_labels, minlength=len(label_names))
         prior = np.log(np.maximum(counts, 1) / counts.sum())
         majority = int(counts.argmax())
-        return {"label": label_names[majority],
-                **self.scores(test_labels, np.tile(prior, (len(test_labels), 1)), label_names)}
+        return {
+            "label": label_names[majority],
+            **self.scores(test_labels, np.tile(prior, (len(test_labels), 1)), label_names),
+        }
 
     def test_report(self, truth, values, label_names):
         truth, ids = np.asarray(truth), list(range(len(label_names)))
         predictions = self.predict(values)
-        precision, recall, f1, support = precision_recall_fscore_support(truth, predictions, labels=ids, zero_division=0)
-        return {**self.scores(truth, values, label_names),
-                "worst_class": label_names[worst_class(truth, predictions, len(label_names))[0]],
-                "per_class": {name: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
-                                     "support": int(support[i])} for i, name in enumerate(label_names)},
-                "confusion_matrix": confusion_matrix(truth, predictions, labels=ids).tolist(),  # rows: truth
-                "calibration": calibration_bins(truth, values)}
+        precision, recall, f1, support = precision_recall_fscore_support(
+            truth, predictions, labels=ids, zero_division=0
+        )
+        return {
+            **self.scores(truth, values, label_names),
+            "worst_class": label_names[worst_class(truth, predictions, len(label_names))[0]],
+            "per_class": {
+                name: {
+                    "precision": float(precision[i]),
+                    "recall": float(recall[i]),
+                    "f1": float(f1[i]),
+                    "support": int(support[i]),
+                }
+                for i, name in enumerate(label_names)
+            },
+            "confusion_matrix": confusion_matrix(truth, predictions, labels=ids).tolist(),  # rows: truth
+            "calibration": calibration_bins(truth, values),
+        }
 
     def example_statistics(self, truth, predictions, label_names):
         # columns: correct | predicted class (one-hot) | true class (one-hot) | true positive per class
@@ -212,14 +294,19 @@ class Classification(Task):
 
     def metrics_from_sums(self, sums, counts, label_names):
         k = len(label_names)
-        predicted, actual, true_positive = (sums[:, 1 + i * k:1 + (i + 1) * k] for i in range(3))
+        predicted, actual, true_positive = (sums[:, 1 + i * k : 1 + (i + 1) * k] for i in range(3))
         denominator = predicted + actual
-        f1 = np.divide(2 * true_positive, denominator, out=np.zeros_like(true_positive), where=denominator > 0)
+        f1 = np.divide(
+            2 * true_positive, denominator, out=np.zeros_like(true_positive), where=denominator > 0
+        )
         present = actual > 0  # balanced accuracy and the worst class are over the classes the resample holds
         recall = np.divide(true_positive, actual, out=np.zeros_like(true_positive), where=present)
-        return {"accuracy": sums[:, 0] / counts, "macro_f1": f1.mean(1),
-                "balanced_accuracy": recall.sum(1) / present.sum(1),
-                "worst_class_f1": np.where(present, f1, np.inf).min(1)}
+        return {
+            "accuracy": sums[:, 0] / counts,
+            "macro_f1": f1.mean(1),
+            "balanced_accuracy": recall.sum(1) / present.sum(1),
+            "worst_class_f1": np.where(present, f1, np.inf).min(1),
+        }
 
 
 def class_weights(setting, train_labels: list[int], label_names: list[str]) -> torch.Tensor | None:
@@ -229,20 +316,28 @@ def class_weights(setting, train_labels: list[int], label_names: list[str]) -> t
         return None
     if setting == "balanced":
         counts = np.bincount(np.asarray(train_labels, dtype=np.int64), minlength=len(label_names))
-        return torch.tensor(len(train_labels) / (len(label_names) * np.maximum(counts, 1)), dtype=torch.float32)
+        return torch.tensor(
+            len(train_labels) / (len(label_names) * np.maximum(counts, 1)), dtype=torch.float32
+        )
     if isinstance(setting, dict):
         unknown = sorted(set(setting) - set(label_names))
         if unknown:
-            raise ConfigError(f"training.class_weights: no label {', '.join(map(repr, unknown))} in the data; its labels: "
-                              f"{', '.join(label_names)}")
+            raise ConfigError(
+                f"training.class_weights: no label {', '.join(map(repr, unknown))} in the data; its labels: "
+                f"{', '.join(label_names)}"
+            )
         setting = [setting.get(name, 1.0) for name in label_names]
     if len(setting) != len(label_names):
-        raise ConfigError(f"training.class_weights: got {len(setting)} weights, allowed: one per label "
-                          f"({len(label_names)}: {', '.join(label_names)})")
+        raise ConfigError(
+            f"training.class_weights: got {len(setting)} weights, allowed: one per label "
+            f"({len(label_names)}: {', '.join(label_names)})"
+        )
     return torch.tensor(setting, dtype=torch.float32)
 
 
-def focal_loss(logits: torch.Tensor, labels: torch.Tensor, gamma: float, weight: torch.Tensor | None) -> torch.Tensor:
+def focal_loss(
+    logits: torch.Tensor, labels: torch.Tensor, gamma: float, weight: torch.Tensor | None
+) -> torch.Tensor:
     """Focal loss (Lin et al. 2017), summed: -alpha_y (1 - p_y)^gamma log p_y, with the class weights as alpha."""
     log_p = F.log_softmax(logits, -1).gather(1, labels[:, None]).squeeze(1)
     loss = -((1 - log_p.exp()) ** gamma) * log_p

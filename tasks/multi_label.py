@@ -10,12 +10,31 @@ import peft
 import torch
 import torch.nn.functional as F
 from scipy.special import expit
-from sklearn.metrics import (accuracy_score, f1_score, hamming_loss, label_ranking_average_precision_score, log_loss,
-                             precision_recall_curve, precision_recall_fscore_support, precision_score, recall_score)
+from sklearn.metrics import (
+    accuracy_score,
+    f1_score,
+    hamming_loss,
+    label_ranking_average_precision_score,
+    log_loss,
+    precision_recall_curve,
+    precision_recall_fscore_support,
+    precision_score,
+    recall_score,
+)
 from transformers import AutoModelForSequenceClassification
 
-from tasks.base import (Metric, Task, calibration_error, class_settings, commonest_prediction, label_maps,
-                        output_spread, pipeline_input, reliability_bins, settings_away_from_defaults)
+from tasks.base import (
+    Metric,
+    Task,
+    calibration_error,
+    class_settings,
+    commonest_prediction,
+    label_maps,
+    output_spread,
+    pipeline_input,
+    reliability_bins,
+    settings_away_from_defaults,
+)
 from tasks.classification import class_weights
 from utils import ConfigError
 
@@ -23,7 +42,9 @@ from utils import ConfigError
 JOINED = "\x1f"
 # What joins the labels and the probabilities in a prediction's columns.
 SHOWN = "|"
-DEFAULT_THRESHOLD = 0.5  # before thresholds are tuned: validation during training, and a label with no positives
+DEFAULT_THRESHOLD = (
+    0.5  # before thresholds are tuned: validation during training, and a label with no positives
+)
 
 
 def parsed(rows: pd.Series | list) -> list[list[str]]:
@@ -47,8 +68,9 @@ def best_f1_threshold(probability: np.ndarray, truth: np.ndarray) -> float:
     if truth.sum() == 0:
         return DEFAULT_THRESHOLD
     precision, recall, thresholds = precision_recall_curve(truth, probability)
-    f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros_like(precision),
-                   where=precision + recall > 0)[:len(thresholds)]
+    f1 = np.divide(
+        2 * precision * recall, precision + recall, out=np.zeros_like(precision), where=precision + recall > 0
+    )[: len(thresholds)]
     chosen = thresholds[int(np.argmax(f1))]
     below = probability[probability < chosen]
     return float((chosen + below.max()) / 2) if below.size else float(chosen)
@@ -72,27 +94,56 @@ class MultiLabel(Task):
     diagnostics = ("collapse",)
 
     def __init__(self, thresholds: list[float] | None = None):
-        self.thresholds = np.asarray(DEFAULT_THRESHOLD if thresholds is None else thresholds, dtype=np.float64)
+        self.thresholds = np.asarray(
+            DEFAULT_THRESHOLD if thresholds is None else thresholds, dtype=np.float64
+        )
         decided = lambda score: lambda truth, logits, names: score(truth, self.predict(logits))
         probability = lambda score: lambda truth, logits, names: score(truth, expit(logits))
         self.metrics = (
-            Metric("micro_f1", "micro-F1", decided(lambda t, p: f1_score(t, p, average="micro", zero_division=0))),
+            Metric(
+                "micro_f1", "micro-F1", decided(lambda t, p: f1_score(t, p, average="micro", zero_division=0))
+            ),
             # every label counts in the macro average, also one absent from this split (its F1 is then 0)
-            Metric("macro_f1", "macro-F1", decided(lambda t, p: f1_score(t, p, average="macro", zero_division=0))),
+            Metric(
+                "macro_f1", "macro-F1", decided(lambda t, p: f1_score(t, p, average="macro", zero_division=0))
+            ),
             # per text, then averaged; a text with no label and none predicted is right (1)
-            Metric("samples_f1", "per-text F1", decided(lambda t, p: f1_score(t, p, average="samples", zero_division=1))),
+            Metric(
+                "samples_f1",
+                "per-text F1",
+                decided(lambda t, p: f1_score(t, p, average="samples", zero_division=1)),
+            ),
             Metric("subset_accuracy", "exact-set accuracy", decided(accuracy_score)),
             Metric("hamming_loss", "Hamming loss", decided(hamming_loss), higher_is_better=False),
-            Metric("lrap", "label ranking avg. precision", probability(label_ranking_average_precision_score)),
-            Metric("micro_precision", "micro precision", decided(lambda t, p: precision_score(
-                t, p, average="micro", zero_division=0)), in_summary=False),
-            Metric("micro_recall", "micro recall", decided(lambda t, p: recall_score(t, p, average="micro", zero_division=0)),
-                   in_summary=False),
-            Metric("log_loss", "log loss", probability(lambda t, p: log_loss(t.ravel(), p.ravel(), labels=[0, 1])),
-                   higher_is_better=False, in_summary=False),
-            Metric("ece", "expected calibration error",
-                   lambda t, logits, names: calibration_error(calibration_bins(t, logits)),
-                   higher_is_better=False, in_summary=False),
+            Metric(
+                "lrap", "label ranking avg. precision", probability(label_ranking_average_precision_score)
+            ),
+            Metric(
+                "micro_precision",
+                "micro precision",
+                decided(lambda t, p: precision_score(t, p, average="micro", zero_division=0)),
+                in_summary=False,
+            ),
+            Metric(
+                "micro_recall",
+                "micro recall",
+                decided(lambda t, p: recall_score(t, p, average="micro", zero_division=0)),
+                in_summary=False,
+            ),
+            Metric(
+                "log_loss",
+                "log loss",
+                probability(lambda t, p: log_loss(t.ravel(), p.ravel(), labels=[0, 1])),
+                higher_is_better=False,
+                in_summary=False,
+            ),
+            Metric(
+                "ece",
+                "expected calibration error",
+                lambda t, logits, names: calibration_error(calibration_bins(t, logits)),
+                higher_is_better=False,
+                in_summary=False,
+            ),
         )
 
     # ---- the data's shape: a set of labels per row
@@ -113,12 +164,18 @@ class MultiLabel(Task):
             bad = ~values.isin([0, 1, True, False])
             if bad.any().any():
                 row, column = np.argwhere(bad.to_numpy())[0]
-                raise ConfigError(f"data.label_columns: column '{flags[column][6:]}' row {row} of the {split} data holds "
-                                  f"{values.iat[row, column]!r}, allowed: 0 or 1 (1: the label applies)")
-            rows = [[name[6:] for name, on in zip(flags, row) if on] for row in values.itertuples(index=False)]
+                raise ConfigError(
+                    f"data.label_columns: column '{flags[column][6:]}' row {row} of the {split} data holds "
+                    f"{values.iat[row, column]!r}, allowed: 0 or 1 (1: the label applies)"
+                )
+            rows = [
+                [name[6:] for name, on in zip(flags, row) if on] for row in values.itertuples(index=False)
+            ]
         else:
-            rows = [self.labels_of(value, data.label_separator, columns["label"][0], split, row)
-                    for row, value in enumerate(frame["label"])]
+            rows = [
+                self.labels_of(value, data.label_separator, columns["label"][0], split, row)
+                for row, value in enumerate(frame["label"])
+            ]
         found["texts_without_label"] = sum(not row for row in rows)
         kept = {name: frame[name] for name in ("text", "pair") if name in frame}
         return pd.DataFrame({**kept, "label": [JOINED.join(sorted(set(row))) for row in rows]})
@@ -133,8 +190,10 @@ class MultiLabel(Task):
             return [label.strip() for label in value.split(separator) if label.strip()]
         if isinstance(value, (int, np.integer)):
             return [str(value)]
-        raise ConfigError(f"{key}: row {row} of the {split} data holds {type(value).__name__}, allowed: a list of "
-                          f"labels, or a string of labels separated by data.label_separator ('{separator}')")
+        raise ConfigError(
+            f"{key}: row {row} of the {split} data holds {type(value).__name__}, allowed: a list of "
+            f"labels, or a string of labels separated by data.label_separator ('{separator}')"
+        )
 
     def split_rows(self, labels, holdout, seed):
         # iterative stratification (Sechidis et al. 2011): every label, the rare ones too, in each split in its share
@@ -154,21 +213,30 @@ class MultiLabel(Task):
 
     def label_report(self, distributions, labels, label_names):
         train = [n for n in distributions["train"].values() if n > 0]
-        hot = {split: np.asarray(rows, dtype=np.int64).reshape(len(rows), len(label_names))
-               for split, rows in labels.items()}
-        per_text = {split: {str(k): int(n) for k, n in enumerate(np.bincount(x.sum(1)))} for split, x in hot.items()}
-        return {"class_counts": distributions, "imbalance_ratio": max(train) / min(train),  # commonest / rarest label
-                "labels_per_text": per_text,
-                # texts of the training split holding both labels (the diagonal: each label's count)
-                "co_occurrence": (hot["train"].T @ hot["train"]).tolist()}
+        hot = {
+            split: np.asarray(rows, dtype=np.int64).reshape(len(rows), len(label_names))
+            for split, rows in labels.items()
+        }
+        per_text = {
+            split: {str(k): int(n) for k, n in enumerate(np.bincount(x.sum(1)))} for split, x in hot.items()
+        }
+        return {
+            "class_counts": distributions,
+            "imbalance_ratio": max(train) / min(train),  # commonest / rarest label
+            "labels_per_text": per_text,
+            # texts of the training split holding both labels (the diagonal: each label's count)
+            "co_occurrence": (hot["train"].T @ hot["train"]).tolist(),
+        }
 
     def config_problems(self, cfg):
         # class weights keep a meaning: each label's weight on its positive examples
         single = [setting for setting in class_settings(cfg) if setting[0] != "training.class_weights"]
         problems = settings_away_from_defaults(single, self.name, "it acts on one class per text")
         if cfg.data.label_columns and cfg.data.label_column:
-            problems.append(f"data.label_column: got {cfg.data.label_column!r}, allowed: null with data.label_columns "
-                            "(the labels come from those columns)")
+            problems.append(
+                f"data.label_column: got {cfg.data.label_column!r}, allowed: null with data.label_columns "
+                "(the labels come from those columns)"
+            )
         return problems
 
     def encode_labels(self, labels, hub_names, column):
@@ -177,15 +245,22 @@ class MultiLabel(Task):
         numbered = hub_names is not None and all(label.isdigit() for row in rows["train"] for label in row)
         names = list(hub_names) if numbered else seen
         if len(seen) < 2:
-            raise ConfigError(f"data: the training data holds {len(seen)} label(s) ({', '.join(seen) or 'none'}); "
-                              "multi_label needs at least 2")
+            raise ConfigError(
+                f"data: the training data holds {len(seen)} label(s) ({', '.join(seen) or 'none'}); "
+                "multi_label needs at least 2"
+            )
         if numbered:
-            rows = {split: [[names[int(label)] for label in row] for row in values] for split, values in rows.items()}
+            rows = {
+                split: [[names[int(label)] for label in row] for row in values]
+                for split, values in rows.items()
+            }
         encoded = {}
         for split, values in rows.items():
             unseen = sorted({label for row in values for label in row} - set(names))
             if unseen:
-                raise ConfigError(f"data: the {split} split has labels that training never saw: {', '.join(unseen[:10])}")
+                raise ConfigError(
+                    f"data: the {split} split has labels that training never saw: {', '.join(unseen[:10])}"
+                )
             encoded[split] = multi_hot(values, names).tolist()
         return names, encoded
 
@@ -211,18 +286,24 @@ class MultiLabel(Task):
             return self.loss
         if t.class_weights == "balanced":  # each label's positives weigh as much as its negatives
             positives = np.asarray(train_labels).sum(0)
-            weight = torch.tensor((len(train_labels) - positives) / np.maximum(positives, 1), dtype=torch.float32)
+            weight = torch.tensor(
+                (len(train_labels) - positives) / np.maximum(positives, 1), dtype=torch.float32
+            )
         else:
             weight = class_weights(t.class_weights, train_labels, label_names)
 
         def loss(outputs, labels):
             logits = outputs.logits.float()
-            return F.binary_cross_entropy_with_logits(logits, labels, pos_weight=weight.to(logits.device), reduction="sum")
+            return F.binary_cross_entropy_with_logits(
+                logits, labels, pos_weight=weight.to(logits.device), reduction="sum"
+            )
 
         return loss
 
     def calibration_loss(self, logits, truth):
-        return F.binary_cross_entropy_with_logits(logits, torch.as_tensor(np.asarray(truth), dtype=logits.dtype))
+        return F.binary_cross_entropy_with_logits(
+            logits, torch.as_tensor(np.asarray(truth), dtype=logits.dtype)
+        )
 
     def prediction_values(self, outputs, attention_mask):
         return outputs.logits.float()
@@ -231,24 +312,32 @@ class MultiLabel(Task):
         return (expit(np.asarray(values)) >= self.thresholds).astype(np.int64)
 
     def output_check(self, truth, values, label_names):
-        found = commonest_prediction(self.predict(values), truth,
-                                     output_spread(expit(np.asarray(values)), outcomes_per_column=True))
+        found = commonest_prediction(
+            self.predict(values), truth, output_spread(expit(np.asarray(values)), outcomes_per_column=True)
+        )
         chosen = [name for name, on in zip(label_names, found["prediction"]) if on]
         return {**found, "prediction": SHOWN.join(chosen) or "(no label)"}
 
     def decide(self, truth, values, label_names, setting):
         truth, p = np.asarray(truth), expit(np.asarray(values))
-        thresholds = ([best_f1_threshold(p[:, j], truth[:, j]) for j in range(len(label_names))] if setting == "tuned"
-                      else [float(setting)] * len(label_names))
+        thresholds = (
+            [best_f1_threshold(p[:, j], truth[:, j]) for j in range(len(label_names))]
+            if setting == "tuned"
+            else [float(setting)] * len(label_names)
+        )
         return {"setting": setting, "thresholds": dict(zip(label_names, thresholds))}
 
     def decided(self, decision):
         return self if decision is None else MultiLabel(list(decision["thresholds"].values()))
 
     def describe_decision(self, decision):
-        return ("label thresholds " + ", ".join(f"{k} {v:.3f}" for k, v in decision["thresholds"].items())
-                + "; validation {} {:.4f} at 0.5, {:.4f} at them".format(self.metric(self.main_metric).label,
-                                                                         *decision["validation"][self.main_metric]))
+        return (
+            "label thresholds "
+            + ", ".join(f"{k} {v:.3f}" for k, v in decision["thresholds"].items())
+            + "; validation {} {:.4f} at 0.5, {:.4f} at them".format(
+                self.metric(self.main_metric).label, *decision["validation"][self.main_metric]
+            )
+        )
 
     # ---- results
 
@@ -256,18 +345,25 @@ class MultiLabel(Task):
         p = expit(values)
         thresholds = np.broadcast_to(self.thresholds, p.shape)
         given = [i for i in np.argsort(-p, kind="stable") if p[i] >= thresholds[i]]
-        row = {"predicted_labels": SHOWN.join(label_names[i] for i in given),
-               "probabilities": SHOWN.join(f"{p[i]:.4f}" for i in given)}
+        row = {
+            "predicted_labels": SHOWN.join(label_names[i] for i in given),
+            "probabilities": SHOWN.join(f"{p[i]:.4f}" for i in given),
+        }
         if top_k > 1:
             for rank, label in enumerate(np.argsort(-p, kind="stable")[:top_k], 1):
                 row[f"top_{rank}_label"], row[f"top_{rank}_probability"] = label_names[label], float(p[label])
         return row
 
     def format_prediction(self, row):
-        given = list(zip(row["predicted_labels"].split(SHOWN), row["probabilities"].split(SHOWN))) \
-            if row["predicted_labels"] else []
+        given = (
+            list(zip(row["predicted_labels"].split(SHOWN), row["probabilities"].split(SHOWN)))
+            if row["predicted_labels"]
+            else []
+        )
         text = ", ".join(f"{label} ({p})" for label, p in given) or "no label reaches its threshold"
-        ranked = [(row[f"top_{k}_label"], row[f"top_{k}_probability"]) for k in range(1, (len(row) - 2) // 2 + 1)]
+        ranked = [
+            (row[f"top_{k}_label"], row[f"top_{k}_probability"]) for k in range(1, (len(row) - 2) // 2 + 1)
+        ]
         return text + ("; top: " + ", ".join(f"{label} {p:.3f}" for label, p in ranked) if ranked else "")
 
     def baseline(self, train_labels, test_labels, label_names):
@@ -275,18 +371,32 @@ class MultiLabel(Task):
         # give each label to every text (for a constant score, the best F1 is always giving the label)
         frequency = np.clip(np.asarray(train_labels).mean(0), 1e-6, 1 - 1e-6)
         logits = np.tile(np.log(frequency / (1 - frequency)), (len(test_labels), 1))
-        return {"label": "every label for every text",
-                **MultiLabel([0.0] * len(label_names)).scores(test_labels, logits, label_names)}
+        return {
+            "label": "every label for every text",
+            **MultiLabel([0.0] * len(label_names)).scores(test_labels, logits, label_names),
+        }
 
     def test_report(self, truth, values, label_names):
         truth = np.asarray(truth)
         predictions = self.predict(values)
         precision, recall, f1, support = precision_recall_fscore_support(truth, predictions, zero_division=0)
-        return {**self.scores(truth, values, label_names),
-                "per_class": {name: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
-                                     "support": int(support[i])} for i, name in enumerate(label_names)},
-                "labels_per_text": {"true": float(truth.sum(1).mean()), "predicted": float(predictions.sum(1).mean())},
-                "calibration": calibration_bins(truth, values)}
+        return {
+            **self.scores(truth, values, label_names),
+            "per_class": {
+                name: {
+                    "precision": float(precision[i]),
+                    "recall": float(recall[i]),
+                    "f1": float(f1[i]),
+                    "support": int(support[i]),
+                }
+                for i, name in enumerate(label_names)
+            },
+            "labels_per_text": {
+                "true": float(truth.sum(1).mean()),
+                "predicted": float(predictions.sum(1).mean()),
+            },
+            "calibration": calibration_bins(truth, values),
+        }
 
     def example_statistics(self, truth, predictions, label_names):
         # columns: exact set | the text's F1 | true positives, predicted, true (summed over labels) | predicted
@@ -296,16 +406,21 @@ class MultiLabel(Task):
         tp, predicted, actual = hits.sum(1), predictions.sum(1), truth.sum(1)
         text_f1 = np.divide(2 * tp, predicted + actual, out=np.ones_like(tp), where=predicted + actual > 0)
         exact = (truth == predictions).all(1).astype(np.float32)
-        return np.concatenate([np.stack([exact, text_f1, tp, predicted, actual], 1), predictions, truth, hits], axis=1)
+        return np.concatenate(
+            [np.stack([exact, text_f1, tp, predicted, actual], 1), predictions, truth, hits], axis=1
+        )
 
     def metrics_from_sums(self, sums, counts, label_names):
         k = len(label_names)
-        predicted, actual, hits = (sums[:, 5 + i * k:5 + (i + 1) * k] for i in range(3))
+        predicted, actual, hits = (sums[:, 5 + i * k : 5 + (i + 1) * k] for i in range(3))
         f1 = np.divide(2 * hits, predicted + actual, out=np.zeros_like(hits), where=predicted + actual > 0)
         micro = sums[:, 3] + sums[:, 4]
-        return {"subset_accuracy": sums[:, 0] / counts, "samples_f1": sums[:, 1] / counts,
-                "micro_f1": np.divide(2 * sums[:, 2], micro, out=np.zeros_like(micro), where=micro > 0),
-                "macro_f1": f1.mean(1)}
+        return {
+            "subset_accuracy": sums[:, 0] / counts,
+            "samples_f1": sums[:, 1] / counts,
+            "micro_f1": np.divide(2 * sums[:, 2], micro, out=np.zeros_like(micro), where=micro > 0),
+            "macro_f1": f1.mean(1),
+        }
 
     # ---- words for the report and the model card
 
@@ -313,15 +428,20 @@ class MultiLabel(Task):
         return f"{len(label_names)} labels, any number per text"
 
     def card_usage(self, pairs):
-        return ["import json", "",
-                'thresholds = json.load(open(f"{FOLDER}/thresholds.json"))  # each label\'s, tuned on validation',
-                'tag = pipeline("text-classification", model=FOLDER, top_k=None, function_to_apply="sigmoid")',
-                f"scores = tag([{pipeline_input(pairs)}], truncation=True)[0]  # every label's probability",
-                'labels = [s["label"] for s in scores if s["score"] >= thresholds[s["label"]]]']
+        return [
+            "import json",
+            "",
+            'thresholds = json.load(open(f"{FOLDER}/thresholds.json"))  # each label\'s, tuned on validation',
+            'tag = pipeline("text-classification", model=FOLDER, top_k=None, function_to_apply="sigmoid")',
+            f"scores = tag([{pipeline_input(pairs)}], truncation=True)[0]  # every label's probability",
+            'labels = [s["label"] for s in scores if s["score"] >= thresholds[s["label"]]]',
+        ]
 
     def card_limit(self, label_names, distribution):
-        return (f"It knows only these labels: {', '.join(label_names)}. A text gets each label whose probability "
-                "reaches that label's threshold: any number of them, or none.")
+        return (
+            f"It knows only these labels: {', '.join(label_names)}. A text gets each label whose probability "
+            "reaches that label's threshold: any number of them, or none."
+        )
 
 
 def calibration_bins(truth: np.ndarray, logits: np.ndarray) -> dict[str, list]:

@@ -18,7 +18,11 @@ from utils import ConfigError
 def correlation(truth: np.ndarray, predicted: np.ndarray, ranked: bool = False) -> float:
     """Pearson's correlation (Spearman's with `ranked`: Pearson's of the ranks, ties at their mean rank); 0 when
     either side is constant, where correlation is undefined (a model predicting one value relates to nothing)."""
-    x, y = (rankdata(predicted), rankdata(truth)) if ranked else (np.asarray(predicted, float), np.asarray(truth, float))
+    x, y = (
+        (rankdata(predicted), rankdata(truth))
+        if ranked
+        else (np.asarray(predicted, float), np.asarray(truth, float))
+    )
     if x.std() == 0 or y.std() == 0:
         return 0.0
     return float(np.corrcoef(x, y)[0, 1])
@@ -29,7 +33,9 @@ REGRESSION_METRICS = (
     Metric("pearson", "Pearson correlation", lambda t, p, _: correlation(t, p)),
     Metric("rmse", "RMSE", lambda t, p, _: float(np.sqrt(np.mean((p - t) ** 2))), higher_is_better=False),
     Metric("mae", "MAE", lambda t, p, _: float(np.mean(np.abs(p - t))), higher_is_better=False),
-    Metric("mse", "MSE", lambda t, p, _: float(np.mean((p - t) ** 2)), higher_is_better=False, in_summary=False),
+    Metric(
+        "mse", "MSE", lambda t, p, _: float(np.mean((p - t) ** 2)), higher_is_better=False, in_summary=False
+    ),
 )
 
 
@@ -55,14 +61,18 @@ class Regression(Task):
         return f"'{label_names[0]}' predicted"
 
     def card_usage(self, pairs):
-        return ['score = pipeline("text-classification", model=FOLDER)',
-                f'score([{pipeline_input(pairs)}], truncation=True, function_to_apply="none")  # the number itself: no '
-                'softmax on one output']
+        return [
+            'score = pipeline("text-classification", model=FOLDER)',
+            f'score([{pipeline_input(pairs)}], truncation=True, function_to_apply="none")  # the number itself: no '
+            "softmax on one output",
+        ]
 
     def card_limit(self, label_names, distribution):
         train = distribution["train"]
-        return (f"It learned {label_names[0]} from values between {train['min']:.3f} and {train['max']:.3f}; outside "
-                "that range its predictions are guesses.")
+        return (
+            f"It learned {label_names[0]} from values between {train['min']:.3f} and {train['max']:.3f}; outside "
+            "that range its predictions are guesses."
+        )
 
     def init_head(self, model, train_labels):
         # The output starts at the training mean: from 0, small-rate strategies (LoRA, BitFit) spent their
@@ -79,11 +89,15 @@ class Regression(Task):
             numbers = pd.to_numeric(values, errors="coerce")
             bad = numbers.isna() | ~np.isfinite(numbers.astype(float))
             if bad.any():
-                raise ConfigError(f"data.label_column: regression needs finite numbers, and the {split} split's "
-                                  f"'{column}' holds '{values[bad].iloc[0]}'")
+                raise ConfigError(
+                    f"data.label_column: regression needs finite numbers, and the {split} split's "
+                    f"'{column}' holds '{values[bad].iloc[0]}'"
+                )
             encoded[split] = numbers.astype(float).tolist()
         if np.std(encoded["train"]) == 0:
-            raise ConfigError(f"data: every training label is {encoded['train'][0]}; regression needs labels that vary")
+            raise ConfigError(
+                f"data: every training label is {encoded['train'][0]}; regression needs labels that vary"
+            )
         return [column], encoded
 
     def model_kwargs(self, label_names):
@@ -100,8 +114,12 @@ class Regression(Task):
 
     def label_distribution(self, labels, label_names):
         values = np.asarray(labels, dtype=float)
-        return {"mean": float(values.mean()), "std": float(values.std()), "min": float(values.min()),
-                "max": float(values.max())}
+        return {
+            "mean": float(values.mean()),
+            "std": float(values.std()),
+            "min": float(values.min()),
+            "max": float(values.max()),
+        }
 
     def prediction_values(self, outputs, attention_mask):
         return outputs.logits.float().squeeze(-1)
@@ -110,12 +128,15 @@ class Regression(Task):
         return {f"predicted_{label_names[0]}": float(values)}
 
     def format_prediction(self, row):
-        (name, value), = row.items()
+        ((name, value),) = row.items()
         return f"{name.removeprefix('predicted_')} {value:.3f}"
 
     def baseline(self, train_labels, test_labels, label_names):
         mean = float(np.mean(train_labels))
-        return {"label": f"{mean:.3f}", **self.scores(test_labels, np.full(len(test_labels), mean), label_names)}
+        return {
+            "label": f"{mean:.3f}",
+            **self.scores(test_labels, np.full(len(test_labels), mean), label_names),
+        }
 
     def test_report(self, truth, values, label_names):
         return self.scores(truth, values, label_names)
@@ -125,14 +146,20 @@ class Regression(Task):
         # Spearman; squared and absolute error
         x, y = np.asarray(predictions, float), np.asarray(truth, float)
         rx, ry = rankdata(x), rankdata(y)
-        return np.stack([x, y, x * x, y * y, x * y, rx, ry, rx * rx, ry * ry, rx * ry, (x - y) ** 2, np.abs(x - y)], 1)
+        return np.stack(
+            [x, y, x * x, y * y, x * y, rx, ry, rx * rx, ry * ry, rx * ry, (x - y) ** 2, np.abs(x - y)], 1
+        )
 
     def metrics_from_sums(self, sums, counts, label_names):
         def pearson(sx, sy, sxx, syy, sxy):
-            covariance, vx, vy = counts * sxy - sx * sy, counts * sxx - sx ** 2, counts * syy - sy ** 2
+            covariance, vx, vy = counts * sxy - sx * sy, counts * sxx - sx**2, counts * syy - sy**2
             scale = np.sqrt(np.maximum(vx * vy, 0))
             return np.divide(covariance, scale, out=np.zeros_like(covariance), where=scale > 0)
 
         mse = sums[:, 10] / counts
-        return {"pearson": pearson(*sums[:, 0:5].T), "spearman": pearson(*sums[:, 5:10].T), "rmse": np.sqrt(mse),
-                "mae": sums[:, 11] / counts}
+        return {
+            "pearson": pearson(*sums[:, 0:5].T),
+            "spearman": pearson(*sums[:, 5:10].T),
+            "rmse": np.sqrt(mse),
+            "mae": sums[:, 11] / counts,
+        }

@@ -42,12 +42,23 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 
     folder = tmp_path_factory.mktemp("tiny-bert")
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + sorted(
-        {w for words in CLASS_WORDS.values() for w in words} | set(SHARED_WORDS))
+        {w for words in CLASS_WORDS.values() for w in words} | set(SHARED_WORDS)
+    )
     (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    BertTokenizerFast(vocab=str(folder / "vocab.txt")).save_pretrained(folder)  # `vocab`: transformers 5 ignores vocab_file
-    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=64)
-    torch.manual_seed(0)  # the same "pre-trained" weights in every session, so no test depends on a lucky draw
+    BertTokenizerFast(vocab=str(folder / "vocab.txt")).save_pretrained(
+        folder
+    )  # `vocab`: transformers 5 ignores vocab_file
+    config = BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    )
+    torch.manual_seed(
+        0
+    )  # the same "pre-trained" weights in every session, so no test depends on a lucky draw
     BertModel(config).save_pretrained(folder)
     return folder
 

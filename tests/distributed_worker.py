@@ -1,7 +1,7 @@
 """One process of a test's torchrun launch: `python main.py` with a fault the test asks for first.
 
-    --die-after-first-checkpoint  every process ends at once (exit status 3) once the first checkpoint is written
-    --nan-on-rank R               the process of rank R computes a NaN loss at its third training batch"""
+--die-after-first-checkpoint  every process ends at once (exit status 3) once the first checkpoint is written
+--nan-on-rank R               the process of rank R computes a NaN loss at its third training batch"""
 
 import itertools
 import os
@@ -31,7 +31,9 @@ def nan_at_third_batch():
 
     def poisoned_training_loss(*args, **kwargs):
         loss_of, batches = training_loss(*args, **kwargs), itertools.count()
-        return lambda outputs, labels: loss_of(outputs, labels) * (float("nan") if next(batches) == 2 else 1.0)
+        return lambda outputs, labels: (
+            loss_of(outputs, labels) * (float("nan") if next(batches) == 2 else 1.0)
+        )
 
     task.training_loss = poisoned_training_loss
 
@@ -45,5 +47,5 @@ if __name__ == "__main__":
         at = argv.index("--nan-on-rank")
         if os.environ["RANK"] == argv[at + 1]:
             nan_at_third_batch()
-        del argv[at:at + 2]
+        del argv[at : at + 2]
     sys.exit(main.main(argv))

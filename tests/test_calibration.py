@@ -27,8 +27,9 @@ def test_a_temperature_fitted_on_logits_scaled_by_a_known_factor_recovers_it():
     assert fit_temperature(calibrated / 2.0, labels, CROSS_ENTROPY) == pytest.approx(0.5, rel=0.05)
 
 
-@pytest.mark.parametrize("strategy, head", [("full", "model"), ("full", "mlp"), ("lora", "model"),
-                                            ("frozen_encoder", "linear")])
+@pytest.mark.parametrize(
+    "strategy, head", [("full", "model"), ("full", "mlp"), ("lora", "model"), ("frozen_encoder", "linear")]
+)
 def test_folding_the_temperature_gives_the_probabilities_of_divided_logits(write_config, strategy, head):
     cfg, data, encoded = prepared(write_config(), [f"model.head.type={head}"])
     model = build_model(cfg, strategy, data.label_names)
@@ -38,8 +39,9 @@ def test_folding_the_temperature_gives_the_probabilities_of_divided_logits(write
         for layer in model.modules():
             if isinstance(layer, torch.nn.Linear) and layer.bias is not None:
                 layer.bias.normal_()
-    batch = model_inputs(device_batch(encoded, "validation", list(range(6)), make_accelerator(False),
-                                      TASKS["classification"]))
+    batch = model_inputs(
+        device_batch(encoded, "validation", list(range(6)), make_accelerator(False), TASKS["classification"])
+    )
     with torch.no_grad():
         before = model(**batch).logits
     folded = fold_temperature(model, batch, 2.5)
@@ -56,7 +58,9 @@ def test_a_calibrated_run_reports_test_before_and_after_and_saves_the_calibrated
     calibration, before, after = record["calibration"], record["test_uncalibrated"], record["test"]
     ece_before, ece_after = calibration["validation"]["ece"]
     loss_before, loss_after = calibration["validation"]["log_loss"]
-    assert calibration["temperature"] > 0 and loss_after <= loss_before + 1e-9 and ece_after <= ece_before + 1e-9
+    assert (
+        calibration["temperature"] > 0 and loss_after <= loss_before + 1e-9 and ece_after <= ece_before + 1e-9
+    )
     for name in ("accuracy", "macro_f1", "confusion_matrix"):  # a temperature changes no decision
         assert after[name] == before[name]
     assert after["log_loss"] != before["log_loss"]
@@ -73,6 +77,7 @@ def test_a_calibrated_run_reports_test_before_and_after_and_saves_the_calibrated
 
 
 def test_calibration_is_refused_for_a_task_without_classes(write_config):
-    with pytest.raises(ConfigError, match="training.calibration: got 'temperature', allowed: none with data.task: "
-                                          "regression"):
+    with pytest.raises(
+        ConfigError, match="training.calibration: got 'temperature', allowed: none with data.task: regression"
+    ):
         load_config(write_config(training={"calibration": "temperature"}, data={"task": "regression"}))

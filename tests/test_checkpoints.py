@@ -28,8 +28,11 @@ def test_a_checkpoint_that_would_run_code_is_refused(tmp_path):
     torch.load(tmp_path / "last.pt", weights_only=False)  # what an unsafe loader does
     assert marker.exists()
     marker.unlink()
-    with pytest.raises(ConfigError, match=r"last\.pt holds objects other than tensors and plain data, which could run "
-                                          r"code when loaded, so it is refused"):
+    with pytest.raises(
+        ConfigError,
+        match=r"last\.pt holds objects other than tensors and plain data, which could run "
+        r"code when loaded, so it is refused",
+    ):
         read_resume_state(tmp_path / "last.pt")
     assert not marker.exists()
 
@@ -45,6 +48,8 @@ def test_resuming_from_such_a_checkpoint_stops_with_one_line_and_status_2(write_
     assert sum(w.numel() for w in weights.values()) == record["trainable_params"]
     saved = torch.load(run_dir / "last.pt", weights_only=True)
     torch.save({**saved, "state": TouchesAFile(marker)}, run_dir / "last.pt")
-    status = main.main(["--config", str(config), "--strategy", "bitfit", "training.num_epochs=1", "--force", "--resume"])
+    status = main.main(
+        ["--config", str(config), "--strategy", "bitfit", "training.num_epochs=1", "--force", "--resume"]
+    )
     assert status == 2 and not marker.exists()
     assert "holds objects other than tensors and plain data" in capsys.readouterr().err

@@ -32,7 +32,9 @@ def costs_of(strategy: str, minilm) -> tuple[dict, torch.nn.Module]:
     cfg, data, encoded = minilm
     set_seed(0)
     model = build_model(cfg, strategy, data.label_names)
-    return step_costs(model, model, encoded, encoded, TASKS["classification"], make_accelerator(False, False)), model
+    return step_costs(
+        model, model, encoded, encoded, TASKS["classification"], make_accelerator(False, False)
+    ), model
 
 
 def test_a_full_fine_tuning_step_counts_six_operations_per_weight_and_token(minilm):
@@ -53,7 +55,9 @@ def test_strategies_that_train_less_count_less_and_predict_alike(minilm):
         parts = costs["memory_parts_bytes"]
         assert parts["gradients"] < 0.05 * full["memory_parts_bytes"]["gradients"]
         assert parts["optimizer"] == 2 * parts["gradients"]
-        assert costs["inference_flops_per_example"] == pytest.approx(full["inference_flops_per_example"], rel=0.05)
+        assert costs["inference_flops_per_example"] == pytest.approx(
+            full["inference_flops_per_example"], rel=0.05
+        )
 
 
 def test_counting_a_step_leaves_the_weights_the_gradients_and_the_random_generators_as_they_were(minilm):
@@ -69,10 +73,20 @@ def test_counting_a_step_leaves_the_weights_the_gradients_and_the_random_generat
 
 
 def test_the_frozen_encoders_feature_pass_counts_once_and_its_head_steps_cost_little():
-    step = {"train_step_flops_per_example": 10.0, "inference_flops_per_example": 1000.0,
-            "memory_parts_bytes": {"weights": 2**20, "gradients": 0, "optimizer": 0, "activations_per_example": 0}}
+    step = {
+        "train_step_flops_per_example": 10.0,
+        "inference_flops_per_example": 1000.0,
+        "memory_parts_bytes": {
+            "weights": 2**20,
+            "gradients": 0,
+            "optimizer": 0,
+            "activations_per_example": 0,
+        },
+    }
     once = total_costs(step, batch_size=32, examples_trained=8 * 500, featurized=500)
-    assert once["train_flops"] == 8 * 500 * 10 + 500 * 1000  # eight epochs of the head, one pass of the encoder
+    assert (
+        once["train_flops"] == 8 * 500 * 10 + 500 * 1000
+    )  # eight epochs of the head, one pass of the encoder
     assert once["computed_memory_mb"] == 1.0
 
 
@@ -83,12 +97,28 @@ def test_a_run_records_costs_that_grow_with_its_epochs(write_config, tmp_path):
 
     out = tmp_path / "out"
     for epochs in (1, 2):
-        assert main.main(["--config", str(write_config()), "--strategy", "bitfit", "--strategy", "frozen_encoder",
-                          f"output.dir={out}", f"training.num_epochs={epochs}", "training.early_stopping.enabled=false"]) == 0
+        assert (
+            main.main(
+                [
+                    "--config",
+                    str(write_config()),
+                    "--strategy",
+                    "bitfit",
+                    "--strategy",
+                    "frozen_encoder",
+                    f"output.dir={out}",
+                    f"training.num_epochs={epochs}",
+                    "training.early_stopping.enabled=false",
+                ]
+            )
+            == 0
+        )
     runs = json.loads((out / "results" / "all_results.json").read_text())["runs"]
     by = {(r["strategy"], r["hyperparameters"]["num_epochs"]): r["costs"] for r in runs}
     assert by["bitfit", 2]["train_flops"] == pytest.approx(2 * by["bitfit", 1]["train_flops"], rel=1e-6)
     probe = by["frozen_encoder", 1]
-    assert probe["featurized_examples"] > 0 and probe["train_flops"] > probe["inference_flops_per_example"] * \
-        probe["featurized_examples"]
+    assert (
+        probe["featurized_examples"] > 0
+        and probe["train_flops"] > probe["inference_flops_per_example"] * probe["featurized_examples"]
+    )
     assert all(c["computed_memory_mb"] > 0 for c in by.values())

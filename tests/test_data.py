@@ -62,10 +62,16 @@ def test_rows_without_text_or_label_are_dropped(tmp_path):
     assert sum(load_data(DataConfig(path=str(tmp_path / "gaps.csv"))).sizes().values()) == 58
 
 
-@pytest.mark.parametrize("change, message", [
-    (lambda f: f.rename(columns={"text": "question"}), r"data\.text_column: column 'text' not in the train data; columns: question, label"),
-    (lambda f: f.assign(label="refund"), r"single class \('refund'\)"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (
+            lambda f: f.rename(columns={"text": "question"}),
+            r"data\.text_column: column 'text' not in the train data; columns: question, label",
+        ),
+        (lambda f: f.assign(label="refund"), r"single class \('refund'\)"),
+    ],
+)
 def test_data_mistakes_get_a_clear_message(tmp_path, change, message):
     change(pd.DataFrame(labelled_rows(per_class=20))).to_csv(tmp_path / "bad.csv", index=False)
     with pytest.raises(ConfigError, match=message):
@@ -75,7 +81,9 @@ def test_data_mistakes_get_a_clear_message(tmp_path, change, message):
 def test_label_unseen_in_training_is_named(tmp_path):
     rows = labelled_rows(per_class=20)
     pd.DataFrame(rows).to_csv(tmp_path / "train.csv", index=False)
-    pd.DataFrame([{"text": "my card is lost", "label": "card_lost"}] + rows[:5]).to_csv(tmp_path / "test.csv", index=False)
+    pd.DataFrame([{"text": "my card is lost", "label": "card_lost"}] + rows[:5]).to_csv(
+        tmp_path / "test.csv", index=False
+    )
     with pytest.raises(ConfigError, match="the test split has labels that training never saw: card_lost"):
         load_data(DataConfig(path=str(tmp_path)))
 
@@ -118,13 +126,19 @@ def test_known_hub_data_set_uses_its_columns_and_class_names(monkeypatch):
     """The Hub is unreachable here: a local DatasetDict stands in for what load_dataset returns."""
     import datasets
 
-    features = datasets.Features({"text": datasets.Value("string"),
-                                  "coarse_label": datasets.ClassLabel(names=["ABBR", "DESC", "HUM"])})
+    features = datasets.Features(
+        {"text": datasets.Value("string"), "coarse_label": datasets.ClassLabel(names=["ABBR", "DESC", "HUM"])}
+    )
     rows = {"text": [f"question {i}" for i in range(60)], "coarse_label": [i % 3 for i in range(60)]}
-    fake = datasets.DatasetDict({"train": datasets.Dataset.from_dict(rows, features=features),
-                                 "test": datasets.Dataset.from_dict({"text": [f"test question {i}" for i in range(9)],
-                                                                     "coarse_label": rows["coarse_label"][:9]},
-                                                                    features=features)})
+    fake = datasets.DatasetDict(
+        {
+            "train": datasets.Dataset.from_dict(rows, features=features),
+            "test": datasets.Dataset.from_dict(
+                {"text": [f"test question {i}" for i in range(9)], "coarse_label": rows["coarse_label"][:9]},
+                features=features,
+            ),
+        }
+    )
     asked = []
     monkeypatch.setattr(datasets, "load_dataset", lambda hub_id: asked.append(hub_id) or fake)
     data = load_data(DataConfig(name="trec"))
@@ -140,7 +154,9 @@ def test_unreachable_hub_says_so_and_how_to_work_offline(monkeypatch):
         raise ConnectionError("Couldn't reach 'fancyzhx/ag_news' on the Hub (LocalEntryNotFoundError)")
 
     monkeypatch.setattr(datasets, "load_dataset", offline)
-    with pytest.raises(ConfigError, match="could not load Hub data set 'fancyzhx/ag_news'.*point data.path at a local file"):
+    with pytest.raises(
+        ConfigError, match="could not load Hub data set 'fancyzhx/ag_news'.*point data.path at a local file"
+    ):
         load_data(DataConfig(name="ag_news"))
 
 
@@ -166,7 +182,12 @@ def test_a_test_split_the_data_gives_is_scored_whole_with_its_unseen_rows_apart(
     data = load_data(DataConfig(path=str(tmp_path), validation_size=0.2))
     assert data.texts["test"] == [r["text"] for r in test]  # every row, in the file's order
     found = data.cleaning["test"]
-    assert (found["duplicate_rows"], found["duplicates_dropped"], found["leaked"], found["leaked_removed"]) == (1, 0, 2, 0)
+    assert (
+        found["duplicate_rows"],
+        found["duplicates_dropped"],
+        found["leaked"],
+        found["leaked_removed"],
+    ) == (1, 0, 2, 0)
     assert found["scored_whole"] and data.test_unseen == list(range(len(test) - 2))
     cleaned = load_data(DataConfig(path=str(tmp_path), validation_size=0.2, clean_given_test=True))
     assert len(cleaned.texts["test"]) == len(test) - 3 and cleaned.test_unseen is None

@@ -26,26 +26,38 @@ def rows(texts, label):
     return [(text, label) for text in texts]
 
 
-BASE = {"train": rows(["refund please", "money back", "invoice wrong", "charge twice"], "refund")
-        + rows(["password lost", "login fails", "account locked", "email reset"], "login"),
-        "validation": rows(["paid twice", "cannot login"], "refund"),
-        "test": rows(["refund my box", "locked out"], "login")}
+BASE = {
+    "train": rows(["refund please", "money back", "invoice wrong", "charge twice"], "refund")
+    + rows(["password lost", "login fails", "account locked", "email reset"], "login"),
+    "validation": rows(["paid twice", "cannot login"], "refund"),
+    "test": rows(["refund my box", "locked out"], "login"),
+}
 
 
 def test_repeated_texts_keep_one_copy_and_conflicting_ones_are_dropped_and_reported(tmp_path):
-    train = BASE["train"] + [("Refund  please", "refund"), ("refund please ", "refund"),  # repeats, same label
-                             ("where is it", "refund"), ("WHERE is it", "login")]  # one text, two labels
+    train = BASE["train"] + [
+        ("Refund  please", "refund"),
+        ("refund please ", "refund"),  # repeats, same label
+        ("where is it", "refund"),
+        ("WHERE is it", "login"),
+    ]  # one text, two labels
     data = load_data(DataConfig(path=str(write_splits(tmp_path, **{**BASE, "train": train}))))
     assert sorted(data.texts["train"]) == sorted(text for text, _ in BASE["train"])
     found = data.cleaning["train"]
     assert found["duplicate_rows"] == found["duplicates_dropped"] == 2
-    assert found["conflicting_texts"] == 1 and found["conflicting_rows"] == found["conflicting_rows_dropped"] == 2
+    assert (
+        found["conflicting_texts"] == 1
+        and found["conflicting_rows"] == found["conflicting_rows_dropped"] == 2
+    )
     assert found["conflicting_examples"] == [{"text": "where is it", "labels": ["login", "refund"]}]
 
     kept = load_data(DataConfig(path=str(tmp_path), drop_duplicates=False))
     assert len(kept.texts["train"]) == len(train)
     assert kept.cleaning["train"]["duplicate_rows"] == 2 and kept.cleaning["train"]["duplicates_dropped"] == 0
-    assert kept.cleaning["train"]["conflicting_rows"] == 2 and kept.cleaning["train"]["conflicting_rows_dropped"] == 0
+    assert (
+        kept.cleaning["train"]["conflicting_rows"] == 2
+        and kept.cleaning["train"]["conflicting_rows_dropped"] == 0
+    )
 
 
 def test_texts_leaked_into_a_later_split_are_removed_from_it(tmp_path):
@@ -68,8 +80,12 @@ def test_texts_leaked_into_a_later_split_are_removed_from_it(tmp_path):
 
 
 def test_a_split_that_is_all_leakage_is_a_config_error(tmp_path):
-    folder = write_splits(tmp_path, train=BASE["train"], validation=BASE["validation"],
-                          test=rows(["money back", "login fails"], "refund"))
+    folder = write_splits(
+        tmp_path,
+        train=BASE["train"],
+        validation=BASE["validation"],
+        test=rows(["money back", "login fails"], "refund"),
+    )
     with pytest.raises(ConfigError, match="every test text is also in an earlier split"):
         load_data(DataConfig(path=str(folder), clean_given_test=True))
     assert load_data(DataConfig(path=str(folder))).test_unseen == []  # scored whole: no row is unseen
@@ -84,7 +100,9 @@ def test_auto_max_length_is_the_95th_percentile_rounded_up_to_8_within_the_limit
 
 
 def test_the_report_is_saved_referenced_and_auto_length_used(write_config, tmp_path, caplog):
-    data = pd.DataFrame(labelled_rows(per_class=30) + [{"text": "password password password " * 30, "label": "login"}])
+    data = pd.DataFrame(
+        labelled_rows(per_class=30) + [{"text": "password password password " * 30, "label": "login"}]
+    )
     data.to_csv(tmp_path / "tickets.csv", index=False)
     config = write_config(model={"max_length": "auto"}, data={"path": str(tmp_path / "tickets.csv")})
     caplog.set_level("INFO")

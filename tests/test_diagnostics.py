@@ -16,7 +16,10 @@ NAMES = ["a", "b", "c", "d"]
 
 
 def epochs(*losses):
-    return [{"epoch": i + 1, "train_loss": t, "val_loss": v, "val_macro_f1": 0.8} for i, (t, v) in enumerate(losses)]
+    return [
+        {"epoch": i + 1, "train_loss": t, "val_loss": v, "val_macro_f1": 0.8}
+        for i, (t, v) in enumerate(losses)
+    ]
 
 
 def per_class(f1s, supports=(40, 30, 20, 10)):
@@ -28,15 +31,33 @@ def healthy() -> dict:
     predictions = truth.copy()
     predictions[::10] = (predictions[::10] + 1) % 4  # 10% wrong, spread over the classes
     return {
-        "run_id": "full-1", "config_id": "full-c", "strategy": "full", "status": "completed", "varied": {},
-        "seed": 1, "best_epoch": 3, "train_time_s": 10.0, "peak_memory_mb": 100, "trainable_params": 1000, "hyperparameters": {"loss": "cross_entropy", "learning_rate": 1e-4},
+        "run_id": "full-1",
+        "config_id": "full-c",
+        "strategy": "full",
+        "status": "completed",
+        "varied": {},
+        "seed": 1,
+        "best_epoch": 3,
+        "train_time_s": 10.0,
+        "peak_memory_mb": 100,
+        "trainable_params": 1000,
+        "hyperparameters": {"loss": "cross_entropy", "learning_rate": 1e-4},
         "dataset": {"num_labels": 4, "label_names": NAMES},
         "history": epochs((1.2, 0.9), (0.6, 0.5), (0.3, 0.35), (0.2, 0.36)),
-        "test": {"accuracy": 0.9, "macro_f1": 0.88, "per_class": per_class([0.92, 0.9, 0.87, 0.83]),
-                 "ece": 0.04, "log_loss": 0.3,
-                 "calibration": {"count": [0] * 13 + [100, 0], "confidence": [None] * 13 + [0.93, None],
-                                 "accuracy": [None] * 13 + [0.9, None]}},
-        "test_predictions": predictions.tolist(), "test_labels": truth.tolist(),
+        "test": {
+            "accuracy": 0.9,
+            "macro_f1": 0.88,
+            "per_class": per_class([0.92, 0.9, 0.87, 0.83]),
+            "ece": 0.04,
+            "log_loss": 0.3,
+            "calibration": {
+                "count": [0] * 13 + [100, 0],
+                "confidence": [None] * 13 + [0.93, None],
+                "accuracy": [None] * 13 + [0.9, None],
+            },
+        },
+        "test_predictions": predictions.tolist(),
+        "test_labels": truth.tolist(),
     }
 
 
@@ -54,7 +75,10 @@ def test_over_fitting_needs_two_epochs_of_rising_validation_loss_under_falling_t
     record["best_epoch"] = 2
     [found] = diagnose(record, CLASSIFICATION)
     assert found["kind"] == "over-fitting" and found["numbers"]["epochs"] == [2, 4]
-    assert "rose from 0.500 (epoch 2) to 0.700 (epoch 4)" in found["message"] and "best epoch (2)" in found["message"]
+    assert (
+        "rose from 0.500 (epoch 2) to 0.700 (epoch 4)" in found["message"]
+        and "best epoch (2)" in found["message"]
+    )
     record["history"] = epochs((1.0, 0.8), (0.5, 0.5), (0.3, 0.6), (0.1, 0.55))  # one rising epoch only
     assert kinds(record) == []
 
@@ -81,7 +105,9 @@ def test_imbalance_names_the_weakest_classes_with_their_support():
     [found] = diagnose(record, CLASSIFICATION)
     assert found["kind"] == "imbalance" and list(found["numbers"]["weakest"]) == ["d", "c"]
     assert "d (F1 0.10, 10 test examples), c (F1 0.25, 20 test examples)" in found["message"]
-    record["test"].update(macro_f1=0.80, per_class=per_class([0.9, 0.85, 0.8, 0.2]))  # a small gap, one weak class
+    record["test"].update(
+        macro_f1=0.80, per_class=per_class([0.9, 0.85, 0.8, 0.2])
+    )  # a small gap, one weak class
     assert kinds(record) == ["imbalance"]
 
 
@@ -99,8 +125,14 @@ def test_collapse_is_one_class_taking_nearly_all_predictions():
 
 def test_over_confidence_on_a_good_run_whose_confidence_overstates_its_accuracy():
     record = healthy()
-    record["test"].update(ece=0.15, calibration={"count": [0] * 14 + [100], "confidence": [None] * 14 + [0.99],
-                                                 "accuracy": [None] * 14 + [0.9]})
+    record["test"].update(
+        ece=0.15,
+        calibration={
+            "count": [0] * 14 + [100],
+            "confidence": [None] * 14 + [0.99],
+            "accuracy": [None] * 14 + [0.9],
+        },
+    )
     [found] = diagnose(record, CLASSIFICATION)
     assert found["kind"] == "over-confidence" and found["numbers"]["mean_confidence"] == pytest.approx(0.99)
     assert "label_smoothing" in found["next_step"]
@@ -124,11 +156,18 @@ def test_the_summary_groups_findings_by_configuration_and_diagnoses_old_records(
 
 def test_a_collapse_is_read_on_validation_at_the_best_epoch_one_prediction_or_flat_outputs():
     record = healthy()  # test looks healthy; validation at the best epoch is what the run chose on
-    record["validation_outputs"] = {"examples": 50, "prediction": "a", "prediction_share": 1.0, "truth_share": 0.4,
-                                    "spread": 0.3}
+    record["validation_outputs"] = {
+        "examples": 50,
+        "prediction": "a",
+        "prediction_share": 1.0,
+        "truth_share": 0.4,
+        "spread": 0.3,
+    }
     [found] = diagnose(record, CLASSIFICATION)
-    assert found["kind"] == "collapse" and "100% of the predictions on validation at the best epoch are a" in \
-        found["message"]
+    assert (
+        found["kind"] == "collapse"
+        and "100% of the predictions on validation at the best epoch are a" in found["message"]
+    )
     assert "the head" in found["next_step"] and "learning rate" in found["next_step"]
     # varied predictions, but probabilities that hardly move with the text: the same finding
     record["validation_outputs"].update(prediction_share=0.5, spread=0.004)
@@ -148,15 +187,23 @@ def test_a_collapsed_strategy_is_named_in_the_verdict_as_no_verdict_on_it():
         run = copy.deepcopy(healthy())
         run.update(run_id=f"{strategy}-1", config_id=f"{strategy}-c", strategy=strategy)
         if collapsed:
-            run["validation_outputs"] = {"examples": 50, "prediction": "a", "prediction_share": 1.0,
-                                         "truth_share": 0.4, "spread": 0.001}
+            run["validation_outputs"] = {
+                "examples": 50,
+                "prediction": "a",
+                "prediction_share": 1.0,
+                "truth_share": 0.4,
+                "spread": 0.001,
+            }
             run["history"] = [{**e, "val_macro_f1": 0.1} for e in run["history"]]
         runs.append(run)
     summary = summarize(runs, "val_macro_f1")
     assert summary["verdict"]["collapsed"] == [{"label": "bitfit", "runs": 1, "of": 1}]
     lines = describe(summary["verdict"], CLASSIFICATION)
-    assert any(line.startswith("bitfit: its run learned little from the text") and "no verdict on the strategy" in line
-               for line in lines)
+    assert any(
+        line.startswith("bitfit: its run learned little from the text")
+        and "no verdict on the strategy" in line
+        for line in lines
+    )
     assert not any(line.startswith("full: its run learned little") for line in lines)
 
 

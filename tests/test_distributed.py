@@ -26,9 +26,24 @@ STRATEGIES = ["full", "lora", "gradual_unfreezing", "frozen_encoder"]
 def launch(config: Path, *args: str) -> subprocess.CompletedProcess:
     """Two processes of tests/distributed_worker.py (python main.py) under torchrun; a hang fails the test."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           str(WORKER), "--config", str(config), *args],
-                          capture_output=True, text=True, timeout=300, env=env)
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            str(WORKER),
+            "--config",
+            str(config),
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
 
 
 def records(output: Path) -> list[dict]:
@@ -47,13 +62,24 @@ def config(tmp_path_factory, tiny_model_dir) -> Path:
     folder = tmp_path_factory.mktemp("distributed")
     pd.DataFrame(labelled_rows(per_class=11)).to_csv(folder / "tickets.csv", index=False)
     path = folder / "config.yaml"
-    path.write_text(yaml.safe_dump({
-        "model": {"name": str(tiny_model_dir), "max_length": 16, "dropout": 0.0},
-        "data": {"path": str(folder / "tickets.csv"), "validation_size": 0.2, "test_size": 0.2},
-        "training": {"batch_size": 6, "gradient_accumulation_steps": 2, "num_epochs": 3, "eval_batch_size": 3,
-                     "learning_rate": 5e-3, "early_stopping": {"enabled": False}},
-        "strategies": {"lora": {"dropout": 0.0}},
-        "output": {"dir": str(folder / "unused")}}))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "model": {"name": str(tiny_model_dir), "max_length": 16, "dropout": 0.0},
+                "data": {"path": str(folder / "tickets.csv"), "validation_size": 0.2, "test_size": 0.2},
+                "training": {
+                    "batch_size": 6,
+                    "gradient_accumulation_steps": 2,
+                    "num_epochs": 3,
+                    "eval_batch_size": 3,
+                    "learning_rate": 5e-3,
+                    "early_stopping": {"enabled": False},
+                },
+                "strategies": {"lora": {"dropout": 0.0}},
+                "output": {"dir": str(folder / "unused")},
+            }
+        )
+    )
     return path
 
 
@@ -79,8 +105,9 @@ def test_two_processes_train_the_weights_and_report_the_metrics_of_one(one_and_t
     one, two, _ = one_and_two
     by_id = {r["run_id"]: r for r in records(two)}
     assert len(by_id) == len(records(two)) == len(STRATEGIES)  # one record per run, not one per process
-    assert {split: records(two)[0]["dataset"]["sizes"][split] for split in ("train", "validation", "test")} == \
-        {"train": 19, "validation": 7, "test": 7}  # the sizes the config's docstring counts on
+    assert {
+        split: records(two)[0]["dataset"]["sizes"][split] for split in ("train", "validation", "test")
+    } == {"train": 19, "validation": 7, "test": 7}  # the sizes the config's docstring counts on
     for single in records(one):
         double = by_id[single["run_id"]]
         assert (single["num_processes"], double["num_processes"]) == (1, 2)
@@ -102,7 +129,12 @@ def test_only_the_main_process_writes_and_speaks(one_and_two):
     one, two, launched = one_and_two
     for single in records(one):
         folder = two / "checkpoints" / single["strategy"] / single["run_id"]
-        assert sorted(p.name for p in folder.iterdir()) == ["best.safetensors", "config.yaml", "last.pt", "record.json"]
+        assert sorted(p.name for p in folder.iterdir()) == [
+            "best.safetensors",
+            "config.yaml",
+            "last.pt",
+            "record.json",
+        ]
     assert not list(two.rglob("*.tmp"))
     assert launched.stdout.count("## Verdict") == 1
     assert launched.stderr.count("| train_loss") == 3 * len(STRATEGIES)  # each epoch logged once
@@ -119,8 +151,15 @@ def test_only_the_main_process_writes_files(tmp_path, monkeypatch):
 def test_early_stopping_stops_both_processes(config):
     output = config.parent / "early"
     # at this rate nothing moves, so the validation metric does not improve after the first epoch
-    launched = launch(config, "--strategy", "full", f"output.dir={output}", "training.learning_rate=1e-12",
-                      "training.early_stopping.enabled=true", "training.early_stopping.patience=1")
+    launched = launch(
+        config,
+        "--strategy",
+        "full",
+        f"output.dir={output}",
+        "training.learning_rate=1e-12",
+        "training.early_stopping.enabled=true",
+        "training.early_stopping.patience=1",
+    )
     assert launched.returncode == 0, launched.stderr[-3000:]
     [record] = records(output)
     assert record["stop_reason"].startswith("early stopping") and len(record["history"]) == 2
@@ -133,8 +172,9 @@ def test_a_nan_in_one_process_fails_the_run_in_both(config):
     [record] = records(output)
     assert record["status"] == "failed"
     # the third batch is the first of the second optimizer step
-    assert record["error"].startswith("TrainingFailed: training loss became nan or infinite at optimizer step 2 "
-                                      "(epoch 1, batch 3)")
+    assert record["error"].startswith(
+        "TrainingFailed: training loss became nan or infinite at optimizer step 2 (epoch 1, batch 3)"
+    )
 
 
 def test_a_run_killed_after_a_checkpoint_resumes_under_two_processes(config, one_and_two):
@@ -155,4 +195,6 @@ def test_a_run_killed_after_a_checkpoint_resumes_under_two_processes(config, one
     for name in expected:
         assert torch.allclose(weights[name], expected[name], atol=1e-5), name
     for key in ("train_loss", "val_loss"):  # the interrupted epoch's loss too, summed over both processes
-        assert [e[key] for e in record["history"]] == pytest.approx([e[key] for e in reference["history"]], abs=1e-5)
+        assert [e[key] for e in record["history"]] == pytest.approx(
+            [e[key] for e in reference["history"]], abs=1e-5
+        )

@@ -9,8 +9,14 @@ import pytest
 
 from conftest import ROOT
 
-PAGES = sorted([ROOT / "README.md", *ROOT.glob("docs/*.md"), ROOT / "benchmarks" / "README.md",
-                ROOT / "examples" / "README.md"])
+PAGES = sorted(
+    [
+        ROOT / "README.md",
+        *ROOT.glob("docs/*.md"),
+        ROOT / "benchmarks" / "README.md",
+        ROOT / "examples" / "README.md",
+    ]
+)
 LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
 
 
@@ -48,13 +54,17 @@ def test_relative_links_reach_a_file_and_a_heading(page):
 def test_a_broken_link_or_anchor_is_found(tmp_path):
     (tmp_path / "other.md").write_text("# Other page\n\n## A section, with punctuation!\n")
     page = tmp_path / "page.md"
-    page.write_text("[ok](other.md#a-section-with-punctuation) [gone](missing.md) [bad](other.md#nothing) "
-                    "[web](https://example.org/x)\n```\n[in code](nowhere.md)\n```\n")
+    page.write_text(
+        "[ok](other.md#a-section-with-punctuation) [gone](missing.md) [bad](other.md#nothing) "
+        "[web](https://example.org/x)\n```\n[in code](nowhere.md)\n```\n"
+    )
     assert broken_links(page) == ["missing.md: no such file", "other.md#nothing: no heading with that anchor"]
 
 
 def test_the_readme_is_a_guide_that_maps_every_topic_page():
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    assert len(readme.encode()) < 14_000, "README.md is a guide of about 12 KB: move reference material to docs/"
+    assert len(readme.encode()) < 14_000, (
+        "README.md is a guide of about 12 KB: move reference material to docs/"
+    )
     unlinked = [p.name for p in ROOT.glob("docs/*.md") if f"(docs/{p.name})" not in readme]
     assert unlinked == []

@@ -21,8 +21,13 @@ from test_token_classification import tagged_sentences
 def task_data(task: str, folder) -> list[str]:
     """A small data file for the task and the overrides that read it."""
     if task == "regression":
-        return ["data.task=regression", f"data.path={write_pairs(folder / 'pairs.csv')}", "data.text_column=question",
-                "data.text_pair_column=other", "data.label_column=score"]
+        return [
+            "data.task=regression",
+            f"data.path={write_pairs(folder / 'pairs.csv')}",
+            "data.text_column=question",
+            "data.text_pair_column=other",
+            "data.label_column=score",
+        ]
     if task == "multi_label":
         return ["data.task=multi_label", *write_tagged(folder, tagged_rows(60), "separator")]
     if task == "token_classification":
@@ -34,11 +39,19 @@ def task_data(task: str, folder) -> list[str]:
 
 @pytest.mark.parametrize("task", ["multi_label", "regression", "token_classification", "question_answering"])
 def test_every_strategy_that_serves_the_task_completes_it(task, write_config, tmp_path):
-    overrides = task_data(task, tmp_path) + [f"output.dir={tmp_path / 'out'}", "training.num_epochs=1",
-                                             "model.max_length=16"]
+    overrides = task_data(task, tmp_path) + [
+        f"output.dir={tmp_path / 'out'}",
+        "training.num_epochs=1",
+        "model.max_length=16",
+    ]
     cfg = load_config(write_config(), overrides)
     served = [s for s in STRATEGIES if STRATEGIES[s].refuses(TASKS[task], cfg) is None]
-    assert main.main(["--config", str(write_config()), *[a for s in served for a in ("--strategy", s)], *overrides]) == 0
+    assert (
+        main.main(
+            ["--config", str(write_config()), *[a for s in served for a in ("--strategy", s)], *overrides]
+        )
+        == 0
+    )
     records = json.loads((tmp_path / "out" / "results" / "all_results.json").read_text())["runs"]
     assert sorted(r["strategy"] for r in records) == sorted(served)
     assert all(r["status"] == "completed" and r["task"] == task for r in records)
@@ -46,6 +59,10 @@ def test_every_strategy_that_serves_the_task_completes_it(task, write_config, tm
     checked = [r["validation_outputs"] for r in records]
     assert all((c is not None) == (task == "multi_label") for c in checked)
     if task == "multi_label":
-        assert all(0 <= c["prediction_share"] <= 1 and c["spread"] >= 0 and c["examples"] == r["dataset"]["sizes"]
-                   ["validation"] for c, r in zip(checked, records))
+        assert all(
+            0 <= c["prediction_share"] <= 1
+            and c["spread"] >= 0
+            and c["examples"] == r["dataset"]["sizes"]["validation"]
+            for c, r in zip(checked, records)
+        )
     assert len(served) >= len(STRATEGIES) - 2  # SetFit and prompt tuning at most are refused

@@ -45,6 +45,7 @@ def imbalanced_csv(tmp_path):
 def loaded(path, **data):
     settings = {"path": str(path), "drop_duplicates": False, "remove_leakage": False, **data}
     from config import DataConfig
+
     return load_data(DataConfig(**settings))
 
 
@@ -76,10 +77,15 @@ def test_a_fold_is_the_validation_split_and_test_stays_out_of_every_fold(imbalan
     assert fold.texts["validation"] == [pooled[i] for i in held]
     assert sorted(fold.texts["train"] + fold.texts["validation"]) == sorted(pooled)
     assert fold.texts["test"] == data.texts["test"] and fold.labels["test"] == data.labels["test"]
-    assert not {text_key(t) for t in data.texts["test"]} & {text_key(t) for t in fold.texts["validation"]} - \
-        {text_key(t) for t in pooled}
-    assert fold.fingerprint == data.fingerprint and fold.fold == {"folds": 4, "index": 2, "repeat": 0,
-                                                                  "of": data.fingerprint}
+    assert not {text_key(t) for t in data.texts["test"]} & {text_key(t) for t in fold.texts["validation"]} - {
+        text_key(t) for t in pooled
+    }
+    assert fold.fingerprint == data.fingerprint and fold.fold == {
+        "folds": 4,
+        "index": 2,
+        "repeat": 0,
+        "of": data.fingerprint,
+    }
 
 
 def test_multi_label_folds_bring_each_rare_label_to_every_fold():
@@ -89,9 +95,13 @@ def test_multi_label_folds_bring_each_rare_label_to_every_fold():
     for label in (3, 4, 5):  # rare labels, each with as many examples as folds
         hot[rng.choice(60, 3, replace=False), label] = 1
     texts = [f"text {i}" for i in range(60)]
-    data = LabelledData("tags", {"train": texts[:45], "validation": texts[45:], "test": ["t"]},
-                        {"train": hot[:45].tolist(), "validation": hot[45:].tolist(), "test": [[1, 0, 0, 0, 0, 0]]},
-                        ["a", "b", "c", "rare", "rarer", "rarest"], task="multi_label")
+    data = LabelledData(
+        "tags",
+        {"train": texts[:45], "validation": texts[45:], "test": ["t"]},
+        {"train": hot[:45].tolist(), "validation": hot[45:].tolist(), "test": [[1, 0, 0, 0, 0, 0]]},
+        ["a", "b", "c", "rare", "rarer", "rarest"],
+        task="multi_label",
+    )
     for held in fold_rows(data, 3, seed=1):
         assert hot[held, 3:].sum(0).tolist() == [1, 1, 1]
 
@@ -100,22 +110,31 @@ def test_a_contexts_questions_share_a_fold():
     contexts = [f"context number {i // 3}" for i in range(30)]  # three questions each
     questions = [f"question {i}" for i in range(30)]
     answers = [{"text": ["x"], "answer_start": [0]}] * 30
-    data = LabelledData("qa", {"train": questions[:24], "validation": questions[24:], "test": ["q"]},
-                        {"train": answers[:24], "validation": answers[24:], "test": answers[:1]}, [],
-                        pairs={"train": contexts[:24], "validation": contexts[24:], "test": ["c"]},
-                        task="question_answering")
+    data = LabelledData(
+        "qa",
+        {"train": questions[:24], "validation": questions[24:], "test": ["q"]},
+        {"train": answers[:24], "validation": answers[24:], "test": answers[:1]},
+        [],
+        pairs={"train": contexts[:24], "validation": contexts[24:], "test": ["c"]},
+        task="question_answering",
+    )
     for held in fold_rows(data, 5, seed=0):
-        assert {contexts[i] for i in held} == {contexts[i] for i in range(30) if contexts[i] in
-                                               {contexts[j] for j in held}}
+        assert {contexts[i] for i in held} == {
+            contexts[i] for i in range(30) if contexts[i] in {contexts[j] for j in held}
+        }
         assert all(Counter(contexts[i] for i in held)[c] == 3 for c in {contexts[i] for i in held})
 
 
 def test_each_fold_is_a_run_of_one_configuration_with_its_own_id(write_config):
     cfg = load_config(write_config(data={"folds": 3}, training={"seeds": [0, 1]}))
     runs = plan_runs(cfg, ["bitfit"])
-    assert sorted((r.fold, r.cfg.training.seed) for r in runs) == [((0, i), s) for i in range(3) for s in (0, 1)]
+    assert sorted((r.fold, r.cfg.training.seed) for r in runs) == [
+        ((0, i), s) for i in range(3) for s in (0, 1)
+    ]
     assert len({r.run_id("fp") for r in runs}) == 6 and len({r.config_id("fp") for r in runs}) == 1
-    reseeded = plan_runs(load_config(write_config(data={"folds": 3, "seed": 1}), ["training.seeds=[0,1]"]), ["bitfit"])
+    reseeded = plan_runs(
+        load_config(write_config(data={"folds": 3, "seed": 1}), ["training.seeds=[0,1]"]), ["bitfit"]
+    )
     assert not {r.run_id("fp") for r in reseeded} & {r.run_id("fp") for r in runs}  # other folds, other ids
     repeated = plan_runs(load_config(write_config(data={"folds": 3, "fold_repeats": 2})), ["bitfit"])
     assert [r.fold for r in repeated] == [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2)]
@@ -123,9 +142,16 @@ def test_each_fold_is_a_run_of_one_configuration_with_its_own_id(write_config):
 
 
 def fold_record(strategy: str, index: int, predictions: list[int], truth: list[int]) -> dict:
-    return {"status": "completed", "seed": 0, "few_shot": None, "fold": {"folds": 2, "repeat": 0, "index": index},
-            "test_predictions": predictions, "test_labels": truth, "dataset": {"label_names": ["a", "b"]},
-            "strategy": strategy}
+    return {
+        "status": "completed",
+        "seed": 0,
+        "few_shot": None,
+        "fold": {"folds": 2, "repeat": 0, "index": index},
+        "test_predictions": predictions,
+        "test_labels": truth,
+        "dataset": {"label_names": ["a", "b"]},
+        "strategy": strategy,
+    }
 
 
 def test_the_paired_test_pairs_fold_with_fold():
@@ -139,26 +165,34 @@ def test_the_paired_test_pairs_fold_with_fold():
     assert result["accuracy"]["difference"] == 0 and result["accuracy"]["per_run"] == [0, 0]
 
 
-def test_a_cross_validated_experiment_chooses_on_the_mean_over_folds_and_says_so(write_config, tmp_path,
-                                                                                  monkeypatch, capsys):
-    config = write_config(data={"folds": 3}, training={"num_epochs": 1},
-                          strategies={"bitfit": {"learning_rate": 0.05}})
+def test_a_cross_validated_experiment_chooses_on_the_mean_over_folds_and_says_so(
+    write_config, tmp_path, monkeypatch, capsys
+):
+    config = write_config(
+        data={"folds": 3}, training={"num_epochs": 1}, strategies={"bitfit": {"learning_rate": 0.05}}
+    )
     assert main.main(["--config", str(config), "--strategy", "full", "--strategy", "bitfit"]) == 0
     runs = records(tmp_path / "outputs")
-    assert sorted((r["strategy"], r["fold"]["index"]) for r in runs) == \
-        [(s, i) for s in ("bitfit", "full") for i in range(3)]
+    assert sorted((r["strategy"], r["fold"]["index"]) for r in runs) == [
+        (s, i) for s in ("bitfit", "full") for i in range(3)
+    ]
     assert all(r["fold"] == {"folds": 3, "repeat": 0, "index": r["fold"]["index"]} for r in runs)
     # 90 rows: 18 for test, the other 72 in three folds of 24; every fold's model is tested on the same 18
-    assert {(r["dataset"]["sizes"]["train"], r["dataset"]["sizes"]["validation"], r["dataset"]["sizes"]["test"])
-            for r in runs} == {(48, 24, 18)}
+    assert {
+        (r["dataset"]["sizes"]["train"], r["dataset"]["sizes"]["validation"], r["dataset"]["sizes"]["test"])
+        for r in runs
+    } == {(48, 24, 18)}
     assert len({json.dumps(r["test_labels"]) for r in runs}) == 1
     summary = summarize(runs, "val_macro_f1")
     assert json.loads((tmp_path / "outputs" / "results" / "verdict.json").read_text())["folds"]["folds"] == 3
     assert summary["folds"] == {"folds": 3, "repeats": 1} and summary["validation_examples"] == 72
     assert summary["comparisons"][0]["paired_runs"] == 3
     full = next(r for r in summary["rows"] if r["strategy"] == "full")
-    validation = [next(h["val_macro_f1"] for h in r["history"] if h["epoch"] == r["best_epoch"])
-                  for r in runs if r["strategy"] == "full"]
+    validation = [
+        next(h["val_macro_f1"] for h in r["history"] if h["epoch"] == r["best_epoch"])
+        for r in runs
+        if r["strategy"] == "full"
+    ]
     assert full["validation"]["mean"] == pytest.approx(np.mean(validation))  # chosen on the mean over folds
     printed = capsys.readouterr().out
     assert "(the mean over 3 folds)" in printed and "over 3 folds)" in printed
@@ -191,7 +225,11 @@ def test_a_fold_killed_mid_run_resumes_to_the_uninterrupted_result(write_config,
     stop_at = None
     assert main.main([*settings, f"output.dir={tmp_path / 'straight'}"]) == 0
     expected = {r["fold"]["index"]: r for r in records(tmp_path / "straight")}
-    stop_at, calls[:], starts[:] = starts[1] + 2, [], []  # the second fold, during its second epoch's validation
+    stop_at, calls[:], starts[:] = (
+        starts[1] + 2,
+        [],
+        [],
+    )  # the second fold, during its second epoch's validation
     assert main.main([*settings, f"output.dir={tmp_path / 'killed'}"]) == 130
     stop_at = None
     assert main.main([*settings, f"output.dir={tmp_path / 'killed'}", "--resume"]) == 0
@@ -202,10 +240,18 @@ def test_a_fold_killed_mid_run_resumes_to_the_uninterrupted_result(write_config,
         assert resumed[index]["run_id"] == expected[index]["run_id"]
 
 
-def test_a_search_runs_its_trials_on_the_first_fold_and_confirms_the_best_on_every_fold(write_config, tmp_path):
-    config = write_config(data={"folds": 2}, training={"num_epochs": 1}, search={
-        "method": "optuna", "trials": 2, "space": {"strategies.bitfit.learning_rate": {"low": 1e-2, "high": 1e-1,
-                                                                                        "log": True}}})
+def test_a_search_runs_its_trials_on_the_first_fold_and_confirms_the_best_on_every_fold(
+    write_config, tmp_path
+):
+    config = write_config(
+        data={"folds": 2},
+        training={"num_epochs": 1},
+        search={
+            "method": "optuna",
+            "trials": 2,
+            "space": {"strategies.bitfit.learning_rate": {"low": 1e-2, "high": 1e-1, "log": True}},
+        },
+    )
     assert main.main(["--config", str(config), "--strategy", "bitfit"]) == 0
     runs = records(tmp_path / "outputs")
     trials = [r for r in runs if not r["trial"].get("confirms") or r["trial"]["confirms"] == r["run_id"]]
@@ -216,15 +262,46 @@ def test_a_search_runs_its_trials_on_the_first_fold_and_confirms_the_best_on_eve
 
 
 def verdict_with(validation_examples: int | None, folds: dict | None) -> list[str]:
-    rows = [{"strategy": s, "config_id": s, "varied": {}, "shots_per_class": None, "chosen": True, "runs": 3,
-             "failed": 0, "trainable_params": 100 if s == "full" else 1, "validation": {"mean": v, "std": 0.01},
-             "test": {"macro_f1": {"mean": v, "std": 0.01, "n": 3}}, "test_interval": None}
-            for s, v in (("full", 0.9), ("bitfit", 0.8))]
-    comparison = {"a": "full", "b": "bitfit", "shots_per_class": None, "paired_runs": 3, "macro_f1": {
-        "difference": 0.1, "low": 0.08, "high": 0.12, "p_value": 0.0002, "per_run": [0.1, 0.1, 0.1]}}
-    summary = {"task": "classification", "metric": "val_macro_f1", "rows": rows, "comparisons": [comparison],
-               "validation_examples": validation_examples, "test_examples": 2000, "folds": folds}
+    rows = [
+        {
+            "strategy": s,
+            "config_id": s,
+            "varied": {},
+            "shots_per_class": None,
+            "chosen": True,
+            "runs": 3,
+            "failed": 0,
+            "trainable_params": 100 if s == "full" else 1,
+            "validation": {"mean": v, "std": 0.01},
+            "test": {"macro_f1": {"mean": v, "std": 0.01, "n": 3}},
+            "test_interval": None,
+        }
+        for s, v in (("full", 0.9), ("bitfit", 0.8))
+    ]
+    comparison = {
+        "a": "full",
+        "b": "bitfit",
+        "shots_per_class": None,
+        "paired_runs": 3,
+        "macro_f1": {
+            "difference": 0.1,
+            "low": 0.08,
+            "high": 0.12,
+            "p_value": 0.0002,
+            "per_run": [0.1, 0.1, 0.1],
+        },
+    }
+    summary = {
+        "task": "classification",
+        "metric": "val_macro_f1",
+        "rows": rows,
+        "comparisons": [comparison],
+        "validation_examples": validation_examples,
+        "test_examples": 2000,
+        "folds": folds,
+    }
     from reporting.verdict import decide
+
     return describe(decide(summary), TASKS["classification"])
 
 
@@ -237,15 +314,28 @@ def test_the_verdict_suggests_folds_when_the_choice_rests_on_a_small_validation_
     assert "data.folds=5" not in folded and "(the mean over 5 folds)" in folded
 
 
-@pytest.mark.parametrize("setting, message", [
-    ("data.folds=1", "data.folds: got 1, allowed: an integer >= 2"),
-    ("data.fold_repeats=0", "data.fold_repeats: got 0, allowed: an integer >= 1"),
-    ("data.fold_repeats=2", "data.fold_repeats: got 2, allowed: 1 unless data.folds is set"),
-    ("sweep={data.folds: [3, 5]}", "sweep.data.folds: cannot be swept (every configuration already trains once per fold)"),
-    ("data.folds=20", "examples of class 'login' in train and validation together, so a fold would lack it; at most"),
-])
-def test_a_fold_setting_the_data_cannot_take_stops_in_one_line(imbalanced_csv, write_config, capsys, setting, message):
-    config = write_config(data={"path": str(imbalanced_csv), "drop_duplicates": False, "remove_leakage": False})
+@pytest.mark.parametrize(
+    "setting, message",
+    [
+        ("data.folds=1", "data.folds: got 1, allowed: an integer >= 2"),
+        ("data.fold_repeats=0", "data.fold_repeats: got 0, allowed: an integer >= 1"),
+        ("data.fold_repeats=2", "data.fold_repeats: got 2, allowed: 1 unless data.folds is set"),
+        (
+            "sweep={data.folds: [3, 5]}",
+            "sweep.data.folds: cannot be swept (every configuration already trains once per fold)",
+        ),
+        (
+            "data.folds=20",
+            "examples of class 'login' in train and validation together, so a fold would lack it; at most",
+        ),
+    ],
+)
+def test_a_fold_setting_the_data_cannot_take_stops_in_one_line(
+    imbalanced_csv, write_config, capsys, setting, message
+):
+    config = write_config(
+        data={"path": str(imbalanced_csv), "drop_duplicates": False, "remove_leakage": False}
+    )
     assert main.main(["--config", str(config), "--strategy", "bitfit", setting]) == 2
     error = capsys.readouterr().err.strip().splitlines()
     assert len(error) == 1 and message in error[0]

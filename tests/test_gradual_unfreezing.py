@@ -13,15 +13,26 @@ from utils import set_seed
 
 
 def test_the_head_trains_alone_then_the_layers_from_the_top(write_config, tmp_path, monkeypatch):
-    cfg, data, encoded = prepared(write_config(), ["training.num_epochs=3", "training.early_stopping.enabled=false",
-                                                   "training.warmup_ratio=0", "training.weight_decay=0"])
+    cfg, data, encoded = prepared(
+        write_config(),
+        [
+            "training.num_epochs=3",
+            "training.early_stopping.enabled=false",
+            "training.warmup_ratio=0",
+            "training.weight_decay=0",
+        ],
+    )
     set_seed(0)
     model = build_model(cfg, "gradual_unfreezing", data.label_names)
     settings = strategy_settings(cfg, "gradual_unfreezing")
     strategy = STRATEGIES["gradual_unfreezing"]
-    assert strategy.schedule(model, settings) == [{"part": "head", "epoch": 1}, {"part": "layer 1", "epoch": 2},
-                                                  {"part": "above the layers", "epoch": 2},
-                                                  {"part": "embeddings", "epoch": 3}, {"part": "layer 0", "epoch": 3}]
+    assert strategy.schedule(model, settings) == [
+        {"part": "head", "epoch": 1},
+        {"part": "layer 1", "epoch": 2},
+        {"part": "above the layers", "epoch": 2},
+        {"part": "embeddings", "epoch": 3},
+        {"part": "layer 0", "epoch": 3},
+    ]
     snapshots = [{n: p.detach().cpu().clone() for n, p in model.named_parameters()}]
     scores = iter([0.9, 0.5, 0.4])  # the first epoch is the best: the run must end with its weights
     real_evaluate = trainer.evaluate
@@ -31,13 +42,29 @@ def test_the_head_trains_alone_then_the_layers_from_the_top(write_config, tmp_pa
         return {**real_evaluate(model, *args, **kwargs), "macro_f1": next(scores)}
 
     monkeypatch.setattr(trainer, "evaluate", snapshot)
-    job = TrainJob(cfg, 3e-3, tmp_path / "run", {}, before_epoch=lambda epoch: strategy.before_epoch(model, settings, epoch))
+    job = TrainJob(
+        cfg,
+        3e-3,
+        tmp_path / "run",
+        {},
+        before_epoch=lambda epoch: strategy.before_epoch(model, settings, epoch),
+    )
     result = train(model, encoded, job, make_accelerator(False))
 
     def moved(epoch: int) -> set[str]:  # the parts whose weights changed in this epoch
-        return {n.split(".")[0] if not n.startswith("bert.") else
-                ("layer " + n.split(".")[3] if ".layer." in n else "embeddings" if ".embeddings." in n else "pooler")
-                for n in snapshots[0] if not torch.equal(snapshots[epoch][n], snapshots[epoch - 1][n])}
+        return {
+            n.split(".")[0]
+            if not n.startswith("bert.")
+            else (
+                "layer " + n.split(".")[3]
+                if ".layer." in n
+                else "embeddings"
+                if ".embeddings." in n
+                else "pooler"
+            )
+            for n in snapshots[0]
+            if not torch.equal(snapshots[epoch][n], snapshots[epoch - 1][n])
+        }
 
     assert moved(1) == {"classifier"}
     assert moved(2) == {"classifier", "layer 1", "pooler"}

@@ -21,8 +21,15 @@ from test_shared_files import RUNS, output, trained  # noqa: F401  (fixtures: on
 
 def folder_bytes(folder: Path) -> dict[str, str]:
     """Every file under `folder` with a digest of its bytes, to show a refused command changed nothing."""
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()} if folder.exists() else {}
+    return (
+        {
+            str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*"))
+            if p.is_file()
+        }
+        if folder.exists()
+        else {}
+    )
 
 
 def refused(argv: list[str], capsys, pattern: str) -> str:
@@ -39,12 +46,17 @@ def refused(argv: list[str], capsys, pattern: str) -> str:
 def custom_code_model(model_dir: Path, folder: Path, marker: Path, where: str = "config.json") -> Path:
     """A copy of the tiny model whose `where` names code of its own, which would write `marker` if it ran."""
     shutil.copytree(model_dir, folder)
-    (folder / "evil.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\n"
-                                    "from transformers import BertConfig as EvilConfig, BertModel as EvilModel\n")
+    (folder / "evil.py").write_text(
+        f"open({str(marker)!r}, 'w').write('ran')\n"
+        "from transformers import BertConfig as EvilConfig, BertModel as EvilModel\n"
+    )
     settings = json.loads((folder / where).read_text())
-    settings["auto_map"] = {"AutoConfig": "evil.EvilConfig", "AutoModel": "evil.EvilModel",
-                            "AutoModelForSequenceClassification": "evil.EvilModel",
-                            "AutoTokenizer": ["evil.EvilConfig", None]}
+    settings["auto_map"] = {
+        "AutoConfig": "evil.EvilConfig",
+        "AutoModel": "evil.EvilModel",
+        "AutoModelForSequenceClassification": "evil.EvilModel",
+        "AutoTokenizer": ["evil.EvilConfig", None],
+    }
     (folder / where).write_text(json.dumps(settings))
     return folder
 
@@ -52,46 +64,94 @@ def custom_code_model(model_dir: Path, folder: Path, marker: Path, where: str = 
 @pytest.mark.parametrize("where", ["config.json", "tokenizer_config.json"])
 @pytest.mark.parametrize("command", ["train", "dry-run"])
 def test_a_model_folder_that_asks_to_run_its_own_code_is_refused_without_running_or_asking(
-        where, command, write_config, tiny_model_dir, tmp_path, capsys, monkeypatch):
+    where, command, write_config, tiny_model_dir, tmp_path, capsys, monkeypatch
+):
     marker = tmp_path / "code-ran"
     folder = custom_code_model(tiny_model_dir, tmp_path / "shared-model", marker, where)
     monkeypatch.setattr("builtins.input", lambda *_: pytest.fail("asked whether to run the folder's code"))
     before = folder_bytes(tmp_path / "outputs")
     extra = ["--dry-run"] if command == "dry-run" else []
-    refused(["--config", write_config(), "--strategy", "full", f"model.name={folder}", *extra], capsys,
-            f"model.name: '{folder}' asks to run code of its own ({where} has an auto_map)")
+    refused(
+        ["--config", write_config(), "--strategy", "full", f"model.name={folder}", *extra],
+        capsys,
+        f"model.name: '{folder}' asks to run code of its own ({where} has an auto_map)",
+    )
     assert not marker.exists()
     assert folder_bytes(tmp_path / "outputs") == before
 
 
 ALIAS_BOMB = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
-    f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join([f'*{chr(97 + i)}'] * 9)}]\n" for i in range(8))
+    f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join([f'*{chr(97 + i)}'] * 9)}]\n" for i in range(8)
+)
 
 FLOW_BOMB = "a: &a [1, 1, 1, 1, 1, 1, 1, 1, 1, 1], " + ", ".join(
-    f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join([f'*{chr(97 + i)}'] * 10)}]" for i in range(6))
+    f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join([f'*{chr(97 + i)}'] * 10)}]" for i in range(6)
+)
 
 # Each case: text appended to the small config file (or None), overrides, and what the one line says.
 CONFIG_CASES = {
     "an alias bomb in the file": (ALIAS_BOMB, [], "expands to more than 100,000 values through its aliases"),
-    "an alias bomb in an override": (None, ["sweep={" + FLOW_BOMB + "}"],
-                                     "sweep: the value expands to more than 100,000 values"),
-    "a key given twice": ("few_shot:\n  enabled: false\n  enabled: true\n", [],
-                          "the key 'enabled' is given twice in one mapping"),
-    "a section given twice": ("training:\n  seed: 1\n", [], "the key 'training' is given twice in one mapping"),
-    "nesting past any config's depth in the file": ("deep: " + "[" * 5000 + "]" * 5000 + "\n", [], "nests deeper than"),
-    "20,000 nested brackets in an override": (None, ["sweep=" + "[" * 20000 + "]" * 20000], "nests deeper than"),
-    "an infinite learning rate": (None, ["training.learning_rate=.inf"],
-                                  "training.learning_rate: expected a finite number, got inf"),
-    "a learning rate that is not a number": (None, ["training.learning_rate=.nan"],
-                                             "training.learning_rate: expected a finite number, got nan"),
-    "an infinite weight decay": (None, ["training.weight_decay=-.inf"], "training.weight_decay: expected a finite"),
-    "an infinite class weight": (None, ["training.class_weights={a: .inf}"], "training.class_weights: expected"),
-    "a float that overflows to infinity": (None, ["strategies.lora.learning_rate=1e999"],
-                                           "strategies.lora.learning_rate: expected a finite number"),
-    "an empty label separator": (None, ["data.label_separator=''"], "data.label_separator: got '', allowed: a string"),
+    "an alias bomb in an override": (
+        None,
+        ["sweep={" + FLOW_BOMB + "}"],
+        "sweep: the value expands to more than 100,000 values",
+    ),
+    "a key given twice": (
+        "few_shot:\n  enabled: false\n  enabled: true\n",
+        [],
+        "the key 'enabled' is given twice in one mapping",
+    ),
+    "a section given twice": (
+        "training:\n  seed: 1\n",
+        [],
+        "the key 'training' is given twice in one mapping",
+    ),
+    "nesting past any config's depth in the file": (
+        "deep: " + "[" * 5000 + "]" * 5000 + "\n",
+        [],
+        "nests deeper than",
+    ),
+    "20,000 nested brackets in an override": (
+        None,
+        ["sweep=" + "[" * 20000 + "]" * 20000],
+        "nests deeper than",
+    ),
+    "an infinite learning rate": (
+        None,
+        ["training.learning_rate=.inf"],
+        "training.learning_rate: expected a finite number, got inf",
+    ),
+    "a learning rate that is not a number": (
+        None,
+        ["training.learning_rate=.nan"],
+        "training.learning_rate: expected a finite number, got nan",
+    ),
+    "an infinite weight decay": (
+        None,
+        ["training.weight_decay=-.inf"],
+        "training.weight_decay: expected a finite",
+    ),
+    "an infinite class weight": (
+        None,
+        ["training.class_weights={a: .inf}"],
+        "training.class_weights: expected",
+    ),
+    "a float that overflows to infinity": (
+        None,
+        ["strategies.lora.learning_rate=1e999"],
+        "strategies.lora.learning_rate: expected a finite number",
+    ),
+    "an empty label separator": (
+        None,
+        ["data.label_separator=''"],
+        "data.label_separator: got '', allowed: a string",
+    ),
     "a separator of spaces": (None, ["data.label_separator='  '"], "data.label_separator: got '  '"),
-    "a huge value where a number goes": (None, ["training.batch_size=" + "x" * 200_000],
-                                         "training.batch_size: expected an integer, got 'xxxx"),
+    "a huge value where a number goes": (
+        None,
+        ["training.batch_size=" + "x" * 200_000],
+        "training.batch_size: expected an integer, got 'xxxx",
+    ),
     "a huge unknown key": (None, ["training." + "k" * 50_000 + "=1"], "unknown key 'training.kkkk"),
     "a config that is a list": ("", [], None),
 }
@@ -140,42 +200,73 @@ def write_parquet(path: Path, rows: list[dict]) -> Path:
 # Each case: a function writing the data file into a folder, extra overrides, and what the one line says.
 DATA_CASES = {
     "labels mixing integers and strings": (
-        lambda tmp: write_jsonl(tmp / "d.jsonl", rows_with("label", [3])), [],
-        "data.label_column: column 'label' of the train data mixes numbers and strings"),
+        lambda tmp: write_jsonl(tmp / "d.jsonl", rows_with("label", [3])),
+        [],
+        "data.label_column: column 'label' of the train data mixes numbers and strings",
+    ),
     "labels that are objects": (
-        lambda tmp: write_jsonl(tmp / "d.jsonl", rows_with("label", [{"name": "billing"}])), [],
-        "column 'label' of the train data holds dict values (row 1: {'name': 'billing'})"),
+        lambda tmp: write_jsonl(tmp / "d.jsonl", rows_with("label", [{"name": "billing"}])),
+        [],
+        "column 'label' of the train data holds dict values (row 1: {'name': 'billing'})",
+    ),
     "labels that are lists": (
-        lambda tmp: write_jsonl(tmp / "d.jsonl", rows_with("label", [["billing", "account"]])), [],
-        "column 'label' of the train data holds list values"),
+        lambda tmp: write_jsonl(tmp / "d.jsonl", rows_with("label", [["billing", "account"]])),
+        [],
+        "column 'label' of the train data holds list values",
+    ),
     "labels that are lists in Parquet": (
-        lambda tmp: write_parquet(tmp / "d.parquet", [{**r, "label": [r["label"]]} for r in labelled_rows(10)]), [],
-        "column 'label' of the train data holds"),
+        lambda tmp: write_parquet(
+            tmp / "d.parquet", [{**r, "label": [r["label"]]} for r in labelled_rows(10)]
+        ),
+        [],
+        "column 'label' of the train data holds",
+    ),
     "texts that are lists": (
-        lambda tmp: write_jsonl(tmp / "d.jsonl", rows_with("text", [["my", "card", "broke"]])), [],
-        "data.text_column: column 'text' of the train data holds list values (row 1: ['my', 'card', 'broke'])"),
+        lambda tmp: write_jsonl(tmp / "d.jsonl", rows_with("text", [["my", "card", "broke"]])),
+        [],
+        "data.text_column: column 'text' of the train data holds list values (row 1: ['my', 'card', 'broke'])",
+    ),
     "texts that are objects": (
-        lambda tmp: write_jsonl(tmp / "d.jsonl", rows_with("text", [{"body": "refund"}])), [],
-        "column 'text' of the train data holds dict values"),
+        lambda tmp: write_jsonl(tmp / "d.jsonl", rows_with("text", [{"body": "refund"}])),
+        [],
+        "column 'text' of the train data holds dict values",
+    ),
     "texts that are true or false": (
-        lambda tmp: write_jsonl(tmp / "d.jsonl", rows_with("text", [True])), [],
-        "column 'text' of the train data holds bool values"),
+        lambda tmp: write_jsonl(tmp / "d.jsonl", rows_with("text", [True])),
+        [],
+        "column 'text' of the train data holds bool values",
+    ),
     "a pair column of lists": (
         lambda tmp: write_jsonl(tmp / "d.jsonl", [{**r, "other": ["x"]} for r in labelled_rows(10)]),
-        ["data.text_pair_column=other"], "data.text_pair_column: column 'other' of the train data holds list"),
+        ["data.text_pair_column=other"],
+        "data.text_pair_column: column 'other' of the train data holds list",
+    ),
     "a column named twice in a CSV": (
-        lambda tmp: write_text(tmp / "d.csv", "text,label,text\nhello,a,bye\nagain,b,there\n"), [],
-        "its header names the column 'text' 2 times"),
+        lambda tmp: write_text(tmp / "d.csv", "text,label,text\nhello,a,bye\nagain,b,there\n"),
+        [],
+        "its header names the column 'text' 2 times",
+    ),
     "a column named twice in a TSV": (
-        lambda tmp: write_text(tmp / "d.tsv", "text\tlabel\tlabel\nhello\ta\tb\n"), [],
-        "its header names the column 'label' 2 times"),
+        lambda tmp: write_text(tmp / "d.tsv", "text\tlabel\tlabel\nhello\ta\tb\n"),
+        [],
+        "its header names the column 'label' 2 times",
+    ),
     "a CSV with a NUL byte in its header": (
-        lambda tmp: write_text(tmp / "d.csv", "te\x00xt,label\nhello,a\n"), [], "column 'text' not in the train data"),
+        lambda tmp: write_text(tmp / "d.csv", "te\x00xt,label\nhello,a\n"),
+        [],
+        "column 'text' not in the train data",
+    ),
     "a JSON file that is one number": (lambda tmp: write_text(tmp / "d.json", "42"), [], "could not read"),
     "a JSONL file with a line that is not JSON": (
-        lambda tmp: write_text(tmp / "d.jsonl", '{"text": "a", "label": "x"}\n{"text": \n'), [], "could not read"),
-    "a Parquet file that is not Parquet": (lambda tmp: write_text(tmp / "d.parquet", "text,label\n"), [],
-                                           "could not read"),
+        lambda tmp: write_text(tmp / "d.jsonl", '{"text": "a", "label": "x"}\n{"text": \n'),
+        [],
+        "could not read",
+    ),
+    "a Parquet file that is not Parquet": (
+        lambda tmp: write_text(tmp / "d.parquet", "text,label\n"),
+        [],
+        "could not read",
+    ),
 }
 
 
@@ -185,12 +276,17 @@ def write_text(path: Path, text: str) -> Path:
 
 
 @pytest.mark.parametrize("case", DATA_CASES)
-def test_data_of_the_wrong_shape_gets_one_line_naming_the_column_and_row(case, write_config, tmp_path, capsys):
+def test_data_of_the_wrong_shape_gets_one_line_naming_the_column_and_row(
+    case, write_config, tmp_path, capsys
+):
     make, overrides, message = DATA_CASES[case]
     path, config = make(tmp_path), write_config()
     before = folder_bytes(tmp_path)
-    refused(["--config", config, "--strategy", "full", f"data.path={path}", *overrides, "--dry-run"], capsys,
-            message)
+    refused(
+        ["--config", config, "--strategy", "full", f"data.path={path}", *overrides, "--dry-run"],
+        capsys,
+        message,
+    )
     assert folder_bytes(tmp_path) == before
 
 
@@ -208,7 +304,11 @@ def test_a_label_written_as_nan_is_dropped_and_counted_never_a_class(write_confi
 # Valid JSON of the wrong shape in a shared file: (file under results/, its contents, what the line says).
 WRONG_SHAPES = {
     "an experiment that is an empty mapping": ("experiment.json", {}, "holds no experiment"),
-    "an experiment whose run ids are numbers": ("experiment.json", {"run_ids": [1, 2]}, "holds no experiment"),
+    "an experiment whose run ids are numbers": (
+        "experiment.json",
+        {"run_ids": [1, 2]},
+        "holds no experiment",
+    ),
     "a data report that is a string": ("data_report.json", "report", "holds no mapping of data fingerprints"),
     "a data report of lists": ("data_report.json", {"abc": []}, "holds no mapping of data fingerprints"),
     "a verdict that is a list": ("verdict.json", [], "holds no verdict"),
@@ -219,8 +319,9 @@ WRONG_SHAPES = {
 
 
 @pytest.mark.parametrize("case", WRONG_SHAPES)
-def test_a_shared_file_of_the_wrong_shape_stops_every_command_in_one_line_and_repair_mends_it(case, output,
-                                                                                               capsys):
+def test_a_shared_file_of_the_wrong_shape_stops_every_command_in_one_line_and_repair_mends_it(
+    case, output, capsys
+):
     folder, args = output
     name, contents, message = WRONG_SHAPES[case]
     path = folder / "results" / name
@@ -253,23 +354,31 @@ def test_a_shared_file_of_the_wrong_shape_stops_every_command_in_one_line_and_re
 def complete_journal(path: Path) -> bytes:
     """A journal of two complete operations, as Optuna writes one line each."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    text = (json.dumps({"op_code": 0, "worker_id": "w", "study_name": "s", "directions": [1]}) + "\n"
-            + json.dumps({"op_code": 4, "worker_id": "w", "study_id": 0, "datetime_start": "2026-12-06"}) + "\n")
+    text = (
+        json.dumps({"op_code": 0, "worker_id": "w", "study_name": "s", "directions": [1]})
+        + "\n"
+        + json.dumps({"op_code": 4, "worker_id": "w", "study_id": 0, "datetime_start": "2026-12-06"})
+        + "\n"
+    )
     path.write_bytes(text.encode())
     return text.encode()
 
 
 @pytest.mark.parametrize("damage", ["truncated mid-line", "a broken line inside"])
 def test_a_damaged_search_journal_is_never_appended_to_and_repair_keeps_its_complete_operations(
-        damage, output, capsys):
+    damage, output, capsys
+):
     from experiment.search_workers import study_journal
     from records.shared import DamagedFile
 
     folder, args = output
     journal = folder / "search" / "journal.log"
     whole = complete_journal(journal)
-    damaged = whole + b'{"op_code": 5, "worker' if damage == "truncated mid-line" else \
-        whole.replace(b"\n", b"\nnot json\n", 1)
+    damaged = (
+        whole + b'{"op_code": 5, "worker'
+        if damage == "truncated mid-line"
+        else whole.replace(b"\n", b"\nnot json\n", 1)
+    )
     journal.write_bytes(damaged)
     with pytest.raises(DamagedFile, match="the search journal cannot be continued"):
         study_journal(journal.parent)
@@ -291,42 +400,63 @@ def test_a_killed_run_is_never_silently_started_over(output, capsys):
     results = folder / "results" / "all_results.json"
     runs = json.loads(results.read_text())["runs"]
     results.write_text(json.dumps({"runs": [r for r in runs if r["run_id"] != record["run_id"]]}))
-    (run_dir / "last.pt").write_bytes((run_dir / "last.pt").read_bytes() if (run_dir / "last.pt").exists() else b"x")
+    (run_dir / "last.pt").write_bytes(
+        (run_dir / "last.pt").read_bytes() if (run_dir / "last.pt").exists() else b"x"
+    )
     before = folder_bytes(folder)
-    refused([*args, *RUNS], capsys, f"were interrupted and kept their checkpoint (e.g. {record['run_id']}): "
-                                    "python main.py --resume")
+    refused(
+        [*args, *RUNS],
+        capsys,
+        f"were interrupted and kept their checkpoint (e.g. {record['run_id']}): python main.py --resume",
+    )
     assert folder_bytes(folder) == before
 
 
-def test_predict_never_writes_over_what_the_output_folder_keeps_nor_into_a_missing_folder(output, tmp_path,
-                                                                                            capsys):
+def test_predict_never_writes_over_what_the_output_folder_keeps_nor_into_a_missing_folder(
+    output, tmp_path, capsys
+):
     folder, args = output
     texts = tmp_path / "texts.csv"
     texts.write_text("text\nmy parcel is late\n")
     before = folder_bytes(folder)
-    refused(["predict", *args, "--input", texts, "--output", folder / "results" / "all_results.json"], capsys,
-            "which hold the runs' records, checkpoints and results")
+    refused(
+        ["predict", *args, "--input", texts, "--output", folder / "results" / "all_results.json"],
+        capsys,
+        "which hold the runs' records, checkpoints and results",
+    )
     refused(["predict", *args, "--input", texts, "--output", texts], capsys, "is the --input file itself")
-    refused(["predict", *args, "--input", texts, "--output", tmp_path / "nowhere" / "p.csv"], capsys,
-            "the folder '" + str(tmp_path / "nowhere") + "' does not exist")
+    refused(
+        ["predict", *args, "--input", texts, "--output", tmp_path / "nowhere" / "p.csv"],
+        capsys,
+        "the folder '" + str(tmp_path / "nowhere") + "' does not exist",
+    )
     refused(["predict", *args, "--input", texts, "--output", tmp_path], capsys, "is a folder; name a file")
     assert folder_bytes(folder) == before
     assert main.main(["predict", *args, "--input", str(texts), "--output", str(tmp_path / "p.csv")]) == 0
     assert (tmp_path / "p.csv").read_text().startswith("text,")
 
 
-def test_an_output_folder_that_cannot_be_written_is_named_before_anything_runs(write_config, tmp_path, capsys):
+def test_an_output_folder_that_cannot_be_written_is_named_before_anything_runs(
+    write_config, tmp_path, capsys
+):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
-    refused(["--config", write_config(), "--strategy", "full", f"output.dir={blocker}"], capsys,
-            f"output.dir: '{blocker}' is a file, not a folder")
-    refused(["--config", write_config(), "--strategy", "full", f"output.dir={blocker / 'outputs'}"], capsys,
-            "output.dir: cannot make the folder")
+    refused(
+        ["--config", write_config(), "--strategy", "full", f"output.dir={blocker}"],
+        capsys,
+        f"output.dir: '{blocker}' is a file, not a folder",
+    )
+    refused(
+        ["--config", write_config(), "--strategy", "full", f"output.dir={blocker / 'outputs'}"],
+        capsys,
+        "output.dir: cannot make the folder",
+    )
     assert blocker.read_text() == "not a folder"
 
 
-def test_export_refuses_a_file_and_a_place_it_cannot_write_and_leaves_no_half_export(output, tmp_path, capsys,
-                                                                                     monkeypatch):
+def test_export_refuses_a_file_and_a_place_it_cannot_write_and_leaves_no_half_export(
+    output, tmp_path, capsys, monkeypatch
+):
     import errno
 
     from transformers import PreTrainedModel
@@ -336,15 +466,20 @@ def test_export_refuses_a_file_and_a_place_it_cannot_write_and_leaves_no_half_ex
     target.write_text("a file")
     refused(["export", *args, "--out", target, "--force"], capsys, f"--out: '{target}' is a file")
     assert target.read_text() == "a file"
-    refused(["export", *args, "--out", target / "model"], capsys, f"--out: '{target}' is a file, not a folder")
+    refused(
+        ["export", *args, "--out", target / "model"], capsys, f"--out: '{target}' is a file, not a folder"
+    )
     refused(["export", *args, "--out", folder / "exported"], capsys, "is inside the output folder")
 
     def full_disk(self, *a, **k):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(PreTrainedModel, "save_pretrained", full_disk)
-    refused(["export", *args, "--out", tmp_path / "model"], capsys,
-            f"cannot write {tmp_path / 'model'}: No space left on device; free some space")
+    refused(
+        ["export", *args, "--out", tmp_path / "model"],
+        capsys,
+        f"cannot write {tmp_path / 'model'}: No space left on device; free some space",
+    )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["exported", "outputs"]  # nothing half-written
 
 
@@ -361,8 +496,9 @@ def test_a_full_disk_while_writing_a_record_is_one_line_and_keeps_the_results(ou
 
     monkeypatch.setattr(utils.os, "fsync", full_disk)
     refused([*args, *RUNS, "--force"], capsys, "No space left on device; free some space")
-    assert {k: v for k, v in folder_bytes(folder / "results").items() if k == "all_results.json"} == \
-        {k: v for k, v in before.items() if k == "all_results.json"}
+    assert {k: v for k, v in folder_bytes(folder / "results").items() if k == "all_results.json"} == {
+        k: v for k, v in before.items() if k == "all_results.json"
+    }
     assert not list(folder.rglob(".*.tmp"))  # no temporary file left behind
 
 
@@ -371,8 +507,9 @@ def a_run_folder(folder: Path) -> Path:
     return folder / "checkpoints" / record["strategy"] / record["run_id"]
 
 
-@pytest.mark.parametrize("damage", ["weights of the wrong shape", "metadata that is not a number",
-                                    "an infinite temperature"])
+@pytest.mark.parametrize(
+    "damage", ["weights of the wrong shape", "metadata that is not a number", "an infinite temperature"]
+)
 def test_damaged_weights_of_the_right_format_stop_predict_in_one_line(damage, output, capsys):
     import torch
     from safetensors.torch import load_file, save_file
@@ -391,9 +528,11 @@ def test_damaged_weights_of_the_right_format_stop_predict_in_one_line(damage, ou
         metadata["temperature"] = "inf"
     save_file(weights, path, metadata=metadata)
     run_id = path.parent.name
-    message = {"weights of the wrong shape": "does not fit the run's model",
-               "metadata that is not a number": "its metadata (epoch, temperature, run key) is not what bertlab",
-               "an infinite temperature": "not a finite number"}[damage]
+    message = {
+        "weights of the wrong shape": "does not fit the run's model",
+        "metadata that is not a number": "its metadata (epoch, temperature, run key) is not what bertlab",
+        "an infinite temperature": "not a finite number",
+    }[damage]
     refused(["predict", *args, "--run", run_id, "--text", "my parcel is late"], capsys, message)
 
 
@@ -412,8 +551,9 @@ def test_a_resume_state_that_holds_the_wrong_thing_stops_resume_in_one_line(held
     assert folder_bytes(folder) == before
 
 
-def test_a_shared_run_folder_naming_a_model_with_code_of_its_own_runs_nothing(output, tiny_model_dir, tmp_path,
-                                                                               capsys, monkeypatch):
+def test_a_shared_run_folder_naming_a_model_with_code_of_its_own_runs_nothing(
+    output, tiny_model_dir, tmp_path, capsys, monkeypatch
+):
     folder, args = output
     marker = tmp_path / "code-ran"
     model = custom_code_model(tiny_model_dir, tmp_path / "shared-model", marker)
@@ -422,7 +562,11 @@ def test_a_shared_run_folder_naming_a_model_with_code_of_its_own_runs_nothing(ou
     config.write_text(config.read_text().replace(str(tiny_model_dir), str(model)))
     monkeypatch.setattr("builtins.input", lambda *_: pytest.fail("asked whether to run the folder's code"))
     refused(["predict", *args, "--run", run_dir, "--text", "hello"], capsys, "asks to run code of its own")
-    refused(["export", *args, "--run", run_dir, "--out", tmp_path / "exported"], capsys, "asks to run code of its own")
+    refused(
+        ["export", *args, "--run", run_dir, "--out", tmp_path / "exported"],
+        capsys,
+        "asks to run code of its own",
+    )
     refused([*args, *RUNS, f"model.init_from={run_dir}"], capsys, "asks to run code of its own")
     assert not marker.exists()
 
@@ -431,7 +575,8 @@ def test_a_run_folder_config_with_a_python_tag_is_refused_not_built(output, tmp_
     folder, args = output
     marker = tmp_path / "code-ran"
     run_dir = a_run_folder(folder)
-    (run_dir / "config.yaml").write_text(
-        f"model: !!python/object/apply:os.system ['touch {marker}']\n")
-    refused(["predict", *args, "--run", run_dir, "--text", "hello"], capsys, "could not determine a constructor")
+    (run_dir / "config.yaml").write_text(f"model: !!python/object/apply:os.system ['touch {marker}']\n")
+    refused(
+        ["predict", *args, "--run", run_dir, "--text", "hello"], capsys, "could not determine a constructor"
+    )
     assert not marker.exists()

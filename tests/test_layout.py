@@ -32,8 +32,11 @@ def layers() -> dict[str, int]:
     """Each top-level unit (a package or a top-level module) and its layer, from docs/layout.md."""
     text = (ROOT / "docs" / "layout.md").read_text(encoding="utf-8")
     listed = text.split("<!-- layers:", 1)[1].split("\n\n", 1)[0]
-    return {unit: int(number) for number, units in re.findall(r"^(\d+)\. (.+)$", listed, flags=re.M)
-            for unit in re.findall(r"`([\w.]+)`", units)}
+    return {
+        unit: int(number)
+        for number, units in re.findall(r"^(\d+)\. (.+)$", listed, flags=re.M)
+        for unit in re.findall(r"`([\w.]+)`", units)
+    }
 
 
 def imports(tree: ast.Module, modules: dict) -> set[str]:
@@ -45,22 +48,29 @@ def imports(tree: ast.Module, modules: dict) -> set[str]:
             names = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
             # `from package import module` names a module; `from module import name` names the module
-            names = [f"{node.module}.{alias.name}" if f"{node.module}.{alias.name}" in modules else node.module
-                     for alias in node.names]
+            names = [
+                f"{node.module}.{alias.name}" if f"{node.module}.{alias.name}" in modules else node.module
+                for alias in node.names
+            ]
         found |= {name for name in names if name in modules}
     return found
 
 
 def graph() -> dict[str, set[str]]:
     modules = project_modules()
-    return {name: imports(tree, modules) for name, tree in modules.items()}  # a fresh copy: tests may change it
+    return {
+        name: imports(tree, modules) for name, tree in modules.items()
+    }  # a fresh copy: tests may change it
 
 
 def layer_violations(edges: dict[str, set[str]], order: dict[str, int]) -> list[str]:
     unit = lambda name: name.split(".")[0]
-    return [f"{source} imports {target}: layer {order[unit(source)]} may not import layer {order[unit(target)]}"
-            for source, targets in sorted(edges.items()) for target in sorted(targets)
-            if order[unit(target)] > order[unit(source)]]
+    return [
+        f"{source} imports {target}: layer {order[unit(source)]} may not import layer {order[unit(target)]}"
+        for source, targets in sorted(edges.items())
+        for target in sorted(targets)
+        if order[unit(target)] > order[unit(source)]
+    ]
 
 
 def circles(edges: dict[str, set[str]]) -> list[list[str]]:
@@ -69,7 +79,7 @@ def circles(edges: dict[str, set[str]]) -> list[list[str]]:
 
     def visit(name: str, path: list[str]) -> None:
         if name in path:
-            found.append(path[path.index(name):] + [name])
+            found.append(path[path.index(name) :] + [name])
             return
         if name in done:
             return
@@ -98,7 +108,9 @@ def test_no_module_imports_itself_through_others():
 def test_a_reporting_module_importing_the_model_breaks_the_layers():
     edges = graph()
     edges["reporting.summary"] = edges["reporting.summary"] | {"model"}
-    assert layer_violations(edges, layers()) == ["reporting.summary imports model: layer 6 may not import layer 9"]
+    assert layer_violations(edges, layers()) == [
+        "reporting.summary imports model: layer 6 may not import layer 9"
+    ]
     edges["model"] = edges["model"] | {"reporting.summary"}
     assert ["model", "reporting.summary", "model"] in circles(edges)
 

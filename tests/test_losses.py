@@ -28,9 +28,13 @@ def test_balanced_weights_from_known_counts():
     assert class_weights({"c": 4.0}, [0, 1, 2], NAMES).tolist() == [1.0, 1.0, 4.0]
     assert class_weights([1, 2, 3], [0, 1, 2], NAMES).tolist() == [1.0, 2.0, 3.0]
     assert class_weights(None, [0, 1, 2], NAMES) is None
-    with pytest.raises(ConfigError, match=r"training\.class_weights: no label 'd' in the data; its labels: a, b, c"):
+    with pytest.raises(
+        ConfigError, match=r"training\.class_weights: no label 'd' in the data; its labels: a, b, c"
+    ):
         class_weights({"d": 2.0}, [0, 1, 2], NAMES)
-    with pytest.raises(ConfigError, match=r"training\.class_weights: got 2 weights, allowed: one per label \(3: a, b, c\)"):
+    with pytest.raises(
+        ConfigError, match=r"training\.class_weights: got 2 weights, allowed: one per label \(3: a, b, c\)"
+    ):
         class_weights([1, 2], [0, 1, 2], NAMES)
 
 
@@ -41,19 +45,27 @@ def test_focal_loss_against_a_hand_computed_value_and_cross_entropy_at_gamma_0()
     assert focal_loss(logits, labels, 2.0, None).item() == pytest.approx(expected, rel=1e-6)
     alpha = torch.tensor([0.5, 1.0, 3.0])
     assert focal_loss(logits, labels, 2.0, alpha).item() == pytest.approx(
-        -0.5 * (1 - p[0]) ** 2 * math.log(p[0]) - 3.0 * (1 - p[1]) ** 2 * math.log(p[1]), rel=1e-6)
+        -0.5 * (1 - p[0]) ** 2 * math.log(p[0]) - 3.0 * (1 - p[1]) ** 2 * math.log(p[1]), rel=1e-6
+    )
     assert focal_loss(logits, labels, 0.0, alpha).item() == pytest.approx(
-        F.cross_entropy(logits, labels, weight=alpha, reduction="sum").item(), rel=1e-6)
+        F.cross_entropy(logits, labels, weight=alpha, reduction="sum").item(), rel=1e-6
+    )
 
 
 def test_label_smoothing_is_refused_with_focal_loss(write_config):
-    with pytest.raises(ConfigError, match=r"label_smoothing: got 0\.1, allowed: 0 with training\.loss: focal"):
+    with pytest.raises(
+        ConfigError, match=r"label_smoothing: got 0\.1, allowed: 0 with training\.loss: focal"
+    ):
         load_config(write_config(), ["training.loss=focal", "training.label_smoothing=0.1"])
 
 
 def test_a_sweep_over_losses_and_weights_keeps_the_plain_runs_ids(write_config):
-    config = write_config(sweep={"training.class_weights": [None, "balanced", {"refund": 3.0}],
-                                 "training.loss": ["cross_entropy", "focal"]})
+    config = write_config(
+        sweep={
+            "training.class_weights": [None, "balanced", {"refund": 3.0}],
+            "training.loss": ["cross_entropy", "focal"],
+        }
+    )
     runs = plan_runs(load_config(config), ["full"])
     assert len({run.run_id("fingerprint") for run in runs}) == 6
     [plain] = plan_runs(load_config(write_config()), ["full"])
@@ -66,7 +78,12 @@ def test_weighted_training_leaves_the_validation_loss_plain(write_config, tmp_pa
     cfg, data, encoded = prepared(write_config(), overrides)
     set_seed(0)
     model = build_model(cfg, "full", data.label_names)
-    result = train(model, encoded, TrainJob(cfg, cfg.training.learning_rate, tmp_path / "run", {}), make_accelerator(False))
+    result = train(
+        model,
+        encoded,
+        TrainJob(cfg, cfg.training.learning_rate, tmp_path / "run", {}),
+        make_accelerator(False),
+    )
     plain = evaluate(model, encoded, "validation", cfg.training, make_accelerator(False), CLASSIFICATION)
     assert result.history[0]["val_loss"] == pytest.approx(plain["loss"], rel=1e-6)
     weighted = CLASSIFICATION.training_loss(cfg.training, encoded.labels["train"], data.label_names)
@@ -74,12 +91,16 @@ def test_weighted_training_leaves_the_validation_loss_plain(write_config, tmp_pa
 
 
 def test_an_experiment_compares_the_losses_side_by_side(write_config, tmp_path):
-    config = write_config(sweep={"training.class_weights": [None, "balanced", {"refund": 3.0}]},
-                          training={"num_epochs": 1})
+    config = write_config(
+        sweep={"training.class_weights": [None, "balanced", {"refund": 3.0}]}, training={"num_epochs": 1}
+    )
     assert main.main(["--config", str(config), "--strategy", "bitfit"]) == 0
     plain, balanced, heavier = [r["history"][0]["train_loss"] for r in results(tmp_path)]
-    assert [str(r["varied"]["training.class_weights"]) for r in results(tmp_path)] == \
-        ["None", "balanced", "{'refund': 3.0}"]
+    assert [str(r["varied"]["training.class_weights"]) for r in results(tmp_path)] == [
+        "None",
+        "balanced",
+        "{'refund': 3.0}",
+    ]
     assert balanced == plain  # the fixture's 18 training rows per class: balanced weights are all 1
     assert heavier != plain
     summary = (tmp_path / "outputs" / "results" / "summary.md").read_text()

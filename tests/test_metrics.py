@@ -54,8 +54,12 @@ def test_every_metric_on_a_known_prediction():
 def test_test_report_names_the_worst_class_and_holds_the_matrix_and_reliability_bins():
     report = CLASSIFICATION.test_report(TRUTH.tolist(), logits_for(PREDICTED, CONFIDENCE), NAMES)
     assert report["worst_class"] == "c"
-    assert report["per_class"]["b"] == {"precision": 0.5, "recall": pytest.approx(1 / 3), "f1": pytest.approx(0.4),
-                                        "support": 3}
+    assert report["per_class"]["b"] == {
+        "precision": 0.5,
+        "recall": pytest.approx(1 / 3),
+        "f1": pytest.approx(0.4),
+        "support": 3,
+    }
     assert report["confusion_matrix"] == [[6, 0, 0], [2, 1, 0], [0, 1, 0]]
     bins = report["calibration"]
     assert sum(bins["count"]) == 10 and bins["count"][13] == 6  # 0.9 falls in [13/15, 14/15)
@@ -68,7 +72,9 @@ def test_a_class_absent_from_the_split_is_not_the_worst_class():
     values = logits_for([0, 0, 1, 0], [0.9] * 4)
     scores = CLASSIFICATION.scores(truth, values, ["a", "b", "c"])
     assert scores["worst_class_f1"] == pytest.approx(2 / 3)  # b, not absent c
-    assert scores["balanced_accuracy"] == pytest.approx((1 + 1 / 2) / 2) and scores["macro_recall"] == pytest.approx(0.5)
+    assert scores["balanced_accuracy"] == pytest.approx((1 + 1 / 2) / 2) and scores[
+        "macro_recall"
+    ] == pytest.approx(0.5)
     assert CLASSIFICATION.test_report(truth, values, NAMES)["worst_class"] == "b"
 
 
@@ -88,5 +94,9 @@ def test_the_baseline_predicts_the_majority_with_the_training_prior():
 
 
 def test_lower_is_better_for_losses_and_calibration_error_only():
-    assert CLASSIFICATION.is_better("val_ece", 0.05, 0.1) and CLASSIFICATION.is_better("val_log_loss", 0.5, 0.6)
-    assert CLASSIFICATION.is_better("val_worst_class_f1", 0.5, 0.4) and CLASSIFICATION.is_better("val_mcc", 0.5, 0.4)
+    assert CLASSIFICATION.is_better("val_ece", 0.05, 0.1) and CLASSIFICATION.is_better(
+        "val_log_loss", 0.5, 0.6
+    )
+    assert CLASSIFICATION.is_better("val_worst_class_f1", 0.5, 0.4) and CLASSIFICATION.is_better(
+        "val_mcc", 0.5, 0.4
+    )

@@ -35,8 +35,11 @@ def tagged_rows(count: int, seed: int = 0, rare: int = 0) -> list[dict]:
     rng = random.Random(seed)
     rows = []
     for i in range(count + rare):
-        labels = rng.sample(sorted(CLASS_WORDS), rng.choice([0, 1, 1, 2, 2, 3])) if i < count else \
-            [rng.choice(sorted(CLASS_WORDS)), "urgent"]
+        labels = (
+            rng.sample(sorted(CLASS_WORDS), rng.choice([0, 1, 1, 2, 2, 3]))
+            if i < count
+            else [rng.choice(sorted(CLASS_WORDS)), "urgent"]
+        )
         words = [w for label in labels if label != "urgent" for w in rng.choices(CLASS_WORDS[label], k=2)]
         words += ["please", "please"] if "urgent" in labels else []
         words += rng.choices([w for w in SHARED_WORDS if w != "please"], k=rng.randint(1, 3))
@@ -68,20 +71,34 @@ def test_list_separator_and_flag_columns_read_to_the_same_labels(write_config, t
     for layout in ("separator", "list", "flags"):
         folder = tmp_path / layout
         folder.mkdir()
-        data = load_data(load_config(write_config(), ["data.task=multi_label", *write_tagged(folder, rows, layout)]).data)
-        read[layout] = (data.label_names, data.texts, data.labels, data.cleaning["train"]["texts_without_label"])
+        data = load_data(
+            load_config(write_config(), ["data.task=multi_label", *write_tagged(folder, rows, layout)]).data
+        )
+        read[layout] = (
+            data.label_names,
+            data.texts,
+            data.labels,
+            data.cleaning["train"]["texts_without_label"],
+        )
     assert read["separator"] == read["list"] == read["flags"]
     names, _, labels, empty = read["list"]
     assert names == ["delivery", "login", "refund", "urgent"] and empty > 0  # rows without a label are kept
-    assert all(set(map(len, split)) == {4} and {x for row in split for x in row} == {0, 1} for split in labels.values())
+    assert all(
+        set(map(len, split)) == {4} and {x for row in split for x in row} == {0, 1}
+        for split in labels.values()
+    )
 
 
 def test_a_text_given_different_label_sets_is_reported_with_its_sets_readable(write_config, tmp_path):
-    rows = tagged_rows(60) + [{"text": "where is my parcel", "tags": tags} for tags in (["delivery", "login"],
-                                                                                      ["delivery"], [])]
-    data = load_data(load_config(write_config(), ["data.task=multi_label", *write_tagged(tmp_path, rows, "list")]).data)
+    rows = tagged_rows(60) + [
+        {"text": "where is my parcel", "tags": tags} for tags in (["delivery", "login"], ["delivery"], [])
+    ]
+    data = load_data(
+        load_config(write_config(), ["data.task=multi_label", *write_tagged(tmp_path, rows, "list")]).data
+    )
     assert data.cleaning["train"]["conflicting_examples"] == [
-        {"text": "where is my parcel", "labels": ["(no label)", "delivery", "delivery|login"]}]
+        {"text": "where is my parcel", "labels": ["(no label)", "delivery", "delivery|login"]}
+    ]
 
 
 def test_iterative_stratification_keeps_a_rare_label_in_every_split(write_config, tmp_path):
@@ -89,7 +106,9 @@ def test_iterative_stratification_keeps_a_rare_label_in_every_split(write_config
     for seed in range(5):
         data = load_data(load_config(write_config(), [*overrides, f"data.seed={seed}"]).data)
         rare = data.label_names.index("urgent")
-        assert all(sum(row[rare] for row in data.labels[split]) >= 1 for split in ("train", "validation", "test")), seed
+        assert all(
+            sum(row[rare] for row in data.labels[split]) >= 1 for split in ("train", "validation", "test")
+        ), seed
 
 
 TRUTH = np.array([[1, 0, 1, 0], [0, 1, 0, 0], [1, 1, 0, 0], [0, 0, 0, 0], [0, 0, 1, 1]])
@@ -133,7 +152,10 @@ def test_decisions_use_each_labels_threshold():
     assert TASK.predict(logits).tolist() == [[0, 1]]
     assert MultiLabel([0.25, 0.7]).predict(logits).tolist() == [[1, 0]]
     decision = TASK.decide(np.array([[1, 0], [0, 1]]), np.array([[1.0, -1.0], [-1.0, 1.0]]), ["a", "b"], 0.3)
-    assert decision["thresholds"] == {"a": 0.3, "b": 0.3} and TASK.decided(decision).thresholds.tolist() == [0.3, 0.3]
+    assert decision["thresholds"] == {"a": 0.3, "b": 0.3} and TASK.decided(decision).thresholds.tolist() == [
+        0.3,
+        0.3,
+    ]
 
 
 def test_balanced_class_weights_weigh_each_labels_positives_by_its_negatives():
@@ -151,11 +173,17 @@ def test_a_temperature_fitted_on_sigmoid_logits_scaled_by_a_known_factor_recover
     assert fit_temperature(calibrated * 2.5, truth, TASK.calibration_loss) == pytest.approx(2.5, rel=0.05)
 
 
-@pytest.mark.parametrize("override, says", [
-    ("few_shot.enabled=true", "few_shot.enabled"), ("training.loss=focal", "training.loss"),
-    ("training.sampler=oversample", "training.sampler"), ("data.augment.enabled=true", "data.augment.enabled"),
-    ("training.label_smoothing=0.1", "training.label_smoothing"), ("data.label_column=tags", "data.label_column"),
-])
+@pytest.mark.parametrize(
+    "override, says",
+    [
+        ("few_shot.enabled=true", "few_shot.enabled"),
+        ("training.loss=focal", "training.loss"),
+        ("training.sampler=oversample", "training.sampler"),
+        ("data.augment.enabled=true", "data.augment.enabled"),
+        ("training.label_smoothing=0.1", "training.label_smoothing"),
+        ("data.label_column=tags", "data.label_column"),
+    ],
+)
 def test_settings_of_one_class_per_text_are_refused_in_one_line(write_config, override, says):
     with pytest.raises(ConfigError) as refused:
         load_config(write_config(), ["data.task=multi_label", "data.label_columns=[a,b]", override])
@@ -163,8 +191,10 @@ def test_settings_of_one_class_per_text_are_refused_in_one_line(write_config, ov
 
 
 def test_label_keys_are_refused_for_single_label_tasks(write_config):
-    for override, says in (("data.label_columns=[a,b]", "data.label_columns"),
-                           ("training.decision_threshold=0.3", "training.decision_threshold")):
+    for override, says in (
+        ("data.label_columns=[a,b]", "data.label_columns"),
+        ("training.decision_threshold=0.3", "training.decision_threshold"),
+    ):
         with pytest.raises(ConfigError, match=says):
             load_config(write_config(), [override])
     with pytest.raises(ConfigError, match="between 0 and 1"):
@@ -176,14 +206,24 @@ def tagged_run(tmp_path_factory, tiny_model_dir):
     """full and LoRA trained on tagged tickets, calibrated, in one output folder."""
     folder = tmp_path_factory.mktemp("tagged")
     overrides = write_tagged(folder, tagged_rows(160, seed=1), "separator")
-    config = small_config(folder, tiny_model_dir, folder / "tags.csv", data={"task": "multi_label"},
-                          training={"num_epochs": 10, "learning_rate": 5e-3, "calibration": "temperature"},
-                          strategies={"lora": {"learning_rate": 3e-2}})
+    config = small_config(
+        folder,
+        tiny_model_dir,
+        folder / "tags.csv",
+        data={"task": "multi_label"},
+        training={"num_epochs": 10, "learning_rate": 5e-3, "calibration": "temperature"},
+        strategies={"lora": {"learning_rate": 3e-2}},
+    )
     assert main.main(["--config", str(config), "--strategy", "full", "--strategy", "lora", *overrides]) == 0
     records = {r["strategy"]: r for r in results(folder)}
     cfg = load_config(config, overrides)
-    return {"folder": folder, "config": config, "overrides": overrides, "records": records,
-            "test_texts": load_data(cfg.data).texts["test"]}
+    return {
+        "folder": folder,
+        "config": config,
+        "overrides": overrides,
+        "records": records,
+        "test_texts": load_data(cfg.data).texts["test"],
+    }
 
 
 def test_a_run_tunes_its_thresholds_on_validation_and_tests_with_them(tagged_run):
@@ -196,8 +236,10 @@ def test_a_run_tunes_its_thresholds_on_validation_and_tests_with_them(tagged_run
     assert record["best_metric"] == pytest.approx(after)
     predictions = np.array(record["test_predictions"])
     assert predictions.shape == (len(record["test_labels"]), 3) and test["micro_f1"] > 0.6
-    assert set(test["per_class"]) == set(decision["thresholds"]) and test["micro_f1"] > record["dataset"][
-        "majority_baseline"]["micro_f1"]
+    assert (
+        set(test["per_class"]) == set(decision["thresholds"])
+        and test["micro_f1"] > record["dataset"]["majority_baseline"]["micro_f1"]
+    )
     ece_before, ece_after = record["calibration"]["validation"]["ece"]
     assert ece_after <= ece_before and record["test_uncalibrated"]["micro_f1"] == test["micro_f1"]
 
@@ -214,27 +256,57 @@ def test_predict_gives_every_label_at_or_above_its_threshold_with_its_probabilit
             assert not name or float(p) >= thresholds[name] - 1e-4
         ranked = {row[f"top_{k}_label"]: row[f"top_{k}_probability"] for k in (1, 2, 3)}
         assert all(ranked[name] >= thresholds[name] for name in row["predicted_labels"].split("|") if name)
-    assert main.main(["predict", "--config", str(tagged_run["config"]), *tagged_run["overrides"], "--run",
-                      record["run_id"], "--text", "refund money parcel courier"]) == 0
+    assert (
+        main.main(
+            [
+                "predict",
+                "--config",
+                str(tagged_run["config"]),
+                *tagged_run["overrides"],
+                "--run",
+                record["run_id"],
+                "--text",
+                "refund money parcel courier",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "refund (" in out and "delivery (" in out
 
 
 @pytest.mark.parametrize("strategy", ["full", "lora"])
-def test_an_export_served_by_the_sigmoid_pipeline_gives_predicts_labels_with_the_thresholds(tagged_run, strategy):
+def test_an_export_served_by_the_sigmoid_pipeline_gives_predicts_labels_with_the_thresholds(
+    tagged_run, strategy
+):
     record = tagged_run["records"][strategy]
     out = tagged_run["folder"] / f"export-{strategy}"
-    assert main.main(["export", "--config", str(tagged_run["config"]), *tagged_run["overrides"], "--run",
-                      record["run_id"], "--out", str(out)]) == 0
+    assert (
+        main.main(
+            [
+                "export",
+                "--config",
+                str(tagged_run["config"]),
+                *tagged_run["overrides"],
+                "--run",
+                record["run_id"],
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     card = (out / "README.md").read_text()
-    assert "thresholds.json" in card and "function_to_apply=\"sigmoid\"" in card and "Calibrated" in card
+    assert "thresholds.json" in card and 'function_to_apply="sigmoid"' in card and "Calibrated" in card
     texts = tagged_run["test_texts"]
     predictor = Predictor.from_run(record["run_id"], tagged_run["folder"] / "outputs")
     expected = [sorted(filter(None, row["predicted_labels"].split("|"))) for row in predictor.predict(texts)]
-    code = ("import json, sys\nfrom transformers import pipeline\n"
-            "thresholds = json.load(open(sys.argv[1] + '/thresholds.json'))\n"
-            "tag = pipeline('text-classification', model=sys.argv[1], device='cpu', top_k=None, "
-            "function_to_apply='sigmoid')\n"
-            "print(json.dumps([sorted(s['label'] for s in scores if s['score'] >= thresholds[s['label']])"
-            " for scores in tag(json.loads(sys.argv[2]), truncation=True)]))\n")
+    code = (
+        "import json, sys\nfrom transformers import pipeline\n"
+        "thresholds = json.load(open(sys.argv[1] + '/thresholds.json'))\n"
+        "tag = pipeline('text-classification', model=sys.argv[1], device='cpu', top_k=None, "
+        "function_to_apply='sigmoid')\n"
+        "print(json.dumps([sorted(s['label'] for s in scores if s['score'] >= thresholds[s['label']])"
+        " for scores in tag(json.loads(sys.argv[2]), truncation=True)]))\n"
+    )
     assert outside_the_project(code, out, texts) == expected

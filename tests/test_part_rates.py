@@ -22,10 +22,18 @@ def rates_by_part(strategy: str, write_config) -> dict[str, set[float]]:
 def test_layer_decay_counts_down_from_the_top_layer_and_the_head_has_its_own_rate(write_config):
     # the tiny BERT has 2 layers: the top one at the run's rate, the embeddings two steps below it
     assert rates_by_part("full", write_config) == {
-        "head": {HEAD}, "above the layers": {RATE}, "layer 1": {RATE}, "layer 0": {RATE * DECAY},
-        "embeddings": {RATE * DECAY ** 2}}
+        "head": {HEAD},
+        "above the layers": {RATE},
+        "layer 1": {RATE},
+        "layer 0": {RATE * DECAY},
+        "embeddings": {RATE * DECAY**2},
+    }
     # adapters inside the layers follow their layer; prompt tuning's virtual tokens keep the run's rate
-    assert rates_by_part("lora", write_config) == {"head": {HEAD}, "layer 1": {RATE}, "layer 0": {RATE * DECAY}}
+    assert rates_by_part("lora", write_config) == {
+        "head": {HEAD},
+        "layer 1": {RATE},
+        "layer 0": {RATE * DECAY},
+    }
     assert rates_by_part("prompt_tuning", write_config) == {"head": {HEAD}, "prompt": {RATE}}
     assert rates_by_part("frozen_encoder", write_config) == {"head": {HEAD}}
 
@@ -47,12 +55,26 @@ def test_the_optimizer_trains_each_parameter_at_its_parts_rate(write_config):
 def test_a_run_records_its_parameter_groups_and_logs_the_runs_own_rate(write_config, tmp_path):
     import json
 
-    config = write_config(training={"batch_size": 8, "num_epochs": 2, "eval_batch_size": 16, "warmup_ratio": 0.0,
-                                    "head_learning_rate": HEAD, "layer_lr_decay": DECAY, "learning_rate": RATE})
-    assert main.main(["--config", str(config), "--strategy", "full", "training.early_stopping.enabled=false"]) == 0
+    config = write_config(
+        training={
+            "batch_size": 8,
+            "num_epochs": 2,
+            "eval_batch_size": 16,
+            "warmup_ratio": 0.0,
+            "head_learning_rate": HEAD,
+            "layer_lr_decay": DECAY,
+            "learning_rate": RATE,
+        }
+    )
+    assert (
+        main.main(["--config", str(config), "--strategy", "full", "training.early_stopping.enabled=false"])
+        == 0
+    )
     [record] = json.loads((tmp_path / "outputs" / "results" / "all_results.json").read_text())["runs"]
     groups = {g["part"]: g for g in record["parameter_groups"]}
-    assert groups["head"]["learning_rate"] == HEAD and groups["embeddings"]["learning_rate"] == RATE * DECAY ** 2
+    assert (
+        groups["head"]["learning_rate"] == HEAD and groups["embeddings"]["learning_rate"] == RATE * DECAY**2
+    )
     assert sum(g["parameters"] for g in groups.values()) == record["trainable_params"]
     # the history's rate is the run's own under the linear schedule, not the head's
     assert record["history"][0]["lr"] == pytest.approx(RATE / 2)
@@ -62,14 +84,27 @@ def test_per_part_rates_need_layers_it_can_tell_apart_and_valid_values(write_con
     from transformers import AlbertConfig, AlbertForSequenceClassification
     from utils import ConfigError
 
-    albert = AlbertForSequenceClassification(AlbertConfig(vocab_size=50, embedding_size=16, hidden_size=32,
-                                                          num_hidden_layers=3, num_attention_heads=2,
-                                                          intermediate_size=64, num_labels=3))
-    with pytest.raises(ConfigError, match=r"training\.layer_lr_decay: cannot tell the encoder layers .* set "
-                                          r"training\.layer_lr_decay: null"):
+    albert = AlbertForSequenceClassification(
+        AlbertConfig(
+            vocab_size=50,
+            embedding_size=16,
+            hidden_size=32,
+            num_hidden_layers=3,
+            num_attention_heads=2,
+            intermediate_size=64,
+            num_labels=3,
+        )
+    )
+    with pytest.raises(
+        ConfigError,
+        match=r"training\.layer_lr_decay: cannot tell the encoder layers .* set "
+        r"training\.layer_lr_decay: null",
+    ):
         part_learning_rates(albert, RATE, None, DECAY)
     assert {part for part, _ in part_learning_rates(albert, RATE, None, None).values()} == {"encoder", "head"}
-    for override, allowed in (("training.layer_lr_decay=1.5", "0 < decay <= 1"),
-                              ("training.head_learning_rate=0", "a number > 0, or null")):
+    for override, allowed in (
+        ("training.layer_lr_decay=1.5", "0 < decay <= 1"),
+        ("training.head_learning_rate=0", "a number > 0, or null"),
+    ):
         assert main.main(["--config", str(write_config()), override]) == 2
         assert allowed in capsys.readouterr().err

@@ -39,28 +39,47 @@ def postgres(tmp_path_factory):
 
 def search_config(write_config, folder: Path, **search):
     """The search of the tests: BitFit and LoRA, 6 trials each, in `folder`'s own output folder."""
-    path = write_config(search={"method": "optuna", "trials": 6, "sampler_seed": 3, **search},
-                        training={"num_epochs": 2}, output={"dir": str(folder)},
-                        strategies={"full": {"enabled": False}, "prompt_tuning": {"enabled": False}})
+    path = write_config(
+        search={"method": "optuna", "trials": 6, "sampler_seed": 3, **search},
+        training={"num_epochs": 2},
+        output={"dir": str(folder)},
+        strategies={"full": {"enabled": False}, "prompt_tuning": {"enabled": False}},
+    )
     return path
 
 
 def worker(config: Path, database: str, shard: str, folder: Path, *options: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, str(ROOT / "main.py"), "--config", str(config), "--shard", shard,
-                             f"output.dir={folder}", *options], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env={**os.environ, "HF_HUB_OFFLINE": "1",
-                                            experiment.search_workers.STORAGE_VARIABLE: database})
+    return subprocess.Popen(
+        [
+            sys.executable,
+            str(ROOT / "main.py"),
+            "--config",
+            str(config),
+            "--shard",
+            shard,
+            f"output.dir={folder}",
+            *options,
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", experiment.search_workers.STORAGE_VARIABLE: database},
+    )
 
 
 def chosen(folder: Path) -> list[tuple]:
     """Each confirmed configuration (its id names its settings) with its validation and test scores."""
     with (folder / "results" / "summary.csv").open() as table:
-        return sorted((row["config_id"], row["validation_mean"], row["test_macro_f1_mean"])
-                      for row in csv.DictReader(table))
+        return sorted(
+            (row["config_id"], row["validation_mean"], row["test_macro_f1_mean"])
+            for row in csv.DictReader(table)
+        )
 
 
 def test_postgres_two_workers_with_their_own_folders_search_once_and_gather_to_one_workers_summary(
-        postgres, write_config, tmp_path, monkeypatch):
+    postgres, write_config, tmp_path, monkeypatch
+):
     database = postgres()
     config = search_config(write_config, tmp_path / "one")
     started = time.monotonic()
@@ -69,7 +88,9 @@ def test_postgres_two_workers_with_their_own_folders_search_once_and_gather_to_o
     two_workers = time.monotonic() - started
     tails = "\n=====\n".join(log[-4000:] for log in logs)  # what a failure shows
     assert [process.returncode for process in workers] == [0, 0], tails
-    started_trials = [match.groups() for log in logs for match in re.finditer(r"search (\w+): trial (\d+)/6", log)]
+    started_trials = [
+        match.groups() for log in logs for match in re.finditer(r"search (\w+): trial (\d+)/6", log)
+    ]
     assert len(started_trials) == 12 and len(set(started_trials)) == 12, tails
     assert "the database postgresql://postgres:***@127.0.0.1" in logs[0]
     storage = experiment.search_workers.study_database(database)
@@ -78,13 +99,18 @@ def test_postgres_two_workers_with_their_own_folders_search_once_and_gather_to_o
     for study in studies:
         trials = optuna.load_study(study_name=study.study_name, storage=storage).get_trials()
         assert len({t.user_attrs["run_id"] for t in trials}) == 6
-    assert {t.user_attrs["worker"]["pid"] for s in studies
-            for t in optuna.load_study(study_name=s.study_name, storage=storage).get_trials()} == {
-        process.pid for process in workers}  # both worked
+    assert {
+        t.user_attrs["worker"]["pid"]
+        for s in studies
+        for t in optuna.load_study(study_name=s.study_name, storage=storage).get_trials()
+    } == {process.pid for process in workers}  # both worked
 
     gathered = tmp_path / "worker0"
     monkeypatch.setenv(experiment.search_workers.STORAGE_VARIABLE, database)
-    assert main.main(["gather", str(tmp_path / "worker1"), "--config", str(config), f"output.dir={gathered}"]) == 0
+    assert (
+        main.main(["gather", str(tmp_path / "worker1"), "--config", str(config), f"output.dir={gathered}"])
+        == 0
+    )
     records = read_results(results_file(gathered))
     assert len([r for r in records if r["trial"] and "test" not in r]) >= 10  # every trial but the confirmed
 
@@ -102,8 +128,9 @@ def test_postgres_two_workers_with_their_own_folders_search_once_and_gather_to_o
         assert PASSWORD not in written.read_text(errors="replace"), written
 
 
-def test_postgres_a_killed_workers_trials_run_again_each_counted_once(postgres, write_config, tmp_path,
-                                                                         monkeypatch):
+def test_postgres_a_killed_workers_trials_run_again_each_counted_once(
+    postgres, write_config, tmp_path, monkeypatch
+):
     """A worker on another machine (so no process here to look for) is killed mid-trial: once its heartbeats
     in the database are LEASE_GRACE old, the next worker fails its trials and runs each again, counted once."""
     database = postgres()
@@ -128,7 +155,9 @@ def test_postgres_a_killed_workers_trials_run_again_each_counted_once(postgres, 
     time.sleep(3.5)
     place = experiment.search_workers.StudyPlace(tmp_path, database)
     found = optuna.load_study(study_name=study.study_name, storage=place.storage)
-    experiment.search_workers.release_abandoned(SimpleNamespace(place=place, optuna_study=found, name="bitfit"))
+    experiment.search_workers.release_abandoned(
+        SimpleNamespace(place=place, optuna_study=found, name="bitfit")
+    )
     assert [t.state.name for t in found.get_trials()] == ["FAIL"] * 3 + ["WAITING"] * 3
 
     assert main.main(["--config", str(config), "--strategy", "bitfit"]) == 0

@@ -5,8 +5,12 @@ import numpy as np
 import pytest
 import torch
 from sklearn.linear_model import LogisticRegression
-from transformers import (BertConfig, BertForSequenceClassification, RobertaConfig,
-                          RobertaForSequenceClassification)
+from transformers import (
+    BertConfig,
+    BertForSequenceClassification,
+    RobertaConfig,
+    RobertaForSequenceClassification,
+)
 
 import main
 from conftest import prepared
@@ -38,11 +42,22 @@ def trained_probe(write_config, tmp_path, overrides, cached: bool):
 
 def cfg_task(cfg):
     from tasks import TASKS
+
     return TASKS[cfg.data.task]
 
 
-@pytest.mark.parametrize("head", [[], ["model.head.type=mlp", "model.head.pooling=mean", "model.head.hidden_size=8",
-                                      "model.head.dropout=0"]])
+@pytest.mark.parametrize(
+    "head",
+    [
+        [],
+        [
+            "model.head.type=mlp",
+            "model.head.pooling=mean",
+            "model.head.hidden_size=8",
+            "model.head.dropout=0",
+        ],
+    ],
+)
 def test_training_on_cached_features_is_training_on_the_frozen_model(head, write_config, tmp_path):
     FEATURES.clear()
     plain, plain_test, plain_model = trained_probe(write_config, tmp_path, head, cached=False)
@@ -65,23 +80,42 @@ def test_features_are_the_pooled_encoder_output_computed_once_per_process(write_
     row = encoded.ids["validation"][3]
     with torch.no_grad():
         hidden = model.bert(input_ids=torch.tensor([row], device=model.device)).last_hidden_state
-    assert torch.allclose(view.features[inputs.ids["validation"][3][0]], pool(hidden, None, "mean")[0].cpu(), atol=1e-5)
+    assert torch.allclose(
+        view.features[inputs.ids["validation"][3][0]], pool(hidden, None, "mean")[0].cpu(), atol=1e-5
+    )
     _, _, second = on_cached_features(model, encoded, cfg, make_accelerator(False))
     assert (second["computed"], second["reused"]) == (0, len(texts))
 
 
 def test_the_head_is_found_only_where_it_is_one_module():
     assert head_of(tiny_distilbert()) is None  # pre_classifier and classifier: trains uncached
-    bert = BertForSequenceClassification(BertConfig(vocab_size=50, hidden_size=8, num_hidden_layers=1,
-                                                    num_attention_heads=2, intermediate_size=16, num_labels=3))
+    bert = BertForSequenceClassification(
+        BertConfig(
+            vocab_size=50,
+            hidden_size=8,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=16,
+            num_labels=3,
+        )
+    )
     assert head_of(bert) == ("classifier", bert.classifier)
 
 
 def test_a_head_that_reads_every_token_trains_uncached(write_config):
     cfg, data, encoded = prepared(write_config())
-    roberta = RobertaForSequenceClassification(RobertaConfig(
-        vocab_size=100, hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16,
-        num_labels=3, pad_token_id=0, max_position_embeddings=40))
+    roberta = RobertaForSequenceClassification(
+        RobertaConfig(
+            vocab_size=100,
+            hidden_size=8,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=16,
+            num_labels=3,
+            pad_token_id=0,
+            max_position_embeddings=40,
+        )
+    )
     for name, param in roberta.named_parameters():
         param.requires_grad = name.startswith("classifier.")
     view, inputs, info = on_cached_features(roberta, encoded, cfg, make_accelerator(False))
@@ -103,32 +137,57 @@ def test_logistic_regression_becomes_logits_with_its_probabilities(classes):
 
 def test_logistic_regression_is_written_into_the_head_with_c_chosen_on_validation(write_config, tmp_path):
     FEATURES.clear()
-    cfg, data, encoded = prepared(write_config(), ["strategies.frozen_encoder.classifier=logistic_regression",
-                                                   "training.early_stopping.metric=val_loss"])
+    cfg, data, encoded = prepared(
+        write_config(),
+        [
+            "strategies.frozen_encoder.classifier=logistic_regression",
+            "training.early_stopping.metric=val_loss",
+        ],
+    )
     model = build_model(cfg, "frozen_encoder", data.label_names)
     accelerator = make_accelerator(False)
     settings = strategy_settings(cfg, "frozen_encoder")
     view, inputs, _ = STRATEGIES["frozen_encoder"].feature_view(settings)(model, encoded, cfg, accelerator)
-    result = STRATEGIES["frozen_encoder"].fit(settings)(view, inputs, TrainJob(cfg, 0.1, tmp_path / "run", {}), accelerator)
+    result = STRATEGIES["frozen_encoder"].fit(settings)(
+        view, inputs, TrainJob(cfg, 0.1, tmp_path / "run", {}), accelerator
+    )
     tried = result.extra["logistic_regression"]["tried"]
     assert [t["C"] for t in tried] == list(C_VALUES) and (tmp_path / "run" / "best.safetensors").exists()
     assert result.best_metric == min(t["val_loss"] for t in tried) == result.history[0]["val_loss"]
     # the full model (the encoder runs again) predicts what scikit-learn fitted at the chosen C
-    features = {s: view.features[[row[0] for row in inputs.ids[s]]].double().cpu().numpy() for s in ("train", "test")}
+    features = {
+        s: view.features[[row[0] for row in inputs.ids[s]]].double().cpu().numpy() for s in ("train", "test")
+    }
     mean, std = features["train"].mean(0), features["train"].std(0) + 1e-6
     fitted = LogisticRegression(C=result.extra["logistic_regression"]["C"], max_iter=2000).fit(
-        (features["train"] - mean) / std, encoded.labels["train"])
+        (features["train"] - mean) / std, encoded.labels["train"]
+    )
     full = evaluate(model, encoded, "test", cfg.training, accelerator, cfg_task(cfg))
     # the tiny model's features spread by about 3e-4, so standardising them magnifies the encoder's rounding
     # (batches padded otherwise) some thousand times: 1e-3 still tells a wrongly folded solution apart
-    assert np.allclose(probabilities(full["values"]), fitted.predict_proba((features["test"] - mean) / std), atol=1e-3)
+    assert np.allclose(
+        probabilities(full["values"]), fitted.predict_proba((features["test"] - mean) / std), atol=1e-3
+    )
 
 
 def test_logistic_regression_needs_a_one_layer_head(write_config, capsys):
-    assert main.main(["--config", str(write_config()), "--strategy", "frozen_encoder", "model.head.type=mlp",
-                      "strategies.frozen_encoder.classifier=logistic_regression"]) == 2
-    assert ("strategies.frozen_encoder.classifier: got 'logistic_regression', allowed: head with model.head.type: mlp"
-            in capsys.readouterr().err)
+    assert (
+        main.main(
+            [
+                "--config",
+                str(write_config()),
+                "--strategy",
+                "frozen_encoder",
+                "model.head.type=mlp",
+                "strategies.frozen_encoder.classifier=logistic_regression",
+            ]
+        )
+        == 2
+    )
+    assert (
+        "strategies.frozen_encoder.classifier: got 'logistic_regression', allowed: head with model.head.type: mlp"
+        in capsys.readouterr().err
+    )
     distilbert = tiny_distilbert()
     with pytest.raises(ConfigError, match="fits one linear layer, and this head has 2 linear layers"):
         the_linear_layer(torch.nn.Sequential(distilbert.pre_classifier, distilbert.classifier))

@@ -32,10 +32,19 @@ def write_pairs(path):
     rows, rng = labelled_rows(per_class=20), random.Random(1)
     pairs = []
     for i, row in enumerate(rows):
-        other = rows[(i * 7 + 3) % len(rows)] if i % 2 else rng.choice([r for r in rows if r["label"] == row["label"]
-                                                                          and r is not row])
-        pairs.append({"question": row["text"], "other": other["text"], "score": 5.0 if other["label"] == row["label"] else 0.0,
-                      "same": "yes" if other["label"] == row["label"] else "no"})
+        other = (
+            rows[(i * 7 + 3) % len(rows)]
+            if i % 2
+            else rng.choice([r for r in rows if r["label"] == row["label"] and r is not row])
+        )
+        pairs.append(
+            {
+                "question": row["text"],
+                "other": other["text"],
+                "score": 5.0 if other["label"] == row["label"] else 0.0,
+                "same": "yes" if other["label"] == row["label"] else "no",
+            }
+        )
     pd.DataFrame(pairs).to_csv(path, index=False)
     return path
 
@@ -46,8 +55,15 @@ def pairs_path(tmp_path):
 
 
 def pair_overrides(pairs_path, tmp_path) -> list[str]:
-    return ["data.task=regression", f"data.path={pairs_path}", "data.text_column=question", "data.text_pair_column=other",
-            "data.label_column=score", f"output.dir={tmp_path / 'out'}", "model.max_length=24"]
+    return [
+        "data.task=regression",
+        f"data.path={pairs_path}",
+        "data.text_column=question",
+        "data.text_pair_column=other",
+        "data.label_column=score",
+        f"output.dir={tmp_path / 'out'}",
+        "model.max_length=24",
+    ]
 
 
 def test_correlations_match_scipy_and_are_zero_against_a_constant():
@@ -73,9 +89,15 @@ def test_bootstrap_statistics_give_the_metrics_and_separate_a_known_better_model
         if name in from_sums:
             assert from_sums[name][0] == pytest.approx(value, abs=1e-9), name
     same = paired_bootstrap(REGRESSION, truth, [close], [close], ["score"], resamples=1000)
-    assert all(same[name]["difference"] == 0.0 and same[name]["p_value"] == 1.0 for name in REGRESSION.compared_metrics)
+    assert all(
+        same[name]["difference"] == 0.0 and same[name]["p_value"] == 1.0
+        for name in REGRESSION.compared_metrics
+    )
     clear = paired_bootstrap(REGRESSION, truth, [close], [far], ["score"], resamples=1000)
-    expected = REGRESSION.scores(truth, close, ["score"])["spearman"] - REGRESSION.scores(truth, far, ["score"])["spearman"]
+    expected = (
+        REGRESSION.scores(truth, close, ["score"])["spearman"]
+        - REGRESSION.scores(truth, far, ["score"])["spearman"]
+    )
     assert clear["spearman"]["difference"] == pytest.approx(expected, abs=1e-9)
     assert clear["spearman"]["low"] > 0 and clear["spearman"]["p_value"] < 0.01
     assert clear["rmse"]["high"] < 0 and clear["mae"]["high"] < 0  # errors: lower is better
@@ -94,58 +116,123 @@ def test_pairs_get_the_tokenizers_token_type_ids_also_when_cut_longest_first(tin
     for key in ("input_ids", "attention_mask", "token_type_ids"):
         assert torch.equal(batch[key], reference[key]), key
     assert batch["token_type_ids"].sum() > 0
-    assert "token_type_ids" not in collate(ids, [0, 1, 2], tokenizer.pad_token_id, 1)  # single texts have none
+    assert "token_type_ids" not in collate(
+        ids, [0, 1, 2], tokenizer.pad_token_id, 1
+    )  # single texts have none
 
 
 def test_duplicates_and_leakage_are_judged_on_the_whole_pair(tmp_path):
-    frame = pd.DataFrame({"a": ["Where is my parcel", "where is  my parcel", "Where is my parcel", "reset my password"] * 3,
-                          "b": ["it is late", "It is late", "it was lost", "i forgot it"] * 3,
-                          "score": [4.0, 4.0, 2.0, 5.0] * 3})
+    frame = pd.DataFrame(
+        {
+            "a": ["Where is my parcel", "where is  my parcel", "Where is my parcel", "reset my password"] * 3,
+            "b": ["it is late", "It is late", "it was lost", "i forgot it"] * 3,
+            "score": [4.0, 4.0, 2.0, 5.0] * 3,
+        }
+    )
     frame.to_csv(tmp_path / "train.csv", index=False)
     # in test: one pair from train, and a first text from train with another second text, which is new
-    pd.DataFrame({"a": ["Where is my parcel", "reset my password"], "b": ["it is late", "it is late"],
-                  "score": [4.0, 1.0]}).to_csv(tmp_path / "test.csv", index=False)
-    data = load_data(DataConfig(task="regression", path=str(tmp_path), text_column="a", text_pair_column="b",
-                                label_column="score", validation_size=0.3, clean_given_test=True))
-    assert data.cleaning["train"]["duplicate_rows"] == 9  # 3 distinct pairs (case and spaces aside), each 4 times
+    pd.DataFrame(
+        {
+            "a": ["Where is my parcel", "reset my password"],
+            "b": ["it is late", "it is late"],
+            "score": [4.0, 1.0],
+        }
+    ).to_csv(tmp_path / "test.csv", index=False)
+    data = load_data(
+        DataConfig(
+            task="regression",
+            path=str(tmp_path),
+            text_column="a",
+            text_pair_column="b",
+            label_column="score",
+            validation_size=0.3,
+            clean_given_test=True,
+        )
+    )
+    assert (
+        data.cleaning["train"]["duplicate_rows"] == 9
+    )  # 3 distinct pairs (case and spaces aside), each 4 times
     assert data.cleaning["test"]["leaked"] == 1
-    assert list(zip(data.texts["test"], data.pairs["test"], data.labels["test"])) == [("reset my password", "it is late", 1.0)]
-    whole = load_data(DataConfig(task="regression", path=str(tmp_path), text_column="a", text_pair_column="b",
-                                 label_column="score", validation_size=0.3))  # the test file scored whole
+    assert list(zip(data.texts["test"], data.pairs["test"], data.labels["test"])) == [
+        ("reset my password", "it is late", 1.0)
+    ]
+    whole = load_data(
+        DataConfig(
+            task="regression",
+            path=str(tmp_path),
+            text_column="a",
+            text_pair_column="b",
+            label_column="score",
+            validation_size=0.3,
+        )
+    )  # the test file scored whole
     assert len(whole.texts["test"]) == 2 and whole.test_unseen == [1]
-    assert sorted(zip(data.texts["train"] + data.texts["validation"], data.pairs["train"] + data.pairs["validation"])) == \
-        [("Where is my parcel", "it is late"), ("Where is my parcel", "it was lost"), ("reset my password", "i forgot it")]
+    assert sorted(
+        zip(data.texts["train"] + data.texts["validation"], data.pairs["train"] + data.pairs["validation"])
+    ) == [
+        ("Where is my parcel", "it is late"),
+        ("Where is my parcel", "it was lost"),
+        ("reset my password", "i forgot it"),
+    ]
     assert isinstance(data.labels["train"][0], float)
 
 
 def test_glue_sts_b_tsv_files_read_unchanged(tmp_path):
     # GLUE's STS-B layout, with the unpaired quotes its sentences hold
     header = "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore\n"
-    rows = [(f'A man said "hello {i}.', f"A man is talking {i}.", 3.8) for i in range(6)] + \
-           [(f"A cat sleeps {i}.", f'"Stocks fell {i}', 0.2) for i in range(6)]
-    lines = [f"{i}\tmain-captions\tMSRvid\t2012test\t{i:04d}\tnone\tnone\t{a}\t{b}\t{score}" for i, (a, b, score) in enumerate(rows)]
+    rows = [(f'A man said "hello {i}.', f"A man is talking {i}.", 3.8) for i in range(6)] + [
+        (f"A cat sleeps {i}.", f'"Stocks fell {i}', 0.2) for i in range(6)
+    ]
+    lines = [
+        f"{i}\tmain-captions\tMSRvid\t2012test\t{i:04d}\tnone\tnone\t{a}\t{b}\t{score}"
+        for i, (a, b, score) in enumerate(rows)
+    ]
     (tmp_path / "train.tsv").write_text(header + "\n".join(lines[:8]) + "\n")
     (tmp_path / "dev.tsv").write_text(header + "\n".join(lines[8:]) + "\n")
-    data = load_data(DataConfig(task="regression", path=str(tmp_path), text_column="sentence1", text_pair_column="sentence2",
-                                label_column="score", test_size=0.25))
+    data = load_data(
+        DataConfig(
+            task="regression",
+            path=str(tmp_path),
+            text_column="sentence1",
+            text_pair_column="sentence2",
+            label_column="score",
+            test_size=0.25,
+        )
+    )
     assert data.sizes() == {"train": 6, "validation": 4, "test": 2}
     assert 'A man said "hello 0.' in data.texts["train"] + data.texts["test"]
-    assert data.pairs["validation"] == ['"Stocks fell 2', '"Stocks fell 3', '"Stocks fell 4', '"Stocks fell 5']
+    assert data.pairs["validation"] == [
+        '"Stocks fell 2',
+        '"Stocks fell 3',
+        '"Stocks fell 4',
+        '"Stocks fell 5',
+    ]
 
 
 def test_regression_refuses_what_applies_to_classes(pairs_path, write_config, tmp_path, capsys):
     config = str(write_config())
     overrides = pair_overrides(pairs_path, tmp_path)
-    for extra, message in [("training.class_weights=balanced", "training.class_weights: got 'balanced', allowed: null with "
-                                                                 "data.task: regression"),
-                           ("training.sampler=oversample", "training.sampler: got 'oversample'"),
-                           ("data.augment.enabled=true", "data.augment.enabled: got True, allowed: false with data.text_pair_column")]:
+    for extra, message in [
+        (
+            "training.class_weights=balanced",
+            "training.class_weights: got 'balanced', allowed: null with data.task: regression",
+        ),
+        ("training.sampler=oversample", "training.sampler: got 'oversample'"),
+        (
+            "data.augment.enabled=true",
+            "data.augment.enabled: got True, allowed: false with data.text_pair_column",
+        ),
+    ]:
         assert main.main(["--config", config, "--strategy", "full", *overrides, extra]) == 2
         assert message in capsys.readouterr().err
     assert main.main(["--config", config, "--strategy", "setfit", *overrides]) == 2
     assert "strategy setfit does not apply to data.task: regression" in capsys.readouterr().err
-    with pytest.raises(ConfigError, match="regression needs finite numbers, and the train split's 'same' holds '(yes|no)'"):
-        load_data(DataConfig(task="regression", path=str(pairs_path), text_column="question", label_column="same"))
+    with pytest.raises(
+        ConfigError, match="regression needs finite numbers, and the train split's 'same' holds '(yes|no)'"
+    ):
+        load_data(
+            DataConfig(task="regression", path=str(pairs_path), text_column="question", label_column="same")
+        )
 
 
 def test_the_regression_head_starts_at_the_training_mean(write_config, pairs_path, tmp_path):
@@ -155,34 +242,58 @@ def test_the_regression_head_starts_at_the_training_mean(write_config, pairs_pat
         REGRESSION.init_head(model, [1.0, 2.0, 6.0])
         outputs = [m for m in model.modules() if isinstance(m, torch.nn.Linear) and m.out_features == 1]
         assert outputs and all(float(m.bias.detach()) == 3.0 for m in outputs)
-        with torch.no_grad():  # the head's weights are small at first, so every prediction starts near the mean
-            logits = model(input_ids=torch.tensor([[2, 10, 3]]), attention_mask=torch.ones(1, 3, dtype=torch.long)).logits
+        with (
+            torch.no_grad()
+        ):  # the head's weights are small at first, so every prediction starts near the mean
+            logits = model(
+                input_ids=torch.tensor([[2, 10, 3]]), attention_mask=torch.ones(1, 3, dtype=torch.long)
+            ).logits
         assert logits.shape == (1, 1) and abs(float(logits) - 3.0) < 0.5
 
 
-def test_a_pair_regression_runs_end_to_end_with_its_plots_predict_and_export(pairs_path, write_config, tmp_path, capsys):
+def test_a_pair_regression_runs_end_to_end_with_its_plots_predict_and_export(
+    pairs_path, write_config, tmp_path, capsys
+):
     config = str(write_config())
     overrides = pair_overrides(pairs_path, tmp_path)
     strategies = ["full", "lora", "bitfit", "prompt_tuning", "frozen_encoder"]
-    assert main.main(["--config", config, *[a for s in strategies for a in ("--strategy", s)], *overrides,
-                      "training.learning_rate=1e-3", "training.num_epochs=3"]) == 0
+    assert (
+        main.main(
+            [
+                "--config",
+                config,
+                *[a for s in strategies for a in ("--strategy", s)],
+                *overrides,
+                "training.learning_rate=1e-3",
+                "training.num_epochs=3",
+            ]
+        )
+        == 0
+    )
     out = tmp_path / "out"
     records = json.loads((out / "results" / "all_results.json").read_text())["runs"]
     assert [r["strategy"] for r in records] == strategies and all(r["status"] == "completed" for r in records)
     for record in records:
         assert set(record["test"]) == {"loss", "spearman", "pearson", "rmse", "mae", "mse"}
-        assert record["dataset"]["label_names"] == ["score"] and isinstance(record["test_predictions"][0], float)
+        assert record["dataset"]["label_names"] == ["score"] and isinstance(
+            record["test_predictions"][0], float
+        )
         assert "val_spearman" in record["history"][0] and record["best_metric"] == max(
-            h["val_spearman"] for h in record["history"])  # early stopping's default metric, higher is better
+            h["val_spearman"] for h in record["history"]
+        )  # early stopping's default metric, higher is better
     summary = pd.read_csv(out / "results" / "summary.csv")
     assert "test_spearman_mean" in summary.columns and "test_accuracy_mean" not in summary.columns
     report = json.loads((out / "results" / "data_report.json").read_text())
-    assert "label_summary" in next(iter(report.values())) and "class_counts" not in next(iter(report.values()))
+    assert "label_summary" in next(iter(report.values())) and "class_counts" not in next(
+        iter(report.values())
+    )
     capsys.readouterr()
 
     assert visualize.main(["--output-dir", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert (out / "plots" / "predicted_vs_true.png").exists() and not list((out / "plots").glob("confusion_matrix*"))
+    assert (out / "plots" / "predicted_vs_true.png").exists() and not list(
+        (out / "plots").glob("confusion_matrix*")
+    )
     assert "skipped class_distribution.png: the labels are not one class per text" in printed
     assert "regression with &#x27;score&#x27; predicted" in (out / "report.html").read_text()
 
@@ -196,12 +307,25 @@ def test_a_pair_regression_runs_end_to_end_with_its_plots_predict_and_export(pai
     assert "predicted_score" in predicted.columns and predicted["predicted_score"].notna().all()
     assert main.main(["export", *base, "--out", str(tmp_path / "exported")]) == 0
     card = (tmp_path / "exported" / "README.md").read_text()
-    assert 'function_to_apply="none"' in card and '"text_pair"' in card and "learned score from values between 0.000" in card
+    assert (
+        'function_to_apply="none"' in card
+        and '"text_pair"' in card
+        and "learned score from values between 0.000" in card
+    )
 
 
 def test_pair_classification_runs_on_the_same_file(pairs_path, write_config, tmp_path):
-    overrides = [o for o in pair_overrides(pairs_path, tmp_path) if not o.startswith(("data.task", "data.label_column"))]
-    assert main.main(["--config", str(write_config()), "--strategy", "lora", *overrides, "data.label_column=same"]) == 0
+    overrides = [
+        o
+        for o in pair_overrides(pairs_path, tmp_path)
+        if not o.startswith(("data.task", "data.label_column"))
+    ]
+    assert (
+        main.main(
+            ["--config", str(write_config()), "--strategy", "lora", *overrides, "data.label_column=same"]
+        )
+        == 0
+    )
     [record] = json.loads((tmp_path / "out" / "results" / "all_results.json").read_text())["runs"]
     assert record["status"] == "completed" and record["dataset"]["label_names"] == ["no", "yes"]
     assert "macro_f1" in record["test"]

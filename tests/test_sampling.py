@@ -23,7 +23,9 @@ def test_oversampling_draws_every_class_up_to_the_largest_keeping_its_own_rows()
 def test_undersampling_draws_a_fresh_subset_of_every_class_down_to_the_smallest():
     epochs = [epoch_rows(LABELS, "undersample", seed=1, epoch=e) for e in range(4)]
     for rows in epochs:
-        assert Counter(np.asarray(LABELS)[rows].tolist()) == {0: 2, 1: 2, 2: 2} and len(set(rows.tolist())) == 6
+        assert (
+            Counter(np.asarray(LABELS)[rows].tolist()) == {0: 2, 1: 2, 2: 2} and len(set(rows.tolist())) == 6
+        )
     assert len({tuple(rows.tolist()) for rows in epochs}) > 1
 
 
@@ -38,10 +40,14 @@ def test_samples_are_a_function_of_seed_and_epoch():
 def test_sampling_never_touches_validation_or_test(write_config, tmp_path):
     rows = labelled_rows(per_class=30)
     path = tmp_path / "imbalanced.csv"
-    pd.DataFrame([r for r in rows if r["label"] != "login"] + [r for r in rows if r["label"] == "login"][:6]
-                 ).to_csv(path, index=False)
-    config = write_config(data={"path": str(path)}, training={"num_epochs": 2, "early_stopping": {"enabled": False}},
-                          sweep={"training.sampler": ["random", "oversample", "undersample"]})
+    pd.DataFrame(
+        [r for r in rows if r["label"] != "login"] + [r for r in rows if r["label"] == "login"][:6]
+    ).to_csv(path, index=False)
+    config = write_config(
+        data={"path": str(path)},
+        training={"num_epochs": 2, "early_stopping": {"enabled": False}},
+        sweep={"training.sampler": ["random", "oversample", "undersample"]},
+    )
     assert main.main(["--config", str(config), "--strategy", "bitfit"]) == 0
     by_sampler = {r["hyperparameters"]["sampler"]: r for r in results(tmp_path)}
     assert {r["dataset"]["sizes"]["train"] for r in by_sampler.values()} == {40}  # 18 + 18 + 4 distinct rows
@@ -49,4 +55,8 @@ def test_sampling_never_touches_validation_or_test(write_config, tmp_path):
         assert record["dataset"]["sizes"] == by_sampler["random"]["dataset"]["sizes"]
         assert record["test_labels"] == by_sampler["random"]["test_labels"]
     # optimizer steps per epoch: ceil(rows drawn / 8)
-    assert [by_sampler[s]["optimizer_steps"] for s in ("random", "oversample", "undersample")] == [2 * 5, 2 * 7, 2 * 2]
+    assert [by_sampler[s]["optimizer_steps"] for s in ("random", "oversample", "undersample")] == [
+        2 * 5,
+        2 * 7,
+        2 * 2,
+    ]

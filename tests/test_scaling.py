@@ -18,15 +18,27 @@ def read_results(folder) -> list[dict]:
 def comparable_summary(folder) -> list[dict]:
     """summary.csv without the columns that measure this machine at this moment (time and memory)."""
     with open(folder / "outputs" / "results" / "summary.csv") as f:
-        return [{k: v for k, v in row.items() if not k.startswith(("train_time", "peak_memory"))}
-                for row in csv.DictReader(f)]
+        return [
+            {k: v for k, v in row.items() if not k.startswith(("train_time", "peak_memory"))}
+            for row in csv.DictReader(f)
+        ]
 
 
-SIX_RUNS = ["--strategy", "full", "--strategy", "lora", "--strategy", "bitfit", "training.seeds=[1,2]",
-            "training.num_epochs=1"]
+SIX_RUNS = [
+    "--strategy",
+    "full",
+    "--strategy",
+    "lora",
+    "--strategy",
+    "bitfit",
+    "training.seeds=[1,2]",
+    "training.num_epochs=1",
+]
 
 
-def test_two_shards_run_disjoint_halves_of_the_plan_and_summarise_like_one_worker(write_config, tmp_path, capsys):
+def test_two_shards_run_disjoint_halves_of_the_plan_and_summarise_like_one_worker(
+    write_config, tmp_path, capsys
+):
     sharded = tmp_path / "sharded"
     config = write_config(output={"dir": str(sharded / "outputs")})
     assert main.main(["--config", str(config), *SIX_RUNS, "--shard", "0/2"]) == 0
@@ -80,8 +92,19 @@ def test_a_tensorboard_tracker_logs_each_epoch_and_the_test_scores(write_config,
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     config = write_config(output={"dir": str(tmp_path / "outputs"), "trackers": ["tensorboard"]})
-    assert main.main(["--config", str(config), "--strategy", "lora", "training.num_epochs=3",
-                      "training.early_stopping.enabled=false"]) == 0
+    assert (
+        main.main(
+            [
+                "--config",
+                str(config),
+                "--strategy",
+                "lora",
+                "training.num_epochs=3",
+                "training.early_stopping.enabled=false",
+            ]
+        )
+        == 0
+    )
     [record] = read_results(tmp_path)
     events = EventAccumulator(str(tmp_path / "outputs" / "trackers" / record["run_id"]))
     events.Reload()
@@ -96,14 +119,20 @@ def test_an_unknown_or_missing_tracker_is_a_config_error(write_config, capsys):
     from accelerate.tracking import LOGGER_TYPE_TO_CLASS, get_available_trackers
 
     assert main.main(["--config", str(write_config(output={"trackers": ["nope"]}))]) == 2
-    assert "output.trackers: got 'nope', allowed: aim, comet_ml, mlflow, tensorboard" in capsys.readouterr().err
+    assert (
+        "output.trackers: got 'nope', allowed: aim, comet_ml, mlflow, tensorboard" in capsys.readouterr().err
+    )
     missing = next(name for name in LOGGER_TYPE_TO_CLASS if name not in map(str, get_available_trackers()))
     assert main.main(["--config", str(write_config(output={"trackers": [missing]}))]) == 2
-    assert (f"output.trackers: {missing!r} needs its package, which is not installed: pip install {missing}"
-            in capsys.readouterr().err)
+    assert (
+        f"output.trackers: {missing!r} needs its package, which is not installed: pip install {missing}"
+        in capsys.readouterr().err
+    )
 
 
-def test_bf16_excludes_fp16_and_falls_back_to_fp32_with_one_warning_without_a_gpu(write_config, caplog, capsys):
+def test_bf16_excludes_fp16_and_falls_back_to_fp32_with_one_warning_without_a_gpu(
+    write_config, caplog, capsys
+):
     assert main.main(["--config", str(write_config(training={"bf16": True}))]) == 2
     assert "training.bf16: got True, allowed: false while training.fp16 is true" in capsys.readouterr().err
     with caplog.at_level("WARNING"):

@@ -74,16 +74,19 @@ def runs(tmp_path_factory, tiny_model_dir) -> dict:
     output folder."""
     folder = tmp_path_factory.mktemp("served")
     pd.DataFrame(labelled_rows(per_class=30)).to_csv(folder / "tickets.csv", index=False)
-    config = small_config(folder, tiny_model_dir, folder / "tickets.csv",
-                          training={"num_epochs": 3, "learning_rate": 3e-3})
+    config = small_config(
+        folder, tiny_model_dir, folder / "tickets.csv", training={"num_epochs": 3, "learning_rate": 3e-3}
+    )
     found = {}
     for task in ("classification", "multi_label", "regression", "token_classification", "question_answering"):
         overrides = [] if task == "classification" else task_data(task, folder)
         if task in ("classification", "multi_label", "regression"):  # a head the tiny model learns with
             overrides += ["model.head.type=linear", "model.head.pooling=mean"]
         output = folder / task
-        assert main.main(["--config", str(config), "--strategy", "full", f"output.dir={output}",
-                          *overrides]) == 0
+        assert (
+            main.main(["--config", str(config), "--strategy", "full", f"output.dir={output}", *overrides])
+            == 0
+        )
         found[task] = {"config": config, "output": output, "overrides": overrides}
     return found
 
@@ -101,16 +104,26 @@ def alike(a, b) -> bool:
 
 def inputs_for(task: str) -> list:
     if task == "regression":
-        return [{"text": "my parcel is late", "pair": "where is the courier"},
-                {"text": "refund my money", "pair": "password locked"}]
+        return [
+            {"text": "my parcel is late", "pair": "where is the courier"},
+            {"text": "refund my money", "pair": "password locked"},
+        ]
     if task == "question_answering":
-        return [{"text": "what is locked?", "pair": "my password is locked and my parcel is late"},
-                {"text": "where is the box?", "pair": "the courier left the box at the door"}]
-    return ["my parcel is late please", "refund the charge on my invoice", "password locked why", "i paid twice"]
+        return [
+            {"text": "what is locked?", "pair": "my password is locked and my parcel is late"},
+            {"text": "where is the box?", "pair": "the courier left the box at the door"},
+        ]
+    return [
+        "my parcel is late please",
+        "refund the charge on my invoice",
+        "password locked why",
+        "i paid twice",
+    ]
 
 
-@pytest.mark.parametrize("task", ["classification", "multi_label", "regression", "token_classification",
-                                  "question_answering"])
+@pytest.mark.parametrize(
+    "task", ["classification", "multi_label", "regression", "token_classification", "question_answering"]
+)
 def test_every_task_answers_as_predict_does(runs, task):
     predictor = Predictor.from_run("best", runs[task]["output"])
     inputs = inputs_for(task)
@@ -124,17 +137,22 @@ def test_every_task_answers_as_predict_does(runs, task):
         info = httpx.get(f"{url}/info").json()
     assert listed.status_code == 200 and alike(listed.json(), expected)
     assert alike(single.json(), listed.json()[1])
-    assert info["task"] == task and info["run_id"] == predictor.record["run_id"] and info["backend"] == "torch"
+    assert (
+        info["task"] == task and info["run_id"] == predictor.record["run_id"] and info["backend"] == "torch"
+    )
     assert info["reads_pairs"] == (pairs is not None)
 
 
-@pytest.mark.parametrize("task", ["classification", "multi_label", "regression", "token_classification",
-                                  "question_answering"])
+@pytest.mark.parametrize(
+    "task", ["classification", "multi_label", "regression", "token_classification", "question_answering"]
+)
 def test_every_task_answers_the_same_on_onnx_and_is_served_on_it(runs, task):
     inputs = inputs_for(task)
     texts = [i["text"] if isinstance(i, dict) else i for i in inputs]
     pairs = [i["pair"] for i in inputs] if isinstance(inputs[0], dict) else None
-    expected = json.loads(json.dumps(Predictor.from_run("best", runs[task]["output"]).predict(texts, 2, pairs)))
+    expected = json.loads(
+        json.dumps(Predictor.from_run("best", runs[task]["output"]).predict(texts, 2, pairs))
+    )
     on_onnx = onnx_predictor("best", runs[task]["output"])  # exported into the run's folder on first use
     assert alike(json.loads(json.dumps(on_onnx.predict(texts, 2, pairs))), expected)
     with serving_in_thread(build_app(lambda: on_onnx, backend="onnx")) as url:
@@ -153,16 +171,22 @@ def test_batches_never_mix_answers_and_stay_within_max_batch():
         return [{"echo": text, "top_k": top_k} for text in texts]
 
     async def clients():
-        batcher = Batcher(Limits(max_batch=8, max_wait_ms=20), type("H", (), {"observe": lambda self, n: None})())
+        batcher = Batcher(
+            Limits(max_batch=8, max_wait_ms=20), type("H", (), {"observe": lambda self, n: None})()
+        )
         batcher.predict = predict
         worker = asyncio.create_task(batcher.run())
         requests = [[f"client {c} text {i}" for i in range(1 + c % 3)] for c in range(40)]
-        answers = await asyncio.gather(*(batcher.submit(texts, None, 1 + c % 2) for c, texts in enumerate(requests)))
+        answers = await asyncio.gather(
+            *(batcher.submit(texts, None, 1 + c % 2) for c, texts in enumerate(requests))
+        )
         worker.cancel()
         return requests, answers
 
     async def one_gone():  # a request whose caller gave up while its batch ran: the others still get theirs
-        batcher = Batcher(Limits(max_batch=8, max_wait_ms=20), type("H", (), {"observe": lambda self, n: None})())
+        batcher = Batcher(
+            Limits(max_batch=8, max_wait_ms=20), type("H", (), {"observe": lambda self, n: None})()
+        )
         batcher.predict = predict
         worker = asyncio.create_task(batcher.run())
         gone = asyncio.create_task(batcher.submit(["gone"], None, 1))
@@ -211,10 +235,31 @@ def server(runs):
     port = free_port()
     settings = runs["classification"]
     process = subprocess.Popen(
-        [sys.executable, str(ROOT / "main.py"), "serve", "--config", str(settings["config"]),
-         f"output.dir={settings['output']}", "--port", str(port), "--max-inputs", "8", "--max-text-chars", "500",
-         "--max-body-bytes", "4000", "--max-wait-ms", "200", "--max-batch", "16"],
-        env={**os.environ, "BERTLAB_API_KEY": KEY}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            str(ROOT / "main.py"),
+            "serve",
+            "--config",
+            str(settings["config"]),
+            f"output.dir={settings['output']}",
+            "--port",
+            str(port),
+            "--max-inputs",
+            "8",
+            "--max-text-chars",
+            "500",
+            "--max-body-bytes",
+            "4000",
+            "--max-wait-ms",
+            "200",
+            "--max-batch",
+            "16",
+        ],
+        env={**os.environ, "BERTLAB_API_KEY": KEY},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     url = f"http://127.0.0.1:{port}"
     wait_for(f"{url}/ready", headers=AUTH, process=process)
     yield {"url": url, "process": process, "predictor": Predictor.from_run("best", settings["output"])}
@@ -224,7 +269,9 @@ def server(runs):
 
 
 def test_32_concurrent_clients_each_get_their_own_answers(server):
-    texts = [row["text"] for row in labelled_rows(per_class=11, seed=5)][:32]  # new texts of the three classes
+    texts = [row["text"] for row in labelled_rows(per_class=11, seed=5)][
+        :32
+    ]  # new texts of the three classes
     expected = server["predictor"].predict(texts)
 
     async def clients():
@@ -244,24 +291,43 @@ def test_32_concurrent_clients_each_get_their_own_answers(server):
     assert total > ones  # some batch ran several clients' texts together
 
 
-@pytest.mark.parametrize("body, headers, status, message", [
-    ({"inputs": "a parcel"}, {}, 401, "missing or wrong API key"),
-    ({"inputs": "a parcel"}, {"Authorization": "Bearer wrong"}, 401, "missing or wrong API key"),
-    ({"input": "a parcel"}, AUTH, 422, "inputs: Field required"),
-    ({"inputs": 5}, AUTH, 422, 'inputs: give a text, {"text": ..., "pair": ...}, or a list of them'),
-    ({"inputs": [{"txt": "a"}]}, AUTH, 422, "inputs.0.text: Field required"),
-    ({"inputs": "   "}, AUTH, 422, "inputs.text: the text is empty"),
-    ({"inputs": {"text": "a", "pair": "b"}}, AUTH, 422, "inputs: this run reads single texts: give no pair"),
-    ({"inputs": "a", "top_k": 0}, AUTH, 422, "top_k: Input should be greater than or equal to 1"),
-    ({"inputs": ["a"] * 9}, AUTH, 413, "inputs: 9 inputs, more than the 8 a request may hold (--max-inputs)"),
-    ({"inputs": "a" * 501}, AUTH, 413, "inputs.text: 501 characters, more than the 500 a text may hold"),
-    ({"inputs": "a " * 3000}, AUTH, 413, "the body is over 4,000 bytes (--max-body-bytes)"),
-    ("{not json", AUTH, 422, "the body is not valid JSON"),
-])
-def test_a_bad_request_gets_its_status_and_one_line_and_the_server_goes_on(server, body, headers, status, message):
+@pytest.mark.parametrize(
+    "body, headers, status, message",
+    [
+        ({"inputs": "a parcel"}, {}, 401, "missing or wrong API key"),
+        ({"inputs": "a parcel"}, {"Authorization": "Bearer wrong"}, 401, "missing or wrong API key"),
+        ({"input": "a parcel"}, AUTH, 422, "inputs: Field required"),
+        ({"inputs": 5}, AUTH, 422, 'inputs: give a text, {"text": ..., "pair": ...}, or a list of them'),
+        ({"inputs": [{"txt": "a"}]}, AUTH, 422, "inputs.0.text: Field required"),
+        ({"inputs": "   "}, AUTH, 422, "inputs.text: the text is empty"),
+        (
+            {"inputs": {"text": "a", "pair": "b"}},
+            AUTH,
+            422,
+            "inputs: this run reads single texts: give no pair",
+        ),
+        ({"inputs": "a", "top_k": 0}, AUTH, 422, "top_k: Input should be greater than or equal to 1"),
+        (
+            {"inputs": ["a"] * 9},
+            AUTH,
+            413,
+            "inputs: 9 inputs, more than the 8 a request may hold (--max-inputs)",
+        ),
+        ({"inputs": "a" * 501}, AUTH, 413, "inputs.text: 501 characters, more than the 500 a text may hold"),
+        ({"inputs": "a " * 3000}, AUTH, 413, "the body is over 4,000 bytes (--max-body-bytes)"),
+        ("{not json", AUTH, 422, "the body is not valid JSON"),
+    ],
+)
+def test_a_bad_request_gets_its_status_and_one_line_and_the_server_goes_on(
+    server, body, headers, status, message
+):
     content = body if isinstance(body, str) else json.dumps(body)
-    response = httpx.post(f"{server['url']}/predict", content=content,
-                          headers={"Content-Type": "application/json", **headers}, timeout=WAIT_S)
+    response = httpx.post(
+        f"{server['url']}/predict",
+        content=content,
+        headers={"Content-Type": "application/json", **headers},
+        timeout=WAIT_S,
+    )
     assert response.status_code == status and message in response.json()["error"]
     good = httpx.post(f"{server['url']}/predict", json={"inputs": "a parcel"}, headers=AUTH, timeout=WAIT_S)
     assert good.status_code == 200 and "predicted_label" in good.json()
@@ -277,7 +343,9 @@ def test_only_health_answers_without_the_key(server):
 def test_sigterm_answers_the_requests_in_flight_then_exits_0(server):
     async def in_flight():
         async with httpx.AsyncClient(base_url=server["url"], headers=AUTH, timeout=WAIT_S) as client:
-            sent = [asyncio.create_task(client.post("/predict", json={"inputs": f"parcel {i}"})) for i in range(4)]
+            sent = [
+                asyncio.create_task(client.post("/predict", json={"inputs": f"parcel {i}"})) for i in range(4)
+            ]
             await asyncio.sleep(0.1)  # the batcher holds them up to 200 ms, waiting for more
             server["process"].send_signal(signal.SIGTERM)
             return await asyncio.gather(*sent)
@@ -289,10 +357,23 @@ def test_sigterm_answers_the_requests_in_flight_then_exits_0(server):
 
 def test_serve_refuses_a_run_that_is_not_there_in_one_line(runs, capsys):
     settings = runs["classification"]
-    assert main.main(["serve", "--config", str(settings["config"]), f"output.dir={settings['output']}",
-                      "--run", "no-such-run"]) == 2
+    assert (
+        main.main(
+            [
+                "serve",
+                "--config",
+                str(settings["config"]),
+                f"output.dir={settings['output']}",
+                "--run",
+                "no-such-run",
+            ]
+        )
+        == 2
+    )
     assert main.main(["serve", "--config", str(settings["config"]), "--port", "70000"]) == 2
     errors = capsys.readouterr().err.strip().splitlines()
-    assert len(errors) == 2 and "no-such-run" in errors[0] and errors[1].startswith("error: --port: got 70000")
+    assert (
+        len(errors) == 2 and "no-such-run" in errors[0] and errors[1].startswith("error: --port: got 70000")
+    )
     assert main.main(["serve", "--config", str(settings["config"]), "--max-batch", "0"]) == 2
     assert "--max-batch: got 0, allowed: a number of at least 1" in capsys.readouterr().err

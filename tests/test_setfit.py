@@ -13,8 +13,9 @@ from utils import ConfigError, set_seed
 
 
 def test_setfit_tunes_the_whole_encoder_then_fits_a_linear_head_on_mean_pooling(write_config, tmp_path):
-    cfg, data, encoded = prepared(write_config(), ["strategies.setfit.num_iterations=2",
-                                                   "strategies.setfit.learning_rate=1e-3"])
+    cfg, data, encoded = prepared(
+        write_config(), ["strategies.setfit.num_iterations=2", "strategies.setfit.learning_rate=1e-3"]
+    )
     set_seed(0)
     model = build_model(cfg, "setfit", data.label_names)
     assert isinstance(model.classifier[-1], torch.nn.Linear) and model.text_pooling.how == "mean"
@@ -38,15 +39,24 @@ def test_the_texts_setfit_reads_tokenize_back_to_the_runs_token_ids(write_config
 
 def test_an_mlp_head_is_refused_before_any_training(write_config):
     cfg = load_config(write_config(), ["model.head.type=mlp"])
-    with pytest.raises(ConfigError, match="strategies.setfit: logistic regression fits its head, one linear layer"):
+    with pytest.raises(
+        ConfigError, match="strategies.setfit: logistic regression fits its head, one linear layer"
+    ):
         build_model(cfg, "setfit", ["a", "b", "c"])
 
 
 def test_the_plan_counts_setfits_pairs_and_a_fitted_heads_single_pass(write_config):
     from experiment import passes, plan_runs
 
-    cfg = load_config(write_config(), ["strategies.setfit.num_iterations=3", "strategies.setfit.num_epochs=2",
-                                       "training.num_epochs=5", "strategies.frozen_encoder.classifier=logistic_regression"])
+    cfg = load_config(
+        write_config(),
+        [
+            "strategies.setfit.num_iterations=3",
+            "strategies.setfit.num_epochs=2",
+            "training.num_epochs=5",
+            "strategies.frozen_encoder.classifier=logistic_regression",
+        ],
+    )
     runs = {run.strategy: run for run in plan_runs(cfg, ["setfit", "frozen_encoder", "lora"])}
     # each text in 2 x 3 pairs of two texts, twice over; logistic regression encodes each text once; the loop: epochs
     assert {name: passes(run) for name, run in runs.items()} == {"setfit": 24, "frozen_encoder": 1, "lora": 5}

@@ -59,7 +59,9 @@ def test_a_damaged_shared_file_stops_a_run_in_one_line_and_is_kept(name, output,
     assert main.main([*args, *RUNS]) == 2
     err = capsys.readouterr().err
     assert one_line_naming(err, path) and "cannot be read as JSON" in err
-    assert {p.name: p.read_bytes() for p in path.parent.iterdir()} == before  # nothing written, the damage kept
+    assert {
+        p.name: p.read_bytes() for p in path.parent.iterdir()
+    } == before  # nothing written, the damage kept
 
 
 def test_visualize_and_predict_say_the_same_of_a_damaged_results_file(output, capsys):
@@ -91,7 +93,9 @@ def test_repair_rebuilds_the_results_from_the_run_folders(damage, output, capsys
     assert summary_of(folder) == before
     aside = list(path.parent.glob("all_results.json.damaged-*"))
     if damage == "truncate":
-        assert [p.read_bytes() for p in aside] == [damaged] and "set aside as all_results.json.damaged-" in printed
+        assert [p.read_bytes() for p in aside] == [
+            damaged
+        ] and "set aside as all_results.json.damaged-" in printed
     else:
         assert aside == []
     assert main.main([*args, *RUNS]) == 0  # every run is found completed again: nothing trains twice

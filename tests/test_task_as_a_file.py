@@ -33,18 +33,28 @@ def star_ratings(monkeypatch, tmp_path):
     monkeypatch.setitem(TASKS, StarRatings.name, StarRatings())
     stars = {label: number for number, label in enumerate(sorted({r["label"] for r in labelled_rows(1)}), 1)}
     path = tmp_path / "ratings.csv"
-    pd.DataFrame([{"text": r["text"], "label": stars[r["label"]]} for r in labelled_rows(per_class=15)]).to_csv(
-        path, index=False)
+    pd.DataFrame(
+        [{"text": r["text"], "label": stars[r["label"]]} for r in labelled_rows(per_class=15)]
+    ).to_csv(path, index=False)
     return path
 
 
 def test_a_task_written_in_a_test_runs_end_to_end(star_ratings, write_config, tmp_path, capsys):
     out = tmp_path / "out"
-    base = ["--config", str(write_config()), f"data.path={star_ratings}", "data.task=star_ratings",
-            f"output.dir={out}"]
-    assert main.main([*base, "--strategy", "bitfit", "--strategy", "lora", "training.learning_rate=1e-3"]) == 0
+    base = [
+        "--config",
+        str(write_config()),
+        f"data.path={star_ratings}",
+        "data.task=star_ratings",
+        f"output.dir={out}",
+    ]
+    assert (
+        main.main([*base, "--strategy", "bitfit", "--strategy", "lora", "training.learning_rate=1e-3"]) == 0
+    )
     records = json.loads((out / "results" / "all_results.json").read_text())["runs"]
-    assert {r["task"] for r in records} == {"star_ratings"} and all(r["status"] == "completed" for r in records)
+    assert {r["task"] for r in records} == {"star_ratings"} and all(
+        r["status"] == "completed" for r in records
+    )
     for record in records:
         assert set(record["test"]) == {"loss", "mae", "spearman"}
         assert record["best_metric"] == min(h["val_mae"] for h in record["history"])  # lower is better
@@ -53,7 +63,9 @@ def test_a_task_written_in_a_test_runs_end_to_end(star_ratings, write_config, tm
     capsys.readouterr()
 
     assert visualize.main(["--output-dir", str(out)]) == 0
-    assert (out / "plots" / "predicted_vs_true.png").exists() and not list((out / "plots").glob("calibration*"))
+    assert (out / "plots" / "predicted_vs_true.png").exists() and not list(
+        (out / "plots").glob("calibration*")
+    )
     assert "stars from 1 to 5" in (out / "report.html").read_text()
     assert main.main(["predict", *base, "--text", "refund my money please"]) == 0
     assert "'refund my money please': label " in capsys.readouterr().out

@@ -26,21 +26,41 @@ def squad_path(tmp_path):
 
 def shipped(tiny_model_dir, tmp_path, *overrides) -> list[str]:
     """The shipped config.yaml on the tiny model, into tmp_path."""
-    return ["--config", str(ROOT / "config.yaml"), f"model.name={tiny_model_dir}", f"output.dir={tmp_path / 'out'}",
-            *overrides]
+    return [
+        "--config",
+        str(ROOT / "config.yaml"),
+        f"model.name={tiny_model_dir}",
+        f"output.dir={tmp_path / 'out'}",
+        *overrides,
+    ]
 
 
-def test_the_shipped_config_switches_to_question_answering_with_one_key(tiny_model_dir, tmp_path, squad_path, caplog):
+def test_the_shipped_config_switches_to_question_answering_with_one_key(
+    tiny_model_dir, tmp_path, squad_path, caplog
+):
     caplog.set_level(logging.INFO)
-    argv = shipped(tiny_model_dir, tmp_path, "data.task=question_answering", f"data.path={squad_path}",
-                   "training.num_epochs=1")
+    argv = shipped(
+        tiny_model_dir,
+        tmp_path,
+        "data.task=question_answering",
+        f"data.path={squad_path}",
+        "training.num_epochs=1",
+    )
     assert main.main(argv) == 0
     runs = json.loads((tmp_path / "out" / "results" / "all_results.json").read_text())["runs"]
-    assert sorted(r["strategy"] for r in runs) == ["bitfit", "frozen_encoder", "full", "lora", "partial_freezing"]
+    assert sorted(r["strategy"] for r in runs) == [
+        "bitfit",
+        "frozen_encoder",
+        "full",
+        "lora",
+        "partial_freezing",
+    ]
     assert all(r["status"] == "completed" and r["task"] == "question_answering" for r in runs)
     skipped = [r.message for r in caplog.records if "does not apply" in r.message]
-    assert skipped == ["strategy prompt_tuning is enabled but does not apply to data.task: question_answering (its "
-                       "virtual tokens shift the positions of the answer's start and end): skipped"]
+    assert skipped == [
+        "strategy prompt_tuning is enabled but does not apply to data.task: question_answering (its "
+        "virtual tokens shift the positions of the answer's start and end): skipped"
+    ]
     [own] = [r.message for r in caplog.records if "was written for its own data" in r.message]
     assert "training.learning_rate=0.0001" in own and "strategies.lora.learning_rate=0.003" in own
     assert "training.num_epochs" not in own and "max_length" not in own  # overridden here; adapts to the data
@@ -61,7 +81,9 @@ def test_the_config_files_own_settings_are_not_told_for_its_own_data(tiny_model_
 def test_without_a_stride_windows_share_a_third_of_max_length(tiny_model_dir):
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     context = " ".join(["my", "parcel", "is", "where", "the", "box", "is"] * 6)
-    windows = TASKS["question_answering"].tokenize(tokenizer, ["where is the parcel"], [context], 18, None).windows
+    windows = (
+        TASKS["question_answering"].tokenize(tokenizer, ["where is the parcel"], [context], 18, None).windows
+    )
     starts = [next(o[0] for o in w["offsets"] if o) for w in windows]
     ends = [max(o[1] for o in w["offsets"] if o) for w in windows]
     # 18 tokens less the question's 4 and 3 special tokens: 11 of context per window, 6 (= 18 // 3) shared

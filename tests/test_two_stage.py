@@ -26,11 +26,16 @@ def first_stage(tmp_path_factory, tiny_model_dir):
     renamed = [{**row, "label": f"other_{row['label']}"} for row in labelled_rows(per_class=30, seed=1)]
     pd.DataFrame(renamed).to_csv(folder / "other.csv", index=False)
     config = folder / "config.yaml"
-    config.write_text(json.dumps({
-        "model": {"name": str(tiny_model_dir), "max_length": 16},
-        "data": {"path": str(folder / "tickets.csv"), "validation_size": 0.2, "test_size": 0.2},
-        "training": {"batch_size": 8, "num_epochs": 1, "eval_batch_size": 16, "learning_rate": 3e-3},
-        "output": {"dir": str(folder / "outputs")}}))
+    config.write_text(
+        json.dumps(
+            {
+                "model": {"name": str(tiny_model_dir), "max_length": 16},
+                "data": {"path": str(folder / "tickets.csv"), "validation_size": 0.2, "test_size": 0.2},
+                "training": {"batch_size": 8, "num_epochs": 1, "eval_batch_size": 16, "learning_rate": 3e-3},
+                "output": {"dir": str(folder / "outputs")},
+            }
+        )
+    )
     assert main.main(["--config", str(config), "--strategy", "lora"]) == 0
     [source] = records(folder).values()
     return {"folder": folder, "config": config, "source": source}
@@ -43,11 +48,16 @@ def test_a_second_stage_starts_from_the_merged_weights_and_keeps_the_head_for_th
     _, _, trained = run_model(folder / "outputs" / "checkpoints" / "lora" / source["run_id"])
     merged = trained.merge_and_unload().state_dict()
     second = build_model(cfg, "full", source["dataset"]["label_names"]).state_dict()
-    assert all(torch.equal(second[k], merged[k]) for k in merged)  # encoder and head, as the first stage ended
+    assert all(
+        torch.equal(second[k], merged[k]) for k in merged
+    )  # encoder and head, as the first stage ended
     assert main.main(["--config", str(first_stage["config"]), "--strategy", "bitfit", start]) == 0
     [run] = [r for r in records(folder).values() if r["strategy"] == "bitfit"]
-    assert run["init_from"] == {"run_id": source["run_id"], "head": "kept",
-                                "folder": str(folder / "outputs" / "checkpoints" / "lora" / source["run_id"])}
+    assert run["init_from"] == {
+        "run_id": source["run_id"],
+        "head": "kept",
+        "folder": str(folder / "outputs" / "checkpoints" / "lora" / source["run_id"]),
+    }
     # the run id holds the source: without init_from the same settings are another run
     assert main.main(["--config", str(first_stage["config"]), "--strategy", "bitfit"]) == 0
     assert len([r for r in records(folder).values() if r["strategy"] == "bitfit"]) == 2
@@ -55,8 +65,12 @@ def test_a_second_stage_starts_from_the_merged_weights_and_keeps_the_head_for_th
 
 def test_other_labels_get_a_fresh_head_on_the_first_stages_encoder(first_stage):
     folder, source = first_stage["folder"], first_stage["source"]
-    folder_spec = str(folder / "outputs" / "checkpoints" / "lora" / source["run_id"])  # a run folder works too
-    cfg = load_config(first_stage["config"], [f"model.init_from={folder_spec}", f"data.path={folder / 'other.csv'}"])
+    folder_spec = str(
+        folder / "outputs" / "checkpoints" / "lora" / source["run_id"]
+    )  # a run folder works too
+    cfg = load_config(
+        first_stage["config"], [f"model.init_from={folder_spec}", f"data.path={folder / 'other.csv'}"]
+    )
     labels = ["other_" + name for name in source["dataset"]["label_names"]]
     _, _, trained = run_model(folder / "outputs" / "checkpoints" / "lora" / source["run_id"])
     merged = trained.merge_and_unload().state_dict()
@@ -65,23 +79,52 @@ def test_other_labels_get_a_fresh_head_on_the_first_stages_encoder(first_stage):
     encoder = [k for k in merged if k.startswith("bert.")]
     assert encoder and all(torch.equal(second[k], merged[k]) for k in encoder)
     assert not torch.equal(second["classifier.weight"], merged["classifier.weight"])  # a fresh head
-    assert main.main(["--config", str(first_stage["config"]), "--strategy", "full", f"model.init_from={folder_spec}",
-                      f"data.path={folder / 'other.csv'}"]) == 0
-    [run] = [r for r in records(folder).values() if r["dataset"]["label_names"] == sorted(labels) or
-             r["dataset"]["label_names"] == labels]
+    assert (
+        main.main(
+            [
+                "--config",
+                str(first_stage["config"]),
+                "--strategy",
+                "full",
+                f"model.init_from={folder_spec}",
+                f"data.path={folder / 'other.csv'}",
+            ]
+        )
+        == 0
+    )
+    [run] = [
+        r
+        for r in records(folder).values()
+        if r["dataset"]["label_names"] == sorted(labels) or r["dataset"]["label_names"] == labels
+    ]
     assert run["init_from"]["head"] == "re-initialised: the labels differ"
 
 
 def test_another_kind_of_head_trains_fresh_on_the_first_stages_encoder(first_stage):
     folder, source = first_stage["folder"], first_stage["source"]
-    cfg = load_config(first_stage["config"], [f"model.init_from={source['run_id']}", "model.head.type=linear"])
+    cfg = load_config(
+        first_stage["config"], [f"model.init_from={source['run_id']}", "model.head.type=linear"]
+    )
     _, _, trained = run_model(folder / "outputs" / "checkpoints" / "lora" / source["run_id"])
     merged = trained.merge_and_unload().state_dict()
     second = build_model(cfg, "full", source["dataset"]["label_names"]).state_dict()
     layers = [k for k in merged if k.startswith("bert.") and ".pooler." not in k]
-    assert layers and all(torch.equal(second[k], merged[k]) for k in layers) and "classifier.1.weight" in second
-    assert main.main(["--config", str(first_stage["config"]), "--strategy", "frozen_encoder",
-                      f"model.init_from={source['run_id']}", "model.head.type=linear"]) == 0
+    assert (
+        layers and all(torch.equal(second[k], merged[k]) for k in layers) and "classifier.1.weight" in second
+    )
+    assert (
+        main.main(
+            [
+                "--config",
+                str(first_stage["config"]),
+                "--strategy",
+                "frozen_encoder",
+                f"model.init_from={source['run_id']}",
+                "model.head.type=linear",
+            ]
+        )
+        == 0
+    )
     [run] = [r for r in records(folder).values() if r["strategy"] == "frozen_encoder"]
     assert run["init_from"]["head"] == "re-initialised: model.head differs"
 
@@ -89,9 +132,29 @@ def test_another_kind_of_head_trains_fresh_on_the_first_stages_encoder(first_sta
 def test_a_missing_or_unusable_source_run_is_a_config_error(first_stage, capsys):
     assert main.main(["--config", str(first_stage["config"]), "model.init_from=nope"]) == 2
     assert "model.init_from: got 'nope', allowed: the id of a run in" in capsys.readouterr().err
-    assert main.main(["--config", str(first_stage["config"]), "--strategy", "prompt_tuning",
-                      "strategies.prompt_tuning.num_virtual_tokens=4"]) == 0
+    assert (
+        main.main(
+            [
+                "--config",
+                str(first_stage["config"]),
+                "--strategy",
+                "prompt_tuning",
+                "strategies.prompt_tuning.num_virtual_tokens=4",
+            ]
+        )
+        == 0
+    )
     prompt = next(r for r in records(first_stage["folder"]).values() if r["strategy"] == "prompt_tuning")
-    assert main.main(["--config", str(first_stage["config"]), "--strategy", "full",
-                      f"model.init_from={prompt['run_id']}"]) == 2
+    assert (
+        main.main(
+            [
+                "--config",
+                str(first_stage["config"]),
+                "--strategy",
+                "full",
+                f"model.init_from={prompt['run_id']}",
+            ]
+        )
+        == 2
+    )
     assert "is prompt tuning, whose virtual tokens are not weights of the model" in capsys.readouterr().err
