@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from tasks import TASKS
 from schema.search import SearchConfig, range_values, shown_url
-from schema.strategies import StrategiesConfig
+from schema.strategies import GRID_KEYS, StrategiesConfig, StrategyConfig
 from schema.checks import Problems, list_problem, varied_keys
 from schema.typed_yaml import apply_override, build, read_yaml, set_dotted
 from utils import ConfigError
@@ -232,8 +232,6 @@ class Config:
 
 
 STRATEGY_NAMES = tuple(f.name for f in dataclasses.fields(StrategiesConfig))
-# Keys that shape the experiment (which runs exist), not a single run: they never enter a run's settings.
-GRID_KEYS = ("enabled", "learning_rates", "rank_values")
 
 
 def short_key(dotted: str) -> str:
@@ -241,13 +239,10 @@ def short_key(dotted: str) -> str:
     return dotted.split(".", 2)[2] if dotted.startswith("strategies.") else dotted
 
 
-def strategy_settings(cfg: Config, strategy: str) -> dict[str, Any]:
-    """The strategy's own settings for one run, with the learning rate it will really use."""
-    settings = {
-        k: v for k, v in dataclasses.asdict(getattr(cfg.strategies, strategy)).items() if k not in GRID_KEYS
-    }
-    settings["learning_rate"] = settings["learning_rate"] or cfg.training.learning_rate
-    return settings
+def strategy_settings(cfg: Config, strategy: str) -> StrategyConfig:
+    """The strategy's own config section for one run, with the learning rate it will really use."""
+    section = getattr(cfg.strategies, strategy)
+    return dataclasses.replace(section, learning_rate=section.learning_rate or cfg.training.learning_rate)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -41,7 +41,7 @@ class LabelledData:
     label_names: list[str]
     cleaning: dict = dataclasses.field(default_factory=dict)  # what load_data dropped or found, per split
     pairs: dict[str, list[str]] | None = None
-    task: str = "classification"  # the data.task whose shape texts and labels have
+    task: str = DataConfig.task  # the data.task whose shape texts and labels have
     # a test split the data gave, scored whole: its rows that no earlier split holds (None: test was cleaned)
     test_unseen: list[int] | None = None
     # a cross-validation fold of the data: {folds, index, repeat, of: the fingerprint of the data it was cut from}
@@ -73,9 +73,8 @@ def load_data(cfg: DataConfig) -> LabelledData:
         frames, hub_names = read_local(Path(cfg.path)), None
         name = Path(cfg.path).stem if Path(cfg.path).is_file() else Path(cfg.path).name
     cleaning = {split: {} for split in SPLITS}
-    whole = (
-        {"test"} if "test" in frames and not cfg.clean_given_test else set()
-    )  # given by the data: kept whole
+    # given by the data: kept whole
+    whole = {"test"} if "test" in frames and not cfg.clean_given_test else set()
     frames = {
         split: _clean(frame, split, columns, task, cleaning[split], cfg) for split, frame in frames.items()
     }
@@ -316,9 +315,8 @@ def fold_rows(data: LabelledData, folds: int, seed: int, repeat: int = 0) -> lis
     texts = data.texts["train"] + data.texts["validation"]
     pairs = data.pairs and data.pairs["train"] + data.pairs["validation"]
     keys = [text_key(text) for text in task.fold_texts(texts, pairs)]
-    _, first, groups = np.unique(
-        keys, return_index=True, return_inverse=True
-    )  # each row's group, each group's first row
+    # each row's group, each group's first row
+    _, first, groups = np.unique(keys, return_index=True, return_inverse=True)
     if folds > len(first):
         raise ConfigError(
             f"data.folds: {folds} is more than the {len(first)} distinct texts of train and validation "
@@ -339,7 +337,7 @@ def fold_rows(data: LabelledData, folds: int, seed: int, repeat: int = 0) -> lis
         if counts[rarest] < folds:
             raise ConfigError(
                 f"data.folds: {folds} is more than the {counts[rarest]} examples of "
-                f"{'label' if task.label_sets else 'class'} '{data.label_names[rarest]}' in train and "
+                f"{task.label_counts.kind} '{data.label_names[rarest]}' in train and "
                 f"validation together, so a fold would lack it; at most {counts[rarest]}"
             )
     state = int(np.random.default_rng([seed, repeat]).integers(2**31))

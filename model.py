@@ -21,10 +21,11 @@ from transformers.modeling_outputs import SequenceClassifierOutput
 
 from records.checkpoints import BEST_WEIGHTS, load_weights
 from config import Config, HeadConfig, load_config, strategy_settings
+from schema.strategies import StrategyConfig
 from records.results import RUN_RECORD, read_record
 from strategies import STRATEGIES, Strategy
 from strategies.base import ACTIVATIONS, encoder_layer_count, model_part
-from tasks import TASKS, Task
+from tasks import TASKS, Need, Task
 from utils import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -230,8 +231,9 @@ def resolve_head(head: HeadConfig, model_name: str, task: Task) -> HeadConfig:
     token (always for a task whose head is per token)."""
     if "auto" not in (head.type, head.pooling):
         return head
-    pooled = trained_pooling(model_name) if task.pooled_head else None
-    asked = head.pooling != "auto" and task.pooled_head  # a pooling named: a head that reads it
+    takes_pooled = task.lacks(Need.VECTOR_PER_TEXT) is None
+    pooled = trained_pooling(model_name) if takes_pooled else None
+    asked = head.pooling != "auto" and takes_pooled  # a pooling named: a head that reads it
     kind = head.type if head.type != "auto" else "linear" if pooled or asked else "model"
     pooling = head.pooling if head.pooling != "auto" else "cls" if kind == "model" else pooled or "cls"
     return dataclasses.replace(head, type=kind, pooling=pooling)
@@ -294,16 +296,18 @@ def load_tokenizer(cfg: Config):
     return from_pretrained(AutoTokenizer, cfg)
 
 
-def check_against_model(cfg: Config, model_config, strategies: list[str]) -> None:
-    """Rules that need the model's own config (known only once it is resolved)."""
+def check_against_model(model_config, plans: list[ModelPlan]) -> None:
+    """Rules that need the model's own config (known only once it is resolved), for the models of these plans
+    (each under the same config)."""
+    cfg = plans[0].cfg
     max_positions = getattr(model_config, "max_position_embeddings", None)
     if max_positions is not None and cfg.model.max_length > max_positions:
         raise ConfigError(
             f"model.max_length: got {cfg.model.max_length}, allowed: at most "
             f"{max_positions} (the model's position limit)"
         )
-    for name in strategies:
-        strategy, settings = STRATEGIES[name], strategy_settings(cfg, name)
+    for plan in plans:
+        strategy, settings = STRATEGIES[plan.strategy], plan.settings
         extra = strategy.extra_positions(settings)
         if extra and max_positions is not None and cfg.model.max_length + extra[1] > max_positions:
             raise ConfigError(
@@ -404,12 +408,38 @@ def start_from_run(model: PreTrainedModel, cfg: Config, label_names: list[str], 
     model.load_state_dict(weights, strict=False)
 
 
+@dataclasses.dataclass(frozen=True)
+class ModelPlan:
+    """What builds one run's model, resolved once (a planned run gives its own): the config with its head
+    resolved, the strategy, the strategy's settings and the head it trains under model.head, and the earlier
+    run it starts from (model.init_from's; read when building, if the plan did not)."""
+
+    cfg: Config
+    strategy: str
+    settings: StrategyConfig
+    head: HeadConfig
+    source: dict | None = None
+
+    @classmethod
+    def of(cls, cfg: Config, strategy: str, source: dict | None = None) -> ModelPlan:
+        """Resolved from a config, for a model built outside a planned run (a loaded run, a tool, a test)."""
+        cfg = resolved_config(cfg)
+        settings, head = strategy_settings(cfg, strategy), STRATEGIES[strategy].head(cfg.model.head)
+        return cls(cfg, strategy, settings, head, source)
+
+
 def build_model(
     cfg: Config, strategy: str, label_names: list[str], source: dict | None = None
 ) -> torch.nn.Module:
-    """The pre-trained encoder (or an earlier run's, with model.init_from: `source`, read here when the plan did
-    not) with a head for the task, wrapped by the strategy."""
-    task, cfg = TASKS[cfg.data.task], resolved_config(cfg)
+    """The model of `strategy` under a config (ModelPlan.of, then built)."""
+    return planned_model(ModelPlan.of(cfg, strategy, source), label_names)
+
+
+def planned_model(plan: ModelPlan, label_names: list[str]) -> torch.nn.Module:
+    """The pre-trained encoder (or an earlier run's, with model.init_from) with a head for the task, wrapped by
+    the strategy, all as the plan resolved them."""
+    cfg, strategy = plan.cfg, STRATEGIES[plan.strategy]
+    task = TASKS[cfg.data.task]
     dropout = {}
     if cfg.model.dropout is not None:
         model_config = load_model_config(cfg)
@@ -420,13 +450,12 @@ def build_model(
                 f"({', '.join(DROPOUT_ATTRIBUTES)}); set model.dropout: null"
             )
     model = from_pretrained(task.model_class, cfg, **task.model_kwargs(label_names), **dropout)
-    head, settings = STRATEGIES[strategy].head(cfg.model.head), strategy_settings(cfg, strategy)
-    if head.type != "model":
-        extra = STRATEGIES[strategy].extra_positions(settings)
-        with_head(model, head, len(label_names), extra[1] if extra else 0)
+    if plan.head.type != "model":
+        extra = strategy.extra_positions(plan.settings)
+        with_head(model, plan.head, len(label_names), extra[1] if extra else 0)
     if cfg.model.init_from:
-        start_from_run(model, cfg, label_names, source or source_run(cfg))
-    return STRATEGIES[strategy].wrap(model, settings, task)
+        start_from_run(model, cfg, label_names, plan.source or source_run(cfg))
+    return strategy.wrap(model, plan.settings, task)
 
 
 def parameter_counts(model: torch.nn.Module) -> dict[str, float]:

@@ -25,6 +25,7 @@ from transformers import get_linear_schedule_with_warmup
 from records.checkpoints import (
     BEST_WEIGHTS,
     RESUME_STATE,
+    InTraining,
     epoch_weights,
     load_checkpoint,
     save_checkpoint,
@@ -32,8 +33,10 @@ from records.checkpoints import (
     trainable_weights,
 )
 from config import Config, TrainingConfig
+from schema.strategies import StrategyConfig
 from data import Encoded, collate, epoch_rows, eval_batches, train_batches
 from records.measure import stopwatch
+from records.shape import Trained
 from tasks import PAD_VALUE, TASKS, Task
 from utils import process_state
 
@@ -85,9 +88,8 @@ class TrainState:
     batches_done: int = 0
     epoch_loss: float = 0.0
     epoch_seconds: float = 0.0
-    epoch_seconds_logged: float = (
-        0.0  # of those, the seconds already in history entries (evaluations mid-epoch)
-    )
+    # of those, the seconds already in history entries (evaluations mid-epoch)
+    epoch_seconds_logged: float = 0.0
 
 
 class StopRequest:
@@ -198,15 +200,18 @@ class TrainJob:
     """What one training run needs, resolved before it starts."""
 
     cfg: Config
-    learning_rate: float
+    settings: StrategyConfig  # the strategy's own, with the learning rate it trains at
     run_dir: Path  # where its checkpoints go
     run_key: dict  # what a checkpoint must match to be resumed
     resume: bool = False
     rates: dict[str, float] | None = None  # a parameter's own rate, by name (default: learning_rate)
-    before_epoch: Callable[[int], None] | None = (
-        None  # a strategy that changes what trains from epoch to epoch
-    )
+    # a strategy that changes what trains from epoch to epoch
+    before_epoch: Callable[[int], None] | None = None
     on_evaluation: Callable[[list[dict]], Decision] | None = None  # sees the history after each evaluation
+
+    @property
+    def learning_rate(self) -> float:
+        return self.settings.learning_rate
 
 
 @dataclass
@@ -225,7 +230,7 @@ class TrainResult:
     checkpoint_time_s: float = 0.0
     extra: dict = field(default_factory=dict)  # what a way of training adds: a probe's C, SetFit's body time
 
-    def as_record(self) -> dict:
+    def as_record(self) -> Trained:
         fields = {key: value for key, value in asdict(self).items() if key != "extra"}
         return {**fields, **self.extra}
 
@@ -245,12 +250,10 @@ class Loop:
         self.job, self.encoded, self.accelerator = job, encoded, accelerator
         self.t, self.task = job.cfg.training, TASKS[job.cfg.data.task]
         t = self.t
-        self.loss_of = self.task.training_loss(
-            t, encoded.labels["train"], encoded.label_names
-        )  # validation: task.loss
-        self.epoch_examples = len(
-            epoch_rows(encoded.labels["train"], t.sampler, t.seed, 0)
-        )  # the same every epoch
+        # validation: task.loss
+        self.loss_of = self.task.training_loss(t, encoded.labels["train"], encoded.label_names)
+        # the same every epoch
+        self.epoch_examples = len(epoch_rows(encoded.labels["train"], t.sampler, t.seed, 0))
         num_batches = math.ceil(self.epoch_examples / t.batch_size)
         total_steps = math.ceil(num_batches / t.gradient_accumulation_steps) * t.num_epochs
         self.trained = {
@@ -272,9 +275,7 @@ class Loop:
             "checkpoint_time_s": 0.0,
         }  # where the time beside training goes
         if job.resume and (job.run_dir / RESUME_STATE).exists():
-            saved_state, self.best_weights = load_checkpoint(
-                job.run_dir, self.model, self.optimizer, self.scheduler, accelerator, job.run_key
-            )
+            saved_state, self.best_weights = load_checkpoint(job.run_dir, self.in_training(), job.run_key)
             self.state = TrainState(**saved_state)
             logger.info(
                 "resumed from %s: %d epochs and %d batches done (step %d)",
@@ -342,6 +343,9 @@ class Loop:
             **{key: round(seconds, 2) for key, seconds in self.spent.items()},
         )
 
+    def in_training(self) -> InTraining:
+        return InTraining(self.model, self.optimizer, self.scheduler, self.accelerator, self.trained)
+
     def weights(self) -> dict:
         return trainable_weights(self.model, self.accelerator, self.trained)
 
@@ -366,27 +370,14 @@ class Loop:
 
     def checkpoint(self) -> None:
         with stopwatch(self.spent, "checkpoint_time_s"):
-            save_checkpoint(
-                self.job.run_dir,
-                self.model,
-                self.optimizer,
-                self.scheduler,
-                self.accelerator,
-                asdict(self.state),
-                self.job.run_key,
-                self.trained,
-            )
+            save_checkpoint(self.job.run_dir, self.in_training(), asdict(self.state), self.job.run_key)
 
     def validate(self, epoch: float, train_loss: float, seconds: float) -> bool:
         """Score validation after `seconds` more training, log it, keep the best weights, let the job judge;
         True: stop training."""
         state, t, task = self.state, self.t, self.task
         with stopwatch(self.spent, "validation_time_s"):
-            # a label set's thresholds tuned on it: at a fixed 0.5, a model that still gives every label less
-            # scores 0 for epochs, and early stopping ends it before it learns
-            val = evaluate(
-                self.model, self.encoded, "validation", t, self.accelerator, task, fit_decision=True
-            )
+            val = validation_scores(self.model, self.encoded, t, self.accelerator, task)
         scores = {f"val_{name}": val[name] for name in ["loss"] + [m.name for m in task.metrics]}
         state.history.append(
             {
@@ -480,9 +471,8 @@ class Loop:
         if not last_of_window:
             return False
         if self.t.max_grad_norm is not None:
-            accelerator.clip_grad_norm_(
-                self.model.parameters(), self.t.max_grad_norm
-            )  # unscales fp16 grads first
+            # unscales fp16 grads first
+            accelerator.clip_grad_norm_(self.model.parameters(), self.t.max_grad_norm)
         self.optimizer.step()
         if not accelerator.optimizer_step_was_skipped:
             self.scheduler.step()
@@ -605,17 +595,11 @@ def eval_batch_tokens(t: TrainingConfig, device: torch.device) -> int | None:
 
 @torch.inference_mode()
 def inference(
-    model,
-    encoded: Encoded,
-    split: str,
-    t: TrainingConfig,
-    accelerator: Accelerator,
-    task: Task,
-    values: Callable | None = None,
+    model, encoded: Encoded, split: str, t: TrainingConfig, accelerator: Accelerator, task: Task
 ) -> tuple[float | None, np.ndarray]:
     """The mean loss (None for unlabelled text) and, per example in the split's original order, the task's
-    prediction values (or what `values` makes of each batch's outputs). Several processes share the batches
-    out and gather what each computed, every example once."""
+    prediction values (what its prediction_values makes of each batch's outputs). Several processes share the
+    batches out and gather what each computed, every example once."""
     ids = encoded.ids[split]
     model.eval()
     batches = eval_batches([len(x) for x in ids], t.eval_batch_size, eval_batch_tokens(t, accelerator.device))
@@ -634,7 +618,7 @@ def inference(
         outputs = model(**model_inputs(batch))
         if "labels" in batch and mine:
             loss_total += task.loss(outputs, batch["labels"])
-        predicted.append((values or task.prediction_values)(outputs, batch["attention_mask"]))
+        predicted.append(task.prediction_values(outputs, batch["attention_mask"]))
     rows = torch.tensor(
         [i for batch_rows in mine for i in batch_rows] if mine else [-1] * len(batches[0]),
         device=accelerator.device,
@@ -664,23 +648,25 @@ def padded_to_widest(values: list[torch.Tensor]) -> list[torch.Tensor]:
     ]
 
 
+def validation_scores(
+    model, encoded: Encoded, t: TrainingConfig, accelerator: Accelerator, task: Task
+) -> dict:
+    """The loss and every metric of the task on validation, as training scores it after each evaluation: under
+    the task's decision rule fitted on validation itself (label sets: thresholds), since at a fixed 0.5 a model
+    that still gives every label less scores 0 for epochs, and early stopping ends it before it learns."""
+    loss, values = inference(model, encoded, "validation", t, accelerator, task)
+    truth, values = task.examples(encoded, "validation", values)
+    fitted = task.decided(task.decide(truth, values, encoded.label_names, t.decision_threshold))
+    return {"loss": loss, **fitted.scores(truth, values, encoded.label_names)}
+
+
 def evaluate(
-    model,
-    encoded: Encoded,
-    split: str,
-    t: TrainingConfig,
-    accelerator: Accelerator,
-    task: Task,
-    fit_decision: bool = False,
+    model, encoded: Encoded, split: str, t: TrainingConfig, accelerator: Accelerator, task: Task
 ) -> dict:
     """The loss, every metric of the task, and the truth, prediction values and predictions of one split, per
-    example (a question answered from several windows is one). With `fit_decision`, the task's decision rule
-    (label sets: each label's threshold) is first fitted on this split itself, as validation during training is
-    scored."""
+    example (a question answered from several windows is one)."""
     loss, values = inference(model, encoded, split, t, accelerator, task)
     truth, values = task.examples(encoded, split, values)
-    if fit_decision:
-        task = task.decided(task.decide(truth, values, encoded.label_names, t.decision_threshold))
     return {
         "loss": loss,
         **task.scores(truth, values, encoded.label_names),

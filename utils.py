@@ -106,9 +106,8 @@ def atomic_open(path: Path):
     except OSError as err:
         raise WriteError(path, err) from None
     try:
-        os.chmod(
-            tmp, 0o666 & ~_UMASK
-        )  # mkstemp makes files private; results are shared like any file written
+        # mkstemp makes files private; results are shared like any file written
+        os.chmod(tmp, 0o666 & ~_UMASK)
         with os.fdopen(fd, "wb") as f:
             yield f
             f.flush()

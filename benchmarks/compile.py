@@ -25,7 +25,7 @@ from throughput import CUDA, ROOT, default_data_path
 from data import load_data, tokenize  # noqa: E402  (throughput put the project root on sys.path)
 from model import build_model, load_tokenizer  # noqa: E402
 from strategies import STRATEGIES  # noqa: E402
-from trainer import make_accelerator, train  # noqa: E402
+from trainer import TrainJob, make_accelerator, train  # noqa: E402
 from config import load_config, strategy_settings  # noqa: E402
 from records.measure import library_versions  # noqa: E402
 from utils import atomic_write_json, set_seed  # noqa: E402
@@ -36,18 +36,11 @@ def epoch_seconds(cfg, data, encoded, strategy: str, workdir: Path) -> dict:
     set_seed(cfg.training.seed)
     start = time.perf_counter()
     model = build_model(cfg, strategy, data.label_names)
-    result = train(
-        model,
-        encoded,
-        cfg,
-        strategy_settings(cfg, strategy)["learning_rate"],
-        workdir,
-        make_accelerator(cfg.training.fp16),
-        {"strategy": strategy},
-    )
+    job = TrainJob(cfg, strategy_settings(cfg, strategy), workdir, {"strategy": strategy})
+    result = train(model, encoded, job, make_accelerator(cfg.training.fp16))
     return {
-        "epochs": [round(h["seconds"], 2) for h in result["history"]],
-        "val_accuracy": [round(h["val_accuracy"], 4) for h in result["history"]],
+        "epochs": [round(h["seconds"], 2) for h in result.history],
+        "val_accuracy": [round(h["val_accuracy"], 4) for h in result.history],
         "total_seconds": round(time.perf_counter() - start, 1),
     }
 

@@ -158,9 +158,8 @@ def main() -> None:
     out = ROOT / "benchmarks" / "results" / "heads.json"
     for name in args.data:
         measured = run_data(name, args, args.workdir)
-        results = (
-            json.loads(out.read_text()) if out.is_file() else {"data": {}}
-        )  # other data sets' as they are now
+        # other data sets' as they are now
+        results = json.loads(out.read_text()) if out.is_file() else {"data": {}}
         results["data"][name] = measured
         results.update(
             machine={
@@ -172,9 +171,8 @@ def main() -> None:
             versions=library_versions(),
             date=time.strftime("%Y-%m-%d"),
         )
-        atomic_write_json(
-            out, results
-        )  # after each data set, so an interrupted benchmark keeps what it measured
+        # after each data set, so an interrupted benchmark keeps what it measured
+        atomic_write_json(out, results)
         out.with_suffix(".md").write_text(
             f"# Heads: validation (test) macro-F1, mean over seeds\n\n{table(results)}\n"
         )

@@ -83,9 +83,8 @@ def run_side(name: str, folder: Path, overrides: list[str], strategies: list[str
     records = read_results(results_file(folder))
     planned = set(experiment["run_ids"])
     studies = set(experiment.get("studies") or [])
-    if (
-        studies
-    ):  # each trial once (a confirmation that tested its trial's weights is that trial), then the rest
+    # each trial once (a confirmation that tested its trial's weights is that trial), then the rest
+    if studies:
         trials = [
             r
             for r in records

@@ -159,9 +159,8 @@ def main() -> None:
                     "folds": run_way(data, base / "folds", strategies, [f"data.folds={args.folds}"]),
                 }
             )
-        results = (
-            json.loads(OUT.read_text()) if OUT.is_file() else {"data": {}}
-        )  # other data sets' as they are
+        # other data sets' as they are
+        results = json.loads(OUT.read_text()) if OUT.is_file() else {"data": {}}
         results["data"][name] = {
             "per_class": args.per_class,
             "folds": args.folds,

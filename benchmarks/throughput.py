@@ -60,7 +60,7 @@ def ours(cfg, data, encoded, strategy: str, workdir: Path) -> dict:
     accelerator = make_accelerator(cfg.training.fp16)
     job = TrainJob(
         cfg,
-        strategy_settings(cfg, strategy)["learning_rate"],
+        strategy_settings(cfg, strategy),
         workdir / f"ours-{strategy}",
         {"strategy": strategy},
     )
@@ -93,7 +93,7 @@ def trainer_arguments(cfg, strategy: str, output_dir: Path, **settings) -> Train
             "output_dir": str(output_dir),
             "per_device_train_batch_size": t.batch_size,
             "per_device_eval_batch_size": t.eval_batch_size,
-            "learning_rate": strategy_settings(cfg, strategy)["learning_rate"],
+            "learning_rate": strategy_settings(cfg, strategy).learning_rate,
             "num_train_epochs": 1,
             "weight_decay": t.weight_decay,
             "warmup_steps": t.warmup_ratio,
@@ -249,9 +249,8 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
-        if (
-            CUDA
-        ):  # one-time CUDA start-up (context, lazily loaded kernels, cuBLAS handles) belongs to neither loop
+        # one-time CUDA start-up (context, lazily loaded kernels, cuBLAS handles) belongs to neither loop
+        if CUDA:
             warm_rows = 20 * args.batch_size
             ours(cfg, data, encoded.with_train_rows(list(range(warm_rows))), "full", workdir)
             hf_trainer(cfg, data, encoded, tokenizer, "full", workdir, rows=warm_rows)

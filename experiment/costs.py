@@ -9,12 +9,12 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from data import Encoded
+from records.shape import Costs
 from trainer import device_batch, model_inputs
 
 ADAM_STATES = 2  # AdamW keeps two values per trained weight (the moving averages of gradient and its square)
-MEASURED_ROWS = (
-    8  # the training rows a step is counted on: its cost per example is the same at any batch size
-)
+# the training rows a step is counted on: its cost per example is the same at any batch size
+MEASURED_ROWS = 8
 
 
 def counted_step(
@@ -76,7 +76,7 @@ def step_costs(
     }
 
 
-def total_costs(step: dict, batch_size: int, examples_trained: float, featurized: int) -> dict:
+def total_costs(step: dict, batch_size: int, examples_trained: float, featurized: int) -> Costs:
     """The run's training compute and computed memory from its step costs: the step's operations per example
     times the examples it trained on, plus a frozen encoder's feature pass over `featurized` training texts
     once (a prediction's operations each)."""

@@ -6,12 +6,13 @@ import dataclasses
 
 from config import Config
 from experiment.inputs import Inputs
-from experiment.plan import Run, short_key
+from experiment.plan import Run, Share, short_key
 from experiment.search import searched_space
 from experiment.shards import passes
-from model import build_model, parameter_counts
+from model import parameter_counts, planned_model
 from records.results import results_file
 from utils import stable_hash
+from records.shape import RunRecord
 
 # The training speed assumed for the time estimate when no earlier run here gives one (MiniLM-L6,
 # max_length 64, 2 CPU cores).
@@ -33,21 +34,16 @@ def print_search_plan(cfg: Config, strategies: list[str]) -> None:
 
 
 def print_plan(
-    runs: list[Run],
-    ids: list[str],
-    cached: set[str],
-    inputs: Inputs,
-    completed: dict[str, dict],
-    cfg: Config,
-    mine: list[int],
+    runs: list[Run], inputs: Inputs, share: Share, completed: dict[str, RunRecord], cfg: Config
 ) -> None:
-    """What a real run would do (the runs numbered `mine`: all, or a shard's), with the wrapped models' sizes
-    and a rough time, training nothing."""
-    share = "" if len(mine) == len(runs) else f" in this shard, of the plan's {len(runs)}"
-    runs, ids = [runs[i] for i in mine], [ids[i] for i in mine]
-    cached = cached & set(ids)
+    """What a real run would do (the share's runs: all, or a shard's), with the wrapped models' sizes and a
+    rough time, training nothing."""
+    mine = share.mine
+    part = "" if len(mine) == len(runs) else f" in this shard, of the plan's {len(runs)}"
+    runs, ids = [runs[i] for i in mine], [share.ids[i] for i in mine]
+    cached = share.cached & set(ids)
     print(
-        f"{len(runs)} run(s) planned{share}: {len(cached)} already completed in {results_file(cfg.output.dir)} "
+        f"{len(runs)} run(s) planned{part}: {len(cached)} already completed in {results_file(cfg.output.dir)} "
         f"(reused), {len(runs) - len(cached)} to run"
     )
     for number, (run, run_id) in enumerate(zip(runs, ids), 1):
@@ -58,7 +54,7 @@ def print_plan(
     built = set()
     for run in runs:
         data = inputs.data_for(run)
-        settings = {k: v for k, v in run.settings.items() if k != "learning_rate"}
+        settings = {k: v for k, v in run.settings.recorded().items() if k != "learning_rate"}
         shape = stable_hash(
             [
                 run.strategy,
@@ -70,7 +66,7 @@ def print_plan(
         )
         if shape not in built:
             built.add(shape)
-            counts = parameter_counts(build_model(run.cfg, run.strategy, data.label_names, run.source))
+            counts = parameter_counts(planned_model(run.model_plan(), data.label_names))
             label = " ".join(
                 [run.strategy]
                 + [f"{short_key(k)}={v}" for k, v in run.varied.items() if not k.endswith(".learning_rate")]
@@ -85,7 +81,7 @@ def print_plan(
     )
 
 
-def estimate_seconds(runs: list[Run], inputs: Inputs, completed: dict[str, dict]) -> tuple[float, str]:
+def estimate_seconds(runs: list[Run], inputs: Inputs, completed: dict[str, RunRecord]) -> tuple[float, str]:
     """Examples to train on over the median speed of earlier runs here with the same strategy, model and
     max_length; without one, GUESSED_SAMPLES_PER_S."""
     speeds: dict[tuple, list[float]] = {}

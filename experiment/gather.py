@@ -13,6 +13,7 @@ from records.measure import library_versions
 from records.results import read_results, results_file, run_folder, save_record, untested_trial
 from records.shared import read_json
 from utils import ConfigError
+from records.shape import RunRecord
 
 logger = logging.getLogger("bertlab")
 
@@ -66,7 +67,7 @@ def gather(
 
 
 def refusal(
-    record: dict, planned: set[str], studies: set[str], versions: dict[str, str], other_plan: str
+    record: RunRecord, planned: set[str], studies: set[str], versions: dict[str, str], other_plan: str
 ) -> str | None:
     """Why a record is no run of this experiment (None when it is one): `other_plan` when it is not one of its
     runs, or the library versions that differ."""
@@ -89,7 +90,7 @@ def kept_here(ours: dict, theirs: dict) -> bool:
     return untested_trial(theirs) or not untested_trial(ours)
 
 
-def copy_run(folder: Path, output_dir: Path, record: dict) -> None:
+def copy_run(folder: Path, output_dir: Path, record: RunRecord) -> None:
     """The run's folder (its weights, when kept, and its own record), so that predict and export can use it."""
     source = run_folder(folder, record["strategy"], record["run_id"])
     target = run_folder(output_dir, record["strategy"], record["run_id"])

@@ -20,7 +20,7 @@ from experiment.costs import step_costs, total_costs
 from experiment.plan import Run, short_key
 from records.measure import PeakMemory, device_name, library_versions
 from model import (
-    build_model,
+    planned_model,
     export_refused,
     fit_temperature,
     fold_temperature,
@@ -30,11 +30,24 @@ from model import (
 )
 from records.checkpoints import BEST_WEIGHTS, drop_checkpoints, load_weights, save_weights, saved_run_key
 from records.results import RUN_RECORD, SCHEMA_VERSION, results_file, run_folder, save_record
+from records.shape import (
+    BatchRetry,
+    Costs,
+    Dataset,
+    FewShot,
+    Fold,
+    Outcome,
+    Planned,
+    RecordShapeError,
+    RunRecord,
+    Step,
+    Tested,
+    shape_problems,
+)
 from reporting.data_report import DATA_REPORT
 from reporting.diagnostics import diagnose
 from reporting.verdict import best_of
 from strategies import STRATEGIES
-from tasks import TASKS
 from experiment.trackers import run_trackers
 from trainer import (
     Decision,
@@ -69,7 +82,7 @@ class RunInputs:
         return run_folder(self.run.cfg.output.dir, self.run.strategy, self.run_id)
 
 
-def run_one(job: RunInputs, accelerator, resume: bool, on_evaluation=None) -> dict:
+def run_one(job: RunInputs, accelerator, resume: bool, on_evaluation=None) -> RunRecord:
     """Train and test one run (a search trial: validate only, `on_evaluation` judging the history after each
     evaluation, perhaps pruning or pausing it); the record is saved whether the run completes, is pruned or fails
     (a paused run has none yet: RunPaused goes to the caller)."""
@@ -82,7 +95,7 @@ def run_one(job: RunInputs, accelerator, resume: bool, on_evaluation=None) -> di
         record.update(fit_with_retries(job, record, accelerator, resume, on_evaluation))
         record["status"] = "completed"
         if "test" in record:
-            record["diagnostics"] = diagnose(record, TASKS[cfg.data.task])
+            record["diagnostics"] = diagnose(record, job.run.task)
         for found in record.get("diagnostics", []):
             logger.warning(
                 "%s: %s: %s. Next: %s", job.run_id, found["kind"], found["message"], found["next_step"]
@@ -90,7 +103,7 @@ def run_one(job: RunInputs, accelerator, resume: bool, on_evaluation=None) -> di
     except (ConfigError, KeyboardInterrupt, RunPaused):
         raise
     except RunPruned as pruned:  # a search trial behind the others: never chosen, never tested
-        record.update(pruned_outcome(pruned, cfg))
+        record.update(pruned_outcome(pruned, job.run), status="pruned")
         logger.info("%s: %s", job.run_id, pruned)
     except Exception as err:  # a failing run is recorded with its reason; the others go on
         logger.error("%s failed: %s: %s", job.run_id, type(err).__name__, err)
@@ -103,65 +116,67 @@ def run_one(job: RunInputs, accelerator, resume: bool, on_evaluation=None) -> di
     ) and accelerator.is_main_process:
         drop_checkpoints(run_dir)
     record["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    record["run_time_s"] = round(
-        time.perf_counter() - started, 2
-    )  # building, training, validating, testing, saving
+    # building, training, validating, testing, saving
+    record["run_time_s"] = round(time.perf_counter() - started, 2)
     save_record(results_file(cfg.output.dir), record)
     atomic_write_json(run_dir / RUN_RECORD, record)
+    if problems := shape_problems(record):  # a defect of this code, not of the run: kept, then said
+        raise RecordShapeError(
+            f"{job.run_id}: its record departs from records/shape.py: " + "; ".join(problems)
+        )
     return record
 
 
-def new_record(job: RunInputs, accelerator) -> dict:
+def new_record(job: RunInputs, accelerator) -> Planned:
     """A run's record before it trains: what it is, on what data, with which settings, where, with what."""
     run, data, encoded = job.run, job.data, job.encoded
-    cfg, task = run.cfg, TASKS[run.cfg.data.task]
+    cfg, task = run.cfg, run.task
     # the training examples as trained on (few-shot, augmented); questions, not their windows
     sizes = {**data.sizes(), "train": task.example_count(encoded, "train")}
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "run_id": job.run_id,
-        "config_id": run.config_id(data.fingerprint),
-        "strategy": run.strategy,
-        "status": "running",
-        "varied": {short_key(k): v for k, v in run.varied.items()},
-        "few_shot": {"shots_per_class": run.shots, "draw": run.draw} if run.shots is not None else None,
-        "fold": (
-            {"folds": cfg.data.folds, "repeat": run.fold[0], "index": run.fold[1]}
-            if run.fold is not None
-            else None
-        ),
-        "trial": run.trial,
-        "model": cfg.model.name,
-        "task": cfg.data.task,
-        "dataset": {
-            "name": data.name,
-            "fingerprint": data.fingerprint,
-            "sizes": sizes,
-            "num_labels": len(data.label_names),
-            "label_names": data.label_names,
-            "label_distribution": {
-                split: task.label_distribution(labels, data.label_names)
-                for split, labels in encoded.labels.items()
-            },
-            "majority_baseline": job.baseline,
-            "augmented_train_rows": encoded.augmented_rows,
-            "report": f"{DATA_REPORT}#{data.fingerprint}",
-        },  # beside the results file
-        "seed": cfg.training.seed,
-        "hyperparameters": {
+    dataset = Dataset(
+        name=data.name,
+        fingerprint=data.fingerprint,
+        sizes=sizes,
+        num_labels=len(data.label_names),
+        label_names=data.label_names,
+        label_distribution={
+            split: task.label_distribution(labels, data.label_names)
+            for split, labels in encoded.labels.items()
+        },
+        majority_baseline=job.baseline,
+        augmented_train_rows=encoded.augmented_rows,
+        report=f"{DATA_REPORT}#{data.fingerprint}",  # beside the results file
+    )
+    return Planned(
+        schema_version=SCHEMA_VERSION,
+        run_id=job.run_id,
+        config_id=run.config_id(data.fingerprint),
+        strategy=run.strategy,
+        status="running",
+        varied={short_key(k): v for k, v in run.varied.items()},
+        few_shot=FewShot(shots_per_class=run.shots, draw=run.draw) if run.shots is not None else None,
+        fold=Fold(folds=cfg.data.folds, repeat=run.fold[0], index=run.fold[1])
+        if run.fold is not None
+        else None,
+        trial=run.trial,
+        model=cfg.model.name,
+        task=cfg.data.task,
+        dataset=dataset,
+        seed=cfg.training.seed,
+        hyperparameters={
             **dataclasses.asdict(cfg.training),
-            **run.settings,
+            **run.settings.recorded(),
             "max_length": cfg.model.max_length,
         },
-        "device": device_name(accelerator.device),
-        "mixed_precision": accelerator.mixed_precision,
-        "num_processes": accelerator.num_processes,
-        "versions": library_versions(),
-        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
+        device=device_name(accelerator.device),
+        mixed_precision=accelerator.mixed_precision,
+        num_processes=accelerator.num_processes,
+        versions=library_versions(),
+        started_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    )
 
 
-def fit_with_retries(job: RunInputs, record: dict, accelerator, resume: bool, on_evaluation) -> dict:
+def fit_with_retries(job: RunInputs, record: RunRecord, accelerator, resume: bool, on_evaluation) -> Outcome:
     """fit_and_test, retried from the start with half the batch (and twice the accumulation: the same effective
     batch) while a GPU runs out of memory; a run resumed after such a retry continues as that retry. Each
     retry is noted in the record."""
@@ -180,9 +195,8 @@ def fit_with_retries(job: RunInputs, record: dict, accelerator, resume: bool, on
         try:
             return fit_and_test(job, attempt, accelerator, resume, on_evaluation)
         except torch.OutOfMemoryError:
-            if (
-                accelerator.num_processes > 1
-            ):  # the others wait in an exchange: end this process, and the launch
+            # the others wait in an exchange: end this process, and the launch
+            if accelerator.num_processes > 1:
                 raise SystemExit(
                     f"{job.run_id}: out of memory in process {accelerator.process_index} of "
                     f"{accelerator.num_processes}: lower training.batch_size (the batch of all "
@@ -207,14 +221,13 @@ def fit_with_retries(job: RunInputs, record: dict, accelerator, resume: bool, on
         )
 
 
-def pruned_outcome(pruned: RunPruned, cfg: Config) -> dict:
+def pruned_outcome(pruned: RunPruned, run: Run) -> Outcome:
     """A pruned search trial's part of its record: its evaluations, where it stopped, its best so far."""
-    seen, metric = pruned.history, cfg.training.early_stopping.metric
-    best = best_of(seen, lambda e: e[metric], metric, TASKS[cfg.data.task])
-    return dict(
-        status="pruned",
+    seen, metric = pruned.history, run.cfg.training.early_stopping.metric
+    best = best_of(seen, lambda e: e[metric], metric, run.task)
+    return Outcome(
         history=seen,
-        pruned_at={"step": seen[-1]["step"], "epoch": seen[-1]["epoch"]},
+        pruned_at=Step(step=seen[-1]["step"], epoch=seen[-1]["epoch"]),
         best_epoch=best["epoch"],
         best_step=best["step"],
         best_metric=best[metric],
@@ -223,7 +236,7 @@ def pruned_outcome(pruned: RunPruned, cfg: Config) -> dict:
     )
 
 
-def fit_and_test(job: RunInputs, cfg: Config, accelerator, resume: bool, on_evaluation=None) -> dict:
+def fit_and_test(job: RunInputs, cfg: Config, accelerator, resume: bool, on_evaluation=None) -> Outcome:
     """Build the wrapped model, train it (`cfg`: the run's config, or an out-of-memory retry's) and test its best
     evaluation (not a search trial's): the record's results."""
     run, run_dir, encoded = job.run, job.folder, job.encoded
@@ -234,7 +247,7 @@ def fit_and_test(job: RunInputs, cfg: Config, accelerator, resume: bool, on_eval
     fit, feature_view = strategy.fit(settings), strategy.feature_view(settings)
     how = (
         f"{cfg.training.num_epochs} epochs | effective batch "
-        f"{cfg.training.batch_size * cfg.training.gradient_accumulation_steps} | lr {settings['learning_rate']:.1e}"
+        f"{cfg.training.batch_size * cfg.training.gradient_accumulation_steps} | lr {settings.learning_rate:.1e}"
         if fit is None
         else f"not trained by epoch: {fit.__name__}"
     )
@@ -247,24 +260,23 @@ def fit_and_test(job: RunInputs, cfg: Config, accelerator, resume: bool, on_eval
         counts["total_params"],
         counts["trainable_pct"],
     )
-    run_key = dataclasses.replace(run, cfg=cfg).key(
-        job.data.fingerprint
-    )  # after an OOM retry: its batch settings
+    # after an OOM retry: its batch settings
+    run_key = dataclasses.replace(run, cfg=cfg).key(job.data.fingerprint)
     logged = {
         **dataclasses.asdict(cfg.training),
-        **settings,
+        **settings.recorded(),
         "strategy": run.strategy,
         "model": cfg.model.name,
         "max_length": cfg.model.max_length,
         "data_fingerprint": job.data.fingerprint,
     }
     parts = part_learning_rates(
-        model, settings["learning_rate"], cfg.training.head_learning_rate, cfg.training.layer_lr_decay
+        model, settings.learning_rate, cfg.training.head_learning_rate, cfg.training.layer_lr_decay
     )
     trained, inputs, features = model, encoded, None
     if feature_view:
         trained, inputs, features = feature_view(model, encoded, cfg, accelerator)
-    step = step_costs(model, trained, inputs, encoded, TASKS[cfg.data.task], accelerator)
+    step = step_costs(model, trained, inputs, encoded, run.task, accelerator)
     before_epoch = strategy.before_epoch and (lambda epoch: strategy.before_epoch(model, settings, epoch))
     with run_trackers(
         cfg.output.trackers, run_dir.name, Path(cfg.output.dir) / "trackers", logged
@@ -276,7 +288,7 @@ def fit_and_test(job: RunInputs, cfg: Config, accelerator, resume: bool, on_eval
 
         train_job = TrainJob(
             cfg,
-            settings["learning_rate"],
+            settings,
             run_dir,
             run_key,
             resume,
@@ -287,16 +299,16 @@ def fit_and_test(job: RunInputs, cfg: Config, accelerator, resume: bool, on_eval
         result = (fit or train)(trained, inputs, train_job, accelerator)
         if features and features["cached"]:  # the time to compute them is part of this run's training time
             result.train_time_s = round(result.train_time_s + features["seconds"], 2)
-        fitted = {
+        fitted = Outcome(
             **counts,
             **result.as_record(),
-            "costs": run_costs(step, result, cfg, strategy, settings, encoded, features),
-            "parameter_groups": parameter_groups(parts, model),
-            "init_from": init,
-            "features": features,
-            "export_refused": export_refused(strategy, run.head),
-            "unfreezing": strategy.schedule(model, settings),
-        }
+            costs=run_costs(job, cfg, step, result, features),
+            parameter_groups=parameter_groups(parts, model),
+            init_from=init,
+            features=features,
+            export_refused=export_refused(strategy, run.head),
+            unfreezing=strategy.schedule(model, settings),
+        )
         if run.trial and not run.trial.get("confirms"):  # a search trial: test stays unseen
             return fitted
         return {**fitted, **tested(job, cfg, (trained, inputs), accelerator, trackers, result.best_step)}
@@ -308,7 +320,7 @@ def built_model(job: RunInputs, cfg: Config) -> tuple[torch.nn.Module, dict | No
     run, data = job.run, job.data
     set_seed(cfg.training.seed)  # the same head initialisation for every strategy
     source = run.source
-    model = build_model(cfg, run.strategy, data.label_names, source)
+    model = planned_model(run.model_plan(cfg), data.label_names)
     reason = source and new_head_reason(source, cfg, data.label_names)
     init = source and {
         "run_id": source["record"]["run_id"],
@@ -324,14 +336,14 @@ def built_model(job: RunInputs, cfg: Config) -> tuple[torch.nn.Module, dict | No
             init["head"],
         )
     if not init or reason:  # a fresh head
-        TASKS[cfg.data.task].init_head(model, job.encoded.labels["train"])
+        run.task.init_head(model, job.encoded.labels["train"])
     return model, init, parameter_counts(model)
 
 
-def tested(job: RunInputs, cfg: Config, trained_on: tuple, accelerator, trackers, best_step: int) -> dict:
+def tested(job: RunInputs, cfg: Config, trained_on: tuple, accelerator, trackers, best_step: int) -> Tested:
     """A trained run's calibration, decision rule and test report (what it adds to its record), of the module
     that trained and the inputs it reads (`trained_on`: the model, or a head and cached features)."""
-    (trained, inputs), task, data, added = trained_on, TASKS[cfg.data.task], job.data, {}
+    (trained, inputs), task, data, added = trained_on, job.run.task, job.data, {}
     uncalibrated, validation = None, None
     if cfg.training.calibration == "temperature":
         added["calibration"], uncalibrated, validation = calibrate(
@@ -353,33 +365,26 @@ def tested(job: RunInputs, cfg: Config, trained_on: tuple, accelerator, trackers
         {f"test_{name}": test[name] for name in ["loss"] + [m.name for m in task.metrics]}, step=best_step
     )
     if uncalibrated is not None:  # under the decision that validation gave before the temperature
-        before = TASKS[cfg.data.task].decided(uncalibrated["decision"])
+        before = job.run.task.decided(uncalibrated["decision"])
         added["test_uncalibrated"] = {
             "loss": uncalibrated["loss"],
             **before.test_report(uncalibrated["truth"], uncalibrated["values"], data.label_names),
         }
-    return {
+    return Tested(
         **added,
-        "test": {"loss": test["loss"], **task.test_report(test["truth"], test["values"], data.label_names)},
-        "test_unseen": unseen_report(task, test, data),
+        test={"loss": test["loss"], **task.test_report(test["truth"], test["values"], data.label_names)},
+        test_unseen=unseen_report(task, test, data),
         # for paired comparisons between runs and the task's plots
-        "test_predictions": test["predictions"].tolist(),
-        "test_labels": list(test["truth"]),
-    }
+        test_predictions=test["predictions"].tolist(),
+        test_labels=list(test["truth"]),
+    )
 
 
-def run_costs(
-    step: dict,
-    result: TrainResult,
-    cfg: Config,
-    strategy,
-    settings: dict,
-    encoded: Encoded,
-    features: dict | None,
-) -> dict:
-    """The run's counted costs (experiment.costs): the examples its training went through, whether by the loop
-    (epochs run times an epoch's examples), a strategy's own fit (as often as it encodes each text) or a head
-    fitted on features computed once."""
+def run_costs(job: RunInputs, cfg: Config, step: dict, result: TrainResult, features: dict | None) -> Costs:
+    """The run's counted costs (experiment.costs) under `cfg` (the run's, or an out-of-memory retry's): the
+    examples its training went through, whether by the loop (epochs run times an epoch's examples), a
+    strategy's own fit (as often as it encodes each text) or a head fitted on features computed once."""
+    encoded, settings, strategy = job.encoded, job.run.settings, STRATEGIES[job.run.strategy]
     train = len(encoded.labels["train"])
     cached = bool(features and features["cached"])
     if strategy.fit(settings) is not None:
@@ -499,9 +504,9 @@ def halve_batch(cfg: Config) -> Config:
     return dataclasses.replace(cfg, training=halved)
 
 
-def record_retry(record: dict, attempt: Config) -> None:
+def record_retry(record: RunRecord, attempt: Config) -> None:
     t = attempt.training
-    retry = {"batch_size": t.batch_size, "gradient_accumulation_steps": t.gradient_accumulation_steps}
+    retry = BatchRetry(batch_size=t.batch_size, gradient_accumulation_steps=t.gradient_accumulation_steps)
     record.setdefault("oom_retries", []).append(retry)
     record["hyperparameters"].update(
         retry, eval_batch_size=t.eval_batch_size, eval_batch_tokens=t.eval_batch_tokens

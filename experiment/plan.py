@@ -8,8 +8,11 @@ import itertools
 from typing import Any
 
 from config import Config, HeadConfig, TrainingConfig, expand_grid, short_key, strategy_settings
-from model import OWN_HEAD, resolved_config, source_run
+from model import OWN_HEAD, ModelPlan, resolved_config, source_run
+from records.shape import Trial
+from schema.strategies import StrategyConfig
 from strategies import STRATEGIES
+from tasks import TASKS, Task
 from utils import stable_hash
 
 # Training keys added after run ids were first handed out: left out of the run key at their defaults, so
@@ -29,6 +32,21 @@ ADDED_TRAINING_KEYS = (
 )
 
 
+@dataclasses.dataclass(frozen=True)
+class Share:
+    """This worker's part of a plan: every planned run's id, the places in the plan of the runs it trains (all,
+    or a shard's), the ids already completed (reused), and the search trials validated without test (each
+    resumes into its confirmation)."""
+
+    ids: list[str]
+    mine: list[int]
+    cached: set[str]
+    trials_done: dict[str, Trial]
+
+    def to_run(self) -> list[str]:
+        return [self.ids[i] for i in self.mine if self.ids[i] not in self.cached]
+
+
 @dataclasses.dataclass
 class Run:
     """One training run of the experiment: a strategy under a config with no lists left in it."""
@@ -39,18 +57,23 @@ class Run:
     shots: int | None = None  # few-shot: training examples per class
     draw: int | None = None  # few-shot: which sample of `shots` per class
     fold: tuple[int, int] | None = None  # cross-validation (data.folds): (repeat, index) of the fold held out
-    source: dict | None = (
-        None  # with model.init_from: the starting run's folder, record and config (source_run)
-    )
+    # with model.init_from: the starting run's folder, record and config (source_run)
+    source: dict | None = None
     # a search's trial {study, number, space}, or its confirmation (with confirms: the trial's run id); not in the key
-    trial: dict | None = None
+    trial: Trial | None = None
     # derived from cfg once, so that running goes down the layers without deriving them again
-    settings: dict[str, Any] = dataclasses.field(init=False)  # the strategy's own, with the rate it uses
+    settings: StrategyConfig = dataclasses.field(init=False)  # the strategy's own, with the rate it uses
     head: HeadConfig = dataclasses.field(init=False)  # the head the strategy trains under model.head
+    task: Task = dataclasses.field(init=False)
 
     def __post_init__(self):
         self.settings = strategy_settings(self.cfg, self.strategy)
         self.head = STRATEGIES[self.strategy].head(self.cfg.model.head)
+        self.task = TASKS[self.cfg.data.task]
+
+    def model_plan(self, cfg: Config | None = None) -> ModelPlan:
+        """What builds its model, as resolved here (`cfg`: an out-of-memory retry's, the run's own by default)."""
+        return ModelPlan(cfg or self.cfg, self.strategy, self.settings, self.head, self.source)
 
     def key(self, data_fingerprint: str) -> dict:
         """Everything that changes the result, so a run id never names two different experiments.
@@ -72,7 +95,7 @@ class Run:
             del model["init_from"]
         key = {
             "strategy": self.strategy,
-            "settings": self.settings,
+            "settings": self.settings.recorded(),
             "model": model,
             "training": training,
             "data_fingerprint": data_fingerprint,
@@ -140,9 +163,8 @@ def plan_runs(cfg: Config, strategies: list[str]) -> list[Run]:
             spec = point.model.init_from
             if spec not in sources:
                 sources[spec] = source_run(point)
-            point = resolved_config(
-                point
-            )  # the head `auto` gives this model, in the run's key and saved config
+            # the head `auto` gives this model, in the run's key and saved config
+            point = resolved_config(point)
             for (shots, draw), fold, seed in itertools.product(shots_and_draws, folds_of(cfg), seeds):
                 single = dataclasses.replace(
                     point, training=dataclasses.replace(point.training, seed=seed, seeds=None)

@@ -12,8 +12,8 @@ from experiment.dry_run import print_plan, print_search_plan
 from experiment.gather import gather
 from experiment.inputs import Inputs, baseline_of, data_reports, resolve_max_length
 from experiment.one_run import RunInputs, run_one
-from experiment.plan import Run, plan_runs
-from experiment.search import confirmation_runs, open_studies, search, trial_records
+from experiment.plan import Run, Share, plan_runs
+from experiment.search import SearchWork, confirmation_runs, open_studies, search, trial_records
 from experiment.shards import assign_shards, planned_cost, print_shares
 from model import check_against_model, load_model_config
 from records.checkpoints import RESUME_STATE, saved_run_key
@@ -33,6 +33,7 @@ from strategies import STRATEGIES
 from tasks import TASKS
 from trainer import make_accelerator
 from utils import ConfigError, is_main_process, writable_folder
+from records.shape import RunRecord, Trial
 
 logger = logging.getLogger("bertlab")
 
@@ -96,19 +97,19 @@ def run_experiment(cfg: Config, launch: Launch) -> int:
             logger.info("%s", line)
     stored = read_results(results_path)
     completed, trials_done = finished_runs(stored, ids, TASKS[cfg.data.task])
-    cached = set() if launch.force else {i for i in ids if i in completed}
     mine, shares = shard_of(plan, launch.shard)
+    share = Share(ids, mine, set() if launch.force else {i for i in ids if i in completed}, trials_done)
     if not is_main_process() and (launch.dry_run or launch.summary_only):  # the main process prints them
         return 0
     if launch.dry_run:
-        print_plan(plan.runs, ids, cached, plan.inputs, completed, cfg, mine)
+        print_plan(plan.runs, plan.inputs, share, completed, cfg)
         if shares:
             print_shares(*shares, launch.shard[1])
         return 0
     folders = {
         run_id: run_folder(cfg.output.dir, run.strategy, run_id) for run, run_id in zip(plan.runs, ids)
     }
-    to_run = [ids[i] for i in mine if ids[i] not in cached]
+    to_run = share.to_run()
     if not launch.resume and not launch.force:
         refuse_interrupted([folders[i] for i in to_run if i not in trials_done], stored)
     if launch.resume:  # a resume state that cannot be read stops the command before it writes anything
@@ -129,7 +130,7 @@ def run_experiment(cfg: Config, launch: Launch) -> int:
     if launch.summary_only:
         return finish(cfg, ids, results_path, plan.baseline, plan.studies)
     accelerator = accelerator or make_accelerator(cfg.training.fp16, cfg.training.bf16)
-    failed = train_runs(plan, ids, mine, cached, trials_done, accelerator, launch)
+    failed = train_runs(plan, share, accelerator, launch)
     if not accelerator.is_main_process:  # the main process summarises
         return 1 if failed else 0
     if launch.shard is not None and not shard_finished(ids, results_path, launch.shard, len(mine), failed):
@@ -149,11 +150,11 @@ def resolved_plan(cfg: Config, strategies: list[str]) -> Plan:
     inputs = Inputs()
     runs = resolve_max_length(runs, inputs, model_configs)
     for run in runs:
-        check_against_model(run.cfg, model_configs[run.cfg.model.name], [run.strategy])
+        check_against_model(model_configs[run.cfg.model.name], [run.model_plan()])
     data = inputs.data_for(runs[0])
     reports = data_reports(runs, inputs)
     for report in reports.values():
-        for line in describe_report(report):
+        for line in describe_report(report, TASKS[cfg.data.task]):
             logger.info("%s", line)
     task = TASKS[cfg.data.task]
     baseline = baseline_of(data, cfg)
@@ -197,14 +198,8 @@ def searched(plan: Plan, cfg: Config, launch: Launch, accelerator, results_path:
         templates.setdefault(run.strategy, run)
     plan.studies = open_studies(list(templates.values()), plan.inputs, cfg)
     if not launch.summary_only:
-        search(
-            plan.studies,
-            cfg,
-            plan.inputs,
-            accelerator,
-            {r["run_id"]: r for r in read_results(results_path)},
-            launch.resume,
-        )
+        records = {r["run_id"]: r for r in read_results(results_path)}
+        search(plan.studies, cfg, SearchWork(plan.inputs, accelerator, records, launch.resume, results_path))
     plan.runs = confirmation_runs(plan.studies, cfg)
     if not plan.runs:
         raise ConfigError(
@@ -213,7 +208,9 @@ def searched(plan: Plan, cfg: Config, launch: Launch, accelerator, results_path:
         )
 
 
-def finished_runs(stored: list[dict], ids: list[str], task) -> tuple[dict[str, dict], dict[str, dict]]:
+def finished_runs(
+    stored: list[RunRecord], ids: list[str], task
+) -> tuple[dict[str, RunRecord], dict[str, Trial]]:
     """The planned runs completed and tested (those lacking a metric the task reports now run again), and the
     search trials validated without test, which resume into their confirmation (their weights are tested)."""
     trials_done = {
@@ -237,17 +234,15 @@ def shard_of(plan: Plan, shard: tuple[int, int] | None) -> tuple[list[int], tupl
     return [i for i, owner in enumerate(owners) if owner == shard[0]], (costs, owners)
 
 
-def train_runs(
-    plan: Plan,
-    ids: list[str],
-    mine: list[int],
-    cached: set[str],
-    trials_done: dict[str, dict],
-    accelerator,
-    launch: Launch,
-) -> int:
-    """Train this worker's runs (their places in the plan) that have not completed; returns how many failed."""
-    shard = launch.shard
+def train_runs(plan: Plan, share: Share, accelerator, launch: Launch) -> int:
+    """Train this worker's share of the plan's runs that have not completed; returns how many failed."""
+    shard, ids, mine, cached, trials_done = (
+        launch.shard,
+        share.ids,
+        share.mine,
+        share.cached,
+        share.trials_done,
+    )
     share = f" (shard {shard[0]}/{shard[1]}: {len(mine)} of the plan's {len(plan.runs)})" if shard else ""
     logger.info(
         "%d run(s) planned%s: %d already completed (reused; --force runs them again), %d to run",
@@ -269,9 +264,8 @@ def train_runs(
         run = plan.runs[i]
         logger.info("run %d/%d: %s %s", number, len(mine), run.strategy, run.describe())
         run_data, encoded = plan.inputs.for_run(run)
-        if (
-            ids[i] in trials_done and run.trial is None
-        ):  # the grid's run of a trial's setting: it stays that trial
+        # the grid's run of a trial's setting: it stays that trial
+        if ids[i] in trials_done and run.trial is None:
             run = dataclasses.replace(run, trial={**trials_done[ids[i]], "confirms": ids[i]})
         record = run_one(
             RunInputs(run, ids[i], run_data, encoded, baseline_of(run_data, run.cfg)),

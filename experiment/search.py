@@ -29,13 +29,14 @@ from experiment.search_workers import (
     storage_url,
 )
 from records.checkpoints import drop_checkpoints
-from records.results import results_file, run_folder, save_record
+from records.results import run_folder, save_record
 from schema.search import describe_range, outside_range
 from strategies import STRATEGIES
 from records.shared import SEARCH_FOLDER
 from tasks import TASKS
 from trainer import Decision, RunPaused
 from utils import ConfigError, stable_hash
+from records.shape import RunRecord
 
 logger = logging.getLogger("bertlab")
 # optuna is imported inside the functions that use it: a grid never loads it (nor its database layer).
@@ -91,9 +92,8 @@ class Study:
     lock: object  # held while trials are counted and one is claimed, so workers never exceed `trials`
     trials: int  # search.trials: how many it runs
     rungs: list[int]  # the optimizer steps where successive halving judges trials (none for other pruners)
-    judged_on: (
-        str  # what a trial reports after each evaluation, best so far: val_loss or the metric it is chosen by
-    )
+    # what a trial reports after each evaluation, best so far: val_loss or the metric it is chosen by
+    judged_on: str
     maximizes: bool  # whether the study's metric is better higher
 
     @property
@@ -216,9 +216,8 @@ def claim_trial(study: Study, trials: int, sampler_seed: int):
     claimed = [t for t in trials_so_far if t.state != TrialState.WAITING]
     taken = [t for t in claimed if counted(t, left)]
     repeats = sum("repeats" in t.user_attrs for t in claimed)
-    if (
-        len(taken) >= trials or repeats >= trials
-    ):  # a space of few choices may hold fewer settings than trials
+    # a space of few choices may hold fewer settings than trials
+    if len(taken) >= trials or repeats >= trials:
         return None
     queued = len(claimed) < len(trials_so_far)  # a setting waiting to run (again): taken without a draw
     first = taken[:STARTUP_TRIALS]  # the counted ones: a repeat or a rerun never holds the draws up
@@ -245,9 +244,8 @@ def sampler_for(claimed: int, sampler_seed: int):
     import optuna
 
     if claimed < STARTUP_TRIALS:  # the sequence goes on from the study's own count of its draws
-        with (
-            warnings.catch_warnings()
-        ):  # "experimental": its interface may change, which pinning optuna covers
+        # "experimental": its interface may change, which pinning optuna covers
+        with warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
             return optuna.samplers.QMCSampler(
                 qmc_type="sobol", scramble=True, seed=sampler_seed, warn_independent_sampling=False
@@ -298,13 +296,11 @@ class TrialRun:
         self.rungs_judged = 0
         self.waiting_at: int | None = None  # the step it paused at, judged when it resumes
         self.score: float | None = None  # what it reported there
-        self.kept: bool | None = (
-            None  # whether it goes on from there, judged once the rest of its round is there
-        )
+        # whether it goes on from there, judged once the rest of its round is there
+        self.kept: bool | None = None
         self.stretches = 0
-        self.waits = (
-            True  # whether others of its round may still reach its next rung (else it is judged at once)
-        )
+        # whether others of its round may still reach its next rung (else it is judged at once)
+        self.waits = True
 
     @property
     def number(self) -> int:  # among the counted trials, as the log numbers them
@@ -355,8 +351,8 @@ class TrialRun:
 
 
 def earlier_result(
-    study: Study, trial: TrialRun, records: dict[str, dict], results_path: Path
-) -> dict | None:
+    study: Study, trial: TrialRun, records: dict[str, RunRecord], results_path: Path
+) -> RunRecord | None:
     """The record of a run with the trial's id that an earlier search (or the grid) completed or pruned, or None.
     A draw that rounded to an earlier trial's setting is marked as a repeat: not counted, another is drawn."""
     record = records.get(trial.run_id)
@@ -370,7 +366,7 @@ def earlier_result(
         record = {
             **record,
             "trial": {**trial.run.trial, "confirms": trial.run_id},
-            "varied": {short_key(key): value for key, value in trial.run.settings.items()},
+            "varied": {short_key(key): value for key, value in trial.run.settings.recorded().items()},
         }
         save_record(results_path, record)
     return record
@@ -386,7 +382,7 @@ def say_repeat(trial: TrialRun, number: int) -> None:
     )
 
 
-def tell(study: Study, trial, record: dict, reused: bool = False) -> None:
+def tell(study: Study, trial, record: RunRecord, reused: bool = False) -> None:
     """Tell the study how a trial ended, from its record (`reused`: the record of an earlier run outside the
     study, a grid's say, whose scores at each evaluation the trial then reports, so that they count when later
     trials are judged at a rung; a repeat of one of the study's trials reports none, as it is not counted)."""
@@ -403,29 +399,32 @@ def tell(study: Study, trial, record: dict, reused: bool = False) -> None:
     )
 
 
-def run_round(
-    study: Study,
-    claimed: list,
-    inputs: Inputs,
-    accelerator,
-    records: dict[str, dict],
-    resume: bool,
-    results_path: Path,
-) -> None:
+@dataclasses.dataclass
+class SearchWork:
+    """What this worker's search trains with: the planned data, the devices, every record so far by run id
+    (the trials' added as they end), whether to resume interrupted trials, and the results file."""
+
+    inputs: Inputs
+    accelerator: object
+    records: dict[str, RunRecord]
+    resume: bool
+    results_path: Path
+
+
+def run_round(study: Study, claimed: list, work: SearchWork) -> None:
     """Train a round of claimed trials (validated, never tested) together: each to the next rung, where it
     pauses until the others are there; then each is judged against all the scores at that rung (kept_at_rung)
     and the survivors go on to the next rung. Judged as each arrived, the first trials of a study always went on
     (nothing to compare with) and cost the search most of its time."""
-    going, twins = [], []
+    going, twins, records = [], [], work.records
     for trial in claimed:
-        run = TrialRun(study, trial, inputs)
+        run = TrialRun(study, trial, work.inputs)
         twin = next((other for other in going if other.run_id == run.run_id), None)
-        if (
-            twin
-        ):  # a draw that rounded to the setting of another trial of this round: told its result after it
+        # a draw that rounded to the setting of another trial of this round: told its result after it
+        if twin:
             say_repeat(run, twin.trial.number)
             twins.append(run)
-        elif (record := earlier_result(study, run, records, results_path)) is not None:
+        elif (record := earlier_result(study, run, records, work.results_path)) is not None:
             tell(study, trial, record, reused=True)
         else:
             going.append(run)
@@ -439,7 +438,7 @@ def run_round(
             while going:
                 waiting = []
                 for run in going:
-                    record = run.advance(accelerator, resume)
+                    record = run.advance(work.accelerator, work.resume)
                     if record is None:
                         waiting.append(run)
                         continue
@@ -459,13 +458,11 @@ def run_round(
                         ", ".join(f"trial {run.number} ({abs(run.score):.4g})" for run in going),
                         ", ".join(f"trial {run.number}" for run in going_on) or "none",
                     )
-                    for (
-                        run
-                    ) in going:  # one going on alone is judged at its next rung at once, without pausing
+                    # one going on alone is judged at its next rung at once, without pausing
+                    for run in going:
                         run.waits = len(going_on) > 1
-        except (
-            KeyboardInterrupt
-        ):  # stopped by hand: the unfinished trials run again next time, each counted once
+        # stopped by hand: the unfinished trials run again next time, each counted once
+        except KeyboardInterrupt:
             with study.lock:
                 for run in unfinished + twins:
                     interrupted(study, run.trial)
@@ -474,9 +471,7 @@ def run_round(
         tell(study, run.trial, records[run.run_id])
 
 
-def search(
-    studies: list[Study], cfg, inputs: Inputs, accelerator, records: dict[str, dict], resume: bool
-) -> None:
+def search(studies: list[Study], cfg, work: SearchWork) -> None:
     """Run this worker's share of every study's trials, a round at a time, strategies taking turns (so that with a
     time budget each gets about its share), until no trial is left to claim and none runs in another worker (a
     trial a killed worker left is claimed again meanwhile)."""
@@ -495,7 +490,7 @@ def search(
                 if not claimed:
                     active.remove(study)
                     continue
-                run_round(study, claimed, inputs, accelerator, records, resume, results_file(cfg.output.dir))
+                run_round(study, claimed, work)
                 keep_best_checkpoints(study, cfg)
         running = running_elsewhere(studies)
         if not running:
@@ -572,7 +567,7 @@ def confirmation_runs(studies: list[Study], cfg) -> list[Run]:
     return runs
 
 
-def trial_records(records: list[dict], studies: list[str]) -> list[dict]:
+def trial_records(records: list[RunRecord], studies: list[str]) -> list[RunRecord]:
     """The records of the named studies' trials (those tested as confirmations too)."""
     wanted = set(studies)
     return [r for r in records if (r.get("trial") or {}).get("study") in wanted]

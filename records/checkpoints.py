@@ -9,7 +9,9 @@ import json
 import math
 import pickle
 import random
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -89,28 +91,32 @@ def drop_checkpoints(run_dir: Path) -> None:
         checkpoint.unlink(missing_ok=True)
 
 
-def save_checkpoint(
-    run_dir: Path,
-    model,
-    optimizer,
-    scheduler,
-    accelerator: Accelerator,
-    state: dict,
-    run_key: dict,
-    trained: set[str],
-) -> None:
+@dataclass(frozen=True)
+class InTraining:
+    """What a checkpoint saves of a run in training besides the loop's state: the model's trainable weights
+    (their names), the optimizer, the schedule and the accelerator (its grad scaler, its processes)."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    accelerator: Accelerator
+    trained: set[str]
+
+
+def save_checkpoint(run_dir: Path, training: InTraining, state: dict, run_key: dict) -> None:
     """Everything a resumed run needs: trainable weights, optimizer, scheduler, grad scaler, the loop's state
     and the random number generators (of every process, under several), as tensors and plain data only.
     Every process calls it; the main process writes."""
+    model, accelerator = training.model, training.accelerator
     rng = random_states()
     every_process = gather_object([rng]) if accelerator.num_processes > 1 else None
     with atomic_open(run_dir / RESUME_STATE) as f:  # straight into the file: no second copy in memory
         torch.save(
             {
                 "run_key": run_key,
-                "trainable": trainable_weights(model, accelerator, trained),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
+                "trainable": trainable_weights(model, accelerator, training.trained),
+                "optimizer": training.optimizer.state_dict(),
+                "scheduler": training.scheduler.state_dict(),
                 "scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
                 "state": state,
                 "rng": rng,
@@ -160,9 +166,7 @@ def read_resume_state(path: Path, mmap: bool = False) -> dict:
     return state
 
 
-def load_checkpoint(
-    run_dir: Path, model, optimizer, scheduler, accelerator: Accelerator, run_key: dict
-) -> tuple[dict, dict | None]:
+def load_checkpoint(run_dir: Path, training: InTraining, run_key: dict) -> tuple[dict, dict | None]:
     """Restore everything save_checkpoint wrote, returning the loop's state and the best weights so far;
     refuse a checkpoint made under another config."""
     checkpoint = read_resume_state(run_dir / RESUME_STATE)
@@ -172,10 +176,11 @@ def load_checkpoint(
             f"checkpoint {run_dir / RESUME_STATE} was made with a different config "
             f"({', '.join(differing)}); it cannot be resumed. Run without --resume to start over"
         )
+    accelerator = training.accelerator
     try:
-        accelerator.unwrap_model(model).load_state_dict(checkpoint["trainable"], strict=False)
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        scheduler.load_state_dict(checkpoint["scheduler"])
+        accelerator.unwrap_model(training.model).load_state_dict(checkpoint["trainable"], strict=False)
+        training.optimizer.load_state_dict(checkpoint["optimizer"])
+        training.scheduler.load_state_dict(checkpoint["scheduler"])
         if checkpoint["scaler"] is not None and accelerator.scaler is not None:
             accelerator.scaler.load_state_dict(checkpoint["scaler"])
     except (RuntimeError, ValueError, KeyError, TypeError) as err:

@@ -13,9 +13,8 @@ from contextlib import contextmanager, suppress
 import psutil
 import torch
 
-MEMORY_SAMPLE_SECONDS = (
-    0.01  # resident memory is read this often on a CPU: a peak shorter than this can slip by
-)
+# resident memory is read this often on a CPU: a peak shorter than this can slip by
+MEMORY_SAMPLE_SECONDS = 0.01
 
 
 class PeakMemory:

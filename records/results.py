@@ -10,6 +10,7 @@ from filelock import FileLock
 
 from records.shared import JOURNAL, SEARCH_FOLDER, DamagedFile, mend_journal, read_json, write_json
 from utils import atomic_write_json
+from records.shape import RunRecord
 
 
 RUN_RECORD = "record.json"  # a copy of the run's record in its checkpoint folder, so the folder stands alone
@@ -18,7 +19,7 @@ RUN_RECORD = "record.json"  # a copy of the run's record in its checkpoint folde
 SCHEMA_VERSION = 3
 
 
-def upgrade(record: dict) -> dict:
+def upgrade(record: dict) -> RunRecord:
     """A record as this code's layout holds it: older records lack keys added since, which take the value they
     stood for then (version 1 had no `schema_version`). Every reader of records goes through here."""
     version = record.get("schema_version", 1)
@@ -55,7 +56,7 @@ def stored_record(path: Path) -> dict:
     return record
 
 
-def read_record(path: Path) -> dict:
+def read_record(path: Path) -> RunRecord:
     """One run's record.json, upgraded."""
     return upgrade(stored_record(path))
 
@@ -75,17 +76,17 @@ def stored_records(path: Path) -> list[dict]:
     return [] if contents is None else contents["runs"]
 
 
-def read_results(path: Path) -> list[dict]:
+def read_results(path: Path) -> list[RunRecord]:
     """Every record of a results file, upgraded."""
     return [upgrade(record) for record in stored_records(path)]
 
 
-def untested_trial(record: dict) -> bool:
+def untested_trial(record: RunRecord) -> bool:
     """A search trial's record: validated only, so never summarised or compared (its confirmation is)."""
     return record.get("trial") is not None and "test" not in record
 
 
-def save_record(path: Path, record: dict) -> None:
+def save_record(path: Path, record: RunRecord) -> None:
     """Replace this run's record and keep every other as it is stored, even with another process writing too."""
     with FileLock(path.with_name(path.name + ".lock")):
         runs = [
@@ -102,7 +103,7 @@ def write_experiment(results_path: Path, **experiment) -> None:
     )
 
 
-def select_runs(output_dir: Path, dataset: str | None) -> tuple[list[dict], dict | None]:
+def select_runs(output_dir: Path, dataset: str | None) -> tuple[list[RunRecord], dict | None]:
     """The latest experiment's runs and its experiment.json, or (with `dataset`) every run on that data set."""
     path = results_file(output_dir)
     records = read_results(path)
@@ -118,7 +119,7 @@ def select_runs(output_dir: Path, dataset: str | None) -> tuple[list[dict], dict
     return [r for r in records if r["dataset"]["name"] == dataset], None
 
 
-def search_records(output_dir: Path, experiment: dict | None) -> tuple[list[dict], list[dict]]:
+def search_records(output_dir: Path, experiment: dict | None) -> tuple[list[RunRecord], list[RunRecord]]:
     """The trials of the experiment's search (none without one) and, beside them, the grid's completed runs of
     the searched strategies on the same data."""
     studies = set((experiment or {}).get("studies") or [])

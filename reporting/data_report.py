@@ -78,8 +78,8 @@ def build_report(
     }
 
 
-def describe_report(report: dict) -> list[str]:
-    """The report in a few lines for the log."""
+def describe_report(report: dict, task: Task) -> list[str]:
+    """The report in a few lines for the log (and the report page), with what the task says of its own."""
     sizes = ", ".join(f"{split} {n}" for split, n in report["sizes"].items())
     if "class_counts" in report:
         train = report["class_counts"]["train"]
@@ -89,23 +89,6 @@ def describe_report(report: dict) -> list[str]:
             f"{report['imbalance_ratio']:.1f} (largest / smallest training class)",
             "  rarest training classes: " + ", ".join(f"{name} {train[name]}" for name in rarest),
         ]
-        if "labels_per_text" in report:  # label sets: how many per text, and which come together most
-            lines.append(
-                "  labels per training text: "
-                + ", ".join(f"{k}: {n}" for k, n in report["labels_per_text"]["train"].items())
-            )
-            names, together = report["label_names"], np.array(report["co_occurrence"])
-            pairs = sorted(
-                (
-                    (together[i, j], names[i], names[j])
-                    for i in range(len(names))
-                    for j in range(i + 1, len(names))
-                    if together[i, j]
-                ),
-                reverse=True,
-            )[:3]
-            if pairs:
-                lines.append("  most frequent pairs: " + ", ".join(f"{a} + {b} {n}" for n, a, b in pairs))
     else:
         lines = [f"data {report['dataset']} ({report['fingerprint']}): {sizes}"]
         for split, summary in report["label_summary"].items():  # a score's spread, or counts of word tags
@@ -116,6 +99,7 @@ def describe_report(report: dict) -> list[str]:
                     for key, value in summary.items()
                 )
             )
+    lines += task.report_lines(report)
     for split, found in report["cleaning"].items():
         dropped = {
             "empty text": found.get("empty_text", 0),

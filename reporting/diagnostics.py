@@ -8,6 +8,7 @@ import math
 from typing import Callable
 
 import numpy as np
+from records.shape import Diagnostic, RunRecord
 
 # Thresholds, each chosen so that a healthy fine-tuning run on the demo data and on TREC stays silent.
 OVERFIT_EPOCHS = 2  # consecutive epochs of rising validation loss under falling training loss
@@ -23,11 +24,11 @@ CONFIDENT_ACCURACY = 0.70  # over-confidence is only diagnosed on runs that are 
 OVERCONFIDENT_ECE = 0.10
 
 
-def finding(kind: str, message: str, next_step: str, **numbers) -> dict:
+def finding(kind: str, message: str, next_step: str, **numbers) -> Diagnostic:
     return {"kind": kind, "message": message, "next_step": next_step, "numbers": numbers}
 
 
-def over_fitting(record: dict) -> dict | None:
+def over_fitting(record: RunRecord) -> Diagnostic | None:
     history = record["history"]
     run = 0
     for before, after in zip(history, history[1:]):
@@ -53,7 +54,7 @@ def over_fitting(record: dict) -> dict | None:
     return None
 
 
-def under_fitting(record: dict) -> dict | None:
+def under_fitting(record: RunRecord) -> Diagnostic | None:
     if record["hyperparameters"].get("loss", "cross_entropy") != "cross_entropy":
         return None  # other losses have other scales: the chance level below is cross-entropy's
     final, chance = record["history"][-1]["train_loss"], math.log(record["dataset"]["num_labels"])
@@ -71,7 +72,7 @@ def under_fitting(record: dict) -> dict | None:
     )
 
 
-def instability(record: dict) -> dict | None:
+def instability(record: RunRecord) -> Diagnostic | None:
     history = record["history"]
     spikes = [
         (before, after)
@@ -90,7 +91,7 @@ def instability(record: dict) -> dict | None:
     )
 
 
-def imbalance(record: dict) -> dict | None:
+def imbalance(record: RunRecord) -> Diagnostic | None:
     test = record["test"]
     per_class = test.get("per_class", {})
     present = {name: c for name, c in per_class.items() if c["support"] > 0}
@@ -120,7 +121,7 @@ def imbalance(record: dict) -> dict | None:
     )
 
 
-def collapse(record: dict) -> dict | None:
+def collapse(record: RunRecord) -> Diagnostic | None:
     """One prediction for (nearly) every input, or outputs that barely move with it: on validation at the best
     epoch (validation_outputs), or on test for records made before those were kept."""
     seen = record.get("validation_outputs")
@@ -156,7 +157,7 @@ def collapse(record: dict) -> dict | None:
     )
 
 
-def test_outputs(record: dict) -> dict | None:
+def test_outputs(record: RunRecord) -> Diagnostic | None:
     """The commonest test prediction of a classification record, its share and its labels' share."""
     predictions = np.asarray(record.get("test_predictions", []))
     if predictions.size == 0 or predictions.ndim != 1:
@@ -170,7 +171,7 @@ def test_outputs(record: dict) -> dict | None:
     }
 
 
-def over_confidence(record: dict) -> dict | None:
+def over_confidence(record: RunRecord) -> Diagnostic | None:
     test = record["test"]
     if "ece" not in test or test["accuracy"] < CONFIDENT_ACCURACY or test["ece"] < OVERCONFIDENT_ECE:
         return None
@@ -202,14 +203,13 @@ DIAGNOSTICS: dict[str, tuple[Callable[[dict], dict | None], bool]] = {
 }
 
 
-def diagnose(record: dict, task) -> list[dict]:
+def diagnose(record: RunRecord, task) -> list[Diagnostic]:
     """The findings on one completed run."""
     checks = [
         check for name, (check, task_own) in DIAGNOSTICS.items() if not task_own or name in task.diagnostics
     ]
     findings = [found for found in (check(record) for check in checks) if found is not None]
-    if any(
-        f["kind"] == "collapse" for f in findings
-    ):  # a collapse explains the weak classes: one finding, not two
+    # a collapse explains the weak classes: one finding, not two
+    if any(f["kind"] == "collapse" for f in findings):
         findings = [f for f in findings if f["kind"] != "imbalance"]
     return findings

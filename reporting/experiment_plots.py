@@ -20,10 +20,8 @@ def class_distribution(f: Figures) -> list[str]:
         )
     counts = f.data_report["class_counts"]
     names = sorted(counts["train"], key=lambda name: (-counts["train"][name], name))
-    label_sets = "labels_per_text" in f.data_report  # multi-label: a text counts once for each label it has
-    noun, counted, kind = (
-        ("Texts", "texts with the label", "label") if label_sets else ("Examples", "examples", "class")
-    )
+    words = f.task.label_counts  # label sets: a text counts once for each label it has
+    noun, counted, kind = f"{words.unit.capitalize()}s", words.counted, words.kind
     fig, ax = plt.subplots(figsize=(min(4 + 0.55 * len(names), 24), 5))
     bottom = np.zeros(len(names))
     for split in ("train", "validation", "test"):
@@ -41,7 +39,7 @@ def class_distribution(f: Figures) -> list[str]:
         f"{f.data_report['imbalance_ratio']:.1f}: largest / smallest training {kind})"
     )
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(title=f"split ({'labels given' if label_sets else 'examples'})", fontsize=9, title_fontsize=9)
+    ax.legend(title=f"split ({words.total})", fontsize=9, title_fontsize=9)
     return [f.save(fig, "class_distribution.png")]
 
 

@@ -14,6 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from reporting.summary import task_of  # noqa: E402
 from reporting.verdict import headline_rows  # noqa: E402
 from tasks import Metric, Task  # noqa: E402
+from records.shape import RunRecord
 
 plt.rcParams.update({"font.size": 11, "axes.titlesize": 13, "figure.dpi": 120})
 
@@ -26,13 +27,12 @@ class NothingToDraw(Exception):
 class Figures:
     """The plots of one experiment: its runs (completed ones only), summary, data report and plots folder."""
 
-    runs: list[dict]
+    runs: list[RunRecord]
     summary: dict
     folder: Path
     data_report: dict | None = None
-    grid_runs: list[dict] = field(
-        default_factory=list
-    )  # a search's strategies run by the grid on the same data
+    # a search's strategies run by the grid on the same data
+    grid_runs: list[RunRecord] = field(default_factory=list)
     task: Task = field(init=False)
 
     def __post_init__(self):
@@ -50,7 +50,7 @@ class Figures:
             m for m in self.task.summary_metrics() if all(r["test"][m.name]["mean"] is not None for r in rows)
         ]
 
-    def runs_of(self, row: dict) -> list[dict]:
+    def runs_of(self, row: dict) -> list[RunRecord]:
         return [r for r in self.runs if r["config_id"] == row["config_id"]]
 
     def save(self, fig, name: str) -> str:

@@ -25,7 +25,8 @@ from reporting.tables import (
     winner_title,
 )
 from config import short_key
-from tasks import TASKS
+from tasks import TASKS, Task
+from records.shape import RunRecord
 
 REPORT_STYLE = """
 body{font:15px/1.5 system-ui,-apple-system,"Segoe UI",sans-serif;max-width:1100px;margin:0 auto;padding:1.5em;color:#1d1d1f}
@@ -71,7 +72,7 @@ def html_table(
 
 
 def header_section(
-    summary: dict, completed: list[dict], failed: list[dict], data_report: dict | None
+    summary: dict, completed: list[RunRecord], failed: list[RunRecord], data_report: dict | None
 ) -> list[str]:
     """The title, what was run, and the data: classes, split sizes and class balance."""
     dataset = completed[0]["dataset"]
@@ -115,7 +116,7 @@ def header_section(
     if data_report:
         parts.append(
             f"<details><summary>Cleaning, token lengths{' and examples per class' if counts else ''}</summary>"
-            + "".join(data_section(data_report))
+            + "".join(data_section(data_report, task))
             + "</details>"
         )
     return parts
@@ -126,9 +127,9 @@ def smallest_and_largest(counts: dict[str, int]) -> tuple[str, str]:
     return f"{ordered[0][0]} ({ordered[0][1]:,})", f"{ordered[-1][0]} ({ordered[-1][1]:,})"
 
 
-def data_section(report: dict) -> list[str]:
+def data_section(report: dict, task: Task) -> list[str]:
     """The data report as HTML: what cleaning found, token lengths, and the examples per class and split."""
-    lines = "".join(f"<li>{html.escape(line.strip())}</li>" for line in describe_report(report))
+    lines = "".join(f"<li>{html.escape(line.strip())}</li>" for line in describe_report(report, task))
     counts = report.get("class_counts")
     if not counts:
         return [f"<ul>{lines}</ul>"]
@@ -210,7 +211,7 @@ def figure(image: Path, caption: str) -> str:
     )
 
 
-def reproduce_section(completed: list[dict], experiment: dict | None) -> list[str]:
+def reproduce_section(completed: list[RunRecord], experiment: dict | None) -> list[str]:
     """The command, the config as YAML, the versions, the data fingerprint and the device."""
     first = completed[0]
     facts = [
@@ -242,7 +243,7 @@ def reproduce_section(completed: list[dict], experiment: dict | None) -> list[st
 def write_report(
     path: Path,
     summary: dict,
-    runs: list[dict],
+    runs: list[RunRecord],
     experiment: dict | None,
     figures: list[tuple[Path, str]],
     skipped: dict[str, str],

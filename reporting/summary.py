@@ -7,12 +7,13 @@ import functools
 
 import numpy as np
 
-from config import short_key
+from config import DataConfig, short_key
 from records.results import upgrade
 from schema.search import edge_of_range
 from reporting.diagnostics import diagnose
 from reporting.verdict import best_of, configuration_label, decide
 from tasks import TASKS, Task
+from records.shape import RunRecord
 
 BOOTSTRAP_RESAMPLES = 5000
 BOOTSTRAP_CHUNK = 1000  # resamples drawn at a time, which bounds memory on large test splits
@@ -28,9 +29,9 @@ COMPARISON_NOTE = (
 VARIANTS_TITLE = "Each variant against the first (same strategy, its chosen rate and other settings)"
 
 
-def task_of(runs: list[dict]) -> Task:
-    """The task the records are about (classification when there are none)."""
-    return TASKS[runs[0]["task"]] if runs else TASKS["classification"]
+def task_of(runs: list[RunRecord]) -> Task:
+    """The task the records are about (the config's default task when there are none)."""
+    return TASKS[runs[0]["task"]] if runs else TASKS[DataConfig.task]
 
 
 def aggregate(values: list[float]) -> dict[str, float | int | None]:
@@ -52,19 +53,19 @@ def validation_score(run: dict, metric: str) -> float:
     return next(h[metric] for h in run["history"] if h["epoch"] == run["best_epoch"])
 
 
-def best_run(runs: list[dict], metric: str, task: Task) -> dict:
+def best_run(runs: list[RunRecord], metric: str, task: Task) -> RunRecord:
     """The run with the best validation score."""
     return best_of(runs, lambda run: validation_score(run, metric), metric, task)
 
 
-def summarize(runs: list[dict], metric: str, trials: list[dict] = ()) -> dict:
+def summarize(runs: list[RunRecord], metric: str, trials: list[RunRecord] = ()) -> dict:
     """One row per configuration (strategy + grid values + shots), the best configuration of each
     strategy chosen on the validation `metric`, and paired tests between the chosen ones; with a search, what
     each strategy's `trials` (their records) found. Records of any layout are read through
     records.results.upgrade."""
     runs = [upgrade(run) for run in runs]
     task = task_of(runs)
-    groups: dict[str, list[dict]] = {}
+    groups: dict[str, list[RunRecord]] = {}
     for run in runs:
         groups.setdefault(run["config_id"], []).append(run)
     rows = [configuration_row(config_id, group, metric, task) for config_id, group in groups.items()]
@@ -97,7 +98,7 @@ def summarize(runs: list[dict], metric: str, trials: list[dict] = ()) -> dict:
     return {**summary, "verdict": decide(summary)}
 
 
-def configuration_row(config_id: str, group: list[dict], metric: str, task: Task) -> dict:
+def configuration_row(config_id: str, group: list[RunRecord], metric: str, task: Task) -> dict:
     """A configuration's row: what it is, how many of its runs completed, and the mean (with spread) of each
     score and cost over them."""
     done = [r for r in group if r["status"] == "completed"]
@@ -145,7 +146,9 @@ def configuration_row(config_id: str, group: list[dict], metric: str, task: Task
     }
 
 
-def slot_comparisons(chosen: dict[tuple, dict], groups: dict[str, list[dict]], task: Task) -> list[dict]:
+def slot_comparisons(
+    chosen: dict[tuple, RunRecord], groups: dict[str, list[RunRecord]], task: Task
+) -> list[dict]:
     """The paired test between each two strategies chosen for the same amount of training data."""
     slots, comparisons = list(chosen), []
     for i, (strategy_a, shots) in enumerate(slots):
@@ -162,13 +165,13 @@ def slot_comparisons(chosen: dict[tuple, dict], groups: dict[str, list[dict]], t
     return comparisons
 
 
-def folds_of_runs(runs: list[dict]) -> dict | None:
+def folds_of_runs(runs: list[RunRecord]) -> dict | None:
     """With cross-validation: {folds, repeats} (data.folds, data.fold_repeats); None with one validation split."""
     cut = [r["fold"] for r in runs if r.get("fold")]
     return {"folds": cut[0]["folds"], "repeats": max(f["repeat"] for f in cut) + 1} if cut else None
 
 
-def selection_examples(runs: list[dict]) -> int | None:
+def selection_examples(runs: list[RunRecord]) -> int | None:
     """The validation examples a configuration was chosen on: its split's, or every fold's (of one repeat)."""
     done = [r for r in runs if r["status"] == "completed"]
     per_fold = {
@@ -181,12 +184,12 @@ def selection_examples(runs: list[dict]) -> int | None:
     return done[0]["dataset"].get("sizes", {}).get("validation") if done else None
 
 
-def search_summary(trials: list[dict], metric: str, task: Task) -> list[dict]:
+def search_summary(trials: list[RunRecord], metric: str, task: Task) -> list[dict]:
     """Per searched strategy: its space, how its trials ended, the best setting on validation, the searched
     keys whose best value sits at the edge of its range, and the training seconds the search spent. A
     confirmation that reused its trial (same run id) stands for that trial."""
     own = [t for t in trials if not t["trial"].get("confirms") or t["trial"]["confirms"] == t["run_id"]]
-    studies: dict[str, list[dict]] = {}
+    studies: dict[str, list[RunRecord]] = {}
     for record in own:
         studies.setdefault(record["trial"]["study"], []).append(record)
     found = []
@@ -232,7 +235,7 @@ def search_summary(trials: list[dict], metric: str, task: Task) -> list[dict]:
     return found
 
 
-def test_interval(runs: list[dict], task: Task) -> dict | None:
+def test_interval(runs: list[RunRecord], task: Task) -> dict | None:
     """The bootstrap interval of a configuration's test scores (None for records without test predictions)."""
     done = [r for r in runs if r["status"] == "completed" and "test_labels" in r]
     if not done:
@@ -244,7 +247,7 @@ def test_interval(runs: list[dict], task: Task) -> dict | None:
 
 
 def variant_comparisons(
-    rows: list[dict], chosen: dict, groups: dict[str, list[dict]], task: Task
+    rows: list[dict], chosen: dict, groups: dict[str, list[RunRecord]], task: Task
 ) -> list[dict]:
     """Within each strategy, every variant against the first one in the config (the reference, e.g. `plain`),
     the other grid values held at the strategy's chosen ones: paired like the comparisons between strategies."""
@@ -274,13 +277,13 @@ def variant_comparisons(
     return comparisons
 
 
-def diagnostic_rows(groups: dict[str, list[dict]], task: Task) -> list[dict]:
+def diagnostic_rows(groups: dict[str, list[RunRecord]], task: Task) -> list[dict]:
     """The diagnostics of each configuration's runs, one row per kind: in how many runs it was found, the
     first such run's message and the next step. Records made before diagnostics existed are diagnosed here."""
     rows = []
     for config_id, group in groups.items():
         done = [r for r in group if r["status"] == "completed"]
-        found: dict[str, list[dict]] = {}
+        found: dict[str, list[RunRecord]] = {}
         for run in done:
             for item in run["diagnostics"] if "diagnostics" in run else diagnose(run, task):
                 found.setdefault(item["kind"], []).append(item)
@@ -309,7 +312,7 @@ def deciding_memory(run: dict) -> float | None:
     return (run.get("costs") or {}).get("computed_memory_mb")
 
 
-def memory_note(runs: list[dict]) -> str | None:
+def memory_note(runs: list[RunRecord]) -> str | None:
     """A warning when the peak memory column mixes measures: records from before per-run measurement on a
     CPU hold the process's lifetime peak, which is not comparable with a run's own rise."""
     measures = sorted({r["peak_memory_measure"] for r in runs if r["status"] == "completed"})
@@ -329,7 +332,7 @@ def _pairing_key(run: dict) -> tuple:
     return run["seed"], (run["few_shot"] or {}).get("draw"), fold.get("repeat"), fold.get("index")
 
 
-def compare_configurations(runs_a: list[dict], runs_b: list[dict], task: Task) -> dict | None:
+def compare_configurations(runs_a: list[RunRecord], runs_b: list[RunRecord], task: Task) -> dict | None:
     """Paired bootstrap over test examples, pairing runs of the same seed (and fold, few-shot draw)."""
     by_key = {_pairing_key(r): r for r in runs_b if r["status"] == "completed" and "test_labels" in r}
     pairs = [

@@ -112,9 +112,12 @@ def per_class_f1(f: Figures) -> list[str]:
     if not rows or not all("per_class" in r["test"] for run in rows for r in f.runs_of(run)):
         raise NothingToDraw("needs the test scores per class of every configuration's runs")
     first = f.runs_of(rows[0])[0]
-    counts, counted, kind = first["dataset"]["label_distribution"]["train"], "training examples", "class"
-    if "labels_per_text" in first["test"]:  # label sets: texts hold several labels
-        counted, kind = "training texts with the label", "label"
+    words = f.task.label_counts
+    counts, counted, kind = (
+        first["dataset"]["label_distribution"]["train"],
+        f"training {words.counted}",
+        words.kind,
+    )
     if not set(first["test"]["per_class"]) <= set(counts):  # entity types, counted in test; tags in training
         counts = {name: c["support"] for name, c in first["test"]["per_class"].items()}
         counted, kind = "test entities", "entity type"

@@ -3,13 +3,16 @@ settings; the defaults of every strategy's keys live here."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Literal
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
 
 from schema.checks import list_problem, problem, varied_keys
-from tasks import TASKS
+from tasks import TASKS, Need
 
 # Each field's docstring (the string under it) is its help text: docs/config.md is generated from them.
+
+# Keys that shape the experiment (which runs exist), not a single run: they never enter a run's settings.
+GRID_KEYS = ("enabled", "learning_rates", "rank_values")
 
 
 @dataclass
@@ -20,6 +23,10 @@ class StrategyConfig:
     """Replaces training.learning_rate for this strategy; null: training.learning_rate."""
     learning_rates: list[float] | None = None
     """One run per rate, replacing ablation.learning_rates for this strategy."""
+
+    def recorded(self) -> dict[str, Any]:
+        """One run's settings as its record and its key hold them: every key but those that shape the experiment."""
+        return {key: value for key, value in asdict(self).items() if key not in GRID_KEYS}
 
     def problems(self, key: str, cfg) -> list[str]:
         """The strategy's own settings that are out of range (`key`: its section, strategies.<name>)."""
@@ -197,7 +204,7 @@ class FrozenEncoderConfig(StrategyConfig):
         if (
             self.classifier == "logistic_regression"
             and cfg.data.task in TASKS
-            and not TASKS[cfg.data.task].text_classes
+            and TASKS[cfg.data.task].lacks(Need.CLASS_PER_TEXT)
         ):
             found += problem(
                 False,

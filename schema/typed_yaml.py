@@ -106,9 +106,8 @@ def apply_override(raw: dict, override: str) -> None:
     key, sep, text = override.partition("=")
     if not sep or not key:
         raise ConfigError(f"override {shown(override)} is not of the form section.key=value")
-    if text.strip().startswith(
-        ("|", ">")
-    ):  # YAML's block markers: on a command line they mean the characters
+    # YAML's block markers: on a command line they mean the characters
+    if text.strip().startswith("|", ">"):
         value = text
     else:
         try:

@@ -20,6 +20,7 @@ from reporting.summary import aggregate, task_of
 from records.results import read_results, results_file
 from strategies import STRATEGIES
 from utils import ConfigError, WriteError, atomic_write_json, writable_folder
+from records.shape import RunRecord
 
 THRESHOLDS = "thresholds.json"  # a multi-label model's threshold per label, beside its weights
 
@@ -87,7 +88,7 @@ def written_whole(out: Path, write: Callable[[Path], None]) -> Path:
     return out
 
 
-def _scores(runs: list[dict], key: str) -> str:
+def _scores(runs: list[RunRecord], key: str) -> str:
     """A metric over the runs of one configuration: the value, or mean ± 95% interval with several seeds."""
     values = [r["best_metric"] if key == "validation" else r["test"][key] for r in runs]
     stats = aggregate(values)
@@ -125,7 +126,7 @@ def label_table(distribution: dict | None, labels: list[str]) -> list[str]:
     )
 
 
-def model_card(record: dict, cfg, runs: list[dict], adapter: bool) -> str:
+def model_card(record: RunRecord, cfg, runs: list[RunRecord], adapter: bool) -> str:
     """The exported folder's README: how to use it, how it was trained, on what, how it scored, its limits."""
     task = task_of([record])
     dataset = record["dataset"]

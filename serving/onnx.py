@@ -30,6 +30,7 @@ from serving.export import check_target, written_whole
 from serving.predict import Predictor, find_run, load_run
 from trainer import device_batch, evaluate, make_accelerator, model_inputs
 from utils import ConfigError, atomic_write_json
+from records.shape import RunRecord
 
 logger = logging.getLogger("bertlab")
 
@@ -97,7 +98,7 @@ class TensorsInOut(torch.nn.Module):
         return tuple(result[name] for name in self.outputs)
 
 
-def one_graph(model: torch.nn.Module, record: dict) -> torch.nn.Module:
+def one_graph(model: torch.nn.Module, record: RunRecord) -> torch.nn.Module:
     """The run's model as plain weights: PEFT adapters merged in; prompt tuning refused, with why."""
     if isinstance(model, peft.PeftModel):
         if model.peft_config[model.active_adapter].is_prompt_learning:
@@ -233,7 +234,7 @@ def write_onnx(run: str | Path, output_dir: str | Path, out: Path, quantize: str
     return written_whole(out, write)
 
 
-def quantized(building: Path, encoded, cfg: Config, accelerator, task, record: dict) -> dict:
+def quantized(building: Path, encoded, cfg: Config, accelerator, task, record: RunRecord) -> dict:
     """int8 weights (dynamic quantization: activations quantized per batch as they come), scored on the test
     split against the run's own test score."""
     import onnx
@@ -278,7 +279,7 @@ def quantized(building: Path, encoded, cfg: Config, accelerator, task, record: d
     return result
 
 
-def onnx_card(record: dict, facts: dict) -> str:
+def onnx_card(record: RunRecord, facts: dict) -> str:
     check = facts["fp32_check"]
     lines = [
         f"# {record['dataset']['name']}: {record['strategy']} fine-tuning of {record['model']}, as ONNX",

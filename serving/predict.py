@@ -22,6 +22,7 @@ from reporting.summary import best_run, summarize, task_of
 from records.results import RUN_RECORD, read_results, results_file, run_folder, select_runs
 from trainer import inference, make_accelerator
 from utils import ConfigError, atomic_write_bytes
+from records.shape import RunRecord
 
 # The folders of an output folder that hold what runs keep: nothing else is ever written into them.
 KEPT_FOLDERS = ("results", "checkpoints", "search")
@@ -59,7 +60,7 @@ def find_run(spec: str, output_dir: str | Path) -> Path:
     return run_folder(output_dir, record["strategy"], record["run_id"])
 
 
-def best_of_latest_experiment(output_dir: Path, which: str) -> dict:
+def best_of_latest_experiment(output_dir: Path, which: str) -> RunRecord:
     """The best run on validation of the verdict's winner ("best") or recommendation ("recommended")."""
     runs, experiment = select_runs(output_dir, None)
     if experiment is None:
@@ -87,7 +88,7 @@ class Predictor:
     """A trained run, ready to predict: its strategy's model with the best epoch's weights, its tokenizer,
     max_length and label names, on the GPU when there is one."""
 
-    def __init__(self, model, tokenizer, cfg: Config, record: dict, accelerator):
+    def __init__(self, model, tokenizer, cfg: Config, record: RunRecord, accelerator):
         self.model, self.tokenizer, self.cfg, self.record, self.accelerator = (
             model,
             tokenizer,

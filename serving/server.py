@@ -138,9 +138,8 @@ class Batcher:
                     continue
                 start = 0
                 for p in group:
-                    if (
-                        not p.answer.done()
-                    ):  # a request cancelled meanwhile (its client gone) is left as it is
+                    # a request cancelled meanwhile (its client gone) is left as it is
+                    if not p.answer.done():
                         p.answer.set_result(rows[start : start + len(p.texts)])
                     start += len(p.texts)
 

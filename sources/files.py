@@ -69,9 +69,8 @@ def read_json(path: Path) -> pd.DataFrame:
             where = f"data[{a}].paragraphs[{p}]"
             context = squad_part(paragraph, "context", where)
             for q, qa in enumerate(squad_part(paragraph, "qas", where)):
-                answers = (
-                    qa.get("answers", []) if isinstance(qa, dict) else []
-                )  # none: a question without an answer
+                # none: a question without an answer
+                answers = qa.get("answers", []) if isinstance(qa, dict) else []
                 if not all(
                     isinstance(answer, dict) and {"text", "answer_start"} <= set(answer) for answer in answers
                 ):

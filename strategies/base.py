@@ -10,10 +10,12 @@ from typing import Any, Callable
 import torch
 from transformers import PreTrainedModel
 
+from schema.strategies import StrategyConfig
 from tasks import Task
 from utils import ConfigError
 
-Settings = dict[str, Any]  # a strategy's own config section for one run, with the learning rate it uses
+# A strategy's own config section (schema/strategies.py) for one run, with the learning rate it uses
+Settings = StrategyConfig
 
 
 def never(*args) -> None:

@@ -6,7 +6,8 @@ from __future__ import annotations
 import torch
 from transformers import PreTrainedModel
 
-from strategies.base import ACTIVATIONS, LAYER_INDEX, Settings, Strategy, rates, train_only
+from schema.strategies import BottleneckAdapterConfig
+from strategies.base import ACTIVATIONS, LAYER_INDEX, Strategy, rates, train_only
 from tasks import Task
 from utils import ConfigError
 
@@ -33,15 +34,15 @@ ATTENTION_OUTPUTS = ("attention.output.dense", "attention.out_lin")
 FEED_FORWARD_OUTPUTS = ("output.dense", "ffn.lin2")
 
 
-def bottleneck_adapter(model: PreTrainedModel, settings: Settings, task: Task) -> torch.nn.Module:
+def bottleneck_adapter(
+    model: PreTrainedModel, settings: BottleneckAdapterConfig, task: Task
+) -> torch.nn.Module:
     """Bottleneck adapters after each layer's attention and feed-forward outputs (houlsby), or after the
     feed-forward output only (pfeiffer); the adapters, the LayerNorms and the head train, the rest of the
     encoder stays frozen. Each adapter hangs under its projection (`...output.dense.adapter`) and runs as a
     forward hook on it, so the pre-trained weights keep their names."""
     wanted = (
-        FEED_FORWARD_OUTPUTS
-        if settings["placement"] == "pfeiffer"
-        else ATTENTION_OUTPUTS + FEED_FORWARD_OUTPUTS
+        FEED_FORWARD_OUTPUTS if settings.placement == "pfeiffer" else ATTENTION_OUTPUTS + FEED_FORWARD_OUTPUTS
     )
     targets = [
         (name, module)
@@ -49,7 +50,7 @@ def bottleneck_adapter(model: PreTrainedModel, settings: Settings, task: Task) -
         if isinstance(module, torch.nn.Linear)
         and LAYER_INDEX.search(name + ".")
         and any(name.endswith(t) for t in wanted)
-        and not (settings["placement"] == "pfeiffer" and any(name.endswith(t) for t in ATTENTION_OUTPUTS))
+        and not (settings.placement == "pfeiffer" and any(name.endswith(t) for t in ATTENTION_OUTPUTS))
     ]
     if not targets:
         raise ConfigError(
@@ -59,7 +60,7 @@ def bottleneck_adapter(model: PreTrainedModel, settings: Settings, task: Task) -
     train_only(model, lambda name: "LayerNorm" in name or "layer_norm" in name)
     for _, projection in targets:
         projection.adapter = Bottleneck(
-            projection.out_features, settings["reduction_factor"], settings["activation"]
+            projection.out_features, settings.reduction_factor, settings.activation
         )
         projection.register_forward_hook(lambda module, inputs, output: module.adapter(output))
     return model

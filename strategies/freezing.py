@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 from transformers import PreTrainedModel
 
+from schema.strategies import GradualUnfreezingConfig, PartialFreezingConfig
 from strategies.base import Settings, Strategy, encoder_layer_count, model_part, rates, train_only
 from strategies.probe import fit_logistic_regression, on_cached_features
 from tasks import Task
@@ -29,10 +30,10 @@ def frozen_encoder(model: PreTrainedModel, settings: Settings, task: Task) -> to
     return train_only(model, lambda name: False)
 
 
-def partial_freezing(model: PreTrainedModel, settings: Settings, task: Task) -> torch.nn.Module:
+def partial_freezing(model: PreTrainedModel, settings: PartialFreezingConfig, task: Task) -> torch.nn.Module:
     """The top `trainable_layers` encoder layers train, with what sits above them (the pooler) and the head;
     the embeddings and the layers below stay as pre-trained."""
-    first_trainable = encoder_layer_count(model) - settings["trainable_layers"]
+    first_trainable = encoder_layer_count(model) - settings.trainable_layers
     encoder = model.base_model_prefix + "."
 
     def encoder_trains(name: str) -> bool:
@@ -42,14 +43,16 @@ def partial_freezing(model: PreTrainedModel, settings: Settings, task: Task) -> 
     return train_only(model, encoder_trains)
 
 
-def unfreezing_starts(model: torch.nn.Module, settings: Settings) -> dict[str, tuple[str, int]]:
+def unfreezing_starts(
+    model: torch.nn.Module, settings: GradualUnfreezingConfig
+) -> dict[str, tuple[str, int]]:
     """Each parameter's part of the model and the epoch (from 0) it starts to train in under gradual unfreezing:
     the head at once, then the encoder from the top, `layers_per_epoch` layers an epoch after `head_epochs`
     (0: all at once), the pooler with the top layer and the embeddings with the lowest."""
     layers = encoder_layer_count(
         model, "strategies.gradual_unfreezing", "use full, or another strategy, with it"
     )
-    head_epochs, step = settings["head_epochs"], settings["layers_per_epoch"] or layers
+    head_epochs, step = settings.head_epochs, settings.layers_per_epoch or layers
     encoder = model.base_model_prefix + "."
 
     def part_and_start(name: str) -> tuple[str, int]:
@@ -66,21 +69,20 @@ def gradual_unfreezing(model: PreTrainedModel, settings: Settings, task: Task) -
     """The head alone for `head_epochs` epochs, then the encoder from the top (after ULMFiT, Howard and Ruder
     2018). Every weight is trainable for the optimizer and the checkpoints; before each epoch, what has not
     started yet is frozen (unfreeze_for_epoch)."""
-    unfreezing_starts(
-        model, settings
-    )  # a model whose layers cannot be told apart fails here, before training
+    # a model whose layers cannot be told apart fails here, before training
+    unfreezing_starts(model, settings)
     for param in model.parameters():
         param.requires_grad = True
     return model
 
 
-def unfreeze_for_epoch(model: torch.nn.Module, settings: Settings, epoch: int) -> None:
+def unfreeze_for_epoch(model: torch.nn.Module, settings: GradualUnfreezingConfig, epoch: int) -> None:
     starts = unfreezing_starts(model, settings)
     for name, param in model.named_parameters():
         param.requires_grad = epoch >= starts[name][1]
 
 
-def unfreezing_schedule(model: torch.nn.Module, settings: Settings) -> list[dict]:
+def unfreezing_schedule(model: torch.nn.Module, settings: GradualUnfreezingConfig) -> list[dict]:
     """When each part starts to train, epochs counted from 1, for the record."""
     parts = sorted(dict(unfreezing_starts(model, settings).values()).items(), key=lambda item: item[1])
     return [{"part": part, "epoch": start + 1} for part, start in parts]
@@ -88,7 +90,7 @@ def unfreezing_schedule(model: torch.nn.Module, settings: Settings) -> list[dict
 
 def too_many_layers(model_config, settings: Settings) -> str | None:
     """partial_freezing.trainable_layers beyond the layers the model has."""
-    layers, trainable = getattr(model_config, "num_hidden_layers", None), settings["trainable_layers"]
+    layers, trainable = getattr(model_config, "num_hidden_layers", None), settings.trainable_layers
     if layers is not None and trainable > layers:
         return (
             f"strategies.partial_freezing.trainable_layers: got {trainable}, allowed: 0 to {layers} "
@@ -121,7 +123,7 @@ FROZEN_ENCODER = Strategy(
     frozen_encoder,
     relative_cost=0.25,
     space=rates(3e-3, 1.0),
-    fit=lambda settings: fit_logistic_regression if settings["classifier"] == "logistic_regression" else None,
-    feature_view=lambda settings: on_cached_features if settings["cache_features"] else None,
-    passes=lambda settings, epochs: 1 if settings["classifier"] == "logistic_regression" else epochs,
+    fit=lambda settings: fit_logistic_regression if settings.classifier == "logistic_regression" else None,
+    feature_view=lambda settings: on_cached_features if settings.cache_features else None,
+    passes=lambda settings, epochs: 1 if settings.classifier == "logistic_regression" else epochs,
 )

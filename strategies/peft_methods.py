@@ -7,8 +7,9 @@ import peft
 import torch
 from transformers import PreTrainedModel
 
-from strategies.base import Settings, Strategy, rates
-from tasks import Task
+from schema.strategies import IA3Config, LohaLokrConfig, LoraConfig, PromptTuningConfig
+from strategies.base import Strategy, rates
+from tasks import Need, Task
 from utils import ConfigError
 
 
@@ -37,58 +38,58 @@ def with_adapters(model: PreTrainedModel, config: peft.PeftConfig, strategy: str
         ) from None
 
 
-def lora(model: PreTrainedModel, settings: Settings, task: Task) -> torch.nn.Module:
+def lora(model: PreTrainedModel, settings: LoraConfig, task: Task) -> torch.nn.Module:
     """Low-rank updates on the target projections (Hu et al. 2021)."""
     config = peft.LoraConfig(
         task_type=task.peft_task_type,
-        r=settings["rank"],
-        lora_alpha=settings["alpha"],
-        lora_dropout=settings["dropout"],
-        target_modules=settings["target_modules"],
+        r=settings.rank,
+        lora_alpha=settings.alpha,
+        lora_dropout=settings.dropout,
+        target_modules=settings.target_modules,
     )
-    return with_adapters(model, config, "lora", settings["target_modules"])
+    return with_adapters(model, config, "lora", settings.target_modules)
 
 
-def ia3(model: PreTrainedModel, settings: Settings, task: Task) -> torch.nn.Module:
+def ia3(model: PreTrainedModel, settings: IA3Config, task: Task) -> torch.nn.Module:
     """Learned vectors that rescale the target projections' outputs (IA3, Liu et al. 2022): the fewest
     parameters of the adapters here. Without target modules, PEFT's choice for the architecture."""
     config = peft.IA3Config(
         task_type=task.peft_task_type,
-        target_modules=settings["target_modules"],
-        feedforward_modules=settings["feedforward_modules"],
+        target_modules=settings.target_modules,
+        feedforward_modules=settings.feedforward_modules,
     )
-    return with_adapters(model, config, "ia3", settings["target_modules"])
+    return with_adapters(model, config, "ia3", settings.target_modules)
 
 
-def loha(model: PreTrainedModel, settings: Settings, task: Task) -> torch.nn.Module:
+def loha(model: PreTrainedModel, settings: LohaLokrConfig, task: Task) -> torch.nn.Module:
     """Updates as the Hadamard product of two low-rank matrices (LoHa, Hyeon-Woo et al. 2022): a higher rank
     of update than LoRA for the same parameters."""
     config = peft.LoHaConfig(
         task_type=task.peft_task_type,
-        r=settings["rank"],
-        alpha=settings["alpha"],
-        target_modules=settings["target_modules"],
+        r=settings.rank,
+        alpha=settings.alpha,
+        target_modules=settings.target_modules,
     )
-    return with_adapters(model, config, "loha", settings["target_modules"])
+    return with_adapters(model, config, "loha", settings.target_modules)
 
 
-def lokr(model: PreTrainedModel, settings: Settings, task: Task) -> torch.nn.Module:
+def lokr(model: PreTrainedModel, settings: LohaLokrConfig, task: Task) -> torch.nn.Module:
     """Updates as a Kronecker product of a small matrix and a low-rank one (LoKr, Yeh et al. 2023)."""
     config = peft.LoKrConfig(
         task_type=task.peft_task_type,
-        r=settings["rank"],
-        alpha=settings["alpha"],
-        target_modules=settings["target_modules"],
+        r=settings.rank,
+        alpha=settings.alpha,
+        target_modules=settings.target_modules,
     )
-    return with_adapters(model, config, "lokr", settings["target_modules"])
+    return with_adapters(model, config, "lokr", settings.target_modules)
 
 
-def prompt_tuning(model: PreTrainedModel, settings: Settings, task: Task) -> torch.nn.Module:
+def prompt_tuning(model: PreTrainedModel, settings: PromptTuningConfig, task: Task) -> torch.nn.Module:
     """Trainable virtual tokens before the input (Lester et al. 2021); the encoder stays frozen."""
-    init_text = settings["init_text"]
+    init_text = settings.init_text
     config = peft.PromptTuningConfig(
         task_type=task.peft_task_type,
-        num_virtual_tokens=settings["num_virtual_tokens"],
+        num_virtual_tokens=settings.num_virtual_tokens,
         prompt_tuning_init=peft.PromptTuningInit.TEXT if init_text else peft.PromptTuningInit.RANDOM,
         prompt_tuning_init_text=init_text,
         tokenizer_name_or_path=model.name_or_path if init_text else None,
@@ -99,10 +100,8 @@ def prompt_tuning(model: PreTrainedModel, settings: Settings, task: Task) -> tor
 def shifts_positions(task: Task, cfg) -> str | None:
     """Virtual tokens before the text move every token's position: a task whose labels sit on tokens or
     spans cannot be read back."""
-    return (
-        task.labels_on_positions
-        and f"its virtual tokens shift the positions of the {task.labels_on_positions}"
-    )
+    lacking = task.lacks(Need.UNMOVED_POSITIONS)
+    return lacking and f"its virtual tokens shift every token's position, and {lacking}"
 
 
 # Training examples per second relative to full fine-tuning, measured on the demo data with 2 CPU cores (full
@@ -119,6 +118,6 @@ PROMPT_TUNING = Strategy(
     space=rates(3e-3, 3e-1),
     extra_positions=lambda settings: (
         "strategies.prompt_tuning.num_virtual_tokens",
-        settings["num_virtual_tokens"],
+        settings.num_virtual_tokens,
     ),
 )

@@ -5,6 +5,7 @@ other."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 import time
@@ -62,9 +63,9 @@ def head_inputs(
 
     hook = head.register_forward_pre_hook(lambda module, args: captured.append(args[0].float()))
     try:
-        _, features = inference(
-            model, encoded, split, cfg.training, accelerator, TASKS[cfg.data.task], values=one_vector_per_text
-        )
+        reader = copy.copy(TASKS[cfg.data.task])  # the task, reading what its head is given instead
+        reader.prediction_values = one_vector_per_text
+        _, features = inference(model, encoded, split, cfg.training, accelerator, reader)
     finally:
         hook.remove()
     return torch.from_numpy(features)
@@ -207,9 +208,8 @@ def fit_logistic_regression(model, encoded: Encoded, job: TrainJob, accelerator)
         linear.bias.copy_(torch.as_tensor(bias, dtype=linear.bias.dtype))
     seconds = spent["train"]
     entry = {"epoch": 1, "step": 0, "train_loss": train_loss, **scores, "lr": None, "seconds": seconds}
-    if (
-        job.on_evaluation
-    ):  # one evaluation, which is its end: a search judges it, but cannot pause or prune it
+    # one evaluation, which is its end: a search judges it, but cannot pause or prune it
+    if job.on_evaluation:
         job.on_evaluation([entry])
     trained = {name for name, param in model.named_parameters() if param.requires_grad}
     with stopwatch(spent, "checkpoint"):

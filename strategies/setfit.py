@@ -10,12 +10,12 @@ import time
 
 import torch
 
-from config import HeadConfig, strategy_settings
+from config import HeadConfig
 from data import Encoded
 from strategies.base import Settings, Strategy, rates
 from strategies.probe import fit_logistic_regression
 from trainer import TrainJob, TrainResult
-from tasks import Task
+from tasks import Need, Task
 from utils import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -24,7 +24,7 @@ logger = logging.getLogger(__name__)
 def encodings_per_text(settings: dict) -> int:
     """How often contrastive training encodes each training text: it is in 2 x num_iterations pairs (as often
     with a text of its label as with one of another), each of two texts, in every one of num_epochs passes."""
-    return 4 * settings["num_iterations"] * settings["num_epochs"]
+    return 4 * settings.num_iterations * settings.num_epochs
 
 
 def fit_setfit(model, encoded: Encoded, job: TrainJob, accelerator) -> TrainResult:
@@ -36,22 +36,21 @@ def fit_setfit(model, encoded: Encoded, job: TrainJob, accelerator) -> TrainResu
     from setfit import SetFitModel, Trainer, TrainingArguments
     from transformers import PrinterCallback, ProgressCallback
 
-    settings = strategy_settings(cfg, "setfit")
+    settings = job.settings
     # the pre-trained model's folder (a bundled model's too), which the sentence-transformers body reads
     body = SentenceTransformer(model.name_or_path, device=str(accelerator.device), trust_remote_code=False)
     # setfit tokenizes text itself: it gets the training texts as this run's tokenizer kept them (truncated,
     # and lower-cased by an uncased model), so both see the same words
     texts = body.tokenizer.batch_decode(encoded.ids["train"], skip_special_tokens=True)
-    body[0].model = model.base_model.to(
-        accelerator.device
-    )  # train the run's own encoder (and init_from's weights)
+    # train the run's own encoder (and init_from's weights)
+    body[0].model = model.base_model.to(accelerator.device)
     # setfit wants a folder for checkpoints; this run saves none there (save_strategy no), so a scratch one
     with tempfile.TemporaryDirectory() as scratch:
         args = TrainingArguments(
             output_dir=scratch,
-            batch_size=settings["batch_size"],
-            num_epochs=settings["num_epochs"],
-            num_iterations=settings["num_iterations"],
+            batch_size=settings.batch_size,
+            num_epochs=settings.num_epochs,
+            num_iterations=settings.num_iterations,
             body_learning_rate=job.learning_rate,
             max_length=cfg.model.max_length,
             seed=cfg.training.seed,
@@ -93,7 +92,7 @@ def setfit(model, settings: Settings, task: Task) -> torch.nn.Module:
 
 
 def refuses(task: Task, cfg) -> str | None:
-    if not task.text_classes:
+    if task.lacks(Need.CLASS_PER_TEXT):
         return "setfit learns from pairs of texts of the same and of different classes"
     if cfg.data.text_pair_column:
         return "its sentence encoder reads single texts, and data.text_pair_column gives pairs"

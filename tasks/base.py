@@ -5,6 +5,7 @@ test, the task's data shape and plots), so the loop, the data code, the summary 
 from __future__ import annotations
 
 import abc
+import enum
 from dataclasses import dataclass
 from typing import Callable
 
@@ -28,6 +29,26 @@ class Metric:
     compute: Callable[[np.ndarray, np.ndarray, list[str]], float]
     higher_is_better: bool = True
     in_summary: bool = True  # a column of the summary table
+
+
+class Need(enum.Enum):
+    """What a strategy, a head or a setting may need of a task; Task.lacks says whether the task gives it."""
+
+    CLASS_PER_TEXT = (
+        "one class per text"  # SetFit's pairs of same- and other-class texts, a logistic regression
+    )
+    UNMOVED_POSITIONS = "labels that no token placed before the text moves"  # prompt tuning's virtual tokens
+    VECTOR_PER_TEXT = "a head that reads one vector per text"  # a head on pooled states
+
+
+@dataclass(frozen=True)
+class LabelCounts:
+    """How logs, reports and plots word a task's counts per label."""
+
+    kind: str = "class"  # what one label is called
+    unit: str = "example"  # what is counted
+    counted: str = "examples"  # what a label's count counts
+    total: str = "examples"  # what a split's counts add up to
 
 
 def pipeline_input(pairs: bool) -> str:
@@ -55,12 +76,11 @@ class Task(abc.ABC):
     main_metric: str  # the score that plots of score against cost use
     compared_metrics: tuple[str, ...]  # the metrics the paired bootstrap compares
     pipeline: str = "text-classification"  # the transformers pipeline an exported model serves
-    # what strategies ask of a task: labels that sit on token positions (virtual tokens before the text would
-    # shift them), and one class per text (what SetFit's pairs of same- and other-class texts need)
+    # what others ask of a task (through lacks()): labels that sit on token positions (virtual tokens before the
+    # text would shift them), one class per text, a head that reads one vector per text (so a head on pooled
+    # states fits it: model.head.type linear, mlp, or auto's choice for a sentence-transformers model)
     labels_on_positions: str | None = None
     text_classes: bool = False
-    # whether its head reads one vector per text, so a head on pooled states fits it (model.head.type linear,
-    # mlp, or auto's choice for a sentence-transformers model); a task with a head per token keeps the model's own
     pooled_head: bool = True
     # whether its prediction values are logits of classes, which one temperature can calibrate
     calibrates: bool = False
@@ -71,6 +91,7 @@ class Task(abc.ABC):
     )
     # whether a text holds a set of labels, each given where its probability reaches the label's threshold
     label_sets: bool = False
+    label_counts: LabelCounts = LabelCounts()
     # what the tokens beyond model.max_length become, for the data report
     beyond_max_length: str = "truncated"
     # how predict asks for the second text a run trained on pairs needs
@@ -170,6 +191,20 @@ class Task(abc.ABC):
     ) -> dict:
         """The data report's entries on the labels, from each split's label_distribution (and its labels)."""
         return {"label_summary": distributions}
+
+    def lacks(self, need: Need) -> str | None:
+        """Why this task cannot give what a strategy, a head or a setting needs, in words; None: it gives it."""
+        if need is Need.CLASS_PER_TEXT and not self.text_classes:
+            return f"{self.name} has no class per text"
+        if need is Need.UNMOVED_POSITIONS and self.labels_on_positions:
+            return f"{self.name} reads its {self.labels_on_positions} off token positions"
+        if need is Need.VECTOR_PER_TEXT and not self.pooled_head:
+            return f"{self.name}'s head reads every token"
+        return None
+
+    def report_lines(self, report: dict) -> list[str]:
+        """What the log and the report page say of the data report's entries that label_report added."""
+        return []
 
     def problems(self, cfg) -> list[str]:
         """Every setting of the config this task refuses, each as "key: got value, allowed: ...": those of what it
@@ -340,9 +375,8 @@ class Task(abc.ABC):
         return f"{split} {'loss' if name == 'loss' else self.metric(name).label}"
 
 
-CALIBRATION_BINS = (
-    15  # equal-width confidence bins of the expected calibration error and the reliability diagram
-)
+# equal-width confidence bins of the expected calibration error and the reliability diagram
+CALIBRATION_BINS = 15
 
 
 def reliability_bins(

@@ -24,6 +24,7 @@ from sklearn.metrics import (
 from transformers import AutoModelForSequenceClassification
 
 from tasks.base import (
+    LabelCounts,
     Metric,
     Task,
     calibration_error,
@@ -42,9 +43,8 @@ from utils import ConfigError
 JOINED = "\x1f"
 # What joins the labels and the probabilities in a prediction's columns.
 SHOWN = "|"
-DEFAULT_THRESHOLD = (
-    0.5  # before thresholds are tuned: validation during training, and a label with no positives
-)
+# before thresholds are tuned: validation during training, and a label with no positives
+DEFAULT_THRESHOLD = 0.5
 
 
 def parsed(rows: pd.Series | list) -> list[list[str]]:
@@ -89,6 +89,9 @@ class MultiLabel(Task):
     compared_metrics = ("micro_f1", "macro_f1", "samples_f1", "subset_accuracy")
     calibrates = True
     label_sets = True
+    label_counts = LabelCounts(
+        kind="label", unit="text", counted="texts with the label", total="labels given"
+    )
     reliability_axes = ("stated probability of each label", "share of them that apply")
     plots = ("per_class_f1", "calibration", "label_co_occurrence")
     diagnostics = ("collapse",)
@@ -227,6 +230,26 @@ class MultiLabel(Task):
             # texts of the training split holding both labels (the diagonal: each label's count)
             "co_occurrence": (hot["train"].T @ hot["train"]).tolist(),
         }
+
+    def report_lines(self, report):
+        """How many labels a training text holds, and which labels come together most."""
+        lines = [
+            "  labels per training text: "
+            + ", ".join(f"{k}: {n}" for k, n in report["labels_per_text"]["train"].items())
+        ]
+        names, together = report["label_names"], np.array(report["co_occurrence"])
+        pairs = sorted(
+            (
+                (together[i, j], names[i], names[j])
+                for i in range(len(names))
+                for j in range(i + 1, len(names))
+                if together[i, j]
+            ),
+            reverse=True,
+        )[:3]
+        if pairs:
+            lines.append("  most frequent pairs: " + ", ".join(f"{a} + {b} {n}" for n, a, b in pairs))
+        return lines
 
     def config_problems(self, cfg):
         # class weights keep a meaning: each label's weight on its positive examples

@@ -3,6 +3,7 @@ all written into temporary folders so no test touches the network."""
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import sys
 from pathlib import Path
@@ -45,9 +46,8 @@ def tiny_model_dir(tmp_path_factory) -> Path:
         {w for words in CLASS_WORDS.values() for w in words} | set(SHARED_WORDS)
     )
     (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    BertTokenizerFast(vocab=str(folder / "vocab.txt")).save_pretrained(
-        folder
-    )  # `vocab`: transformers 5 ignores vocab_file
+    # `vocab`: transformers 5 ignores vocab_file
+    BertTokenizerFast(vocab=str(folder / "vocab.txt")).save_pretrained(folder)
     config = BertConfig(
         vocab_size=len(vocab),
         hidden_size=32,
@@ -56,9 +56,8 @@ def tiny_model_dir(tmp_path_factory) -> Path:
         intermediate_size=64,
         max_position_embeddings=64,
     )
-    torch.manual_seed(
-        0
-    )  # the same "pre-trained" weights in every session, so no test depends on a lucky draw
+    # the same "pre-trained" weights in every session, so no test depends on a lucky draw
+    torch.manual_seed(0)
     BertModel(config).save_pretrained(folder)
     return folder
 
@@ -91,6 +90,14 @@ def small_config(folder: Path, model_dir: Path, data_path: Path, **sections) -> 
 def write_config(tmp_path, tiny_model_dir, csv_path):
     """Write a small, fast config into tmp_path; keyword sections override its values."""
     return lambda **sections: small_config(tmp_path, tiny_model_dir, csv_path, **sections)
+
+
+def settings_at(cfg, strategy: str, learning_rate: float | None = None):
+    """A strategy's settings for one run of `cfg`, at `learning_rate` (None: the rate the strategy would use)."""
+    from config import strategy_settings
+
+    settings = strategy_settings(cfg, strategy)
+    return settings if learning_rate is None else dataclasses.replace(settings, learning_rate=learning_rate)
 
 
 def prepared(config_path: Path, overrides: list[str] = ()):

@@ -85,9 +85,8 @@ def test_all_strategies_end_to_end_then_plots(write_config, tmp_path):
         assert len(run["test_predictions"]) == 18
         assert run["hyperparameters"]["seed"] == run["seed"] == 42
         run_dir = tmp_path / "outputs" / "checkpoints" / run["strategy"] / run["run_id"]
-        resumable = (
-            {"last.pt"} if run["optimizer_steps"] else set()
-        )  # a fitted head (setfit) has nothing to resume
+        # a fitted head (setfit) has nothing to resume
+        resumable = {"last.pt"} if run["optimizer_steps"] else set()
         assert {p.name for p in run_dir.iterdir()} == {
             "config.yaml",
             "record.json",
@@ -95,9 +94,8 @@ def test_all_strategies_end_to_end_then_plots(write_config, tmp_path):
         } | resumable
         parts = run["train_time_s"] + run["validation_time_s"] + run["checkpoint_time_s"]
         assert run["checkpoint_time_s"] >= 0 and run["validation_time_s"] > 0 and parts < run["run_time_s"]
-    assert (
-        max(r["checkpoint_time_s"] for r in runs) > 0
-    )  # a head-only checkpoint may take under 5 ms: rounded to 0
+    # a head-only checkpoint may take under 5 ms: rounded to 0
+    assert max(r["checkpoint_time_s"] for r in runs) > 0
     assert {r["run_id"] for r in runs} == {
         r["run_id"] for r in runs if r["run_id"].startswith(r["strategy"] + "-")
     }

@@ -7,7 +7,7 @@ from transformers import BertConfig
 from conftest import ROOT
 from strategies import STRATEGIES
 from config import Config, StrategiesConfig, load_config
-from model import check_against_model
+from model import ModelPlan, check_against_model
 from utils import ConfigError
 
 
@@ -142,6 +142,10 @@ def test_empty_and_missing_files(tmp_path):
         load_config(tmp_path / "nope.yaml")
 
 
+def plans(cfg, *strategies: str) -> list[ModelPlan]:
+    return [ModelPlan.of(cfg, strategy) for strategy in strategies]
+
+
 def test_prompt_tokens_and_max_length_must_fit_the_position_limit(write_config):
     cfg = load_config(
         write_config(), ["model.max_length=60", "strategies.prompt_tuning.num_virtual_tokens=10"]
@@ -149,18 +153,17 @@ def test_prompt_tokens_and_max_length_must_fit_the_position_limit(write_config):
     with pytest.raises(
         ConfigError, match=r"num_virtual_tokens \+ model\.max_length: got 10 \+ 60, allowed: at most 64"
     ):
-        check_against_model(cfg, BertConfig(max_position_embeddings=64), ["full", "prompt_tuning"])
-    check_against_model(
-        cfg, BertConfig(max_position_embeddings=64), ["full"]
-    )  # without prompt tuning it fits
+        check_against_model(BertConfig(max_position_embeddings=64), plans(cfg, "full", "prompt_tuning"))
+    # without prompt tuning it fits
+    check_against_model(BertConfig(max_position_embeddings=64), plans(cfg, "full"))
 
 
 def test_partial_freezing_cannot_train_more_layers_than_the_model_has(write_config):
     cfg = load_config(write_config(), ["strategies.partial_freezing.trainable_layers=3"])
     with pytest.raises(ConfigError, match=r"partial_freezing\.trainable_layers: got 3, allowed: 0 to 2"):
-        check_against_model(cfg, BertConfig(num_hidden_layers=2), ["partial_freezing"])
-    check_against_model(cfg, BertConfig(num_hidden_layers=2), ["full"])
-    check_against_model(cfg, BertConfig(num_hidden_layers=3), ["partial_freezing"])
+        check_against_model(BertConfig(num_hidden_layers=2), plans(cfg, "partial_freezing"))
+    check_against_model(BertConfig(num_hidden_layers=2), plans(cfg, "full"))
+    check_against_model(BertConfig(num_hidden_layers=3), plans(cfg, "partial_freezing"))
 
 
 def test_cli_reports_a_config_mistake_in_one_line_with_exit_status_2(write_config):

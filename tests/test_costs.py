@@ -84,9 +84,8 @@ def test_the_frozen_encoders_feature_pass_counts_once_and_its_head_steps_cost_li
         },
     }
     once = total_costs(step, batch_size=32, examples_trained=8 * 500, featurized=500)
-    assert (
-        once["train_flops"] == 8 * 500 * 10 + 500 * 1000
-    )  # eight epochs of the head, one pass of the encoder
+    # eight epochs of the head, one pass of the encoder
+    assert once["train_flops"] == 8 * 500 * 10 + 500 * 1000
     assert once["computed_memory_mb"] == 1.0
 
 

@@ -105,9 +105,8 @@ def test_imbalance_names_the_weakest_classes_with_their_support():
     [found] = diagnose(record, CLASSIFICATION)
     assert found["kind"] == "imbalance" and list(found["numbers"]["weakest"]) == ["d", "c"]
     assert "d (F1 0.10, 10 test examples), c (F1 0.25, 20 test examples)" in found["message"]
-    record["test"].update(
-        macro_f1=0.80, per_class=per_class([0.9, 0.85, 0.8, 0.2])
-    )  # a small gap, one weak class
+    # a small gap, one weak class
+    record["test"].update(macro_f1=0.80, per_class=per_class([0.9, 0.85, 0.8, 0.2]))
     assert kinds(record) == ["imbalance"]
 
 

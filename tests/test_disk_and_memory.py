@@ -101,7 +101,7 @@ def test_out_of_memory_at_batch_size_one_fails_the_run(write_config, monkeypatch
 def test_a_run_interrupted_after_an_out_of_memory_retry_resumes_as_that_retry(
     write_config, monkeypatch, caplog
 ):
-    real_evaluate, batch_sizes = trainer.evaluate, []
+    real_evaluate, batch_sizes = trainer.validation_scores, []
     monkeypatch.setattr(one_run, "train", train_fitting_batches_up_to(4, batch_sizes))
     settings = [
         "--strategy",
@@ -119,14 +119,13 @@ def test_a_run_interrupted_after_an_out_of_memory_retry_resumes_as_that_retry(
 
     def evaluate_then_stop(*args, **kwargs):
         validations.append(1)
-        if (
-            len(validations) == 2
-        ):  # Ctrl-C during epoch 2's validation: epoch 1's checkpoint is at batch size 4
+        # Ctrl-C during epoch 2's validation: epoch 1's checkpoint is at batch size 4
+        if len(validations) == 2:
             raise KeyboardInterrupt
         return real_evaluate(*args, **kwargs)
 
     with monkeypatch.context() as interrupted:
-        interrupted.setattr(trainer, "evaluate", evaluate_then_stop)
+        interrupted.setattr(trainer, "validation_scores", evaluate_then_stop)
         assert main.main(["--config", str(config), *settings]) == 130
     assert not [
         t for t in threading.enumerate() if "_sample" in t.name
@@ -136,9 +135,8 @@ def test_a_run_interrupted_after_an_out_of_memory_retry_resumes_as_that_retry(
     caplog.set_level(logging.INFO)
     status, [resumed] = run_main(config, *settings, "--resume")
     assert status == 0 and resumed["status"] == "completed"
-    assert (
-        batch_sizes == [4] and "1 epochs and 0 batches done" in caplog.text
-    )  # the retry goes on from its checkpoint
+    # the retry goes on from its checkpoint
+    assert batch_sizes == [4] and "1 epochs and 0 batches done" in caplog.text
     assert resumed["oom_retries"] == expected["oom_retries"]
     assert resumed["hyperparameters"] == expected["hyperparameters"]
     assert [{k: v for k, v in h.items() if k != "seconds"} for h in resumed["history"]] == [

@@ -35,12 +35,11 @@ def test_rates_ranks_sweep_and_seeds_multiply_into_single_run_configs(write_conf
     full = [r for r in runs if r.strategy == "full"]
     lora = [r for r in runs if r.strategy == "lora"]
     assert len(full) == 2 * 2 * 3  # global rates x batch sizes x seeds; the lora alpha sweep is not full's
-    assert (
-        len(lora) == 3 * 2 * 2 * 2 * 3
-    )  # own rates (replacing the global ones) x ranks x batch x alpha x seeds
-    assert {strategy_settings(r.cfg, "full")["learning_rate"] for r in full} == {1e-5, 2e-5}
+    # own rates (replacing the global ones) x ranks x batch x alpha x seeds
+    assert len(lora) == 3 * 2 * 2 * 2 * 3
+    assert {strategy_settings(r.cfg, "full").learning_rate for r in full} == {1e-5, 2e-5}
     assert {
-        (strategy_settings(r.cfg, "lora")["rank"], strategy_settings(r.cfg, "lora")["alpha"]) for r in lora
+        (strategy_settings(r.cfg, "lora").rank, strategy_settings(r.cfg, "lora").alpha) for r in lora
     } == {(4, 8), (4, 32), (8, 8), (8, 32)}
     assert {r.cfg.training.seed for r in runs} == {0, 1, 2}
     assert all(r.cfg.training.seeds is None and r.cfg.sweep == {} for r in runs)  # no lists left in a run

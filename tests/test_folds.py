@@ -208,7 +208,7 @@ def test_a_cross_validated_experiment_chooses_on_the_mean_over_folds_and_says_so
 def test_a_fold_killed_mid_run_resumes_to_the_uninterrupted_result(write_config, tmp_path, monkeypatch):
     config = write_config(data={"folds": 2}, training={"num_epochs": 2, "early_stopping": {"enabled": False}})
     settings = ["--config", str(config), "--strategy", "bitfit"]
-    real_evaluate, real_run_one, calls, starts = trainer.evaluate, experiment.run.run_one, [], []
+    real_evaluate, real_run_one, calls, starts = trainer.validation_scores, experiment.run.run_one, [], []
 
     def counting_evaluate(*args, **kwargs):
         calls.append(1)
@@ -220,7 +220,7 @@ def test_a_fold_killed_mid_run_resumes_to_the_uninterrupted_result(write_config,
         starts.append(len(calls))
         return real_run_one(*args, **kwargs)
 
-    monkeypatch.setattr(trainer, "evaluate", counting_evaluate)
+    monkeypatch.setattr(trainer, "validation_scores", counting_evaluate)
     monkeypatch.setattr(experiment.run, "run_one", counting_run_one)
     stop_at = None
     assert main.main([*settings, f"output.dir={tmp_path / 'straight'}"]) == 0

@@ -1,6 +1,8 @@
 """Gradual unfreezing: the head alone first, then the encoder from the top, one layer an epoch; the best
 epoch's weights (of every part, frozen at that epoch or not) are what the run ends with."""
 
+import dataclasses
+
 import torch
 
 import trainer
@@ -35,16 +37,16 @@ def test_the_head_trains_alone_then_the_layers_from_the_top(write_config, tmp_pa
     ]
     snapshots = [{n: p.detach().cpu().clone() for n, p in model.named_parameters()}]
     scores = iter([0.9, 0.5, 0.4])  # the first epoch is the best: the run must end with its weights
-    real_evaluate = trainer.evaluate
+    real_evaluate = trainer.validation_scores
 
     def snapshot(model, *args, **kwargs):
         snapshots.append({n: p.detach().cpu().clone() for n, p in model.named_parameters()})
         return {**real_evaluate(model, *args, **kwargs), "macro_f1": next(scores)}
 
-    monkeypatch.setattr(trainer, "evaluate", snapshot)
+    monkeypatch.setattr(trainer, "validation_scores", snapshot)
     job = TrainJob(
         cfg,
-        3e-3,
+        dataclasses.replace(settings, learning_rate=3e-3),
         tmp_path / "run",
         {},
         before_epoch=lambda epoch: strategy.before_epoch(model, settings, epoch),

@@ -119,3 +119,45 @@ def test_a_reporting_module_importing_the_model_breaks_the_layers():
 def test_each_module_opens_with_its_job(name):
     docstring = ast.get_docstring(project_modules()[name])
     assert docstring and docstring.split()[0][0].isupper(), f"{name} has no opening sentence saying its job"
+
+
+# What a task declares for its own methods (Task.lacks, Task.problems) to read; no module outside tasks/ reads it.
+TASK_FLAGS = {"label_sets", "calibrates", "text_classes", "labels_on_positions", "pooled_head"}
+# Where a task's name may stand outside tasks/: the config's default task, and the task of records made before
+# there were tasks.
+NAMING_A_TASK = {"config", "records.results"}
+
+
+def task_knowledge(modules: dict[str, ast.Module]) -> list[str]:
+    """Every place outside tasks/ that reads a task's flag, names a task, or names a task's class."""
+    from tasks import TASKS
+
+    classes = {type(task).__name__ for task in TASKS.values()}
+    found = []
+    for name, tree in sorted(modules.items()):
+        if name.split(".")[0] == "tasks":
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and node.attr in TASK_FLAGS:
+                found.append(f"{name}:{node.lineno} reads the task flag {node.attr}")
+            elif isinstance(node, ast.Constant) and node.value in TASKS and name not in NAMING_A_TASK:
+                found.append(f"{name}:{node.lineno} names the task {node.value}")
+            elif isinstance(node, ast.Name) and node.id in classes:
+                found.append(f"{name}:{node.lineno} names the task class {node.id}")
+    return found
+
+
+def test_no_module_outside_tasks_reads_a_task_flag_or_names_a_task():
+    assert task_knowledge(project_modules()) == []
+
+
+def test_a_module_branching_on_a_task_is_found():
+    modules = dict(project_modules())
+    modules["serving.export"] = ast.parse(
+        "if task.label_sets or cfg.data.task == 'multi_label' or isinstance(task, MultiLabel):\n    pass\n"
+    )
+    assert task_knowledge(modules) == [
+        "serving.export:1 reads the task flag label_sets",
+        "serving.export:1 names the task multi_label",
+        "serving.export:1 names the task class MultiLabel",
+    ]

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 import main
 from config import load_config
-from conftest import prepared
+from conftest import prepared, settings_at
 from experiment import plan_runs
 from model import build_model
 from tasks import TASKS
@@ -81,7 +81,7 @@ def test_weighted_training_leaves_the_validation_loss_plain(write_config, tmp_pa
     result = train(
         model,
         encoded,
-        TrainJob(cfg, cfg.training.learning_rate, tmp_path / "run", {}),
+        TrainJob(cfg, settings_at(cfg, "full"), tmp_path / "run", {}),
         make_accelerator(False),
     )
     plain = evaluate(model, encoded, "validation", cfg.training, make_accelerator(False), CLASSIFICATION)

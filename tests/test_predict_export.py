@@ -244,9 +244,8 @@ def test_bad_inputs_are_one_line_with_exit_status_2(trained, capsys):
         err = capsys.readouterr().err.strip()
         assert err.startswith("error: ") and "\n" not in err and expected in err, (argv, err)
     [full] = [r for r in latest(trained) if r["strategy"] == "full"]
-    assert (
-        cli(trained, "export", "--run", full["run_id"], "--out", full_out, "--force") == 0
-    )  # --force writes into it
+    # --force writes into it
+    assert cli(trained, "export", "--run", full["run_id"], "--out", full_out, "--force") == 0
 
 
 def test_bottleneck_adapters_predict_but_are_refused_by_export_with_the_reason(trained, capsys):

@@ -13,7 +13,7 @@ from transformers import (
 )
 
 import main
-from conftest import prepared
+from conftest import prepared, settings_at
 from config import strategy_settings
 from model import build_model, pool
 from strategies import STRATEGIES
@@ -36,7 +36,12 @@ def trained_probe(write_config, tmp_path, overrides, cached: bool):
     if cached:
         view, inputs, info = on_cached_features(model, encoded, cfg, accelerator)
         assert info["cached"]
-    result = train(view, inputs, TrainJob(cfg, 0.1, tmp_path / f"run-{cached}", {}), accelerator)
+    result = train(
+        view,
+        inputs,
+        TrainJob(cfg, settings_at(cfg, "frozen_encoder", 0.1), tmp_path / f"run-{cached}", {}),
+        accelerator,
+    )
     return result, evaluate(view, inputs, "test", cfg.training, accelerator, cfg_task(cfg)), model
 
 
@@ -149,7 +154,10 @@ def test_logistic_regression_is_written_into_the_head_with_c_chosen_on_validatio
     settings = strategy_settings(cfg, "frozen_encoder")
     view, inputs, _ = STRATEGIES["frozen_encoder"].feature_view(settings)(model, encoded, cfg, accelerator)
     result = STRATEGIES["frozen_encoder"].fit(settings)(
-        view, inputs, TrainJob(cfg, 0.1, tmp_path / "run", {}), accelerator
+        view,
+        inputs,
+        TrainJob(cfg, settings_at(cfg, "frozen_encoder", 0.1), tmp_path / "run", {}),
+        accelerator,
     )
     tried = result.extra["logistic_regression"]["tried"]
     assert [t["C"] for t in tried] == list(C_VALUES) and (tmp_path / "run" / "best.safetensors").exists()

@@ -215,17 +215,14 @@ def test_a_question_answering_run_ends_to_end_with_plots_predict_and_export(
     full = records[0]
     assert set(full["test"]) == {"loss", "f1", "exact_match"}
     sizes = full["dataset"]["sizes"]
-    assert (
-        len(full["test_predictions"]) == len(full["test_labels"]) == sizes["test"] == 16
-    )  # questions, not windows
-    assert (
-        full["dataset"]["label_distribution"]["train"]["windows"] > sizes["train"]
-    )  # contexts need several windows
+    # questions, not windows
+    assert len(full["test_predictions"]) == len(full["test_labels"]) == sizes["test"] == 16
+    # contexts need several windows
+    assert full["dataset"]["label_distribution"]["train"]["windows"] > sizes["train"]
     assert all(isinstance(p, str) for p in full["test_predictions"])
     contexts = {p["context"] for a in squad_articles(40)["data"] for p in a["paragraphs"]}
-    assert all(
-        any(p in c for c in contexts) for p in full["test_predictions"]
-    )  # answers are spans of a context
+    # answers are spans of a context
+    assert all(any(p in c for c in contexts) for p in full["test_predictions"])
     capsys.readouterr()
 
     assert visualize.main(["--output-dir", str(out)]) == 0
@@ -358,5 +355,5 @@ def test_answers_are_checked_against_their_context(tmp_path, caplog):
     }
     assert any(
         "answers not at their answer_start: 1 moved to where their text stands nearby, 1 dropped" in line
-        for line in describe_report(report)
+        for line in describe_report(report, TASKS["question_answering"])
     )

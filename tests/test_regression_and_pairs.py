@@ -116,9 +116,8 @@ def test_pairs_get_the_tokenizers_token_type_ids_also_when_cut_longest_first(tin
     for key in ("input_ids", "attention_mask", "token_type_ids"):
         assert torch.equal(batch[key], reference[key]), key
     assert batch["token_type_ids"].sum() > 0
-    assert "token_type_ids" not in collate(
-        ids, [0, 1, 2], tokenizer.pad_token_id, 1
-    )  # single texts have none
+    # single texts have none
+    assert "token_type_ids" not in collate(ids, [0, 1, 2], tokenizer.pad_token_id, 1)
 
 
 def test_duplicates_and_leakage_are_judged_on_the_whole_pair(tmp_path):
@@ -149,9 +148,8 @@ def test_duplicates_and_leakage_are_judged_on_the_whole_pair(tmp_path):
             clean_given_test=True,
         )
     )
-    assert (
-        data.cleaning["train"]["duplicate_rows"] == 9
-    )  # 3 distinct pairs (case and spaces aside), each 4 times
+    # 3 distinct pairs (case and spaces aside), each 4 times
+    assert data.cleaning["train"]["duplicate_rows"] == 9
     assert data.cleaning["test"]["leaked"] == 1
     assert list(zip(data.texts["test"], data.pairs["test"], data.labels["test"])) == [
         ("reset my password", "it is late", 1.0)
@@ -242,9 +240,8 @@ def test_the_regression_head_starts_at_the_training_mean(write_config, pairs_pat
         REGRESSION.init_head(model, [1.0, 2.0, 6.0])
         outputs = [m for m in model.modules() if isinstance(m, torch.nn.Linear) and m.out_features == 1]
         assert outputs and all(float(m.bias.detach()) == 3.0 for m in outputs)
-        with (
-            torch.no_grad()
-        ):  # the head's weights are small at first, so every prediction starts near the mean
+        # the head's weights are small at first, so every prediction starts near the mean
+        with torch.no_grad():
             logits = model(
                 input_ids=torch.tensor([[2, 10, 3]]), attention_mask=torch.ones(1, 3, dtype=torch.long)
             ).logits
@@ -278,9 +275,10 @@ def test_a_pair_regression_runs_end_to_end_with_its_plots_predict_and_export(
         assert record["dataset"]["label_names"] == ["score"] and isinstance(
             record["test_predictions"][0], float
         )
+        # early stopping's default metric, higher is better
         assert "val_spearman" in record["history"][0] and record["best_metric"] == max(
             h["val_spearman"] for h in record["history"]
-        )  # early stopping's default metric, higher is better
+        )
     summary = pd.read_csv(out / "results" / "summary.csv")
     assert "test_spearman_mean" in summary.columns and "test_accuracy_mean" not in summary.columns
     report = json.loads((out / "results" / "data_report.json").read_text())

@@ -91,8 +91,7 @@ def test_a_record_from_before_schema_versions_reads_as_the_current_layout(tmp_pa
         "peak_memory_measure": "process_peak_rss",
         "fold": None,
     }
-    assert (
-        current["task"] == "regression" and "peak_memory_measure" not in current
-    )  # the current layout is kept
+    # the current layout is kept
+    assert current["task"] == "regression" and "peak_memory_measure" not in current
     assert json.loads(path.read_text())["runs"][0] == old  # the file keeps what it holds
     assert summarize([upgraded], "val_macro_f1")["rows"][0]["config_id"] == "lora-1"

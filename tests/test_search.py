@@ -136,9 +136,8 @@ def test_trials_are_validated_runs_and_the_verdict_compares_their_confirmations(
     assert len(confirmations) == 4 and all("test" in r for r in confirmations)  # two strategies x two seeds
     for strategy in ("bitfit", "lora"):
         done = [r for r in trials.values() if r["strategy"] == strategy and r["status"] == "completed"]
-        best = max(
-            sorted(done, key=lambda r: r["trial"]["number"]), key=lambda r: r["best_metric"]
-        )  # ties: first
+        # ties: first
+        best = max(sorted(done, key=lambda r: r["trial"]["number"]), key=lambda r: r["best_metric"])
         assert {r["trial"]["number"] for r in confirmations if r["strategy"] == strategy} == {
             best["trial"]["number"]
         }
@@ -343,9 +342,8 @@ def test_two_workers_share_one_study_without_running_a_trial_twice(write_config,
         for k in (0, 1)
     ]
     logs = [worker.communicate(timeout=300)[1] for worker in workers]
-    assert [worker.returncode for worker in workers] in ([0, 1], [1, 0], [0, 0]), (
-        logs
-    )  # a shard may wait for another
+    # a shard may wait for another
+    assert [worker.returncode for worker in workers] in ([0, 1], [1, 0], [0, 0]), logs
     started = [
         line.split("search bitfit: ")[1]
         for log in logs
@@ -412,9 +410,8 @@ def test_no_trial_starts_after_the_time_budget_and_the_trials_done_are_confirmed
 ):
     config = search_config(write_config, trials=4, time_budget=50)
     caplog.set_level(logging.INFO, logger="bertlab")
-    clock = iter(
-        range(0, 10_000, 30)
-    )  # each look at the clock is 30 s later: the second round would start at 60 s
+    # each look at the clock is 30 s later: the second round would start at 60 s
+    clock = iter(range(0, 10_000, 30))
     monkeypatch.setattr(experiment.search.time, "monotonic", lambda: next(clock))
     assert main.main(["--config", str(config), "--strategy", "bitfit", "--strategy", "lora"]) == 0
     runs = records(tmp_path)

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from config import load_config, strategy_settings
-from conftest import prepared
+from conftest import prepared, settings_at
 from model import build_model, load_tokenizer
 from strategies import STRATEGIES
 from trainer import TrainJob, make_accelerator
@@ -21,7 +21,8 @@ def test_setfit_tunes_the_whole_encoder_then_fits_a_linear_head_on_mean_pooling(
     assert isinstance(model.classifier[-1], torch.nn.Linear) and model.text_pooling.how == "mean"
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     fit = STRATEGIES["setfit"].fit(strategy_settings(cfg, "setfit"))
-    result = fit(model, encoded, TrainJob(cfg, 1e-3, tmp_path / "run", {}), make_accelerator(False))
+    job = TrainJob(cfg, settings_at(cfg, "setfit", 1e-3), tmp_path / "run", {})
+    result = fit(model, encoded, job, make_accelerator(False))
     unchanged = [n for n, p in model.named_parameters() if torch.equal(p.detach().cpu(), before[n])]
     assert unchanged == []  # every encoder weight and the head
     assert result.extra["setfit"]["body_seconds"] > 0 and result.extra["logistic_regression"]["C"] > 0

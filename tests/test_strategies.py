@@ -15,6 +15,7 @@ from transformers import (
 )
 
 from config import load_config, strategy_settings
+from schema.strategies import IA3Config, LohaLokrConfig, PartialFreezingConfig
 from model import build_model, parameter_counts, resolve_model_path
 from strategies import STRATEGIES
 from tasks import TASKS
@@ -88,9 +89,7 @@ def test_training_changes_trainable_weights_only(strategy, head, write_config, t
     if strategy == "partial_freezing":  # the whole top layer trains, not only some of it
         assert {n for n in before if ".layer.1." in n} <= trainable
 
-    job = TrainJob(
-        cfg, strategy_settings(cfg, strategy)["learning_rate"], tmp_path / "run", {"strategy": strategy}
-    )
+    job = TrainJob(cfg, strategy_settings(cfg, strategy), tmp_path / "run", {"strategy": strategy})
     result = train(model, encoded, job, make_accelerator(False))
 
     assert result.optimizer_steps == 2
@@ -128,16 +127,15 @@ def test_trainable_share_on_the_bundled_minilm():
         and shares["frozen_encoder"] < 0.01
     )
     assert shares["ia3"] < 0.1 and shares["lokr"] < 0.1 and shares["loha"] < 1
-    assert (
-        15 < shares["partial_freezing"] < 18
-    )  # 2 of 6 layers (1.8M each) and the pooler; embeddings are half the model
+    # 2 of 6 layers (1.8M each) and the pooler; embeddings are half the model
+    assert 15 < shares["partial_freezing"] < 18
     assert resolve_model_path("minilm").endswith("model")
 
 
 def test_partial_freezing_finds_the_layers_of_other_architectures():
     config = DistilBertConfig(vocab_size=50, dim=32, hidden_dim=64, n_layers=3, n_heads=2, num_labels=3)
     model = STRATEGIES["partial_freezing"].wrap(
-        DistilBertForSequenceClassification(config), {"trainable_layers": 2}, CLASSIFICATION
+        DistilBertForSequenceClassification(config), PartialFreezingConfig(trainable_layers=2), CLASSIFICATION
     )
     trainable = {
         n.split(".")[0] if "layer" not in n else ".".join(n.split(".")[:4])
@@ -161,7 +159,7 @@ def test_partial_freezing_finds_the_layers_of_other_architectures():
         num_labels=3,
     )
     model = STRATEGIES["partial_freezing"].wrap(
-        ElectraForSequenceClassification(config), {"trainable_layers": 1}, CLASSIFICATION
+        ElectraForSequenceClassification(config), PartialFreezingConfig(trainable_layers=1), CLASSIFICATION
     )
     frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
     assert any("embeddings_project" in n for n in frozen) and any(".layer.0." in n for n in frozen)
@@ -181,7 +179,7 @@ def test_partial_freezing_refuses_a_model_whose_layers_it_cannot_tell_apart():
     )
     with pytest.raises(ConfigError, match="cannot tell the encoder layers"):
         STRATEGIES["partial_freezing"].wrap(
-            AlbertForSequenceClassification(config), {"trainable_layers": 1}, CLASSIFICATION
+            AlbertForSequenceClassification(config), PartialFreezingConfig(trainable_layers=1), CLASSIFICATION
         )
 
 
@@ -199,19 +197,21 @@ def test_an_adapter_that_cannot_fit_the_model_is_a_config_error_naming_it():
         r"layers are: .*q_lin.*v_lin",
     ):
         STRATEGIES["loha"].wrap(
-            tiny_distilbert(), {"rank": 4, "alpha": 8, "target_modules": ["query", "value"]}, CLASSIFICATION
+            tiny_distilbert(),
+            LohaLokrConfig(rank=4, alpha=8, target_modules=["query", "value"]),
+            CLASSIFICATION,
         )
     # PEFT has no IA3 defaults for DistilBERT: the user is told to name the modules
     with pytest.raises(
         ConfigError, match=r"strategies\.ia3: PEFT cannot apply it to .*; set its target_modules"
     ):
         STRATEGIES["ia3"].wrap(
-            tiny_distilbert(), {"target_modules": None, "feedforward_modules": None}, CLASSIFICATION
+            tiny_distilbert(), IA3Config(target_modules=None, feedforward_modules=None), CLASSIFICATION
         )
     # with them named, it applies: rescaling vectors on the named layers, and the head
     model = STRATEGIES["ia3"].wrap(
         tiny_distilbert(),
-        {"target_modules": ["k_lin", "v_lin", "lin2"], "feedforward_modules": ["lin2"]},
+        IA3Config(target_modules=["k_lin", "v_lin", "lin2"], feedforward_modules=["lin2"]),
         CLASSIFICATION,
     )
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
@@ -249,6 +249,6 @@ def test_bottleneck_adapters_start_as_the_pretrained_model_and_sit_where_placed(
                     num_labels=3,
                 )
             ),
-            cfg.strategies.bottleneck_adapter.__dict__,
+            cfg.strategies.bottleneck_adapter,
             CLASSIFICATION,
         )

@@ -59,7 +59,8 @@ def test_the_shipped_config_switches_to_question_answering_with_one_key(
     skipped = [r.message for r in caplog.records if "does not apply" in r.message]
     assert skipped == [
         "strategy prompt_tuning is enabled but does not apply to data.task: question_answering (its "
-        "virtual tokens shift the positions of the answer's start and end): skipped"
+        "virtual tokens shift every token's position, and question_answering reads its answer's start and end "
+        "off token positions): skipped"
     ]
     [own] = [r.message for r in caplog.records if "was written for its own data" in r.message]
     assert "training.learning_rate=0.0001" in own and "strategies.lora.learning_rate=0.003" in own

@@ -7,7 +7,7 @@ import torch
 
 import trainer
 from records.checkpoints import load_weights
-from conftest import prepared
+from conftest import prepared, settings_at
 from records.measure import PeakMemory
 from model import build_model
 from tasks import TASKS
@@ -20,7 +20,7 @@ NO_DROPOUT = ["model.dropout=0.0", "training.warmup_ratio=0", "training.num_epoc
 def run(cfg, data, encoded, run_dir, strategy="full", resume=False, run_key=None):
     set_seed(cfg.training.seed)
     model = build_model(cfg, strategy, data.label_names)
-    job = TrainJob(cfg, cfg.training.learning_rate, run_dir, run_key or {"strategy": strategy}, resume)
+    job = TrainJob(cfg, settings_at(cfg, strategy), run_dir, run_key or {"strategy": strategy}, resume)
     result = train(model, encoded, job, make_accelerator(False))
     return model, result
 
@@ -65,7 +65,7 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(strategy, write_config
     )
     straight, expected = run(cfg, data, encoded, tmp_path / "straight", strategy)
 
-    real_evaluate, calls = trainer.evaluate, []
+    real_evaluate, calls = trainer.validation_scores, []
 
     def evaluate_then_crash(*args, **kwargs):
         calls.append(1)
@@ -73,10 +73,10 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(strategy, write_config
             raise KeyboardInterrupt
         return real_evaluate(*args, **kwargs)
 
-    monkeypatch.setattr(trainer, "evaluate", evaluate_then_crash)
+    monkeypatch.setattr(trainer, "validation_scores", evaluate_then_crash)
     with pytest.raises(KeyboardInterrupt):
         run(cfg, data, encoded, tmp_path / "interrupted", strategy)
-    monkeypatch.setattr(trainer, "evaluate", real_evaluate)
+    monkeypatch.setattr(trainer, "validation_scores", real_evaluate)
     torch.manual_seed(12345)  # a new process would start from other random state
     resumed, result = run(cfg, data, encoded, tmp_path / "interrupted", strategy, resume=True)
 
@@ -105,7 +105,7 @@ def test_a_run_paused_at_evaluations_and_resumed_equals_an_uninterrupted_one(wri
         try:
             job = TrainJob(
                 cfg,
-                cfg.training.learning_rate,
+                settings_at(cfg, "full"),
                 tmp_path / "paused",
                 {"strategy": "full"},
                 resume=pauses > 0,
@@ -141,7 +141,7 @@ def test_early_stopping_stops_when_the_metric_stalls(write_config, tmp_path, mon
     scores = iter([0.5, 0.7, 0.69, 0.7, 0.9])  # best at epoch 2, then two epochs without improvement
     other_metrics = {m.name: 0.5 for m in TASKS["classification"].metrics}
     monkeypatch.setattr(
-        trainer, "evaluate", lambda *a, **k: {"loss": 1.0, **other_metrics, "macro_f1": next(scores)}
+        trainer, "validation_scores", lambda *a, **k: {"loss": 1.0, **other_metrics, "macro_f1": next(scores)}
     )
     _, result = run(cfg, data, encoded, tmp_path / "r")
     assert len(result.history) == 4
@@ -155,13 +155,13 @@ def test_best_epoch_weights_are_restored(write_config, tmp_path, monkeypatch):
     )
     scores = iter([0.4, 0.9, 0.5])
     snapshots = []
-    real_evaluate = trainer.evaluate
+    real_evaluate = trainer.validation_scores
 
     def record(model, *args, **kwargs):
         snapshots.append({n: p.detach().clone() for n, p in model.named_parameters()})
         return {**real_evaluate(model, *args, **kwargs), "macro_f1": next(scores)}
 
-    monkeypatch.setattr(trainer, "evaluate", record)
+    monkeypatch.setattr(trainer, "validation_scores", record)
     model, result = run(cfg, data, encoded, tmp_path / "r")
     assert result.best_epoch == 2 and len(result.history) == 3
     for name, param in model.named_parameters():
@@ -296,9 +296,8 @@ def test_compiled_training_matches_eager_and_keeps_checkpoint_names(write_config
 
 
 def test_cpu_peak_memory_is_what_this_run_needed_not_the_process_peak():
-    earlier_run = torch.ones(
-        300 * 2**18
-    )  # 300 MB held and freed before: the process's lifetime peak stays high
+    # 300 MB held and freed before: the process's lifetime peak stays high
+    earlier_run = torch.ones(300 * 2**18)
     del earlier_run
     memory = PeakMemory(torch.device("cpu"))
     this_run = torch.ones(100 * 2**18)
@@ -357,7 +356,7 @@ def test_validation_every_n_steps_inside_epochs_and_early_stopping_counts_evalua
     scores = iter([0.5, 0.7, 0.69, 0.7, 0.9])  # best at the second evaluation, then two without improvement
     other_metrics = {m.name: 0.5 for m in TASKS["classification"].metrics}
     monkeypatch.setattr(
-        trainer, "evaluate", lambda *a, **k: {"loss": 1.0, **other_metrics, "macro_f1": next(scores)}
+        trainer, "validation_scores", lambda *a, **k: {"loss": 1.0, **other_metrics, "macro_f1": next(scores)}
     )
     _, result = run(cfg, data, encoded, tmp_path / "stops")
     assert [h["step"] for h in result.history] == [3, 6, 7, 9]  # stopped inside epoch 2
@@ -378,7 +377,7 @@ def test_a_run_resumed_between_evaluations_inside_an_epoch_equals_uninterrupted(
         ],
     )
     straight, expected = run(cfg, data, encoded, tmp_path / "straight")
-    real_evaluate, calls = trainer.evaluate, []
+    real_evaluate, calls = trainer.validation_scores, []
 
     def evaluate_then_crash(*args, **kwargs):
         calls.append(1)
@@ -386,10 +385,10 @@ def test_a_run_resumed_between_evaluations_inside_an_epoch_equals_uninterrupted(
             raise KeyboardInterrupt
         return real_evaluate(*args, **kwargs)
 
-    monkeypatch.setattr(trainer, "evaluate", evaluate_then_crash)
+    monkeypatch.setattr(trainer, "validation_scores", evaluate_then_crash)
     with pytest.raises(KeyboardInterrupt):
         run(cfg, data, encoded, tmp_path / "interrupted")
-    monkeypatch.setattr(trainer, "evaluate", real_evaluate)
+    monkeypatch.setattr(trainer, "validation_scores", real_evaluate)
     saved = torch.load(tmp_path / "interrupted" / "last.pt", weights_only=True)["state"]
     assert (saved["step"], saved["batches_done"], len(saved["history"])) == (9, 2, 4)
     torch.manual_seed(12345)

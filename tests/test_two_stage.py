@@ -48,9 +48,8 @@ def test_a_second_stage_starts_from_the_merged_weights_and_keeps_the_head_for_th
     _, _, trained = run_model(folder / "outputs" / "checkpoints" / "lora" / source["run_id"])
     merged = trained.merge_and_unload().state_dict()
     second = build_model(cfg, "full", source["dataset"]["label_names"]).state_dict()
-    assert all(
-        torch.equal(second[k], merged[k]) for k in merged
-    )  # encoder and head, as the first stage ended
+    # encoder and head, as the first stage ended
+    assert all(torch.equal(second[k], merged[k]) for k in merged)
     assert main.main(["--config", str(first_stage["config"]), "--strategy", "bitfit", start]) == 0
     [run] = [r for r in records(folder).values() if r["strategy"] == "bitfit"]
     assert run["init_from"] == {
@@ -65,9 +64,8 @@ def test_a_second_stage_starts_from_the_merged_weights_and_keeps_the_head_for_th
 
 def test_other_labels_get_a_fresh_head_on_the_first_stages_encoder(first_stage):
     folder, source = first_stage["folder"], first_stage["source"]
-    folder_spec = str(
-        folder / "outputs" / "checkpoints" / "lora" / source["run_id"]
-    )  # a run folder works too
+    # a run folder works too
+    folder_spec = str(folder / "outputs" / "checkpoints" / "lora" / source["run_id"])
     cfg = load_config(
         first_stage["config"], [f"model.init_from={folder_spec}", f"data.path={folder / 'other.csv'}"]
     )

@@ -277,9 +277,8 @@ def test_the_verdict_names_the_chosen_setting_when_a_strategy_had_several():
         for s in SEEDS
         for rate in (1e-4, 3e-5)
     ]
-    runs[1]["history"][0]["val_macro_f1"] = (
-        0.95  # seed 0 at 3e-5: that rate has the better mean on validation
-    )
+    # seed 0 at 3e-5: that rate has the better mean on validation
+    runs[1]["history"][0]["val_macro_f1"] = 0.95
     runs += [run("lora", s, val=0.85, error_rate=0.20, varied={"learning_rate": 1e-3}) for s in SEEDS]
     verdict, lines = verdict_of(runs)
     assert lines[0].startswith("Use full (learning_rate=3e-05): it is the best on validation macro-F1 0.9167")
