@@ -107,7 +107,7 @@ def apply_override(raw: dict, override: str) -> None:
     if not sep or not key:
         raise ConfigError(f"override {shown(override)} is not of the form section.key=value")
     # YAML's block markers: on a command line they mean the characters
-    if text.strip().startswith("|", ">"):
+    if text.strip().startswith(("|", ">")):
         value = text
     else:
         try:

@@ -92,6 +92,26 @@ def write_config(tmp_path, tiny_model_dir, csv_path):
     return lambda **sections: small_config(tmp_path, tiny_model_dir, csv_path, **sections)
 
 
+@pytest.fixture
+def main_here(capsys, caplog):
+    """main.main in this process, answered as subprocess.run answers for main.py: the exit status, what it
+    printed, and its log lines with what it wrote to stderr (for tests where the process is not the point)."""
+    import logging
+    from types import SimpleNamespace
+
+    import main
+
+    def run(*args):
+        caplog.set_level(logging.INFO)
+        caplog.clear()
+        capsys.readouterr()
+        status = main.main([str(a) for a in args])
+        out = capsys.readouterr()
+        return SimpleNamespace(returncode=status, stdout=out.out, stderr=out.err + caplog.text)
+
+    return run
+
+
 def settings_at(cfg, strategy: str, learning_rate: float | None = None):
     """A strategy's settings for one run of `cfg`, at `learning_rate` (None: the rate the strategy would use)."""
     from config import strategy_settings

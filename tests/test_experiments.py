@@ -14,7 +14,7 @@ from experiment import plan_runs
 from reporting.summary import aggregate, paired_bootstrap, summarize
 from reporting.tables import summary_markdown
 from tasks import TASKS
-from test_cli import main_py, results
+from test_cli import results
 from utils import ConfigError
 
 CLASSIFICATION = TASKS["classification"]
@@ -182,28 +182,26 @@ def test_grid_lists_are_validated(write_config):
         assert expected in str(err.value)
 
 
-def test_runs_are_cached_and_only_new_ones_run(write_config, tmp_path):
+def test_runs_are_cached_and_only_new_ones_run(write_config, tmp_path, main_here):
     config = write_config(
-        ablation={"learning_rates": [1e-4, 3e-4, 1e-3]}, training={"seeds": [0, 1], "num_epochs": 1}
+        ablation={"learning_rates": [1e-4, 3e-4]}, training={"seeds": [0, 1], "num_epochs": 1}
     )
     args = ["--config", config, "--strategy", "full", "--strategy", "bitfit"]
-    first = main_py(*args)
+    first = main_here(*args)
     assert first.returncode == 0, first.stderr
-    assert (
-        "12 run(s) planned: 0 already completed (reused; --force runs them again), 12 to run" in first.stderr
-    )
-    assert len(results(tmp_path)) == 12
-    again = main_py(*args)
-    assert "12 run(s) planned: 12 already completed" in again.stderr and "12 to run" not in again.stderr
-    assert " run 1/12" not in again.stderr and len(results(tmp_path)) == 12
-    plan = main_py(*args, "training.seeds=[0,1,2]", "--dry-run")
-    assert "18 run(s) planned: 12 already completed" in plan.stdout and "6 to run" in plan.stdout
-    assert "trainable of" in plan.stdout and "rough time" in plan.stdout and len(results(tmp_path)) == 12
-    more = main_py(*args, "training.seeds=[0,1,2]")
-    assert more.returncode == 0 and "6 to run" in more.stderr
+    assert "8 run(s) planned: 0 already completed (reused; --force runs them again), 8 to run" in first.stderr
+    assert len(results(tmp_path)) == 8
+    again = main_here(*args)
+    assert "8 run(s) planned: 8 already completed" in again.stderr and "8 to run" not in again.stderr
+    assert " run 1/8" not in again.stderr and len(results(tmp_path)) == 8
+    plan = main_here(*args, "training.seeds=[0,1,2]", "--dry-run")
+    assert "12 run(s) planned: 8 already completed" in plan.stdout and "4 to run" in plan.stdout
+    assert "trainable of" in plan.stdout and "rough time" in plan.stdout and len(results(tmp_path)) == 8
+    more = main_here(*args, "training.seeds=[0,1,2]")
+    assert more.returncode == 0 and "4 to run" in more.stderr
     runs = results(tmp_path)
-    assert len(runs) == 18 and sorted(r["seed"] for r in runs) == [0] * 6 + [1] * 6 + [2] * 6
-    forced = main_py(
+    assert len(runs) == 12 and sorted(r["seed"] for r in runs) == [0] * 4 + [1] * 4 + [2] * 4
+    forced = main_here(
         "--config",
         config,
         "--strategy",
@@ -219,11 +217,11 @@ def test_runs_are_cached_and_only_new_ones_run(write_config, tmp_path):
     assert len(csv_rows) == 2 and csv_rows[0].startswith("config_id,strategy,learning_rate")
 
 
-def test_few_shot_runs_train_on_k_per_class_and_test_on_the_full_splits(write_config, tmp_path):
+def test_few_shot_runs_train_on_k_per_class_and_test_on_the_full_splits(write_config, tmp_path, main_here):
     config = write_config(
         few_shot={"enabled": True, "shots_per_class": [2, 4], "repeats": 2}, training={"num_epochs": 1}
     )
-    result = main_py("--config", config, "--strategy", "bitfit")
+    result = main_here("--config", config, "--strategy", "bitfit")
     assert result.returncode == 0, result.stderr
     runs = results(tmp_path)
     assert sorted((r["few_shot"]["shots_per_class"], r["few_shot"]["draw"]) for r in runs) == [
@@ -355,14 +353,16 @@ def test_paired_bootstrap_known_answers():
     assert two["accuracy"]["difference"] == pytest.approx(result["accuracy"]["difference"], abs=1e-6)
 
 
-def test_dry_run_builds_no_outputs(write_config, tmp_path):
-    result = main_py("--config", write_config(strategies={"lora": {"rank_values": [2, 4]}}), "--dry-run")
+def test_dry_run_builds_no_outputs(write_config, tmp_path, main_here):
+    result = main_here("--config", write_config(strategies={"lora": {"rank_values": [2, 4]}}), "--dry-run")
     assert result.returncode == 0, result.stderr
     assert "lora rank=2" in result.stdout and "lora rank=4" in result.stdout
     assert not (tmp_path / "outputs").exists()
 
 
-def test_a_nan_in_one_run_of_a_sweep_fails_only_that_run_and_a_rerun_retries_only_it(write_config, tmp_path):
+def test_a_nan_in_one_run_of_a_sweep_fails_only_that_run_and_a_rerun_retries_only_it(
+    write_config, tmp_path, main_here
+):
     # 1e30 makes the first update overflow the weights, so that run's loss is NaN by its second step
     config = write_config(
         ablation={"learning_rates": [1e-3, 1e30]},
@@ -373,7 +373,7 @@ def test_a_nan_in_one_run_of_a_sweep_fails_only_that_run_and_a_rerun_retries_onl
             "prompt_tuning": {"enabled": False},
         },
     )
-    result = main_py("--config", config)
+    result = main_here("--config", config)
     assert result.returncode == 1 and "2 run(s) failed" in result.stderr
     runs = results(tmp_path)
     failed = [r for r in runs if r["status"] == "failed"]
@@ -388,6 +388,6 @@ def test_a_nan_in_one_run_of_a_sweep_fails_only_that_run_and_a_rerun_retries_onl
     summary = (tmp_path / "outputs" / "results" / "summary.md").read_text()
     assert "| full | 1.0e+30 | 2 (2 failed) |" in summary and "| full | 1.0e-03 | 2 |" in summary
 
-    again = main_py("--config", config)
+    again = main_here("--config", config)
     assert again.returncode == 1 and "4 run(s) planned: 2 already completed" in again.stderr
     assert [r for r in results(tmp_path) if r["status"] == "completed"] == completed
