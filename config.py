@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -393,93 +394,68 @@ def data_problems(cfg: Config) -> list[str]:
 
 def training_problems(cfg: Config) -> list[str]:
     """The training section's ranges and rules."""
+    t, optional = cfg.training, lambda value, holds: value is None or holds(value)
+    # (key, whether its value is allowed, what is allowed)
+    rules = [
+        ("batch_size", t.batch_size >= 1, "an integer >= 1"),
+        ("eval_batch_size", t.eval_batch_size >= 1, "an integer >= 1"),
+        ("eval_batch_tokens", optional(t.eval_batch_tokens, lambda n: n >= 1), "an integer >= 1, or null"),
+        ("eval_every_steps", optional(t.eval_every_steps, lambda n: n >= 1), "an integer >= 1, or null"),
+        (
+            "checkpoint_every_steps",
+            optional(t.checkpoint_every_steps, lambda n: n >= 1),
+            "an integer >= 1, or null",
+        ),
+        (
+            "bf16",
+            not (t.fp16 and t.bf16),
+            "false while training.fp16 is true (on by default): set training.fp16: false to use bf16",
+        ),
+        ("learning_rate", t.learning_rate > 0, "a number > 0"),
+        ("head_learning_rate", optional(t.head_learning_rate, lambda r: r > 0), "a number > 0, or null"),
+        (
+            "layer_lr_decay",
+            optional(t.layer_lr_decay, lambda d: 0 < d <= 1),
+            "0 < decay <= 1 (e.g. 0.8), or null",
+        ),
+        ("num_epochs", t.num_epochs >= 1, "an integer >= 1"),
+        ("weight_decay", t.weight_decay >= 0, "a number >= 0"),
+        ("warmup_ratio", 0 <= t.warmup_ratio < 1, "0 <= ratio < 1"),
+        ("gradient_accumulation_steps", t.gradient_accumulation_steps >= 1, "an integer >= 1"),
+        (
+            "max_grad_norm",
+            optional(t.max_grad_norm, lambda n: n > 0),
+            "a number > 0, or null to turn clipping off",
+        ),
+        ("focal_gamma", t.focal_gamma >= 0, "a number >= 0"),
+        (
+            "decision_threshold",
+            t.decision_threshold == "tuned" or 0 < t.decision_threshold < 1,
+            "tuned, or a probability between 0 and 1",
+        ),
+        ("label_smoothing", 0 <= t.label_smoothing < 1, "0 <= share < 1"),
+        (
+            "label_smoothing",
+            t.loss == "cross_entropy" or t.label_smoothing == 0,
+            "0 with training.loss: focal (label smoothing applies to cross-entropy)",
+        ),
+        (
+            "class_weights",
+            class_weights_allowed(t.class_weights),
+            "balanced, a non-empty list of numbers > 0 in label order, {label: number > 0}, or null",
+        ),
+        ("early_stopping.patience", t.early_stopping.patience >= 1, "an integer >= 1"),
+    ]
     problems = Problems()
-    require = problems.require
-
-    t = cfg.training
-    require(t.batch_size >= 1, "training.batch_size", t.batch_size, "an integer >= 1")
-    require(t.eval_batch_size >= 1, "training.eval_batch_size", t.eval_batch_size, "an integer >= 1")
-    require(
-        t.eval_batch_tokens is None or t.eval_batch_tokens >= 1,
-        "training.eval_batch_tokens",
-        t.eval_batch_tokens,
-        "an integer >= 1, or null",
-    )
-    require(
-        t.eval_every_steps is None or t.eval_every_steps >= 1,
-        "training.eval_every_steps",
-        t.eval_every_steps,
-        "an integer >= 1, or null",
-    )
-    require(
-        t.checkpoint_every_steps is None or t.checkpoint_every_steps >= 1,
-        "training.checkpoint_every_steps",
-        t.checkpoint_every_steps,
-        "an integer >= 1, or null",
-    )
-    require(
-        not (t.fp16 and t.bf16),
-        "training.bf16",
-        t.bf16,
-        "false while training.fp16 is true (on by default): set training.fp16: false to use bf16",
-    )
-    require(t.learning_rate > 0, "training.learning_rate", t.learning_rate, "a number > 0")
-    require(
-        t.head_learning_rate is None or t.head_learning_rate > 0,
-        "training.head_learning_rate",
-        t.head_learning_rate,
-        "a number > 0, or null",
-    )
-    require(
-        t.layer_lr_decay is None or 0 < t.layer_lr_decay <= 1,
-        "training.layer_lr_decay",
-        t.layer_lr_decay,
-        "0 < decay <= 1 (e.g. 0.8), or null",
-    )
-    require(t.num_epochs >= 1, "training.num_epochs", t.num_epochs, "an integer >= 1")
-    require(t.weight_decay >= 0, "training.weight_decay", t.weight_decay, "a number >= 0")
-    require(0 <= t.warmup_ratio < 1, "training.warmup_ratio", t.warmup_ratio, "0 <= ratio < 1")
-    require(
-        t.gradient_accumulation_steps >= 1,
-        "training.gradient_accumulation_steps",
-        t.gradient_accumulation_steps,
-        "an integer >= 1",
-    )
-    require(
-        t.max_grad_norm is None or t.max_grad_norm > 0,
-        "training.max_grad_norm",
-        t.max_grad_norm,
-        "a number > 0, or null to turn clipping off",
-    )
-    require(t.focal_gamma >= 0, "training.focal_gamma", t.focal_gamma, "a number >= 0")
-    require(
-        t.decision_threshold == "tuned" or 0 < t.decision_threshold < 1,
-        "training.decision_threshold",
-        t.decision_threshold,
-        "tuned, or a probability between 0 and 1",
-    )
-    require(0 <= t.label_smoothing < 1, "training.label_smoothing", t.label_smoothing, "0 <= share < 1")
-    require(
-        t.loss == "cross_entropy" or t.label_smoothing == 0,
-        "training.label_smoothing",
-        t.label_smoothing,
-        "0 with training.loss: focal (label smoothing applies to cross-entropy)",
-    )
-    weights = t.class_weights
-    values = weights.values() if isinstance(weights, dict) else weights if isinstance(weights, list) else []
-    require(
-        all(w > 0 for w in values) and weights not in ([], {}),
-        "training.class_weights",
-        weights,
-        "balanced, a non-empty list of numbers > 0 in label order, {label: number > 0}, or null",
-    )
-    require(
-        t.early_stopping.patience >= 1,
-        "training.early_stopping.patience",
-        t.early_stopping.patience,
-        "an integer >= 1",
-    )
+    for key, allowed, what in rules:
+        value = functools.reduce(getattr, key.split("."), t)
+        problems.require(allowed, f"training.{key}", value, what)
     return problems
+
+
+def class_weights_allowed(weights) -> bool:
+    values = weights.values() if isinstance(weights, dict) else weights if isinstance(weights, list) else []
+    return all(w > 0 for w in values) and weights not in ([], {})
 
 
 def tracker_problems(name: str) -> list[str]:

@@ -245,31 +245,9 @@ def fit_and_test(job: RunInputs, cfg: Config, accelerator, resume: bool, on_eval
     # a strategy may train on something cheaper than the whole model (its feature_view), or by other means than
     # the gradient loop (its fit); both leave the trained weights in `model`
     fit, feature_view = strategy.fit(settings), strategy.feature_view(settings)
-    how = (
-        f"{cfg.training.num_epochs} epochs | effective batch "
-        f"{cfg.training.batch_size * cfg.training.gradient_accumulation_steps} | lr {settings.learning_rate:.1e}"
-        if fit is None
-        else f"not trained by epoch: {fit.__name__}"
-    )
-    logger.info(
-        "%s | %d train examples | %s | trainable %d of %d (%.3f%%)",
-        run_dir.name,
-        len(encoded.labels["train"]),
-        how,
-        counts["trainable_params"],
-        counts["total_params"],
-        counts["trainable_pct"],
-    )
+    log_start(job, cfg, counts, fit)
     # after an OOM retry: its batch settings
     run_key = dataclasses.replace(run, cfg=cfg).key(job.data.fingerprint)
-    logged = {
-        **dataclasses.asdict(cfg.training),
-        **settings.recorded(),
-        "strategy": run.strategy,
-        "model": cfg.model.name,
-        "max_length": cfg.model.max_length,
-        "data_fingerprint": job.data.fingerprint,
-    }
     parts = part_learning_rates(
         model, settings.learning_rate, cfg.training.head_learning_rate, cfg.training.layer_lr_decay
     )
@@ -279,7 +257,7 @@ def fit_and_test(job: RunInputs, cfg: Config, accelerator, resume: bool, on_eval
     step = step_costs(model, trained, inputs, encoded, run.task, accelerator)
     before_epoch = strategy.before_epoch and (lambda epoch: strategy.before_epoch(model, settings, epoch))
     with run_trackers(
-        cfg.output.trackers, run_dir.name, Path(cfg.output.dir) / "trackers", logged
+        cfg.output.trackers, run_dir.name, Path(cfg.output.dir) / "trackers", tracked_settings(job, cfg)
     ) as trackers:
 
         def evaluated(history: list[dict]) -> Decision:
@@ -312,6 +290,37 @@ def fit_and_test(job: RunInputs, cfg: Config, accelerator, resume: bool, on_eval
         if run.trial and not run.trial.get("confirms"):  # a search trial: test stays unseen
             return fitted
         return {**fitted, **tested(job, cfg, (trained, inputs), accelerator, trackers, result.best_step)}
+
+
+def tracked_settings(job: RunInputs, cfg: Config) -> dict:
+    """What a tracker (TensorBoard) shows of the run's settings."""
+    return {
+        **dataclasses.asdict(cfg.training),
+        **job.run.settings.recorded(),
+        "strategy": job.run.strategy,
+        "model": cfg.model.name,
+        "max_length": cfg.model.max_length,
+        "data_fingerprint": job.data.fingerprint,
+    }
+
+
+def log_start(job: RunInputs, cfg: Config, counts: dict, fit) -> None:
+    t = cfg.training
+    how = (
+        f"{t.num_epochs} epochs | effective batch {t.batch_size * t.gradient_accumulation_steps} | "
+        f"lr {job.run.settings.learning_rate:.1e}"
+        if fit is None
+        else f"not trained by epoch: {fit.__name__}"
+    )
+    logger.info(
+        "%s | %d train examples | %s | trainable %d of %d (%.3f%%)",
+        job.folder.name,
+        len(job.encoded.labels["train"]),
+        how,
+        counts["trainable_params"],
+        counts["total_params"],
+        counts["trainable_pct"],
+    )
 
 
 def built_model(job: RunInputs, cfg: Config) -> tuple[torch.nn.Module, dict | None, dict]:

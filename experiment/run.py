@@ -106,27 +106,7 @@ def run_experiment(cfg: Config, launch: Launch) -> int:
         if shares:
             print_shares(*shares, launch.shard[1])
         return 0
-    folders = {
-        run_id: run_folder(cfg.output.dir, run.strategy, run_id) for run, run_id in zip(plan.runs, ids)
-    }
-    to_run = share.to_run()
-    if not launch.resume and not launch.force:
-        refuse_interrupted([folders[i] for i in to_run if i not in trials_done], stored)
-    if launch.resume:  # a resume state that cannot be read stops the command before it writes anything
-        for run_id in to_run:
-            saved_run_key(folders[run_id])
-    check_shared_files(results_path)
-    write_experiment(
-        results_path,
-        config_file=launch.config_file,
-        command=launch.command,
-        config=cfg.as_saved(),
-        strategies=launch.strategies,
-        run_ids=ids,
-        studies=[study.name for study in plan.studies],
-    )
-    for report in plan.reports.values():
-        save_report(report, results_path.parent)
+    start_writing(plan, share, stored, cfg, launch)
     if launch.summary_only:
         return finish(cfg, ids, results_path, plan.baseline, plan.studies)
     accelerator = accelerator or make_accelerator(cfg.training.fp16, cfg.training.bf16)
@@ -136,6 +116,33 @@ def run_experiment(cfg: Config, launch: Launch) -> int:
     if launch.shard is not None and not shard_finished(ids, results_path, launch.shard, len(mine), failed):
         return 1 if failed else 0
     return max(finish(cfg, ids, results_path, plan.baseline, plan.studies), 1 if failed else 0)
+
+
+def start_writing(plan: Plan, share: Share, stored: list[RunRecord], cfg: Config, launch: Launch) -> None:
+    """Stop before anything is written on what would stop the experiment later (a run's interrupted
+    checkpoint, an unreadable resume state or shared file); then write experiment.json and the data reports."""
+    results_path = results_file(cfg.output.dir)
+    folders = {
+        run_id: run_folder(cfg.output.dir, run.strategy, run_id) for run, run_id in zip(plan.runs, share.ids)
+    }
+    to_run = share.to_run()
+    if not launch.resume and not launch.force:
+        refuse_interrupted([folders[i] for i in to_run if i not in share.trials_done], stored)
+    if launch.resume:
+        for run_id in to_run:
+            saved_run_key(folders[run_id])
+    check_shared_files(results_path)
+    write_experiment(
+        results_path,
+        config_file=launch.config_file,
+        command=launch.command,
+        config=cfg.as_saved(),
+        strategies=launch.strategies,
+        run_ids=share.ids,
+        studies=[study.name for study in plan.studies],
+    )
+    for report in plan.reports.values():
+        save_report(report, results_path.parent)
 
 
 def resolved_plan(cfg: Config, strategies: list[str]) -> Plan:

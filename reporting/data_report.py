@@ -101,35 +101,7 @@ def describe_report(report: dict, task: Task) -> list[str]:
             )
     lines += task.report_lines(report)
     for split, found in report["cleaning"].items():
-        dropped = {
-            "empty text": found.get("empty_text", 0),
-            "missing label": found.get("missing_label", 0),
-            "repeated text": found.get("duplicates_dropped", 0),
-            "text with conflicting labels": found.get("conflicting_rows_dropped", 0),
-            "text also in an earlier split": found.get("leaked_removed", 0),
-        }
-        kept = {
-            "repeated text": found.get("duplicate_rows", 0) - found.get("duplicates_dropped", 0),
-            "text with conflicting labels": found.get("conflicting_rows", 0)
-            - found.get("conflicting_rows_dropped", 0),
-            "text also in an earlier split": found.get("leaked", 0) - found.get("leaked_removed", 0),
-        }
-        notes = [f"dropped {n} ({why})" for why, n in dropped.items() if n] + [
-            f"kept {n} ({why})" for why, n in kept.items() if n
-        ]
-        if found.get("texts_without_label"):  # label sets: a text none of the labels applies to
-            notes.append(f"kept {found['texts_without_label']} (no label applies)")
-        if found.get("scored_whole"):
-            notes.append(
-                "given by the data: scored whole, and apart on the rows no earlier split holds (test_unseen)"
-            )
-        if found.get("answers_moved") or found.get(
-            "answers_dropped"
-        ):  # a question's answers checked in its context
-            notes.append(
-                f"answers not at their answer_start: {found['answers_moved']} moved to where their text "
-                f"stands nearby, {found['answers_dropped']} dropped"
-            )
+        notes = cleaning_notes(found)
         if notes:
             lines.append(f"  {split}: " + "; ".join(notes))
     t = report["token_lengths"]
@@ -141,6 +113,38 @@ def describe_report(report: dict, task: Task) -> list[str]:
             f"{t.get('beyond_max_length', 'truncated')} at max_length {t['max_length']}"
         )
     return lines
+
+
+def cleaning_notes(found: dict) -> list[str]:
+    """What cleaning dropped and kept of one split, and what it found of label sets and answers, in words."""
+    dropped = {
+        "empty text": found.get("empty_text", 0),
+        "missing label": found.get("missing_label", 0),
+        "repeated text": found.get("duplicates_dropped", 0),
+        "text with conflicting labels": found.get("conflicting_rows_dropped", 0),
+        "text also in an earlier split": found.get("leaked_removed", 0),
+    }
+    kept = {
+        "repeated text": found.get("duplicate_rows", 0) - found.get("duplicates_dropped", 0),
+        "text with conflicting labels": found.get("conflicting_rows", 0)
+        - found.get("conflicting_rows_dropped", 0),
+        "text also in an earlier split": found.get("leaked", 0) - found.get("leaked_removed", 0),
+    }
+    notes = [f"dropped {n} ({why})" for why, n in dropped.items() if n]
+    notes += [f"kept {n} ({why})" for why, n in kept.items() if n]
+    if found.get("texts_without_label"):  # label sets: a text none of the labels applies to
+        notes.append(f"kept {found['texts_without_label']} (no label applies)")
+    if found.get("scored_whole"):
+        notes.append(
+            "given by the data: scored whole, and apart on the rows no earlier split holds (test_unseen)"
+        )
+    # a question's answers checked in its context
+    if found.get("answers_moved") or found.get("answers_dropped"):
+        notes.append(
+            f"answers not at their answer_start: {found['answers_moved']} moved to where their text "
+            f"stands nearby, {found['answers_dropped']} dropped"
+        )
+    return notes
 
 
 def save_report(report: dict, folder: Path) -> None:

@@ -251,7 +251,6 @@ def write_report(
 ) -> None:
     """One HTML file with everything embedded (each plot with what to look for in it), so it can be sent to a
     colleague as it is."""
-    task = TASKS[summary["task"]]
     completed = [r for r in runs if r["status"] == "completed"]
     failed = [r for r in runs if r["status"] != "completed"]
     baseline = completed[0]["dataset"].get("majority_baseline")
@@ -260,6 +259,29 @@ def write_report(
         *verdict_section(summary),
         *search_section(summary),
     ]
+    parts += tables_section(summary, baseline, failed)
+    parts.append("<h2>Plots</h2>")
+    parts += [figure(image, caption) for image, caption in figures]
+    if skipped:
+        parts.append(
+            "<p class='note'>Not drawn: "
+            + "; ".join(f"{html.escape(k)} ({html.escape(v)})" for k, v in skipped.items())
+            + ".</p>"
+        )
+    parts += comparisons_section(summary)
+    parts += reproduce_section(completed, experiment)
+    title = html.escape(f"bertlab: {completed[0]['dataset']['name']}")
+    path.write_text(
+        f"<!doctype html><html lang='en'><head><meta charset='utf-8'>"
+        f"<meta name='viewport' content='width=device-width, initial-scale=1'><title>{title}</title>"
+        f"<style>{REPORT_STYLE}</style></head><body>{''.join(parts)}</body></html>\n",
+        encoding="utf-8",
+    )
+
+
+def tables_section(summary: dict, baseline: dict | None, failed: list[RunRecord]) -> list[str]:
+    """The standings against the winner, every configuration, the diagnostics and the failed runs."""
+    task, parts = TASKS[summary["task"]], []
     if summary["verdict"].get("standings"):
         parts += [
             f"<h2>{html.escape(winner_title(summary))}</h2>",
@@ -291,14 +313,12 @@ def write_report(
                 failed,
             ),
         ]
-    parts.append("<h2>Plots</h2>")
-    parts += [figure(image, caption) for image, caption in figures]
-    if skipped:
-        parts.append(
-            "<p class='note'>Not drawn: "
-            + "; ".join(f"{html.escape(k)} ({html.escape(v)})" for k, v in skipped.items())
-            + ".</p>"
-        )
+    return parts
+
+
+def comparisons_section(summary: dict) -> list[str]:
+    """Every pair of strategies compared, and each variant against the first."""
+    parts = []
     if summary["comparisons"]:
         parts += [
             f"<details><summary>{PAIRS_TITLE} ({len(summary['comparisons'])})</summary>",
@@ -310,11 +330,4 @@ def write_report(
             f"<h2>{VARIANTS_TITLE}</h2>",
             html_table(comparison_columns(summary, "variant_comparisons"), summary["variant_comparisons"]),
         ]
-    parts += reproduce_section(completed, experiment)
-    title = html.escape(f"bertlab: {completed[0]['dataset']['name']}")
-    path.write_text(
-        f"<!doctype html><html lang='en'><head><meta charset='utf-8'>"
-        f"<meta name='viewport' content='width=device-width, initial-scale=1'><title>{title}</title>"
-        f"<style>{REPORT_STYLE}</style></head><body>{''.join(parts)}</body></html>\n",
-        encoding="utf-8",
-    )
+    return parts

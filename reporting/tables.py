@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 from reporting.summary import COMPARISON_NOTE, VARIANTS_TITLE
 from reporting.verdict import describe, format_share, signed
-from tasks import TASKS, Task
+from tasks import TASKS, Metric, Task
 from records.shared import write_json
 from utils import atomic_write_bytes
 
@@ -51,6 +51,23 @@ def scaled(stats: dict | None, factor: float) -> dict:
     return {k: None if stats[k] is None else stats[k] * factor for k in ("mean", "std", "ci95")}
 
 
+def unseen_and_calibration_columns(rows: list[dict], main: Metric) -> list[Column]:
+    """Beside a test split the data gave (scored whole), its main metric on the rows no earlier split holds;
+    with training.calibration, what the temperature did to the test calibration error."""
+    columns = []
+    if any(r["test_unseen"] for r in rows):
+        unseen = lambda r: (r["test_unseen"] or {}).get(main.name, EMPTY)
+        columns.append(_stat_column(f"test {main.label}, unseen rows", f"test_unseen_{main.name}", unseen))
+    if any(r.get("calibration") for r in rows):
+        calibration = lambda key: lambda r: (r.get("calibration") or {}).get(key, EMPTY)
+        columns += [
+            _stat_column("test ECE, uncalibrated", "test_ece_uncalibrated", calibration("ece_uncalibrated")),
+            _stat_column("test ECE, calibrated", "test_ece_calibrated", calibration("ece")),
+            _stat_column("temperature", "temperature", calibration("temperature"), 2),
+        ]
+    return columns
+
+
 def configuration_columns(summary: dict) -> list[Column]:
     task, rows = TASKS[summary["task"]], summary["rows"]
     main = task.metric(task.main_metric)
@@ -85,41 +102,7 @@ def configuration_columns(summary: dict) -> list[Column]:
             _stat_column(f"test {m.label}", f"test_{m.name}", lambda r, name=m.name: r["test"][name])
             for m in task.summary_metrics()
         ],
-        # beside a test split the data gave (scored whole), its main metric on the rows no earlier split holds
-        *(
-            [
-                _stat_column(
-                    f"test {main.label}, unseen rows",
-                    f"test_unseen_{main.name}",
-                    lambda r: (r["test_unseen"] or {}).get(main.name, EMPTY),
-                )
-            ]
-            if any(r["test_unseen"] for r in rows)
-            else []
-        ),
-        # with training.calibration: what the temperature did to the test calibration error
-        *(
-            [
-                _stat_column(
-                    "test ECE, uncalibrated",
-                    "test_ece_uncalibrated",
-                    lambda r: (r.get("calibration") or {}).get("ece_uncalibrated", EMPTY),
-                ),
-                _stat_column(
-                    "test ECE, calibrated",
-                    "test_ece_calibrated",
-                    lambda r: (r.get("calibration") or {}).get("ece", EMPTY),
-                ),
-                _stat_column(
-                    "temperature",
-                    "temperature",
-                    lambda r: (r.get("calibration") or {}).get("temperature", EMPTY),
-                    2,
-                ),
-            ]
-            if any(r.get("calibration") for r in rows)
-            else []
-        ),
+        *unseen_and_calibration_columns(rows, main),
         Column(
             "trainable params",
             lambda r: {"trainable_params": r["trainable_params"]},

@@ -154,6 +154,40 @@ def per_class_f1(f: Figures) -> list[str]:
     return [f.save(fig, "per_class_f1.png")]
 
 
+def pooled_bins(bins: list[dict]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Reliability bins of several runs pooled: each bin's count, and its mean confidence and accuracy over
+    every prediction in it (the filled bins only)."""
+    count = np.sum([b["count"] for b in bins], axis=0)
+    filled = count > 0
+    mean = {
+        part: np.sum([[(v or 0.0) * n for v, n in zip(b[part], b["count"])] for b in bins], axis=0)[filled]
+        / count[filled]
+        for part in ("confidence", "accuracy")
+    }
+    return count, mean["confidence"], mean["accuracy"]
+
+
+def reliability_axes(f: Figures, ax, counts_ax) -> None:
+    """The reliability diagram's diagonal, axes, legend and title, and its counts panel's."""
+    ax.plot([0, 1], [0, 1], color="gray", linestyle="--", linewidth=1, label="perfect calibration")
+    stated, outcome = f.task.reliability_axes
+    ax.set_ylabel(outcome)
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(
+        fontsize=9, loc="lower right", title="marker area: share of predictions in the bin", title_fontsize=9
+    )
+    ax.set_title(
+        f"Calibration on test: does what is stated with probability p come true p of the time?\n"
+        f"{f.dataset}, {f.model}{f.headline_note}",
+        fontsize=11,
+    )
+    counts_ax.set_xlabel(f"{stated} (bins of 1/15)")
+    counts_ax.set_ylabel("share of\npredictions")
+    counts_ax.set_xlim(0, 1)
+    counts_ax.grid(alpha=0.3)
+
+
 def calibration(f: Figures) -> list[str]:
     """Reliability diagram: per confidence bin, how often the chosen setting of each strategy was right
     (bins pooled over its runs); on the diagonal, confidence means what it says."""
@@ -171,25 +205,8 @@ def calibration(f: Figures) -> list[str]:
         )
         color = None
         for key, note, style in reports:
-            count = np.sum([r[key]["calibration"]["count"] for r in runs], axis=0)
-            sums = {
-                part: np.sum(
-                    [
-                        [
-                            (v or 0.0) * n
-                            for v, n in zip(r[key]["calibration"][part], r[key]["calibration"]["count"])
-                        ]
-                        for r in runs
-                    ],
-                    axis=0,
-                )
-                for part in ("confidence", "accuracy")
-            }
+            count, confidence, accuracy = pooled_bins([r[key]["calibration"] for r in runs])
             filled = count > 0
-            confidence, accuracy = (
-                sums["confidence"][filled] / count[filled],
-                sums["accuracy"][filled] / count[filled],
-            )
             ece = np.mean([r[key]["ece"] for r in runs])
             (line,) = ax.plot(
                 confidence,
@@ -217,23 +234,7 @@ def calibration(f: Figures) -> list[str]:
     if not drawn:
         plt.close(fig)
         raise NothingToDraw("needs the test calibration bins of a run")
-    ax.plot([0, 1], [0, 1], color="gray", linestyle="--", linewidth=1, label="perfect calibration")
-    stated, outcome = f.task.reliability_axes
-    ax.set_ylabel(outcome)
-    ax.set_ylim(0, 1.02)
-    ax.grid(alpha=0.3)
-    ax.legend(
-        fontsize=9, loc="lower right", title="marker area: share of predictions in the bin", title_fontsize=9
-    )
-    ax.set_title(
-        f"Calibration on test: does what is stated with probability p come true p of the time?\n"
-        f"{f.dataset}, {f.model}{f.headline_note}",
-        fontsize=11,
-    )
-    counts_ax.set_xlabel(f"{stated} (bins of 1/15)")
-    counts_ax.set_ylabel("share of\npredictions")
-    counts_ax.set_xlim(0, 1)
-    counts_ax.grid(alpha=0.3)
+    reliability_axes(f, ax, counts_ax)
     return [f.save(fig, "calibration.png")]
 
 

@@ -130,7 +130,6 @@ def decide(summary: dict) -> dict:
     other strategy's standing against it with its costs, the recommendation and what evidence is missing."""
     task = TASKS[summary["task"]]
     name = deciding_metric(summary, task)
-    higher_is_better = task.metric(name).higher_is_better
     slot, shots = headline_rows(summary["rows"])
     ran = dict.fromkeys(r["strategy"] for r in summary["rows"] if r["shots_per_class"] == shots)
     not_compared = [s for s in ran if s not in {r["strategy"] for r in slot}]
@@ -139,59 +138,23 @@ def decide(summary: dict) -> dict:
         return {"kind": "none", "metric": name, "not_compared": not_compared, "searched": searched}
     best = best_per_slot(summary, task)
     winner = next(r for r in best if r["shots_per_class"] == shots)
-    standings = []
-    for row in slot:
-        if row is winner:
-            continue
-        test = against_winner(summary["comparisons"], winner["strategy"], row["strategy"], shots, name)
-        if test is None:
-            not_compared.append(row["strategy"])
-            continue
-        status, seed_dependent = standing(test, higher_is_better)
-        standings.append(
-            {
-                "strategy": row["strategy"],
-                "label": configuration_label(row),
-                "config_id": row["config_id"],
-                "status": status,
-                "seed_dependent": seed_dependent,
-                "test": test,
-                "costs": cost_ratios(row, winner),
-            }
-        )
+    standings, uncompared = standings_against(winner, slot, summary["comparisons"], name, task)
     tied = [s for s in standings if s["status"] == "within noise"]
     cheaper = sorted(
         (s for s in tied if cheaper_everywhere(s["costs"])),
         key=lambda s: (s["costs"]["params"] or 1, s["costs"]["memory"] or 1),
     )
-    widths = [(s["test"]["high"] - s["test"]["low"]) / 2 for s in standings]
-    resolution = statistics.median(widths) if widths else None
-    separated = any(s["status"] != "within noise" for s in standings)
-    kind = (
-        "single"
-        if not standings
-        else "undecided"
-        if not separated and resolution > RESOLUTION_LIMIT
-        else "decided"
-    )
+    kind, resolution = verdict_kind(standings)
     return {
         "kind": kind,
         "metric": name,
         "selection_metric": summary["metric"],
         "shots_per_class": shots,
-        "winner": {
-            "strategy": winner["strategy"],
-            "label": configuration_label(winner),
-            "config_id": winner["config_id"],
-            "validation": winner["validation"],
-            "test": winner["test"][name],
-            "interval": (winner.get("test_interval") or {}).get(name),
-            "runs": winner["runs"] - winner["failed"],
-        },
+        "winner": winner_entry(winner, name),
         "recommended": cheaper[0]["strategy"] if cheaper else winner["strategy"],
         "recommended_config_id": cheaper[0]["config_id"] if cheaper else winner["config_id"],
         "standings": standings,
-        "not_compared": not_compared,
+        "not_compared": not_compared + uncompared,
         "resolution": resolution,
         "validation_ties": [
             configuration_label(r)
@@ -212,13 +175,64 @@ def decide(summary: dict) -> dict:
             for r in best
             if r is not winner
         ],
-        "searched": [
+        "searched": [{key: s[key] for key in SEARCH_FACTS} for s in searched],
+    }
+
+
+# What the verdict keeps of each strategy's search
+SEARCH_FACTS = ("strategy", "space", "trials", "completed", "pruned", "failed", "best", "at_edge")
+
+
+def standings_against(
+    winner: dict, slot: list[dict], comparisons: list[dict], name: str, task: Task
+) -> tuple[list[dict], list[str]]:
+    """Each other configuration of the winner's slot against it on test (`name`): its status, whether that
+    depends on the seed, the paired test and the cost ratios; and the strategies with no paired test."""
+    standings, uncompared = [], []
+    for row in slot:
+        if row is winner:
+            continue
+        test = against_winner(
+            comparisons, winner["strategy"], row["strategy"], winner["shots_per_class"], name
+        )
+        if test is None:
+            uncompared.append(row["strategy"])
+            continue
+        status, seed_dependent = standing(test, task.metric(name).higher_is_better)
+        standings.append(
             {
-                key: s[key]
-                for key in ("strategy", "space", "trials", "completed", "pruned", "failed", "best", "at_edge")
+                "strategy": row["strategy"],
+                "label": configuration_label(row),
+                "config_id": row["config_id"],
+                "status": status,
+                "seed_dependent": seed_dependent,
+                "test": test,
+                "costs": cost_ratios(row, winner),
             }
-            for s in searched
-        ],
+        )
+    return standings, uncompared
+
+
+def verdict_kind(standings: list[dict]) -> tuple[str, float | None]:
+    """ "single" (nothing to compare), "undecided" (every other within noise, and the tests too coarse to tell
+    a RESOLUTION_LIMIT difference) or "decided"; with the tests' median half-width."""
+    widths = [(s["test"]["high"] - s["test"]["low"]) / 2 for s in standings]
+    resolution = statistics.median(widths) if widths else None
+    if not standings:
+        return "single", resolution
+    separated = any(s["status"] != "within noise" for s in standings)
+    return ("undecided" if not separated and resolution > RESOLUTION_LIMIT else "decided"), resolution
+
+
+def winner_entry(winner: dict, name: str) -> dict:
+    return {
+        "strategy": winner["strategy"],
+        "label": configuration_label(winner),
+        "config_id": winner["config_id"],
+        "validation": winner["validation"],
+        "test": winner["test"][name],
+        "interval": (winner.get("test_interval") or {}).get(name),
+        "runs": winner["runs"] - winner["failed"],
     }
 
 
@@ -424,18 +438,7 @@ def details(verdict: dict, task: Task, reading: Reading) -> list[str]:
     also = [s for s in by_status["within noise"] if s is not recommended]
     if also:
         lines.append(
-            f"{'Also w' if recommended else 'W'}ithin noise of {best} on test {label}: "
-            + "; ".join(
-                f"{s['label']} ({describe_difference(s['test'])}"
-                + (
-                    f"; separated on the pooled test split but not in every {'paired run' if folds else 'seed'}"
-                    if s["seed_dependent"]
-                    else ""
-                )
-                + f"; {describe_costs(s['costs'])})"
-                for s in also
-            )
-            + "."
+            f"{'Also w' if recommended else 'W'}ithin noise of {best} on test {label}: {ties(also, folds)}."
         )
     if by_status["behind"]:
         lines.append(
@@ -479,6 +482,17 @@ def details(verdict: dict, task: Task, reading: Reading) -> list[str]:
             + "."
         )
     return lines
+
+
+def ties(standings: list[dict], folds: dict | None) -> str:
+    """Configurations within noise of the winner: each with its difference, whether every paired run agrees,
+    and its costs."""
+    unpaired = f"; separated on the pooled test split but not in every {'paired run' if folds else 'seed'}"
+    return "; ".join(
+        f"{s['label']} ({describe_difference(s['test'])}{unpaired if s['seed_dependent'] else ''}; "
+        f"{describe_costs(s['costs'])})"
+        for s in standings
+    )
 
 
 def describe_search(searched: list[dict]) -> list[str]:

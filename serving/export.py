@@ -22,8 +22,6 @@ from strategies import STRATEGIES
 from utils import ConfigError, WriteError, atomic_write_json, writable_folder
 from records.shape import RunRecord
 
-THRESHOLDS = "thresholds.json"  # a multi-label model's threshold per label, beside its weights
-
 
 def export_run(run: str, output_dir: str | Path, out: Path, force: bool = False) -> Path:
     """Write the run's model, tokenizer and model card (README.md) into `out`, whole (see written_whole)."""
@@ -50,8 +48,9 @@ def export_run(run: str, output_dir: str | Path, out: Path, force: bool = False)
             model = model.merge_and_unload()
         model.save_pretrained(building)
         tokenizer.save_pretrained(building)
-        if record.get("decision"):  # label sets: what the card's usage reads each label's threshold from
-            atomic_write_json(building / THRESHOLDS, record["decision"]["thresholds"])
+        if record.get("decision"):  # the task's decision rule: what the card's usage reads (label thresholds)
+            for name, contents in task_of([record]).exported_decision(record["decision"])[0].items():
+                atomic_write_json(building / name, contents)
         (building / "README.md").write_text(
             model_card(record, cfg, siblings or [record], adapter), encoding="utf-8"
         )
@@ -126,29 +125,25 @@ def label_table(distribution: dict | None, labels: list[str]) -> list[str]:
     )
 
 
+# The settings a model card shows, where the run has them
+CARD_SETTINGS = (
+    "learning_rate",
+    "rank",
+    "alpha",
+    "dropout",
+    "target_modules",
+    "num_virtual_tokens",
+    "init_text",
+    "trainable_layers",
+    "batch_size",
+    "num_epochs",
+    "max_length",
+)
+
+
 def model_card(record: RunRecord, cfg, runs: list[RunRecord], adapter: bool) -> str:
     """The exported folder's README: how to use it, how it was trained, on what, how it scored, its limits."""
-    task = task_of([record])
-    dataset = record["dataset"]
-    labels = dataset["label_names"]
-    settings = {
-        k: v
-        for k, v in record["hyperparameters"].items()
-        if k
-        in (
-            "learning_rate",
-            "rank",
-            "alpha",
-            "dropout",
-            "target_modules",
-            "num_virtual_tokens",
-            "init_text",
-            "trainable_layers",
-            "batch_size",
-            "num_epochs",
-            "max_length",
-        )
-    }
+    task, dataset = task_of([record]), record["dataset"]
     lines = [
         f"# {dataset['name']}: {record['strategy']} fine-tuning of {record['model']}",
         "",
@@ -157,104 +152,97 @@ def model_card(record: RunRecord, cfg, runs: list[RunRecord], adapter: bool) -> 
         "",
         "## How to use",
         "",
-    ]
-    label_maps = f"num_labels={len(labels)}, id2label={dict(enumerate(labels))}, label2id={ {n: i for i, n in enumerate(labels)} }"
-    if adapter:
-        lines += [
-            "A PEFT prompt-tuning adapter (virtual tokens cannot be merged into the weights); its base model is "
-            f"`{resolve_model_path(cfg.model.name)}` (`base_model_name_or_path` in adapter_config.json: point it "
-            "at that model where you load it):",
-            "",
-            "```python",
-            "from peft import AutoPeftModelForSequenceClassification",
-            "from transformers import AutoTokenizer",
-            "",
-            f"model = AutoPeftModelForSequenceClassification.from_pretrained(FOLDER, {label_maps})",
-            "tokenizer = AutoTokenizer.from_pretrained(FOLDER)",
-            "```",
-        ]
-    else:
-        lines += [
-            "```python",
-            "from transformers import pipeline",
-            "",
-            *task.card_usage(cfg.data.text_pair_column is not None),
-            "```",
-        ]
-    lines += [
+        *card_usage(record, cfg, adapter),
         "",
         "## Training",
         "",
-        f"- Base model: `{record['model']}`"
-        + (
-            f" (bundled by the pip package `{BUNDLED_MODELS[record['model']]}`)"
-            if record["model"] in BUNDLED_MODELS
-            else ""
-        )
-        + f"; strategy `{record['strategy']}`, "
-        f"{record['trainable_params']:,} of {record['total_params']:,} weights trained ({record['trainable_pct']}%).",
-        f"- Settings: {json.dumps(settings)}.",
-        f"- Data: `{dataset['name']}` (fingerprint {dataset['fingerprint']}); split sizes "
-        + ", ".join(f"{split} {n}" for split, n in dataset["sizes"].items())
-        + ".",
-        f"- Best epoch {record['best_epoch']} on validation ({record['stop_reason']}); seed {record['seed']}.",
-        *(
-            [
-                f"- Calibrated: a temperature of {record['calibration']['temperature']:.3f}, fitted on the validation "
-                "logits, is folded into the last layer, so the scores are the calibrated probabilities (test ECE "
-                f"{record['test_uncalibrated']['ece']:.4f} before it, {record['test']['ece']:.4f} after)."
-            ]
-            if record.get("calibration")
-            else []
-        ),
-        *(
-            [
-                "- Decision: a label is given where its probability reaches its threshold ("
-                + (
-                    "each label's own, tuned on validation to maximise its F1"
-                    if record["decision"]["setting"] == "tuned"
-                    else "one for every label"
-                )
-                + f"; `{THRESHOLDS}` in this folder): "
-                + ", ".join(f"{name} {t:.3f}" for name, t in record["decision"]["thresholds"].items())
-                + "."
-            ]
-            if record.get("decision")
-            else []
-        ),
-        f"- Versions: {', '.join(f'{k} {v}' for k, v in record['versions'].items())}.",
-        "",
-    ]
-    distribution = dataset.get("label_distribution")
-    lines += label_table(distribution, labels)
-    lines += [
+        *card_training(record),
+        *label_table(dataset.get("label_distribution"), dataset["label_names"]),
         "## Results",
         "",
-        f"- Best {task.label(cfg.training.early_stopping.metric)} (chose the epoch): {_scores(runs, 'validation')}",
-    ]
-    lines += [
-        f"- Test {m.label} (only reported): {_scores(runs, m.name)}"
-        for m in task.metrics
-        if all(m.name in r["test"] for r in runs)
-    ]  # records made before a metric existed lack it
-    per_class = record["test"].get("per_class")
-    if per_class:
-        lines += [
-            "",
-            "| label | test precision | test recall | test F1 | test support |",
-            "|---|---|---|---|---|",
-        ]
-        lines += [
-            f"| {name} | {c['precision']:.3f} | {c['recall']:.3f} | {c['f1']:.3f} | {c['support']} |"
-            for name, c in per_class.items()
-        ]
-    lines += [
+        *card_results(record, cfg, runs),
         "",
         "## Limits",
         "",
-        f"- {task.card_limit(labels, distribution)}",
+        f"- {task.card_limit(dataset['label_names'], dataset.get('label_distribution'))}",
         f"- Texts longer than {cfg.model.max_length} tokens are truncated; the rest is not read.",
         "- Scores were measured on a test split of the same data; other text may score lower.",
         "",
     ]
     return "\n".join(lines)
+
+
+def card_usage(record: RunRecord, cfg, adapter: bool) -> list[str]:
+    """The card's code: the task's pipeline call, or loading a prompt-tuning adapter onto its base model."""
+    if not adapter:
+        usage = task_of([record]).card_usage(cfg.data.text_pair_column is not None)
+        return ["```python", "from transformers import pipeline", "", *usage, "```"]
+    labels = record["dataset"]["label_names"]
+    label_maps = (
+        f"num_labels={len(labels)}, id2label={dict(enumerate(labels))}, "
+        f"label2id={ {n: i for i, n in enumerate(labels)} }"
+    )
+    return [
+        "A PEFT prompt-tuning adapter (virtual tokens cannot be merged into the weights); its base model is "
+        f"`{resolve_model_path(cfg.model.name)}` (`base_model_name_or_path` in adapter_config.json: point it "
+        "at that model where you load it):",
+        "",
+        "```python",
+        "from peft import AutoPeftModelForSequenceClassification",
+        "from transformers import AutoTokenizer",
+        "",
+        f"model = AutoPeftModelForSequenceClassification.from_pretrained(FOLDER, {label_maps})",
+        "tokenizer = AutoTokenizer.from_pretrained(FOLDER)",
+        "```",
+    ]
+
+
+def card_training(record: RunRecord) -> list[str]:
+    """The card's lines on how the run trained: model, strategy, settings, data, calibration, decision rule."""
+    dataset, model = record["dataset"], record["model"]
+    bundled = f" (bundled by the pip package `{BUNDLED_MODELS[model]}`)" if model in BUNDLED_MODELS else ""
+    settings = {k: v for k, v in record["hyperparameters"].items() if k in CARD_SETTINGS}
+    lines = [
+        f"- Base model: `{model}`{bundled}; strategy `{record['strategy']}`, {record['trainable_params']:,} of "
+        f"{record['total_params']:,} weights trained ({record['trainable_pct']}%).",
+        f"- Settings: {json.dumps(settings)}.",
+        f"- Data: `{dataset['name']}` (fingerprint {dataset['fingerprint']}); split sizes "
+        + ", ".join(f"{split} {n}" for split, n in dataset["sizes"].items())
+        + ".",
+        f"- Best epoch {record['best_epoch']} on validation ({record['stop_reason']}); seed {record['seed']}.",
+    ]
+    if record.get("calibration"):
+        lines.append(
+            f"- Calibrated: a temperature of {record['calibration']['temperature']:.3f}, fitted on the validation "
+            "logits, is folded into the last layer, so the scores are the calibrated probabilities (test ECE "
+            f"{record['test_uncalibrated']['ece']:.4f} before it, {record['test']['ece']:.4f} after)."
+        )
+    if record.get("decision"):
+        lines += task_of([record]).exported_decision(record["decision"])[1]
+    return lines + [f"- Versions: {', '.join(f'{k} {v}' for k, v in record['versions'].items())}.", ""]
+
+
+def card_results(record: RunRecord, cfg, runs: list[RunRecord]) -> list[str]:
+    """The card's scores: validation (which chose the epoch), test (only reported), and test per class."""
+    task = task_of([record])
+    lines = [
+        f"- Best {task.label(cfg.training.early_stopping.metric)} (chose the epoch): {_scores(runs, 'validation')}"
+    ]
+    # records made before a metric existed lack it
+    lines += [
+        f"- Test {m.label} (only reported): {_scores(runs, m.name)}"
+        for m in task.metrics
+        if all(m.name in r["test"] for r in runs)
+    ]
+    per_class = record["test"].get("per_class")
+    if not per_class:
+        return lines
+    return lines + [
+        "",
+        "| label | test precision | test recall | test F1 | test support |",
+        "|---|---|---|---|---|",
+        *(
+            f"| {name} | {c['precision']:.3f} | {c['recall']:.3f} | {c['f1']:.3f} | {c['support']} |"
+            for name, c in per_class.items()
+        ),
+    ]

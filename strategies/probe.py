@@ -178,31 +178,7 @@ def fit_logistic_regression(model, encoded: Encoded, job: TrainJob, accelerator)
         with stopwatch(spent, split):
             x[split] = head_inputs(model, found[1], encoded, split, cfg, accelerator).double().numpy()
     y = {split: np.asarray(encoded.labels[split]) for split in x}
-    mean, std = x["train"].mean(0), x["train"].std(0) + 1e-6
-    best, tried = None, []
-    for c in C_VALUES:
-        with stopwatch(spent, "train"):
-            fitted = LogisticRegression(C=c, max_iter=2000).fit((x["train"] - mean) / std, y["train"])
-            weight, bias = full_weights(fitted, encoded.num_labels)
-            weight, bias = (
-                weight / std,
-                bias - (weight / std) @ mean,
-            )  # the same logits on unstandardised features
-        with stopwatch(spent, "validation"):
-            logits = {split: x[split] @ weight.T + bias for split in x}
-            scores = {
-                "val_loss": mean_log_loss(logits["validation"], y["validation"], encoded.num_labels),
-                **{
-                    f"val_{name}": value
-                    for name, value in task.scores(
-                        y["validation"], logits["validation"], encoded.label_names
-                    ).items()
-                },
-            }
-        tried.append({"C": c, metric: scores[metric]})
-        if best is None or task.is_better(metric, scores[metric], best[0][metric]):
-            best = (scores, weight, bias, c, mean_log_loss(logits["train"], y["train"], encoded.num_labels))
-    scores, weight, bias, c, train_loss = best
+    (scores, weight, bias, c, train_loss), tried = best_regression(x, y, encoded, task, metric, spent)
     with torch.no_grad():
         linear.weight.copy_(torch.as_tensor(weight, dtype=linear.weight.dtype))
         linear.bias.copy_(torch.as_tensor(bias, dtype=linear.bias.dtype))
@@ -237,6 +213,31 @@ def fit_logistic_regression(model, encoded: Encoded, job: TrainJob, accelerator)
         round(spent["checkpoint"], 2),
         {"logistic_regression": {"C": c, "tried": tried}},
     )
+
+
+def best_regression(x: dict, y: dict, encoded: Encoded, task, metric: str, spent: dict) -> tuple[tuple, list]:
+    """Logistic regression at each C of C_VALUES on the training features standardised, scored on validation:
+    the best (its validation scores, weight and bias on the features as they are, C, training loss), and each
+    C's score of `metric`; the time each part takes added to `spent`."""
+    mean, std = x["train"].mean(0), x["train"].std(0) + 1e-6
+    best, tried = None, []
+    for c in C_VALUES:
+        with stopwatch(spent, "train"):
+            fitted = LogisticRegression(C=c, max_iter=2000).fit((x["train"] - mean) / std, y["train"])
+            weight, bias = full_weights(fitted, encoded.num_labels)
+            # the same logits on unstandardised features
+            weight, bias = weight / std, bias - (weight / std) @ mean
+        with stopwatch(spent, "validation"):
+            logits = {split: x[split] @ weight.T + bias for split in x}
+            validation = task.scores(y["validation"], logits["validation"], encoded.label_names)
+            scores = {
+                "val_loss": mean_log_loss(logits["validation"], y["validation"], encoded.num_labels),
+                **{f"val_{name}": value for name, value in validation.items()},
+            }
+        tried.append({"C": c, metric: scores[metric]})
+        if best is None or task.is_better(metric, scores[metric], best[0][metric]):
+            best = (scores, weight, bias, c, mean_log_loss(logits["train"], y["train"], encoded.num_labels))
+    return best, tried
 
 
 def full_weights(fitted: LogisticRegression, num_labels: int) -> tuple[np.ndarray, np.ndarray]:

@@ -243,6 +243,11 @@ class Task(abc.ABC):
             f"classify([{pipeline_input(pairs)}], truncation=True, top_k=3)",
         ]
 
+    def exported_decision(self, decision: dict) -> tuple[dict[str, object], list[str]]:
+        """What an export writes of a decision rule decide() gave: JSON files beside the weights (by name) that
+        card_usage reads, and the model card's lines on the rule."""
+        return {}, []
+
     def card_limit(self, label_names: list[str], distribution: dict | None) -> str:
         """The model card's sentence on what the model can answer."""
         return f"It knows only these labels: {', '.join(label_names)}. Every text gets one of them."

@@ -76,6 +76,10 @@ def best_f1_threshold(probability: np.ndarray, truth: np.ndarray) -> float:
     return float((chosen + below.max()) / 2) if below.size else float(chosen)
 
 
+# Where an export keeps each label's threshold, beside the weights (the model card's usage reads it).
+THRESHOLDS = "thresholds.json"
+
+
 class MultiLabel(Task):
     """A set of labels per text, each given where its probability reaches the label's threshold."""
 
@@ -454,11 +458,24 @@ class MultiLabel(Task):
         return [
             "import json",
             "",
-            'thresholds = json.load(open(f"{FOLDER}/thresholds.json"))  # each label\'s, tuned on validation',
+            f'thresholds = json.load(open(f"{{FOLDER}}/{THRESHOLDS}"))  # each label\'s, tuned on validation',
             'tag = pipeline("text-classification", model=FOLDER, top_k=None, function_to_apply="sigmoid")',
             f"scores = tag([{pipeline_input(pairs)}], truncation=True)[0]  # every label's probability",
             'labels = [s["label"] for s in scores if s["score"] >= thresholds[s["label"]]]',
         ]
+
+    def exported_decision(self, decision):
+        rule = (
+            "each label's own, tuned on validation to maximise its F1"
+            if decision["setting"] == "tuned"
+            else "one for every label"
+        )
+        thresholds = ", ".join(f"{name} {t:.3f}" for name, t in decision["thresholds"].items())
+        line = (
+            f"- Decision: a label is given where its probability reaches its threshold ({rule}; `{THRESHOLDS}` in "
+            f"this folder): {thresholds}."
+        )
+        return {THRESHOLDS: decision["thresholds"]}, [line]
 
     def card_limit(self, label_names, distribution):
         return (

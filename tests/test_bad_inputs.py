@@ -1,6 +1,6 @@
-"""Every user mistake through the real command line (`python main.py ...` in a fresh process, so that
-anything printed at import counts too): exit status 2 and one line saying what is wrong and what is
-allowed, never a traceback."""
+"""Every user mistake through the command line: exit status 2 and one line saying what is wrong and what is
+allowed, never a traceback. The cases run main.main in this process; a fresh `python main.py` process checks
+the same for a mistake (so that anything printed at import counts too) and shows the traceback with --debug."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from conftest import ROOT, labelled_rows
 from strategies import STRATEGIES
 
 
-def cli(*argv, env: dict | None = None) -> tuple[int, str]:
+def fresh_process(*argv, env: dict | None = None) -> tuple[int, str]:
     result = subprocess.run(
         [sys.executable, str(ROOT / "main.py"), *map(str, argv)],
         cwd=ROOT,
@@ -25,6 +25,24 @@ def cli(*argv, env: dict | None = None) -> tuple[int, str]:
         env={**os.environ, **(env or {})},
     )
     return result.returncode, result.stderr
+
+
+@pytest.fixture
+def cli(capsys, monkeypatch):
+    """main.main in this process: its exit status and what it wrote to stderr."""
+    import main
+
+    def run(*argv, env: dict | None = None) -> tuple[int, str]:
+        for name, value in (env or {}).items():
+            monkeypatch.setenv(name, value)
+        capsys.readouterr()
+        try:
+            status = main.main([str(a) for a in argv])
+        except SystemExit as stop:  # argparse's refusals
+            status = stop.code
+        return status, capsys.readouterr().err
+
+    return run
 
 
 def write_rows(path, rows) -> str:
@@ -133,19 +151,19 @@ def assert_one_line_error(status: int, stderr: str, expected: str) -> None:
 
 
 @pytest.mark.parametrize("case", list(CONFIG_MISTAKES))
-def test_config_mistake(case, write_config, tmp_path):
+def test_config_mistake(case, write_config, tmp_path, cli):
     overrides, expected = CONFIG_MISTAKES[case]
     overrides = overrides(tmp_path) if callable(overrides) else overrides
     assert_one_line_error(*cli("--config", write_config(), *overrides), expected)
 
 
 @pytest.mark.parametrize("case", list(DATA_MISTAKES))
-def test_data_mistake(case, write_config, tmp_path):
+def test_data_mistake(case, write_config, tmp_path, cli):
     make_path, expected = DATA_MISTAKES[case]
     assert_one_line_error(*cli("--config", write_config(), f"data.path={make_path(tmp_path)}"), expected)
 
 
-def test_hub_model_that_cannot_be_reached(write_config):
+def test_hub_model_that_cannot_be_reached(write_config, cli):
     # HF_HUB_OFFLINE: what a machine without network sees, minus the retries
     assert_one_line_error(
         *cli("--config", write_config(), "model.name=nobody-here/no-such-model", env={"HF_HUB_OFFLINE": "1"}),
@@ -153,7 +171,7 @@ def test_hub_model_that_cannot_be_reached(write_config):
     )
 
 
-def test_label_in_test_that_training_never_saw(write_config, tmp_path):
+def test_label_in_test_that_training_never_saw(write_config, tmp_path, cli):
     rows = labelled_rows(per_class=20)
     folder = tmp_path / "splits"
     folder.mkdir()
@@ -173,17 +191,17 @@ def test_label_in_test_that_training_never_saw(write_config, tmp_path):
         ("- just\n- a list\n", "expected a mapping"),
     ],
 )
-def test_broken_config_file(content, expected, tmp_path):
+def test_broken_config_file(content, expected, tmp_path, cli):
     path = tmp_path / "config.yaml"
     path.write_text(content)
     assert_one_line_error(*cli("--config", path), expected)
 
 
-def test_missing_config_file(tmp_path):
+def test_missing_config_file(tmp_path, cli):
     assert_one_line_error(*cli("--config", tmp_path / "nope.yaml"), "not found")
 
 
-def test_unknown_key_in_the_file_itself(write_config, tmp_path):
+def test_unknown_key_in_the_file_itself(write_config, tmp_path, cli):
     path = write_config()
     config = yaml.safe_load(path.read_text())
     config["training"]["epochs"] = 3
@@ -191,12 +209,16 @@ def test_unknown_key_in_the_file_itself(write_config, tmp_path):
     assert_one_line_error(*cli("--config", path), "unknown key 'training.epochs'; did you mean")
 
 
-def test_unknown_strategy_on_the_command_line(write_config):
+def test_unknown_strategy_on_the_command_line(write_config, cli):
     status, stderr = cli("--config", write_config(), "--strategy", "adapterz")
     assert status == 2 and "Traceback" not in stderr
     assert "invalid choice: 'adapterz'" in stderr and "bitfit" in stderr
 
 
-def test_debug_shows_the_traceback(write_config):
-    status, stderr = cli("--config", write_config(), "training.batch_size=0", "--debug")
+def test_a_mistake_in_a_fresh_process_is_one_line_and_debug_shows_the_traceback(write_config):
+    mistake = ["--config", write_config(), "training.batch_size=0"]
+    status, stderr = fresh_process(*mistake)
+    assert_one_line_error(status, stderr, "training.batch_size: got 0, allowed: an integer >= 1")
+    assert len(stderr.strip().splitlines()) == 1  # nothing else: no warning printed at import
+    status, stderr = fresh_process(*mistake, "--debug")
     assert status != 0 and "Traceback" in stderr and "ConfigError: " in stderr

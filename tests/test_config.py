@@ -1,6 +1,3 @@
-import subprocess
-import sys
-
 import pytest
 from transformers import BertConfig
 
@@ -164,19 +161,6 @@ def test_partial_freezing_cannot_train_more_layers_than_the_model_has(write_conf
         check_against_model(BertConfig(num_hidden_layers=2), plans(cfg, "partial_freezing"))
     check_against_model(BertConfig(num_hidden_layers=2), plans(cfg, "full"))
     check_against_model(BertConfig(num_hidden_layers=3), plans(cfg, "partial_freezing"))
-
-
-def test_cli_reports_a_config_mistake_in_one_line_with_exit_status_2(write_config):
-    result = subprocess.run(
-        [sys.executable, "main.py", "--config", str(write_config()), "training.learning_rte=1"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-    )
-    assert result.returncode == 2
-    assert "Traceback" not in result.stderr
-    assert result.stderr.strip().splitlines() == [result.stderr.strip()]
-    assert "did you mean 'training.learning_rate'" in result.stderr
 
 
 def test_unloadable_model_names_the_key_and_the_offline_way_out(write_config, tmp_path):
