@@ -174,8 +174,13 @@ def reliability_axes(f: Figures, ax, counts_ax) -> None:
     ax.set_ylabel(outcome)
     ax.set_ylim(0, 1.02)
     ax.grid(alpha=0.3)
+    # beside the diagram, so that no curve hides behind it however many strategies there are
     ax.legend(
-        fontsize=9, loc="lower right", title="marker area: share of predictions in the bin", title_fontsize=9
+        fontsize=9,
+        loc="upper left",
+        bbox_to_anchor=(1.02, 1.0),
+        title="marker area: share of predictions in the bin",
+        title_fontsize=9,
     )
     ax.set_title(
         f"Calibration on test: does what is stated with probability p come true p of the time?\n"
@@ -191,7 +196,7 @@ def reliability_axes(f: Figures, ax, counts_ax) -> None:
 def calibration(f: Figures) -> list[str]:
     """Reliability diagram: per confidence bin, how often the chosen setting of each strategy was right
     (bins pooled over its runs); on the diagonal, confidence means what it says."""
-    fig, (ax, counts_ax) = plt.subplots(2, 1, figsize=(7, 7.5), height_ratios=[3, 1], sharex=True)
+    fig, (ax, counts_ax) = plt.subplots(2, 1, figsize=(11.5, 7.5), height_ratios=[3, 1], sharex=True)
     drawn = False
     for row in f.headline:
         runs = [r for r in f.runs_of(row) if "calibration" in r["test"]]
