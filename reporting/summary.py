@@ -393,13 +393,12 @@ def paired_bootstrap(
     predictions_b: list,
     label_names: list[str],
     resamples: int = BOOTSTRAP_RESAMPLES,
-    seed: int = 0,
 ) -> dict[str, dict]:
     """Difference A - B in each of the task's compared metrics (mean over paired runs), its 95% percentile
     interval, a two-sided p-value for "no difference" (the bootstrap distribution shifted to zero mean, as in
     Berg-Kirkpatrick et al. 2012), and the difference in each pair of runs. Test examples are resampled, the
     same ones for both sides, so the test sees the pairing."""
-    weights = resample_weights(len(truth), resamples, seed)
+    weights = resample_weights(len(truth), resamples)
     a = weighted_scores(task, truth, predictions_a, label_names, weights)
     b = weighted_scores(task, truth, predictions_b, label_names, weights)
     result = {}
@@ -424,13 +423,10 @@ def score_interval(
     predictions: list,
     label_names: list[str],
     resamples: int = BOOTSTRAP_RESAMPLES,
-    seed: int = 0,
 ) -> dict[str, dict[str, float]]:
     """The 95% percentile interval of each compared metric (mean over the runs) over resampled test examples:
     how far the score could move with another test split drawn from the same data."""
-    scores = weighted_scores(
-        task, truth, predictions, label_names, resample_weights(len(truth), resamples, seed)
-    )
+    scores = weighted_scores(task, truth, predictions, label_names, resample_weights(len(truth), resamples))
     intervals = {}
     for name, values in scores.items():
         low, high = np.percentile(values.mean(0)[1:], [2.5, 97.5])
