@@ -4,6 +4,7 @@ search pruned on validation), with the checks of its own values and of each rang
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -54,7 +55,16 @@ class SearchConfig:
             + list_problem(self.confirm_seeds, "search.confirm_seeds", lambda v: True, "integers")
             + [p for key, spec in self.space.items() for p in range_problems(f"search.space.{key}", spec)]
             + ([] if self.storage is None else storage_problems("search.storage", self.storage))
+            + self.environment_problems()
         )
+
+    def environment_problems(self) -> list[str]:
+        """The database URL of the environment variable, checked as search.storage is when it stands in for it
+        (a search, no search.storage): a URL of no supported database would otherwise go unnoticed."""
+        url = os.environ.get(STORAGE_VARIABLE)
+        if self.method != "optuna" or self.storage is not None or not url:
+            return []
+        return storage_problems(f"the environment variable {STORAGE_VARIABLE}", url)
 
 
 STORAGE_VARIABLE = "BERTLAB_SEARCH_STORAGE"  # the database URL when search.storage is null

@@ -89,7 +89,7 @@ def test_gather_needs_a_workers_folder(shards, tmp_path, capsys):
     assert "that is this experiment's own output.dir" in capsys.readouterr().err
 
 
-def test_a_database_urls_password_is_never_shown(write_config, tmp_path, capsys):
+def test_a_database_url_is_checked_wherever_it_comes_from_and_its_password_never_shown(write_config, tmp_path, capsys, monkeypatch):
     config = write_config(search={"method": "optuna", "storage": "mysql://me:hunter2@db/studies"})
     assert main.main(["--config", str(config), "--dry-run"]) == 2
     error = capsys.readouterr().err
@@ -98,6 +98,12 @@ def test_a_database_urls_password_is_never_shown(write_config, tmp_path, capsys)
         in error
     )
     assert "hunter2" not in error
+    monkeypatch.setenv("BERTLAB_SEARCH_STORAGE", "mysql://me:hunter2@db/studies")
+    assert main.main(["--config", str(write_config(search={"method": "optuna"})), "--dry-run"]) == 2
+    error = capsys.readouterr().err
+    assert "the environment variable BERTLAB_SEARCH_STORAGE: got 'mysql://me:***@db/studies'" in error
+    assert "hunter2" not in error
+    assert main.main(["--config", str(write_config()), "--dry-run"]) == 0  # no search: the variable is unused
     saved = load_config(write_config(search={"storage": "postgresql://me:hunter2@db/studies"})).as_saved()
     assert saved["search"]["storage"] == "postgresql://me:***@db/studies"
     assert "hunter2" not in json.dumps(saved)
