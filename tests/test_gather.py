@@ -89,7 +89,9 @@ def test_gather_needs_a_workers_folder(shards, tmp_path, capsys):
     assert "that is this experiment's own output.dir" in capsys.readouterr().err
 
 
-def test_a_database_url_is_checked_wherever_it_comes_from_and_its_password_never_shown(write_config, tmp_path, capsys, monkeypatch):
+def test_a_database_url_is_checked_wherever_it_comes_from_and_its_password_never_shown(
+    write_config, tmp_path, capsys, monkeypatch
+):
     config = write_config(search={"method": "optuna", "storage": "mysql://me:hunter2@db/studies"})
     assert main.main(["--config", str(config), "--dry-run"]) == 2
     error = capsys.readouterr().err

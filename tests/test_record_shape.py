@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import ast
 import json
+import typing
 
 import pytest
 
 import main
-from records.shape import RecordShapeError, shape_problems
+from records.shape import RecordShapeError, RunRecord, shape_problems
 
 
 def planned(**changes) -> dict:
@@ -84,3 +86,40 @@ def test_a_record_that_departs_from_its_shape_is_kept_and_stops_the_experiment(
         main.main(["--config", str(write_config()), "--strategy", "frozen_encoder"])
     records = json.loads((tmp_path / "outputs" / "results" / "all_results.json").read_text())["runs"]
     assert [r["extra"] for r in records] == [1]
+
+
+def keys_read_off_records(modules: dict[str, ast.Module]) -> dict[str, set[str]]:
+    """The keys the source reads off a variable named `record` (subscripts and .get), with where."""
+    found: dict[str, set[str]] = {}
+    for name, tree in modules.items():
+        for node in ast.walk(tree):
+            key = None
+            if (
+                isinstance(node, ast.Subscript)
+                and isinstance(node.value, ast.Name)
+                and node.value.id == "record"
+            ):
+                key = node.slice
+            elif (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr == "get"
+                and isinstance(node.func.value, ast.Name)
+                and node.func.value.id == "record"
+                and node.args
+            ):
+                key = node.args[0]
+            if isinstance(key, ast.Constant) and isinstance(key.value, str):
+                found.setdefault(key.value, set()).add(name)
+    return found
+
+
+def test_every_key_the_source_reads_off_a_record_is_declared():
+    from test_layout import project_modules
+
+    read = keys_read_off_records(project_modules())
+    assert len(read) > 20  # the readers are found at all
+    declared = typing.get_type_hints(RunRecord)
+    assert {key: where for key, where in read.items() if key not in declared} == {}
+    typo = {"reporting.extra": ast.parse("def f(record):\n    return record.get('tset')\n")}
+    assert keys_read_off_records(typo) == {"tset": {"reporting.extra"}}
