@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import peft
 import torch
+from sklearn.metrics import precision_recall_fscore_support
 
 from utils import ConfigError, shown
 
@@ -395,6 +396,23 @@ def reliability_bins(
         float(v) if n else None for v, n in zip(np.bincount(which, x, bins) / np.maximum(count, 1), count)
     ]
     return {"count": count.tolist(), "confidence": mean(confidence), "accuracy": mean(outcome.astype(float))}
+
+
+def per_class_report(truth, predictions, label_names: list[str]) -> dict[str, dict]:
+    """Each label's test precision, recall, F1 and support, by name: one class per text, or a label set's
+    columns."""
+    precision, recall, f1, support = precision_recall_fscore_support(
+        truth, predictions, labels=list(range(len(label_names))), zero_division=0
+    )
+    return {
+        name: {
+            "precision": float(precision[i]),
+            "recall": float(recall[i]),
+            "f1": float(f1[i]),
+            "support": int(support[i]),
+        }
+        for i, name in enumerate(label_names)
+    }
 
 
 def calibration_error(bins: dict[str, list]) -> float:

@@ -16,7 +16,6 @@ from sklearn.metrics import (
     f1_score,
     log_loss,
     matthews_corrcoef,
-    precision_recall_fscore_support,
     precision_score,
     recall_score,
 )
@@ -29,6 +28,7 @@ from tasks.base import (
     commonest_prediction,
     label_maps,
     output_spread,
+    per_class_report,
     probabilities,
     reliability_bins,
 )
@@ -265,21 +265,10 @@ class Classification(Task):
     def test_report(self, truth, values, label_names):
         truth, ids = np.asarray(truth), list(range(len(label_names)))
         predictions = self.predict(values)
-        precision, recall, f1, support = precision_recall_fscore_support(
-            truth, predictions, labels=ids, zero_division=0
-        )
         return {
             **self.scores(truth, values, label_names),
             "worst_class": label_names[worst_class(truth, predictions, len(label_names))[0]],
-            "per_class": {
-                name: {
-                    "precision": float(precision[i]),
-                    "recall": float(recall[i]),
-                    "f1": float(f1[i]),
-                    "support": int(support[i]),
-                }
-                for i, name in enumerate(label_names)
-            },
+            "per_class": per_class_report(truth, predictions, label_names),
             "confusion_matrix": confusion_matrix(truth, predictions, labels=ids).tolist(),  # rows: truth
             "calibration": calibration_bins(truth, values),
         }

@@ -17,7 +17,6 @@ from sklearn.metrics import (
     label_ranking_average_precision_score,
     log_loss,
     precision_recall_curve,
-    precision_recall_fscore_support,
     precision_score,
     recall_score,
 )
@@ -32,6 +31,7 @@ from tasks.base import (
     commonest_prediction,
     label_maps,
     output_spread,
+    per_class_report,
     pipeline_input,
     reliability_bins,
     settings_away_from_defaults,
@@ -406,18 +406,9 @@ class MultiLabel(Task):
     def test_report(self, truth, values, label_names):
         truth = np.asarray(truth)
         predictions = self.predict(values)
-        precision, recall, f1, support = precision_recall_fscore_support(truth, predictions, zero_division=0)
         return {
             **self.scores(truth, values, label_names),
-            "per_class": {
-                name: {
-                    "precision": float(precision[i]),
-                    "recall": float(recall[i]),
-                    "f1": float(f1[i]),
-                    "support": int(support[i]),
-                }
-                for i, name in enumerate(label_names)
-            },
+            "per_class": per_class_report(truth, predictions, label_names),
             "labels_per_text": {
                 "true": float(truth.sum(1).mean()),
                 "predicted": float(predictions.sum(1).mean()),
