@@ -105,7 +105,10 @@ def main_here(capsys, caplog):
         caplog.set_level(logging.INFO)
         caplog.clear()
         capsys.readouterr()
-        status = main.main([str(a) for a in args])
+        try:
+            status = main.main([str(a) for a in args])
+        except SystemExit as stop:  # argparse's refusals
+            status = stop.code
         out = capsys.readouterr()
         return SimpleNamespace(returncode=status, stdout=out.out, stderr=out.err + caplog.text)
 

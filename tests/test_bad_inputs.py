@@ -28,19 +28,12 @@ def fresh_process(*argv, env: dict | None = None) -> tuple[int, str]:
 
 
 @pytest.fixture
-def cli(capsys, monkeypatch):
-    """main.main in this process: its exit status and what it wrote to stderr."""
-    import main
+def cli(main_here):
+    """main.main in this process: its exit status and what it wrote to stderr (with its log lines)."""
 
-    def run(*argv, env: dict | None = None) -> tuple[int, str]:
-        for name, value in (env or {}).items():
-            monkeypatch.setenv(name, value)
-        capsys.readouterr()
-        try:
-            status = main.main([str(a) for a in argv])
-        except SystemExit as stop:  # argparse's refusals
-            status = stop.code
-        return status, capsys.readouterr().err
+    def run(*argv) -> tuple[int, str]:
+        result = main_here(*argv)
+        return result.returncode, result.stderr
 
     return run
 
@@ -163,10 +156,11 @@ def test_data_mistake(case, write_config, tmp_path, cli):
     assert_one_line_error(*cli("--config", write_config(), f"data.path={make_path(tmp_path)}"), expected)
 
 
-def test_hub_model_that_cannot_be_reached(write_config, cli):
+def test_hub_model_that_cannot_be_reached(write_config, cli, monkeypatch):
     # HF_HUB_OFFLINE: what a machine without network sees, minus the retries
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert_one_line_error(
-        *cli("--config", write_config(), "model.name=nobody-here/no-such-model", env={"HF_HUB_OFFLINE": "1"}),
+        *cli("--config", write_config(), "model.name=nobody-here/no-such-model"),
         "If it is a Hub id, the Hub may be unreachable: use a local folder or the bundled model",
     )
 
